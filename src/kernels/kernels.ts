@@ -1,0 +1,73 @@
+import type { GGMLType } from "../gguf/types.js";
+import type { RopeParams } from "../model/config.js";
+
+/**
+ * The kernel boundary. Every piece of heavy math in the forward pass goes
+ * through this one small interface, so an implementation (the plain
+ * TypeScript reference in reference.ts, WebAssembly SIMD later) can be swapped
+ * and tested against another on the same inputs.
+ *
+ * Conventions: activations are row-major Float32Array, one row per token
+ * ("nTokens × width"); weights keep their ggml type and bytes.
+ */
+
+/** A 2-D weight in its file type: `rows` output features, each a row of `cols` inputs. */
+export interface WeightMatrix {
+  name: string;
+  type: GGMLType;
+  rows: number;
+  cols: number;
+  /** rows × rowBytes bytes, in the ggml block layout of `type`. */
+  data: Uint8Array;
+  rowBytes: number;
+}
+
+/**
+ * Paged KV storage seen by the attention kernel: for each layer, K and V pools
+ * of `numBlocks` blocks. Within a block, layout is [kvHead][slot][headDim], so
+ * one head's keys for a block are contiguous.
+ */
+export interface PagedKV {
+  blockSize: number;
+  nKVHeads: number;
+  headDim: number;
+  k: Float32Array;
+  v: Float32Array;
+}
+
+/** One sequence's slice of a batch, as attention needs it. */
+export interface AttentionSeq {
+  /** First row of this sequence's new tokens in the batch. */
+  row: number;
+  /** Number of new tokens. */
+  count: number;
+  /** Position of the first new token (= tokens already cached before this step). */
+  pos: number;
+  /** Physical block ids, in order, covering positions 0 .. pos + count - 1. */
+  blockTable: ArrayLike<number>;
+}
+
+export interface Kernels {
+  readonly name: string;
+  /** out[t, r] = Σ_c W[r, c] · x[t, c] for t < nTokens. out is nTokens × w.rows. */
+  matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void;
+  /** out[i, :] = W[ids[i], :] as floats (embedding lookup). */
+  getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void;
+  /** out[t, :] = x[t, :] / rms(x[t, :]) · weight, over rows of width `dim`. out may be x. */
+  rmsnorm(x: Float32Array, weight: Float32Array, nRows: number, dim: number, eps: number, out: Float32Array): void;
+  /** Rotates, in place, each of nHeads heads of each token row by its position. */
+  rope(x: Float32Array, nTokens: number, nHeads: number, headDim: number, positions: Int32Array, p: RopeParams): void;
+  /** out[i] = silu(gate[i]) · up[i] for i < n. */
+  swiglu(gate: Float32Array, up: Float32Array, n: number, out: Float32Array): void;
+  /** a[i] += b[i] for i < n. */
+  addInPlace(a: Float32Array, b: Float32Array, n: number): void;
+  /** Adds a bias vector to every row: x[t, :] += bias. */
+  addBias(x: Float32Array, bias: Float32Array, nRows: number): void;
+  /** Writes K and V rows of the batch (nTokens × nKVHeads·headDim) into their cache slots. */
+  storeKV(kv: PagedKV, k: Float32Array, v: Float32Array, seqs: readonly AttentionSeq[]): void;
+  /**
+   * Causal attention of each sequence's new queries over its cached keys/values
+   * (positions 0..pos+i for the i-th new token). q and out are nTokens × nHeads·headDim.
+   */
+  attention(kv: PagedKV, q: Float32Array, nHeads: number, seqs: readonly AttentionSeq[], out: Float32Array): void;
+}

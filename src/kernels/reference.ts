@@ -1,0 +1,173 @@
+import type { RopeParams } from "../model/config.js";
+import { dequantizeRow, dotRow } from "../quant/index.js";
+import type { AttentionSeq, Kernels, PagedKV, WeightMatrix } from "./kernels.js";
+
+/**
+ * The reference kernels: plain TypeScript, written for clarity first. They are
+ * the oracle the fast kernels are tested against, and the path that runs
+ * wherever no faster implementation exists.
+ */
+
+let rowScratch = new Float32Array(0);
+function scratchRow(n: number): Float32Array {
+  if (rowScratch.length < n) rowScratch = new Float32Array(n);
+  return rowScratch;
+}
+
+let scoreScratch = new Float32Array(0);
+function scratchScores(n: number): Float32Array {
+  if (scoreScratch.length < n) scoreScratch = new Float32Array(Math.max(n, scoreScratch.length * 2));
+  return scoreScratch;
+}
+
+function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
+  let s0 = 0;
+  let s1 = 0;
+  let s2 = 0;
+  let s3 = 0;
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += a[ao + i]! * b[bo + i]!;
+    s1 += a[ao + i + 1]! * b[bo + i + 1]!;
+    s2 += a[ao + i + 2]! * b[bo + i + 2]!;
+    s3 += a[ao + i + 3]! * b[bo + i + 3]!;
+  }
+  for (; i < n; i++) s0 += a[ao + i]! * b[bo + i]!;
+  return s0 + s1 + s2 + s3;
+}
+
+/** Offset of (block, head, slot) in a layer's K or V pool. */
+export function kvOffset(kv: PagedKV, block: number, head: number, slot: number): number {
+  return ((block * kv.nKVHeads + head) * kv.blockSize + slot) * kv.headDim;
+}
+
+export const referenceKernels: Kernels = {
+  name: "reference",
+
+  matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {
+    const { rows, cols, data, rowBytes, type } = w;
+    if (nTokens === 1) {
+      for (let r = 0; r < rows; r++) out[r] = dotRow(type, data, r * rowBytes, x, 0, cols);
+      return;
+    }
+    // Dequantize each weight row once, then use it for every token.
+    const row = scratchRow(cols);
+    for (let r = 0; r < rows; r++) {
+      dequantizeRow(type, data, r * rowBytes, row, 0, cols);
+      for (let t = 0; t < nTokens; t++) out[t * rows + r] = dot(row, 0, x, t * cols, cols);
+    }
+  },
+
+  getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      if (!(id >= 0 && id < w.rows)) throw new RangeError(`token id ${id} is outside the vocabulary (0..${w.rows - 1})`);
+      dequantizeRow(w.type, w.data, id * w.rowBytes, out, i * w.cols, w.cols);
+    }
+  },
+
+  rmsnorm(x, weight, nRows, dim, eps, out): void {
+    for (let t = 0; t < nRows; t++) {
+      const o = t * dim;
+      let ss = 0;
+      for (let i = 0; i < dim; i++) ss += x[o + i]! * x[o + i]!;
+      const scale = 1 / Math.sqrt(ss / dim + eps);
+      for (let i = 0; i < dim; i++) out[o + i] = x[o + i]! * scale * weight[i]!;
+    }
+  },
+
+  rope(x, nTokens, nHeads, headDim, positions, p: RopeParams): void {
+    const half = p.dim / 2;
+    const neox = p.style === "neox";
+    for (let t = 0; t < nTokens; t++) {
+      const pos = positions[t]! * p.freqScale;
+      for (let i = 0; i < half; i++) {
+        let theta = pos * p.freqBase ** ((-2 * i) / p.dim);
+        if (p.freqFactors) theta /= p.freqFactors[i]!;
+        const c = Math.cos(theta);
+        const s = Math.sin(theta);
+        for (let h = 0; h < nHeads; h++) {
+          const base = (t * nHeads + h) * headDim;
+          const i0 = neox ? base + i : base + 2 * i;
+          const i1 = neox ? base + i + half : base + 2 * i + 1;
+          const x0 = x[i0]!;
+          const x1 = x[i1]!;
+          x[i0] = x0 * c - x1 * s;
+          x[i1] = x0 * s + x1 * c;
+        }
+      }
+    }
+  },
+
+  swiglu(gate, up, n, out): void {
+    for (let i = 0; i < n; i++) {
+      const g = gate[i]!;
+      out[i] = (g / (1 + Math.exp(-g))) * up[i]!;
+    }
+  },
+
+  addInPlace(a, b, n): void {
+    for (let i = 0; i < n; i++) a[i]! += b[i]!;
+  },
+
+  addBias(x, bias, nRows): void {
+    const w = bias.length;
+    for (let t = 0; t < nRows; t++) for (let i = 0; i < w; i++) x[t * w + i]! += bias[i]!;
+  },
+
+  storeKV(kv, k, v, seqs): void {
+    const { blockSize, nKVHeads, headDim } = kv;
+    const kvDim = nKVHeads * headDim;
+    for (const s of seqs) {
+      for (let i = 0; i < s.count; i++) {
+        const pos = s.pos + i;
+        const block = s.blockTable[Math.floor(pos / blockSize)];
+        if (block === undefined) throw new RangeError(`block table too short for position ${pos}`);
+        const slot = pos % blockSize;
+        const src = (s.row + i) * kvDim;
+        for (let h = 0; h < nKVHeads; h++) {
+          const dst = kvOffset(kv, block, h, slot);
+          kv.k.set(k.subarray(src + h * headDim, src + (h + 1) * headDim), dst);
+          kv.v.set(v.subarray(src + h * headDim, src + (h + 1) * headDim), dst);
+        }
+      }
+    }
+  },
+
+  attention(kv, q, nHeads, seqs, out): void {
+    const { blockSize, nKVHeads, headDim } = kv;
+    const group = nHeads / nKVHeads;
+    const scale = 1 / Math.sqrt(headDim);
+    const qDim = nHeads * headDim;
+    for (const s of seqs) {
+      const scores = scratchScores(s.pos + s.count);
+      for (let i = 0; i < s.count; i++) {
+        const nCtx = s.pos + i + 1;
+        const row = (s.row + i) * qDim;
+        for (let h = 0; h < nHeads; h++) {
+          const kvh = Math.floor(h / group);
+          const qo = row + h * headDim;
+          let max = -Infinity;
+          for (let j = 0; j < nCtx; j++) {
+            const ko = kvOffset(kv, s.blockTable[Math.floor(j / blockSize)]!, kvh, j % blockSize);
+            const sc = dot(q, qo, kv.k, ko, headDim) * scale;
+            scores[j] = sc;
+            if (sc > max) max = sc;
+          }
+          let sum = 0;
+          for (let j = 0; j < nCtx; j++) {
+            const e = Math.exp(scores[j]! - max);
+            scores[j] = e;
+            sum += e;
+          }
+          out.fill(0, qo, qo + headDim);
+          for (let j = 0; j < nCtx; j++) {
+            const w = scores[j]! / sum;
+            const vo = kvOffset(kv, s.blockTable[Math.floor(j / blockSize)]!, kvh, j % blockSize);
+            for (let d = 0; d < headDim; d++) out[qo + d]! += w * kv.v[vo + d]!;
+          }
+        }
+      }
+    }
+  },
+};

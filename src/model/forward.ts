@@ -1,0 +1,147 @@
+import type { AttentionSeq, Kernels } from "../kernels/kernels.js";
+import type { RopeParams } from "./config.js";
+import type { ModelConfig } from "./config.js";
+import type { KVCacheStorage } from "./kv-cache.js";
+import type { ModelWeights } from "./weights.js";
+
+/**
+ * The batched forward pass of a Llama-family transformer.
+ *
+ * One call computes many sequences at once. Each brings its own new tokens
+ * (a prefill chunk of many tokens, or one decode token), the position where
+ * they start (= tokens already in its KV cache), and its block table. All new
+ * tokens of all sequences are stacked into one "nTokens × dim" activation
+ * matrix, so every weight matmul runs once per layer for the whole batch;
+ * only attention is per sequence, over that sequence's own paged KV.
+ */
+
+export interface BatchSeq {
+  tokens: ArrayLike<number>;
+  /** Tokens of this sequence already in the KV cache; the new tokens take positions pos, pos+1, … */
+  pos: number;
+  /** Block ids covering positions 0 .. pos + tokens.length - 1. */
+  blockTable: ArrayLike<number>;
+  /** Which new tokens need logits: the last (default), all (e.g. prompt logprobs), or none (a prefill chunk). */
+  logits?: "last" | "all" | "none";
+}
+
+/** Grow-only scratch buffers, reused across steps so a decode step allocates nothing. */
+class Scratch {
+  private bufs = new Map<string, Float32Array>();
+  get(name: string, n: number): Float32Array {
+    let b = this.bufs.get(name);
+    if (!b || b.length < n) {
+      b = new Float32Array(Math.max(n, (b?.length ?? 0) * 2));
+      this.bufs.set(name, b);
+    }
+    return b;
+  }
+}
+
+export class Transformer {
+  private scratch = new Scratch();
+  private rope: RopeParams;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: ModelWeights,
+    readonly kernels: Kernels,
+  ) {
+    this.rope = weights.ropeFreqs ? { ...config.rope, freqFactors: weights.ropeFreqs } : config.rope;
+  }
+
+  /**
+   * Runs the batch and returns, per sequence, its logits rows (count × vocab)
+   * or undefined when it asked for none. New K/V are written into `kv`.
+   */
+  forward(kv: KVCacheStorage, batch: readonly BatchSeq[]): (Float32Array | undefined)[] {
+    const c = this.config;
+    const k = this.kernels;
+    const w = this.weights;
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKVHeads * c.headDim;
+
+    const seqs: AttentionSeq[] = [];
+    let n = 0;
+    for (const s of batch) {
+      if (s.pos + s.tokens.length > s.blockTable.length * kv.blockSize) {
+        throw new RangeError(`block table of ${s.blockTable.length} blocks cannot hold ${s.pos + s.tokens.length} tokens`);
+      }
+      seqs.push({ row: n, count: s.tokens.length, pos: s.pos, blockTable: s.blockTable });
+      n += s.tokens.length;
+    }
+    const ids = new Int32Array(n);
+    const positions = new Int32Array(n);
+    for (const [i, s] of batch.entries()) {
+      const a = seqs[i]!;
+      for (let j = 0; j < a.count; j++) {
+        ids[a.row + j] = s.tokens[j]!;
+        positions[a.row + j] = s.pos + j;
+      }
+    }
+
+    const x = this.scratch.get("x", n * c.dim);
+    const xn = this.scratch.get("xn", n * c.dim);
+    const q = this.scratch.get("q", n * qDim);
+    const kk = this.scratch.get("k", n * kvDim);
+    const vv = this.scratch.get("v", n * kvDim);
+    const att = this.scratch.get("att", n * qDim);
+    const proj = this.scratch.get("proj", n * c.dim);
+    const gate = this.scratch.get("gate", n * c.ffnDim);
+    const up = this.scratch.get("up", n * c.ffnDim);
+
+    k.getRows(w.tokenEmbd, ids, x);
+    for (let l = 0; l < c.nLayers; l++) {
+      const L = w.layers[l]!;
+      const cache = kv.layers[l]!;
+      // Attention block.
+      k.rmsnorm(x, L.attnNorm, n, c.dim, c.rmsEps, xn);
+      k.matmul(L.wq, xn, n, q);
+      k.matmul(L.wk, xn, n, kk);
+      k.matmul(L.wv, xn, n, vv);
+      if (L.bq) k.addBias(q, L.bq, n);
+      if (L.bk) k.addBias(kk, L.bk, n);
+      if (L.bv) k.addBias(vv, L.bv, n);
+      if (L.qNorm) k.rmsnorm(q, L.qNorm, n * c.nHeads, c.headDim, c.rmsEps, q);
+      if (L.kNorm) k.rmsnorm(kk, L.kNorm, n * c.nKVHeads, c.headDim, c.rmsEps, kk);
+      k.rope(q, n, c.nHeads, c.headDim, positions, this.rope);
+      k.rope(kk, n, c.nKVHeads, c.headDim, positions, this.rope);
+      k.storeKV(cache, kk, vv, seqs);
+      k.attention(cache, q, c.nHeads, seqs, att);
+      k.matmul(L.wo, att, n, proj);
+      k.addInPlace(x, proj, n * c.dim);
+      // Feed-forward block (SwiGLU).
+      k.rmsnorm(x, L.ffnNorm, n, c.dim, c.rmsEps, xn);
+      k.matmul(L.wGate, xn, n, gate);
+      k.matmul(L.wUp, xn, n, up);
+      k.swiglu(gate, up, n * c.ffnDim, gate);
+      k.matmul(L.wDown, gate, n, proj);
+      k.addInPlace(x, proj, n * c.dim);
+    }
+
+    // Gather the rows that want logits, then the final norm and LM head on those rows only.
+    const wanted: number[] = [];
+    for (const [i, s] of batch.entries()) {
+      const a = seqs[i]!;
+      const mode = s.logits ?? "last";
+      if (mode === "all") for (let j = 0; j < a.count; j++) wanted.push(a.row + j);
+      else if (mode === "last" && a.count > 0) wanted.push(a.row + a.count - 1);
+    }
+    const m = wanted.length;
+    const h = this.scratch.get("h", m * c.dim);
+    for (let r = 0; r < m; r++) h.set(x.subarray(wanted[r]! * c.dim, (wanted[r]! + 1) * c.dim), r * c.dim);
+    k.rmsnorm(h, w.outputNorm, m, c.dim, c.rmsEps, h);
+    const logits = new Float32Array(m * c.vocabSize);
+    if (m > 0) k.matmul(w.output, h, m, logits);
+
+    const out: (Float32Array | undefined)[] = [];
+    let r = 0;
+    for (const [i, s] of batch.entries()) {
+      const mode = s.logits ?? "last";
+      const rows = mode === "all" ? seqs[i]!.count : mode === "last" && seqs[i]!.count > 0 ? 1 : 0;
+      out.push(rows > 0 ? logits.subarray(r * c.vocabSize, (r + rows) * c.vocabSize) : undefined);
+      r += rows;
+    }
+    return out;
+  }
+}

@@ -1,0 +1,161 @@
+import { SpindleError } from "../errors.js";
+import type { GGUFMetaValue } from "../gguf/reader.js";
+import { readGGUF } from "../gguf/reader.js";
+import { GGMLType, TYPE_GEOMETRY, typeName } from "../gguf/types.js";
+import { meta, type TensorToWrite, writeGGUF } from "../gguf/writer.js";
+import { quantize } from "../quant/index.js";
+import { Rng } from "../sampling/rng.js";
+
+/**
+ * `spindle synth-model`: writes a Llama- or Qwen-shaped GGUF of any size with
+ * deterministic random weights and a real tokenizer copied from a vocab GGUF.
+ * Only one small trained model is reachable here; realistic sizes for tests
+ * and benchmarks come from this.
+ *
+ * Weights are scaled so activations stay O(1) through the layers (matrices
+ * uniform with std 1/sqrt(fan_in), norms near 1), which gives logits with a
+ * real spread instead of a flat distribution, so greedy choices are stable.
+ */
+
+export type SynthArch = "llama" | "qwen2" | "qwen3";
+
+export interface SynthShape {
+  dim: number;
+  nLayers: number;
+  nHeads: number;
+  nKVHeads: number;
+  ffnDim: number;
+  contextLength: number;
+  /** Head size; default dim / nHeads. */
+  headDim?: number;
+  ropeFreqBase?: number;
+}
+
+/** Named shapes of real models, for realistic sizes. */
+export const SHAPES: Record<string, SynthShape> = {
+  tiny: { dim: 64, nLayers: 2, nHeads: 4, nKVHeads: 2, ffnDim: 128, contextLength: 512 },
+  stories15M: { dim: 288, nLayers: 6, nHeads: 6, nKVHeads: 6, ffnDim: 768, contextLength: 256 },
+  "smollm2-135m": {
+    dim: 576,
+    nLayers: 30,
+    nHeads: 9,
+    nKVHeads: 3,
+    ffnDim: 1536,
+    contextLength: 2048,
+    ropeFreqBase: 100000,
+  },
+  /** Every dimension a multiple of 256, so every K-quant applies to every matrix. */
+  k256: { dim: 256, nLayers: 2, nHeads: 4, nKVHeads: 2, ffnDim: 512, contextLength: 512 },
+};
+
+export interface SynthOptions {
+  arch: SynthArch;
+  shape: SynthShape;
+  /** Weight type of the 2-D matrices (norms and biases stay F32). */
+  type: GGMLType;
+  /** Tokenizer-only GGUF whose tokenizer.* metadata is copied. */
+  vocabPath: string;
+  out: string;
+  seed?: number;
+  /** Tie the LM head to token_embd (no output.weight). */
+  tied?: boolean;
+  name?: string;
+}
+
+export interface SynthReport {
+  path: string;
+  parameters: number;
+  /** Matrices that could not take the requested type (row length not a block multiple) and what they got. */
+  fallbacks: { tensor: string; type: string }[];
+}
+
+/** The requested type if its block divides the row length, else the closest type that fits. */
+function typeFor(requested: GGMLType, cols: number): GGMLType {
+  for (const t of [requested, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]) {
+    if (cols % TYPE_GEOMETRY[t]!.blockSize === 0) return t;
+  }
+  return GGMLType.F32;
+}
+
+export function synthModel(o: SynthOptions): SynthReport {
+  const s = o.shape;
+  const headDim = s.headDim ?? s.dim / s.nHeads;
+  if (!Number.isInteger(headDim) || s.nHeads % s.nKVHeads !== 0) {
+    throw new SpindleError(`bad shape: dim ${s.dim}, ${s.nHeads} heads, ${s.nKVHeads} KV heads`);
+  }
+  const vocab = readGGUF(o.vocabPath);
+  const tokens = vocab.getArray("tokenizer.ggml.tokens");
+  if (!tokens) throw new SpindleError(`${o.vocabPath} has no tokenizer.ggml.tokens`);
+  const nVocab = tokens.length;
+  const rng = new Rng(o.seed ?? 1);
+  const uniform = (n: number, std: number, mean = 0) => {
+    const a = std * Math.sqrt(3);
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i++) out[i] = mean + (rng.nextU32() / 2 ** 32) * 2 * a - a;
+    return out;
+  };
+
+  const tensors: TensorToWrite[] = [];
+  const fallbacks: SynthReport["fallbacks"] = [];
+  let parameters = 0;
+  const mat = (name: string, rows: number, cols: number, std = 1 / Math.sqrt(cols)) => {
+    const type = typeFor(o.type, cols);
+    if (type !== o.type) fallbacks.push({ tensor: name, type: typeName(type) });
+    tensors.push({ name, dims: [cols, rows], type, data: quantize(type, uniform(rows * cols, std), cols) });
+    parameters += rows * cols;
+  };
+  const vec = (name: string, n: number, std: number, mean: number) => {
+    const v = uniform(n, std, mean);
+    tensors.push({ name, dims: [n], type: GGMLType.F32, data: new Uint8Array(v.buffer) });
+    parameters += n;
+  };
+
+  const qDim = s.nHeads * headDim;
+  const kvDim = s.nKVHeads * headDim;
+  mat("token_embd.weight", nVocab, s.dim, 1);
+  for (let l = 0; l < s.nLayers; l++) {
+    const p = `blk.${l}.`;
+    vec(`${p}attn_norm.weight`, s.dim, 0.1, 1);
+    mat(`${p}attn_q.weight`, qDim, s.dim);
+    mat(`${p}attn_k.weight`, kvDim, s.dim);
+    mat(`${p}attn_v.weight`, kvDim, s.dim);
+    if (o.arch === "qwen2") {
+      vec(`${p}attn_q.bias`, qDim, 0.1, 0);
+      vec(`${p}attn_k.bias`, kvDim, 0.1, 0);
+      vec(`${p}attn_v.bias`, kvDim, 0.1, 0);
+    }
+    if (o.arch === "qwen3") {
+      vec(`${p}attn_q_norm.weight`, headDim, 0.1, 1);
+      vec(`${p}attn_k_norm.weight`, headDim, 0.1, 1);
+    }
+    mat(`${p}attn_output.weight`, s.dim, qDim);
+    vec(`${p}ffn_norm.weight`, s.dim, 0.1, 1);
+    mat(`${p}ffn_gate.weight`, s.ffnDim, s.dim);
+    mat(`${p}ffn_up.weight`, s.ffnDim, s.dim);
+    mat(`${p}ffn_down.weight`, s.dim, s.ffnDim);
+  }
+  vec("output_norm.weight", s.dim, 0.1, 1);
+  if (!o.tied) mat("output.weight", nVocab, s.dim);
+
+  const a = o.arch;
+  const md: [string, GGUFMetaValue][] = [
+    ["general.architecture", meta.str(a)],
+    ["general.name", meta.str(o.name ?? `spindle-synth-${a}-${s.dim}x${s.nLayers}`)],
+    ["general.file_type", meta.u32(o.type)],
+    [`${a}.context_length`, meta.u32(s.contextLength)],
+    [`${a}.embedding_length`, meta.u32(s.dim)],
+    [`${a}.block_count`, meta.u32(s.nLayers)],
+    [`${a}.feed_forward_length`, meta.u32(s.ffnDim)],
+    [`${a}.attention.head_count`, meta.u32(s.nHeads)],
+    [`${a}.attention.head_count_kv`, meta.u32(s.nKVHeads)],
+    [`${a}.attention.layer_norm_rms_epsilon`, meta.f32(1e-5)],
+    [`${a}.rope.dimension_count`, meta.u32(headDim)],
+    [`${a}.rope.freq_base`, meta.f32(s.ropeFreqBase ?? 10000)],
+  ];
+  if (headDim !== s.dim / s.nHeads) {
+    md.push([`${a}.attention.key_length`, meta.u32(headDim)], [`${a}.attention.value_length`, meta.u32(headDim)]);
+  }
+  for (const [k, v] of vocab.metadata) if (k.startsWith("tokenizer.")) md.push([k, v]);
+  writeGGUF(o.out, md, tensors);
+  return { path: o.out, parameters, fallbacks };
+}

@@ -1,0 +1,83 @@
+/**
+ * The outside reference: llama.cpp through the node-llama-cpp package (prebuilt
+ * CPU binary from npm). Tests ask it for tokenizations, greedy continuations and
+ * next-token distributions in the same run, instead of pasting expected values.
+ */
+import type { Llama, LlamaModel } from "node-llama-cpp";
+
+let llamaPromise: Promise<Llama> | undefined;
+const models = new Map<string, Promise<LlamaModel>>();
+
+export async function llama(): Promise<Llama> {
+  llamaPromise ??= import("node-llama-cpp").then((m) =>
+    m.getLlama({ gpu: false, build: "never", logLevel: m.LlamaLogLevel.error }),
+  );
+  return llamaPromise;
+}
+
+/** Loads (once per path) a model; `vocabOnly` for tokenizer-only files. */
+export async function llamaModel(path: string, vocabOnly = false): Promise<LlamaModel> {
+  const key = `${path}|${vocabOnly}`;
+  let m = models.get(key);
+  if (!m) {
+    m = llama().then((l) => l.loadModel({ modelPath: path, vocabOnly, gpuLayers: 0 }));
+    models.set(key, m);
+  }
+  return m;
+}
+
+/** llama.cpp's token ids for `text`, without BOS; `special` parses special-token text. */
+export async function llamaTokenize(path: string, text: string, special = false): Promise<number[]> {
+  const model = await llamaModel(path, true);
+  return [...model.tokenize(text, special)];
+}
+
+/**
+ * A context with F32 KV cache and no flash attention, so llama.cpp's arithmetic
+ * is as close to plain float32 as it gets (its default F16 cache would add error).
+ */
+async function withSequence<T>(
+  path: string,
+  contextSize: number,
+  fn: (seq: import("node-llama-cpp").LlamaContextSequence) => Promise<T>,
+): Promise<T> {
+  const model = await llamaModel(path);
+  const ctx = await model.createContext({
+    contextSize: Math.max(64, contextSize),
+    batchSize: Math.max(64, contextSize),
+    threads: 2,
+    flashAttention: false,
+    experimentalKvCacheKeyType: "F32",
+    experimentalKvCacheValueType: "F32",
+  });
+  try {
+    return await fn(ctx.getSequence());
+  } finally {
+    await ctx.dispose();
+  }
+}
+
+/** llama.cpp's greedy continuation of `tokens` (BOS included by the caller): exactly n tokens, EOS not special. */
+export async function llamaGreedy(path: string, tokens: number[], n: number): Promise<number[]> {
+  return withSequence(path, tokens.length + n + 8, async (seq) => {
+    const out: number[] = [];
+    for await (const t of seq.evaluate(tokens, { temperature: 0 })) {
+      out.push(t);
+      if (out.length >= n) break;
+    }
+    return out;
+  });
+}
+
+/** llama.cpp's next-token distribution after `tokens`: the softmax of the raw logits, over the whole vocabulary. */
+export async function llamaNextProbs(path: string, tokens: number[], vocabSize: number): Promise<Float64Array> {
+  return withSequence(path, tokens.length + 8, async (seq) => {
+    const it = seq.evaluateWithMetadata(tokens, { probabilities: true }, { temperature: 1, topK: 0, topP: 1, minP: 0 });
+    const r = await it.next();
+    await it.return();
+    if (r.done) throw new Error("llama.cpp produced no token");
+    const probs = new Float64Array(vocabSize);
+    for (const [t, p] of r.value.probabilities) probs[t] = p;
+    return probs;
+  });
+}
