@@ -61,9 +61,13 @@ export function configFromGGUF(g: GGUFFile): ModelConfig {
   const nKVHeads = g.getNumber(k("attention.head_count_kv"), nHeads);
   const headDim = g.getNumber(k("attention.key_length"), dim / nHeads);
   const valueDim = g.getNumber(k("attention.value_length"), headDim);
-  if (valueDim !== headDim) throw new ModelFileError(g.path, `key length ${headDim} != value length ${valueDim}`);
+  if (valueDim !== headDim)
+    throw new ModelFileError(g.path, `key length ${headDim} != value length ${valueDim}`);
   if (!Number.isInteger(headDim) || nHeads % nKVHeads !== 0) {
-    throw new ModelFileError(g.path, `inconsistent attention shape: ${nHeads} heads, ${nKVHeads} KV heads, dim ${dim}`);
+    throw new ModelFileError(
+      g.path,
+      `inconsistent attention shape: ${nHeads} heads, ${nKVHeads} KV heads, dim ${dim}`,
+    );
   }
   const tokens = g.getArray("tokenizer.ggml.tokens");
   const embd = g.tensors.get("token_embd.weight");
@@ -71,7 +75,9 @@ export function configFromGGUF(g: GGUFFile): ModelConfig {
   const scalingType = g.getString(k("rope.scaling.type"), "none");
   const scalingFactor = g.getNumber(k("rope.scaling.factor"), 1);
   const freqScale =
-    scalingType === "linear" && scalingFactor > 0 ? 1 / scalingFactor : g.getNumber(k("rope.scale_linear"), 1);
+    scalingType === "linear" && scalingFactor > 0
+      ? 1 / scalingFactor
+      : g.getNumber(k("rope.scale_linear"), 1);
   const ropeDim = g.getNumber(k("rope.dimension_count"), headDim);
   return {
     arch: a,

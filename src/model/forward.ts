@@ -1,6 +1,5 @@
 import type { AttentionSeq, Kernels } from "../kernels/kernels.js";
-import type { RopeParams } from "./config.js";
-import type { ModelConfig } from "./config.js";
+import type { ModelConfig, RopeParams } from "./config.js";
 import type { KVCacheStorage } from "./kv-cache.js";
 import type { ModelWeights } from "./weights.js";
 
@@ -65,7 +64,9 @@ export class Transformer {
     let n = 0;
     for (const s of batch) {
       if (s.pos + s.tokens.length > s.blockTable.length * kv.blockSize) {
-        throw new RangeError(`block table of ${s.blockTable.length} blocks cannot hold ${s.pos + s.tokens.length} tokens`);
+        throw new RangeError(
+          `block table of ${s.blockTable.length} blocks cannot hold ${s.pos + s.tokens.length} tokens`,
+        );
       }
       seqs.push({ row: n, count: s.tokens.length, pos: s.pos, blockTable: s.blockTable });
       n += s.tokens.length;

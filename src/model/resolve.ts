@@ -1,4 +1,4 @@
-import { existsSync, statSync } from "node:fs";
+import { type Dirent, existsSync, readdirSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { basename, isAbsolute, join, resolve } from "node:path";
 import { SpindleError } from "../errors.js";
@@ -6,7 +6,9 @@ import { SpindleError } from "../errors.js";
 /**
  * Model resolution: one place that turns `--model` into a file path.
  * A path that exists is used as is; a name is looked up in each folder of
- * $SPINDLE_MODELS (colon-separated), then in the user cache.
+ * $SPINDLE_MODELS (colon-separated), then in the user cache. Files fetched by
+ * `spindle pull` sit at <cache>/<owner>/<repo>/<file> and are found by their
+ * `owner/repo[@rev]/file` spec or by their bare file name.
  */
 
 /** The user cache where `spindle pull` stores downloads: $SPINDLE_CACHE or ~/.cache/spindle/models. */
@@ -41,6 +43,44 @@ export function findModel(name: string): string | undefined {
       const p = join(dir, c);
       if (existsSync(p) && statSync(p).isFile()) return p;
     }
+  }
+  return findPulled(name);
+}
+
+function isFile(p: string): boolean {
+  return existsSync(p) && statSync(p).isFile();
+}
+
+/** A pulled model in the cache: by its `owner/repo@rev/file` spec, or by a bare file name anywhere under it. */
+function findPulled(name: string): string | undefined {
+  const dir = cacheDir();
+  const spec = /^([^/@]+)\/([^/@]+)@[^/]+\/(.+)$/.exec(name);
+  if (spec) {
+    const p = join(dir, spec[1]!, spec[2]!, spec[3]!);
+    return isFile(p) ? p : undefined;
+  }
+  if (name.includes("/") || !existsSync(dir)) return undefined;
+  return searchTree(dir, new Set(name.endsWith(".gguf") ? [name] : [name, `${name}.gguf`]), 6);
+}
+
+/** Depth-first, in name order, not following directory links. */
+function searchTree(dir: string, names: Set<string>, depth: number): string | undefined {
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) =>
+      a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
+    );
+  } catch {
+    return undefined;
+  }
+  for (const e of entries) {
+    if (names.has(e.name) && isFile(join(dir, e.name))) return join(dir, e.name);
+  }
+  if (depth <= 0) return undefined;
+  for (const e of entries) {
+    if (!e.isDirectory()) continue;
+    const found = searchTree(join(dir, e.name), names, depth - 1);
+    if (found) return found;
   }
   return undefined;
 }

@@ -112,7 +112,9 @@ export function synthModel(o: SynthOptions): SynthReport {
 
   const qDim = s.nHeads * headDim;
   const kvDim = s.nKVHeads * headDim;
-  mat("token_embd.weight", nVocab, s.dim, 1);
+  // Input rows are RMS-normalised before use, so their scale is free; as a tied LM head they must be
+  // scaled like any other matrix so logits stay O(1).
+  mat("token_embd.weight", nVocab, s.dim, o.tied ? 1 / Math.sqrt(s.dim) : 1);
   for (let l = 0; l < s.nLayers; l++) {
     const p = `blk.${l}.`;
     vec(`${p}attn_norm.weight`, s.dim, 0.1, 1);
@@ -153,7 +155,10 @@ export function synthModel(o: SynthOptions): SynthReport {
     [`${a}.rope.freq_base`, meta.f32(s.ropeFreqBase ?? 10000)],
   ];
   if (headDim !== s.dim / s.nHeads) {
-    md.push([`${a}.attention.key_length`, meta.u32(headDim)], [`${a}.attention.value_length`, meta.u32(headDim)]);
+    md.push(
+      [`${a}.attention.key_length`, meta.u32(headDim)],
+      [`${a}.attention.value_length`, meta.u32(headDim)],
+    );
   }
   for (const [k, v] of vocab.metadata) if (k.startsWith("tokenizer.")) md.push([k, v]);
   writeGGUF(o.out, md, tensors);

@@ -48,8 +48,10 @@ function matrix(g: GGUFFile, name: string, rows: number, cols: number): WeightMa
 
 function vector(g: GGUFFile, name: string, n: number): Float32Array {
   const t = g.tensor(name);
-  if (t.nElements !== n) throw new ModelFileError(g.path, `tensor ${name} has ${t.nElements} elements, expected ${n}`);
-  if (!isSupportedType(t.type)) throw new ModelFileError(g.path, `tensor ${name} has unsupported type ${typeName(t.type)}`);
+  if (t.nElements !== n)
+    throw new ModelFileError(g.path, `tensor ${name} has ${t.nElements} elements, expected ${n}`);
+  if (!isSupportedType(t.type))
+    throw new ModelFileError(g.path, `tensor ${name} has unsupported type ${typeName(t.type)}`);
   return dequantize(t.type, g.readTensor(name), n, t.dims[0]!);
 }
 

@@ -3,7 +3,7 @@
  * CPU binary from npm). Tests ask it for tokenizations, greedy continuations and
  * next-token distributions in the same run, instead of pasting expected values.
  */
-import type { Llama, LlamaModel } from "node-llama-cpp";
+import type { Llama, LlamaModel, Token } from "node-llama-cpp";
 
 let llamaPromise: Promise<Llama> | undefined;
 const models = new Map<string, Promise<LlamaModel>>();
@@ -28,8 +28,53 @@ export async function llamaModel(path: string, vocabOnly = false): Promise<Llama
 
 /** llama.cpp's token ids for `text`, without BOS; `special` parses special-token text. */
 export async function llamaTokenize(path: string, text: string, special = false): Promise<number[]> {
-  const model = await llamaModel(path, true);
+  const model = await llamaVocabModel(path);
   return [...model.tokenize(text, special)];
+}
+
+/**
+ * llama.cpp's text for `ids` (llama_detokenize without remove_special; `special` renders
+ * control tokens). Note llama.cpp cleans up tokenization spaces for vocabularies that ask for it.
+ */
+export async function llamaDetokenize(path: string, ids: readonly number[], special = false): Promise<string> {
+  const model = await llamaVocabModel(path);
+  return model.detokenize(ids as Token[], special);
+}
+
+let quietLoads = 0;
+let heldLogs: [import("node-llama-cpp").LlamaLogLevel, string][] = [];
+let savedLogger: ((level: import("node-llama-cpp").LlamaLogLevel, message: string) => void) | undefined;
+
+/**
+ * Like llamaModel(path, true), but quiet: loading a tokenizer-only GGUF makes llama.cpp log
+ * "missing tensor 'token_embd.weight'" / "failed to load model" although the vocabulary loads.
+ * Logs are held during the load and printed only if the load fails.
+ */
+export async function llamaVocabModel(path: string): Promise<LlamaModel> {
+  const key = `${path}|true`;
+  let m = models.get(key);
+  if (!m) {
+    m = llama().then(async (l) => {
+      if (quietLoads++ === 0) {
+        savedLogger = l.logger;
+        l.logger = (level, message) => void heldLogs.push([level, message]);
+      }
+      try {
+        return await l.loadModel({ modelPath: path, vocabOnly: true, gpuLayers: 0 });
+      } catch (e) {
+        for (const [level, message] of heldLogs) savedLogger?.(level, message);
+        heldLogs = [];
+        throw e;
+      } finally {
+        if (--quietLoads === 0) {
+          l.logger = savedLogger!;
+          heldLogs = [];
+        }
+      }
+    });
+    models.set(key, m);
+  }
+  return m;
 }
 
 /**
@@ -61,7 +106,7 @@ async function withSequence<T>(
 export async function llamaGreedy(path: string, tokens: number[], n: number): Promise<number[]> {
   return withSequence(path, tokens.length + n + 8, async (seq) => {
     const out: number[] = [];
-    for await (const t of seq.evaluate(tokens, { temperature: 0 })) {
+    for await (const t of seq.evaluate(tokens as Token[], { temperature: 0 })) {
       out.push(t);
       if (out.length >= n) break;
     }
@@ -70,9 +115,17 @@ export async function llamaGreedy(path: string, tokens: number[], n: number): Pr
 }
 
 /** llama.cpp's next-token distribution after `tokens`: the softmax of the raw logits, over the whole vocabulary. */
-export async function llamaNextProbs(path: string, tokens: number[], vocabSize: number): Promise<Float64Array> {
+export async function llamaNextProbs(
+  path: string,
+  tokens: number[],
+  vocabSize: number,
+): Promise<Float64Array> {
   return withSequence(path, tokens.length + 8, async (seq) => {
-    const it = seq.evaluateWithMetadata(tokens, { probabilities: true }, { temperature: 1, topK: 0, topP: 1, minP: 0 });
+    const it = seq.evaluateWithMetadata(
+      tokens as Token[],
+      { probabilities: true },
+      { temperature: 1, topK: 0, topP: 1, minP: 0 },
+    );
     const r = await it.next();
     await it.return();
     if (r.done) throw new Error("llama.cpp produced no token");

@@ -10,7 +10,11 @@ export function logSoftmax(logits: ArrayLike<number>): Float64Array {
   return out;
 }
 
-export function maxAbsDiffWhere(a: ArrayLike<number>, b: ArrayLike<number>, where: (i: number) => boolean): number {
+export function maxAbsDiffWhere(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  where: (i: number) => boolean,
+): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) if (where(i)) m = Math.max(m, Math.abs(a[i]! - b[i]!));
   return m;

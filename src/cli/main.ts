@@ -1,0 +1,51 @@
+import { SpindleError } from "../errors.js";
+import { generateCommand } from "./generate.js";
+import { pullCommand } from "./pull.js";
+import { synthModelCommand } from "./synth-model.js";
+
+const USAGE = `usage: spindle <command> [options]
+
+commands:
+  generate      print the continuation of a prompt (spindle generate --help)
+  pull          download a GGUF from Hugging Face into the cache (spindle pull --help)
+  synth-model   write a model with random weights and a real vocabulary (spindle synth-model --help)
+  serve         serve a model over an OpenAI-compatible HTTP API (not yet: lands with the serving-API work)`;
+
+const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
+  generate: generateCommand,
+  pull: pullCommand,
+  "synth-model": synthModelCommand,
+  serve: () => {
+    process.stderr.write(
+      "spindle serve: the HTTP server is not built yet; use `spindle generate` meanwhile\n",
+    );
+    return 1;
+  },
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
+    process.stdout.write(`${USAGE}\n`);
+    return cmd === undefined ? 2 : 0;
+  }
+  const run = COMMANDS[cmd];
+  if (!run) {
+    process.stderr.write(`spindle: unknown command "${cmd}"\n${USAGE}\n`);
+    return 2;
+  }
+  try {
+    return await run(rest);
+  } catch (err) {
+    // Errors a user can act on are one line; anything else is a bug and keeps its stack.
+    if (err instanceof SpindleError) {
+      process.stderr.write(`spindle: ${err.message}\n`);
+      return 1;
+    }
+    if (String((err as { code?: string }).code).startsWith("ERR_PARSE_ARGS")) {
+      process.stderr.write(`spindle ${cmd}: ${(err as Error).message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+}

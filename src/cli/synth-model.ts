@@ -1,0 +1,70 @@
+import { parseArgs } from "node:util";
+import { SpindleError } from "../errors.js";
+import { GGMLType } from "../gguf/types.js";
+import { resolveModel } from "../model/resolve.js";
+import { SHAPES, type SynthArch, synthModel } from "../model/synth.js";
+
+export const SYNTH_USAGE = `usage: spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch llama|qwen2|qwen3]
+                           [--type F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q5_K|Q6_K] [--vocab VOCAB.gguf]
+                           [--seed N] [--tied] [--dim N --layers N --heads N --kv-heads N --ffn N --context N]
+
+Writes a model with deterministic random weights and the tokenizer of a vocab GGUF.
+Defaults: --shape stories15M --arch llama --type F32 --vocab vocab/ggml-vocab-llama-spm.gguf --seed 1`;
+
+export function synthModelCommand(args: string[]): number {
+  const { values } = parseArgs({
+    args,
+    options: {
+      out: { type: "string", short: "o" },
+      shape: { type: "string", default: "stories15M" },
+      arch: { type: "string", default: "llama" },
+      type: { type: "string", default: "F32" },
+      vocab: { type: "string", default: "vocab/ggml-vocab-llama-spm.gguf" },
+      seed: { type: "string", default: "1" },
+      tied: { type: "boolean", default: false },
+      dim: { type: "string" },
+      layers: { type: "string" },
+      heads: { type: "string" },
+      "kv-heads": { type: "string" },
+      ffn: { type: "string" },
+      context: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help || !values.out) {
+    process.stdout.write(`${SYNTH_USAGE}\n`);
+    return values.help ? 0 : 2;
+  }
+  const base = SHAPES[values.shape];
+  if (!base)
+    throw new SpindleError(`unknown shape "${values.shape}" (known: ${Object.keys(SHAPES).join(", ")})`);
+  const type = GGMLType[values.type.toUpperCase() as keyof typeof GGMLType];
+  if (type === undefined) throw new SpindleError(`unknown weight type "${values.type}"`);
+  if (!["llama", "qwen2", "qwen3"].includes(values.arch))
+    throw new SpindleError(`unknown arch "${values.arch}"`);
+  const n = (v: string | undefined, d: number) => (v === undefined ? d : Number(v));
+  const shape = {
+    ...base,
+    dim: n(values.dim, base.dim),
+    nLayers: n(values.layers, base.nLayers),
+    nHeads: n(values.heads, base.nHeads),
+    nKVHeads: n(values["kv-heads"], n(values.heads, base.nKVHeads)),
+    ffnDim: n(values.ffn, base.ffnDim),
+    contextLength: n(values.context, base.contextLength),
+  };
+  const r = synthModel({
+    arch: values.arch as SynthArch,
+    shape,
+    type,
+    vocabPath: resolveModel(values.vocab),
+    out: values.out,
+    seed: Number(values.seed),
+    tied: values.tied,
+  });
+  process.stdout.write(`${r.path}\n`);
+  process.stderr.write(`${(r.parameters / 1e6).toFixed(2)}M parameters\n`);
+  for (const f of r.fallbacks)
+    process.stderr.write(`note: ${f.tensor} stored as ${f.type} (row length not a block multiple)\n`);
+  return 0;
+}

@@ -1,0 +1,90 @@
+import { SpindleError } from "../errors.js";
+import { type SamplingParams, validateSamplingParams } from "../sampling/params.js";
+import { Sampler } from "../sampling/sampler.js";
+import { StopMatcher } from "../sampling/stop.js";
+import { IncrementalDecoder } from "../tokenizer/index.js";
+import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "./kv-cache.js";
+import type { Model } from "./model.js";
+
+/**
+ * Generation for one sequence, start to finish, in the calling thread: the
+ * path behind `spindle generate` and the model tests. Serving goes through the
+ * engine instead (many sequences, a shared paged cache, off the main thread);
+ * both call the same Transformer.forward.
+ */
+
+export interface GenerateOptions {
+  maxTokens: number;
+  sampling?: Partial<SamplingParams>;
+  stop?: string[];
+  /** Called with each piece of new text as soon as it is safe to show. */
+  onText?: (text: string) => void;
+  /** Stop at end-of-generation tokens (default true). */
+  stopAtEog?: boolean;
+}
+
+export interface GenerateResult {
+  promptTokens: number[];
+  tokens: number[];
+  text: string;
+  finishReason: "stop" | "length";
+  promptMs: number;
+  generateMs: number;
+}
+
+export function generate(model: Model, prompt: string | number[], opts: GenerateOptions): GenerateResult {
+  const tok = model.tokenizer;
+  const promptTokens = typeof prompt === "string" ? tok.encode(prompt, { addSpecial: true }) : prompt;
+  if (promptTokens.length === 0) throw new SpindleError("the prompt is empty");
+  const total = promptTokens.length + opts.maxTokens;
+  if (total > model.config.contextLength) {
+    throw new SpindleError(
+      `prompt (${promptTokens.length} tokens) plus max tokens (${opts.maxTokens}) exceeds the context of ${model.config.contextLength}`,
+    );
+  }
+  const numBlocks = Math.ceil(total / DEFAULT_BLOCK_SIZE);
+  const kv = new KVCacheStorage(model.config, numBlocks);
+  const blockTable = Array.from({ length: numBlocks }, (_, i) => i);
+  const sampler = new Sampler(validateSamplingParams(opts.sampling ?? {}), model.config.vocabSize);
+  const decoder = new IncrementalDecoder(tok);
+  const stop = new StopMatcher(opts.stop ?? []);
+  const history = [...promptTokens];
+  const tokens: number[] = [];
+  let text = "";
+  let finishReason: "stop" | "length" = "length";
+  let stoppedByString = false;
+  const emit = (s: string) => {
+    if (s.length === 0) return;
+    text += s;
+    opts.onText?.(s);
+  };
+
+  const t0 = performance.now();
+  let logits = model.transformer.forward(kv, [{ tokens: promptTokens, pos: 0, blockTable }])[0]!;
+  const t1 = performance.now();
+  while (tokens.length < opts.maxTokens) {
+    const { token } = sampler.sample(logits, history);
+    if ((opts.stopAtEog ?? true) && tok.eogTokens.has(token)) {
+      finishReason = "stop";
+      break;
+    }
+    tokens.push(token);
+    history.push(token);
+    const r = stop.push(decoder.push(token));
+    emit(r.emit);
+    if (r.stopped) {
+      finishReason = "stop";
+      stoppedByString = true;
+      break;
+    }
+    if (tokens.length >= opts.maxTokens) break;
+    logits = model.transformer.forward(kv, [{ tokens: [token], pos: history.length - 1, blockTable }])[0]!;
+  }
+  // Text held back (an incomplete UTF-8 character, a possible stop-string prefix) is released at the end,
+  // unless a stop string matched: then everything from the stop string on is dropped.
+  if (!stoppedByString) {
+    const r = stop.push(decoder.flush());
+    emit(r.emit + (r.stopped ? "" : stop.flush()));
+  }
+  return { promptTokens, tokens, text, finishReason, promptMs: t1 - t0, generateMs: performance.now() - t1 };
+}

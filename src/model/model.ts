@@ -1,0 +1,57 @@
+import { ModelFileError } from "../errors.js";
+import { type GGUFFile, readGGUF } from "../gguf/reader.js";
+import type { Kernels } from "../kernels/kernels.js";
+import { referenceKernels } from "../kernels/reference.js";
+import { type Tokenizer, tokenizerFromGGUF } from "../tokenizer/index.js";
+import { configFromGGUF, type ModelConfig } from "./config.js";
+import { Transformer } from "./forward.js";
+import { loadWeights } from "./weights.js";
+
+/** A loaded model: what the engine needs to run it and what the API needs to talk about it. */
+export interface Model {
+  path: string;
+  config: ModelConfig;
+  tokenizer: Tokenizer;
+  /** tokenizer.chat_template from the file, when it has one. */
+  chatTemplate: string | undefined;
+  transformer: Transformer;
+  /** Weight bytes held in memory. */
+  weightBytes: number;
+}
+
+export interface LoadOptions {
+  kernels?: Kernels;
+}
+
+/** Loads a GGUF model file: config, tokenizer, weights. Problems with the file are one-line ModelFileErrors. */
+export function loadModel(path: string, opts: LoadOptions = {}): Model {
+  const g: GGUFFile = readGGUF(path);
+  try {
+    const config = configFromGGUF(g);
+    if (!g.has("tokenizer.ggml.model"))
+      throw new ModelFileError(path, "has no tokenizer (tokenizer.ggml.model is missing)");
+    const tokenizer = tokenizerFromGGUF(g);
+    if (tokenizer.vocabSize !== config.vocabSize) {
+      throw new ModelFileError(
+        path,
+        `tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabulary is ${config.vocabSize}`,
+      );
+    }
+    const weights = loadWeights(g, config);
+    let weightBytes = 0;
+    for (const t of g.tensors.values()) weightBytes += t.nbytes;
+    const chatTemplate = g.has("tokenizer.chat_template")
+      ? g.getString("tokenizer.chat_template")
+      : undefined;
+    return {
+      path,
+      config,
+      tokenizer,
+      chatTemplate,
+      transformer: new Transformer(config, weights, opts.kernels ?? referenceKernels),
+      weightBytes,
+    };
+  } finally {
+    g.close();
+  }
+}
