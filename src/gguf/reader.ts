@@ -1,6 +1,6 @@
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { ModelFileError } from "../errors.js";
-import { GGMLType, GGUFValueType, TYPE_GEOMETRY, typeName } from "./types.js";
+import { type GGMLType, GGUFValueType, TYPE_GEOMETRY, typeName } from "./types.js";
 
 /**
  * GGUF reader. Parses the header, metadata and tensor infos with small reads,
@@ -63,7 +63,10 @@ class Cursor {
 
   private ensure(n: number, what: string): void {
     if (this.pos + n > this.size) {
-      throw new ModelFileError(this.file, `truncated file: ${what} runs past the end of the file at byte ${this.pos}`);
+      throw new ModelFileError(
+        this.file,
+        `truncated file: ${what} runs past the end of the file at byte ${this.pos}`,
+      );
     }
     const end = this.bufStart + this.buf.length;
     if (this.pos >= this.bufStart && this.pos + n <= end) return;
@@ -124,7 +127,8 @@ class Cursor {
   /** A u64 that must fit a JS number (counts, sizes, offsets). */
   count(what: string, max = Number.MAX_SAFE_INTEGER): number {
     const v = this.u64(what);
-    if (v > BigInt(max)) throw new ModelFileError(this.file, `corrupt file: ${what} is ${v}, which is not plausible`);
+    if (v > BigInt(max))
+      throw new ModelFileError(this.file, `corrupt file: ${what} is ${v}, which is not plausible`);
     return Number(v);
   }
   bytes(n: number, what: string): Buffer {
@@ -137,7 +141,10 @@ class Cursor {
   string(what: string): string {
     const len = this.count(`length of ${what}`, MAX_STRING);
     if (len > this.size - this.pos) {
-      throw new ModelFileError(this.file, `truncated file: ${what} (${len} bytes) runs past the end of the file`);
+      throw new ModelFileError(
+        this.file,
+        `truncated file: ${what} (${len} bytes) runs past the end of the file`,
+      );
     }
     return this.bytes(len, what).toString("utf8");
   }
@@ -201,7 +208,8 @@ export class GGUFFile {
   getArray(key: string): GGUFArrayValue | undefined {
     const m = this.metadata.get(key);
     if (m === undefined) return undefined;
-    if (m.type !== GGUFValueType.ARRAY) throw new ModelFileError(this.path, `metadata key ${key} is not an array`);
+    if (m.type !== GGUFValueType.ARRAY)
+      throw new ModelFileError(this.path, `metadata key ${key} is not an array`);
     return m.value;
   }
 
@@ -372,7 +380,8 @@ export function readGGUF(path: string): GGUFFile {
     for (let i = 0; i < nTensors; i++) {
       const name = c.string(`tensor name #${i}`);
       const nDims = c.u32(`dimension count of ${name}`);
-      if (nDims < 1 || nDims > 4) throw new ModelFileError(path, `corrupt file: tensor ${name} has ${nDims} dimensions`);
+      if (nDims < 1 || nDims > 4)
+        throw new ModelFileError(path, `corrupt file: tensor ${name} has ${nDims} dimensions`);
       const dims: number[] = [];
       for (let d = 0; d < nDims; d++) dims.push(c.count(`dimension ${d} of ${name}`, 2 ** 40));
       const type = c.u32(`type of ${name}`);

@@ -1,7 +1,7 @@
 import { closeSync, openSync, renameSync, writeSync } from "node:fs";
 import type { GGUFMetaValue } from "./reader.js";
 import { DEFAULT_ALIGNMENT, GGUF_MAGIC } from "./reader.js";
-import { GGMLType, GGUFValueType, TYPE_GEOMETRY, typeName } from "./types.js";
+import { type GGMLType, GGUFValueType, TYPE_GEOMETRY, typeName } from "./types.js";
 
 /**
  * GGUF writer (version 3). Takes metadata in the reader's typed form and
@@ -25,9 +25,21 @@ export const meta = {
   i32: (value: number): GGUFMetaValue => ({ type: GGUFValueType.INT32, value }),
   f32: (value: number): GGUFMetaValue => ({ type: GGUFValueType.FLOAT32, value }),
   bool: (value: boolean): GGUFMetaValue => ({ type: GGUFValueType.BOOL, value }),
-  strings: (value: string[]): GGUFMetaValue => ({ type: GGUFValueType.ARRAY, itemType: GGUFValueType.STRING, value }),
-  f32s: (value: Float32Array): GGUFMetaValue => ({ type: GGUFValueType.ARRAY, itemType: GGUFValueType.FLOAT32, value }),
-  i32s: (value: Int32Array): GGUFMetaValue => ({ type: GGUFValueType.ARRAY, itemType: GGUFValueType.INT32, value }),
+  strings: (value: string[]): GGUFMetaValue => ({
+    type: GGUFValueType.ARRAY,
+    itemType: GGUFValueType.STRING,
+    value,
+  }),
+  f32s: (value: Float32Array): GGUFMetaValue => ({
+    type: GGUFValueType.ARRAY,
+    itemType: GGUFValueType.FLOAT32,
+    value,
+  }),
+  i32s: (value: Int32Array): GGUFMetaValue => ({
+    type: GGUFValueType.ARRAY,
+    itemType: GGUFValueType.INT32,
+    value,
+  }),
 };
 
 class Out {
@@ -57,51 +69,46 @@ class Out {
   }
 }
 
-function scalar(out: Out, type: GGUFValueType, v: unknown): void {
-  const b8 = Buffer.alloc(8);
+function scalarBytes(type: GGUFValueType, v: unknown): Buffer {
+  const b = Buffer.alloc(8);
   switch (type) {
     case GGUFValueType.UINT8:
-      b8.writeUInt8(Number(v));
-      return out.push(b8.subarray(0, 1));
+      return b.subarray(0, b.writeUInt8(Number(v)));
     case GGUFValueType.INT8:
-      b8.writeInt8(Number(v));
-      return out.push(b8.subarray(0, 1));
+      return b.subarray(0, b.writeInt8(Number(v)));
     case GGUFValueType.UINT16:
-      b8.writeUInt16LE(Number(v));
-      return out.push(b8.subarray(0, 2));
+      return b.subarray(0, b.writeUInt16LE(Number(v)));
     case GGUFValueType.INT16:
-      b8.writeInt16LE(Number(v));
-      return out.push(b8.subarray(0, 2));
+      return b.subarray(0, b.writeInt16LE(Number(v)));
     case GGUFValueType.UINT32:
-      b8.writeUInt32LE(Number(v));
-      return out.push(b8.subarray(0, 4));
+      return b.subarray(0, b.writeUInt32LE(Number(v)));
     case GGUFValueType.INT32:
-      b8.writeInt32LE(Number(v));
-      return out.push(b8.subarray(0, 4));
+      return b.subarray(0, b.writeInt32LE(Number(v)));
     case GGUFValueType.FLOAT32:
-      b8.writeFloatLE(Number(v));
-      return out.push(b8.subarray(0, 4));
+      return b.subarray(0, b.writeFloatLE(Number(v)));
     case GGUFValueType.BOOL:
-      b8.writeUInt8(v ? 1 : 0);
-      return out.push(b8.subarray(0, 1));
-    case GGUFValueType.STRING:
-      return out.string(String(v));
+      return b.subarray(0, b.writeUInt8(v ? 1 : 0));
     case GGUFValueType.UINT64:
-      b8.writeBigUInt64LE(BigInt(v as number | bigint));
-      return out.push(b8);
+      return b.subarray(0, b.writeBigUInt64LE(BigInt(v as number | bigint)));
     case GGUFValueType.INT64:
-      b8.writeBigInt64LE(BigInt(v as number | bigint));
-      return out.push(b8);
+      return b.subarray(0, b.writeBigInt64LE(BigInt(v as number | bigint)));
     case GGUFValueType.FLOAT64:
-      b8.writeDoubleLE(Number(v));
-      return out.push(b8);
+      return b.subarray(0, b.writeDoubleLE(Number(v)));
     default:
       throw new Error(`cannot write GGUF value type ${type}`);
   }
 }
 
+function scalar(out: Out, type: GGUFValueType, v: unknown): void {
+  if (type === GGUFValueType.STRING) out.string(String(v));
+  else out.push(scalarBytes(type, v));
+}
+
 function value(out: Out, m: GGUFMetaValue): void {
-  if (m.type !== GGUFValueType.ARRAY) return scalar(out, m.type, m.value);
+  if (m.type !== GGUFValueType.ARRAY) {
+    scalar(out, m.type, m.value);
+    return;
+  }
   out.u32(m.itemType);
   const items = m.value as ArrayLike<unknown>;
   out.u64(items.length);
@@ -153,7 +160,9 @@ export function writeGGUF(
     const n = t.dims.reduce((a, b) => a * b, 1);
     const expected = (n / g.blockSize) * g.typeSize;
     if (t.data.byteLength !== expected) {
-      throw new Error(`tensor ${t.name}: ${t.data.byteLength} bytes given, ${typeName(t.type)} ${t.dims} needs ${expected}`);
+      throw new Error(
+        `tensor ${t.name}: ${t.data.byteLength} bytes given, ${typeName(t.type)} ${t.dims} needs ${expected}`,
+      );
     }
     head.string(t.name);
     head.u32(t.dims.length);

@@ -54,9 +54,23 @@ export interface Kernels {
   /** out[i, :] = W[ids[i], :] as floats (embedding lookup). */
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void;
   /** out[t, :] = x[t, :] / rms(x[t, :]) · weight, over rows of width `dim`. out may be x. */
-  rmsnorm(x: Float32Array, weight: Float32Array, nRows: number, dim: number, eps: number, out: Float32Array): void;
+  rmsnorm(
+    x: Float32Array,
+    weight: Float32Array,
+    nRows: number,
+    dim: number,
+    eps: number,
+    out: Float32Array,
+  ): void;
   /** Rotates, in place, each of nHeads heads of each token row by its position. */
-  rope(x: Float32Array, nTokens: number, nHeads: number, headDim: number, positions: Int32Array, p: RopeParams): void;
+  rope(
+    x: Float32Array,
+    nTokens: number,
+    nHeads: number,
+    headDim: number,
+    positions: Int32Array,
+    p: RopeParams,
+  ): void;
   /** out[i] = silu(gate[i]) · up[i] for i < n. */
   swiglu(gate: Float32Array, up: Float32Array, n: number, out: Float32Array): void;
   /** a[i] += b[i] for i < n. */
@@ -69,5 +83,11 @@ export interface Kernels {
    * Causal attention of each sequence's new queries over its cached keys/values
    * (positions 0..pos+i for the i-th new token). q and out are nTokens × nHeads·headDim.
    */
-  attention(kv: PagedKV, q: Float32Array, nHeads: number, seqs: readonly AttentionSeq[], out: Float32Array): void;
+  attention(
+    kv: PagedKV,
+    q: Float32Array,
+    nHeads: number,
+    seqs: readonly AttentionSeq[],
+    out: Float32Array,
+  ): void;
 }

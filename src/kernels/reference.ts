@@ -1,6 +1,6 @@
 import type { RopeParams } from "../model/config.js";
 import { dequantizeRow, dotRow } from "../quant/index.js";
-import type { AttentionSeq, Kernels, PagedKV, WeightMatrix } from "./kernels.js";
+import type { Kernels, PagedKV, WeightMatrix } from "./kernels.js";
 
 /**
  * The reference kernels: plain TypeScript, written for clarity first. They are
@@ -61,7 +61,8 @@ export const referenceKernels: Kernels = {
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i]!;
-      if (!(id >= 0 && id < w.rows)) throw new RangeError(`token id ${id} is outside the vocabulary (0..${w.rows - 1})`);
+      if (!(id >= 0 && id < w.rows))
+        throw new RangeError(`token id ${id} is outside the vocabulary (0..${w.rows - 1})`);
       dequantizeRow(w.type, w.data, id * w.rowBytes, out, i * w.cols, w.cols);
     }
   },

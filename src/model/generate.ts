@@ -46,7 +46,7 @@ export function generate(model: Model, prompt: string | number[], opts: Generate
   const kv = new KVCacheStorage(model.config, numBlocks);
   const blockTable = Array.from({ length: numBlocks }, (_, i) => i);
   const sampler = new Sampler(validateSamplingParams(opts.sampling ?? {}), model.config.vocabSize);
-  const decoder = new IncrementalDecoder(tok);
+  const decoder = new IncrementalDecoder(tok, { continuation: true });
   const stop = new StopMatcher(opts.stop ?? []);
   const history = [...promptTokens];
   const tokens: number[] = [];

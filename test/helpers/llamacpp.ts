@@ -36,7 +36,11 @@ export async function llamaTokenize(path: string, text: string, special = false)
  * llama.cpp's text for `ids` (llama_detokenize without remove_special; `special` renders
  * control tokens). Note llama.cpp cleans up tokenization spaces for vocabularies that ask for it.
  */
-export async function llamaDetokenize(path: string, ids: readonly number[], special = false): Promise<string> {
+export async function llamaDetokenize(
+  path: string,
+  ids: readonly number[],
+  special = false,
+): Promise<string> {
   const model = await llamaVocabModel(path);
   return model.detokenize(ids as Token[], special);
 }

@@ -68,7 +68,11 @@ async function compare(model: Model, type: GGMLType) {
     compared++;
   }
   // Spindle's own greedy run agrees up to the first thin step.
-  const ours = generate(model, prompt, { maxTokens: 16, stopAtEog: false, sampling: { temperature: 0 } }).tokens;
+  const ours = generate(model, prompt, {
+    maxTokens: 16,
+    stopAtEog: false,
+    sampling: { temperature: 0 },
+  }).tokens;
   for (let i = 0; i < 16; i++) {
     if (top2Margin(logitsAfter(model, [...prompt, ...ours.slice(0, i)])) < 2 * tolerance(type)) break;
     expect(ours[i], `${typeName(type)} own greedy step ${i}`).toBe(theirs[i]);

@@ -1,0 +1,138 @@
+import { join } from "node:path";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { main } from "../../src/cli/main.js";
+import { readGGUF } from "../../src/gguf/reader.js";
+import { GGMLType } from "../../src/gguf/types.js";
+import { loadModel } from "../../src/model/model.js";
+import { llamaGreedy } from "../helpers/llamacpp.js";
+import { STORIES_260K, testModel } from "../helpers/models.js";
+import { tempDir } from "../helpers/tmp.js";
+
+const dir = tempDir();
+
+/** Runs the CLI in-process and captures what it writes. */
+async function run(args: string[]) {
+  let stdout = "";
+  let stderr = "";
+  const o = vi.spyOn(process.stdout, "write").mockImplementation((s) => {
+    stdout += String(s);
+    return true;
+  });
+  const e = vi.spyOn(process.stderr, "write").mockImplementation((s) => {
+    stderr += String(s);
+    return true;
+  });
+  try {
+    const code = await main(args);
+    return { code, stdout, stderr };
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+  }
+}
+
+afterEach(() => vi.restoreAllMocks());
+
+describe("spindle generate", () => {
+  it("prints stories260K's greedy continuation (llama.cpp's tokens, detokenized) and timings", async () => {
+    const path = testModel(STORIES_260K);
+    const r = await run([
+      "generate",
+      "--model",
+      "stories260K",
+      "--prompt",
+      "Once upon a time",
+      "--max-tokens",
+      "24",
+    ]);
+    expect(r.code).toBe(0);
+    const model = loadModel(path);
+    const expected = model.tokenizer.decode(
+      await llamaGreedy(path, model.tokenizer.encode("Once upon a time"), 24),
+    );
+    expect(r.stdout).toBe(`${expected}\n`);
+    expect(r.stderr).toMatch(/generated: 24 tokens in [\d.]+ ms \([\d.]+ tok\/s\), finish: length/);
+  });
+
+  it("stops at a stop string and leaves it out", async () => {
+    const r = await run([
+      "generate",
+      "-m",
+      "stories260K",
+      "-p",
+      "Once upon a time",
+      "-n",
+      "40",
+      "--stop",
+      "Lily",
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(", there was a little girl named \n");
+    expect(r.stderr).toMatch(/finish: stop/);
+  });
+
+  it("a missing model is one line naming where it looked, exit code 1", async () => {
+    const r = await run(["generate", "--model", "no-such-model", "--prompt", "x"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toMatch(
+      /^spindle: model "no-such-model" not found \(looked in .*\); pass a \.gguf path/,
+    );
+  });
+
+  it("a corrupt model file is one line, no stack", async () => {
+    const r = await run(["generate", "--model", testModel("vocab/ggml-vocab-gpt-2.gguf"), "--prompt", "x"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^spindle: .*ggml-vocab-gpt-2\.gguf: unsupported architecture "gpt2".*\n$/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it("an unknown option is a usage error (exit 2)", async () => {
+    const r = await run(["generate", "--modle", "x"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--modle/);
+  });
+});
+
+describe("spindle synth-model", () => {
+  it("writes a stories15M-shaped Q8_0 model that loads", async () => {
+    const out = join(dir, "s15m.gguf");
+    const r = await run([
+      "synth-model",
+      "--shape",
+      "stories15M",
+      "--type",
+      "Q8_0",
+      "--layers",
+      "2",
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe(out);
+    const g = readGGUF(out);
+    expect(g.tensor("blk.0.attn_q.weight").type).toBe(GGMLType.Q8_0);
+    expect(g.tensor("blk.0.attn_q.weight").dims).toEqual([288, 288]);
+    const m = loadModel(out);
+    expect(m.config).toMatchObject({ dim: 288, nLayers: 2, nHeads: 6, ffnDim: 768, vocabSize: 32000 });
+    expect(m.tokenizer.encode("Hello world")).toEqual([1, 15043, 3186]);
+  });
+
+  it("falls back, and says so, when a type's block does not divide a row (Q4_K on 288-wide rows)", async () => {
+    const out = join(dir, "s15m-q4k.gguf");
+    const r = await run([
+      "synth-model",
+      "--shape",
+      "stories15M",
+      "--type",
+      "Q4_K",
+      "--layers",
+      "1",
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/blk\.0\.attn_q\.weight stored as Q8_0/);
+    expect(readGGUF(out).tensor("blk.0.ffn_down.weight").type).toBe(GGMLType.Q4_K); // 768 = 3 × 256
+  });
+});
