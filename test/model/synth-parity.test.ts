@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { GGMLType, typeName } from "../../src/gguf/types.js";
+import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../../src/gguf/types.js";
 import { generate } from "../../src/model/generate.js";
 import { loadModel, type Model } from "../../src/model/model.js";
 import { SHAPES, type SynthArch, synthModel } from "../../src/model/synth.js";
@@ -81,19 +81,7 @@ async function compare(model: Model, type: GGMLType) {
 }
 
 describe("synthesized llama in every weight type vs llama.cpp", () => {
-  const types = [
-    GGMLType.F32,
-    GGMLType.F16,
-    GGMLType.BF16,
-    GGMLType.Q8_0,
-    GGMLType.Q4_0,
-    GGMLType.Q4_1,
-    GGMLType.Q5_0,
-    GGMLType.Q5_1,
-    GGMLType.Q4_K,
-    GGMLType.Q5_K,
-    GGMLType.Q6_K,
-  ];
+  const types = SUPPORTED_WEIGHT_TYPES;
   let totalCompared = 0;
   for (const type of types) {
     it(`${typeName(type)}: logits within ${tolerance(type)}, greedy agrees`, async () => {
