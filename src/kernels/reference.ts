@@ -45,16 +45,13 @@ export const referenceKernels: Kernels = {
   name: "reference",
 
   matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {
+    // One fused dot product per (row, token): the same arithmetic runs whatever nTokens is, so a
+    // sequence's results do not depend on what else is in the batch (batch invariance: the
+    // engine's parity tests rely on it).
     const { rows, cols, data, rowBytes, type } = w;
-    if (nTokens === 1) {
-      for (let r = 0; r < rows; r++) out[r] = dotRow(type, data, r * rowBytes, x, 0, cols);
-      return;
-    }
-    // Dequantize each weight row once, then use it for every token.
-    const row = scratchRow(cols);
     for (let r = 0; r < rows; r++) {
-      dequantizeRow(type, data, r * rowBytes, row, 0, cols);
-      for (let t = 0; t < nTokens; t++) out[t * rows + r] = dot(row, 0, x, t * cols, cols);
+      const wo = r * rowBytes;
+      for (let t = 0; t < nTokens; t++) out[t * rows + r] = dotRow(type, data, wo, x, t * cols, cols);
     }
   },
 

@@ -1,0 +1,304 @@
+import { SpindleError } from "../errors.js";
+import { type SampleResult, Sampler } from "../sampling/sampler.js";
+import { StopMatcher } from "../sampling/stop.js";
+import { IncrementalDecoder, type Tokenizer } from "../tokenizer/index.js";
+import { BlockManager, type PrefixCacheStats } from "./block-manager.js";
+import type { Runner, RunnerItem } from "./runner.js";
+import { DEFAULT_SCHEDULER_OPTIONS, Scheduler, type SchedulerOptions } from "./scheduler.js";
+import { type FinishReason, type RequestSpec, Sequence, type SeqTimes } from "./sequence.js";
+
+/**
+ * The engine loop's core: `step()` is one iteration — schedule, run the batch,
+ * then turn sampled tokens into output (append, detokenize, stop checks,
+ * finish). It is synchronous and owns no thread or timer, so tests drive it
+ * step by step and the worker (engine-worker.ts) drives it in a loop.
+ */
+
+export interface Clock {
+  now(): number;
+  /** Present on virtual clocks: the engine moves them by a simulated step's duration. */
+  advance?(ms: number): void;
+}
+
+export const realClock: Clock = { now: () => performance.now() };
+
+export class VirtualClock implements Clock {
+  constructor(private t = 0) {}
+  now(): number {
+    return this.t;
+  }
+  advance(ms: number): void {
+    this.t += ms;
+  }
+}
+
+export interface EngineOptions extends Partial<SchedulerOptions> {
+  prefixCaching?: boolean;
+  clock?: Clock;
+  /** Turns tokens into text, finds stop strings and end-of-generation tokens. Without one, only ids are produced. */
+  tokenizer?: Tokenizer;
+}
+
+export interface FinishInfo {
+  reason: FinishReason;
+  message?: string;
+  promptTokens: number;
+  cachedTokens: number;
+  completionTokens: number;
+  preemptions: number;
+  times: SeqTimes;
+  /** Times of each generated token. */
+  tokenTimes: number[];
+}
+
+/** What one step produced for one request. */
+export interface EngineEvent {
+  id: string;
+  tokens: number[];
+  text: string;
+  /** Per new token, when the request asked for logprobs. */
+  logprobs?: SampleResult[];
+  finish?: FinishInfo;
+}
+
+export interface StepStats {
+  batchSize: number;
+  prefillTokens: number;
+  decodeTokens: number;
+  preempted: number;
+}
+
+interface SeqOutput {
+  sampler: Sampler;
+  decoder: IncrementalDecoder | undefined;
+  stop: StopMatcher | undefined;
+  wantLogprobs: boolean;
+  key: number;
+}
+
+function keyOf(id: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+export class EngineCore {
+  readonly blocks: BlockManager;
+  readonly scheduler: Scheduler;
+  readonly clock: Clock;
+  private readonly seqs = new Map<string, Sequence>();
+  private readonly outputs = new Map<string, SeqOutput>();
+  private pending: EngineEvent[] = [];
+  private readonly tokenizer: Tokenizer | undefined;
+  lastStep: StepStats = { batchSize: 0, prefillTokens: 0, decodeTokens: 0, preempted: 0 };
+  steps = 0;
+
+  constructor(
+    readonly runner: Runner,
+    opts: EngineOptions = {},
+  ) {
+    const { prefixCaching = true, clock = realClock, tokenizer, ...sched } = opts;
+    this.clock = clock;
+    this.tokenizer = tokenizer;
+    this.blocks = new BlockManager(runner.numBlocks, runner.blockSize, prefixCaching);
+    const defined = Object.fromEntries(Object.entries(sched).filter(([, v]) => v !== undefined));
+    this.scheduler = new Scheduler(this.blocks, { ...DEFAULT_SCHEDULER_OPTIONS, ...defined });
+  }
+
+  /** Requests not yet finished (waiting or running). */
+  get numUnfinished(): number {
+    return this.seqs.size;
+  }
+
+  get prefixStats(): PrefixCacheStats {
+    return this.blocks.stats;
+  }
+
+  /** Adds a request. Throws SpindleError (naming the limit) for a request that can never run. */
+  add(spec: RequestSpec): Sequence {
+    if (this.seqs.has(spec.id)) throw new SpindleError(`request id ${spec.id} is already in use`);
+    if (spec.prompt.length === 0) throw new SpindleError("the prompt is empty");
+    if (!(spec.maxTokens >= 1)) throw new SpindleError("max_tokens must be at least 1");
+    const ctx = this.runner.contextLength;
+    if (spec.prompt.length >= ctx) {
+      throw new SpindleError(
+        `the prompt has ${spec.prompt.length} tokens but the model's context is ${ctx}: at most ${ctx - 1} prompt tokens leave room to generate`,
+        "context_length_exceeded",
+      );
+    }
+    const capacity = this.blocks.numBlocks * this.blocks.blockSize;
+    if (spec.prompt.length >= capacity) {
+      throw new SpindleError(
+        `the prompt has ${spec.prompt.length} tokens but the KV cache holds ${capacity}; raise --kv-cache-memory`,
+        "kv_cache_too_small",
+      );
+    }
+    for (const t of spec.prompt) {
+      if (!(Number.isInteger(t) && t >= 0 && t < this.runner.vocabSize)) {
+        throw new SpindleError(`token id ${t} is outside the vocabulary (0..${this.runner.vocabSize - 1})`);
+      }
+    }
+    const sampler = new Sampler(spec.sampling ?? {}, this.runner.vocabSize);
+    const seq = new Sequence(spec, this.clock.now());
+    const tok = this.tokenizer;
+    this.outputs.set(spec.id, {
+      sampler,
+      decoder: tok ? new IncrementalDecoder(tok, { continuation: true }) : undefined,
+      stop: tok && spec.stop && spec.stop.length > 0 ? new StopMatcher(spec.stop) : undefined,
+      wantLogprobs: (spec.sampling?.logprobs ?? 0) > 0,
+      key: keyOf(spec.id),
+    });
+    this.seqs.set(spec.id, seq);
+    this.scheduler.add(seq);
+    return seq;
+  }
+
+  get(id: string): Sequence | undefined {
+    return this.seqs.get(id);
+  }
+
+  /** Cancels a request in any state: its blocks are freed now; its finish event comes with the next step's events. */
+  abort(id: string, message = "aborted"): boolean {
+    const seq = this.seqs.get(id);
+    if (!seq) return false;
+    this.finish(seq, "abort", message, this.clock.now());
+    return true;
+  }
+
+  hasWork(): boolean {
+    return this.seqs.size > 0 || this.pending.length > 0;
+  }
+
+  /** When idle-waiting (window mode, or deadlines), the time the next step has something to do. */
+  nextWakeup(): number | undefined {
+    return this.scheduler.admissionTime(this.clock.now());
+  }
+
+  /** One engine step. Returns the events it produced (plus those of aborts since the last step). */
+  step(): EngineEvent[] {
+    let now = this.clock.now();
+    this.expireDeadlines(now);
+    const plan = this.scheduler.schedule(now);
+    for (const seq of plan.overflowed) {
+      this.finish(seq, "length", "the sequence outgrew the KV cache", now);
+    }
+    const items = plan.items.filter((it) => !it.seq.isFinished);
+    this.lastStep = {
+      batchSize: items.length,
+      prefillTokens: 0,
+      decodeTokens: 0,
+      preempted: plan.preempted.length,
+    };
+    if (items.length > 0) {
+      const runnerItems: RunnerItem[] = items.map(({ seq, n }) => {
+        if (n === 1 && seq.numComputed >= seq.promptLength) this.lastStep.decodeTokens++;
+        else this.lastStep.prefillTokens += n;
+        const out = this.outputs.get(seq.id)!;
+        return {
+          tokens: seq.tokens.slice(seq.numComputed, seq.numComputed + n),
+          pos: seq.numComputed,
+          blockTable: seq.blockTable,
+          sample: seq.numComputed + n === seq.tokens.length,
+          sampler: out.sampler,
+          history: seq.tokens,
+          seqKey: out.key,
+        };
+      });
+      const result = this.runner.execute(runnerItems);
+      if (result.simulatedMs !== undefined) this.clock.advance?.(result.simulatedMs);
+      now = this.clock.now();
+      this.steps++;
+      items.forEach(({ seq, n }, i) => {
+        seq.numComputed += n;
+        this.blocks.commit(seq);
+        const sample = result.samples[i];
+        if (sample) this.accept(seq, sample, now);
+      });
+    }
+    const events = this.pending;
+    this.pending = [];
+    return events;
+  }
+
+  private event(seq: Sequence): EngineEvent {
+    const last = this.pending[this.pending.length - 1];
+    if (last && last.id === seq.id && !last.finish) return last;
+    const e: EngineEvent = { id: seq.id, tokens: [], text: "" };
+    this.pending.push(e);
+    return e;
+  }
+
+  /** A sampled token: append it, turn it into text, and finish the sequence if it is done. */
+  private accept(seq: Sequence, sample: SampleResult, now: number): void {
+    const out = this.outputs.get(seq.id)!;
+    const tok = this.tokenizer;
+    seq.times.firstToken ??= now;
+    seq.times.lastToken = now;
+    const ev = this.event(seq);
+    if ((seq.spec.stopAtEog ?? true) && tok?.eogTokens.has(sample.token)) {
+      seq.tokenTimes.push(now);
+      this.finish(seq, "stop", undefined, now);
+      return;
+    }
+    seq.tokens.push(sample.token);
+    seq.tokenTimes.push(now);
+    ev.tokens.push(sample.token);
+    if (out.wantLogprobs) (ev.logprobs ??= []).push(sample);
+    if (out.decoder) {
+      const piece = out.decoder.push(sample.token);
+      if (out.stop) {
+        const r = out.stop.push(piece);
+        ev.text += r.emit;
+        if (r.stopped) {
+          this.finish(seq, "stop", undefined, now, true);
+          return;
+        }
+      } else {
+        ev.text += piece;
+      }
+    }
+    if (seq.numOutput >= seq.spec.maxTokens || seq.tokens.length >= this.runner.contextLength) {
+      this.finish(seq, "length", undefined, now);
+    }
+  }
+
+  private finish(seq: Sequence, reason: FinishReason, message: string | undefined, now: number, stopped = false): void {
+    if (seq.isFinished) return;
+    const out = this.outputs.get(seq.id)!;
+    const ev = this.event(seq);
+    // Release text held back (a partial character, a possible stop-string prefix) unless a stop string matched.
+    if (!stopped && reason !== "abort" && out.decoder) {
+      const tail = out.decoder.flush();
+      if (out.stop) {
+        const r = out.stop.push(tail);
+        ev.text += r.emit + (r.stopped ? "" : out.stop.flush());
+      } else {
+        ev.text += tail;
+      }
+    }
+    seq.state = "finished";
+    seq.finishReason = reason;
+    seq.errorMessage = message;
+    seq.times.finished = now;
+    this.scheduler.remove(seq);
+    this.seqs.delete(seq.id);
+    this.outputs.delete(seq.id);
+    ev.finish = {
+      reason,
+      message,
+      promptTokens: seq.promptLength,
+      cachedTokens: seq.cachedTokens,
+      completionTokens: seq.numOutput,
+      preemptions: seq.preemptions,
+      times: seq.times,
+      tokenTimes: seq.tokenTimes,
+    };
+  }
+
+  private expireDeadlines(now: number): void {
+    for (const seq of [...this.seqs.values()]) {
+      const t = seq.spec.timeoutMs;
+      if (t !== undefined && now - seq.times.arrival >= t) this.finish(seq, "abort", `timed out after ${t} ms`, now);
+    }
+  }
+}

@@ -1,0 +1,77 @@
+import type { BatchSeq, Transformer } from "../model/forward.js";
+import { KVCacheStorage } from "../model/kv-cache.js";
+import type { Model } from "../model/model.js";
+import type { Sampler, SampleResult } from "../sampling/sampler.js";
+
+/**
+ * The model runner: executes one engine step. It gets, for every scheduled
+ * sequence, the tokens to compute now, their position and the block table,
+ * and returns a sampled token for each sequence whose step ends its pending
+ * tokens. Two implementations share this interface: ModelRunner (the real
+ * forward pass over the paged KV cache) and SimRunner (a cost model, for
+ * scheduler experiments at scale).
+ */
+
+export interface RunnerItem {
+  /** Tokens whose K/V this step computes. */
+  tokens: number[];
+  /** Position of tokens[0]. */
+  pos: number;
+  blockTable: number[];
+  /** Whether to sample the next token after this step (this step ends the sequence's pending tokens). */
+  sample: boolean;
+  sampler: Sampler;
+  /** Every token of the sequence so far (for penalties). */
+  history: number[];
+  /** A stable per-sequence number (the simulated runner derives its tokens from it). */
+  seqKey: number;
+}
+
+export interface RunnerResult {
+  /** One entry per item: the sampled token, or undefined when the item did not sample. */
+  samples: (SampleResult | undefined)[];
+  /** Simulated runners report how long the step would have taken, in ms. */
+  simulatedMs?: number;
+}
+
+export interface Runner {
+  readonly vocabSize: number;
+  readonly contextLength: number;
+  readonly numBlocks: number;
+  readonly blockSize: number;
+  execute(items: readonly RunnerItem[]): RunnerResult;
+}
+
+/** The real runner: one batched forward pass of the model, then sampling. */
+export class ModelRunner implements Runner {
+  readonly kv: KVCacheStorage;
+  readonly vocabSize: number;
+  readonly contextLength: number;
+  private readonly transformer: Transformer;
+
+  constructor(model: Model, numBlocks: number, blockSize?: number) {
+    this.transformer = model.transformer;
+    this.kv = new KVCacheStorage(model.config, numBlocks, blockSize);
+    this.vocabSize = model.config.vocabSize;
+    this.contextLength = model.config.contextLength;
+  }
+
+  get numBlocks(): number {
+    return this.kv.numBlocks;
+  }
+  get blockSize(): number {
+    return this.kv.blockSize;
+  }
+
+  execute(items: readonly RunnerItem[]): RunnerResult {
+    const batch: BatchSeq[] = items.map((it) => ({
+      tokens: it.tokens,
+      pos: it.pos,
+      blockTable: it.blockTable,
+      logits: it.sample ? "last" : "none",
+    }));
+    const logits = this.transformer.forward(this.kv, batch);
+    return { samples: items.map((it, i) => (it.sample ? it.sampler.sample(logits[i]!, it.history) : undefined)) };
+  }
+}
+

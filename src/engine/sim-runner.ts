@@ -1,0 +1,95 @@
+import type { SampleResult } from "../sampling/sampler.js";
+import type { Runner, RunnerItem, RunnerResult } from "./runner.js";
+
+/**
+ * The simulated runner: the real scheduler and block manager run unchanged,
+ * but a step's compute is replaced by a cost model
+ *
+ *   step ms = base + perPrefillToken · prefill tokens + perDecodeSeq · decoding sequences
+ *             + perAttendedToken · Σ context length over the batch's new tokens
+ *
+ * with coefficients fitted from measured runs of the real runner (`spindle
+ * calibrate`). Tokens are a deterministic function of the sequence and
+ * position, never an end-of-generation token, so outputs are reproducible.
+ */
+
+export interface SimCost {
+  baseMs: number;
+  perPrefillTokenMs: number;
+  perDecodeSeqMs: number;
+  perAttendedTokenMs: number;
+}
+
+/** Coefficients for a stories15M-sized model on one core (see `spindle calibrate`). */
+export const DEFAULT_SIM_COST: SimCost = {
+  baseMs: 0.5,
+  perPrefillTokenMs: 0.35,
+  perDecodeSeqMs: 2,
+  perAttendedTokenMs: 0.0005,
+};
+
+export interface SimRunnerOptions {
+  vocabSize?: number;
+  contextLength?: number;
+  numBlocks: number;
+  blockSize?: number;
+  cost?: SimCost;
+  /** Token ids the simulator never emits (e.g. EOS), so lengths are exactly max_tokens. */
+  avoid?: ReadonlySet<number>;
+}
+
+export function simStepMs(cost: SimCost, items: readonly Pick<RunnerItem, "tokens" | "pos">[]): number {
+  let prefill = 0;
+  let decode = 0;
+  let attended = 0;
+  for (const it of items) {
+    if (it.tokens.length === 1) decode++;
+    else prefill += it.tokens.length;
+    // Each new token attends to every position up to its own.
+    attended += it.tokens.length * it.pos + (it.tokens.length * (it.tokens.length + 1)) / 2;
+  }
+  return (
+    cost.baseMs +
+    cost.perPrefillTokenMs * prefill +
+    cost.perDecodeSeqMs * decode +
+    cost.perAttendedTokenMs * attended
+  );
+}
+
+export class SimRunner implements Runner {
+  readonly vocabSize: number;
+  readonly contextLength: number;
+  readonly numBlocks: number;
+  readonly blockSize: number;
+  readonly cost: SimCost;
+  private readonly avoid: ReadonlySet<number>;
+
+  constructor(o: SimRunnerOptions) {
+    this.vocabSize = o.vocabSize ?? 32000;
+    this.contextLength = o.contextLength ?? 4096;
+    this.numBlocks = o.numBlocks;
+    this.blockSize = o.blockSize ?? 16;
+    this.cost = o.cost ?? DEFAULT_SIM_COST;
+    this.avoid = o.avoid ?? new Set();
+  }
+
+  execute(items: readonly RunnerItem[]): RunnerResult {
+    const samples = items.map((it): SampleResult | undefined => {
+      if (!it.sample) return undefined;
+      const position = it.pos + it.tokens.length;
+      let token = this.tokenAt(it.seqKey, position);
+      while (this.avoid.has(token)) token = (token + 1) % this.vocabSize;
+      return { token, logprob: Number.NaN, topLogprobs: [] };
+    });
+    return { samples, simulatedMs: simStepMs(this.cost, items) };
+  }
+
+  /** A fixed pseudo-random token for (sequence, position). */
+  private tokenAt(key: number, position: number): number {
+    let h = Math.imul(key ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(position + 1, 0xc2b2ae35);
+    h ^= h >>> 16;
+    h = Math.imul(h, 0x7feb352d);
+    h ^= h >>> 15;
+    return (h >>> 0) % this.vocabSize;
+  }
+}
