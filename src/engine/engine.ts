@@ -5,7 +5,7 @@ import { IncrementalDecoder, type Tokenizer } from "../tokenizer/index.js";
 import { BlockManager, type PrefixCacheStats } from "./block-manager.js";
 import type { Runner, RunnerItem } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS, Scheduler, type SchedulerOptions } from "./scheduler.js";
-import { type FinishReason, type RequestSpec, Sequence, type SeqTimes } from "./sequence.js";
+import { type FinishReason, type RequestSpec, type SeqTimes, Sequence } from "./sequence.js";
 
 /**
  * The engine loop's core: `step()` is one iteration — schedule, run the batch,
@@ -262,7 +262,13 @@ export class EngineCore {
     }
   }
 
-  private finish(seq: Sequence, reason: FinishReason, message: string | undefined, now: number, stopped = false): void {
+  private finish(
+    seq: Sequence,
+    reason: FinishReason,
+    message: string | undefined,
+    now: number,
+    stopped = false,
+  ): void {
     if (seq.isFinished) return;
     const out = this.outputs.get(seq.id)!;
     const ev = this.event(seq);
@@ -298,7 +304,8 @@ export class EngineCore {
   private expireDeadlines(now: number): void {
     for (const seq of [...this.seqs.values()]) {
       const t = seq.spec.timeoutMs;
-      if (t !== undefined && now - seq.times.arrival >= t) this.finish(seq, "abort", `timed out after ${t} ms`, now);
+      if (t !== undefined && now - seq.times.arrival >= t)
+        this.finish(seq, "abort", `timed out after ${t} ms`, now);
     }
   }
 }

@@ -1,7 +1,7 @@
 import type { BatchSeq, Transformer } from "../model/forward.js";
 import { KVCacheStorage } from "../model/kv-cache.js";
 import type { Model } from "../model/model.js";
-import type { Sampler, SampleResult } from "../sampling/sampler.js";
+import type { SampleResult, Sampler } from "../sampling/sampler.js";
 
 /**
  * The model runner: executes one engine step. It gets, for every scheduled
@@ -71,7 +71,8 @@ export class ModelRunner implements Runner {
       logits: it.sample ? "last" : "none",
     }));
     const logits = this.transformer.forward(this.kv, batch);
-    return { samples: items.map((it, i) => (it.sample ? it.sampler.sample(logits[i]!, it.history) : undefined)) };
+    return {
+      samples: items.map((it, i) => (it.sample ? it.sampler.sample(logits[i]!, it.history) : undefined)),
+    };
   }
 }
-

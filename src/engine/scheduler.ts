@@ -99,7 +99,8 @@ export class Scheduler {
 
   /** When a waiting batch may be admitted (window mode): the earliest time, or undefined if it may now. */
   admissionTime(now: number): number | undefined {
-    if (this.opts.batching !== "window" || this.running.length > 0 || this.waiting.length === 0) return undefined;
+    if (this.opts.batching !== "window" || this.running.length > 0 || this.waiting.length === 0)
+      return undefined;
     if (this.waiting.length >= this.opts.maxNumSeqs) return undefined;
     let oldest = Number.POSITIVE_INFINITY;
     for (const s of this.waiting) oldest = Math.min(oldest, s.times.arrival);

@@ -21,7 +21,12 @@ export interface DriveResult {
  * `tickMs` per iteration, and the loop runs until every request has finished. Bounded, so a
  * scheduler bug that stalls fails the test instead of hanging it.
  */
-export function drive(engine: EngineCore, arrivals: Arrival[], tickMs = 5, maxIterations = 200_000): DriveResult {
+export function drive(
+  engine: EngineCore,
+  arrivals: Arrival[],
+  tickMs = 5,
+  maxIterations = 200_000,
+): DriveResult {
   const tokens = new Map<string, number[]>();
   const text = new Map<string, string>();
   const finish = new Map<string, NonNullable<EngineEvent["finish"]>>();
