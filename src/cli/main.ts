@@ -1,4 +1,5 @@
 import { SpindleError } from "../errors.js";
+import { benchEngineCommand, calibrateCommand } from "./engine-commands.js";
 import { generateCommand } from "./generate.js";
 import { pullCommand } from "./pull.js";
 import { synthModelCommand } from "./synth-model.js";
@@ -9,12 +10,16 @@ commands:
   generate      print the continuation of a prompt (spindle generate --help)
   pull          download a GGUF from Hugging Face into the cache (spindle pull --help)
   synth-model   write a model with random weights and a real vocabulary (spindle synth-model --help)
+  calibrate     fit the simulated runner's step-cost model to a real model on this machine
+  bench-engine  closed-loop engine throughput (no HTTP): batching modes x concurrency
   serve         serve a model over an OpenAI-compatible HTTP API (not yet: lands with the serving-API work)`;
 
 const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
   generate: generateCommand,
   pull: pullCommand,
   "synth-model": synthModelCommand,
+  calibrate: calibrateCommand,
+  "bench-engine": benchEngineCommand,
   serve: () => {
     process.stderr.write(
       "spindle serve: the HTTP server is not built yet; use `spindle generate` meanwhile\n",

@@ -1,3 +1,4 @@
+import { GGMLType } from "../gguf/types.js";
 import type { RopeParams } from "../model/config.js";
 import { dequantizeRow, dotRow } from "../quant/index.js";
 import type { Kernels, PagedKV, WeightMatrix } from "./kernels.js";
@@ -7,12 +8,6 @@ import type { Kernels, PagedKV, WeightMatrix } from "./kernels.js";
  * the oracle the fast kernels are tested against, and the path that runs
  * wherever no faster implementation exists.
  */
-
-let rowScratch = new Float32Array(0);
-function scratchRow(n: number): Float32Array {
-  if (rowScratch.length < n) rowScratch = new Float32Array(n);
-  return rowScratch;
-}
 
 let scoreScratch = new Float32Array(0);
 function scratchScores(n: number): Float32Array {
@@ -45,10 +40,18 @@ export const referenceKernels: Kernels = {
   name: "reference",
 
   matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {
-    // One fused dot product per (row, token): the same arithmetic runs whatever nTokens is, so a
-    // sequence's results do not depend on what else is in the batch (batch invariance: the
-    // engine's parity tests rely on it).
+    // One dot product per (row, token), the same arithmetic whatever nTokens is, so a sequence's
+    // results do not depend on what else is in the batch (batch invariance: the engine's parity tests
+    // rely on it). F32 rows are read in place; other types use the fused dequantize-and-dot, which in
+    // plain JS beats dequantizing a row once and reusing it (the dots dominate either way).
     const { rows, cols, data, rowBytes, type } = w;
+    if (type === GGMLType.F32 && data.byteOffset % 4 === 0) {
+      const view = new Float32Array(data.buffer, data.byteOffset, rows * cols);
+      for (let r = 0; r < rows; r++) {
+        for (let t = 0; t < nTokens; t++) out[t * rows + r] = dot(view, r * cols, x, t * cols, cols);
+      }
+      return;
+    }
     for (let r = 0; r < rows; r++) {
       const wo = r * rowBytes;
       for (let t = 0; t < nTokens; t++) out[t * rows + r] = dotRow(type, data, wo, x, t * cols, cols);

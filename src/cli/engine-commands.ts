@@ -1,0 +1,100 @@
+import { parseArgs } from "node:util";
+import { benchEngine } from "../bench/engine-bench.js";
+import { calibrate } from "../engine/calibrate.js";
+import { ModelRunner } from "../engine/runner.js";
+import type { BatchingMode } from "../engine/scheduler.js";
+import { SpindleError } from "../errors.js";
+import { ensureModel } from "../model/default-model.js";
+import { KVCacheStorage } from "../model/kv-cache.js";
+import { loadModel } from "../model/model.js";
+
+/** `spindle calibrate --model M`: fits the simulated runner's cost model to this machine and model. */
+export async function calibrateCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { model: { type: "string", short: "m" }, repeats: { type: "string", default: "3" } },
+    strict: true,
+  });
+  const model = loadModel(await ensureModel(values.model));
+  const c = calibrate(model, Number(values.repeats));
+  for (const p of c.points) {
+    process.stderr.write(
+      `prefill ${String(p.prefillTokens).padStart(4)}  decode ${String(p.decodeSeqs).padStart(3)} @ctx ${String(p.context).padStart(5)}  measured ${p.measuredMs.toFixed(2).padStart(8)} ms  fitted ${p.fittedMs.toFixed(2).padStart(8)} ms\n`,
+    );
+  }
+  process.stderr.write(`mean relative error of the fit: ${(c.relError * 100).toFixed(1)}%\n`);
+  process.stdout.write(`${JSON.stringify(c.cost)}\n`);
+  return 0;
+}
+
+const list = (s: string) =>
+  s
+    .split(",")
+    .map((x) => x.trim())
+    .filter((x) => x.length > 0);
+
+/**
+ * `spindle bench-engine`: closed-loop throughput of the engine alone (no HTTP) for several
+ * batching modes at several concurrencies, modes interleaved so machine noise hits all alike.
+ */
+export async function benchEngineCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: "string", short: "m" },
+      concurrency: { type: "string", default: "1,8,32" },
+      batching: { type: "string", default: "continuous,static,window" },
+      "requests-per-client": { type: "string", default: "2" },
+      "prompt-tokens": { type: "string", default: "32" },
+      "max-tokens": { type: "string", default: "32" },
+      "max-num-seqs": { type: "string", default: "32" },
+      "max-num-batched-tokens": { type: "string", default: "512" },
+      "batch-window-ms": { type: "string", default: "50" },
+    },
+    strict: true,
+  });
+  const modes = list(values.batching) as BatchingMode[];
+  for (const m of modes)
+    if (!["continuous", "static", "window"].includes(m))
+      throw new SpindleError(`unknown batching mode "${m}"`);
+  const model = loadModel(await ensureModel(values.model));
+  const prompt = Number(values["prompt-tokens"]);
+  const maxTokens = Number(values["max-tokens"]);
+  const maxNumSeqs = Number(values["max-num-seqs"]);
+  const blocks = Math.ceil((prompt + maxTokens) / 16) * maxNumSeqs + 16;
+  process.stdout.write(
+    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB), prompt ${prompt}, output ${maxTokens} tokens, KV ${(
+      (blocks * 16 * KVCacheStorage.bytesPerToken(model.config)) / 2 ** 20
+    ).toFixed(1)} MiB\n`,
+  );
+  process.stdout.write(
+    "concurrency  mode         requests  out tok/s  vs first  mean TTFT ms  mean latency ms  mean batch\n",
+  );
+  for (const c of list(values.concurrency).map(Number)) {
+    let first: number | undefined;
+    for (const batching of modes) {
+      const r = await benchEngine(
+        new ModelRunner(model, blocks),
+        {
+          batching,
+          maxNumSeqs,
+          maxNumBatchedTokens: Number(values["max-num-batched-tokens"]),
+          batchWindowMs: Number(values["batch-window-ms"]),
+          tokenizer: model.tokenizer,
+        },
+        {
+          concurrency: c,
+          requests: c * Number(values["requests-per-client"]),
+          promptTokens: prompt,
+          maxTokens,
+          vocabSize: model.config.vocabSize,
+        },
+      );
+      first ??= r.outputTokPerSec;
+      process.stdout.write(
+        `${String(c).padStart(11)}  ${batching.padEnd(11)}  ${String(r.requests).padStart(8)}  ${r.outputTokPerSec.toFixed(1).padStart(9)}  ${(r.outputTokPerSec / first).toFixed(2).padStart(7)}x  ${r.meanTtftMs.toFixed(0).padStart(12)}  ${r.meanLatencyMs.toFixed(0).padStart(15)}  ${r.meanBatch.toFixed(1).padStart(10)}\n`,
+      );
+    }
+  }
+  return 0;
+}
