@@ -1,0 +1,420 @@
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { pathToFileURL } from "node:url";
+import { Worker, type WorkerOptions } from "node:worker_threads";
+import { SpindleError } from "../errors.js";
+import type { EngineEvent, FinishInfo } from "./engine.js";
+import {
+  type EngineInfo,
+  type EngineInit,
+  type EngineStats,
+  type FromWorker,
+  fromWireError,
+  oneLine,
+  type StepInfo,
+  type ToWorker,
+} from "./engine-protocol.js";
+import type { RequestSpec } from "./sequence.js";
+
+/**
+ * The main thread's side of the engine: EngineClient starts the engine worker
+ * (engine-worker.ts), submits requests and hands each one back as a stream of
+ * its events. The worker posts one message per engine step with the events of
+ * every request in it; the dispatcher here splits that message into the
+ * per-request queues, so there is no message per token. Nothing here computes:
+ * the main thread's event loop stays free for HTTP.
+ */
+
+export type { EngineInfo, EngineInit, EngineStats, StepInfo } from "./engine-protocol.js";
+
+/** A request as submitted: RequestSpec, with the id optional (the client makes one up). */
+export type SubmitSpec = Omit<RequestSpec, "id"> & { id?: string };
+
+export interface SubmitOptions {
+  /** Aborting it aborts the request in the engine at once (a client disconnect, a timeout). */
+  signal?: AbortSignal;
+}
+
+export interface RequestResult {
+  tokens: number[];
+  text: string;
+  finish: FinishInfo;
+}
+
+/**
+ * One request's output. Iterate it (once) for its events, one per engine step
+ * that produced something for it; iteration ends after the event that carries
+ * `finish`. A request the engine refused (or a dead worker) makes iteration
+ * throw the SpindleError. Leaving the loop early (break) aborts the request.
+ * `result()` gathers the whole output and works with or without iteration.
+ */
+export interface RequestStream extends AsyncIterable<EngineEvent> {
+  readonly id: string;
+  result(): Promise<RequestResult>;
+  /** Aborts the request; the stream then ends with finish reason "abort". No effect once it has finished. */
+  abort(message?: string): void;
+}
+
+export interface StartOptions {
+  /** Extra options for the Worker (resourceLimits, env, stdout…). */
+  worker?: Omit<WorkerOptions, "workerData">;
+  /** How long close() waits for the worker to finish before terminating it (default 5000 ms). */
+  closeTimeoutMs?: number;
+}
+
+type Settle<T> = { resolve: (v: T) => void; reject: (e: unknown) => void };
+
+class Stream implements RequestStream {
+  private readonly queue: EngineEvent[] = [];
+  private readonly pulls: Settle<IteratorResult<EngineEvent>>[] = [];
+  private readonly results: Settle<RequestResult>[] = [];
+  private readonly tokens: number[] = [];
+  private text = "";
+  private finish: FinishInfo | undefined;
+  private error: Error | undefined;
+  private iterated = false;
+  /** The consumer left the loop: events are no longer queued. */
+  private detached = false;
+  /** Called once when the stream ends (finish or failure): the client forgets it. */
+  onEnd: (() => void) | undefined;
+
+  constructor(
+    readonly id: string,
+    private readonly sendAbort: (id: string, message?: string) => void,
+  ) {}
+
+  get ended(): boolean {
+    return this.finish !== undefined || this.error !== undefined;
+  }
+
+  deliver(e: EngineEvent): void {
+    if (this.ended) return;
+    for (const t of e.tokens) this.tokens.push(t);
+    this.text += e.text;
+    if (e.finish) this.finish = e.finish;
+    if (!this.detached) {
+      const pull = this.pulls.shift();
+      if (pull) pull.resolve({ value: e, done: false });
+      else this.queue.push(e);
+    }
+    if (e.finish) {
+      for (const p of this.pulls.splice(0)) p.resolve({ value: undefined, done: true });
+      const r = { tokens: this.tokens, text: this.text, finish: e.finish };
+      for (const s of this.results.splice(0)) s.resolve(r);
+      this.end();
+    }
+  }
+
+  fail(err: Error): void {
+    if (this.ended) return;
+    this.error = err;
+    // Events already queued are still read first; a waiting reader gets the error now.
+    for (const p of this.pulls.splice(0)) p.reject(err);
+    for (const s of this.results.splice(0)) s.reject(err);
+    this.end();
+  }
+
+  private end(): void {
+    const cb = this.onEnd;
+    this.onEnd = undefined;
+    cb?.();
+  }
+
+  abort(message?: string): void {
+    if (!this.ended) this.sendAbort(this.id, message);
+  }
+
+  result(): Promise<RequestResult> {
+    if (this.finish) return Promise.resolve({ tokens: this.tokens, text: this.text, finish: this.finish });
+    if (this.error) return Promise.reject(this.error);
+    return new Promise((resolve, reject) => this.results.push({ resolve, reject }));
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<EngineEvent> {
+    if (this.iterated) throw new Error(`request ${this.id}: a RequestStream can be iterated only once`);
+    this.iterated = true;
+    let threw = false;
+    return {
+      next: (): Promise<IteratorResult<EngineEvent>> => {
+        const e = this.queue.shift();
+        if (e) return Promise.resolve({ value: e, done: false });
+        if (this.error && !threw) {
+          threw = true;
+          return Promise.reject(this.error);
+        }
+        if (this.ended || this.detached) return Promise.resolve({ value: undefined, done: true });
+        return new Promise((resolve, reject) => this.pulls.push({ resolve, reject }));
+      },
+      return: (): Promise<IteratorResult<EngineEvent>> => {
+        this.detached = true;
+        this.queue.length = 0;
+        for (const p of this.pulls.splice(0)) p.resolve({ value: undefined, done: true });
+        this.abort("the consumer stopped reading");
+        return Promise.resolve({ value: undefined, done: true });
+      },
+    };
+  }
+}
+
+/**
+ * How to start the worker entry next to this file. From compiled code: engine-worker.js. From source
+ * (Vitest, tsx): engine-worker.ts, through a small bootstrap module that registers tsx's loader in the
+ * worker first (`--import tsx` in execArgv does not: tsx registers its hooks on the main thread only).
+ */
+function workerEntry(): URL {
+  const here = import.meta.url;
+  if (!new URL(here).pathname.endsWith(".ts")) return new URL("./engine-worker.js", here);
+  const entry = new URL("./engine-worker.ts", here).href;
+  const bootstrap = `import { register } from ${JSON.stringify(tsxApi(here))};\nregister();\nawait import(${JSON.stringify(entry)});\n`;
+  return new URL(`data:text/javascript,${encodeURIComponent(bootstrap)}`);
+}
+
+/** The file URL of tsx's ESM API (`tsx/esm/api`, import condition), resolved from `from`. */
+function tsxApi(from: string): string {
+  const pkgPath = createRequire(from).resolve("tsx/package.json");
+  const pkg = JSON.parse(readFileSync(pkgPath, "utf8")) as {
+    exports?: Record<string, { import?: { default?: string } } | string>;
+  };
+  const api = pkg.exports?.["./esm/api"];
+  const rel = (typeof api === "object" ? api.import?.default : undefined) ?? "./dist/esm/api/index.mjs";
+  return new URL(rel, pathToFileURL(pkgPath)).href;
+}
+
+type State = "running" | "closing" | "closed" | "dead";
+
+export class EngineClient {
+  private readonly streams = new Map<string, Stream>();
+  private readonly pendingStats = new Map<number, Settle<EngineStats>>();
+  private readonly stepListeners = new Set<(s: StepInfo) => void>();
+  private state: State = "running";
+  /** Why the client can no longer take requests (closed, or the worker died). */
+  private endError: SpindleError | undefined;
+  private closing: Promise<void> | undefined;
+  /** Resolves when the worker thread has exited. */
+  private readonly exited: Promise<number>;
+  private nextStatsId = 1;
+  private nextRequestId = 1;
+  /** Step messages received (each carries the events of one engine step). */
+  stepMessages = 0;
+  /** The stats of the most recent step. */
+  lastStep: StepInfo | undefined;
+
+  private constructor(
+    private readonly worker: Worker,
+    readonly info: EngineInfo,
+    private readonly closeTimeoutMs: number,
+  ) {
+    worker.on("message", (m: FromWorker) => this.onMessage(m));
+    let crash: Error | undefined;
+    worker.on("error", (err) => {
+      crash = err;
+    });
+    this.exited = new Promise((resolve) =>
+      worker.on("exit", (code) => {
+        this.onExit(code, crash);
+        resolve(code);
+      }),
+    );
+    this.updateRef();
+  }
+
+  /** Starts the worker and waits until the model is loaded. Throws the worker's SpindleError if it cannot start. */
+  static async start(init: EngineInit, opts: StartOptions = {}): Promise<EngineClient> {
+    const worker = new Worker(workerEntry(), {
+      ...opts.worker,
+      workerData: { spindleEngineWorker: true },
+    });
+    const info = await new Promise<EngineInfo>((resolve, reject) => {
+      let crash: Error | undefined;
+      const cleanup = () => {
+        worker.off("message", onMessage);
+        worker.off("error", onError);
+        worker.off("exit", onExit);
+      };
+      const onMessage = (m: FromWorker) => {
+        if (m.type === "ready") {
+          cleanup();
+          resolve(m.info);
+        } else if (m.type === "error") {
+          cleanup();
+          void worker.terminate();
+          reject(fromWireError(m.error));
+        }
+      };
+      const onError = (err: Error) => {
+        crash = err;
+      };
+      const onExit = (code: number) => {
+        cleanup();
+        reject(
+          new SpindleError(
+            `the engine worker exited before it was ready (${crash ? oneLine(crash) : `exit code ${code}`})`,
+            "engine_start_failed",
+          ),
+        );
+      };
+      worker.on("message", onMessage);
+      worker.on("error", onError);
+      worker.on("exit", onExit);
+      worker.postMessage({ type: "init", init } satisfies ToWorker);
+    });
+    return new EngineClient(worker, info, opts.closeTimeoutMs ?? 5000);
+  }
+
+  /** Add this to a time in engine events (the worker's performance.now()) to get the main thread's performance.now(). */
+  get clockOffsetMs(): number {
+    return this.info.timeOrigin - performance.timeOrigin;
+  }
+
+  /** Requests submitted and not yet finished. */
+  get openStreams(): number {
+    return this.streams.size;
+  }
+
+  private post(msg: ToWorker): void {
+    this.worker.postMessage(msg);
+  }
+
+  submit(spec: SubmitSpec, opts: SubmitOptions = {}): RequestStream {
+    const id = spec.id ?? `spindle-${this.nextRequestId++}`;
+    const stream = new Stream(id, (rid, message) => this.abortRequest(rid, message));
+    if (this.state !== "running") {
+      stream.fail(this.endError ?? new SpindleError("the engine is closed", "engine_closed"));
+      return stream;
+    }
+    if (this.streams.has(id)) {
+      stream.fail(new SpindleError(`request id ${id} is already in use`, "invalid_request_error"));
+      return stream;
+    }
+    this.streams.set(id, stream);
+    const { signal } = opts;
+    const onAbort = () => stream.abort(abortMessage(signal?.reason));
+    stream.onEnd = () => {
+      signal?.removeEventListener("abort", onAbort);
+      if (this.streams.get(id) === stream) this.streams.delete(id);
+      this.updateRef();
+    };
+    this.updateRef();
+    try {
+      this.post({ type: "add", spec: { ...spec, id } });
+    } catch (err) {
+      stream.fail(
+        new SpindleError(
+          `request ${id} cannot be sent to the engine: ${oneLine(err)}`,
+          "invalid_request_error",
+        ),
+      );
+      return stream;
+    }
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener("abort", onAbort, { once: true });
+    return stream;
+  }
+
+  /** Aborts a request by id (its stream ends with finish reason "abort"). */
+  abortRequest(id: string, message?: string): void {
+    if (this.state === "running" && this.streams.has(id)) this.post({ type: "abort", id, message });
+  }
+
+  /** The engine's state now (between two steps). */
+  stats(): Promise<EngineStats> {
+    if (this.state !== "running") {
+      return Promise.reject(this.endError ?? new SpindleError("the engine is closed", "engine_closed"));
+    }
+    const reqId = this.nextStatsId++;
+    const p = new Promise<EngineStats>((resolve, reject) =>
+      this.pendingStats.set(reqId, { resolve, reject }),
+    );
+    this.updateRef();
+    this.post({ type: "stats", reqId });
+    return p;
+  }
+
+  /** Calls `cb` with the stats of every engine step (for metrics). Returns the unsubscribe function. */
+  onStep(cb: (s: StepInfo) => void): () => void {
+    this.stepListeners.add(cb);
+    return () => this.stepListeners.delete(cb);
+  }
+
+  /** Aborts every request (their streams end with reason "abort"), then stops the worker. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    if (this.state === "running") {
+      this.state = "closing";
+      this.worker.ref();
+      // The worker aborts what is in flight (those finish events arrive first), says "closed" and exits by itself.
+      this.post({ type: "shutdown" });
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((r) => (timer = setTimeout(r, this.closeTimeoutMs)));
+      await Promise.race([this.exited, timeout]);
+      clearTimeout(timer);
+      await this.worker.terminate(); // no-op once it has exited
+    }
+    this.end(new SpindleError("the engine is closed", "engine_closed"), "closed");
+  }
+
+  private end(err: SpindleError, state: State): void {
+    if (this.state === "closed" || this.state === "dead") return;
+    this.state = state;
+    this.endError = err;
+    for (const s of [...this.streams.values()]) s.fail(err);
+    this.streams.clear();
+    for (const p of this.pendingStats.values()) p.reject(err);
+    this.pendingStats.clear();
+  }
+
+  private onExit(code: number, crash: Error | undefined): void {
+    if (this.state === "closing") return;
+    const why = crash ? oneLine(crash) : `exit code ${code}`;
+    this.end(new SpindleError(`the engine worker stopped unexpectedly (${why})`, "engine_crashed"), "dead");
+  }
+
+  private onMessage(m: FromWorker): void {
+    switch (m.type) {
+      case "step": {
+        this.stepMessages++;
+        for (const e of m.events) this.streams.get(e.id)?.deliver(e);
+        this.lastStep = m.stats;
+        for (const cb of this.stepListeners) {
+          try {
+            cb(m.stats);
+          } catch (err) {
+            process.emitWarning(`an onStep listener threw: ${oneLine(err)}`);
+          }
+        }
+        break;
+      }
+      case "rejected":
+        this.streams.get(m.id)?.fail(fromWireError(m.error));
+        break;
+      case "stats": {
+        const p = this.pendingStats.get(m.reqId);
+        this.pendingStats.delete(m.reqId);
+        p?.resolve(m.stats);
+        this.updateRef();
+        break;
+      }
+      case "closed":
+      case "ready":
+      case "error":
+        break;
+    }
+  }
+
+  /** The worker keeps the process alive only while something waits on it. */
+  private updateRef(): void {
+    if (this.state !== "running") return;
+    if (this.streams.size > 0 || this.pendingStats.size > 0) this.worker.ref();
+    else this.worker.unref();
+  }
+}
+
+function abortMessage(reason: unknown): string {
+  if (typeof reason === "string" && reason.length > 0) return reason;
+  if (reason instanceof Error && reason.name !== "AbortError") return oneLine(reason);
+  return "aborted";
+}

@@ -1,0 +1,159 @@
+import { SpindleError } from "../errors.js";
+import type { ModelConfig } from "../model/config.js";
+import { SamplingParamError } from "../sampling/params.js";
+import type { PrefixCacheStats } from "./block-manager.js";
+import type { EngineEvent, EngineOptions, StepStats } from "./engine.js";
+import type { SchedulerOptions } from "./scheduler.js";
+import type { RequestSpec } from "./sequence.js";
+import type { SimRunnerOptions } from "./sim-runner.js";
+
+/**
+ * The messages between the main thread (engine-client.ts) and the engine
+ * worker (engine-worker.ts). Everything here crosses a structured clone.
+ *
+ *   main → worker   init (once, first) · add · abort · stats · shutdown
+ *   worker → main   ready | error (answer to init) · step (one per engine step:
+ *                   every event of that step, batched, plus step stats) ·
+ *                   rejected (an add the engine refused) · stats · closed
+ *
+ * Requests are routed by RequestSpec.id. Times inside events (FinishInfo.times,
+ * tokenTimes) are the worker's performance.now(); EngineInfo.timeOrigin turns them
+ * into wall-clock time (or EngineClient.clockOffsetMs into the main thread's).
+ */
+
+/** Engine options that can cross to the worker (no clock, no tokenizer: the worker supplies those). */
+export type WorkerEngineOptions = Omit<EngineOptions, "clock" | "tokenizer">;
+
+/** The default KV cache budget when neither numBlocks nor kvCacheBytes is given. */
+export const DEFAULT_KV_CACHE_BYTES = 256 * 1024 * 1024;
+
+export interface ModelEngineInit {
+  kind: "model";
+  modelPath: string;
+  /** KV blocks in the pool; takes precedence over kvCacheBytes. */
+  numBlocks?: number;
+  /** KV memory budget (default 256 MiB), capped to what maxNumSeqs full contexts need. */
+  kvCacheBytes?: number;
+  /** Tokens per KV block (default 16). */
+  blockSize?: number;
+  options?: WorkerEngineOptions;
+}
+
+export interface SimEngineInit {
+  kind: "sim";
+  sim: SimRunnerOptions;
+  options?: WorkerEngineOptions;
+  /** Sleep each step's simulated duration, so the simulated engine runs at a realistic pace. Default false. */
+  pace?: boolean;
+}
+
+export type EngineInit = ModelEngineInit | SimEngineInit;
+
+export type ModelSummary = Pick<
+  ModelConfig,
+  "arch" | "name" | "dim" | "nLayers" | "nHeads" | "nKVHeads" | "headDim" | "ffnDim"
+> & { weightBytes: number };
+
+/** What the worker reports once it is ready. */
+export interface EngineInfo {
+  kind: "model" | "sim";
+  modelPath?: string;
+  /** Model kind only. */
+  model?: ModelSummary;
+  numBlocks: number;
+  blockSize: number;
+  /** KV cache memory in bytes (model kind; 0 for the simulator). */
+  kvCacheBytes: number;
+  vocabSize: number;
+  contextLength: number;
+  bos?: number;
+  eos?: number;
+  /** End-of-generation token ids. */
+  eogTokens: number[];
+  hasChatTemplate: boolean;
+  chatTemplate?: string;
+  scheduler: SchedulerOptions;
+  prefixCaching: boolean;
+  /** The worker's performance.timeOrigin: engine times + timeOrigin = Unix ms. */
+  timeOrigin: number;
+}
+
+/** Sent with every step: the step's own numbers and the engine's state after it. */
+export interface StepInfo extends StepStats {
+  /** Engine steps run so far (this one included). */
+  step: number;
+  /** Wall time of the step in the worker, ms. */
+  stepMs: number;
+  /** Fraction of KV blocks in use (cached-but-free blocks count as free). */
+  kvUsage: number;
+  freeBlocks: number;
+  numBlocks: number;
+  waiting: number;
+  running: number;
+  totalPreemptions: number;
+  prefix: PrefixCacheStats;
+}
+
+export interface EngineStats {
+  steps: number;
+  waiting: number;
+  running: number;
+  /** Requests the engine holds (waiting + running + finished but not yet reported). */
+  unfinished: number;
+  kvUsage: number;
+  freeBlocks: number;
+  numBlocks: number;
+  totalPreemptions: number;
+  prefix: PrefixCacheStats;
+  /** Steps that threw (their requests were finished with reason "error"). */
+  stepFailures: number;
+  lastStep?: StepInfo;
+}
+
+/** An error as it crosses threads. */
+export interface WireError {
+  name: string;
+  message: string;
+  code: string;
+  /** SamplingParamError's field name. */
+  param?: string;
+}
+
+export type ToWorker =
+  | { type: "init"; init: EngineInit }
+  | { type: "add"; spec: RequestSpec }
+  | { type: "abort"; id: string; message?: string }
+  | { type: "stats"; reqId: number }
+  | { type: "shutdown" };
+
+export type FromWorker =
+  | { type: "ready"; info: EngineInfo }
+  | { type: "error"; error: WireError }
+  | { type: "step"; events: EngineEvent[]; stats: StepInfo }
+  | { type: "rejected"; id: string; error: WireError }
+  | { type: "stats"; reqId: number; stats: EngineStats }
+  | { type: "closed" };
+
+/** The first line of an error's message. */
+export function oneLine(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  return msg.split("\n", 1)[0]!.trim() || (err instanceof Error ? err.name : "unknown error");
+}
+
+export function toWireError(err: unknown, fallbackCode = "internal_error"): WireError {
+  const w: WireError = {
+    name: err instanceof Error ? err.name : "Error",
+    message: oneLine(err),
+    code: err instanceof SpindleError ? err.code : fallbackCode,
+  };
+  if (err instanceof SamplingParamError) w.param = err.param;
+  return w;
+}
+
+export function fromWireError(w: WireError): SpindleError {
+  if (w.name === "SamplingParamError" && w.param !== undefined)
+    return new SamplingParamError(w.param, w.message);
+  const e = new SpindleError(w.message, w.code);
+  if (w.name !== "Error") e.name = w.name;
+  return e;
+}
