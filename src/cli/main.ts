@@ -2,6 +2,7 @@ import { SpindleError } from "../errors.js";
 import { benchEngineCommand, calibrateCommand } from "./engine-commands.js";
 import { generateCommand } from "./generate.js";
 import { pullCommand } from "./pull.js";
+import { serveCommand } from "./serve.js";
 import { synthModelCommand } from "./synth-model.js";
 
 const USAGE = `usage: spindle <command> [options]
@@ -12,7 +13,7 @@ commands:
   synth-model   write a model with random weights and a real vocabulary (spindle synth-model --help)
   calibrate     fit the simulated runner's step-cost model to a real model on this machine
   bench-engine  closed-loop engine throughput (no HTTP): batching modes x concurrency
-  serve         serve a model over an OpenAI-compatible HTTP API (not yet: lands with the serving-API work)`;
+  serve         serve a model over an OpenAI-compatible HTTP API (spindle serve --help)`;
 
 const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
   generate: generateCommand,
@@ -20,12 +21,8 @@ const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
   "synth-model": synthModelCommand,
   calibrate: calibrateCommand,
   "bench-engine": benchEngineCommand,
-  serve: () => {
-    process.stderr.write(
-      "spindle serve: the HTTP server is not built yet; use `spindle generate` meanwhile\n",
-    );
-    return 1;
-  },
+  serve: serveCommand,
+
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,0 +1,157 @@
+import { basename } from "node:path";
+import { parseArgs } from "node:util";
+import pino from "pino";
+import type { BatchingMode, Policy } from "../engine/scheduler.js";
+import { SpindleError } from "../errors.js";
+import { ensureModel } from "../model/default-model.js";
+import { DEFAULT_SERVE_OPTIONS } from "../server/context.js";
+import { startServer } from "../server/server.js";
+
+export const SERVE_USAGE = `usage: spindle serve [--model M] [--host 127.0.0.1] [--port 8000] [options]
+
+Serves a model behind an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
+/v1/models), TGI-style /generate and /generate_stream, /tokenize, /detokenize, /health, /metrics.
+
+  --model M                   a .gguf path, a model name, or <owner>/<repo>/<file> (default: SmolLM2-135M-Instruct)
+  --served-model-name NAME    model id in the API (default: the file name without .gguf)
+  --api-key KEY               require "Authorization: Bearer KEY" (repeatable; also $SPINDLE_API_KEYS, comma-separated)
+  --max-queue N               queued requests before 503 + Retry-After (default ${DEFAULT_SERVE_OPTIONS.maxQueue})
+  --rate-limit R[:BURST]      token bucket per API key (or client address): R requests/s, burst BURST (default off)
+  --queue-timeout-ms MS       abort a request that waits longer than this for its first token
+  --request-timeout-ms MS     abort a request running longer than this
+  --kv-cache-memory SIZE      KV cache budget, e.g. 256MiB, 1GiB (default 256MiB)
+  --max-num-seqs N            sequences per batch (default 64)
+  --max-num-batched-tokens N  token budget per engine step (default 512)
+  --policy fcfs|priority      scheduling policy (default fcfs); --aging P: priority units per second waited
+  --batching continuous|static|window   (default continuous); --batch-window-ms MS (default 50)
+  --no-prefix-caching         disable automatic prefix caching
+  --log-prompts               include prompt text in request logs
+  --shutdown-timeout-ms MS    on SIGTERM, how long in-flight requests may finish (default 10000)`;
+
+/** "256MiB", "1GiB", "512MB", "1000000" → bytes. */
+export function parseSize(s: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib|k|m|g)?\s*$/i.exec(s);
+  if (!m) throw new SpindleError(`cannot read size "${s}" (examples: 256MiB, 1GiB)`);
+  const units: Record<string, number> = {
+    b: 1,
+    k: 1024,
+    kb: 1000,
+    kib: 1024,
+    m: 2 ** 20,
+    mb: 1e6,
+    mib: 2 ** 20,
+    g: 2 ** 30,
+    gb: 1e9,
+    gib: 2 ** 30,
+  };
+  return Math.floor(Number(m[1]) * units[(m[2] ?? "b").toLowerCase()]!);
+}
+
+function int(name: string, v: string | undefined, min = 0): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new SpindleError(`--${name} must be an integer ≥ ${min}, got "${v}"`);
+  return n;
+}
+
+export async function serveCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: "string", short: "m" },
+      host: { type: "string", default: DEFAULT_SERVE_OPTIONS.host },
+      port: { type: "string", default: String(DEFAULT_SERVE_OPTIONS.port) },
+      "served-model-name": { type: "string" },
+      "api-key": { type: "string", multiple: true },
+      "max-queue": { type: "string" },
+      "rate-limit": { type: "string" },
+      "queue-timeout-ms": { type: "string" },
+      "request-timeout-ms": { type: "string" },
+      "kv-cache-memory": { type: "string" },
+      "max-num-seqs": { type: "string" },
+      "max-num-batched-tokens": { type: "string" },
+      policy: { type: "string" },
+      aging: { type: "string" },
+      batching: { type: "string" },
+      "batch-window-ms": { type: "string" },
+      "no-prefix-caching": { type: "boolean", default: false },
+      "log-prompts": { type: "boolean", default: false },
+      "log-level": { type: "string", default: "info" },
+      "shutdown-timeout-ms": { type: "string" },
+      "body-limit": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(`${SERVE_USAGE}\n`);
+    return 0;
+  }
+  const policy = values.policy as Policy | undefined;
+  if (policy && !["fcfs", "priority"].includes(policy)) throw new SpindleError(`unknown --policy "${policy}"`);
+  const batching = values.batching as BatchingMode | undefined;
+  if (batching && !["continuous", "static", "window"].includes(batching)) {
+    throw new SpindleError(`unknown --batching "${batching}"`);
+  }
+  let rateLimit: { perSecond: number; burst: number } | undefined;
+  if (values["rate-limit"]) {
+    const [r, b] = values["rate-limit"].split(":");
+    const perSecond = Number(r);
+    const burst = b === undefined ? Math.max(1, Math.ceil(perSecond)) : Number(b);
+    if (!(perSecond > 0) || !(burst >= 1)) throw new SpindleError(`--rate-limit must be R or R:BURST with R > 0, got "${values["rate-limit"]}"`);
+    rateLimit = { perSecond, burst };
+  }
+  const envKeys = (process.env.SPINDLE_API_KEYS ?? process.env.SPINDLE_API_KEY ?? "")
+    .split(",")
+    .map((k) => k.trim())
+    .filter((k) => k.length > 0);
+  const log = pino({ level: values["log-level"] });
+  const modelPath = await ensureModel(values.model);
+  const server = await startServer({
+    log,
+    host: values.host,
+    port: int("port", values.port, 0),
+    modelName: values["served-model-name"] ?? basename(modelPath).replace(/\.gguf$/i, ""),
+    apiKeys: [...(values["api-key"] ?? []), ...envKeys],
+    maxQueue: int("max-queue", values["max-queue"], 1),
+    rateLimit,
+    queueTimeoutMs: int("queue-timeout-ms", values["queue-timeout-ms"], 1),
+    requestTimeoutMs: int("request-timeout-ms", values["request-timeout-ms"], 1),
+    bodyLimit: values["body-limit"] ? parseSize(values["body-limit"]) : undefined,
+    logPrompts: values["log-prompts"],
+    shutdownTimeoutMs: int("shutdown-timeout-ms", values["shutdown-timeout-ms"], 0),
+    engine: {
+      kind: "model",
+      modelPath,
+      kvCacheBytes: values["kv-cache-memory"] ? parseSize(values["kv-cache-memory"]) : undefined,
+      options: {
+        maxNumSeqs: int("max-num-seqs", values["max-num-seqs"], 1),
+        maxNumBatchedTokens: int("max-num-batched-tokens", values["max-num-batched-tokens"], 1),
+        policy,
+        agingPerSecond: values.aging === undefined ? undefined : Number(values.aging),
+        batching,
+        batchWindowMs: int("batch-window-ms", values["batch-window-ms"], 0),
+        prefixCaching: !values["no-prefix-caching"],
+      },
+    },
+  });
+  const stop = (signal: string) => {
+    log.info({ signal }, "shutting down: finishing in-flight requests");
+    void server.close().then(() => {
+      log.info("stopped");
+      process.exit(0);
+    });
+  };
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.once("SIGINT", () => stop("SIGINT"));
+  try {
+    await server.ready;
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
+  process.stderr.write(`spindle: serving ${server.ctx.opts.modelName} at ${server.url}\n`);
+  // Keep running until a signal.
+  await new Promise(() => {});
+  return 0;
+}

@@ -1,0 +1,69 @@
+import { SpindleError } from "../errors.js";
+
+/**
+ * Every error the API returns has OpenAI's shape:
+ *   { "error": { "message": "...", "type": "...", "param": "field" | null, "code": "..." | null } }
+ * so OpenAI SDKs raise their usual typed errors (BadRequestError, RateLimitError, …).
+ */
+
+export type ErrorType =
+  | "invalid_request_error"
+  | "authentication_error"
+  | "not_found_error"
+  | "rate_limit_error"
+  | "server_overloaded"
+  | "server_error";
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: ErrorType = status >= 500 ? "server_error" : "invalid_request_error",
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+    /** Seconds, for 429 and 503. */
+    readonly retryAfter?: number,
+  ) {
+    super(message);
+    this.name = "ApiError";
+  }
+}
+
+export const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
+  new ApiError(400, message, "invalid_request_error", param, code);
+
+export interface ErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+export function errorBody(e: ApiError): ErrorBody {
+  return { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
+}
+
+/** Maps anything thrown while serving a request to an ApiError; unknown errors become a 500 without details. */
+export function toApiError(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof SpindleError) {
+    const param = (err as { param?: string }).param ?? null;
+    if (err.code === "context_length_exceeded") return badRequest(err.message, "prompt", err.code);
+    if (err.code === "kv_cache_too_small") return badRequest(err.message, "prompt", err.code);
+    if (err.code === "invalid_request_error" || param !== null) return badRequest(err.message, param, err.code);
+    if (err.code === "chat_template_error") return badRequest(err.message, "messages", err.code);
+    return new ApiError(500, err.message, "server_error", null, err.code);
+  }
+  const e = err as { statusCode?: number; code?: string; message?: string };
+  // Fastify's own errors (body parsing, limits, content type).
+  if (e.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
+    return new ApiError(413, "request body is too large", "invalid_request_error", null, "body_too_large");
+  }
+  if (e.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
+    return new ApiError(415, "unsupported content type: send application/json", "invalid_request_error");
+  }
+  if (e.code === "FST_ERR_CTP_EMPTY_JSON_BODY" || e.code === "FST_ERR_CTP_INVALID_JSON_BODY") {
+    return badRequest("the request body is not valid JSON", null, "invalid_json");
+  }
+  if (typeof e.statusCode === "number" && e.statusCode >= 400 && e.statusCode < 500) {
+    return new ApiError(e.statusCode, e.message ?? "bad request");
+  }
+  return new ApiError(500, "internal server error", "server_error");
+}

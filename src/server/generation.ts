@@ -1,0 +1,209 @@
+import type { EngineEvent, FinishInfo } from "../engine/engine.js";
+import type { RequestStream } from "../engine/engine-client.js";
+import type { SamplingParams } from "../sampling/params.js";
+import type { LoadedModel, ServeOptions } from "./context.js";
+import { ApiError } from "./errors.js";
+
+/**
+ * The one path from any generation route to the engine: admission (loading,
+ * draining, queue cap), the context-length check, submission with the client's
+ * abort signal and timeouts, and one record per finished request for metrics
+ * and the request log. Routes only translate their protocol to
+ * GenerationParams and the stream's events back.
+ */
+
+export interface GenerationParams {
+  prompt: number[];
+  maxTokens: number;
+  sampling: Partial<SamplingParams>;
+  stop: string[];
+  /** false = ignore end-of-generation tokens (ignore_eos). */
+  stopAtEog: boolean;
+  priority: number;
+  /** Who asks: API key label or client address (logs, rate limits). Never the key itself. */
+  client: string;
+  /** Route, for logs and metric labels. */
+  endpoint: string;
+  /** Prompt text, logged only with --log-prompts. */
+  promptText?: string;
+}
+
+/** Everything known about a request once it ended: what metrics and the request log are made of. */
+export interface RequestRecord {
+  id: string;
+  endpoint: string;
+  client: string;
+  /** HTTP status the client got (200 even for an abort after streaming began). */
+  status: number;
+  finish: FinishInfo;
+  /** Engine clock → milliseconds: arrival, first token, etc. are in FinishInfo.times. */
+  promptText?: string;
+}
+
+export interface GenerationHooks {
+  onFinish(r: RequestRecord): void;
+  onReject(reason: "queue_full" | "rate_limited" | "loading" | "draining" | "invalid", endpoint: string): void;
+  onAbortedByClient(endpoint: string): void;
+}
+
+let nextId = 0;
+
+export class GenerationService {
+  /** Submitted requests that have not received any event yet (queued in the engine). */
+  private waiting = 0;
+  private inFlight = 0;
+
+  constructor(
+    private readonly opts: ServeOptions,
+    private readonly getModel: () => LoadedModel | undefined,
+    private readonly isDraining: () => boolean,
+    private readonly hooks: GenerationHooks,
+  ) {}
+
+  get numInFlight(): number {
+    return this.inFlight;
+  }
+  get numWaiting(): number {
+    return this.waiting;
+  }
+
+  /** The loaded model, or 503 while it loads. */
+  model(endpoint: string): LoadedModel {
+    const m = this.getModel();
+    if (!m) {
+      this.hooks.onReject("loading", endpoint);
+      throw new ApiError(503, "the model is still loading", "server_overloaded", null, "model_loading", 5);
+    }
+    return m;
+  }
+
+  /** Checks that a prompt fits the context with room for at least one token. */
+  checkContext(prompt: number[], maxTokens: number, param = "prompt"): void {
+    const m = this.getModel();
+    if (!m) return;
+    const ctx = m.info.contextLength;
+    if (prompt.length >= ctx) {
+      throw new ApiError(
+        400,
+        `this model's maximum context length is ${ctx} tokens, but the prompt has ${prompt.length} tokens`,
+        "invalid_request_error",
+        param,
+        "context_length_exceeded",
+      );
+    }
+    if (prompt.length + maxTokens > ctx) {
+      // Refused like vLLM and OpenAI do, naming both numbers, rather than silently cut short.
+      throw new ApiError(
+        400,
+        `this model's maximum context length is ${ctx} tokens; the prompt has ${prompt.length} tokens and max_tokens is ${maxTokens} (${prompt.length + maxTokens} in all)`,
+        "invalid_request_error",
+        "max_tokens",
+        "context_length_exceeded",
+      );
+    }
+  }
+
+  /**
+   * Admits and submits one generation. Throws ApiError for 503 (loading, draining, queue full) and
+   * for requests the engine refuses. `signal` aborting (client gone) aborts the request at once.
+   */
+  async start(p: GenerationParams, signal: AbortSignal): Promise<RequestStream> {
+    const m = this.model(p.endpoint);
+    if (this.isDraining()) {
+      this.hooks.onReject("draining", p.endpoint);
+      throw new ApiError(503, "the server is shutting down", "server_overloaded", null, "shutting_down", 5);
+    }
+    if (this.waiting >= this.opts.maxQueue) {
+      this.hooks.onReject("queue_full", p.endpoint);
+      throw new ApiError(
+        503,
+        `the server is busy: ${this.waiting} requests are queued (limit ${this.opts.maxQueue}); retry later`,
+        "server_overloaded",
+        null,
+        "queue_full",
+        1,
+      );
+    }
+    this.checkContext(p.prompt, p.maxTokens);
+    const id = `req-${Date.now().toString(36)}-${(nextId++).toString(36)}`;
+    const stream = m.engine.submit(
+      {
+        id,
+        prompt: p.prompt,
+        maxTokens: p.maxTokens,
+        sampling: p.sampling,
+        stop: p.stop,
+        stopAtEog: p.stopAtEog,
+        priority: p.priority,
+        timeoutMs: this.opts.requestTimeoutMs,
+      },
+      { signal },
+    );
+    return this.track(stream, p, signal);
+  }
+
+  /** Wraps a stream to count queue occupancy, enforce the queue timeout and report the finished request. */
+  private track(inner: RequestStream, p: GenerationParams, signal: AbortSignal): RequestStream {
+    this.waiting++;
+    this.inFlight++;
+    let started = false;
+    let ended = false;
+    const begin = () => {
+      if (!started) {
+        started = true;
+        this.waiting--;
+        if (queueTimer) clearTimeout(queueTimer);
+      }
+    };
+    const end = (finish: FinishInfo | undefined) => {
+      if (ended) return;
+      ended = true;
+      begin();
+      this.inFlight--;
+      if (finish) {
+        this.hooks.onFinish({
+          id: inner.id,
+          endpoint: p.endpoint,
+          client: p.client,
+          status: 200,
+          finish,
+          promptText: this.opts.logPrompts ? p.promptText : undefined,
+        });
+      }
+    };
+    const queueTimeout = this.opts.queueTimeoutMs;
+    const queueTimer =
+      queueTimeout !== undefined
+        ? setTimeout(() => inner.abort(`waited ${queueTimeout} ms in the queue`), queueTimeout)
+        : undefined;
+    const hooks = this.hooks;
+    const endpoint = p.endpoint;
+    return {
+      id: inner.id,
+      abort: (message?: string) => inner.abort(message),
+      async result() {
+        try {
+          const r = await inner.result();
+          end(r.finish);
+          return r;
+        } catch (e) {
+          end(undefined);
+          throw e;
+        }
+      },
+      async *[Symbol.asyncIterator](): AsyncIterator<EngineEvent> {
+        let finish: FinishInfo | undefined;
+        try {
+          for await (const e of inner) {
+            begin();
+            if (e.finish) finish = e.finish;
+            yield e;
+          }
+        } finally {
+          if (signal.aborted) hooks.onAbortedByClient(endpoint);
+          end(finish);
+        }
+      },
+    };
+  }
+}
