@@ -299,14 +299,11 @@ class EngineHost {
     let events: EngineEvent[] = [];
     let healthy = true;
     try {
-      for (const id of this.inflight) this.engine.abort(id, message);
+      for (const id of this.inflight) this.engine.abort(id, message, "error");
       // Nothing is left to schedule: this returns the failed step's events and the aborts' finishes.
       events = this.engine.step();
     } catch {
       healthy = false;
-    }
-    for (const e of events) {
-      if (e.finish?.reason === "abort" && e.finish.message === message) e.finish.reason = "error";
     }
     const finished = new Set(events.filter((e) => e.finish).map((e) => e.id));
     const now = this.built.clock.now();

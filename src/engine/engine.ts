@@ -157,11 +157,14 @@ export class EngineCore {
     return this.seqs.get(id);
   }
 
-  /** Cancels a request in any state: its blocks are freed now; its finish event comes with the next step's events. */
-  abort(id: string, message = "aborted"): boolean {
+  /**
+   * Ends a request in any state: its blocks are freed now; its finish event comes with the next
+   * step's events. Reason "abort" for cancellations, "error" when the request failed.
+   */
+  abort(id: string, message = "aborted", reason: "abort" | "error" = "abort"): boolean {
     const seq = this.seqs.get(id);
     if (!seq) return false;
-    this.finish(seq, "abort", message, this.clock.now());
+    this.finish(seq, reason, message, this.clock.now());
     return true;
   }
 
@@ -212,7 +215,8 @@ export class EngineCore {
         seq.numComputed += n;
         this.blocks.commit(seq);
         const sample = result.samples[i];
-        if (sample) this.accept(seq, sample, now);
+        if (sample instanceof Error) this.finish(seq, "error", sample.message, now);
+        else if (sample) this.accept(seq, sample, now);
       });
     }
     const events = this.pending;

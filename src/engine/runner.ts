@@ -28,8 +28,12 @@ export interface RunnerItem {
 }
 
 export interface RunnerResult {
-  /** One entry per item: the sampled token, or undefined when the item did not sample. */
-  samples: (SampleResult | undefined)[];
+  /**
+   * One entry per item: the sampled token; undefined when the item did not sample; an Error when
+   * sampling failed for that sequence alone (e.g. a logit_bias that bans every token) — the others
+   * in the batch are unaffected.
+   */
+  samples: (SampleResult | Error | undefined)[];
   /** Simulated runners report how long the step would have taken, in ms. */
   simulatedMs?: number;
 }
@@ -72,7 +76,14 @@ export class ModelRunner implements Runner {
     }));
     const logits = this.transformer.forward(this.kv, batch);
     return {
-      samples: items.map((it, i) => (it.sample ? it.sampler.sample(logits[i]!, it.history) : undefined)),
+      samples: items.map((it, i) => {
+        if (!it.sample) return undefined;
+        try {
+          return it.sampler.sample(logits[i]!, it.history);
+        } catch (e) {
+          return e instanceof Error ? e : new Error(String(e));
+        }
+      }),
     };
   }
 }

@@ -201,9 +201,9 @@ describe("engine worker with stories260K", () => {
     expect(after.tokens).toEqual(r.tokens.slice(0, 3));
   });
 
-  it("a step that throws finishes the requests in flight with reason error, and the worker serves on", async () => {
+  it("a request whose sampling fails finishes with reason error alone; the batch goes on", async () => {
     const prompt = model.tokenizer.encode("Tom and Lily", { addSpecial: true });
-    const victim = client.submit({ prompt, maxTokens: 500, stopAtEog: false, sampling: greedy });
+    const victim = client.submit({ prompt, maxTokens: 60, stopAtEog: false, sampling: greedy });
     const it = victim[Symbol.asyncIterator]();
     await it.next(); // running
     // Banning every token passes validation but makes sampling throw inside the step.
@@ -212,17 +212,18 @@ describe("engine worker with stories260K", () => {
 
     const b = await bad.result();
     expect(b.finish.reason).toBe("error");
-    expect(b.finish.message).toMatch(/^engine step failed: logit_bias bans every token/);
+    expect(b.finish.message).toMatch(/logit_bias bans every token/);
+    const rest: number[] = [];
+    for (let r = await it.next(); !r.done; r = await it.next()) rest.push(...r.value.tokens);
     const v = await victim.result();
-    expect(v.finish.reason).toBe("error");
-    expect(v.finish.message).toBe(b.finish.message);
-    expect(v.tokens.length).toBeLessThan(500);
+    expect(v.finish.reason).toBe("length");
+    expect(v.tokens).toEqual(
+      generate(model, prompt, { maxTokens: 60, stopAtEog: false, sampling: greedy }).tokens,
+    );
 
     const st = await client.stats();
-    expect(st.stepFailures).toBe(1);
+    expect(st.stepFailures).toBe(0);
     expect(st).toMatchObject({ running: 0, waiting: 0, kvUsage: 0 });
-    const again = await client.submit({ prompt, maxTokens: 10, sampling: greedy }).result();
-    expect(again.tokens).toEqual(generate(model, prompt, { maxTokens: 10, sampling: greedy }).tokens);
   });
 });
 
