@@ -22,7 +22,6 @@ const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
   calibrate: calibrateCommand,
   "bench-engine": benchEngineCommand,
   serve: serveCommand,
-
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -50,7 +50,8 @@ export function parseSize(s: string): number {
 function int(name: string, v: string | undefined, min = 0): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new SpindleError(`--${name} must be an integer ≥ ${min}, got "${v}"`);
+  if (!Number.isInteger(n) || n < min)
+    throw new SpindleError(`--${name} must be an integer ≥ ${min}, got "${v}"`);
   return n;
 }
 
@@ -88,7 +89,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     return 0;
   }
   const policy = values.policy as Policy | undefined;
-  if (policy && !["fcfs", "priority"].includes(policy)) throw new SpindleError(`unknown --policy "${policy}"`);
+  if (policy && !["fcfs", "priority"].includes(policy))
+    throw new SpindleError(`unknown --policy "${policy}"`);
   const batching = values.batching as BatchingMode | undefined;
   if (batching && !["continuous", "static", "window"].includes(batching)) {
     throw new SpindleError(`unknown --batching "${batching}"`);
@@ -98,7 +100,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     const [r, b] = values["rate-limit"].split(":");
     const perSecond = Number(r);
     const burst = b === undefined ? Math.max(1, Math.ceil(perSecond)) : Number(b);
-    if (!(perSecond > 0) || !(burst >= 1)) throw new SpindleError(`--rate-limit must be R or R:BURST with R > 0, got "${values["rate-limit"]}"`);
+    if (!(perSecond > 0) || !(burst >= 1))
+      throw new SpindleError(`--rate-limit must be R or R:BURST with R > 0, got "${values["rate-limit"]}"`);
     rateLimit = { perSecond, burst };
   }
   const envKeys = (process.env.SPINDLE_API_KEYS ?? process.env.SPINDLE_API_KEY ?? "")
@@ -137,10 +140,16 @@ export async function serveCommand(args: string[]): Promise<number> {
   });
   const stop = (signal: string) => {
     log.info({ signal }, "shutting down: finishing in-flight requests");
-    void server.close().then(() => {
-      log.info("stopped");
-      process.exit(0);
-    });
+    void server.close().then(
+      () => {
+        log.info("stopped");
+        process.exit(0);
+      },
+      (err) => {
+        log.error({ err: String(err) }, "shutdown failed");
+        process.exit(1);
+      },
+    );
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));

@@ -1,6 +1,7 @@
-import Fastify, { type FastifyInstance } from "fastify";
-import { registerBodyParser } from "./body.js";
+import { STATUS_CODES } from "node:http";
+import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { registerAdmission } from "./admission.js";
+import { registerBodyParser } from "./body.js";
 import type { ServerContext } from "./context.js";
 import { ApiError, errorBody, toApiError } from "./errors.js";
 import { registerOpenAIRoutes } from "./routes/openai.js";
@@ -18,7 +19,30 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
     bodyLimit: ctx.opts.bodyLimit,
     // Keep-alive connections must not hold shutdown open.
     forceCloseConnections: "idle",
-    return503OnClosing: true,
+    // Fastify's own 503 while closing has its own body shape; instead requests that still arrive run,
+    // and the generation service refuses new generations with an OpenAI-shaped 503 (ctx.draining).
+    return503OnClosing: false,
+    // Errors Fastify raises before routing (a malformed URL) and malformed HTTP get OpenAI's shape too.
+    frameworkErrors: (err, _req, reply) => {
+      const e = toApiError(err);
+      void (reply as unknown as FastifyReply).code(e.status).send(errorBody(e));
+    },
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
+      if (err.code === "ECONNRESET" || socket.destroyed) return;
+      const [status, message] =
+        err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? [408, "the request took too long to arrive"]
+          : err.code === "HPE_HEADER_OVERFLOW"
+            ? [431, "the request headers are too large"]
+            : [400, "malformed HTTP request"];
+      const body = JSON.stringify(errorBody(new ApiError(status, message)));
+      if (socket.writable) {
+        socket.write(
+          `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+        );
+      }
+      socket.destroy(err);
+    },
   });
 
   app.setErrorHandler((err, req, reply) => {

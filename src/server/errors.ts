@@ -37,7 +37,9 @@ export interface ErrorBody {
 }
 
 export function errorBody(e: ApiError): ErrorBody {
-  return { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
+  // One line, always (clients log it; a multi-line message would read like a stack trace).
+  const message = e.message.replace(/\s*[\r\n]+\s*/g, " ").trim() || "error";
+  return { error: { message, type: e.type, param: e.param, code: e.code } };
 }
 
 /** Maps anything thrown while serving a request to an ApiError; unknown errors become a 500 without details. */
@@ -47,7 +49,8 @@ export function toApiError(err: unknown): ApiError {
     const param = (err as { param?: string }).param ?? null;
     if (err.code === "context_length_exceeded") return badRequest(err.message, "prompt", err.code);
     if (err.code === "kv_cache_too_small") return badRequest(err.message, "prompt", err.code);
-    if (err.code === "invalid_request_error" || param !== null) return badRequest(err.message, param, err.code);
+    if (err.code === "invalid_request_error" || param !== null)
+      return badRequest(err.message, param, err.code);
     if (err.code === "chat_template_error") return badRequest(err.message, "messages", err.code);
     return new ApiError(500, err.message, "server_error", null, err.code);
   }

@@ -42,7 +42,10 @@ export interface RequestRecord {
 
 export interface GenerationHooks {
   onFinish(r: RequestRecord): void;
-  onReject(reason: "queue_full" | "rate_limited" | "loading" | "draining" | "invalid", endpoint: string): void;
+  onReject(
+    reason: "queue_full" | "rate_limited" | "loading" | "draining" | "invalid",
+    endpoint: string,
+  ): void;
   onAbortedByClient(endpoint: string): void;
 }
 
@@ -113,6 +116,8 @@ export class GenerationService {
       this.hooks.onReject("draining", p.endpoint);
       throw new ApiError(503, "the server is shutting down", "server_overloaded", null, "shutting_down", 5);
     }
+    // A request that can never run is a 400 whatever the load.
+    this.checkContext(p.prompt, p.maxTokens);
     if (this.waiting >= this.opts.maxQueue) {
       this.hooks.onReject("queue_full", p.endpoint);
       throw new ApiError(
@@ -124,7 +129,6 @@ export class GenerationService {
         1,
       );
     }
-    this.checkContext(p.prompt, p.maxTokens);
     const id = `req-${Date.now().toString(36)}-${(nextId++).toString(36)}`;
     const stream = m.engine.submit(
       {
@@ -178,31 +182,52 @@ export class GenerationService {
         : undefined;
     const hooks = this.hooks;
     const endpoint = p.endpoint;
+    async function* events(): AsyncGenerator<EngineEvent> {
+      let finish: FinishInfo | undefined;
+      try {
+        for await (const e of inner) {
+          begin();
+          if (e.finish) finish = e.finish;
+          yield e;
+        }
+      } finally {
+        if (signal.aborted) hooks.onAbortedByClient(endpoint);
+        end(finish);
+      }
+    }
+    let iterated = false;
     return {
       id: inner.id,
       abort: (message?: string) => inner.abort(message),
       async result() {
-        try {
-          const r = await inner.result();
-          end(r.finish);
-          return r;
-        } catch (e) {
-          end(undefined);
-          throw e;
-        }
-      },
-      async *[Symbol.asyncIterator](): AsyncIterator<EngineEvent> {
-        let finish: FinishInfo | undefined;
-        try {
-          for await (const e of inner) {
-            begin();
-            if (e.finish) finish = e.finish;
-            yield e;
+        if (iterated) {
+          try {
+            const r = await inner.result();
+            end(r.finish);
+            return r;
+          } catch (e) {
+            end(undefined);
+            throw e;
           }
-        } finally {
-          if (signal.aborted) hooks.onAbortedByClient(endpoint);
-          end(finish);
         }
+        // Gathered through the events, so that the first one still marks the request started (queue
+        // count, queue timeout) and a client gone is still counted, as for a streamed request.
+        iterated = true;
+        const tokens: number[] = [];
+        let text = "";
+        let finish: FinishInfo | undefined;
+        for await (const e of events()) {
+          for (const t of e.tokens) tokens.push(t);
+          text += e.text;
+          if (e.finish) finish = e.finish;
+        }
+        if (!finish) return inner.result();
+        return { tokens, text, finish };
+      },
+      [Symbol.asyncIterator](): AsyncIterator<EngineEvent> {
+        if (iterated) throw new Error(`request ${inner.id}: a RequestStream can be iterated only once`);
+        iterated = true;
+        return events();
       },
     };
   }

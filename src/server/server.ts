@@ -1,3 +1,5 @@
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import type { FastifyInstance } from "fastify";
 import pino, { type Logger } from "pino";
 import { EngineClient, type EngineInit } from "../engine/engine-client.js";
@@ -30,6 +32,52 @@ export interface StartServerOptions extends Partial<ServeOptions> {
   log?: Logger;
 }
 
+/**
+ * Which connections are serving a request. Node's closeIdleConnections() misses a connection that
+ * was opened but never sent a request (clients open spare ones), and such a socket would hold
+ * shutdown until the deadline; `destroyIdle` closes every connection not serving a request.
+ */
+function trackIdleConnections(server: Server): { destroyIdle(): void } {
+  const busy = new Map<Socket, number>();
+  server.on("connection", (socket: Socket) => {
+    busy.set(socket, 0);
+    socket.once("close", () => busy.delete(socket));
+  });
+  server.on("request", (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    if (!busy.has(socket)) return;
+    busy.set(socket, busy.get(socket)! + 1);
+    let done = false;
+    const end = () => {
+      if (done) return;
+      done = true;
+      const n = busy.get(socket);
+      if (n !== undefined) busy.set(socket, n - 1);
+    };
+    res.once("finish", end);
+    res.once("close", end);
+  });
+  return {
+    destroyIdle() {
+      for (const [socket, n] of busy) if (n === 0) socket.destroy();
+    },
+  };
+}
+
+/** After the shutdown deadline and the aborts, how long responses may take to write their ending. */
+const ABORTED_WRITE_GRACE_MS = 500;
+
+/** Whether `p` settles within `ms` (a timer that does not outlive the answer). */
+async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((r) => (timer = setTimeout(() => r(false), ms)));
+  try {
+    return await Promise.race([p.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export async function startServer(o: StartServerOptions): Promise<RunningServer> {
   const { engine: init, log = pino({ level: "info" }), ...rest } = o;
   const given = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined));
@@ -56,6 +104,7 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
     },
   );
   const app = buildApp(ctx);
+  const idle = trackIdleConnections(app.server);
   await app.listen({ host: opts.host, port: opts.port });
   const addr = app.server.address();
   const port = typeof addr === "object" && addr ? addr.port : opts.port;
@@ -63,27 +112,55 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
   log.info({ url }, "listening; loading the model");
 
   let stopEngineLog: (() => void) | undefined;
+  let closing: Promise<void> | undefined;
   const ready = (async () => {
     const engine = await EngineClient.start(init);
-    const tokenizer =
-      init.kind === "model" ? tokenizerFromGGUF(readGGUF(init.modelPath)) : undefined;
+    if (closing) {
+      // close() came while the model was loading: nothing will serve with this engine.
+      await engine.close();
+      return;
+    }
+    const tokenizer = init.kind === "model" ? tokenizerFromGGUF(readGGUF(init.modelPath)) : undefined;
+    if (!tokenizer) {
+      await engine.close();
+      throw new Error("the simulated backend has no tokenizer (not supported by the HTTP API yet)");
+    }
     engine.onStep((s) => metrics.onStep(s));
     stopEngineLog = startEngineLog(log, engine, metrics);
-    if (!tokenizer) throw new Error("the simulated backend has no tokenizer (not supported by the HTTP API yet)");
     ctx.model = { engine, info: engine.info, tokenizer, chatTemplate: engine.info.chatTemplate };
-    log.info({ model: opts.modelName, numBlocks: engine.info.numBlocks, kvCacheBytes: engine.info.kvCacheBytes }, "ready");
+    log.info(
+      { model: opts.modelName, numBlocks: engine.info.numBlocks, kvCacheBytes: engine.info.kvCacheBytes },
+      "ready",
+    );
   })();
   ready.catch((err) => log.error({ err: String(err) }, "model failed to load"));
 
-  let closing: Promise<void> | undefined;
+  /**
+   * Graceful shutdown. The listening socket closes at once (new connections are refused; on a
+   * kept-alive connection a new generation gets 503 shutting_down and /health 503: ctx.draining). In-flight requests
+   * may finish until shutdownTimeoutMs; then the engine is closed, which aborts what is left (streams
+   * end with finish reason "abort"), and after a moment to write those endings every connection is
+   * dropped. Resolves once the server and the engine worker are down.
+   */
   const close = () => {
     closing ??= (async () => {
       ctx.draining = true;
-      const deadline = new Promise<void>((r) => setTimeout(r, opts.shutdownTimeoutMs).unref());
-      await Promise.race([app.close(), deadline]);
+      const server = app.server;
+      const appClosed = app.close();
+      // Node closes the connections idle at close() only: a kept-alive connection whose response
+      // finishes later would hold the server open, so idle ones are swept until it is closed.
+      const sweep = setInterval(() => {
+        server.closeIdleConnections();
+        idle.destroyIdle();
+      }, 100);
+      const drained = await within(appClosed, opts.shutdownTimeoutMs);
       stopEngineLog?.();
       await ctx.model?.engine.close();
-      await app.close();
+      if (!drained && !(await within(appClosed, ABORTED_WRITE_GRACE_MS))) {
+        server.closeAllConnections();
+        await appClosed;
+      }
+      clearInterval(sweep);
     })();
     return closing;
   };

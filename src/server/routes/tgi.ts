@@ -1,0 +1,440 @@
+import { randomInt } from "node:crypto";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { EngineEvent, FinishInfo } from "../../engine/engine.js";
+import type { RequestStream } from "../../engine/engine-client.js";
+import { SamplingParamError, type SamplingParams, validateSamplingParams } from "../../sampling/params.js";
+import type { Tokenizer } from "../../tokenizer/index.js";
+import type { LoadedModel, ServerContext } from "../context.js";
+import { ApiError, badRequest } from "../errors.js";
+import type { GenerationParams } from "../generation.js";
+import { endSSE, isSSEOpen, sendSSE, startSSE } from "../sse.js";
+
+/**
+ * Hugging Face Text Generation Inference's native API, and vLLM's tokenizer endpoints:
+ *
+ *   POST /generate         {inputs, parameters} → {generated_text, details?}
+ *   POST /generate_stream  the same as server-sent events: one per token
+ *                          {index, token: {id, text, logprob, special}, generated_text: null, details: null},
+ *                          the last with generated_text and details; no [DONE] marker (TGI has none)
+ *   POST /tokenize         {prompt | inputs | text, add_special_tokens?} → {tokens, count, max_model_len}
+ *   POST /detokenize       {tokens} → {prompt}
+ *
+ * TGI's sampling rule: greedy unless do_sample is true or a warper is set (temperature ≠ 1,
+ * top_k, top_p < 1). A sampled request without a seed gets a random one, reported in details.seed.
+ * Extensions: `parameters.ignore_eos` and `parameters.priority` (as in vLLM).
+ */
+
+/** max_new_tokens when the request gives none (capped by the room left in the context). */
+export const TGI_DEFAULT_MAX_NEW_TOKENS = 100;
+export const TGI_MAX_STOP = 16;
+export const TGI_MAX_TOP_N_TOKENS = 20;
+
+export type TgiFinishReason = "length" | "eos_token" | "stop_sequence";
+
+export interface TgiToken {
+  id: number;
+  text: string;
+  logprob: number | null;
+  special: boolean;
+}
+
+export interface TgiRequest {
+  inputs: string;
+  prompt: number[];
+  maxNewTokens: number;
+  sampling: Partial<SamplingParams>;
+  /** Reported in details.seed: the seed used when sampling, null when greedy. */
+  seed: number | null;
+  stop: string[];
+  details: boolean;
+  decoderInputDetails: boolean;
+  returnFullText: boolean;
+  topNTokens: number;
+  stopAtEog: boolean;
+  priority: number;
+}
+
+type Json = Record<string, unknown>;
+
+const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
+const given = (v: unknown) => v !== undefined && v !== null;
+
+function numberField(p: Json, name: string): number | undefined {
+  const v = p[name];
+  if (!given(v)) return undefined;
+  if (typeof v !== "number" || !Number.isFinite(v))
+    throw badRequest(`${name} must be a number`, `parameters.${name}`);
+  return v;
+}
+
+function intField(p: Json, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  const v = p[name];
+  if (!given(v)) return undefined;
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min}` : `between ${min} and ${max}`;
+    throw badRequest(`${name} must be an integer ${range}`, `parameters.${name}`);
+  }
+  return v;
+}
+
+function boolField(p: Json, name: string): boolean | undefined {
+  const v = p[name];
+  if (!given(v)) return undefined;
+  if (typeof v !== "boolean") throw badRequest(`${name} must be true or false`, `parameters.${name}`);
+  return v;
+}
+
+/** The text a request names as its prompt: the first of `names` present; one must be. */
+function textField(body: Json, names: string[]): { name: string; text: string } {
+  for (const name of names) {
+    const v = body[name];
+    if (!given(v)) continue;
+    if (typeof v !== "string") throw badRequest(`${name} must be a string`, name);
+    return { name, text: v };
+  }
+  throw badRequest(`the request needs "${names[0]}": the text`, names[0]!);
+}
+
+/** Validates a /generate body and turns it into engine terms. Throws 400s naming the field. */
+export function parseTgiRequest(body: unknown, tok: Tokenizer, contextLength: number): TgiRequest {
+  if (!isObject(body)) throw badRequest("the request body must be a JSON object", null);
+  const { name, text: inputs } = textField(body, ["inputs", "prompt"]);
+  if (inputs.length === 0) throw badRequest(`${name} must not be empty`, name);
+  const rawParams = body.parameters ?? {};
+  if (!isObject(rawParams)) throw badRequest("parameters must be an object", "parameters");
+  const p = rawParams;
+
+  const bestOf = intField(p, "best_of", 1);
+  if (bestOf !== undefined && bestOf > 1)
+    throw badRequest("best_of > 1 is not supported", "parameters.best_of");
+  if (given(p.grammar)) throw badRequest("grammar is not supported", "parameters.grammar");
+  const typicalP = numberField(p, "typical_p");
+  if (typicalP !== undefined && typicalP < 1) {
+    throw badRequest("typical_p is not supported", "parameters.typical_p");
+  }
+  if (boolField(p, "watermark")) throw badRequest("watermark is not supported", "parameters.watermark");
+
+  const temperature = numberField(p, "temperature");
+  const topK = intField(p, "top_k", 0);
+  const topP = numberField(p, "top_p");
+  const repetitionPenalty = numberField(p, "repetition_penalty");
+  const frequencyPenalty = numberField(p, "frequency_penalty");
+  const seedIn = intField(p, "seed", 0);
+  const doSample = boolField(p, "do_sample") ?? false;
+  const sampling =
+    doSample || (temperature !== undefined && temperature !== 1) || (topK ?? 0) > 0 || (topP ?? 1) < 1;
+  const seed = sampling ? (seedIn ?? randomInt(0, 2 ** 32)) : null;
+  const s: Partial<SamplingParams> = sampling
+    ? { temperature: temperature ?? 1, topK, topP, seed: seed ?? undefined }
+    : { temperature: 0 };
+  if (repetitionPenalty !== undefined) s.repetitionPenalty = repetitionPenalty;
+  if (frequencyPenalty !== undefined) s.frequencyPenalty = frequencyPenalty;
+  try {
+    validateSamplingParams(s);
+  } catch (e) {
+    if (e instanceof SamplingParamError) throw badRequest(e.message, `parameters.${e.param}`);
+    throw e;
+  }
+
+  let stop: string[] = [];
+  if (given(p.stop)) {
+    const v = p.stop;
+    const list = typeof v === "string" ? [v] : v;
+    if (!Array.isArray(list) || !list.every((x) => typeof x === "string")) {
+      throw badRequest("stop must be a list of strings", "parameters.stop");
+    }
+    if (list.length > TGI_MAX_STOP) {
+      throw badRequest(`stop takes at most ${TGI_MAX_STOP} strings`, "parameters.stop");
+    }
+    stop = list.filter((x) => x.length > 0);
+  }
+
+  const details = boolField(p, "details") ?? false;
+  const decoderInputDetails = boolField(p, "decoder_input_details") ?? false;
+  const returnFullText = boolField(p, "return_full_text") ?? false;
+  const topNTokens = intField(p, "top_n_tokens", 0, TGI_MAX_TOP_N_TOKENS) ?? 0;
+  const ignoreEos = boolField(p, "ignore_eos") ?? false;
+  const priority = given(p.priority) ? (intField(p, "priority", -(2 ** 31), 2 ** 31) ?? 0) : 0;
+  const truncate = intField(p, "truncate", 1);
+
+  let prompt = tok.encode(inputs, { addSpecial: true });
+  if (truncate !== undefined && prompt.length > truncate) prompt = prompt.slice(prompt.length - truncate);
+  if (prompt.length >= contextLength) {
+    throw new ApiError(
+      400,
+      `this model's maximum context length is ${contextLength} tokens, but the input has ${prompt.length} tokens`,
+      "invalid_request_error",
+      name,
+      "context_length_exceeded",
+    );
+  }
+  const maxIn = intField(p, "max_new_tokens", 1);
+  const room = contextLength - prompt.length;
+  if (maxIn !== undefined && maxIn > room) {
+    throw new ApiError(
+      400,
+      `this model's maximum context length is ${contextLength} tokens; the input has ${prompt.length} tokens and max_new_tokens is ${maxIn} (${prompt.length + maxIn} in all)`,
+      "invalid_request_error",
+      "parameters.max_new_tokens",
+      "context_length_exceeded",
+    );
+  }
+  const maxNewTokens = maxIn ?? Math.min(TGI_DEFAULT_MAX_NEW_TOKENS, room);
+  // Token logprobs are reported in details and in every streamed token.
+  return {
+    inputs,
+    prompt,
+    maxNewTokens,
+    sampling: s,
+    seed,
+    stop,
+    details,
+    decoderInputDetails,
+    returnFullText,
+    topNTokens,
+    stopAtEog: !ignoreEos,
+    priority,
+  };
+}
+
+/** The engine's finish → TGI's finish_reason. An end-of-generation token is sampled but not counted. */
+export function tgiFinishReason(f: FinishInfo): TgiFinishReason {
+  if (f.reason === "stop") return f.tokenTimes.length > f.completionTokens ? "eos_token" : "stop_sequence";
+  return "length";
+}
+
+/** The request's client label (set by admission.ts), or its address. */
+function clientOf(req: FastifyRequest): string {
+  return req.spindleClient || req.ip || "unknown";
+}
+
+/** An AbortSignal that fires when the client disconnects before the response is complete. */
+function disconnectSignal(req: FastifyRequest, reply: FastifyReply): AbortSignal {
+  const ac = new AbortController();
+  const res = reply.raw;
+  res.once("close", () => {
+    if (!res.writableFinished) ac.abort("the client disconnected");
+  });
+  if (req.raw.socket?.destroyed) ac.abort("the client disconnected");
+  return ac.signal;
+}
+
+/** The end-of-generation token a stream stopped at (not reported by the engine: the model's EOS). */
+function eosId(m: LoadedModel): number {
+  return m.info.eos ?? m.tokenizer.eos ?? m.info.eogTokens[0] ?? 0;
+}
+
+/** The error for a request that ended by abort (not the client's: a timeout, shutdown) or error; as in openai.ts. */
+function abortError(f: FinishInfo): ApiError {
+  const why = f.message ?? "aborted";
+  if (f.reason === "error")
+    return new ApiError(500, `generation failed: ${why}`, "server_error", null, "engine_error");
+  if (/shutting down/.test(why)) {
+    return new ApiError(
+      503,
+      `the request was aborted: ${why}`,
+      "server_overloaded",
+      null,
+      "shutting_down",
+      5,
+    );
+  }
+  return new ApiError(504, `the request was aborted: ${why}`, "server_error", null, "timeout");
+}
+
+/** Turns one engine event into TGI tokens: the event's text goes with its last token. */
+function eventTokens(e: EngineEvent, tok: Tokenizer, topN: number): { token: TgiToken; top?: TgiToken[] }[] {
+  return e.tokens.map((id, i) => {
+    const lp = e.logprobs?.[i];
+    const token: TgiToken = {
+      id,
+      text: i === e.tokens.length - 1 ? e.text : "",
+      logprob: lp && Number.isFinite(lp.logprob) ? lp.logprob : null,
+      special: tok.isControl(id),
+    };
+    if (topN === 0 || !lp) return { token };
+    const top = lp.topLogprobs.slice(0, topN).map((t) => ({
+      id: t.token,
+      text: tok.decode([t.token]),
+      logprob: Number.isFinite(t.logprob) ? t.logprob : null,
+      special: tok.isControl(t.token),
+    }));
+    return { token, top };
+  });
+}
+
+function generationParams(r: TgiRequest, req: FastifyRequest, endpoint: string): GenerationParams {
+  const wantLogprobs = endpoint === "/generate_stream" || r.details;
+  return {
+    prompt: r.prompt,
+    maxTokens: r.maxNewTokens,
+    sampling: { ...r.sampling, logprobs: wantLogprobs ? Math.max(1, r.topNTokens) : 0 },
+    stop: r.stop,
+    stopAtEog: r.stopAtEog,
+    priority: r.priority,
+    client: clientOf(req),
+    endpoint,
+    promptText: r.inputs,
+  };
+}
+
+function prefillDetails(r: TgiRequest, tok: Tokenizer) {
+  if (!r.decoderInputDetails) return [];
+  return r.prompt.map((id) => ({ id, text: tok.decode([id]), logprob: null }));
+}
+
+export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
+  app.post("/generate", async (req, reply) => {
+    const endpoint = "/generate";
+    const m = ctx.service.model(endpoint);
+    const r = parseTgiRequest(req.body, m.tokenizer, m.info.contextLength);
+    const signal = disconnectSignal(req, reply);
+    const stream = await ctx.service.start(generationParams(r, req, endpoint), signal);
+    const tokens: { token: TgiToken; top?: TgiToken[] }[] = [];
+    let text = "";
+    let finish: FinishInfo | undefined;
+    for await (const e of stream) {
+      text += e.text;
+      if (r.details) tokens.push(...eventTokens(e, m.tokenizer, r.topNTokens));
+      if (e.finish) finish = e.finish;
+    }
+    if (!finish) throw new ApiError(500, "the generation ended without a result", "server_error");
+    if (finish.reason === "abort" || finish.reason === "error") {
+      if (signal.aborted) {
+        throw new ApiError(
+          499,
+          "the client closed the request",
+          "invalid_request_error",
+          null,
+          "client_closed",
+        );
+      }
+      throw abortError(finish);
+    }
+    const reason = tgiFinishReason(finish);
+    const out: Json = { generated_text: r.returnFullText ? r.inputs + text : text };
+    if (r.details) {
+      if (reason === "eos_token") {
+        tokens.push({ token: { id: eosId(m), text: "", logprob: null, special: true } });
+      }
+      // Text released at the finish (held back for a stop string or a partial character) goes with the last token.
+      const joined = tokens.reduce((s, t) => s + t.token.text, "");
+      const last = tokens[tokens.length - 1];
+      if (last && joined.length < text.length && text.startsWith(joined))
+        last.token.text += text.slice(joined.length);
+      const d: Json = {
+        finish_reason: reason,
+        generated_tokens: tokens.length,
+        seed: r.seed,
+        prefill: prefillDetails(r, m.tokenizer),
+        tokens: tokens.map((t) => t.token),
+      };
+      if (r.topNTokens > 0) d.top_tokens = tokens.map((t) => t.top ?? []);
+      out.details = d;
+    }
+    return out;
+  });
+
+  app.post("/generate_stream", async (req, reply) => {
+    const endpoint = "/generate_stream";
+    const m = ctx.service.model(endpoint);
+    const r = parseTgiRequest(req.body, m.tokenizer, m.info.contextLength);
+    const stream: RequestStream = await ctx.service.start(
+      generationParams(r, req, endpoint),
+      disconnectSignal(req, reply),
+    );
+    startSSE(reply);
+    let index = 0;
+    let text = "";
+    let generated = 0;
+    const event = (token: TgiToken, top: TgiToken[] | undefined, final?: Json) => {
+      index++;
+      generated++;
+      const ev: Json = { index, token };
+      if (r.topNTokens > 0) ev.top_tokens = top ?? [];
+      ev.generated_text = final ? (r.returnFullText ? r.inputs + text : text) : null;
+      ev.details = final ?? null;
+      sendSSE(reply, ev);
+    };
+    try {
+      for await (const e of stream) {
+        text += e.text;
+        const toks = eventTokens(e, m.tokenizer, r.topNTokens);
+        const f = e.finish;
+        if (!f) {
+          for (const t of toks) event(t.token, t.top);
+          continue;
+        }
+        if (f.reason === "abort" || f.reason === "error") {
+          for (const t of toks) event(t.token, t.top);
+          const err = abortError(f);
+          sendSSE(reply, { error: err.message, error_type: f.reason === "error" ? "generation" : err.code });
+          break;
+        }
+        const reason = tgiFinishReason(f);
+        // The last token carries the final text and details; a finish without a token of its own
+        // (an end-of-generation token) is reported as that token, with any text released at the end.
+        let last = toks.pop();
+        for (const t of toks) event(t.token, t.top);
+        if (!last) last = { token: { id: eosId(m), text: e.text, logprob: null, special: true } };
+        const details = {
+          finish_reason: reason,
+          generated_tokens: generated + 1,
+          seed: r.seed,
+          input_length: r.prompt.length,
+        };
+        event(last.token, last.top, details);
+      }
+    } catch (err) {
+      // Headers are out: the error goes into the stream, TGI's way.
+      const e = err instanceof ApiError ? err : undefined;
+      if (isSSEOpen(reply)) {
+        sendSSE(reply, {
+          error: e?.message ?? (err as Error).message ?? "internal error",
+          error_type: "generation",
+        });
+      }
+      if (!e) ctx.log.warn({ err: String(err), endpoint }, "generation failed mid-stream");
+    }
+    endSSE(reply, { done: false });
+    return reply;
+  });
+
+  app.post("/tokenize", async (req) => {
+    const m = ctx.service.model("/tokenize");
+    const body = req.body;
+    if (!isObject(body)) throw badRequest("the request body must be a JSON object", null);
+    const { text } = textField(body, ["prompt", "inputs", "text"]);
+    const addSpecial = body.add_special_tokens ?? true;
+    if (typeof addSpecial !== "boolean")
+      throw badRequest("add_special_tokens must be true or false", "add_special_tokens");
+    const strs = body.return_token_strs ?? false;
+    if (typeof strs !== "boolean")
+      throw badRequest("return_token_strs must be true or false", "return_token_strs");
+    const tokens = m.tokenizer.encode(text, { addSpecial });
+    const out: Json = { tokens, count: tokens.length, max_model_len: m.info.contextLength };
+    if (strs) out.token_strs = tokens.map((id) => m.tokenizer.tokenText(id));
+    return out;
+  });
+
+  app.post("/detokenize", async (req) => {
+    const m = ctx.service.model("/detokenize");
+    const body = req.body;
+    if (!isObject(body)) throw badRequest("the request body must be a JSON object", null);
+    const tokens = body.tokens;
+    if (!Array.isArray(tokens)) throw badRequest('the request needs "tokens": a list of token ids', "tokens");
+    const vocab = m.tokenizer.vocabSize;
+    tokens.forEach((t, i) => {
+      if (typeof t !== "number" || !Number.isInteger(t) || t < 0 || t >= vocab) {
+        throw badRequest(`tokens[${i}] = ${JSON.stringify(t)} is not a token id (0..${vocab - 1})`, "tokens");
+      }
+    });
+    const skip = body.skip_special_tokens ?? true;
+    if (typeof skip !== "boolean")
+      throw badRequest("skip_special_tokens must be true or false", "skip_special_tokens");
+    let ids = tokens as number[];
+    // Without its BOS the text decodes as it was tokenized (SentencePiece's space prefix dropped again).
+    if (skip && ids.length > 0 && ids[0] === m.tokenizer.bos) ids = ids.slice(1);
+    return { prompt: m.tokenizer.decode(ids, { skipSpecial: skip }) };
+  });
+}

@@ -1,0 +1,401 @@
+import { connect } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestServer, type TestServer } from "../helpers/server.js";
+
+/**
+ * Bad requests of every kind get the right status and an OpenAI-shaped error naming the field
+ * (`param`), with a one-line message and never a stack trace; and none of them leaves anything
+ * behind in the engine (no running or waiting request, no KV block in use).
+ */
+
+type Json = Record<string, unknown>;
+
+interface Case {
+  name: string;
+  method?: "GET" | "POST";
+  path: string;
+  /** A JSON object (sent with application/json), or raw bytes/text sent as they are. */
+  body?: Json | string | Buffer;
+  headers?: Record<string, string>;
+  status: number;
+  type: string;
+  /** Expected error.param; undefined = not checked. */
+  param?: string | null;
+  code?: string;
+  /** Extra check of the message (tokens and context named, …). */
+  message?: RegExp;
+}
+
+let srv: TestServer;
+let model: string;
+let contextLength: number;
+let longPrompt: string;
+
+const completion = (extra: Json): Json => ({ model, prompt: "Once upon a time", max_tokens: 4, ...extra });
+const chat = (extra: Json): Json => ({
+  model,
+  messages: [{ role: "user", content: "Tell me a story." }],
+  max_tokens: 4,
+  ...extra,
+});
+const tgi = (extra: Json, params: Json = {}): Json => ({
+  inputs: "Once upon a time",
+  parameters: { max_new_tokens: 4, ...params },
+  ...extra,
+});
+
+const C = "/v1/completions";
+const CHAT = "/v1/chat/completions";
+const GEN = "/generate";
+const INVALID = "invalid_request_error";
+
+function cases(): Case[] {
+  const bad = (name: string, path: string, body: Json, param: string | null, status = 400): Case => ({
+    name,
+    path,
+    body,
+    status,
+    type: status === 404 ? "not_found_error" : INVALID,
+    param,
+  });
+  const invalidUtf8 = Buffer.concat([
+    Buffer.from(`{"model":"${model}","prompt":"Once upon `),
+    Buffer.from([0xc3, 0x28, 0xff]),
+    Buffer.from(`a time","max_tokens":4}`),
+  ]);
+  return [
+    // Wrong types and out-of-range values, completions.
+    bad("prompt is a number", C, completion({ prompt: 5 }), "prompt"),
+    bad("temperature is a string", C, completion({ temperature: "0.5" }), "temperature"),
+    bad("temperature is the string NaN", C, completion({ temperature: "NaN" }), "temperature"),
+    bad("temperature above 2", C, completion({ temperature: 3 }), "temperature"),
+    bad("max_tokens is a string", C, completion({ max_tokens: "10" }), "max_tokens"),
+    bad("max_tokens -1", C, completion({ max_tokens: -1 }), "max_tokens"),
+    bad("max_tokens 0", C, completion({ max_tokens: 0 }), "max_tokens"),
+    bad("max_tokens 10^9", C, completion({ max_tokens: 1e9 }), "max_tokens"),
+    bad("n is 1.5", C, completion({ n: 1.5 }), "n"),
+    bad("n is 0", C, completion({ n: 0 }), "n"),
+    bad("n is 1000", C, completion({ n: 1000 }), "n"),
+    bad("stop is a number", C, completion({ stop: 7 }), "stop"),
+    bad("logit_bias is an array", C, completion({ logit_bias: [] }), "logit_bias"),
+    bad("top_p is 2", C, completion({ top_p: 2 }), "top_p"),
+    bad("top_k is -3", C, completion({ top_k: -3 }), "top_k"),
+    bad("min_p is 1.5", C, completion({ min_p: 1.5 }), "min_p"),
+    bad("presence_penalty is 5", C, completion({ presence_penalty: 5 }), "presence_penalty"),
+    bad("seed is a string", C, completion({ seed: "x" }), "seed"),
+    bad("logprobs is 50", C, completion({ logprobs: 50 }), "logprobs"),
+    bad("model is missing", C, { prompt: "Once", max_tokens: 4 }, "model"),
+    bad("unknown model", C, completion({ model: "gpt-17" }), "model", 404),
+    {
+      name: "prompt longer than the context",
+      path: C,
+      body: completion({ prompt: longPrompt }),
+      status: 400,
+      type: INVALID,
+      param: "prompt",
+      code: "context_length_exceeded",
+      message: new RegExp(`${contextLength}.*\\d+ tokens`),
+    },
+    // Chat.
+    bad("messages is a string", CHAT, chat({ messages: "hi" }), "messages"),
+    bad("messages is empty", CHAT, chat({ messages: [] }), "messages"),
+    bad("unknown role", CHAT, chat({ messages: [{ role: "wizard", content: "hi" }] }), "messages[0].role"),
+    bad("message without content", CHAT, chat({ messages: [{ role: "user" }] }), "messages[0].content"),
+    bad(
+      "image_url content part",
+      CHAT,
+      chat({
+        messages: [
+          { role: "user", content: [{ type: "image_url", image_url: { url: "http://example.com/a.png" } }] },
+        ],
+      }),
+      "messages[0].content",
+    ),
+    bad("top_logprobs is 30", CHAT, chat({ logprobs: true, top_logprobs: 30 }), "top_logprobs"),
+    bad(
+      "response_format json_schema",
+      CHAT,
+      chat({
+        response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object" } } },
+      }),
+      "response_format",
+    ),
+    bad(
+      "tools",
+      CHAT,
+      chat({ tools: [{ type: "function", function: { name: "f", parameters: { type: "object" } } }] }),
+      "tools",
+    ),
+    bad("chat temperature is a string", CHAT, chat({ temperature: "0.5" }), "temperature"),
+    bad("chat max_tokens 10^9", CHAT, chat({ max_tokens: 1e9 }), "max_tokens"),
+    bad("chat unknown model", CHAT, chat({ model: "gpt-17" }), "model", 404),
+    // TGI.
+    {
+      name: "generate: inputs is a number",
+      path: GEN,
+      body: tgi({ inputs: 5 }),
+      status: 400,
+      type: INVALID,
+      param: "inputs",
+    },
+    {
+      name: "generate: temperature is a string",
+      path: GEN,
+      body: tgi({}, { temperature: "0.5" }),
+      status: 400,
+      type: INVALID,
+      param: "parameters.temperature",
+    },
+    {
+      name: "generate: max_new_tokens -1",
+      path: GEN,
+      body: tgi({}, { max_new_tokens: -1 }),
+      status: 400,
+      type: INVALID,
+      param: "parameters.max_new_tokens",
+    },
+    {
+      name: "generate: inputs longer than the context",
+      path: GEN,
+      body: tgi({ inputs: longPrompt }),
+      status: 400,
+      type: INVALID,
+      param: "inputs",
+      code: "context_length_exceeded",
+      message: new RegExp(`${contextLength}`),
+    },
+    // Bodies that are not a JSON object.
+    {
+      name: "NaN literal (not JSON)",
+      path: C,
+      body: `{"model":"${model}","prompt":"Once","temperature":NaN}`,
+      status: 400,
+      type: INVALID,
+      param: null,
+      code: "invalid_json",
+    },
+    {
+      name: "truncated JSON",
+      path: C,
+      body: '{"model":',
+      status: 400,
+      type: INVALID,
+      param: null,
+      code: "invalid_json",
+    },
+    {
+      name: "truncated JSON (chat)",
+      path: CHAT,
+      body: "{",
+      status: 400,
+      type: INVALID,
+      code: "invalid_json",
+    },
+    {
+      name: "truncated JSON (generate)",
+      path: GEN,
+      body: "{",
+      status: 400,
+      type: INVALID,
+      code: "invalid_json",
+    },
+    { name: "JSON array body", path: C, body: "[1, 2]", status: 400, type: INVALID, param: null },
+    { name: "JSON string body", path: CHAT, body: '"hello"', status: 400, type: INVALID, param: null },
+    { name: "empty body", path: C, body: "", status: 400, type: INVALID, param: null },
+    {
+      name: "no body at all",
+      path: C,
+      body: undefined,
+      headers: {},
+      status: 400,
+      type: INVALID,
+      param: null,
+    },
+    {
+      name: "invalid UTF-8 bytes",
+      path: C,
+      body: invalidUtf8,
+      status: 400,
+      type: INVALID,
+      param: null,
+      message: /UTF-8/,
+    },
+    {
+      name: "10 MB body",
+      path: C,
+      body: JSON.stringify(completion({ prompt: "a".repeat(10 * 1024 * 1024) })),
+      status: 413,
+      type: INVALID,
+      param: null,
+    },
+    {
+      name: "wrong content type",
+      path: C,
+      body: JSON.stringify(completion({})),
+      headers: { "content-type": "text/plain" },
+      status: 415,
+      type: INVALID,
+      param: null,
+    },
+    {
+      name: "form content type",
+      path: GEN,
+      body: "inputs=hello",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      status: 415,
+      type: INVALID,
+    },
+    {
+      name: "gzip content encoding",
+      path: C,
+      body: JSON.stringify(completion({})),
+      headers: { "content-type": "application/json", "content-encoding": "gzip" },
+      status: 415,
+      type: INVALID,
+    },
+    // Routes.
+    { name: "unknown route", method: "GET", path: "/v1/engines", status: 404, type: "not_found_error" },
+    { name: "unknown POST route", path: "/v1/edits", body: {}, status: 404, type: "not_found_error" },
+    { name: "wrong method", method: "GET", path: C, status: 404, type: "not_found_error" },
+    { name: "malformed URL", method: "GET", path: "/v1/%zz", status: 400, type: INVALID },
+  ];
+}
+
+async function send(c: Case, base = srv.url): Promise<{ status: number; headers: Headers; text: string }> {
+  const headers: Record<string, string> = { ...c.headers };
+  let body: string | Buffer | undefined;
+  if (c.body === undefined) body = undefined;
+  else if (typeof c.body === "string" || Buffer.isBuffer(c.body)) body = c.body;
+  else body = JSON.stringify(c.body);
+  if (body !== undefined && c.headers?.["content-type"] === undefined)
+    headers["content-type"] = "application/json";
+  const res = await fetch(base + c.path, { method: c.method ?? "POST", headers, body });
+  return { status: res.status, headers: res.headers, text: await res.text() };
+}
+
+function expectOpenAIError(
+  res: { status: number; headers: Headers; text: string },
+  c: Pick<Case, "status" | "type" | "param" | "code" | "message">,
+): void {
+  expect(res.status, res.text).toBe(c.status);
+  expect(res.headers.get("content-type")).toMatch(/^application\/json/);
+  expect(res.text).not.toMatch(/\n\s+at /); // no stack trace, anywhere
+  const body = JSON.parse(res.text) as { error: Record<string, unknown> };
+  expect(Object.keys(body)).toEqual(["error"]);
+  const e = body.error;
+  expect(Object.keys(e).sort()).toEqual(["code", "message", "param", "type"]);
+  expect(e.type).toBe(c.type);
+  if (c.param !== undefined) expect(e.param).toBe(c.param);
+  else expect(e.param === null || typeof e.param === "string").toBe(true);
+  if (c.code !== undefined) expect(e.code).toBe(c.code);
+  expect(typeof e.message).toBe("string");
+  const message = e.message as string;
+  expect(message.trim().length).toBeGreaterThan(0);
+  expect(message).not.toMatch(/[\r\n]/);
+  if (c.message) expect(message).toMatch(c.message);
+}
+
+beforeAll(async () => {
+  srv = await startTestServer();
+  model = srv.server.ctx.opts.modelName;
+  const m = srv.server.ctx.model!;
+  contextLength = m.info.contextLength;
+  longPrompt = "Once upon a time there was a little girl. ".repeat(Math.ceil(contextLength / 4));
+  expect(m.tokenizer.encode(longPrompt).length).toBeGreaterThan(contextLength);
+});
+afterAll(async () => {
+  await srv?.close();
+});
+
+describe("bad input", () => {
+  it("has at least 30 cases", () => {
+    expect(cases().length).toBeGreaterThanOrEqual(30);
+  });
+
+  it("a good request still works (the table is not failing for a trivial reason)", async () => {
+    const res = await send({ name: "ok", path: C, body: completion({}), status: 200, type: "" });
+    expect(res.status, res.text).toBe(200);
+  });
+
+  it("gets the right status, type and param for every bad input", async () => {
+    const failures: string[] = [];
+    for (const c of cases()) {
+      const res = await send(c);
+      try {
+        expectOpenAIError(res, c);
+      } catch (err) {
+        failures.push(
+          `${c.name}: ${(err as Error).message.split("\n")[0]} — got ${res.status} ${res.text.slice(0, 300)}`,
+        );
+      }
+    }
+    expect(failures).toEqual([]);
+  });
+
+  it("refuses a missing or wrong API key with 401 when the server has keys", async () => {
+    const keyed = await startTestServer({ apiKeys: ["bad-input-secret-key"] });
+    try {
+      const body = { model: keyed.server.ctx.opts.modelName, prompt: "Once", max_tokens: 2 };
+      expectOpenAIError(await send({ name: "no key", path: C, body, status: 401, type: "" }, keyed.url), {
+        status: 401,
+        type: "authentication_error",
+        param: null,
+        code: "missing_api_key",
+      });
+      const wrong = await send(
+        {
+          name: "wrong key",
+          path: C,
+          body,
+          headers: { authorization: "Bearer nope" },
+          status: 401,
+          type: "",
+        },
+        keyed.url,
+      );
+      expectOpenAIError(wrong, {
+        status: 401,
+        type: "authentication_error",
+        param: null,
+        code: "invalid_api_key",
+      });
+    } finally {
+      await keyed.close();
+    }
+  });
+
+  it("malformed HTTP gets an OpenAI-shaped 400 too", async () => {
+    const { port } = new URL(srv.url);
+    const raw = await new Promise<string>((resolve, reject) => {
+      const sock = connect(Number(port), "127.0.0.1", () => sock.write("NOT HTTP AT ALL\r\n\r\n"));
+      let data = "";
+      sock.on("data", (b: Buffer) => (data += b.toString()));
+      sock.on("close", () => resolve(data));
+      sock.on("error", reject);
+    });
+    const [head, body] = raw.split("\r\n\r\n");
+    expect(head).toMatch(/^HTTP\/1\.1 400 /);
+    expect(head).toMatch(/content-type: application\/json/i);
+    const e = (JSON.parse(body!) as { error: Record<string, unknown> }).error;
+    expect(e).toMatchObject({ type: INVALID, param: null });
+    expect(typeof e.message).toBe("string");
+  });
+
+  it("leaves nothing behind: /health is 200, no request running or waiting, no KV block in use", async () => {
+    const health = await fetch(`${srv.url}/health`);
+    expect(health.status).toBe(200);
+    const stats = await srv.server.ctx.model!.engine.stats();
+    expect(stats.running).toBe(0);
+    expect(stats.waiting).toBe(0);
+    expect(stats.unfinished).toBe(0);
+    expect(stats.kvUsage).toBe(0);
+    expect(srv.server.ctx.service.numInFlight).toBe(0);
+    expect(srv.server.ctx.service.numWaiting).toBe(0);
+    const metrics = await fetch(`${srv.url}/metrics?format=json`);
+    expect(metrics.status).toBe(200);
+    const snap = (await metrics.json()) as Record<string, unknown>;
+    expect(snap.num_requests_running).toBe(0);
+    expect(snap.num_requests_waiting).toBe(0);
+    expect(snap.kv_cache_usage_perc).toBe(0);
+  });
+});
