@@ -1,4 +1,5 @@
 import { SpindleError } from "../errors.js";
+import { benchCommand } from "./bench.js";
 import { benchEngineCommand, calibrateCommand } from "./engine-commands.js";
 import { generateCommand } from "./generate.js";
 import { pullCommand } from "./pull.js";
@@ -12,6 +13,7 @@ commands:
   pull          download a GGUF from Hugging Face into the cache (spindle pull --help)
   synth-model   write a model with random weights and a real vocabulary (spindle synth-model --help)
   calibrate     fit the simulated runner's step-cost model to a real model on this machine
+  bench         load-test an OpenAI-compatible server like vLLM's bench serve (spindle bench --help)
   bench-engine  closed-loop engine throughput (no HTTP): batching modes x concurrency
   serve         serve a model over an OpenAI-compatible HTTP API (spindle serve --help)`;
 
@@ -22,6 +24,7 @@ const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
   calibrate: calibrateCommand,
   "bench-engine": benchEngineCommand,
   serve: serveCommand,
+  bench: benchCommand,
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,0 +1,169 @@
+import { Rng } from "../sampling/rng.js";
+import { mapLimit, type PromptBuilder } from "./prompts.js";
+
+/**
+ * The prompt sets of each workload, deterministic for a seed:
+ *
+ * - random: independent prompts; input and output lengths drawn uniformly in
+ *   [⌊L·(1−r)⌋, ⌈L·(1+r)⌉] (vLLM's `--random-range-ratio`).
+ * - shared-prefix: `groups` × `promptsPerGroup` prompts; the prompts of a group
+ *   share a prefix of `prefixLen` tokens and each has its own suffix of
+ *   `suffixLen` tokens. Scenarios:
+ *     miss  — every prompt gets a prefix of its own: the prefix cache cannot help;
+ *     hit   — every group's prefix is sent once before the run (priming), so
+ *             every measured request can be served from the cache;
+ *     mixed — half of the groups are primed (class "hit"), the other half's
+ *             prompts get prefixes of their own (class "miss").
+ * - priority: a backlog of low-priority requests, all sent at the start, plus
+ *   high-priority requests that arrive by the run's load shape. `priority` is
+ *   sent with each (lower = more urgent, vLLM's convention).
+ *
+ * Every run draws its own prompts (the seed is mixed with the run's index), so
+ * no run is served from cache entries an earlier run left behind, and two
+ * targets compared on the same run get the very same prompts.
+ */
+
+export type CacheScenario = "miss" | "hit" | "mixed";
+
+export type WorkloadSpec =
+  | { kind: "random"; inputLen: number; outputLen: number; rangeRatio: number }
+  | {
+      kind: "shared-prefix";
+      groups: number;
+      promptsPerGroup: number;
+      prefixLen: number;
+      suffixLen: number;
+      outputLen: number;
+      scenario: CacheScenario;
+    }
+  | {
+      kind: "priority";
+      inputLen: number;
+      outputLen: number;
+      rangeRatio: number;
+      /** Low-priority requests sent at the start. */
+      backlog: number;
+      highPriority: number;
+      lowPriority: number;
+    };
+
+export interface BenchItem {
+  prompt: string;
+  promptTokens: number;
+  maxTokens: number;
+  klass?: string;
+  priority?: number;
+  /** Sent at this offset (ms) from the run's start whatever the load shape (priority backlog). */
+  fixedAtMs?: number;
+}
+
+export interface RunPlan {
+  /** Sent (and awaited) before the run's clock starts; not measured (prefix priming). */
+  prime: BenchItem[];
+  items: BenchItem[];
+}
+
+/** Uniform integer in [lo, hi]. */
+export function randInt(rng: Rng, lo: number, hi: number): number {
+  return lo + Math.floor(rng.next() * (hi - lo + 1));
+}
+
+/** A length drawn like vLLM's random dataset: uniform in [⌊L(1−r)⌋, ⌈L(1+r)⌉], at least 1. */
+export function drawLength(rng: Rng, len: number, rangeRatio: number): number {
+  const lo = Math.max(1, Math.floor(len * (1 - rangeRatio)));
+  const hi = Math.max(lo, Math.ceil(len * (1 + rangeRatio)));
+  return randInt(rng, lo, hi);
+}
+
+/** In-place Fisher–Yates shuffle. */
+export function shuffle<T>(rng: Rng, xs: T[]): T[] {
+  for (let i = xs.length - 1; i > 0; i--) {
+    const j = Math.floor(rng.next() * (i + 1));
+    [xs[i], xs[j]] = [xs[j]!, xs[i]!];
+  }
+  return xs;
+}
+
+const CONCURRENT_TOKENIZE = 8;
+
+/**
+ * The prompts of one run. `runIndex` makes each run's prompts its own; `n` is the number of
+ * shaped requests (priority: high-priority arrivals, the backlog comes on top).
+ */
+export async function planRun(
+  spec: WorkloadSpec,
+  builder: PromptBuilder,
+  seed: number,
+  runIndex: number,
+  n: number,
+): Promise<RunPlan> {
+  const rng = new Rng(BigInt(seed) * 1_000_003n + BigInt(runIndex) * 7919n + 17n);
+  const childSeed = () => (BigInt(rng.nextU32()) << 32n) | BigInt(rng.nextU32());
+  const build = async (lens: Array<{ seed: bigint; tokens: number }>) =>
+    mapLimit(lens, CONCURRENT_TOKENIZE, (x) => builder.build(x.seed, x.tokens));
+  const buildSome = async (lens: Array<{ seed: bigint; tokens: number } | undefined>) =>
+    mapLimit(lens, CONCURRENT_TOKENIZE, (x) =>
+      x ? builder.build(x.seed, x.tokens) : Promise.resolve(undefined),
+    );
+
+  if (spec.kind === "random" || spec.kind === "priority") {
+    const count = spec.kind === "priority" ? spec.backlog + n : n;
+    const lens = Array.from({ length: count }, () => ({
+      seed: childSeed(),
+      tokens: drawLength(rng, spec.inputLen, spec.rangeRatio),
+      out: drawLength(rng, spec.outputLen, spec.rangeRatio),
+    }));
+    const prompts = await build(lens);
+    const items: BenchItem[] = prompts.map((p, i) => ({
+      prompt: p.text,
+      promptTokens: p.tokens,
+      maxTokens: lens[i]!.out,
+    }));
+    if (spec.kind === "priority") {
+      for (let i = 0; i < items.length; i++) {
+        const low = i < spec.backlog;
+        items[i]!.klass = low ? "low" : "high";
+        items[i]!.priority = low ? spec.lowPriority : spec.highPriority;
+        if (low) items[i]!.fixedAtMs = 0;
+      }
+    }
+    return { prime: [], items };
+  }
+
+  // shared-prefix
+  const total = Math.min(n, spec.groups * spec.promptsPerGroup);
+  const groupOf = shuffle(
+    rng,
+    Array.from({ length: spec.groups * spec.promptsPerGroup }, (_, i) => i % spec.groups),
+  ).slice(0, total);
+  const primed = (g: number) =>
+    spec.scenario === "hit" || (spec.scenario === "mixed" && g < Math.ceil(spec.groups / 2));
+  const groupSeeds = Array.from({ length: spec.groups }, () => childSeed());
+  const ownSeeds = groupOf.map(() => childSeed());
+  const suffixSeeds = groupOf.map(() => childSeed());
+  const primeSuffixSeeds = groupSeeds.map(() => childSeed());
+  const prefixes = await buildSome(
+    groupSeeds.map((s, g) => (primed(g) ? { seed: s, tokens: spec.prefixLen } : undefined)),
+  );
+  const own = await buildSome(
+    groupOf.map((g, i) => (primed(g) ? undefined : { seed: ownSeeds[i]!, tokens: spec.prefixLen })),
+  );
+  const suffixes = await build(suffixSeeds.map((s) => ({ seed: s, tokens: spec.suffixLen })));
+  const items: BenchItem[] = groupOf.map((g, i) => {
+    const prefix = primed(g) ? prefixes[g]! : own[i]!;
+    return {
+      prompt: `${prefix.text}\n${suffixes[i]!.text}`,
+      promptTokens: prefix.tokens + suffixes[i]!.tokens,
+      maxTokens: spec.outputLen,
+      klass: primed(g) ? "hit" : "miss",
+    };
+  });
+  const primeGroups = [...new Set(groupOf)].filter(primed).sort((a, b) => a - b);
+  const primeSuffixes = await build(primeGroups.map((g) => ({ seed: primeSuffixSeeds[g]!, tokens: 1 })));
+  const prime = primeGroups.map((g, i) => ({
+    prompt: `${prefixes[g]!.text}\n${primeSuffixes[i]!.text}`,
+    promptTokens: prefixes[g]!.tokens + primeSuffixes[i]!.tokens,
+    maxTokens: 1,
+  }));
+  return { prime, items };
+}

@@ -1,0 +1,384 @@
+import { randomInt } from "node:crypto";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
+import { parseArgs } from "node:util";
+import { type BenchConfig, type BenchTargetSpec, runBench } from "../bench/bench.js";
+import type { ApiKind } from "../bench/client.js";
+import type { LoadShape } from "../bench/load.js";
+import type { Slo } from "../bench/metrics.js";
+import { BenchProgress } from "../bench/progress.js";
+import {
+  compareRuns,
+  comparisonTable,
+  describeWorkload,
+  jsonResult,
+  runTable,
+  sweepTable,
+} from "../bench/report.js";
+import { writeReport } from "../bench/report-dir.js";
+import type { CacheScenario, WorkloadSpec } from "../bench/workload.js";
+import { SpindleError } from "../errors.js";
+
+export const BENCH_USAGE = `usage: spindle bench [--base-url URL] [options]
+
+Load-tests any OpenAI-compatible server (Spindle, vLLM, llama.cpp's llama-server) with streaming
+requests and reports what vLLM's \`bench serve\` reports (TTFT, TPOT, ITL, E2E latency, throughput,
+goodput), measured from the client's own stream timestamps.
+
+target
+  --base-url URL            server to measure (default http://127.0.0.1:8000)
+  --api completions|chat    /v1/completions (default) or /v1/chat/completions
+  --endpoint PATH           another path for the same protocol
+  --model NAME              model to ask for (default: the first of GET /v1/models)
+  --api-key KEY             bearer key; repeat it for several tenants (requests go round-robin)
+  --compare-url URL         also run every load against this server, interleaved; prints B/A ratios
+  --compare A=URL,B=URL     the same with two labeled targets
+  --labels A,B              names of the base and compare targets (default base,compare)
+  --rounds N                split each run into N batches sent A B, B A, ... (default 1, 2 when comparing)
+
+load (every run is bounded by --num-prompts and --max-seconds)
+  --concurrency LIST        closed loop at each concurrency, e.g. 1,2,4,8,16,32 (default 1)
+  --request-rate LIST       open loop at each rate in req/s (inf = all at once), instead of --concurrency
+  --burstiness B            gamma-distributed arrivals; 1 = Poisson (default 1)
+  --max-concurrency N       cap on requests in flight in the open loop
+  --num-prompts N           requests per run (default 100)
+  --max-seconds S           time bound per run; in-flight requests are then cut off (default 300)
+  --warmup N                unmeasured requests per target before the first run (default 2)
+  --seed N                  same seed, same prompts and arrivals (default: a fresh one, printed; a
+                            server's prefix cache would remember the prompts of an earlier run)
+  --grace-seconds S         after Ctrl-C, how long in-flight requests may finish (default 5)
+
+workload
+  --workload KIND           random (default) | shared-prefix | priority
+  --input-len N             prompt tokens (default 128)
+  --output-len N            output tokens (default 64); exact: ignore_eos is sent
+  --range-ratio R           lengths uniform in [L(1-R), L(1+R)] (default 0)
+  --allow-eos               do not send ignore_eos (outputs may end early)
+  --temperature T           sampling temperature sent (default 0)
+  --no-tokenize             do not use the target's /tokenize (prompt lengths then estimated)
+  shared-prefix:
+  --num-groups G            prefix groups (default 8)
+  --prompts-per-group P     prompts per group (default 8)
+  --prefix-len N            shared prefix tokens (default 256)
+  --suffix-len N            tokens after the prefix (default 32)
+  --cache-scenario S        miss (no sharing) | hit (prefixes primed) | mixed (half primed) (default hit)
+  priority:
+  --backlog N               low-priority requests sent at the start (default --num-prompts)
+  --high-priority P         priority sent with the arrivals (default 0; lower = more urgent)
+  --low-priority P          priority sent with the backlog (default 10)
+
+metrics and output
+  --slo LIST                goodput SLOs in ms, e.g. ttft:500,tpot:50 (also e2el:MS)
+  --metrics-interval-ms N   poll the server's engine metrics this often during a run (default 500; 0 = off)
+  --no-server-metrics       do not scrape /metrics
+  --result-file PATH        write the JSON result (vLLM's metric keys per run)
+  --save-detailed           put every request's timeline in the JSON result
+  --report DIR              write report.md, result.json and charts (SVG and PNG) to DIR
+  --font FILE.ttf           font for the PNG charts' text (default: a system DejaVu/Liberation/Arial)
+  --quiet                   no progress bar
+
+Ctrl-C stops sending, waits up to --grace-seconds for what is in flight, and prints what was measured.`;
+
+export interface BenchIO {
+  stdout: { write(s: string): unknown };
+  stderr: { write(s: string): unknown; isTTY?: boolean; columns?: number };
+  /** Handle Ctrl-C (default true). */
+  handleSigint?: boolean;
+}
+
+const list = (s: string) =>
+  s
+    .split(",")
+    .map((x) => x.trim())
+    .filter((x) => x.length > 0);
+
+function num(
+  name: string,
+  v: string,
+  opts: { int?: boolean; min?: number; allowInf?: boolean } = {},
+): number {
+  const n = opts.allowInf && /^(inf|infinity)$/i.test(v.trim()) ? Infinity : Number(v);
+  const bad =
+    Number.isNaN(n) ||
+    (!opts.allowInf && !Number.isFinite(n)) ||
+    (opts.int && Number.isFinite(n) && !Number.isInteger(n)) ||
+    (opts.min !== undefined && n < opts.min);
+  if (bad) {
+    const what = opts.int ? "an integer" : "a number";
+    throw new SpindleError(
+      `--${name} must be ${what}${opts.min !== undefined ? ` ≥ ${opts.min}` : ""}, got "${v}"`,
+    );
+  }
+  return n;
+}
+
+/** "ttft:500,tpot:50" → {ttftMs: 500, tpotMs: 50}. */
+export function parseSlo(s: string): Slo {
+  const slo: Slo = {};
+  for (const part of list(s)) {
+    const [k, v] = part.split(":");
+    const ms = num("slo", v ?? "", { min: 0 });
+    if (k === "ttft") slo.ttftMs = ms;
+    else if (k === "tpot") slo.tpotMs = ms;
+    else if (k === "e2el" || k === "e2e") slo.e2elMs = ms;
+    else throw new SpindleError(`--slo: unknown metric "${k}" (ttft, tpot, e2el)`);
+  }
+  return slo;
+}
+
+/** Turns the command line into a benchmark configuration (and what to do with the result). */
+export function parseBenchArgs(args: string[]) {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      "base-url": { type: "string", default: "http://127.0.0.1:8000" },
+      api: { type: "string", default: "completions" },
+      endpoint: { type: "string" },
+      model: { type: "string", short: "m" },
+      "api-key": { type: "string", multiple: true },
+      "compare-url": { type: "string" },
+      compare: { type: "string" },
+      labels: { type: "string" },
+      rounds: { type: "string" },
+      concurrency: { type: "string", short: "c" },
+      "request-rate": { type: "string" },
+      burstiness: { type: "string", default: "1" },
+      "max-concurrency": { type: "string" },
+      "num-prompts": { type: "string", short: "n", default: "100" },
+      "max-seconds": { type: "string", default: "300" },
+      warmup: { type: "string", default: "2" },
+      seed: { type: "string" },
+      "grace-seconds": { type: "string", default: "5" },
+      workload: { type: "string", default: "random" },
+      "input-len": { type: "string", default: "128" },
+      "output-len": { type: "string", default: "64" },
+      "range-ratio": { type: "string", default: "0" },
+      "allow-eos": { type: "boolean", default: false },
+      temperature: { type: "string", default: "0" },
+      "no-tokenize": { type: "boolean", default: false },
+      "num-groups": { type: "string", default: "8" },
+      "prompts-per-group": { type: "string", default: "8" },
+      "prefix-len": { type: "string", default: "256" },
+      "suffix-len": { type: "string", default: "32" },
+      "cache-scenario": { type: "string", default: "hit" },
+      backlog: { type: "string" },
+      "high-priority": { type: "string", default: "0" },
+      "low-priority": { type: "string", default: "10" },
+      slo: { type: "string" },
+      "metrics-interval-ms": { type: "string", default: "500" },
+      "no-server-metrics": { type: "boolean", default: false },
+      "result-file": { type: "string" },
+      "save-detailed": { type: "boolean", default: false },
+      report: { type: "string" },
+      font: { type: "string" },
+      quiet: { type: "boolean", short: "q", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) return { help: true as const };
+  if (positionals.length) throw new SpindleError(`unexpected argument "${positionals[0]}"`);
+
+  const api = values.api as ApiKind;
+  if (api !== "completions" && api !== "chat")
+    throw new SpindleError(`--api must be completions or chat, got "${api}"`);
+  const keys = values["api-key"] ?? [];
+  const labels = values.labels ? list(values.labels) : [];
+  const targets: BenchTargetSpec[] = [];
+  const spec = (label: string, baseUrl: string): BenchTargetSpec => {
+    try {
+      new URL(baseUrl);
+    } catch {
+      throw new SpindleError(`not a URL: "${baseUrl}"`);
+    }
+    return { label, baseUrl, api, model: values.model, endpoint: values.endpoint, apiKeys: keys };
+  };
+  if (values.compare) {
+    const pairs = list(values.compare).map((p) => {
+      const i = p.indexOf("=");
+      if (i <= 0) throw new SpindleError(`--compare takes LABEL=URL,LABEL=URL, got "${p}"`);
+      return spec(p.slice(0, i), p.slice(i + 1));
+    });
+    if (pairs.length !== 2) throw new SpindleError("--compare takes exactly two LABEL=URL targets");
+    targets.push(...pairs);
+  } else {
+    targets.push(spec(labels[0] ?? "base", values["base-url"]));
+    if (values["compare-url"]) targets.push(spec(labels[1] ?? "compare", values["compare-url"]));
+  }
+  if (targets.length === 2 && targets[0]!.label === targets[1]!.label)
+    throw new SpindleError("the two targets need different labels (--labels A,B)");
+
+  const shapes: LoadShape[] = [];
+  if (values["request-rate"] !== undefined) {
+    if (values.concurrency !== undefined)
+      throw new SpindleError(
+        "--request-rate or --concurrency, not both (--max-concurrency caps the open loop)",
+      );
+    const burstiness = num("burstiness", values.burstiness, { min: Number.MIN_VALUE });
+    const maxConcurrency =
+      values["max-concurrency"] !== undefined
+        ? num("max-concurrency", values["max-concurrency"], { int: true, min: 1 })
+        : undefined;
+    for (const r of list(values["request-rate"]))
+      shapes.push({
+        kind: "open",
+        rate: num("request-rate", r, { min: Number.MIN_VALUE, allowInf: true }),
+        burstiness,
+        maxConcurrency,
+      });
+  } else {
+    for (const c of list(values.concurrency ?? "1"))
+      shapes.push({ kind: "closed", concurrency: num("concurrency", c, { int: true, min: 1 }) });
+  }
+  if (shapes.length === 0) throw new SpindleError("no load to run: --concurrency or --request-rate is empty");
+
+  const numPrompts = num("num-prompts", values["num-prompts"], { int: true, min: 1 });
+  const inputLen = num("input-len", values["input-len"], { int: true, min: 1 });
+  const outputLen = num("output-len", values["output-len"], { int: true, min: 1 });
+  const rangeRatio = num("range-ratio", values["range-ratio"], { min: 0 });
+  if (rangeRatio >= 1) throw new SpindleError(`--range-ratio must be below 1, got ${rangeRatio}`);
+  let workload: WorkloadSpec;
+  switch (values.workload) {
+    case "random":
+      workload = { kind: "random", inputLen, outputLen, rangeRatio };
+      break;
+    case "shared-prefix": {
+      const scenario = values["cache-scenario"] as CacheScenario;
+      if (!["miss", "hit", "mixed"].includes(scenario))
+        throw new SpindleError(`--cache-scenario must be miss, hit or mixed, got "${scenario}"`);
+      workload = {
+        kind: "shared-prefix",
+        groups: num("num-groups", values["num-groups"], { int: true, min: 1 }),
+        promptsPerGroup: num("prompts-per-group", values["prompts-per-group"], { int: true, min: 1 }),
+        prefixLen: num("prefix-len", values["prefix-len"], { int: true, min: 1 }),
+        suffixLen: num("suffix-len", values["suffix-len"], { int: true, min: 1 }),
+        outputLen,
+        scenario,
+      };
+      break;
+    }
+    case "priority":
+      workload = {
+        kind: "priority",
+        inputLen,
+        outputLen,
+        rangeRatio,
+        backlog:
+          values.backlog !== undefined ? num("backlog", values.backlog, { int: true, min: 0 }) : numPrompts,
+        highPriority: num("high-priority", values["high-priority"], { int: true }),
+        lowPriority: num("low-priority", values["low-priority"], { int: true }),
+      };
+      break;
+    default:
+      throw new SpindleError(
+        `--workload must be random, shared-prefix or priority, got "${values.workload}"`,
+      );
+  }
+
+  const config: BenchConfig = {
+    targets,
+    shapes,
+    workload,
+    numPrompts,
+    maxSeconds: num("max-seconds", values["max-seconds"], { min: Number.MIN_VALUE }),
+    warmup: num("warmup", values.warmup, { int: true, min: 0 }),
+    // A fresh seed by default: a server's prefix cache remembers the prompts of an earlier run.
+    seed: values.seed !== undefined ? num("seed", values.seed, { int: true }) : randomInt(2 ** 31),
+    ignoreEos: !values["allow-eos"],
+    temperature: num("temperature", values.temperature, { min: 0 }),
+    slo: values.slo !== undefined ? parseSlo(values.slo) : undefined,
+    rounds:
+      values.rounds !== undefined
+        ? num("rounds", values.rounds, { int: true, min: 1 })
+        : targets.length === 2
+          ? 2
+          : 1,
+    graceMs: num("grace-seconds", values["grace-seconds"], { min: 0 }) * 1000,
+    metricsIntervalMs: num("metrics-interval-ms", values["metrics-interval-ms"], { int: true, min: 0 }),
+    serverMetrics: !values["no-server-metrics"],
+    tokenize: !values["no-tokenize"],
+  };
+  return {
+    help: false as const,
+    config,
+    resultFile: values["result-file"],
+    saveDetailed: values["save-detailed"],
+    report: values.report,
+    font: values.font,
+    quiet: values.quiet,
+  };
+}
+
+/** `spindle bench`: returns 0, or 130 when interrupted, 1 when no request succeeded. */
+export async function benchCommand(args: string[], io?: BenchIO): Promise<number> {
+  const out = io?.stdout ?? process.stdout;
+  const err = io?.stderr ?? process.stderr;
+  const parsed = parseBenchArgs(args);
+  if (parsed.help) {
+    out.write(`${BENCH_USAGE}\n`);
+    return 0;
+  }
+  const { config } = parsed;
+  const stop = new AbortController();
+  const kill = new AbortController();
+  const onSigint = () => {
+    if (!stop.signal.aborted) {
+      err.write(
+        `\nstopping: no more requests; waiting up to ${config.graceMs / 1000} s for those in flight (Ctrl-C again to cut them off)\n`,
+      );
+      stop.abort();
+    } else kill.abort();
+  };
+  const handle = io?.handleSigint ?? true;
+  if (handle) process.on("SIGINT", onSigint);
+
+  err.write(`workload: ${describeWorkload(config.workload)}; seed ${config.seed}\n`);
+  let bar: BenchProgress | undefined;
+  let printed = 0;
+  try {
+    const result = await runBench(config, {
+      stop: stop.signal,
+      kill: kill.signal,
+      log: (line) => err.write(`${line}\n`),
+      onRunStart: (target, label) => {
+        if (!parsed.quiet) bar = new BenchProgress(`${target}  ${label}`, err);
+      },
+      onProgress: (p) => bar?.update(p),
+      onRunEnd: () => {
+        bar?.done();
+        bar = undefined;
+      },
+      onResults: (runs) => {
+        for (const r of runs) out.write(`${runTable(r)}\n`);
+        printed += runs.length;
+      },
+    });
+    // Each run's table was printed as its load point finished; then the sweep and the comparisons.
+    for (const r of result.runs.slice(printed)) out.write(`${runTable(r)}\n`);
+    if (result.runs.length > 1) out.write(sweepTable(result.runs));
+    for (const c of compareRuns(result)) out.write(`\n${comparisonTable(c)}`);
+    if (result.interrupted)
+      out.write("\n(interrupted: the results above are what was measured until Ctrl-C)\n");
+
+    if (parsed.resultFile) {
+      mkdirSync(dirname(parsed.resultFile), { recursive: true });
+      writeFileSync(
+        parsed.resultFile,
+        `${JSON.stringify(jsonResult(result, { detailed: parsed.saveDetailed }), null, 2)}\n`,
+      );
+      err.write(`result: ${parsed.resultFile}\n`);
+    }
+    if (parsed.report) {
+      const files = await writeReport(parsed.report, result, { font: parsed.font });
+      for (const n of files.notes) err.write(`note: ${n}\n`);
+      err.write(`report: ${files.markdown}\n`);
+    }
+    if (result.interrupted) return 130;
+    const anyOk = result.runs.some((r) => r.metrics.completed > 0);
+    return anyOk ? 0 : 1;
+  } finally {
+    bar?.done();
+    if (handle) process.off("SIGINT", onSigint);
+  }
+}
