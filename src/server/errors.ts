@@ -1,3 +1,4 @@
+import type { FinishInfo } from "../engine/engine.js";
 import { SpindleError } from "../errors.js";
 
 /**
@@ -69,4 +70,22 @@ export function toApiError(err: unknown): ApiError {
     return new ApiError(e.statusCode, e.message ?? "bad request");
   }
   return new ApiError(500, "internal server error", "server_error");
+}
+
+/** The error a request gets when its generation ended by abort (not the client's: a timeout, shutdown) or error. */
+export function finishError(f: FinishInfo): ApiError {
+  const why = f.message ?? "aborted";
+  if (f.reason === "error")
+    return new ApiError(500, `generation failed: ${why}`, "server_error", null, "engine_error");
+  if (/shutting down/.test(why)) {
+    return new ApiError(
+      503,
+      `the request was aborted: ${why}`,
+      "server_overloaded",
+      null,
+      "shutting_down",
+      5,
+    );
+  }
+  return new ApiError(504, `the request was aborted: ${why}`, "server_error", null, "timeout");
 }

@@ -4,12 +4,12 @@ import {
   type EngineBenchOptions,
   type EngineBenchResult,
 } from "../../src/bench/engine-bench.js";
-import { main } from "../../src/cli/main.js";
 import { ModelRunner } from "../../src/engine/runner.js";
 import type { BatchingMode } from "../../src/engine/scheduler.js";
 import { SimRunner } from "../../src/engine/sim-runner.js";
 import { SpindleError } from "../../src/errors.js";
 import { loadModel } from "../../src/model/model.js";
+import { runCli } from "../helpers/cli.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 
 /**
@@ -128,29 +128,9 @@ describe("benchEngine with the real runner (stories260K)", () => {
   });
 });
 
-/** Runs the CLI in-process and captures what it writes. */
-async function run(args: string[]) {
-  let stdout = "";
-  let stderr = "";
-  vi.spyOn(process.stdout, "write").mockImplementation((s) => {
-    stdout += String(s);
-    return true;
-  });
-  vi.spyOn(process.stderr, "write").mockImplementation((s) => {
-    stderr += String(s);
-    return true;
-  });
-  try {
-    const code = await main(args);
-    return { code, stdout, stderr };
-  } finally {
-    vi.restoreAllMocks();
-  }
-}
-
 describe("spindle bench-engine", () => {
   it("prints one row per (concurrency, mode) with a ratio to the first mode", async () => {
-    const r = await run([
+    const r = await runCli([
       "bench-engine",
       "--model",
       "stories260K",

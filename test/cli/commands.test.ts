@@ -1,42 +1,21 @@
 import { join } from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { main } from "../../src/cli/main.js";
 import { readGGUF } from "../../src/gguf/reader.js";
 import { GGMLType } from "../../src/gguf/types.js";
 import { loadModel } from "../../src/model/model.js";
+import { runCli } from "../helpers/cli.js";
 import { llamaGreedy } from "../helpers/llamacpp.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 import { tempDir } from "../helpers/tmp.js";
 
 const dir = tempDir();
 
-/** Runs the CLI in-process and captures what it writes. */
-async function run(args: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const o = vi.spyOn(process.stdout, "write").mockImplementation((s) => {
-    stdout += String(s);
-    return true;
-  });
-  const e = vi.spyOn(process.stderr, "write").mockImplementation((s) => {
-    stderr += String(s);
-    return true;
-  });
-  try {
-    const code = await main(args);
-    return { code, stdout, stderr };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
-
 afterEach(() => vi.restoreAllMocks());
 
 describe("spindle generate", () => {
   it("prints stories260K's greedy continuation (llama.cpp's tokens, detokenized) and timings", async () => {
     const path = testModel(STORIES_260K);
-    const r = await run([
+    const r = await runCli([
       "generate",
       "--model",
       "stories260K",
@@ -55,7 +34,7 @@ describe("spindle generate", () => {
   });
 
   it("stops at a stop string and leaves it out", async () => {
-    const r = await run([
+    const r = await runCli([
       "generate",
       "-m",
       "stories260K",
@@ -72,7 +51,7 @@ describe("spindle generate", () => {
   });
 
   it("a missing model is one line naming where it looked, exit code 1", async () => {
-    const r = await run(["generate", "--model", "no-such-model", "--prompt", "x"]);
+    const r = await runCli(["generate", "--model", "no-such-model", "--prompt", "x"]);
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
     expect(r.stderr).toMatch(
@@ -81,14 +60,20 @@ describe("spindle generate", () => {
   });
 
   it("a corrupt model file is one line, no stack", async () => {
-    const r = await run(["generate", "--model", testModel("vocab/ggml-vocab-gpt-2.gguf"), "--prompt", "x"]);
+    const r = await runCli([
+      "generate",
+      "--model",
+      testModel("vocab/ggml-vocab-gpt-2.gguf"),
+      "--prompt",
+      "x",
+    ]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^spindle: .*ggml-vocab-gpt-2\.gguf: unsupported architecture "gpt2".*\n$/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 
   it("an unknown option is a usage error (exit 2)", async () => {
-    const r = await run(["generate", "--modle", "x"]);
+    const r = await runCli(["generate", "--modle", "x"]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--modle/);
   });
@@ -97,7 +82,7 @@ describe("spindle generate", () => {
 describe("spindle synth-model", () => {
   it("writes a stories15M-shaped Q8_0 model that loads", async () => {
     const out = join(dir, "s15m.gguf");
-    const r = await run([
+    const r = await runCli([
       "synth-model",
       "--shape",
       "stories15M",
@@ -120,7 +105,7 @@ describe("spindle synth-model", () => {
 
   it("falls back, and says so, when a type's block does not divide a row (Q4_K on 288-wide rows)", async () => {
     const out = join(dir, "s15m-q4k.gguf");
-    const r = await run([
+    const r = await runCli([
       "synth-model",
       "--shape",
       "stories15M",

@@ -1,6 +1,5 @@
 import { join } from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { main } from "../../src/cli/main.js";
 import {
   CALIBRATION_SHAPES,
   type CalibrationPoint,
@@ -15,6 +14,7 @@ import { loadModel } from "../../src/model/model.js";
 import { SHAPES, synthModel } from "../../src/model/synth.js";
 import { Rng } from "../../src/sampling/rng.js";
 import { Sampler } from "../../src/sampling/sampler.js";
+import { runCli } from "../helpers/cli.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 import { tempDir } from "../helpers/tmp.js";
 
@@ -212,29 +212,9 @@ describe("calibrate on the real runner", () => {
   });
 });
 
-/** Runs the CLI in-process and captures what it writes. */
-async function run(args: string[]) {
-  let stdout = "";
-  let stderr = "";
-  vi.spyOn(process.stdout, "write").mockImplementation((s) => {
-    stdout += String(s);
-    return true;
-  });
-  vi.spyOn(process.stderr, "write").mockImplementation((s) => {
-    stderr += String(s);
-    return true;
-  });
-  try {
-    const code = await main(args);
-    return { code, stdout, stderr };
-  } finally {
-    vi.restoreAllMocks();
-  }
-}
-
 describe("spindle calibrate", () => {
   it("prints the four coefficients as one JSON object that a SimRunner takes", async () => {
-    const r = await run(["calibrate", "--model", "stories260K", "--repeats", "1"]);
+    const r = await runCli(["calibrate", "--model", "stories260K", "--repeats", "1"]);
     expect(r.code, r.stderr).toBe(0);
     const lines = r.stdout.trimEnd().split("\n");
     expect(lines).toHaveLength(1);
@@ -262,7 +242,7 @@ describe("spindle calibrate", () => {
   });
 
   it("a bad repeat count is a one-line error", async () => {
-    const r = await run(["calibrate", "--model", "stories260K", "--repeats", "0"]);
+    const r = await runCli(["calibrate", "--model", "stories260K", "--repeats", "0"]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^spindle: repeats must be a positive integer, got 0\n$/);
   });

@@ -6,7 +6,7 @@ import type { RequestStream } from "../../engine/engine-client.js";
 import type { SampleResult } from "../../sampling/sampler.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
 import type { LoadedModel, ServerContext } from "../context.js";
-import { ApiError, badRequest, errorBody, toApiError } from "../errors.js";
+import { ApiError, badRequest, errorBody, finishError, toApiError } from "../errors.js";
 import type { GenerationParams } from "../generation.js";
 import {
   type ChatRequest,
@@ -16,6 +16,7 @@ import {
   parseChatRequest,
   parseCompletionRequest,
 } from "../openai-schema.js";
+import { clientOf, clientSignal } from "../route-helpers.js";
 import { endSSE, sendSSE, startSSE } from "../sse.js";
 
 /**
@@ -82,17 +83,6 @@ interface Choice {
   params: GenerationParams;
 }
 
-/** An AbortSignal that fires when the client goes away before the response is complete. */
-function clientSignal(req: FastifyRequest, reply: FastifyReply): AbortSignal {
-  const ac = new AbortController();
-  const res = reply.raw;
-  res.once("close", () => {
-    if (!res.writableFinished) ac.abort("the client disconnected");
-  });
-  if (req.raw.socket?.destroyed) ac.abort("the client disconnected");
-  return ac.signal;
-}
-
 /**
  * Starts every choice's engine request. If one cannot start (queue full, context too long…) the ones
  * already started are aborted and drained, and the error is thrown.
@@ -146,24 +136,6 @@ async function* merge(streams: RequestStream[]): AsyncGenerator<[number, EngineE
       its[i]!.return?.()?.catch(() => {});
     }
   }
-}
-
-/** The error a request gets for a choice that ended by abort (not the client's) or error. */
-function finishError(f: FinishInfo): ApiError {
-  const why = f.message ?? "aborted";
-  if (f.reason === "error")
-    return new ApiError(500, `generation failed: ${why}`, "server_error", null, "engine_error");
-  if (/shutting down/.test(why)) {
-    return new ApiError(
-      503,
-      `the request was aborted: ${why}`,
-      "server_overloaded",
-      null,
-      "shutting_down",
-      5,
-    );
-  }
-  return new ApiError(504, `the request was aborted: ${why}`, "server_error", null, "timeout");
 }
 
 const failed = (f: FinishInfo | undefined) =>
@@ -383,7 +355,7 @@ async function completions(ctx: ServerContext, req: FastifyRequest, reply: Fasti
           stop: r.stop,
           stopAtEog: r.stopAtEog,
           priority: r.priority,
-          client: req.spindleClient || req.ip,
+          client: clientOf(req),
           endpoint,
           promptText: p.text,
         },
@@ -521,7 +493,7 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
         stop: r.stop,
         stopAtEog: r.stopAtEog,
         priority: r.priority,
-        client: req.spindleClient || req.ip,
+        client: clientOf(req),
         endpoint,
         promptText: prompt.text,
       },

@@ -1,12 +1,13 @@
 import { randomInt } from "node:crypto";
-import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyRequest } from "fastify";
 import type { EngineEvent, FinishInfo } from "../../engine/engine.js";
 import type { RequestStream } from "../../engine/engine-client.js";
 import { SamplingParamError, type SamplingParams, validateSamplingParams } from "../../sampling/params.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
 import type { LoadedModel, ServerContext } from "../context.js";
-import { ApiError, badRequest } from "../errors.js";
+import { ApiError, badRequest, finishError } from "../errors.js";
 import type { GenerationParams } from "../generation.js";
+import { clientOf, clientSignal } from "../route-helpers.js";
 import { endSSE, isSSEOpen, sendSSE, startSSE } from "../sse.js";
 
 /**
@@ -203,43 +204,9 @@ export function tgiFinishReason(f: FinishInfo): TgiFinishReason {
   return "length";
 }
 
-/** The request's client label (set by admission.ts), or its address. */
-function clientOf(req: FastifyRequest): string {
-  return req.spindleClient || req.ip || "unknown";
-}
-
-/** An AbortSignal that fires when the client disconnects before the response is complete. */
-function disconnectSignal(req: FastifyRequest, reply: FastifyReply): AbortSignal {
-  const ac = new AbortController();
-  const res = reply.raw;
-  res.once("close", () => {
-    if (!res.writableFinished) ac.abort("the client disconnected");
-  });
-  if (req.raw.socket?.destroyed) ac.abort("the client disconnected");
-  return ac.signal;
-}
-
 /** The end-of-generation token a stream stopped at (not reported by the engine: the model's EOS). */
 function eosId(m: LoadedModel): number {
   return m.info.eos ?? m.tokenizer.eos ?? m.info.eogTokens[0] ?? 0;
-}
-
-/** The error for a request that ended by abort (not the client's: a timeout, shutdown) or error; as in openai.ts. */
-function abortError(f: FinishInfo): ApiError {
-  const why = f.message ?? "aborted";
-  if (f.reason === "error")
-    return new ApiError(500, `generation failed: ${why}`, "server_error", null, "engine_error");
-  if (/shutting down/.test(why)) {
-    return new ApiError(
-      503,
-      `the request was aborted: ${why}`,
-      "server_overloaded",
-      null,
-      "shutting_down",
-      5,
-    );
-  }
-  return new ApiError(504, `the request was aborted: ${why}`, "server_error", null, "timeout");
 }
 
 /** Turns one engine event into TGI tokens: the event's text goes with its last token. */
@@ -288,7 +255,7 @@ export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): voi
     const endpoint = "/generate";
     const m = ctx.service.model(endpoint);
     const r = parseTgiRequest(req.body, m.tokenizer, m.info.contextLength);
-    const signal = disconnectSignal(req, reply);
+    const signal = clientSignal(req, reply);
     const stream = await ctx.service.start(generationParams(r, req, endpoint), signal);
     const tokens: { token: TgiToken; top?: TgiToken[] }[] = [];
     let text = "";
@@ -309,7 +276,7 @@ export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): voi
           "client_closed",
         );
       }
-      throw abortError(finish);
+      throw finishError(finish);
     }
     const reason = tgiFinishReason(finish);
     const out: Json = { generated_text: r.returnFullText ? r.inputs + text : text };
@@ -341,7 +308,7 @@ export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): voi
     const r = parseTgiRequest(req.body, m.tokenizer, m.info.contextLength);
     const stream: RequestStream = await ctx.service.start(
       generationParams(r, req, endpoint),
-      disconnectSignal(req, reply),
+      clientSignal(req, reply),
     );
     startSSE(reply);
     let index = 0;
@@ -367,7 +334,7 @@ export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): voi
         }
         if (f.reason === "abort" || f.reason === "error") {
           for (const t of toks) event(t.token, t.top);
-          const err = abortError(f);
+          const err = finishError(f);
           sendSSE(reply, { error: err.message, error_type: f.reason === "error" ? "generation" : err.code });
           break;
         }
