@@ -42,6 +42,8 @@ export interface EngineOptions extends Partial<SchedulerOptions> {
 export interface FinishInfo {
   reason: FinishReason;
   message?: string;
+  /** The end-of-generation token that ended the request (reason "stop" at EOS/EOT), when one did. */
+  eogToken?: number;
   promptTokens: number;
   cachedTokens: number;
   completionTokens: number;
@@ -241,7 +243,7 @@ export class EngineCore {
     const ev = this.event(seq);
     if ((seq.spec.stopAtEog ?? true) && tok?.eogTokens.has(sample.token)) {
       seq.tokenTimes.push(now);
-      this.finish(seq, "stop", undefined, now);
+      this.finish(seq, "stop", undefined, now, false, sample.token);
       return;
     }
     seq.tokens.push(sample.token);
@@ -272,6 +274,7 @@ export class EngineCore {
     message: string | undefined,
     now: number,
     stopped = false,
+    eogToken?: number,
   ): void {
     if (seq.isFinished) return;
     const out = this.outputs.get(seq.id)!;
@@ -296,6 +299,7 @@ export class EngineCore {
     ev.finish = {
       reason,
       message,
+      eogToken,
       promptTokens: seq.promptLength,
       cachedTokens: seq.cachedTokens,
       completionTokens: seq.numOutput,

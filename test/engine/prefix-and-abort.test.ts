@@ -147,3 +147,31 @@ describe("abort and deadlines free everything, in every state", () => {
     expectNoLeaks(engine);
   });
 });
+
+describe("end of generation", () => {
+  it("an EOS token finishes with stop, names the token, and is not part of the output", () => {
+    const engine = engineWith();
+    const eos = model.tokenizer.eos!;
+    // A logit bias makes EOS the greedy choice for the very first token.
+    const prompt = [model.tokenizer.bos!, ...randomTokens(10)];
+    const free = drive(engine, [{ at: 0, spec: { id: "free", prompt, maxTokens: 2, sampling: greedy } }]);
+    const forced = drive(engine, [
+      {
+        at: 0,
+        spec: {
+          id: "eos",
+          prompt,
+          maxTokens: 50,
+          sampling: { temperature: 0, logitBias: new Map([[eos, 100]]) },
+        },
+      },
+    ]);
+    expect(free.finish.get("free")!.eogToken).toBeUndefined();
+    const f = forced.finish.get("eos")!;
+    expect(f.reason).toBe("stop");
+    expect(f.eogToken).toBe(eos);
+    expect(f.completionTokens).toBe(0);
+    expect(forced.tokens.get("eos")).toEqual([]);
+    expectNoLeaks(engine);
+  });
+});

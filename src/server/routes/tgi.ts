@@ -204,7 +204,7 @@ export function tgiFinishReason(f: FinishInfo): TgiFinishReason {
   return "length";
 }
 
-/** The end-of-generation token a stream stopped at (not reported by the engine: the model's EOS). */
+/** The model's EOS: the fallback when a finish does not name the end-of-generation token. */
 function eosId(m: LoadedModel): number {
   return m.info.eos ?? m.tokenizer.eos ?? m.info.eogTokens[0] ?? 0;
 }
@@ -282,7 +282,7 @@ export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): voi
     const out: Json = { generated_text: r.returnFullText ? r.inputs + text : text };
     if (r.details) {
       if (reason === "eos_token") {
-        tokens.push({ token: { id: eosId(m), text: "", logprob: null, special: true } });
+        tokens.push({ token: { id: finish.eogToken ?? eosId(m), text: "", logprob: null, special: true } });
       }
       // Text released at the finish (held back for a stop string or a partial character) goes with the last token.
       const joined = tokens.reduce((s, t) => s + t.token.text, "");
@@ -343,7 +343,8 @@ export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): voi
         // (an end-of-generation token) is reported as that token, with any text released at the end.
         let last = toks.pop();
         for (const t of toks) event(t.token, t.top);
-        if (!last) last = { token: { id: eosId(m), text: e.text, logprob: null, special: true } };
+        if (!last)
+          last = { token: { id: f.eogToken ?? eosId(m), text: e.text, logprob: null, special: true } };
         const details = {
           finish_reason: reason,
           generated_tokens: generated + 1,
