@@ -1,0 +1,27 @@
+import { SpindleError } from "../errors.js";
+import type { Kernels } from "./kernels.js";
+import { referenceKernels } from "./reference.js";
+import { createWasmKernels } from "./wasm-kernels.js";
+
+/** Names of the kernel sets, for `loadModel(path, { kernels: await selectKernels(name) })`. */
+export const KERNEL_NAMES = ["reference", "wasm"] as const;
+export type KernelName = (typeof KERNEL_NAMES)[number];
+
+/**
+ * The kernel set of this name: "reference" (plain TypeScript, the oracle) or "wasm" (WebAssembly
+ * SIMD matmul, the rest from the reference). A "wasm" set owns its WebAssembly memory and caches
+ * the weights it multiplies, so ask for a fresh one per model.
+ */
+export async function selectKernels(name: KernelName): Promise<Kernels> {
+  switch (name) {
+    case "reference":
+      return referenceKernels;
+    case "wasm":
+      return createWasmKernels();
+    default:
+      throw new SpindleError(
+        `unknown kernels "${String(name)}" (choose one of: ${KERNEL_NAMES.join(", ")})`,
+        "bad_kernels",
+      );
+  }
+}
