@@ -1,5 +1,6 @@
 import { parseArgs } from "node:util";
 import { renderChat } from "../chat/template.js";
+import { defaultKernelsName, type KernelName, selectKernelsSync } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
 import { generate } from "../model/generate.js";
 import { loadModel } from "../model/model.js";
@@ -13,7 +14,8 @@ Prints the continuation of a prompt on stdout and timings on stderr.
   --prompt P        raw text prompt (BOS added per the model's tokenizer)
   --chat P          a user message, rendered with the model's chat template
   --max-tokens N    tokens to generate (default 64)
-  --temperature T   0 = greedy (default 0)`;
+  --temperature T   0 = greedy (default 0)
+  --kernels K       wasm (WebAssembly SIMD, the default once built) or reference (plain TypeScript)`;
 
 export async function generateCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -29,6 +31,7 @@ export async function generateCommand(args: string[]): Promise<number> {
       "min-p": { type: "string" },
       seed: { type: "string" },
       stop: { type: "string", multiple: true },
+      kernels: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -40,7 +43,9 @@ export async function generateCommand(args: string[]): Promise<number> {
   const num = (v: string | undefined) => (v === undefined ? undefined : Number(v));
   const path = await ensureModel(values.model);
   const t0 = performance.now();
-  const model = loadModel(path);
+  const model = loadModel(path, {
+    kernels: selectKernelsSync((values.kernels as KernelName | undefined) ?? defaultKernelsName()),
+  });
   const loadMs = performance.now() - t0;
   let prompt = values.prompt ?? "";
   if (values.chat !== undefined) {
@@ -69,7 +74,7 @@ export async function generateCommand(args: string[]): Promise<number> {
   process.stdout.write("\n");
   const n = r.tokens.length;
   process.stderr.write(
-    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB) loaded in ${loadMs.toFixed(0)} ms\n` +
+    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB) loaded in ${loadMs.toFixed(0)} ms, ${model.transformer.kernels.name} kernels\n` +
       `prompt: ${r.promptTokens.length} tokens in ${r.promptMs.toFixed(1)} ms (${((r.promptTokens.length * 1000) / r.promptMs).toFixed(1)} tok/s)\n` +
       `generated: ${n} tokens in ${r.generateMs.toFixed(1)} ms (${n > 0 ? ((n * 1000) / r.generateMs).toFixed(1) : "0"} tok/s), finish: ${r.finishReason}\n`,
   );

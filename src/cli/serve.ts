@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import pino from "pino";
 import type { BatchingMode, Policy } from "../engine/scheduler.js";
 import { SpindleError } from "../errors.js";
+import { defaultKernelsName } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
 import { DEFAULT_SERVE_OPTIONS } from "../server/context.js";
 import { startServer } from "../server/server.js";
@@ -25,6 +26,7 @@ Serves a model behind an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/c
   --policy fcfs|priority      scheduling policy (default fcfs); --aging P: priority units per second waited
   --batching continuous|static|window   (default continuous); --batch-window-ms MS (default 50)
   --no-prefix-caching         disable automatic prefix caching
+  --kernels wasm|reference    compute kernels (default: wasm once built; also $SPINDLE_KERNELS)
   --log-prompts               include prompt text in request logs
   --shutdown-timeout-ms MS    on SIGTERM, how long in-flight requests may finish (default 10000)`;
 
@@ -80,6 +82,7 @@ export async function serveCommand(args: string[]): Promise<number> {
       "log-level": { type: "string", default: "info" },
       "shutdown-timeout-ms": { type: "string" },
       "body-limit": { type: "string" },
+      kernels: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -108,6 +111,9 @@ export async function serveCommand(args: string[]): Promise<number> {
     .split(",")
     .map((k) => k.trim())
     .filter((k) => k.length > 0);
+  // The engine worker picks its kernels from the environment it inherits.
+  if (values.kernels !== undefined) process.env.SPINDLE_KERNELS = values.kernels;
+  defaultKernelsName(); // validates SPINDLE_KERNELS before anything starts
   const log = pino({ level: values["log-level"] });
   const modelPath = await ensureModel(values.model);
   const server = await startServer({

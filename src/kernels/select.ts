@@ -1,7 +1,7 @@
 import { SpindleError } from "../errors.js";
 import type { Kernels } from "./kernels.js";
 import { referenceKernels } from "./reference.js";
-import { createWasmKernels } from "./wasm-kernels.js";
+import { createWasmKernels, createWasmKernelsSync, wasmKernelsBuilt } from "./wasm-kernels.js";
 
 /** Names of the kernel sets, for `loadModel(path, { kernels: await selectKernels(name) })`. */
 export const KERNEL_NAMES = ["reference", "wasm"] as const;
@@ -24,4 +24,27 @@ export async function selectKernels(name: KernelName): Promise<Kernels> {
         "bad_kernels",
       );
   }
+}
+
+/**
+ * The kernels a model gets when none are named: $SPINDLE_KERNELS if set, else "wasm" when the
+ * WebAssembly module is built (npm run build / npm test build it), else "reference".
+ */
+export function defaultKernelsName(): KernelName {
+  const env = process.env.SPINDLE_KERNELS;
+  if (env !== undefined && env !== "") {
+    if (!(KERNEL_NAMES as readonly string[]).includes(env)) {
+      throw new SpindleError(
+        `SPINDLE_KERNELS="${env}" is not one of: ${KERNEL_NAMES.join(", ")}`,
+        "bad_kernels",
+      );
+    }
+    return env as KernelName;
+  }
+  return wasmKernelsBuilt() ? "wasm" : "reference";
+}
+
+/** selectKernels, synchronously: a fresh kernel set of this name. */
+export function selectKernelsSync(name: KernelName = defaultKernelsName()): Kernels {
+  return name === "wasm" ? createWasmKernelsSync() : referenceKernels;
 }

@@ -1,3 +1,4 @@
+import { existsSync, readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { SpindleError } from "../errors.js";
@@ -46,6 +47,8 @@ interface WasmMemory {
 }
 interface WasmApi {
   Memory: new (descriptor: { initial: number; maximum?: number }) => WasmMemory;
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: Record<string, Record<string, unknown>>) => { exports: unknown };
   compile(bytes: Uint8Array): Promise<object>;
   instantiate(
     module: object,
@@ -105,6 +108,30 @@ async function compileModule(): Promise<object> {
     );
   }
   return WA.compile(bytes);
+}
+
+let compiledSync: object | undefined;
+
+/**
+ * The same, synchronously (Node compiles and instantiates modules of any size synchronously), so
+ * the synchronous `loadModel` can default to these kernels.
+ */
+export function createWasmKernelsSync(): WasmKernels {
+  if (!compiledSync) {
+    let bytes: Buffer;
+    try {
+      bytes = readFileSync(WASM_PATH);
+    } catch {
+      throw new SpindleError(
+        `the WebAssembly kernels are not built (${WASM_PATH} is missing); run \`npm run build:kernels\``,
+        "kernels_not_built",
+      );
+    }
+    compiledSync = new WA.Module(bytes);
+  }
+  const memory = new WA.Memory({ initial: 16, maximum: MAX_PAGES });
+  const instance = new WA.Instance(compiledSync, { env: { memory } });
+  return new WasmKernelSet(memory, instance.exports as unknown as WasmExports);
 }
 
 /** Loads the WebAssembly kernels; each call gets its own memory (use one per model). */
@@ -279,4 +306,9 @@ class WasmKernelSet implements WasmKernels {
 
 function align(n: number): number {
   return Math.ceil(n / ALIGN) * ALIGN;
+}
+
+/** Whether the WebAssembly kernels have been built. */
+export function wasmKernelsBuilt(): boolean {
+  return existsSync(WASM_PATH);
 }

@@ -1,7 +1,7 @@
 import { ModelFileError } from "../errors.js";
 import { type GGUFFile, readGGUF } from "../gguf/reader.js";
 import type { Kernels } from "../kernels/kernels.js";
-import { referenceKernels } from "../kernels/reference.js";
+import { selectKernelsSync } from "../kernels/select.js";
 import { type Tokenizer, tokenizerFromGGUF } from "../tokenizer/index.js";
 import { configFromGGUF, type ModelConfig } from "./config.js";
 import { Transformer } from "./forward.js";
@@ -20,6 +20,7 @@ export interface Model {
 }
 
 export interface LoadOptions {
+  /** Default: $SPINDLE_KERNELS, else the WebAssembly kernels when built, else the reference kernels. */
   kernels?: Kernels;
 }
 
@@ -48,7 +49,7 @@ export function loadModel(path: string, opts: LoadOptions = {}): Model {
       config,
       tokenizer,
       chatTemplate,
-      transformer: new Transformer(config, weights, opts.kernels ?? referenceKernels),
+      transformer: new Transformer(config, weights, opts.kernels ?? selectKernelsSync()),
       weightBytes,
     };
   } finally {

@@ -120,13 +120,13 @@ describe("streaming client against a fake server", () => {
     expect(r.ok, r.errorDetail).toBe(true);
     expect(r.chunkTimesMs).toHaveLength(5);
     expect(r.ttftMs!).toBeGreaterThanOrEqual(55);
-    expect(r.ttftMs!).toBeLessThan(60 + 150);
+    expect(r.ttftMs!).toBeLessThan(60 + 400);
     const [g1, g2, g3, g4] = r.itlMs;
     expect(r.itlMs).toHaveLength(4);
     expect(g1!).toBeGreaterThanOrEqual(30);
     expect(g2!).toBeGreaterThanOrEqual(80); // 40 + 50: the split event counts when complete
     expect(g3!).toBeGreaterThanOrEqual(30);
-    expect(g4!).toBeLessThan(5); // same write
+    expect(g4!).toBeLessThan(20); // same write (the bound leaves room for a busy 2-core CI machine)
     expect(g2!).toBeGreaterThan(g1!);
     // E2E ≥ TTFT + all gaps; output tokens from usage (6) although 5 chunks had text.
     expect(r.e2eMs!).toBeGreaterThanOrEqual(r.ttftMs! + r.itlMs.reduce((a, b) => a + b, 0) - 1e-6);

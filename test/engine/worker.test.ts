@@ -237,7 +237,11 @@ describe("engine worker: the main event loop", () => {
       vocabPath: testModel(VOCAB_SPM),
       out: path,
     });
-    const big = await EngineClient.start({ kind: "model", modelPath: path, numBlocks: 64 });
+    // The reference kernels keep each step long (≥ 50 ms), which is what this test needs to show.
+    const big = await EngineClient.start(
+      { kind: "model", modelPath: path, numBlocks: 64 },
+      { worker: { env: { ...process.env, SPINDLE_KERNELS: "reference" } } },
+    );
     try {
       const stepMs: number[] = [];
       big.onStep((s) => {
