@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { GGMLType, typeName } from "../gguf/types.js";
+import { type GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../gguf/types.js";
 import { generate } from "../model/generate.js";
 import { loadModel } from "../model/model.js";
 import { resolveModel } from "../model/resolve.js";
@@ -23,19 +23,7 @@ import { createWasmKernels } from "./wasm-kernels.js";
  *                                      [--model-type Q8_0] [--gen-tokens 64] [--no-generate]
  */
 
-const TYPES = [
-  GGMLType.F32,
-  GGMLType.F16,
-  GGMLType.BF16,
-  GGMLType.Q8_0,
-  GGMLType.Q4_0,
-  GGMLType.Q4_1,
-  GGMLType.Q5_0,
-  GGMLType.Q5_1,
-  GGMLType.Q4_K,
-  GGMLType.Q5_K,
-  GGMLType.Q6_K,
-];
+const TYPES = SUPPORTED_WEIGHT_TYPES;
 
 function typeByName(name: string): GGMLType {
   const t = TYPES.find((t) => typeName(t) === name.toUpperCase());
