@@ -132,7 +132,7 @@ async function main(): Promise<void> {
       "no-reference": { type: "boolean", default: false },
     },
   });
-  const types = values.types ? values.types.split(",").map(typeByName) : TYPES;
+  const types = values.types ? values.types.split(",").map(typeByName) : [...TYPES];
   const wasm = await createWasmKernels();
   const kernels = values["no-reference"] ? [wasm] : [referenceKernels, wasm];
   matmulTable(kernels, types, Number(values.rows), Number(values.cols), Number(values.tokens));
