@@ -1,4 +1,4 @@
-import { formatDuration, type ProgressStream } from "../cli/progress.js";
+import { formatDuration, type ProgressStream, writeStatusLine } from "../cli/progress.js";
 import type { DriveProgress } from "./load.js";
 
 /**
@@ -71,13 +71,6 @@ export class BenchProgress {
 
   private draw(t: number): void {
     this.lastDraw = t;
-    let text = this.line(t);
-    if (this.tty) {
-      const cols = this.stream.columns;
-      if (cols && text.length >= cols) text = text.slice(0, cols - 1);
-      this.stream.write(`\r${text}\x1b[K`);
-    } else {
-      this.stream.write(`${text}\n`);
-    }
+    writeStatusLine(this.stream, this.tty, this.line(t));
   }
 }

@@ -28,6 +28,16 @@ const TTY_INTERVAL_MS = 100;
 const LOG_INTERVAL_MS = 10_000;
 
 /** `m:ss`, or `h:mm:ss` from an hour. */
+/** Writes a status line: redrawn in place (cut to the terminal width) on a TTY, one line per call otherwise. */
+export function writeStatusLine(stream: ProgressStream, tty: boolean, text: string): void {
+  if (tty) {
+    const cols = stream.columns;
+    stream.write(`\r${cols && text.length >= cols ? text.slice(0, cols - 1) : text}\x1b[K`);
+  } else {
+    stream.write(`${text}\n`);
+  }
+}
+
 export function formatDuration(seconds: number): string {
   if (!Number.isFinite(seconds) || seconds < 0) return "--:--";
   const s = Math.round(seconds);
@@ -132,14 +142,7 @@ export class ProgressBar {
   private draw(t: number): void {
     this.lastDrawAt = t;
     this.printedBytes = this.received;
-    let text = this.line(t);
-    if (this.tty) {
-      const cols = this.stream.columns;
-      if (cols && text.length >= cols) text = text.slice(0, cols - 1);
-      this.stream.write(`\r${text}\x1b[K`);
-    } else {
-      this.stream.write(`${text}\n`);
-    }
+    writeStatusLine(this.stream, this.tty, this.line(t));
     this.drawn = true;
   }
 

@@ -3,7 +3,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { beforeAll, describe, expect, it } from "vitest";
-import { GGMLType, typeName } from "../../src/gguf/types.js";
+import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../../src/gguf/types.js";
 import type { WeightMatrix } from "../../src/kernels/kernels.js";
 import { referenceKernels } from "../../src/kernels/reference.js";
 import { selectKernels } from "../../src/kernels/select.js";
@@ -34,19 +34,7 @@ import { tempDir } from "../helpers/tmp.js";
 const F32_EPS = 2 ** -24;
 const BUILD_SCRIPT = new URL("../../scripts/build-kernels.mjs", import.meta.url);
 
-const TYPES: GGMLType[] = [
-  GGMLType.F32,
-  GGMLType.F16,
-  GGMLType.BF16,
-  GGMLType.Q8_0,
-  GGMLType.Q4_0,
-  GGMLType.Q4_1,
-  GGMLType.Q5_0,
-  GGMLType.Q5_1,
-  GGMLType.Q4_K,
-  GGMLType.Q5_K,
-  GGMLType.Q6_K,
-];
+const TYPES: GGMLType[] = [...SUPPORTED_WEIGHT_TYPES];
 
 /** Element counts per block (1 for float types). */
 function blockOf(type: GGMLType): number {
