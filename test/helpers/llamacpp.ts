@@ -124,17 +124,24 @@ export async function llamaNextProbs(
   tokens: number[],
   vocabSize: number,
 ): Promise<Float64Array> {
-  return withSequence(path, tokens.length + 8, async (seq) => {
-    const it = seq.evaluateWithMetadata(
-      tokens as Token[],
-      { probabilities: true },
-      { temperature: 1, topK: 0, topP: 1, minP: 0 },
-    );
-    const r = await it.next();
-    await it.return();
-    if (r.done) throw new Error("llama.cpp produced no token");
-    const probs = new Float64Array(vocabSize);
-    for (const [t, p] of r.value.probabilities) probs[t] = p;
-    return probs;
-  });
+  // The distribution comes with a sampled token (temperature 1, nothing cut). When that token is an
+  // end-of-generation token, node-llama-cpp ends the evaluation without yielding it: the
+  // distribution is the same on every try, so sample again.
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const probs = await withSequence(path, tokens.length + 8, async (seq) => {
+      const it = seq.evaluateWithMetadata(
+        tokens as Token[],
+        { probabilities: true },
+        { temperature: 1, topK: 0, topP: 1, minP: 0 },
+      );
+      const r = await it.next();
+      await it.return();
+      if (r.done) return undefined;
+      const out = new Float64Array(vocabSize);
+      for (const [t, p] of r.value.probabilities) out[t] = p;
+      return out;
+    });
+    if (probs) return probs;
+  }
+  throw new Error("llama.cpp produced no token in 20 tries");
 }
