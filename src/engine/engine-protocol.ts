@@ -45,6 +45,12 @@ export interface SimEngineInit {
   options?: WorkerEngineOptions;
   /** Sleep each step's simulated duration, so the simulated engine runs at a realistic pace. Default false. */
   pace?: boolean;
+  /**
+   * A GGUF whose tokenizer the simulator speaks (its weights are not read): events then carry
+   * text, stop strings apply, and vocabulary size, context length and end-of-generation tokens
+   * (never emitted) come from it, overriding `sim`.
+   */
+  tokenizerPath?: string;
 }
 
 export type EngineInit = ModelEngineInit | SimEngineInit;

@@ -3,6 +3,7 @@ import { SpindleError } from "../errors.js";
 import type { ModelConfig } from "../model/config.js";
 import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../model/kv-cache.js";
 import { loadModel, type Model } from "../model/model.js";
+import { readModelCard } from "../model/model-card.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { type Clock, EngineCore, type EngineEvent, type EngineOptions, realClock } from "./engine.js";
 import {
@@ -101,20 +102,35 @@ function build(init: EngineInit): Built {
     timeOrigin: performance.timeOrigin,
   };
   if (init.kind === "sim") {
-    const runner = new SimRunner(init.sim);
+    const card = init.tokenizerPath !== undefined ? readModelCard(init.tokenizerPath) : undefined;
+    const tok = card?.tokenizer;
+    const runner = new SimRunner(
+      card
+        ? {
+            ...init.sim,
+            vocabSize: card.vocabSize,
+            contextLength: card.contextLength,
+            avoid: new Set([...(init.sim.avoid ?? []), ...card.tokenizer.eogTokens]),
+          }
+        : init.sim,
+    );
     return {
       runner,
-      tokenizer: undefined,
+      tokenizer: tok,
       clock: init.pace ? pacedClock() : realClock,
       info: {
         kind: "sim",
+        modelPath: init.tokenizerPath,
         numBlocks: runner.numBlocks,
         blockSize: runner.blockSize,
         kvCacheBytes: 0,
         vocabSize: runner.vocabSize,
         contextLength: runner.contextLength,
-        eogTokens: [],
-        hasChatTemplate: false,
+        bos: tok?.bos,
+        eos: tok?.eos,
+        eogTokens: tok ? [...tok.eogTokens].sort((a, b) => a - b) : [],
+        hasChatTemplate: card?.chatTemplate !== undefined,
+        chatTemplate: card?.chatTemplate,
         ...base,
       },
     };

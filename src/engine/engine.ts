@@ -1,11 +1,11 @@
 import { SpindleError } from "../errors.js";
 import { type SampleResult, Sampler } from "../sampling/sampler.js";
-import { StopMatcher } from "../sampling/stop.js";
-import { IncrementalDecoder, type Tokenizer } from "../tokenizer/index.js";
+import type { Tokenizer } from "../tokenizer/index.js";
 import { BlockManager, type PrefixCacheStats } from "./block-manager.js";
 import type { Runner, RunnerItem } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS, Scheduler, type SchedulerOptions } from "./scheduler.js";
 import { type FinishReason, type RequestSpec, type SeqTimes, Sequence } from "./sequence.js";
+import { TextOutput } from "./text-output.js";
 
 /**
  * The engine loop's core: `step()` is one iteration — schedule, run the batch,
@@ -72,15 +72,28 @@ export interface StepStats {
 
 interface SeqOutput {
   sampler: Sampler;
-  decoder: IncrementalDecoder | undefined;
-  stop: StopMatcher | undefined;
+  text: TextOutput | undefined;
   wantLogprobs: boolean;
   key: number;
 }
 
-function keyOf(id: string): number {
+/**
+ * A sequence's key for runners that derive tokens from it (the simulator): like a model, the same
+ * prompt gives the same tokens when sampling is greedy, or seeded with the same seed; otherwise
+ * each request differs.
+ */
+function keyOf(spec: RequestSpec): number {
   let h = 0x811c9dc5;
-  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 0x01000193);
+  const mix = (v: number) => {
+    h = Math.imul(h ^ v, 0x01000193);
+  };
+  const s = spec.sampling;
+  if (s?.temperature === 0 || s?.seed !== undefined) {
+    for (const t of spec.prompt) mix(t);
+    if (s.temperature !== 0) mix(s.seed! | 0);
+  } else {
+    for (let i = 0; i < spec.id.length; i++) mix(spec.id.charCodeAt(i));
+  }
   return h >>> 0;
 }
 
@@ -145,10 +158,9 @@ export class EngineCore {
     const tok = this.tokenizer;
     this.outputs.set(spec.id, {
       sampler,
-      decoder: tok ? new IncrementalDecoder(tok, { continuation: true }) : undefined,
-      stop: tok && spec.stop && spec.stop.length > 0 ? new StopMatcher(spec.stop) : undefined,
+      text: tok ? new TextOutput(tok, spec.stop) : undefined,
       wantLogprobs: (spec.sampling?.logprobs ?? 0) > 0,
-      key: keyOf(spec.id),
+      key: keyOf(spec),
     });
     this.seqs.set(spec.id, seq);
     this.scheduler.add(seq);
@@ -250,17 +262,12 @@ export class EngineCore {
     seq.tokenTimes.push(now);
     ev.tokens.push(sample.token);
     if (out.wantLogprobs) (ev.logprobs ??= []).push(sample);
-    if (out.decoder) {
-      const piece = out.decoder.push(sample.token);
-      if (out.stop) {
-        const r = out.stop.push(piece);
-        ev.text += r.emit;
-        if (r.stopped) {
-          this.finish(seq, "stop", undefined, now, true);
-          return;
-        }
-      } else {
-        ev.text += piece;
+    if (out.text) {
+      const r = out.text.push(sample.token);
+      ev.text += r.text;
+      if (r.stopped) {
+        this.finish(seq, "stop", undefined, now, true);
+        return;
       }
     }
     if (seq.numOutput >= seq.spec.maxTokens || seq.tokens.length >= this.runner.contextLength) {
@@ -280,15 +287,7 @@ export class EngineCore {
     const out = this.outputs.get(seq.id)!;
     const ev = this.event(seq);
     // Release text held back (a partial character, a possible stop-string prefix) unless a stop string matched.
-    if (!stopped && reason !== "abort" && out.decoder) {
-      const tail = out.decoder.flush();
-      if (out.stop) {
-        const r = out.stop.push(tail);
-        ev.text += r.emit + (r.stopped ? "" : out.stop.flush());
-      } else {
-        ev.text += tail;
-      }
-    }
+    if (!stopped && reason !== "abort" && out.text) ev.text += out.text.flush();
     seq.state = "finished";
     seq.finishReason = reason;
     seq.errorMessage = message;

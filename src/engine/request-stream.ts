@@ -1,0 +1,132 @@
+import type { EngineEvent, FinishInfo } from "./engine.js";
+import type { RequestSpec } from "./sequence.js";
+
+/**
+ * One request's output as the serving layer reads it, whatever produced it: the
+ * in-process engine (engine-client.ts) or an external backend (src/backends/).
+ * The producer calls deliver() with each event and fail() if the request cannot
+ * go on; the consumer iterates the events or awaits result().
+ */
+
+/** A request as submitted: RequestSpec, with the id optional (the client makes one up). */
+export type SubmitSpec = Omit<RequestSpec, "id"> & { id?: string };
+
+export interface SubmitOptions {
+  /** Aborting it aborts the request in the engine at once (a client disconnect, a timeout). */
+  signal?: AbortSignal;
+}
+
+export interface RequestResult {
+  tokens: number[];
+  text: string;
+  finish: FinishInfo;
+}
+
+/**
+ * One request's output. Iterate it (once) for its events, one per engine step
+ * that produced something for it; iteration ends after the event that carries
+ * `finish`. A request the engine refused (or a dead worker) makes iteration
+ * throw the SpindleError. Leaving the loop early (break) aborts the request.
+ * `result()` gathers the whole output and works with or without iteration.
+ */
+export interface RequestStream extends AsyncIterable<EngineEvent> {
+  readonly id: string;
+  result(): Promise<RequestResult>;
+  /** Aborts the request; the stream then ends with finish reason "abort". No effect once it has finished. */
+  abort(message?: string): void;
+}
+
+export type Settle<T> = { resolve: (v: T) => void; reject: (e: unknown) => void };
+
+export class EventStream implements RequestStream {
+  private readonly queue: EngineEvent[] = [];
+  private readonly pulls: Settle<IteratorResult<EngineEvent>>[] = [];
+  private readonly results: Settle<RequestResult>[] = [];
+  private readonly tokens: number[] = [];
+  private text = "";
+  private finish: FinishInfo | undefined;
+  private error: Error | undefined;
+  private iterated = false;
+  /** The consumer left the loop: events are no longer queued. */
+  private detached = false;
+  /** Called once when the stream ends (finish or failure): the client forgets it. */
+  onEnd: (() => void) | undefined;
+
+  /** `sendAbort` asks the producer to stop; the producer then delivers the finish (reason "abort"). */
+  constructor(
+    readonly id: string,
+    private readonly sendAbort: (id: string, message?: string) => void,
+  ) {}
+
+  get ended(): boolean {
+    return this.finish !== undefined || this.error !== undefined;
+  }
+
+  deliver(e: EngineEvent): void {
+    if (this.ended) return;
+    for (const t of e.tokens) this.tokens.push(t);
+    this.text += e.text;
+    if (e.finish) this.finish = e.finish;
+    if (!this.detached) {
+      const pull = this.pulls.shift();
+      if (pull) pull.resolve({ value: e, done: false });
+      else this.queue.push(e);
+    }
+    if (e.finish) {
+      for (const p of this.pulls.splice(0)) p.resolve({ value: undefined, done: true });
+      const r = { tokens: this.tokens, text: this.text, finish: e.finish };
+      for (const s of this.results.splice(0)) s.resolve(r);
+      this.end();
+    }
+  }
+
+  fail(err: Error): void {
+    if (this.ended) return;
+    this.error = err;
+    // Events already queued are still read first; a waiting reader gets the error now.
+    for (const p of this.pulls.splice(0)) p.reject(err);
+    for (const s of this.results.splice(0)) s.reject(err);
+    this.end();
+  }
+
+  private end(): void {
+    const cb = this.onEnd;
+    this.onEnd = undefined;
+    cb?.();
+  }
+
+  abort(message?: string): void {
+    if (!this.ended) this.sendAbort(this.id, message);
+  }
+
+  result(): Promise<RequestResult> {
+    if (this.finish) return Promise.resolve({ tokens: this.tokens, text: this.text, finish: this.finish });
+    if (this.error) return Promise.reject(this.error);
+    return new Promise((resolve, reject) => this.results.push({ resolve, reject }));
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<EngineEvent> {
+    if (this.iterated) throw new Error(`request ${this.id}: a RequestStream can be iterated only once`);
+    this.iterated = true;
+    let threw = false;
+    return {
+      next: (): Promise<IteratorResult<EngineEvent>> => {
+        const e = this.queue.shift();
+        if (e) return Promise.resolve({ value: e, done: false });
+        if (this.error && !threw) {
+          threw = true;
+          return Promise.reject(this.error);
+        }
+        if (this.ended || this.detached) return Promise.resolve({ value: undefined, done: true });
+        return new Promise((resolve, reject) => this.pulls.push({ resolve, reject }));
+      },
+      return: (): Promise<IteratorResult<EngineEvent>> => {
+        this.detached = true;
+        this.queue.length = 0;
+        for (const p of this.pulls.splice(0)) p.resolve({ value: undefined, done: true });
+        this.abort("the consumer stopped reading");
+        return Promise.resolve({ value: undefined, done: true });
+      },
+    };
+  }
+}
