@@ -1,6 +1,12 @@
 import { basename } from "node:path";
 import { parseArgs } from "node:util";
 import pino from "pino";
+import {
+  BACKEND_KINDS,
+  type BackendInit,
+  type BackendKind,
+  type LocalBackendInit,
+} from "../backends/index.js";
 import type { BatchingMode, Policy } from "../engine/scheduler.js";
 import { SpindleError } from "../errors.js";
 import { defaultKernelsName } from "../kernels/select.js";
@@ -27,6 +33,17 @@ Serves a model behind an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/c
   --batching continuous|static|window   (default continuous); --batch-window-ms MS (default 50)
   --no-prefix-caching         disable automatic prefix caching
   --kernels wasm|reference    compute kernels (default: wasm once built; also $SPINDLE_KERNELS)
+
+Backends (what computes the tokens; admission, priorities, metrics and logs apply to all):
+  --backend local|llamacpp|openai|sim   (default local: Spindle's own engine)
+     local     the in-process engine on --model
+     llamacpp  llama.cpp in process through node-llama-cpp on --model (--parallel N sequences,
+               default 8; --threads N|auto, default auto: measured at load)
+     openai    upstream OpenAI-compatible servers (vLLM, llama-server, another Spindle): --upstream URL
+               (repeatable), --upstream-concurrency N in flight per upstream (default 8),
+               --upstream-model NAME, --upstream-api-key KEY, --spawn "CMD" to start and supervise the
+               upstream (its URL is --upstream); --model gives the tokenizer and chat template
+     sim       the engine with a simulated runner: --model gives the tokenizer, no weights are read
   --log-prompts               include prompt text in request logs
   --shutdown-timeout-ms MS    on SIGTERM, how long in-flight requests may finish (default 10000)`;
 
@@ -57,6 +74,66 @@ function int(name: string, v: string | undefined, min = 0): number | undefined {
   return n;
 }
 
+/** The --backend's init from the command line. */
+function backendInit(
+  kind: BackendKind,
+  modelPath: string,
+  values: Record<string, string | boolean | string[] | undefined>,
+  engineOptions: LocalBackendInit["options"] & object,
+): BackendInit {
+  const str = (k: string) => values[k] as string | undefined;
+  const queue = { policy: engineOptions.policy, agingPerSecond: engineOptions.agingPerSecond };
+  const only = (flags: string[], backends: BackendKind[]) => {
+    for (const f of flags) {
+      if (values[f] !== undefined && !backends.includes(kind)) {
+        throw new SpindleError(`--${f} applies to --backend ${backends.join("|")}, not ${kind}`);
+      }
+    }
+  };
+  only(["upstream", "upstream-concurrency", "upstream-model", "upstream-api-key", "spawn"], ["openai"]);
+  only(["parallel", "threads"], ["llamacpp"]);
+  switch (kind) {
+    case "local":
+      return {
+        kind,
+        modelPath,
+        kvCacheBytes: str("kv-cache-memory") ? parseSize(str("kv-cache-memory")!) : undefined,
+        options: engineOptions,
+      };
+    case "sim":
+      return { kind, modelPath, options: engineOptions };
+    case "llamacpp": {
+      const t = str("threads");
+      return {
+        kind,
+        modelPath,
+        ...queue,
+        parallel: int("parallel", str("parallel"), 1),
+        threads: t === undefined || t === "auto" ? "auto" : int("threads", t, 1),
+      };
+    }
+    case "openai": {
+      const upstreams = (values.upstream as string[] | undefined) ?? [];
+      if (upstreams.length === 0) throw new SpindleError("--backend openai needs --upstream URL");
+      if (values.spawn !== undefined && upstreams.length !== 1) {
+        throw new SpindleError(
+          "--spawn starts one upstream: give exactly one --upstream (the URL it listens on)",
+        );
+      }
+      return {
+        kind,
+        modelPath,
+        ...queue,
+        upstreams,
+        upstreamConcurrency: int("upstream-concurrency", str("upstream-concurrency"), 1),
+        upstreamModel: str("upstream-model"),
+        upstreamApiKey: str("upstream-api-key") ?? process.env.SPINDLE_UPSTREAM_API_KEY,
+        spawn: str("spawn"),
+      };
+    }
+  }
+}
+
 export async function serveCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -83,6 +160,14 @@ export async function serveCommand(args: string[]): Promise<number> {
       "shutdown-timeout-ms": { type: "string" },
       "body-limit": { type: "string" },
       kernels: { type: "string" },
+      backend: { type: "string", default: "local" },
+      upstream: { type: "string", multiple: true },
+      "upstream-concurrency": { type: "string" },
+      "upstream-model": { type: "string" },
+      "upstream-api-key": { type: "string" },
+      spawn: { type: "string" },
+      parallel: { type: "string" },
+      threads: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -115,7 +200,21 @@ export async function serveCommand(args: string[]): Promise<number> {
   if (values.kernels !== undefined) process.env.SPINDLE_KERNELS = values.kernels;
   defaultKernelsName(); // validates SPINDLE_KERNELS before anything starts
   const log = pino({ level: values["log-level"] });
+  const backendKind = values.backend as BackendKind;
+  if (!BACKEND_KINDS.includes(backendKind)) {
+    throw new SpindleError(`unknown --backend "${values.backend}" (one of ${BACKEND_KINDS.join(", ")})`);
+  }
   const modelPath = await ensureModel(values.model);
+  const engineOptions = {
+    maxNumSeqs: int("max-num-seqs", values["max-num-seqs"], 1),
+    maxNumBatchedTokens: int("max-num-batched-tokens", values["max-num-batched-tokens"], 1),
+    policy,
+    agingPerSecond: values.aging === undefined ? undefined : Number(values.aging),
+    batching,
+    batchWindowMs: int("batch-window-ms", values["batch-window-ms"], 0),
+    prefixCaching: !values["no-prefix-caching"],
+  };
+  const backend = backendInit(backendKind, modelPath, values, engineOptions);
   const server = await startServer({
     log,
     host: values.host,
@@ -129,20 +228,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     bodyLimit: values["body-limit"] ? parseSize(values["body-limit"]) : undefined,
     logPrompts: values["log-prompts"],
     shutdownTimeoutMs: int("shutdown-timeout-ms", values["shutdown-timeout-ms"], 0),
-    engine: {
-      kind: "model",
-      modelPath,
-      kvCacheBytes: values["kv-cache-memory"] ? parseSize(values["kv-cache-memory"]) : undefined,
-      options: {
-        maxNumSeqs: int("max-num-seqs", values["max-num-seqs"], 1),
-        maxNumBatchedTokens: int("max-num-batched-tokens", values["max-num-batched-tokens"], 1),
-        policy,
-        agingPerSecond: values.aging === undefined ? undefined : Number(values.aging),
-        batching,
-        batchWindowMs: int("batch-window-ms", values["batch-window-ms"], 0),
-        prefixCaching: !values["no-prefix-caching"],
-      },
-    },
+    backend,
   });
   const stop = (signal: string) => {
     log.info({ signal }, "shutting down: finishing in-flight requests");

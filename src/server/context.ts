@@ -1,5 +1,5 @@
 import type { Logger } from "pino";
-import type { EngineClient, EngineInfo } from "../engine/engine-client.js";
+import type { Backend, BackendInfo } from "../backends/backend.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import type { GenerationService } from "./generation.js";
 import type { Metrics } from "./metrics.js";
@@ -40,8 +40,8 @@ export const DEFAULT_SERVE_OPTIONS: ServeOptions = {
 
 /** The model side, once loaded. Until then /health answers 503 and generation routes 503. */
 export interface LoadedModel {
-  engine: EngineClient;
-  info: EngineInfo;
+  backend: Backend;
+  info: BackendInfo;
   tokenizer: Tokenizer;
   chatTemplate: string | undefined;
 }

@@ -1,3 +1,4 @@
+import { UpstreamError } from "../backends/upstream-error.js";
 import type { FinishInfo } from "../engine/engine.js";
 import { SpindleError } from "../errors.js";
 
@@ -46,6 +47,21 @@ export function errorBody(e: ApiError): ErrorBody {
 /** Maps anything thrown while serving a request to an ApiError; unknown errors become a 500 without details. */
 export function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
+  if (err instanceof UpstreamError) {
+    // The openai backend's upstream: its 4xx as they are, else bad gateway / unavailable / timeout.
+    const s = err.status;
+    const type: ErrorType =
+      s === 429
+        ? "rate_limit_error"
+        : s === 404
+          ? "not_found_error"
+          : s === 503
+            ? "server_overloaded"
+            : s >= 500
+              ? "server_error"
+              : "invalid_request_error";
+    return new ApiError(s, err.message, type, err.param, err.code, s === 503 || s === 429 ? 1 : undefined);
+  }
   if (err instanceof SpindleError) {
     const param = (err as { param?: string }).param ?? null;
     if (err.code === "context_length_exceeded") return badRequest(err.message, "prompt", err.code);

@@ -1,5 +1,5 @@
 import type { EngineEvent, FinishInfo } from "../engine/engine.js";
-import type { RequestStream } from "../engine/engine-client.js";
+import type { RequestStream } from "../engine/request-stream.js";
 import type { SamplingParams } from "../sampling/params.js";
 import type { LoadedModel, ServeOptions } from "./context.js";
 import { ApiError } from "./errors.js";
@@ -130,7 +130,7 @@ export class GenerationService {
       );
     }
     const id = `req-${Date.now().toString(36)}-${(nextId++).toString(36)}`;
-    const stream = m.engine.submit(
+    const stream = m.backend.submit(
       {
         id,
         prompt: p.prompt,

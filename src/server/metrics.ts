@@ -317,6 +317,14 @@ export class Metrics {
     this.clientAborts++;
   }
 
+  /** The queue of a backend without an engine (llamacpp, openai): requests waiting for a slot and holding one. */
+  onQueue(q: { waiting: number; running: number }): void {
+    this.numRunning = q.running;
+    this.numWaiting = q.waiting;
+    this.running.set(q.running);
+    this.waiting.set(q.waiting);
+  }
+
   /** One engine step: current state, and the engine's cumulative counters turned into increments. */
   onStep(s: StepInfo): void {
     this.numRunning = s.running;

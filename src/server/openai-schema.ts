@@ -8,7 +8,8 @@ import { ApiError, badRequest } from "./errors.js";
  * and 2"). Each error is a 400 in OpenAI's shape with the field in `param`. Fields OpenAI has and
  * Spindle ignores (user, store, metadata, service_tier, …) are accepted; fields whose meaning
  * Spindle cannot honour (tools, json response formats, suffix, …) are refused by name rather than
- * silently ignored. `null` counts as "not given" everywhere, as in OpenAI's API.
+ * silently ignored. `null` counts as "not given" everywhere, as in OpenAI's API. /v1/completions also
+ * takes vLLM's `return_token_ids` and `return_tokens_as_token_ids`.
  */
 
 /** The most choices one request may ask for per prompt. */
@@ -54,6 +55,10 @@ export interface CompletionRequest extends CommonRequest {
   /** Top logprobs per token (0..20), or undefined when the client wants none. */
   logprobs: number | undefined;
   echo: boolean;
+  /** vLLM's `return_token_ids`: each choice carries its `token_ids` (and `prompt_token_ids`). */
+  returnTokenIds: boolean;
+  /** vLLM's `return_tokens_as_token_ids`: logprob tokens read "token_id:N". */
+  tokensAsIds: boolean;
 }
 
 export interface ChatRequest extends CommonRequest {
@@ -299,7 +304,17 @@ export function parseCompletionRequest(raw: unknown, sc: SchemaContext): Complet
     );
   }
   unsupported(body, "suffix", "Spindle does not do fill-in-the-middle", (v) => v === "");
-  return { ...common, maxTokens: parseMaxTokens(body, "max_tokens"), prompts, logprobs, echo };
+  const returnTokenIds = boolean(body, "return_token_ids") ?? false;
+  const tokensAsIds = boolean(body, "return_tokens_as_token_ids") ?? false;
+  return {
+    ...common,
+    maxTokens: parseMaxTokens(body, "max_tokens"),
+    prompts,
+    logprobs,
+    echo,
+    returnTokenIds,
+    tokensAsIds,
+  };
 }
 
 const ROLES = new Set(["system", "user", "assistant", "tool", "developer"]);

@@ -1,5 +1,5 @@
 import type { Logger } from "pino";
-import type { EngineClient } from "../engine/engine-client.js";
+import type { StepInfo } from "../engine/engine-protocol.js";
 import type { RequestRecord } from "./generation.js";
 import type { Metrics } from "./metrics.js";
 
@@ -101,7 +101,7 @@ export interface EngineLogLine {
  */
 export function startEngineLog(
   log: Logger,
-  engine: Pick<EngineClient, "lastStep">,
+  engine: { readonly lastStep?: StepInfo },
   metrics: Metrics,
   opts: EngineLogOptions = {},
 ): () => void {

@@ -2,9 +2,9 @@ import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { FastifyInstance } from "fastify";
 import pino, { type Logger } from "pino";
-import { EngineClient, type EngineInit } from "../engine/engine-client.js";
-import { readGGUF } from "../gguf/reader.js";
-import { tokenizerFromGGUF } from "../tokenizer/index.js";
+import { type Backend, type BackendInit, startBackend } from "../backends/index.js";
+import type { EngineInit } from "../engine/engine-client.js";
+import { SpindleError } from "../errors.js";
 import { buildApp } from "./app.js";
 import { DEFAULT_SERVE_OPTIONS, type ServeOptions, type ServerContext } from "./context.js";
 import { GenerationService } from "./generation.js";
@@ -27,7 +27,13 @@ export interface RunningServer {
 }
 
 export interface StartServerOptions extends Partial<ServeOptions> {
-  engine: EngineInit;
+  /** What computes the tokens (src/backends). */
+  backend?: BackendInit;
+  /**
+   * The in-process engine, as EngineClient.start takes it: kind "model" is the local backend;
+   * kind "sim" the simulated one (needs `tokenizerPath`). Ignored when `backend` is given.
+   */
+  engine?: EngineInit;
   /** Logger; default pino to stdout at "info". */
   log?: Logger;
 }
@@ -64,6 +70,19 @@ function trackIdleConnections(server: Server): { destroyIdle(): void } {
   };
 }
 
+/** The engine init tests and older callers pass, as a backend. */
+function fromEngineInit(e: EngineInit): BackendInit {
+  if (e.kind === "model") {
+    const { kind: _, ...rest } = e;
+    return { ...rest, kind: "local" };
+  }
+  if (e.tokenizerPath === undefined) {
+    throw new SpindleError("the simulated engine needs tokenizerPath (a GGUF) to serve HTTP");
+  }
+  const { kind: _, tokenizerPath, sim, ...rest } = e;
+  return { ...rest, kind: "sim", modelPath: tokenizerPath, sim };
+}
+
 /** After the shutdown deadline and the aborts, how long responses may take to write their ending. */
 const ABORTED_WRITE_GRACE_MS = 500;
 
@@ -79,7 +98,9 @@ async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
 }
 
 export async function startServer(o: StartServerOptions): Promise<RunningServer> {
-  const { engine: init, log = pino({ level: "info" }), ...rest } = o;
+  const { engine, backend: backendInit, log = pino({ level: "info" }), ...rest } = o;
+  const init = backendInit ?? (engine ? fromEngineInit(engine) : undefined);
+  if (!init) throw new SpindleError("startServer needs a backend");
   const given = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined));
   const opts: ServeOptions = { ...DEFAULT_SERVE_OPTIONS, ...given };
   const metrics = new Metrics();
@@ -114,24 +135,22 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
   let stopEngineLog: (() => void) | undefined;
   let closing: Promise<void> | undefined;
   const ready = (async () => {
-    const engine = await EngineClient.start(init);
+    const backend: Backend = await startBackend(init, { log });
     if (closing) {
-      // close() came while the model was loading: nothing will serve with this engine.
-      await engine.close();
+      // close() came while the model was loading: nothing will serve with this backend.
+      await backend.close();
       return;
     }
-    const tokenizer = init.kind === "model" ? tokenizerFromGGUF(readGGUF(init.modelPath)) : undefined;
-    if (!tokenizer) {
-      await engine.close();
-      throw new Error("the simulated backend has no tokenizer (not supported by the HTTP API yet)");
-    }
-    engine.onStep((s) => metrics.onStep(s));
-    stopEngineLog = startEngineLog(log, engine, metrics);
-    ctx.model = { engine, info: engine.info, tokenizer, chatTemplate: engine.info.chatTemplate };
-    log.info(
-      { model: opts.modelName, numBlocks: engine.info.numBlocks, kvCacheBytes: engine.info.kvCacheBytes },
-      "ready",
-    );
+    backend.onStep?.((s) => metrics.onStep(s));
+    backend.onQueue?.((q) => metrics.onQueue(q));
+    if (backend.onStep) stopEngineLog = startEngineLog(log, backend, metrics);
+    ctx.model = {
+      backend,
+      info: backend.info,
+      tokenizer: backend.tokenizer,
+      chatTemplate: backend.info.chatTemplate,
+    };
+    log.info({ model: opts.modelName, backend: backend.info.kind, ...backend.info.details }, "ready");
   })();
   ready.catch((err) => log.error({ err: String(err) }, "model failed to load"));
 
@@ -155,7 +174,7 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
       }, 100);
       const drained = await within(appClosed, opts.shutdownTimeoutMs);
       stopEngineLog?.();
-      await ctx.model?.engine.close();
+      await ctx.model?.backend.close();
       if (!drained && !(await within(appClosed, ABORTED_WRITE_GRACE_MS))) {
         server.closeAllConnections();
         await appClosed;

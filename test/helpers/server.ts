@@ -1,4 +1,5 @@
 import pino from "pino";
+import { engineOf } from "../../src/backends/engine-backend.js";
 import { type RunningServer, type StartServerOptions, startServer } from "../../src/server/server.js";
 import { STORIES_260K, testModel } from "./models.js";
 
@@ -10,8 +11,8 @@ export interface TestServer {
 }
 
 /**
- * A real Spindle server on 127.0.0.1, on a free port, serving stories260K (unless opts.engine says
- * otherwise), logging nothing (unless opts.log is given), with the model loaded. Registers nothing
+ * A real Spindle server on 127.0.0.1, on a free port, serving stories260K with the local backend
+ * (unless opts.backend or opts.engine says otherwise), logging nothing (unless opts.log is given), with the model loaded. Registers nothing
  * global: call close() in afterAll.
  */
 export async function startTestServer(opts: Partial<StartServerOptions> = {}): Promise<TestServer> {
@@ -19,7 +20,8 @@ export async function startTestServer(opts: Partial<StartServerOptions> = {}): P
     ...opts,
     host: "127.0.0.1",
     port: 0,
-    engine: opts.engine ?? { kind: "model", modelPath: testModel(STORIES_260K) },
+    backend:
+      opts.backend ?? (opts.engine ? undefined : { kind: "local", modelPath: testModel(STORIES_260K) }),
     log: opts.log ?? pino({ level: "silent" }),
   });
   try {
@@ -29,4 +31,11 @@ export async function startTestServer(opts: Partial<StartServerOptions> = {}): P
     throw err;
   }
   return { url: server.url, server, close: () => server.close() };
+}
+
+/** The engine's stats behind a test server with a local or sim backend. */
+export async function engineStats(srv: TestServer) {
+  const engine = engineOf(srv.server.ctx.model!.backend);
+  if (!engine) throw new Error(`the ${srv.server.ctx.model!.info.kind} backend has no engine`);
+  return engine.stats();
 }

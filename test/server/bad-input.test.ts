@@ -1,6 +1,6 @@
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestServer, type TestServer } from "../helpers/server.js";
+import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
 
 /**
  * Bad requests of every kind get the right status and an OpenAI-shaped error naming the field
@@ -384,7 +384,7 @@ describe("bad input", () => {
   it("leaves nothing behind: /health is 200, no request running or waiting, no KV block in use", async () => {
     const health = await fetch(`${srv.url}/health`);
     expect(health.status).toBe(200);
-    const stats = await srv.server.ctx.model!.engine.stats();
+    const stats = await engineStats(srv);
     expect(stats.running).toBe(0);
     expect(stats.waiting).toBe(0);
     expect(stats.unfinished).toBe(0);

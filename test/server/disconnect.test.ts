@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestServer, type TestServer } from "../helpers/server.js";
+import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
 
 /**
  * Clients that go away mid-stream: fifty streaming requests each read a couple of events and
@@ -55,7 +55,7 @@ async function waitFor(cond: () => Promise<boolean>, ms: number): Promise<boolea
 }
 
 async function idle(): Promise<boolean> {
-  const s = await srv.server.ctx.model!.engine.stats();
+  const s = await engineStats(srv);
   return s.running === 0 && s.waiting === 0 && s.unfinished === 0 && s.kvUsage === 0;
 }
 
@@ -128,9 +128,7 @@ describe("client disconnects", () => {
       signal: controller.signal,
     }).catch((err: unknown) => err);
     // Wait until it runs in the engine, then go away.
-    expect(await waitFor(async () => (await srv.server.ctx.model!.engine.stats()).running === 1, 5000)).toBe(
-      true,
-    );
+    expect(await waitFor(async () => (await engineStats(srv)).running === 1, 5000)).toBe(true);
     controller.abort();
     expect(await pending).toBeInstanceOf(Error);
     expect(await waitFor(idle, 1000)).toBe(true);

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { STORIES_260K, testModel } from "../helpers/models.js";
-import { startTestServer, type TestServer } from "../helpers/server.js";
+import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
 
 /**
  * A burst of ten times what the server admits: the excess is refused at once (503 for the queue
@@ -87,7 +87,7 @@ function check(
 }
 
 async function expectIdle(s: TestServer): Promise<void> {
-  const stats = await s.server.ctx.model!.engine.stats();
+  const stats = await engineStats(s);
   expect(stats.running).toBe(0);
   expect(stats.waiting).toBe(0);
   expect(stats.kvUsage).toBe(0);
@@ -129,7 +129,7 @@ describe("overload", () => {
       });
     const t0 = performance.now();
     const long = complete(300);
-    const running = async () => (await s.server.ctx.model!.engine.stats()).running === 1;
+    const running = async () => (await engineStats(s)).running === 1;
     while (!(await running())) await new Promise((r) => setTimeout(r, 5));
     const short = await complete(4);
     expect(short.status).toBe(200);

@@ -208,7 +208,7 @@ describe("/health through the server's life", () => {
     const app = buildApp(ctx);
     try {
       expect((await app.inject({ method: "GET", url: "/health" })).json()).toEqual({ status: "loading" });
-      ctx.model = { info: { contextLength: 64 } } as unknown as LoadedModel;
+      ctx.model = { info: { kind: "local", contextLength: 64 }, backend: {} } as unknown as LoadedModel;
       const ok = await app.inject({ method: "GET", url: "/health" });
       expect(ok.statusCode).toBe(200);
       ctx.draining = true;

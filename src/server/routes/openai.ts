@@ -42,6 +42,11 @@ import { endSSE, sendSSE, startSSE } from "../sse.js";
  *   Completions: top_logprobs holds the `logprobs` most likely tokens plus the sampled one (OpenAI's
  *   "up to logprobs+1"); tokens that are partial UTF-8 read as U+FFFD in token strings.
  * - Roles: "developer" is rendered as "system" (chat templates rarely know it).
+ * - vLLM's extensions on /v1/completions: `return_token_ids` adds `token_ids` to each choice (all of
+ *   them; streamed: the chunk's, with a chunk for every step that produced tokens even when its text is
+ *   held back) and `prompt_token_ids` (streamed: on each choice's first chunk); the ids are the
+ *   completion's only (echo or not), without the end-of-generation token. `return_tokens_as_token_ids`
+ *   names logprob tokens and top_logprobs keys "token_id:N".
  */
 
 const CREATED = Math.floor(Date.now() / 1000);
@@ -207,12 +212,14 @@ function tokenString(tok: Tokenizer, id: number): string {
 async function collect(
   streams: RequestStream[],
   signal: AbortSignal,
-): Promise<{ text: string[]; logprobs: SampleResult[][]; finish: FinishInfo[] }> {
+): Promise<{ text: string[]; tokens: number[][]; logprobs: SampleResult[][]; finish: FinishInfo[] }> {
   const text = streams.map(() => "");
+  const tokens: number[][] = streams.map(() => []);
   const logprobs: SampleResult[][] = streams.map(() => []);
   const finish: (FinishInfo | undefined)[] = streams.map(() => undefined);
   for await (const [i, e] of merge(streams)) {
     text[i] += e.text;
+    for (const t of e.tokens) tokens[i]!.push(t);
     if (e.logprobs) logprobs[i]!.push(...e.logprobs);
     if (e.finish) {
       finish[i] = e.finish;
@@ -223,7 +230,7 @@ async function collect(
   const bad = finish.find(failed);
   if (bad) throw finishError(bad);
   if (finish.some((f) => f === undefined)) throw new ApiError(500, "a generation ended without finishing");
-  return { text, logprobs, finish: finish as FinishInfo[] };
+  return { text, tokens, logprobs, finish: finish as FinishInfo[] };
 }
 
 /**
@@ -298,27 +305,33 @@ interface CompletionLogprobs {
   text_offset: number[];
 }
 
-/** Completions logprobs for some tokens; `offset` is the text offset of the first one (advanced). */
+/**
+ * Completions logprobs for some tokens; `offset` is the text offset of the first one (advanced).
+ * `asIds` (vLLM's return_tokens_as_token_ids) names tokens "token_id:N" instead of their text; the
+ * offsets still count text.
+ */
 function completionLogprobs(
   tok: Tokenizer,
   samples: SampleResult[],
   k: number,
   offset: { at: number },
+  asIds = false,
 ): CompletionLogprobs {
   const out: CompletionLogprobs = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+  const name = (id: number) => (asIds ? `token_id:${id}` : tokenString(tok, id));
   for (const s of samples) {
-    const str = tokenString(tok, s.token);
+    const str = name(s.token);
     out.tokens.push(str);
     out.token_logprobs.push(s.logprob);
     const top: Record<string, number> = {};
     for (const t of s.topLogprobs.slice(0, k)) {
-      const key = tokenString(tok, t.token);
+      const key = name(t.token);
       if (!(key in top)) top[key] = t.logprob;
     }
     if (!(str in top)) top[str] = s.logprob;
     out.top_logprobs.push(top);
     out.text_offset.push(offset.at);
-    offset.at += str.length;
+    offset.at += asIds ? tokenString(tok, s.token).length : str.length;
   }
   return out;
 }
@@ -381,32 +394,49 @@ async function completions(ctx: ServerContext, req: FastifyRequest, reply: Fasti
       choices: choices.map((c, i) => ({
         index: c.index,
         text: echoText(c) + out.text[i],
-        logprobs: wantLogprobs ? completionLogprobs(tok, out.logprobs[i]!, r.logprobs!, { at: 0 }) : null,
+        logprobs: wantLogprobs
+          ? completionLogprobs(tok, out.logprobs[i]!, r.logprobs!, { at: 0 }, r.tokensAsIds)
+          : null,
         finish_reason: finishReason(out.finish[i]!),
+        ...(r.returnTokenIds ? { prompt_token_ids: prompts[c.prompt]!.ids, token_ids: out.tokens[i] } : {}),
       })),
       usage: usageOf(choices, out.finish),
     };
   }
 
   const offsets = choices.map(() => ({ at: 0 }));
+  // return_token_ids: the prompt's ids go with each choice's first chunk (as vLLM does).
+  const promptSent = choices.map(() => false);
   const usageNull = r.includeUsage ? { usage: null } : {};
   const chunk = (
     i: number,
     text: string,
     samples: SampleResult[] | undefined,
     finish: FinishInfo | undefined,
-  ) => ({
-    ...head,
-    choices: [
-      {
-        index: choices[i]!.index,
-        text,
-        logprobs: wantLogprobs ? completionLogprobs(tok, samples ?? [], r.logprobs!, offsets[i]!) : null,
-        finish_reason: finish ? finishReason(finish) : null,
-      },
-    ],
-    ...usageNull,
-  });
+    tokens: number[] = [],
+  ) => {
+    let ids = {};
+    if (r.returnTokenIds) {
+      const prompt = promptSent[i] ? {} : { prompt_token_ids: prompts[choices[i]!.prompt]!.ids };
+      promptSent[i] = true;
+      ids = { ...prompt, token_ids: tokens };
+    }
+    return {
+      ...head,
+      choices: [
+        {
+          index: choices[i]!.index,
+          text,
+          logprobs: wantLogprobs
+            ? completionLogprobs(tok, samples ?? [], r.logprobs!, offsets[i]!, r.tokensAsIds)
+            : null,
+          finish_reason: finish ? finishReason(finish) : null,
+          ...ids,
+        },
+      ],
+      ...usageNull,
+    };
+  };
   return streamEvents(ctx, reply, streams, signal, {
     open() {
       if (!r.echo) return;
@@ -414,8 +444,10 @@ async function completions(ctx: ServerContext, req: FastifyRequest, reply: Fasti
     },
     onEvent(i, e) {
       const hasLogprobs = wantLogprobs && (e.logprobs?.length ?? 0) > 0;
-      if (e.text.length === 0 && !hasLogprobs && !e.finish) return;
-      sendSSE(reply, chunk(i, e.text, e.logprobs, e.finish));
+      // With return_token_ids every event that has tokens is a chunk, even when its text is held back.
+      const hasIds = r.returnTokenIds && e.tokens.length > 0;
+      if (e.text.length === 0 && !hasLogprobs && !hasIds && !e.finish) return;
+      sendSSE(reply, chunk(i, e.text, e.logprobs, e.finish, e.tokens));
     },
     close(finishes) {
       if (r.includeUsage) sendSSE(reply, { ...head, choices: [], usage: usageOf(choices, finishes) });

@@ -39,6 +39,7 @@ export function registerOpsRoutes(app: FastifyInstance, ctx: ServerContext): voi
     return {
       status: "ok",
       model: ctx.opts.modelName,
+      backend: m.info.kind,
       version: spindleVersion(),
       uptime_s: Math.round((Date.now() - started) / 1000),
       running: ctx.metrics.numRunning,
@@ -46,6 +47,7 @@ export function registerOpsRoutes(app: FastifyInstance, ctx: ServerContext): voi
       in_flight: ctx.service.numInFlight,
       kv_cache_usage: ctx.metrics.kvCacheUsage,
       max_model_len: m.info.contextLength,
+      ...(m.backend.health ? { backend_health: m.backend.health() } : {}),
     };
   });
 

@@ -1,7 +1,7 @@
 import { randomInt } from "node:crypto";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import type { EngineEvent, FinishInfo } from "../../engine/engine.js";
-import type { RequestStream } from "../../engine/engine-client.js";
+import type { RequestStream } from "../../engine/request-stream.js";
 import { SamplingParamError, type SamplingParams, validateSamplingParams } from "../../sampling/params.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
 import type { LoadedModel, ServerContext } from "../context.js";

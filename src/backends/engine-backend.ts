@@ -1,0 +1,89 @@
+import { EngineClient, type EngineInfo } from "../engine/engine-client.js";
+import type { StepInfo } from "../engine/engine-protocol.js";
+import type { RequestStream, SubmitOptions, SubmitSpec } from "../engine/request-stream.js";
+import { DEFAULT_SIM_COST } from "../engine/sim-runner.js";
+import { readModelCard } from "../model/model-card.js";
+import type { Tokenizer } from "../tokenizer/index.js";
+import type { Backend, BackendInfo } from "./backend.js";
+import type { LocalBackendInit, SimBackendInit } from "./index.js";
+
+/**
+ * The `local` and `sim` backends: Spindle's own engine in its worker thread
+ * (src/engine), queueing and prioritising in the engine's scheduler. `sim` runs
+ * the same engine, scheduler and KV block accounting with the simulated runner
+ * in place of the model: no weights are read, tokens are a deterministic
+ * function of (request id, position), and each step takes the cost model's
+ * time (paced), so the whole serving path can be exercised and benchmarked
+ * without model compute.
+ */
+
+/** KV blocks the simulator accounts for when none is given: 64 sequences of 2048 tokens in 16-token blocks. */
+const DEFAULT_SIM_BLOCKS = 8192;
+
+class EngineBackend implements Backend {
+  readonly info: BackendInfo;
+
+  constructor(
+    readonly engine: EngineClient,
+    readonly tokenizer: Tokenizer,
+  ) {
+    const i: EngineInfo = engine.info;
+    this.info = {
+      kind: i.kind === "sim" ? "sim" : "local",
+      contextLength: i.contextLength,
+      vocabSize: i.vocabSize,
+      bos: i.bos,
+      eos: i.eos,
+      eogTokens: i.eogTokens,
+      chatTemplate: i.chatTemplate,
+      details: {
+        numBlocks: i.numBlocks,
+        blockSize: i.blockSize,
+        kvCacheBytes: i.kvCacheBytes,
+        prefixCaching: i.prefixCaching,
+        policy: i.scheduler.policy,
+        batching: i.scheduler.batching,
+      },
+    };
+  }
+
+  submit(spec: SubmitSpec, opts?: SubmitOptions): RequestStream {
+    return this.engine.submit(spec, opts);
+  }
+
+  onStep(cb: (s: StepInfo) => void): () => void {
+    return this.engine.onStep(cb);
+  }
+
+  get lastStep(): StepInfo | undefined {
+    return this.engine.lastStep;
+  }
+
+  close(): Promise<void> {
+    return this.engine.close();
+  }
+}
+
+export async function startEngineBackend(init: LocalBackendInit | SimBackendInit): Promise<Backend> {
+  // The main thread reads the tokenizer too (routes tokenize and render templates); weights stay in the worker.
+  const card = readModelCard(init.modelPath);
+  let engine: EngineClient;
+  if (init.kind === "local") {
+    const { kind: _, ...rest } = init;
+    engine = await EngineClient.start({ ...rest, kind: "model" });
+  } else {
+    engine = await EngineClient.start({
+      kind: "sim",
+      tokenizerPath: init.modelPath,
+      pace: init.pace ?? true,
+      options: init.options,
+      sim: { numBlocks: DEFAULT_SIM_BLOCKS, cost: DEFAULT_SIM_COST, ...init.sim },
+    });
+  }
+  return new EngineBackend(engine, card.tokenizer);
+}
+
+/** The engine behind a local or sim backend (its stats: KV blocks, running, waiting); undefined for the others. */
+export function engineOf(backend: Backend): EngineClient | undefined {
+  return backend instanceof EngineBackend ? backend.engine : undefined;
+}
