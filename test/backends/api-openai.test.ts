@@ -1,27 +1,38 @@
+import { createServer } from "node:net";
 import { STORIES_260K, testModel } from "../helpers/models.js";
-import { startTestServer, type TestServer } from "../helpers/server.js";
+import { startTestServer } from "../helpers/server.js";
 import { apiSuite, MODEL } from "./api-suite.js";
 
-// A Spindle gateway in front of a second real Spindle (local backend) on 127.0.0.1: its answers must
-// be the upstream's, token for token.
-let upstream: TestServer | undefined;
+// A Spindle gateway in front of a second real Spindle process (local backend) on 127.0.0.1, which
+// the gateway itself starts and supervises (--spawn): its answers must be the upstream's, which are
+// the local engine's, token for token.
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === "object" && a ? a.port : 0));
+    });
+  });
+}
 
 apiSuite({
   backend: "openai",
   sameAsLocal: true,
   async start() {
-    upstream = await startTestServer({ modelName: "upstream-model" });
+    const port = await freePort();
+    const model = testModel(STORIES_260K);
     return startTestServer({
       modelName: MODEL,
       backend: {
         kind: "openai",
-        modelPath: testModel(STORIES_260K),
-        upstreams: [upstream.url],
+        modelPath: model,
+        upstreams: [`http://127.0.0.1:${port}`],
         upstreamConcurrency: 4,
+        spawn: `'${process.execPath}' --import tsx src/cli/entry.ts serve --model '${model}' --port ${port} --log-level warn`,
       },
     });
-  },
-  stop: async () => {
-    await upstream?.close();
   },
 });
