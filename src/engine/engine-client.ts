@@ -1,8 +1,6 @@
-import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { pathToFileURL } from "node:url";
 import { Worker, type WorkerOptions } from "node:worker_threads";
 import { SpindleError } from "../errors.js";
+import { workerEntry } from "../worker-entry.js";
 import {
   type EngineInfo,
   type EngineInit,
@@ -38,30 +36,6 @@ export interface StartOptions {
   worker?: Omit<WorkerOptions, "workerData">;
   /** How long close() waits for the worker to finish before terminating it (default 5000 ms). */
   closeTimeoutMs?: number;
-}
-
-/**
- * How to start the worker entry next to this file. From compiled code: engine-worker.js. From source
- * (Vitest, tsx): engine-worker.ts, through a small bootstrap module that registers tsx's loader in the
- * worker first (`--import tsx` in execArgv does not: tsx registers its hooks on the main thread only).
- */
-function workerEntry(): URL {
-  const here = import.meta.url;
-  if (!new URL(here).pathname.endsWith(".ts")) return new URL("./engine-worker.js", here);
-  const entry = new URL("./engine-worker.ts", here).href;
-  const bootstrap = `import { register } from ${JSON.stringify(tsxApi(here))};\nregister();\nawait import(${JSON.stringify(entry)});\n`;
-  return new URL(`data:text/javascript,${encodeURIComponent(bootstrap)}`);
-}
-
-/** The file URL of tsx's ESM API (`tsx/esm/api`, import condition), resolved from `from`. */
-function tsxApi(from: string): string {
-  const pkgPath = createRequire(from).resolve("tsx/package.json");
-  const pkg = JSON.parse(readFileSync(pkgPath, "utf8")) as {
-    exports?: Record<string, { import?: { default?: string } } | string>;
-  };
-  const api = pkg.exports?.["./esm/api"];
-  const rel = (typeof api === "object" ? api.import?.default : undefined) ?? "./dist/esm/api/index.mjs";
-  return new URL(rel, pathToFileURL(pkgPath)).href;
 }
 
 type State = "running" | "closing" | "closed" | "dead";
@@ -104,7 +78,7 @@ export class EngineClient {
 
   /** Starts the worker and waits until the model is loaded. Throws the worker's SpindleError if it cannot start. */
   static async start(init: EngineInit, opts: StartOptions = {}): Promise<EngineClient> {
-    const worker = new Worker(workerEntry(), {
+    const worker = new Worker(workerEntry(import.meta.url, "engine-worker"), {
       ...opts.worker,
       workerData: { spindleEngineWorker: true },
     });

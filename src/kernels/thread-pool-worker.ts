@@ -1,0 +1,57 @@
+import { parentPort, workerData } from "node:worker_threads";
+import { CONTROL, type WorkerInit } from "./thread-pool.js";
+
+/**
+ * A kernel thread of WasmThreadPool (thread-pool.ts): instantiates the kernels module on the shared
+ * memory, then loops — spin on the generation cell for a while, sleep on it after that, run its part
+ * of the requested export, count itself done. Nothing else: no messages after "ready".
+ */
+
+const init = workerData as WorkerInit;
+/** The project's `lib` setting does not declare the WebAssembly JS API. */
+const WA = (
+  globalThis as unknown as {
+    WebAssembly: { Instance: new (m: object, imports: object) => { exports: Record<string, unknown> } };
+  }
+).WebAssembly;
+const { GEN, DONE, FN, NARGS, STOP, SLEEPERS, CONTROL_INTS, MAX_ARGS } = CONTROL;
+
+function main(): void {
+  const exports = new WA.Instance(init.module, { env: { memory: init.memory } }).exports;
+  const fns = init.functions.map((n) => exports[n] as (...a: number[]) => void);
+  const ctl = new Int32Array(init.control, 0, CONTROL_INTS);
+  const argv = new Float64Array(init.control, CONTROL_INTS * 4, MAX_ARGS);
+  const args: number[] = [];
+  const spin = BigInt(init.spinNs);
+  // Read before saying ready: the first job may bump GEN as soon as the pool hears it.
+  let seen = Atomics.load(ctl, GEN);
+  parentPort!.postMessage({ ready: true });
+  for (;;) {
+    let gen = Atomics.load(ctl, GEN);
+    if (gen === seen) {
+      const until = process.hrtime.bigint() + spin;
+      let spins = 0;
+      while (gen === seen) {
+        if ((++spins & 63) === 0 && process.hrtime.bigint() > until) {
+          Atomics.add(ctl, SLEEPERS, 1);
+          Atomics.wait(ctl, GEN, seen);
+          Atomics.sub(ctl, SLEEPERS, 1);
+        }
+        gen = Atomics.load(ctl, GEN);
+      }
+    }
+    seen = gen;
+    if (Atomics.load(ctl, STOP) !== 0) return;
+    const n = Atomics.load(ctl, NARGS);
+    args.length = n;
+    for (let i = 0; i < n; i++) args[i] = argv[i]!;
+    fns[Atomics.load(ctl, FN)]!(...args, init.part, init.parts);
+    if (Atomics.add(ctl, DONE, 1) + 1 === init.parts - 1) Atomics.notify(ctl, DONE);
+  }
+}
+
+try {
+  main();
+} catch (err) {
+  parentPort!.postMessage({ error: err instanceof Error ? err.message : String(err) });
+}

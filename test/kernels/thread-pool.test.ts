@@ -1,0 +1,95 @@
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { WasmThreadPool } from "../../src/kernels/thread-pool.js";
+import { tempDir } from "../helpers/tmp.js";
+
+/**
+ * The thread pool on a small module compiled here with AssemblyScript (shared memory, like the
+ * kernels): every part runs exactly once per call, on its own rows, for thousands of calls in a row
+ * (spinning hand-off) and after the workers went to sleep (wait/notify hand-off).
+ */
+
+const SOURCE = `
+// Marks rows part·n/parts … (part+1)·n/parts: out[i] = stamp · 16 + part, and counts visits.
+export function mark(out: usize, visits: usize, n: i32, stamp: i32, part: i32, parts: i32): void {
+  const a = (n * part) / parts;
+  const b = (n * (part + 1)) / parts;
+  for (let i = a; i < b; i++) {
+    store<i32>(out + (<usize>i << 2), stamp * 16 + part);
+    store<i32>(visits + (<usize>i << 2), load<i32>(visits + (<usize>i << 2)) + 1);
+  }
+}
+`;
+
+interface Wasm {
+  Module: new (b: Uint8Array) => object;
+  Memory: new (d: { initial: number; maximum: number; shared: boolean }) => { buffer: ArrayBuffer };
+  Instance: new (m: object, i: object) => { exports: Record<string, unknown> };
+}
+const WA = (globalThis as unknown as { WebAssembly: Wasm }).WebAssembly;
+
+let module: object;
+let memory: { buffer: ArrayBuffer };
+let exports: Record<string, unknown>;
+
+beforeAll(async () => {
+  const dir = tempDir();
+  const src = join(dir, "pool.ts");
+  const out = join(dir, "pool.wasm");
+  writeFileSync(src, SOURCE);
+  const asc = await import("assemblyscript/asc");
+  const { error, stderr } = await asc.main(
+    [src, "--outFile", out, "-O3", "--runtime", "stub", "--use", "abort=", "--enable", "threads"].concat([
+      "--sharedMemory",
+      "--importMemory",
+      "--initialMemory",
+      "2",
+      "--maximumMemory",
+      "16",
+    ]),
+    {},
+  );
+  if (error) throw new Error(`asc: ${error.message} ${stderr?.toString() ?? ""}`);
+  module = new WA.Module(readFileSync(out));
+  memory = new WA.Memory({ initial: 2, maximum: 16, shared: true });
+  exports = new WA.Instance(module, { env: { memory } }).exports;
+}, 60_000);
+
+const OUT = 65536;
+const VISITS = OUT + 4096 * 4;
+
+describe.each([1, 2, 3])("WasmThreadPool with %i threads", (threads) => {
+  let pool: WasmThreadPool;
+  beforeAll(async () => {
+    pool = await WasmThreadPool.start({ threads, module, memory, exports, functions: ["mark"] });
+  });
+  afterAll(() => pool?.close());
+
+  const check = (n: number, stamp: number, calls: number) => {
+    const out = new Int32Array(memory.buffer, OUT, n);
+    const visits = new Int32Array(memory.buffer, VISITS, n);
+    expect(new Set([...out].map((v) => v >> 4))).toEqual(new Set([stamp]));
+    expect(new Set(visits)).toEqual(new Set([calls]));
+    // Every part wrote its own contiguous range, in order.
+    const parts = [...out].map((v) => v & 15);
+    expect([...parts].sort((a, b) => a - b)).toEqual(parts);
+    expect(new Set(parts).size).toBe(Math.min(threads, n));
+  };
+
+  it("runs every part exactly once per call, thousands of calls in a row", () => {
+    new Int32Array(memory.buffer, VISITS, 4096).fill(0);
+    const n = 1000;
+    for (let s = 1; s <= 5000; s++) pool.run("mark", [OUT, VISITS, n, s]);
+    check(n, 5000, 5000);
+  });
+
+  it("wakes sleeping workers", async () => {
+    new Int32Array(memory.buffer, VISITS, 4096).fill(0);
+    for (let s = 1; s <= 5; s++) {
+      await new Promise((r) => setTimeout(r, 20)); // longer than the spin: the workers sleep
+      pool.run("mark", [OUT, VISITS, 777, s]);
+    }
+    check(777, 5, 5);
+  });
+});
