@@ -1,8 +1,8 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { benchCommand } from "../cli/bench.js";
+import { freePort } from "../net.js";
 
 /**
  * `npm run bench:backends -- --model M`: the same workload through three
@@ -23,18 +23,6 @@ import { benchCommand } from "../cli/bench.js";
  */
 
 const BIN = fileURLToPath(new URL("../../bin/spindle.js", import.meta.url));
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      const port = typeof a === "object" && a ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitHealthy(url: string, child: ChildProcess, ms = 120_000): Promise<void> {
   const end = Date.now() + ms;

@@ -1,4 +1,4 @@
-import { createServer } from "node:net";
+import { freePort } from "../../src/net.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 import { startTestServer } from "../helpers/server.js";
 import { apiSuite, MODEL } from "./api-suite.js";
@@ -6,17 +6,6 @@ import { apiSuite, MODEL } from "./api-suite.js";
 // A Spindle gateway in front of a second real Spindle process (local backend) on 127.0.0.1, which
 // the gateway itself starts and supervises (--spawn): its answers must be the upstream's, which are
 // the local engine's, token for token.
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === "object" && a ? a.port : 0));
-    });
-  });
-}
 
 apiSuite({
   backend: "openai",

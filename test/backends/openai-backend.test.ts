@@ -1,5 +1,4 @@
 import { createServer as createHttpServer, type ServerResponse } from "node:http";
-import { createServer } from "node:net";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Backend } from "../../src/backends/backend.js";
@@ -7,8 +6,10 @@ import { startOpenAIBackend } from "../../src/backends/openai-backend.js";
 import { UpstreamError } from "../../src/backends/upstream-error.js";
 import type { EngineEvent } from "../../src/engine/engine.js";
 import type { SubmitSpec } from "../../src/engine/request-stream.js";
+import { freePort } from "../../src/net.js";
 import { toApiError } from "../../src/server/errors.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
+import { STORY_PROMPTS } from "../helpers/prompts.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 
 // The openai backend against real upstreams: Spindle servers on 127.0.0.1 serving stories260K, in
@@ -100,16 +101,7 @@ async function drain(b: Backend, spec: SubmitSpec, signal?: AbortSignal) {
   };
 }
 
-const PROMPTS = [
-  "Once upon a time",
-  "Lily and Ben went to the park.",
-  "The little dog",
-  "One day, a girl named Sue",
-  "Tom had a red ball. He",
-  "It was a sunny day",
-  "The bird sang",
-  "Mom said",
-];
+const PROMPTS = STORY_PROMPTS;
 
 let up: TestServer;
 let upCount: ReturnType<typeof observe>;
@@ -523,7 +515,8 @@ describe("a spawned upstream that dies", () => {
     const killedAt = performance.now();
     process.kill(pid, "SIGKILL");
     const finishes = await Promise.all(runs);
-    expect(performance.now() - killedAt).toBeLessThan(5000);
+    // Bounded, not instant: the point is no hang (a loaded 2-core CI machine is slow to notice).
+    expect(performance.now() - killedAt).toBeLessThan(15_000);
     for (const f of finishes) {
       expect(f.reason).toBe("error");
       expect(f.message).toMatch(/upstream http:\/\/127\.0\.0\.1:\d+ closed the connection mid-stream/);
@@ -546,7 +539,7 @@ describe("a spawned upstream that dies", () => {
     expect(toApiError(again.error).status).toBe(503);
 
     // Restarted by the supervisor: requests succeed again, with the same greedy output as before.
-    await until(() => (b.health!().upstreams as Json[])[0]!.healthy === true, 15_000);
+    await until(() => (b.health!().upstreams as Json[])[0]!.healthy === true, 40_000);
     const newPid = (b.health!().spawn as Json).pid as number;
     expect(newPid).not.toBe(pid);
     expect((b.health!().spawn as Json).restarts).toBe(1);
@@ -575,16 +568,4 @@ async function until(cond: () => boolean, timeoutMs: number): Promise<void> {
     if (performance.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
-}
-
-/** A port nothing listens on (taken and released). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }

@@ -1,7 +1,7 @@
 import { readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { describe, expect, it } from "vitest";
 import { parseCommand, Supervisor, splitCommandLine } from "../../src/backends/spawn.js";
+import { freePort } from "../../src/net.js";
 
 // The --spawn supervisor on real processes: small Node HTTP servers started through the command
 // line, killed, restarted, stopped.
@@ -54,17 +54,6 @@ function alive(pid: number | undefined): boolean {
   } catch {
     return true;
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 const once = <T>(sup: Supervisor, event: string) =>

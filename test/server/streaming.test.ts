@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generate } from "../../src/model/generate.js";
 import { loadModel } from "../../src/model/model.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
+import { STORY_PROMPTS } from "../helpers/prompts.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 
 const MODEL = "stories260K";
@@ -19,16 +20,7 @@ afterAll(async () => {
   await srv?.close();
 });
 
-const PROMPTS = [
-  "Once upon a time",
-  "Lily and Ben went to the park.",
-  "The little dog",
-  "One day, a girl named Sue",
-  "Tom had a red ball. He",
-  "It was a sunny day",
-  "The bird sang",
-  "Mom said",
-];
+const PROMPTS = STORY_PROMPTS;
 
 describe("64 simultaneous streams", () => {
   it("each stream's text equals its non-streamed text and the in-process generation; no chunk crosses streams", async () => {
