@@ -82,6 +82,8 @@ class Diff {
 export interface MetricsOptions {
   /** Collect process CPU, memory, event loop, GC metrics (prom-client's defaults). Default true. */
   processMetrics?: boolean;
+  /** The served model id, put on every sample as `model_name` (vLLM's label, which dashboards filter on). */
+  modelName?: string;
 }
 
 /** The JSON form of the metrics (GET /metrics?format=json): keys are the metric names without the prefix. */
@@ -171,6 +173,7 @@ export class Metrics {
 
   constructor(opts: MetricsOptions = {}) {
     const r = this.registry;
+    if (opts.modelName !== undefined) r.setDefaultLabels({ model_name: opts.modelName });
     const p = METRIC_PREFIX;
     const gauge = (name: string, help: string) => new Gauge({ name: p + name, help, registers: [r] });
     const counter = (name: string, help: string) => new Counter({ name: p + name, help, registers: [r] });

@@ -103,7 +103,7 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
   if (!init) throw new SpindleError("startServer needs a backend");
   const given = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined));
   const opts: ServeOptions = { ...DEFAULT_SERVE_OPTIONS, ...given };
-  const metrics = new Metrics();
+  const metrics = new Metrics({ modelName: opts.modelName });
   const ctx = {
     opts,
     log,

@@ -31,9 +31,20 @@ async function until(cond: () => boolean | Promise<boolean>, ms = 5000): Promise
   }
 }
 
-/** The value of an unlabelled sample (or a sample with exactly these labels) in Prometheus text. */
+/**
+ * The value of an unlabelled sample (or a sample with exactly these labels) in Prometheus text, not
+ * counting the model_name label every sample carries.
+ */
 function sample(text: string, name: string, labels = ""): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${name}${labels ? `{${labels}}` : ""} `));
+  const line = text
+    .split("\n")
+    .map((l) =>
+      l
+        .replace(/model_name="[^"]*",?/, "")
+        .replace(/,?\}/, "}")
+        .replace("{}", ""),
+    )
+    .find((l) => l.startsWith(`${name}${labels ? `{${labels}}` : ""} `));
   if (line === undefined) throw new Error(`no sample ${name}{${labels}}`);
   return Number(line.slice(line.lastIndexOf(" ") + 1));
 }
@@ -107,6 +118,10 @@ describe("metrics and the request log on a live server", () => {
     await until(() => srv.server.ctx.metrics.requestsFinished === usage.requests);
     const text = await metricsText();
     for (const name of NAMES) expect(text, name).toMatch(new RegExp(`^# TYPE ${name} `, "m"));
+    // Every sample carries the served model's id, as vLLM's do.
+    const samples = text.split("\n").filter((l) => l.startsWith("spindle_"));
+    expect(samples.length).toBeGreaterThan(20);
+    for (const l of samples) expect(l).toContain('model_name="stories260K"');
     expect(sample(text, "spindle_prompt_tokens_total")).toBe(usage.prompt);
     expect(sample(text, "spindle_generation_tokens_total")).toBe(usage.completion);
     expect(sample(text, "spindle_request_success_total", 'finished_reason="length"')).toBe(3);
