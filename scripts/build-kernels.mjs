@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // Compiles the AssemblyScript kernels (src/kernels/wasm/kernels.ts) into dist-wasm/kernels.wasm:
 // SIMD128, -O3, the stub runtime (no GC), no abort import, and the memory imported from the JS
-// side (env.memory), which owns it. Skips the compile when the .wasm is newer than every source,
+// side (env.memory), which owns it: a shared memory (up to 4 GiB), so that views of it stay valid
+// when it grows and worker threads can share it. Skips the compile when the .wasm is newer than every source,
 // this script and the installed compiler (--force compiles anyway). The .wasm is a build output,
 // never committed (.gitignore).
-import { mkdirSync, readdirSync, statSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -49,11 +50,27 @@ const args = [
   "abort=",
   "--enable",
   "simd",
+  "--enable",
+  "threads",
   "--importMemory",
+  "--sharedMemory",
   "--initialMemory",
   "1",
+  "--maximumMemory",
+  "65536",
 ];
-const { error, stderr } = await asc.main(args, { stdout: process.stdout, stderr: process.stderr });
+// AssemblyScript's @inline is a decorator on a function, which is not TypeScript (Biome cannot parse
+// it), so the source marks such functions with a `// @inline` line instead, turned into the
+// decorator here as asc reads the file.
+const readFile = (name, baseDir) => {
+  try {
+    const text = readFileSync(join(baseDir, name), "utf8");
+    return text.replace(/^\/\/ @inline\n(export )?function/gm, "@inline $1function");
+  } catch {
+    return null;
+  }
+};
+const { error, stderr } = await asc.main(args, { stdout: process.stdout, stderr: process.stderr, readFile });
 if (error) {
   process.stderr.write(`build-kernels: asc failed: ${error.message}\n${stderr?.toString() ?? ""}`);
   process.exit(1);

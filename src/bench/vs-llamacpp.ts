@@ -77,7 +77,9 @@ function spindlePrompt(model: Model, tokens: number[]): number {
   const blockTable = Array.from({ length: numBlocks }, (_, i) => i);
   const t0 = performance.now();
   model.transformer.forward(kv, [{ tokens, pos: 0, blockTable }]);
-  return tokens.length / ((performance.now() - t0) / 1000);
+  const rate = tokens.length / ((performance.now() - t0) / 1000);
+  kv.dispose();
+  return rate;
 }
 
 function spindleGen(model: Model, prompt: number[], n: number): number {
@@ -105,7 +107,9 @@ function spindleParallel(model: Model, prompts: number[][], steps: number): numb
     );
     next = out.map((l) => argmax(l!, 0, vocab));
   }
-  return (n * steps) / ((performance.now() - t0) / 1000);
+  const rate = (n * steps) / ((performance.now() - t0) / 1000);
+  kv.dispose();
+  return rate;
 }
 
 // ---------------------------------------------------------------- llama.cpp

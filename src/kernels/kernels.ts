@@ -4,8 +4,8 @@ import type { RopeParams } from "../model/config.js";
 /**
  * The kernel boundary. Every piece of heavy math in the forward pass goes
  * through this one small interface, so an implementation (the plain
- * TypeScript reference in reference.ts, WebAssembly SIMD later) can be swapped
- * and tested against another on the same inputs.
+ * TypeScript reference in reference.ts, WebAssembly SIMD in wasm-kernels.ts) can be
+ * swapped and tested against another on the same inputs.
  *
  * Conventions: activations are row-major Float32Array, one row per token
  * ("nTokens × width"); weights keep their ggml type and bytes.
@@ -90,4 +90,12 @@ export interface Kernels {
     seqs: readonly AttentionSeq[],
     out: Float32Array,
   ): void;
+  /**
+   * Optional: a zeroed array of n floats in the kernels' own memory, where they work on it in place
+   * (the forward pass keeps its activations there and KVCacheStorage its pools); undefined when it
+   * does not fit. The array stays valid until given back with freeFloat32.
+   */
+  allocFloat32?(n: number): Float32Array | undefined;
+  /** Gives back an array from allocFloat32 (no longer to be used). */
+  freeFloat32?(a: Float32Array): void;
 }

@@ -9,8 +9,8 @@ export type KernelName = (typeof KERNEL_NAMES)[number];
 
 /**
  * The kernel set of this name: "reference" (plain TypeScript, the oracle) or "wasm" (WebAssembly
- * SIMD matmul, the rest from the reference). A "wasm" set owns its WebAssembly memory and caches
- * the weights it multiplies, so ask for a fresh one per model.
+ * SIMD: matmul, attention and the elementwise ops; embedding lookup from the reference). A "wasm"
+ * set owns its WebAssembly memory (weights, activations, KV pools), so ask for a fresh one per model.
  */
 export async function selectKernels(name: KernelName): Promise<Kernels> {
   switch (name) {

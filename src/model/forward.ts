@@ -24,13 +24,20 @@ export interface BatchSeq {
   logits?: "last" | "all" | "none";
 }
 
-/** Grow-only scratch buffers, reused across steps so a decode step allocates nothing. */
+/**
+ * Grow-only scratch buffers, reused across steps so a decode step allocates nothing. They come
+ * from the kernels' own memory when the kernels offer it (allocFloat32), so the kernels work on
+ * the activations in place instead of copying them in and out.
+ */
 class Scratch {
   private bufs = new Map<string, Float32Array>();
+  constructor(private readonly kernels: Kernels) {}
   get(name: string, n: number): Float32Array {
     let b = this.bufs.get(name);
     if (!b || b.length < n) {
-      b = new Float32Array(Math.max(n, (b?.length ?? 0) * 2));
+      const size = Math.max(n, (b?.length ?? 0) * 2);
+      if (b) this.kernels.freeFloat32?.(b);
+      b = this.kernels.allocFloat32?.(size) ?? new Float32Array(size);
       this.bufs.set(name, b);
     }
     return b;
@@ -38,7 +45,7 @@ class Scratch {
 }
 
 export class Transformer {
-  private scratch = new Scratch();
+  private scratch: Scratch;
   private rope: RopeParams;
 
   constructor(
@@ -46,6 +53,7 @@ export class Transformer {
     readonly weights: ModelWeights,
     readonly kernels: Kernels,
   ) {
+    this.scratch = new Scratch(kernels);
     this.rope = weights.ropeFreqs ? { ...config.rope, freqFactors: weights.ropeFreqs } : config.rope;
   }
 
@@ -54,6 +62,8 @@ export class Transformer {
    * or undefined when it asked for none. New K/V are written into `kv`.
    */
   forward(kv: KVCacheStorage, batch: readonly BatchSeq[]): (Float32Array | undefined)[] {
+    // The KV pools in the kernels' memory when they have one (a no-op after the first call).
+    kv.useKernels(this.kernels);
     const c = this.config;
     const k = this.kernels;
     const w = this.weights;

@@ -59,32 +59,48 @@ export function generate(model: Model, prompt: string | number[], opts: Generate
     opts.onText?.(s);
   };
 
-  const t0 = performance.now();
-  let logits = model.transformer.forward(kv, [{ tokens: promptTokens, pos: 0, blockTable }])[0]!;
-  const t1 = performance.now();
-  while (tokens.length < opts.maxTokens) {
-    const { token } = sampler.sample(logits, history);
-    if ((opts.stopAtEog ?? true) && tok.eogTokens.has(token)) {
-      finishReason = "stop";
-      break;
-    }
-    tokens.push(token);
-    history.push(token);
-    const r = stop.push(decoder.push(token));
-    emit(r.emit);
-    if (r.stopped) {
-      finishReason = "stop";
-      stoppedByString = true;
-      break;
-    }
-    if (tokens.length >= opts.maxTokens) break;
-    logits = model.transformer.forward(kv, [{ tokens: [token], pos: history.length - 1, blockTable }])[0]!;
+  try {
+    return run();
+  } finally {
+    // The KV pools live in the kernels' memory: give them back now rather than at garbage collection.
+    kv.dispose();
   }
-  // Text held back (an incomplete UTF-8 character, a possible stop-string prefix) is released at the end,
-  // unless a stop string matched: then everything from the stop string on is dropped.
-  if (!stoppedByString) {
-    const r = stop.push(decoder.flush());
-    emit(r.emit + (r.stopped ? "" : stop.flush()));
+
+  function run(): GenerateResult {
+    const t0 = performance.now();
+    let logits = model.transformer.forward(kv, [{ tokens: promptTokens, pos: 0, blockTable }])[0]!;
+    const t1 = performance.now();
+    while (tokens.length < opts.maxTokens) {
+      const { token } = sampler.sample(logits, history);
+      if ((opts.stopAtEog ?? true) && tok.eogTokens.has(token)) {
+        finishReason = "stop";
+        break;
+      }
+      tokens.push(token);
+      history.push(token);
+      const r = stop.push(decoder.push(token));
+      emit(r.emit);
+      if (r.stopped) {
+        finishReason = "stop";
+        stoppedByString = true;
+        break;
+      }
+      if (tokens.length >= opts.maxTokens) break;
+      logits = model.transformer.forward(kv, [{ tokens: [token], pos: history.length - 1, blockTable }])[0]!;
+    }
+    // Text held back (an incomplete UTF-8 character, a possible stop-string prefix) is released at the end,
+    // unless a stop string matched: then everything from the stop string on is dropped.
+    if (!stoppedByString) {
+      const r = stop.push(decoder.flush());
+      emit(r.emit + (r.stopped ? "" : stop.flush()));
+    }
+    return {
+      promptTokens,
+      tokens,
+      text,
+      finishReason,
+      promptMs: t1 - t0,
+      generateMs: performance.now() - t1,
+    };
   }
-  return { promptTokens, tokens, text, finishReason, promptMs: t1 - t0, generateMs: performance.now() - t1 };
 }

@@ -2,21 +2,33 @@
 // dist-wasm/kernels.wasm with SIMD128, -O3, the stub runtime and an imported memory.
 // Not part of the TypeScript program: it uses asc's types (i32, usize, v128, f32x4, …).
 //
-// The JS side (src/kernels/wasm-kernels.ts) owns the memory and every address passed here: weights
-// (copied in once, in their ggml block layout), the activations x (one row per token, zero-padded
-// to a multiple of 4 floats), the output and a scratch area for decoded weight rows.
+// The JS side (src/kernels/wasm-kernels.ts) owns the memory (shared, so that views of it survive its
+// growth) and every address passed here: weights (copied in once: float types in their ggml layout,
+// quantized types repacked by `pack`), activations, KV pools, outputs and scratch areas. Functions
+// marked `// @inline` get AssemblyScript's @inline decorator from the build script.
 //
-// matmul computes out[t, r] = Σ_c W[r, c] · x[t, c]. A weight row is decoded once to f32 (into
-// scratch; F32 rows are read in place) and reused for every token of the batch.
+// Two matmul paths, chosen by weight type (never by batch size):
 //
-// Batch invariance: every (row, token) dot product runs the same instruction sequence whatever the
-// tile it is computed in (4 rows × 2 tokens, 4 × 1, 1 × 2, 1 × 1) and whatever nTokens is. Each
-// (row, token) pair has its own single f32x4 accumulator; for c = 0, 4, 8, … it does
-// acc = acc + w[c..c+4] * x[c..c+4] (lane j sums elements j, j + 4, j + 8, … in order), and the
-// result is (acc[0] + acc[1]) + (acc[2] + acc[3]). The decoded weights are the same f32 values
-// whatever the batch, WebAssembly float arithmetic is IEEE round-to-nearest with no fused
-// multiply-add and no reassociation (neither Binaryen nor V8 reorders float operations), so a
-// token's result does not depend on which other tokens share the call.
+// - Quantized types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), `matmulQuant`: the
+//   activations are quantized once per call to 8-bit blocks exactly as llama.cpp quantizes them
+//   (Q8_0/Q8_1 for the legacy types, Q8_K for the K-quants; see quantizeX), and each (row, block
+//   of 32) is an exact integer dot product (i16 lanes, i32x4.dot_i16x8_s) scaled in f32. Four rows
+//   are computed at once, one per lane. For one or two tokens the weights are unpacked in
+//   registers; from unpackMin tokens on, a group of 4 rows is unpacked once to i16 scratch.
+//   Per (row r, token t) the result is, over the blocks j in order,
+//     acc = acc + f32(I[r,j,t]) · (S[r,j] · xs[t,j])          (then ± M[r,j] · xb[t,j] for the
+//   affine types), where I is the exact integer Σ q·xq over the block, S, M the block's scale and
+//   minimum (exact f32 values) and xs, xb the token's block scale and scale·Σxq.
+// - Float types (F32, F16, BF16), `matmul`: f32 arithmetic on the exact weight values; each
+//   (row, token) pair has its own f32x4 accumulator, acc = acc + w[c..c+4] * x[c..c+4] for
+//   c = 0, 4, 8, … (lane j sums elements j, j + 4, … in order), then (acc0 + acc1) + (acc2 + acc3).
+//
+// Batch invariance: in both paths a (row, token) result is the fixed sequence of IEEE f32
+// operations above on values that do not depend on the other tokens (the integer parts are exact,
+// x is quantized per token, decoded weights are exact), whatever tile or code path (fused or
+// unpacked to scratch, 1 or 2 tokens) computes it. WebAssembly float arithmetic is round-to-nearest
+// with no fused multiply-add, and neither Binaryen nor V8 reorders float operations, so a token's
+// result does not depend on which other tokens share the call.
 
 // ggml type numbers (src/gguf/types.ts).
 const F32: i32 = 0;
@@ -34,6 +46,12 @@ const BF16: i32 = 30;
 /** First free byte after this module's static data: the JS allocator starts above it. */
 export function heapBase(): usize {
   return __heap_base;
+}
+
+/** Whether matmul handles this type: 2 packed (quantized, matmulQuant), 1 float (matmul), 0 not. */
+export function supports(type: i32): i32 {
+  if (type === F32 || type === F16 || type === BF16) return 1;
+  return groupStride(type) !== 0 ? 2 : 0;
 }
 
 // ------------------------------------------------------------------ f16
@@ -117,47 +135,6 @@ function f16Row(src: usize, dst: usize, n: i32): void {
 
 // ------------------------------------------------------------------ block decoding helpers
 
-/** Stores 16 signed i8 lanes times d as 16 f32 at dst. */
-function storeScaled(q: v128, d: v128, dst: usize): void {
-  const lo = i16x8.extend_low_i8x16_s(q);
-  const hi = i16x8.extend_high_i8x16_s(q);
-  v128.store(dst, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(lo)), d));
-  v128.store(dst, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(lo)), d), 16);
-  v128.store(dst, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(hi)), d), 32);
-  v128.store(dst, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(hi)), d), 48);
-}
-
-/** Stores 16 unsigned i8 lanes (< 128) as q * d + m, 16 f32 at dst. */
-function storeAffine(q: v128, d: v128, m: v128, dst: usize): void {
-  const lo = i16x8.extend_low_i8x16_u(q);
-  const hi = i16x8.extend_high_i8x16_u(q);
-  v128.store(dst, f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_u(lo)), d), m));
-  v128.store(dst, f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_u(lo)), d), m), 16);
-  v128.store(dst, f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_u(hi)), d), m), 32);
-  v128.store(dst, f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_u(hi)), d), m), 48);
-}
-
-/** Stores 16 unsigned i8 lanes (< 128) as d * q - m, 16 f32 at dst (the K-quant form). */
-function storeScaledMinus(q: v128, d: v128, m: v128, dst: usize): void {
-  const lo = i16x8.extend_low_i8x16_u(q);
-  const hi = i16x8.extend_high_i8x16_u(q);
-  v128.store(dst, f32x4.sub(f32x4.mul(d, f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_u(lo))), m));
-  v128.store(dst, f32x4.sub(f32x4.mul(d, f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_u(lo))), m), 16);
-  v128.store(dst, f32x4.sub(f32x4.mul(d, f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_u(hi))), m), 32);
-  v128.store(dst, f32x4.sub(f32x4.mul(d, f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_u(hi))), m), 48);
-}
-
-/** The fifth bits of a Q5_0/Q5_1 block as 0 or 16 per lane: elements 0..15 (half 0) or 16..31 (half 1). */
-function fifthBits(qh: u32, half: i32): v128 {
-  const v = i32x4.splat(qh);
-  const spread =
-    half === 0
-      ? i8x16.swizzle(v, i8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1))
-      : i8x16.swizzle(v, i8x16(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
-  const bit = i8x16(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
-  return v128.and(i8x16.eq(v128.and(spread, bit), bit), i8x16.splat(16));
-}
-
 /** 6-bit scale j (0..7) of a Q4_K/Q5_K block whose 12 scale bytes start at s. */
 function kScale(s: usize, j: i32): u32 {
   if (j < 4) return load<u8>(s + j) & 63;
@@ -170,155 +147,759 @@ function kMin(s: usize, j: i32): u32 {
   return (load<u8>(s + j + 4) >> 4) | ((load<u8>(s + j) >> 6) << 4);
 }
 
-// ------------------------------------------------------------------ row decoders
+// ------------------------------------------------------------------ float row decoders
 
-/**
- * Decodes the n-element row at src into n f32 at dst (n a multiple of 4 for float types, of the
- * block size for the others). Each element gets the value ggml's dequantize gives it, computed in
- * f32 (the scale products are exact, so each element is rounded once).
- */
-function decodeRow(type: i32, src: usize, dst: usize, n: i32): void {
+/** Decodes an F16 or BF16 row of n elements (n a multiple of 4) into n f32 at dst, exactly. */
+function decodeFloatRow(type: i32, src: usize, dst: usize, n: i32): void {
   if (type === F16) {
     f16Row(src, dst, n);
-  } else if (type === BF16) {
+  } else {
     for (let i = 0; i < n; i += 4) {
       const h = i32x4.extend_low_i16x8_u(v128.load64_zero(src + ((<usize>i) << 1)));
       v128.store(dst + ((<usize>i) << 2), i32x4.shl(h, 16));
     }
-  } else if (type === Q8_0) {
-    for (let p = src, y = dst, e = dst + ((<usize>n) << 2); y < e; p += 34, y += 128) {
-      const d = f32x4.splat(f16(load<u16>(p)));
-      storeScaled(v128.load(p, 2), d, y);
-      storeScaled(v128.load(p, 18), d, y + 64);
-    }
-  } else if (type === Q4_0) {
-    const mask = i8x16.splat(15);
-    const eight = i8x16.splat(8);
-    for (let p = src, y = dst, e = dst + ((<usize>n) << 2); y < e; p += 18, y += 128) {
-      const d = f32x4.splat(f16(load<u16>(p)));
-      const b = v128.load(p, 2);
-      storeScaled(i8x16.sub(v128.and(b, mask), eight), d, y);
-      storeScaled(i8x16.sub(i8x16.shr_u(b, 4), eight), d, y + 64);
-    }
-  } else if (type === Q4_1) {
-    const mask = i8x16.splat(15);
-    for (let p = src, y = dst, e = dst + ((<usize>n) << 2); y < e; p += 20, y += 128) {
-      const d = f32x4.splat(f16(load<u16>(p)));
-      const m = f32x4.splat(f16(load<u16>(p, 2)));
-      const b = v128.load(p, 4);
-      storeAffine(v128.and(b, mask), d, m, y);
-      storeAffine(i8x16.shr_u(b, 4), d, m, y + 64);
-    }
-  } else if (type === Q5_0) {
-    const mask = i8x16.splat(15);
-    const sixteen = i8x16.splat(16);
-    for (let p = src, y = dst, e = dst + ((<usize>n) << 2); y < e; p += 22, y += 128) {
-      const d = f32x4.splat(f16(load<u16>(p)));
-      const qh = load<u32>(p, 2);
-      const b = v128.load(p, 6);
-      storeScaled(i8x16.sub(v128.or(v128.and(b, mask), fifthBits(qh, 0)), sixteen), d, y);
-      storeScaled(i8x16.sub(v128.or(i8x16.shr_u(b, 4), fifthBits(qh, 1)), sixteen), d, y + 64);
-    }
-  } else if (type === Q5_1) {
-    const mask = i8x16.splat(15);
-    for (let p = src, y = dst, e = dst + ((<usize>n) << 2); y < e; p += 24, y += 128) {
-      const d = f32x4.splat(f16(load<u16>(p)));
-      const m = f32x4.splat(f16(load<u16>(p, 2)));
-      const qh = load<u32>(p, 4);
-      const b = v128.load(p, 8);
-      storeAffine(v128.or(v128.and(b, mask), fifthBits(qh, 0)), d, m, y);
-      storeAffine(v128.or(i8x16.shr_u(b, 4), fifthBits(qh, 1)), d, m, y + 64);
-    }
-  } else if (type === Q4_K) {
-    const mask = i8x16.splat(15);
-    for (let p = src, y = dst, e = dst + ((<usize>n) << 2); y < e; p += 144, y += 1024) {
-      const d = f16(load<u16>(p));
-      const dmin = f16(load<u16>(p, 2));
-      const s = p + 4;
-      for (let c = 0; c < 4; c++) {
-        const d1 = f32x4.splat(d * <f32>kScale(s, 2 * c));
-        const m1 = f32x4.splat(dmin * <f32>kMin(s, 2 * c));
-        const d2 = f32x4.splat(d * <f32>kScale(s, 2 * c + 1));
-        const m2 = f32x4.splat(dmin * <f32>kMin(s, 2 * c + 1));
-        const q = p + 16 + 32 * c;
-        const yc = y + 256 * c;
-        for (let l = 0; l < 32; l += 16) {
-          const b = v128.load(q + l);
-          storeScaledMinus(v128.and(b, mask), d1, m1, yc + 4 * l);
-          storeScaledMinus(i8x16.shr_u(b, 4), d2, m2, yc + 128 + 4 * l);
+  }
+}
+
+// ------------------------------------------------------------------ packed quantized weights
+//
+// Quantized matrices are repacked once (pack) into groups of 4 rows (the last group padded with
+// rows of zeros). Within a group the data of the 4 rows is interleaved block by block, with the
+// scales already converted to f32 (exactly) and laid out as one f32x4 per block (lane = row), so
+// the kernels compute 4 rows at once with one lane per row. Per 32-element block j (legacy types)
+// or 256-element super-block s (K-quants), at group offset j·stride (s·stride):
+//
+//   Q8_0  144 B: S[4] f32 | 4 rows × 32 i8
+//   Q4_0   80 B: S[4]     | 4 rows × 16 B nibbles (ggml order: element l low, l + 16 high)
+//   Q4_1   96 B: S[4] | M[4] f32 | 4 rows × 16 B nibbles
+//   Q5_0   96 B: S[4] | QH[4] u32 (fifth bits) | 4 rows × 16 B nibbles
+//   Q5_1  112 B: S[4] | M[4] | QH[4] | 4 rows × 16 B nibbles
+//   Q4_K  608 B: D[4] | DMIN[4] f32 | SC[8 sub-blocks][4 rows] u8 | MN[8][4] u8 | 4 rows × 128 B nibbles
+//   Q5_K  736 B: as Q4_K | 4 rows × 32 B high bits | 4 rows × 128 B nibbles
+//   Q6_K  848 B: D[4] f32 | 4 rows × 16 i8 scales | 4 rows × (128 B ql, 64 B qh)
+//
+// The quant bits keep ggml's packing (the same bytes, moved): weights take about as much memory
+// as in the file (Q8_0 36 B per block instead of 34, Q4_K 152 per 256 instead of 144).
+
+/** Elements per block: 32 for the legacy types, 256 for the K-quants. */
+function superBlock(type: i32): i32 {
+  return type === Q4_K || type === Q5_K || type === Q6_K ? 256 : 32;
+}
+
+/** Bytes of one 4-row group per block (legacy) or super-block (K-quants). */
+// @inline
+function groupStride(type: i32): usize {
+  if (type === Q8_0) return 144;
+  if (type === Q4_0) return 80;
+  if (type === Q4_1 || type === Q5_0) return 96;
+  if (type === Q5_1) return 112;
+  if (type === Q4_K) return 608;
+  if (type === Q5_K) return 736;
+  if (type === Q6_K) return 848;
+  return 0;
+}
+
+/** Bytes of one packed group of 4 rows of `cols` elements (0: not a packed type). */
+export function groupBytes(type: i32, cols: i32): usize {
+  return groupStride(type) * <usize>(cols / superBlock(type));
+}
+
+/**
+ * Packs nRows (1..4) rows of ggml blocks at src (rows rowBytes apart) into one group at dst
+ * (groupBytes(type, cols) bytes; rows nRows..3 are zeros).
+ */
+export function pack(type: i32, src: usize, rowBytes: usize, nRows: i32, cols: i32, dst: usize): void {
+  const stride = groupStride(type);
+  const n = cols / superBlock(type);
+  memory.fill(dst, 0, stride * <usize>n);
+  for (let r = 0; r < nRows; r++) {
+    const row = src + <usize>r * rowBytes;
+    const r4 = (<usize>r) << 2;
+    const r16 = (<usize>r) << 4;
+    for (let j = 0; j < n; j++) {
+      const b = dst + <usize>j * stride;
+      if (type === Q8_0) {
+        const p = row + <usize>j * 34;
+        store<f32>(b + r4, f16(load<u16>(p)));
+        memory.copy(b + 16 + ((<usize>r) << 5), p + 2, 32);
+      } else if (type === Q4_0) {
+        const p = row + <usize>j * 18;
+        store<f32>(b + r4, f16(load<u16>(p)));
+        memory.copy(b + 16 + r16, p + 2, 16);
+      } else if (type === Q4_1) {
+        const p = row + <usize>j * 20;
+        store<f32>(b + r4, f16(load<u16>(p)));
+        store<f32>(b + 16 + r4, f16(load<u16>(p, 2)));
+        memory.copy(b + 32 + r16, p + 4, 16);
+      } else if (type === Q5_0) {
+        const p = row + <usize>j * 22;
+        store<f32>(b + r4, f16(load<u16>(p)));
+        store<u32>(b + 16 + r4, load<u32>(p, 2));
+        memory.copy(b + 32 + r16, p + 6, 16);
+      } else if (type === Q5_1) {
+        const p = row + <usize>j * 24;
+        store<f32>(b + r4, f16(load<u16>(p)));
+        store<f32>(b + 16 + r4, f16(load<u16>(p, 2)));
+        store<u32>(b + 32 + r4, load<u32>(p, 4));
+        memory.copy(b + 48 + r16, p + 8, 16);
+      } else if (type === Q4_K || type === Q5_K) {
+        const p = row + <usize>j * (type === Q4_K ? 144 : 176);
+        store<f32>(b + r4, f16(load<u16>(p)));
+        store<f32>(b + 16 + r4, f16(load<u16>(p, 2)));
+        for (let k = 0; k < 8; k++) {
+          store<u8>(b + 32 + 4 * k + r, <u8>kScale(p + 4, k));
+          store<u8>(b + 64 + 4 * k + r, <u8>kMin(p + 4, k));
         }
-      }
-    }
-  } else if (type === Q5_K) {
-    const mask = i8x16.splat(15);
-    const one = i8x16.splat(1);
-    for (let p = src, y = dst, e = dst + ((<usize>n) << 2); y < e; p += 176, y += 1024) {
-      const d = f16(load<u16>(p));
-      const dmin = f16(load<u16>(p, 2));
-      const s = p + 4;
-      for (let c = 0; c < 4; c++) {
-        const d1 = f32x4.splat(d * <f32>kScale(s, 2 * c));
-        const m1 = f32x4.splat(dmin * <f32>kMin(s, 2 * c));
-        const d2 = f32x4.splat(d * <f32>kScale(s, 2 * c + 1));
-        const m2 = f32x4.splat(dmin * <f32>kMin(s, 2 * c + 1));
-        const q = p + 48 + 32 * c;
-        const yc = y + 256 * c;
-        for (let l = 0; l < 32; l += 16) {
-          const b = v128.load(q + l);
-          const h = v128.load(p + 16 + l);
-          const h1 = i8x16.shl(v128.and(i8x16.shr_u(h, 2 * c), one), 4);
-          const h2 = i8x16.shl(v128.and(i8x16.shr_u(h, 2 * c + 1), one), 4);
-          storeScaledMinus(v128.or(v128.and(b, mask), h1), d1, m1, yc + 4 * l);
-          storeScaledMinus(v128.or(i8x16.shr_u(b, 4), h2), d2, m2, yc + 128 + 4 * l);
+        if (type === Q4_K) {
+          memory.copy(b + 96 + ((<usize>r) << 7), p + 16, 128);
+        } else {
+          memory.copy(b + 96 + ((<usize>r) << 5), p + 16, 32);
+          memory.copy(b + 224 + ((<usize>r) << 7), p + 48, 128);
         }
-      }
-    }
-  } else if (type === Q6_K) {
-    const mask = i8x16.splat(15);
-    const three = i8x16.splat(3);
-    const bias = i8x16.splat(32);
-    for (let p = src, y = dst, e = dst + ((<usize>n) << 2); y < e; p += 210, y += 1024) {
-      const d = f16(load<u16>(p, 208));
-      for (let h = 0; h < 2; h++) {
-        const ql = p + 64 * h;
-        const qh = p + 128 + 32 * h;
-        const sc = p + 192 + 8 * h;
-        const yh = y + 512 * h;
-        for (let l = 0; l < 32; l += 16) {
-          const is = sc + (l >> 4);
-          const a = v128.load(ql + l);
-          const b = v128.load(ql + 32 + l);
-          const hb = v128.load(qh + l);
-          const q0 = v128.or(v128.and(a, mask), i8x16.shl(v128.and(hb, three), 4));
-          const q1 = v128.or(v128.and(b, mask), i8x16.shl(v128.and(i8x16.shr_u(hb, 2), three), 4));
-          const q2 = v128.or(i8x16.shr_u(a, 4), i8x16.shl(v128.and(i8x16.shr_u(hb, 4), three), 4));
-          const q3 = v128.or(i8x16.shr_u(b, 4), i8x16.shl(i8x16.shr_u(hb, 6), 4));
-          // d * sc is exact in f32 (11-bit by 8-bit), so each element is rounded once, as in ggml.
-          storeScaled(i8x16.sub(q0, bias), f32x4.splat(d * <f32>load<i8>(is)), yh + 4 * l);
-          storeScaled(i8x16.sub(q1, bias), f32x4.splat(d * <f32>load<i8>(is, 2)), yh + 128 + 4 * l);
-          storeScaled(i8x16.sub(q2, bias), f32x4.splat(d * <f32>load<i8>(is, 4)), yh + 256 + 4 * l);
-          storeScaled(i8x16.sub(q3, bias), f32x4.splat(d * <f32>load<i8>(is, 6)), yh + 384 + 4 * l);
-        }
+      } else if (type === Q6_K) {
+        const p = row + <usize>j * 210;
+        store<f32>(b + r4, f16(load<u16>(p, 208)));
+        memory.copy(b + 16 + r16, p + 192, 16);
+        memory.copy(b + 80 + <usize>r * 192, p, 192);
       }
     }
   }
 }
 
-/** Whether decodeRow handles this type (F32 needs no decoding). */
-export function supports(type: i32): bool {
-  return (
-    type === F32 ||
-    type === F16 ||
-    type === BF16 ||
-    type === Q8_0 ||
-    type === Q4_0 ||
-    type === Q4_1 ||
-    type === Q5_0 ||
-    type === Q5_1 ||
-    type === Q4_K ||
-    type === Q5_K ||
-    type === Q6_K
+/**
+ * Compile-time type tags: the hot kernels are generic over T, one integer type per packed weight
+ * type (kind<T>() below), so the compiler resolves their per-type branches and emits one
+ * specialized function per type.
+ */
+// @inline
+function kind<T>(): i32 {
+  return sizeof<T>() === 1
+    ? isSigned<T>()
+      ? Q8_0
+      : Q4_0
+    : sizeof<T>() === 2
+      ? isSigned<T>()
+        ? Q4_1
+        : Q5_0
+      : sizeof<T>() === 4
+        ? isSigned<T>()
+          ? Q5_1
+          : Q4_K
+        : isSigned<T>()
+          ? Q5_K
+          : Q6_K;
+}
+
+/**
+ * Weight vector k (0..3) of block j of row r of the group at g, as i16x8: the block's elements
+ * 0, 2, …, 14 (k = 0), 1, 3, …, 15 (k = 1), 16, 18, …, 30 (k = 2), 17, 19, …, 31 (k = 3); the
+ * activations are stored in the same order (quantizeX). Even/odd splitting widens bytes with 16-bit
+ * shifts and masks instead of shuffles. Values: q (Q8_0: signed; Q4_0, Q5_0: unsigned, the offset
+ * 8 or 16 is taken off the block's integer sum, see qOffset), q for the affine types (0..31), and
+ * sc·(q − 32) for Q6_K (sc: the 16-element sub-block's scale; |sc·(q − 32)| ≤ 4096).
+ * For the K-quants j = 8·s + sub: s the super-block, sub (0..7) the 32-element sub-block.
+ */
+// @inline
+function wVec<T>(g: usize, s: i32, sub: i32, r: i32, k: i32): v128 {
+  const m4 = i16x8.splat(15);
+  const hk = (<usize>(k >> 1)) << 4; // byte offset of the block half
+  const odd = k & 1;
+  if (kind<T>() === Q8_0) {
+    const b = v128.load(g + <usize>s * 144 + 16 + ((<usize>r) << 5) + hk);
+    return odd === 0 ? i16x8.shr_s(i16x8.shl(b, 8), 8) : i16x8.shr_s(b, 8);
+  } else if (kind<T>() === Q4_0 || kind<T>() === Q4_1 || kind<T>() === Q5_0 || kind<T>() === Q5_1) {
+    // 16 bytes of nibbles: element l low, l + 16 high; fifth bits (Q5) in a u32, bit l for element l.
+    const stride = groupStride(kind<T>());
+    const qoff: usize = kind<T>() === Q4_0 ? 16 : kind<T>() === Q5_1 ? 48 : 32;
+    const b = v128.load(g + <usize>s * stride + qoff + ((<usize>r) << 4));
+    const lane =
+      k === 0
+        ? v128.and(b, m4)
+        : k === 1
+          ? v128.and(i16x8.shr_u(b, 8), m4)
+          : k === 2
+            ? v128.and(i16x8.shr_u(b, 4), m4)
+            : i16x8.shr_u(b, 12);
+    if (kind<T>() === Q4_0 || kind<T>() === Q4_1) return lane;
+    const qh = load<u32>(g + <usize>s * stride + (kind<T>() === Q5_0 ? 16 : 32) + ((<usize>r) << 2));
+    const h = i16x8.splat(<i16>(k < 2 ? qh : qh >> 16));
+    const bits =
+      odd === 0 ? i16x8(1, 4, 16, 64, 256, 1024, 4096, 16384) : i16x8(2, 8, 32, 128, 512, 2048, 8192, -32768);
+    return v128.or(lane, v128.and(i16x8.eq(v128.and(h, bits), bits), i16x8.splat(16)));
+  } else if (kind<T>() === Q4_K || kind<T>() === Q5_K) {
+    const base = g + <usize>s * groupStride(kind<T>());
+    const q = v128.load(
+      base + (kind<T>() === Q4_K ? 96 : 224) + ((<usize>r) << 7) + ((<usize>(sub >> 1)) << 5) + hk,
+    );
+    let lane: v128;
+    if ((sub & 1) === 0) lane = odd === 0 ? v128.and(q, m4) : v128.and(i16x8.shr_u(q, 8), m4);
+    else lane = odd === 0 ? v128.and(i16x8.shr_u(q, 4), m4) : i16x8.shr_u(q, 12);
+    if (kind<T>() === Q4_K) return lane;
+    const h = v128.load(base + 96 + ((<usize>r) << 5) + hk);
+    return v128.or(lane, v128.and(i16x8.shl(i16x8.shr_u(h, sub + 8 * odd), 4), i16x8.splat(16)));
+  } else {
+    return i16x8.mul(q6Vec(g, s, sub, r, k), i16x8.splat(<i16>q6Scale(g, s, sub, r, k)));
+  }
+}
+
+/** Q6_K: wVec before the sub-block scale: q − 32 (sub-block (h, m) holds elements 128h + 32m + l). */
+// @inline
+function q6Vec(g: usize, s: i32, sub: i32, r: i32, k: i32): v128 {
+  const hk = (<usize>(k >> 1)) << 4;
+  const odd = k & 1;
+  const h = sub >> 2;
+  const m = sub & 3;
+  const row = g + <usize>s * 848 + 80 + <usize>r * 192;
+  const ql = v128.load(row + ((<usize>h) << 6) + ((<usize>(m & 1)) << 5) + hk);
+  const qh = v128.load(row + 128 + ((<usize>h) << 5) + hk);
+  const lo = v128.and(i16x8.shr_u(ql, 4 * (m >> 1) + 8 * odd), i16x8.splat(15));
+  const hi = v128.and(i16x8.shl(i16x8.shr_u(qh, 2 * m + 8 * odd), 4), i16x8.splat(0x30));
+  return i16x8.sub(v128.or(lo, hi), i16x8.splat(32));
+}
+
+/** Q6_K: the signed scale of the 16 elements of wVec k (k < 2: the block's first 16, else its last). */
+// @inline
+function q6Scale(g: usize, s: i32, sub: i32, r: i32, k: i32): i32 {
+  return <i32>(
+    load<i8>(g + <usize>s * 848 + 16 + ((<usize>r) << 4) + <usize>(8 * (sub >> 2) + 2 * (sub & 3) + (k >> 1)))
   );
+}
+
+/** What the block's integer sum loses to the unsigned storage of Q4_0 (8 · Σxq) and Q5_0 (16 · Σxq). */
+// @inline
+function qOffset<T>(): i32 {
+  return kind<T>() === Q4_0 ? 8 : kind<T>() === Q5_0 ? 16 : 0;
+}
+
+/** Four u8 at p (one per row) as f32x4. */
+// @inline
+function u8x4(p: usize): v128 {
+  return f32x4.convert_i32x4_u(i32x4.extend_low_i16x8_u(i16x8.extend_low_i8x16_u(v128.load32_zero(p))));
+}
+
+/** The 4 rows' f32 scale of block (s, sub): what multiplies the block's integer sum. */
+// @inline
+function scaleOf<T>(g: usize, s: i32, sub: i32): v128 {
+  const base = g + <usize>s * groupStride(kind<T>());
+  if (kind<T>() === Q4_K || kind<T>() === Q5_K)
+    return f32x4.mul(v128.load(base), u8x4(base + 32 + ((<usize>sub) << 2)));
+  return v128.load(base);
+}
+
+/** The 4 rows' f32 minimum of block (s, sub) (Q4_1, Q5_1: added; Q4_K, Q5_K: subtracted). */
+// @inline
+function minOf<T>(g: usize, s: i32, sub: i32): v128 {
+  const base = g + <usize>s * groupStride(kind<T>());
+  if (kind<T>() === Q4_K || kind<T>() === Q5_K)
+    return f32x4.mul(v128.load(base, 16), u8x4(base + 64 + ((<usize>sub) << 2)));
+  return v128.load(base, 16);
+}
+
+// @inline
+function hasMin<T>(): bool {
+  return kind<T>() === Q4_1 || kind<T>() === Q5_1 || kind<T>() === Q4_K || kind<T>() === Q5_K;
+}
+
+// @inline
+function isK<T>(): bool {
+  return kind<T>() === Q4_K || kind<T>() === Q5_K || kind<T>() === Q6_K;
+}
+
+/** Σ over one block of w·x: four i16x8 weight vectors against four of x, as i32x4 partial sums. */
+// @inline
+function dot4(w0: v128, w1: v128, w2: v128, w3: v128, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(w0, x0), i32x4.dot_i16x8_s(w1, x1)),
+    i32x4.add(i32x4.dot_i16x8_s(w2, x2), i32x4.dot_i16x8_s(w3, x3)),
+  );
+}
+
+/** Half of the lane reduction of two i32x4 a, b: [a0 + a2, b0 + b2, a1 + a3, b1 + b3]. */
+// @inline
+function pair(a: v128, b: v128): v128 {
+  return i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
+}
+
+/** [Σa, Σb, Σc, Σd] from pair(a, b) and pair(c, d): the lane sums of four i32x4 (exact: integers). */
+// @inline
+function combine(ab: v128, cd: v128): v128 {
+  return i32x4.add(i32x4.shuffle(ab, cd, 0, 1, 4, 5), i32x4.shuffle(ab, cd, 2, 3, 6, 7));
+}
+
+/**
+ * The canonical update of the 4 rows' (row, token) sums with one block, one row per lane:
+ * acc + f32(I)·(S·xs) [+ M·xb (Q4_1, Q5_1) | − M·xb (Q4_K, Q5_K)]. I: the exact integer block sums.
+ */
+// @inline
+function update<T>(acc: v128, I: v128, S: v128, M: v128, xs: f32, xb: f32): v128 {
+  acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(I), f32x4.mul(S, f32x4.splat(xs))));
+  if (kind<T>() === Q4_1 || kind<T>() === Q5_1) acc = f32x4.add(acc, f32x4.mul(M, f32x4.splat(xb)));
+  else if (kind<T>() === Q4_K || kind<T>() === Q5_K) acc = f32x4.sub(acc, f32x4.mul(M, f32x4.splat(xb)));
+  return acc;
+}
+
+/** Stores the 4 lanes of acc at o (or the first `valid` of them). */
+// @inline
+function storeRows(o: usize, acc: v128, valid: i32): void {
+  if (valid >= 4) {
+    v128.store(o, acc);
+  } else {
+    store<f32>(o, f32x4.extract_lane(acc, 0));
+    if (valid > 1) store<f32>(o, f32x4.extract_lane(acc, 1), 4);
+    if (valid > 2) store<f32>(o, f32x4.extract_lane(acc, 2), 8);
+  }
+}
+
+/**
+ * Block (s, sub) of the group's 4 rows against one token's block j (x: its four i16x8 at xp; xs, xb,
+ * xi: the token's per-block arrays), weights unpacked on the fly: the updated acc.
+ */
+// @inline
+function fusedBlock<T>(
+  sink: usize,
+  g: usize,
+  s: i32,
+  sub: i32,
+  j: i32,
+  xq: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+  acc: v128,
+): v128 {
+  const xp = xq + ((<usize>j) << 6);
+  const x0 = v128.load(xp);
+  const x1 = v128.load(xp, 16);
+  const x2 = v128.load(xp, 32);
+  const x3 = v128.load(xp, 48);
+  // The stores to `sink` are scheduling fences: V8 keeps memory operations in program order but
+  // places arithmetic as late as it can, so without them it loads the whole block (or the eight
+  // unrolled blocks of a super-block) first and spills; a store of a partial result makes the
+  // arithmetic happen before the next loads.
+  const i0 = dot4(
+    wVec<T>(g, s, sub, 0, 0),
+    wVec<T>(g, s, sub, 0, 1),
+    wVec<T>(g, s, sub, 0, 2),
+    wVec<T>(g, s, sub, 0, 3),
+    x0,
+    x1,
+    x2,
+    x3,
+  );
+  const i1 = dot4(
+    wVec<T>(g, s, sub, 1, 0),
+    wVec<T>(g, s, sub, 1, 1),
+    wVec<T>(g, s, sub, 1, 2),
+    wVec<T>(g, s, sub, 1, 3),
+    x0,
+    x1,
+    x2,
+    x3,
+  );
+  const ab = pair(i0, i1);
+  v128.store(sink, ab);
+  const i2 = dot4(
+    wVec<T>(g, s, sub, 2, 0),
+    wVec<T>(g, s, sub, 2, 1),
+    wVec<T>(g, s, sub, 2, 2),
+    wVec<T>(g, s, sub, 2, 3),
+    x0,
+    x1,
+    x2,
+    x3,
+  );
+  const i3 = dot4(
+    wVec<T>(g, s, sub, 3, 0),
+    wVec<T>(g, s, sub, 3, 1),
+    wVec<T>(g, s, sub, 3, 2),
+    wVec<T>(g, s, sub, 3, 3),
+    x0,
+    x1,
+    x2,
+    x3,
+  );
+  const cd = pair(i2, i3);
+  v128.store(sink, cd, 16);
+  let I = combine(ab, cd);
+  const jo = (<usize>j) << 2;
+  if (qOffset<T>() !== 0) I = i32x4.sub(I, i32x4.splat(qOffset<T>() * load<i32>(xi + jo)));
+  const M = hasMin<T>() ? minOf<T>(g, s, sub) : f32x4.splat(0);
+  return update<T>(acc, I, scaleOf<T>(g, s, sub), M, load<f32>(xs + jo), load<f32>(xb + jo));
+}
+
+/** One group of 4 rows against one token (nb blocks), the weights unpacked on the fly. */
+// @inline
+function groupDot<T>(sink: usize, g: usize, nb: i32, xq: usize, xs: usize, xb: usize, xi: usize): v128 {
+  let acc = f32x4.splat(0);
+  if (isK<T>()) {
+    // The eight sub-blocks of a super-block unrolled, so their shifts and offsets are constants.
+    for (let s = 0, j = 0; j < nb; s++, j += 8) {
+      acc = fusedBlock<T>(sink, g, s, 0, j, xq, xs, xb, xi, acc);
+      acc = fusedBlock<T>(sink, g, s, 1, j + 1, xq, xs, xb, xi, acc);
+      acc = fusedBlock<T>(sink, g, s, 2, j + 2, xq, xs, xb, xi, acc);
+      acc = fusedBlock<T>(sink, g, s, 3, j + 3, xq, xs, xb, xi, acc);
+      acc = fusedBlock<T>(sink, g, s, 4, j + 4, xq, xs, xb, xi, acc);
+      acc = fusedBlock<T>(sink, g, s, 5, j + 5, xq, xs, xb, xi, acc);
+      acc = fusedBlock<T>(sink, g, s, 6, j + 6, xq, xs, xb, xi, acc);
+      acc = fusedBlock<T>(sink, g, s, 7, j + 7, xq, xs, xb, xi, acc);
+    }
+  } else {
+    for (let j = 0; j < nb; j++) acc = fusedBlock<T>(sink, g, j, 0, j, xq, xs, xb, xi, acc);
+  }
+  return acc;
+}
+
+/** unpackGroup's work for block (s, sub) = j. */
+// @inline
+function unpackBlock<T>(g: usize, s: i32, sub: i32, j: i32, ws: usize, ss: usize, sm: usize): void {
+  for (let r = 0; r < 4; r++) {
+    const o = ws + ((<usize>j) << 8) + ((<usize>r) << 6);
+    v128.store(o, wVec<T>(g, s, sub, r, 0));
+    v128.store(o, wVec<T>(g, s, sub, r, 1), 16);
+    v128.store(o, wVec<T>(g, s, sub, r, 2), 32);
+    v128.store(o, wVec<T>(g, s, sub, r, 3), 48);
+  }
+  v128.store(ss + ((<usize>j) << 4), scaleOf<T>(g, s, sub));
+  if (hasMin<T>()) v128.store(sm + ((<usize>j) << 4), minOf<T>(g, s, sub));
+}
+
+/**
+ * Unpacks a group into scratch for reuse by many tokens: per block j, the 4 rows' weight vectors
+ * (256 B at ws + 256·j), S at ss + 16·j and M at sm + 16·j.
+ */
+// @inline
+function unpackGroup<T>(g: usize, nb: i32, ws: usize, ss: usize, sm: usize): void {
+  if (isK<T>()) {
+    for (let s = 0, j = 0; j < nb; s++, j += 8) {
+      unpackBlock<T>(g, s, 0, j, ws, ss, sm);
+      unpackBlock<T>(g, s, 1, j + 1, ws, ss, sm);
+      unpackBlock<T>(g, s, 2, j + 2, ws, ss, sm);
+      unpackBlock<T>(g, s, 3, j + 3, ws, ss, sm);
+      unpackBlock<T>(g, s, 4, j + 4, ws, ss, sm);
+      unpackBlock<T>(g, s, 5, j + 5, ws, ss, sm);
+      unpackBlock<T>(g, s, 6, j + 6, ws, ss, sm);
+      unpackBlock<T>(g, s, 7, j + 7, ws, ss, sm);
+    }
+  } else {
+    for (let j = 0; j < nb; j++) unpackBlock<T>(g, j, 0, j, ws, ss, sm);
+  }
+}
+
+/** A group unpacked by unpackGroup against one token: the same arithmetic as groupDot. */
+// @inline
+function unpackedDot<T>(
+  sink: usize,
+  ws: usize,
+  ss: usize,
+  sm: usize,
+  nb: i32,
+  xq: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+): v128 {
+  let acc = f32x4.splat(0);
+  for (let j = 0; j < nb; j++) {
+    const xp = xq + ((<usize>j) << 6);
+    const x0 = v128.load(xp);
+    const x1 = v128.load(xp, 16);
+    const x2 = v128.load(xp, 32);
+    const x3 = v128.load(xp, 48);
+    const w = ws + ((<usize>j) << 8);
+    const i0 = dot4(v128.load(w), v128.load(w, 16), v128.load(w, 32), v128.load(w, 48), x0, x1, x2, x3);
+    const i1 = dot4(v128.load(w, 64), v128.load(w, 80), v128.load(w, 96), v128.load(w, 112), x0, x1, x2, x3);
+    const ab = pair(i0, i1);
+    v128.store(sink, ab); // a scheduling fence, as in fusedBlock
+    const i2 = dot4(
+      v128.load(w, 128),
+      v128.load(w, 144),
+      v128.load(w, 160),
+      v128.load(w, 176),
+      x0,
+      x1,
+      x2,
+      x3,
+    );
+    const i3 = dot4(
+      v128.load(w, 192),
+      v128.load(w, 208),
+      v128.load(w, 224),
+      v128.load(w, 240),
+      x0,
+      x1,
+      x2,
+      x3,
+    );
+    const cd = pair(i2, i3);
+    v128.store(sink, cd, 16);
+    let I = combine(ab, cd);
+    const jo = (<usize>j) << 2;
+    if (qOffset<T>() !== 0) I = i32x4.sub(I, i32x4.splat(qOffset<T>() * load<i32>(xi + jo)));
+    const M = hasMin<T>() ? v128.load(sm + ((<usize>j) << 4)) : f32x4.splat(0);
+    acc = update<T>(acc, I, v128.load(ss + ((<usize>j) << 4)), M, load<f32>(xs + jo), load<f32>(xb + jo));
+  }
+  return acc;
+}
+
+/** x rounded to the nearest f16 value (ties to even), as an f32: llama.cpp stores its Q8_0 scales as f16. */
+function roundF16(x: f32): f32 {
+  const a = abs(x);
+  if (a < 6.103515625e-5) return nearest(x * 16777216) * 5.9604644775390625e-8; // f16 subnormals: multiples of 2^-24
+  const b = reinterpret<u32>(x);
+  const r = (b + 0x0fff + ((b >> 13) & 1)) & 0xffffe000;
+  return a >= 65520 ? copysign<f32>(Infinity, x) : reinterpret<f32>(r); // above 65504 + ulp/2: f16 overflows
+}
+
+/**
+ * Quantizes nTokens rows of cols floats at x into 8-bit blocks exactly as llama.cpp (x86) quantizes
+ * activations for its integer dot products, so that x̂ = d·q is the same vector there and here:
+ * - kQuant = 0 (Q8_0 / Q8_1, for the legacy types): per block of 32, id = 127 / max|x|,
+ *   q = round(x·id) (ties to even), d = f16(max|x| / 127); d·Σq also rounded to f16 (Q8_1's s).
+ * - kQuant = 1 (Q8_K, for the K-quants; cols a multiple of 256): one scale per 256,
+ *   id = 127 / max|x|, q = round(x·id), d = 1 / id (f32).
+ * Stored per block of 32: q widened to i16 at xq (64 B, in wVec's order: even elements of 0..15,
+ * odd ones, even of 16..31, odd ones); d at xs, d·Σq at xb (f32) and Σq at xi (i32).
+ */
+export function quantizeX(
+  x: usize,
+  nTokens: i32,
+  cols: i32,
+  xq: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+  kQuant: i32,
+): void {
+  const n = (<usize>nTokens * <usize>cols) >> 5;
+  const per: usize = kQuant !== 0 ? 8 : 1; // blocks of 32 sharing one scale
+  let id: f32 = 0;
+  let d: f32 = 0;
+  for (let b: usize = 0; b < n; b++) {
+    const p = x + (b << 7);
+    const v0 = v128.load(p);
+    const v1 = v128.load(p, 16);
+    const v2 = v128.load(p, 32);
+    const v3 = v128.load(p, 48);
+    const v4 = v128.load(p, 64);
+    const v5 = v128.load(p, 80);
+    const v6 = v128.load(p, 96);
+    const v7 = v128.load(p, 112);
+    if (b % per === 0) {
+      // max|x| over the scale's span (1 or 8 blocks of 32).
+      let m = f32x4.splat(0);
+      for (let k: usize = 0; k < per << 5; k += 4) m = f32x4.max(m, f32x4.abs(v128.load(p + (k << 2))));
+      const amax = max(
+        max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)),
+        max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)),
+      );
+      id = amax !== 0 ? <f32>127 / amax : 0;
+      d = kQuant !== 0 ? (amax !== 0 ? <f32>1 / id : 0) : amax / 127;
+    }
+    const vid = f32x4.splat(id);
+    const q0 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v0, vid)));
+    const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v1, vid)));
+    const q2 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v2, vid)));
+    const q3 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v3, vid)));
+    const q4 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v4, vid)));
+    const q5 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v5, vid)));
+    const q6 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v6, vid)));
+    const q7 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v7, vid)));
+    const a = i16x8.narrow_i32x4_s(q0, q1); // elements 0..7
+    const c = i16x8.narrow_i32x4_s(q2, q3); // 8..15
+    const e = i16x8.narrow_i32x4_s(q4, q5); // 16..23
+    const f = i16x8.narrow_i32x4_s(q6, q7); // 24..31
+    const o = xq + (b << 6);
+    v128.store(o, i16x8.shuffle(a, c, 0, 2, 4, 6, 8, 10, 12, 14));
+    v128.store(o, i16x8.shuffle(a, c, 1, 3, 5, 7, 9, 11, 13, 15), 16);
+    v128.store(o, i16x8.shuffle(e, f, 0, 2, 4, 6, 8, 10, 12, 14), 32);
+    v128.store(o, i16x8.shuffle(e, f, 1, 3, 5, 7, 9, 11, 13, 15), 48);
+    const s = i32x4.add(
+      i32x4.add(i32x4.add(q0, q1), i32x4.add(q2, q3)),
+      i32x4.add(i32x4.add(q4, q5), i32x4.add(q6, q7)),
+    );
+    const sum =
+      i32x4.extract_lane(s, 0) +
+      i32x4.extract_lane(s, 1) +
+      i32x4.extract_lane(s, 2) +
+      i32x4.extract_lane(s, 3);
+    store<f32>(xs + (b << 2), kQuant !== 0 ? d : roundF16(d));
+    store<f32>(xb + (b << 2), kQuant !== 0 ? d * <f32>sum : roundF16(d * <f32>sum));
+    store<i32>(xi + (b << 2), sum);
+  }
+}
+
+/**
+ * out[t, r] for one packed type: groups of 4 rows, each against every token; a group is unpacked
+ * to scratch first when there are at least unpackMin tokens (the same arithmetic either way).
+ */
+function matmulPacked<T>(
+  w: usize,
+  rows: i32,
+  cols: i32,
+  nTokens: i32,
+  xq: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+  out: usize,
+  scratch: usize,
+): void {
+  const nb = cols >> 5;
+  const gb = groupBytes(kind<T>(), cols);
+  const ts = (<usize>rows) << 2;
+  const xqs = (<usize>nb) << 6;
+  const xss = (<usize>nb) << 2;
+  const ws = scratch;
+  const ss = ws + ((<usize>nb) << 8);
+  const sm = ss + ((<usize>nb) << 4);
+  const sink = sm + ((<usize>nb) << 4);
+  for (let r = 0, g = w; r < rows; r += 4, g += gb) {
+    const valid = rows - r;
+    const o = out + ((<usize>r) << 2);
+    if (nTokens < unpackMin<T>()) {
+      for (let t = 0; t < nTokens; t++) {
+        const tq = <usize>t * xqs;
+        const tx = <usize>t * xss;
+        storeRows(o + <usize>t * ts, groupDot<T>(sink, g, nb, xq + tq, xs + tx, xb + tx, xi + tx), valid);
+      }
+    } else {
+      unpackGroup<T>(g, nb, ws, ss, sm);
+      for (let t = 0; t < nTokens; t++) {
+        const tq = <usize>t * xqs;
+        const tx = <usize>t * xss;
+        storeRows(
+          o + <usize>t * ts,
+          unpackedDot<T>(sink, ws, ss, sm, nb, xq + tq, xs + tx, xb + tx, xi + tx),
+          valid,
+        );
+      }
+    }
+  }
+}
+
+/**
+ * From this many tokens on, a group's weights are unpacked once to scratch and reused (measured:
+ * from 2 tokens for the types with costly unpacking, Q5_* and Q6_K, from 3 for the others).
+ */
+// @inline
+function unpackMin<T>(): i32 {
+  return kind<T>() === Q6_K || kind<T>() === Q5_K || kind<T>() === Q5_0 || kind<T>() === Q5_1 ? 2 : 3;
+}
+
+/**
+ * out[t, r] = Σ_c W[r, c] · x[t, c] for a packed quantized matrix (see pack), x quantized first.
+ * x: nTokens × cols f32; out: nTokens × rows f32. scratch: quantScratchBytes(cols, nTokens) bytes.
+ */
+export function matmulQuant(
+  type: i32,
+  w: usize,
+  rows: i32,
+  cols: i32,
+  x: usize,
+  nTokens: i32,
+  out: usize,
+  scratch: usize,
+): void {
+  const nb = <usize>(cols >> 5);
+  const xq = scratch;
+  const xs = xq + ((<usize>nTokens * nb) << 6);
+  const xb = xs + ((<usize>nTokens * nb) << 2);
+  const xi = xb + ((<usize>nTokens * nb) << 2);
+  const rest = xi + ((<usize>nTokens * nb) << 2);
+  quantizeX(x, nTokens, cols, xq, xs, xb, xi, type === Q4_K || type === Q5_K || type === Q6_K ? 1 : 0);
+  if (type === Q8_0) matmulPacked<i8>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
+  else if (type === Q4_0) matmulPacked<u8>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
+  else if (type === Q4_1) matmulPacked<i16>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
+  else if (type === Q5_0) matmulPacked<u16>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
+  else if (type === Q5_1) matmulPacked<i32>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
+  else if (type === Q4_K) matmulPacked<u32>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
+  else if (type === Q5_K) matmulPacked<i64>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
+  else if (type === Q6_K) matmulPacked<u64>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
+}
+
+/** Scratch bytes matmulQuant needs. */
+export function quantScratchBytes(cols: i32, nTokens: i32): usize {
+  const nb = <usize>(cols >> 5);
+  return <usize>nTokens * nb * 76 + nb * 288 + 32;
+}
+
+/** Decodes a packed group (4 rows) into 4 rows of cols f32 at dst, exactly as ggml dequantizes. */
+export function dequantizeGroup(type: i32, g: usize, cols: i32, dst: usize): void {
+  if (type === Q8_0) dequantizeGroupT<i8>(g, cols, dst);
+  else if (type === Q4_0) dequantizeGroupT<u8>(g, cols, dst);
+  else if (type === Q4_1) dequantizeGroupT<i16>(g, cols, dst);
+  else if (type === Q5_0) dequantizeGroupT<u16>(g, cols, dst);
+  else if (type === Q5_1) dequantizeGroupT<i32>(g, cols, dst);
+  else if (type === Q4_K) dequantizeGroupT<u32>(g, cols, dst);
+  else if (type === Q5_K) dequantizeGroupT<i64>(g, cols, dst);
+  else if (type === Q6_K) dequantizeGroupT<u64>(g, cols, dst);
+}
+
+function dequantizeGroupT<T>(g: usize, cols: i32, dst: usize): void {
+  const nb = cols >> 5;
+  const rs = (<usize>cols) << 2;
+  for (let j = 0; j < nb; j++) {
+    const s = isK<T>() ? j >> 3 : j;
+    const sub = isK<T>() ? j & 7 : 0;
+    const S = scaleOf<T>(g, s, sub);
+    const M = hasMin<T>() ? minOf<T>(g, s, sub) : f32x4.splat(0);
+    const off = i16x8.splat(<i16>qOffset<T>());
+    for (let r = 0; r < 4; r++) {
+      const y = dst + <usize>r * rs + ((<usize>j) << 7);
+      const sv = f32x4.splat(
+        r === 0
+          ? f32x4.extract_lane(S, 0)
+          : r === 1
+            ? f32x4.extract_lane(S, 1)
+            : r === 2
+              ? f32x4.extract_lane(S, 2)
+              : f32x4.extract_lane(S, 3),
+      );
+      const mv = f32x4.splat(
+        r === 0
+          ? f32x4.extract_lane(M, 0)
+          : r === 1
+            ? f32x4.extract_lane(M, 1)
+            : r === 2
+              ? f32x4.extract_lane(M, 2)
+              : f32x4.extract_lane(M, 3),
+      );
+      for (let half = 0; half < 2; half++) {
+        let e: v128;
+        let o: v128;
+        let sh = sv;
+        if (kind<T>() === Q6_K) {
+          // (d·sc)·(q − 32), as the reference: d·sc is exact, and zeros keep the reference's sign.
+          e = q6Vec(g, s, sub, r, 2 * half);
+          o = q6Vec(g, s, sub, r, 2 * half + 1);
+          sh = f32x4.mul(sv, f32x4.splat(<f32>q6Scale(g, s, sub, r, 2 * half)));
+        } else {
+          e = i16x8.sub(wVec<T>(g, s, sub, r, 2 * half), off);
+          o = i16x8.sub(wVec<T>(g, s, sub, r, 2 * half + 1), off);
+        }
+        const lo = i16x8.shuffle(e, o, 0, 8, 1, 9, 2, 10, 3, 11); // elements 16·half + 0..7
+        const hi = i16x8.shuffle(e, o, 4, 12, 5, 13, 6, 14, 7, 15); // 16·half + 8..15
+        const yh = y + ((<usize>half) << 6);
+        for (let k = 0; k < 4; k++) {
+          const v =
+            k === 0
+              ? i32x4.extend_low_i16x8_s(lo)
+              : k === 1
+                ? i32x4.extend_high_i16x8_s(lo)
+                : k === 2
+                  ? i32x4.extend_low_i16x8_s(hi)
+                  : i32x4.extend_high_i16x8_s(hi);
+          const q = f32x4.convert_i32x4_s(v);
+          let val: v128;
+          // The reference's operations: d·q; d·q + m; (d·sc)·q − m (K, d·sc exact); d·(sc·(q − 32)).
+          if (kind<T>() === Q4_1 || kind<T>() === Q5_1) val = f32x4.add(f32x4.mul(q, sv), mv);
+          else if (kind<T>() === Q4_K || kind<T>() === Q5_K) val = f32x4.sub(f32x4.mul(sv, q), mv);
+          else val = f32x4.mul(q, sh);
+          v128.store(yh + ((<usize>k) << 4), val);
+        }
+      }
+    }
+  }
 }
 
 // ------------------------------------------------------------------ dot-product tiles
@@ -419,14 +1000,507 @@ function dot1x1(w0: usize, x0: usize, nb: usize, o: usize): void {
   store<f32>(o, hsum(a));
 }
 
-// ------------------------------------------------------------------ matmul
+// ------------------------------------------------------------------ elementwise ops and attention
+//
+// These work in f32 on arrays in this memory (the forward pass's activations and the KV cache, which
+// the JS side allocates here). Each output element depends only on its own row's inputs, through a
+// fixed sequence of operations, so they are batch-invariant too.
 
 /**
- * out[t, r] = Σ_c W[r, c] · x[t, c] for r < rows, t < nTokens (out is nTokens × rows f32).
+ * e^x for four lanes (Cephes expf: x = n·ln2 + r, |r| ≤ ln2/2, a degree-7 polynomial for e^r, then
+ * 2^n through the exponent bits): relative error below 2e-7 over the clamped range [-87.3, 88];
+ * NaN stays NaN. Below the range it returns about 1.2e-38 instead of a subnormal or 0, above it
+ * about 1.7e38 instead of more or infinity (no caller here can tell).
+ */
+// @inline
+function exp4(x: v128): v128 {
+  // pmin/pmax (one instruction each); a NaN x passes through both.
+  x = f32x4.pmin(f32x4.pmax(x, f32x4.splat(-87.33654)), f32x4.splat(88));
+  const n = f32x4.nearest(f32x4.mul(x, f32x4.splat(<f32>Math.LOG2E))); // −126 … 127
+  let r = f32x4.sub(x, f32x4.mul(n, f32x4.splat(0.693359375)));
+  r = f32x4.add(r, f32x4.mul(n, f32x4.splat(2.1219444e-4)));
+  const r2 = f32x4.mul(r, r);
+  let p = f32x4.splat(1.98756915e-4);
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.3981999507e-3));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(8.3334519073e-3));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(4.1665795894e-2));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.6666665459e-1));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(5.0000001201e-1));
+  p = f32x4.add(f32x4.add(f32x4.mul(p, r2), r), f32x4.splat(1));
+  // n as an integer without a saturating conversion: the low mantissa bits of n + 1.5·2^23.
+  const ni = i32x4.sub(f32x4.add(n, f32x4.splat(12582912)), i32x4.splat(0x4b400000));
+  return f32x4.mul(p, i32x4.shl(i32x4.add(ni, i32x4.splat(127)), 23));
+}
+
+/** e^x for one float, through exp4 (the same result as its lane would be). */
+// @inline
+function exp1(x: f32): f32 {
+  return f32x4.extract_lane(exp4(f32x4.splat(x)), 0);
+}
+
+/** Σ a[i]·b[i] over n floats: four lanes (lane j sums i ≡ j mod 4 in order), then (0+1)+(2+3), then the tail. */
+// @inline
+function dotF32(a: usize, b: usize, n: i32): f32 {
+  let acc = f32x4.splat(0);
+  const n4 = n & ~3;
+  for (let i = 0; i < n4; i += 4) {
+    const o = (<usize>i) << 2;
+    acc = f32x4.add(acc, f32x4.mul(v128.load(a + o), v128.load(b + o)));
+  }
+  let s = hsum(acc);
+  for (let i = n4; i < n; i++) s += load<f32>(a + ((<usize>i) << 2)) * load<f32>(b + ((<usize>i) << 2));
+  return s;
+}
+
+/** out[t, :] = x[t, :] · (1 / sqrt(mean(x[t, :]²) + eps)) · w, rows of dim floats; out may be x. */
+export function rmsnorm(x: usize, w: usize, nRows: i32, dim: i32, eps: f32, out: usize): void {
+  const rb = (<usize>dim) << 2;
+  const n4 = dim & ~3;
+  for (let t = 0; t < nRows; t++) {
+    const xr = x + <usize>t * rb;
+    const or = out + <usize>t * rb;
+    const ss = dotF32(xr, xr, dim);
+    const scale = <f32>(1 / Math.sqrt(<f64>ss / <f64>dim + <f64>eps));
+    const sv = f32x4.splat(scale);
+    for (let i = 0; i < n4; i += 4) {
+      const o = (<usize>i) << 2;
+      v128.store(or + o, f32x4.mul(f32x4.mul(v128.load(xr + o), sv), v128.load(w + o)));
+    }
+    for (let i = n4; i < dim; i++) {
+      const o = (<usize>i) << 2;
+      store<f32>(or + o, load<f32>(xr + o) * scale * load<f32>(w + o));
+    }
+  }
+}
+
+/** out[i] = silu(gate[i]) · up[i] = gate[i] / (1 + e^−gate[i]) · up[i]; out may be gate or up. */
+export function swiglu(gate: usize, up: usize, n: i32, out: usize): void {
+  const n4 = n & ~3;
+  const one = f32x4.splat(1);
+  for (let i = 0; i < n4; i += 4) {
+    const o = (<usize>i) << 2;
+    const g = v128.load(gate + o);
+    const e = exp4(f32x4.neg(g));
+    v128.store(out + o, f32x4.mul(f32x4.div(g, f32x4.add(one, e)), v128.load(up + o)));
+  }
+  for (let i = n4; i < n; i++) {
+    const o = (<usize>i) << 2;
+    const g = load<f32>(gate + o);
+    store<f32>(out + o, (g / (1 + exp1(-g))) * load<f32>(up + o));
+  }
+}
+
+/** a[i] += b[i] for i < n. */
+export function addInPlace(a: usize, b: usize, n: i32): void {
+  const n4 = n & ~3;
+  for (let i = 0; i < n4; i += 4) {
+    const o = (<usize>i) << 2;
+    v128.store(a + o, f32x4.add(v128.load(a + o), v128.load(b + o)));
+  }
+  for (let i = n4; i < n; i++) {
+    const o = (<usize>i) << 2;
+    store<f32>(a + o, load<f32>(a + o) + load<f32>(b + o));
+  }
+}
+
+/**
+ * Rotates pairs of x in place: for token t, head h and i < half, the pair (x[i0], x[i1]) with
+ * i0, i1 = 2i, 2i + 1 (normal style) or i, i + half (neox style) becomes
+ * (x0·c − x1·s, x0·s + x1·c), c and s from the table: cs[(t·half + i)·2 + 0, 1].
+ */
+export function rope(
+  x: usize,
+  nTokens: i32,
+  nHeads: i32,
+  headDim: i32,
+  half: i32,
+  neox: bool,
+  cs: usize,
+): void {
+  const hb = (<usize>headDim) << 2;
+  for (let t = 0; t < nTokens; t++) {
+    const ct = cs + ((<usize>t * <usize>half) << 3);
+    for (let h = 0; h < nHeads; h++) {
+      const base = x + (<usize>t * <usize>nHeads + <usize>h) * hb;
+      if (neox) {
+        let i = 0;
+        for (; i + 4 <= half; i += 4) {
+          const p0 = base + ((<usize>i) << 2);
+          const p1 = p0 + ((<usize>half) << 2);
+          const a = v128.load(ct + ((<usize>i) << 3));
+          const b = v128.load(ct + ((<usize>i) << 3), 16);
+          const c = i32x4.shuffle(a, b, 0, 2, 4, 6);
+          const s = i32x4.shuffle(a, b, 1, 3, 5, 7);
+          const x0 = v128.load(p0);
+          const x1 = v128.load(p1);
+          v128.store(p0, f32x4.sub(f32x4.mul(x0, c), f32x4.mul(x1, s)));
+          v128.store(p1, f32x4.add(f32x4.mul(x0, s), f32x4.mul(x1, c)));
+        }
+        for (; i < half; i++) {
+          const p0 = base + ((<usize>i) << 2);
+          const p1 = p0 + ((<usize>half) << 2);
+          const c = load<f32>(ct + ((<usize>i) << 3));
+          const s = load<f32>(ct + ((<usize>i) << 3), 4);
+          const x0 = load<f32>(p0);
+          const x1 = load<f32>(p1);
+          store<f32>(p0, x0 * c - x1 * s);
+          store<f32>(p1, x0 * s + x1 * c);
+        }
+      } else {
+        for (let i = 0; i < half; i++) {
+          const p0 = base + ((<usize>i) << 3);
+          const c = load<f32>(ct + ((<usize>i) << 3));
+          const s = load<f32>(ct + ((<usize>i) << 3), 4);
+          const x0 = load<f32>(p0);
+          const x1 = load<f32>(p0, 4);
+          store<f32>(p0, x0 * c - x1 * s);
+          store<f32>(p0, x0 * s + x1 * c, 4);
+        }
+      }
+    }
+  }
+}
+
+/** Copies n bytes (a multiple of 4): 16 at a time, then 4 (cheaper than memory.copy for one head). */
+// @inline
+function copyRow(dst: usize, src: usize, n: usize): void {
+  let i: usize = 0;
+  for (; i + 16 <= n; i += 16) v128.store(dst + i, v128.load(src + i));
+  for (; i < n; i += 4) store<u32>(dst + i, load<u32>(src + i));
+}
+
+/**
+ * Writes the K and V rows of one sequence's `count` new tokens (batch rows row.., each nKVHeads ×
+ * headDim floats at k and v) into their cache slots: position p in block table[p / blockSize], slot
+ * p % blockSize; a block is [kvHead][slot][headDim].
+ */
+export function storeKV(
+  kPool: usize,
+  vPool: usize,
+  blockSize: i32,
+  nKVHeads: i32,
+  headDim: i32,
+  k: usize,
+  v: usize,
+  row: i32,
+  count: i32,
+  pos: i32,
+  table: usize,
+): void {
+  const hb = (<usize>headDim) << 2;
+  for (let i = 0; i < count; i++) {
+    const p = pos + i;
+    const block = <usize>load<i32>(table + ((<usize>(p / blockSize)) << 2));
+    const slot = <usize>(p % blockSize);
+    const src = <usize>(row + i) * <usize>nKVHeads * hb;
+    for (let h = 0; h < nKVHeads; h++) {
+      const dst = ((block * <usize>nKVHeads + <usize>h) * <usize>blockSize + slot) * hb;
+      copyRow(kPool + dst, k + src + <usize>h * hb, hb);
+      copyRow(vPool + dst, v + src + <usize>h * hb, hb);
+    }
+  }
+}
+
+/**
+ * Causal attention of one sequence's `count` new queries (batch rows row.., nHeads × headDim floats
+ * at q) over its cached keys and values: query i (position pos + i) attends to positions
+ * 0 .. pos + i. Head h reads KV head h / (nHeads / nKVHeads). out: like q. scores: room for
+ * pos + count floats.
  *
- * w: the matrix, rows of rowBytes bytes in the ggml layout of `type` (float types are stored with
- * their rows zero-padded to colsPad elements). x: nTokens rows of colsPad f32, zero-padded.
- * scratch: room for 4 × colsPad f32 (decoded rows). colsPad is a multiple of 4.
+ * Per (query, head), whatever else is in the batch: s_j = (q · k_j) · scale (dotF32), m = max s_j,
+ * e_j = exp(s_j − m), out = (Σ_j e_j · v_j, in order of j, four lanes of headDim at a time) ·
+ * (1 / Σ_j e_j).
+ */
+export function attention(
+  kPool: usize,
+  vPool: usize,
+  blockSize: i32,
+  nKVHeads: i32,
+  headDim: i32,
+  q: usize,
+  nHeads: i32,
+  row: i32,
+  count: i32,
+  pos: i32,
+  table: usize,
+  out: usize,
+  scores: usize,
+  scale: f32,
+): void {
+  const group = nHeads / nKVHeads;
+  const hb = (<usize>headDim) << 2;
+  const qb = <usize>nHeads * hb;
+  const blockBytes = <usize>blockSize * hb; // one KV head's slots in one block
+  for (let i = 0; i < count; i++) {
+    const nCtx = pos + i + 1;
+    const nBlocks = (nCtx + blockSize - 1) / blockSize;
+    for (let h = 0; h < nHeads; h++) {
+      const kvh = <usize>(h / group);
+      const qp = q + <usize>(row + i) * qb + <usize>h * hb;
+      const op = out + <usize>(row + i) * qb + <usize>h * hb;
+      // Scores.
+      let mx: f32 = -Infinity;
+      for (let b = 0, j = 0; b < nBlocks; b++) {
+        const block = <usize>load<i32>(table + ((<usize>b) << 2));
+        const kb = kPool + (block * <usize>nKVHeads + kvh) * blockBytes;
+        const end = min(nCtx, j + blockSize);
+        for (let kp = kb; j < end; j++, kp += hb) {
+          const s = dotF32(qp, kp, headDim) * scale;
+          store<f32>(scores + ((<usize>j) << 2), s);
+          mx = max(mx, s);
+        }
+      }
+      // Exponentials and their sum (lanes, then (0+1)+(2+3), then the tail in order).
+      const m4 = f32x4.splat(mx);
+      const n4 = nCtx & ~3;
+      let acc = f32x4.splat(0);
+      for (let j = 0; j < n4; j += 4) {
+        const sp = scores + ((<usize>j) << 2);
+        const e = exp4(f32x4.sub(v128.load(sp), m4));
+        v128.store(sp, e);
+        acc = f32x4.add(acc, e);
+      }
+      let sum = hsum(acc);
+      for (let j = n4; j < nCtx; j++) {
+        const sp = scores + ((<usize>j) << 2);
+        const e = exp1(load<f32>(sp) - mx);
+        store<f32>(sp, e);
+        sum += e;
+      }
+      // Weighted sum of the values, a slice of headDim at a time with the slice's sums in registers:
+      // each output lane sums e_j · v_j[d] over j in order, whatever the slicing.
+      const inv = f32x4.splat(<f32>1 / sum);
+      let d = 0;
+      for (; d + 32 <= headDim; d += 32) {
+        let a0 = f32x4.splat(0);
+        let a1 = f32x4.splat(0);
+        let a2 = f32x4.splat(0);
+        let a3 = f32x4.splat(0);
+        let a4 = f32x4.splat(0);
+        let a5 = f32x4.splat(0);
+        let a6 = f32x4.splat(0);
+        let a7 = f32x4.splat(0);
+        const dd = (<usize>d) << 2;
+        for (let b = 0, j = 0; b < nBlocks; b++) {
+          const block = <usize>load<i32>(table + ((<usize>b) << 2));
+          const end = min(nCtx, j + blockSize);
+          for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+            const e = f32x4.splat(load<f32>(scores + ((<usize>j) << 2)));
+            a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
+            a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
+            a2 = f32x4.add(a2, f32x4.mul(e, v128.load(vp, 32)));
+            a3 = f32x4.add(a3, f32x4.mul(e, v128.load(vp, 48)));
+            a4 = f32x4.add(a4, f32x4.mul(e, v128.load(vp, 64)));
+            a5 = f32x4.add(a5, f32x4.mul(e, v128.load(vp, 80)));
+            a6 = f32x4.add(a6, f32x4.mul(e, v128.load(vp, 96)));
+            a7 = f32x4.add(a7, f32x4.mul(e, v128.load(vp, 112)));
+          }
+        }
+        v128.store(op + dd, f32x4.mul(a0, inv));
+        v128.store(op + dd, f32x4.mul(a1, inv), 16);
+        v128.store(op + dd, f32x4.mul(a2, inv), 32);
+        v128.store(op + dd, f32x4.mul(a3, inv), 48);
+        v128.store(op + dd, f32x4.mul(a4, inv), 64);
+        v128.store(op + dd, f32x4.mul(a5, inv), 80);
+        v128.store(op + dd, f32x4.mul(a6, inv), 96);
+        v128.store(op + dd, f32x4.mul(a7, inv), 112);
+      }
+      for (; d + 16 <= headDim; d += 16) {
+        let a0 = f32x4.splat(0);
+        let a1 = f32x4.splat(0);
+        let a2 = f32x4.splat(0);
+        let a3 = f32x4.splat(0);
+        const dd = (<usize>d) << 2;
+        for (let b = 0, j = 0; b < nBlocks; b++) {
+          const block = <usize>load<i32>(table + ((<usize>b) << 2));
+          const end = min(nCtx, j + blockSize);
+          for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+            const e = f32x4.splat(load<f32>(scores + ((<usize>j) << 2)));
+            a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
+            a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
+            a2 = f32x4.add(a2, f32x4.mul(e, v128.load(vp, 32)));
+            a3 = f32x4.add(a3, f32x4.mul(e, v128.load(vp, 48)));
+          }
+        }
+        v128.store(op + dd, f32x4.mul(a0, inv));
+        v128.store(op + dd, f32x4.mul(a1, inv), 16);
+        v128.store(op + dd, f32x4.mul(a2, inv), 32);
+        v128.store(op + dd, f32x4.mul(a3, inv), 48);
+      }
+      for (; d + 4 <= headDim; d += 4) {
+        let a0 = f32x4.splat(0);
+        const dd = (<usize>d) << 2;
+        for (let b = 0, j = 0; b < nBlocks; b++) {
+          const block = <usize>load<i32>(table + ((<usize>b) << 2));
+          const end = min(nCtx, j + blockSize);
+          for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+            a0 = f32x4.add(a0, f32x4.mul(f32x4.splat(load<f32>(scores + ((<usize>j) << 2))), v128.load(vp)));
+          }
+        }
+        v128.store(op + dd, f32x4.mul(a0, inv));
+      }
+      for (; d < headDim; d++) {
+        let a: f32 = 0;
+        const dd = (<usize>d) << 2;
+        for (let b = 0, j = 0; b < nBlocks; b++) {
+          const block = <usize>load<i32>(table + ((<usize>b) << 2));
+          const end = min(nCtx, j + blockSize);
+          for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+            a += load<f32>(scores + ((<usize>j) << 2)) * load<f32>(vp);
+          }
+        }
+        store<f32>(op + dd, a * f32x4.extract_lane(inv, 0));
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ float matmul
+
+/** F16: elements 0..3 (half 0) or 4..7 (half 1) of 8 f16 bit patterns as f32, right for normals and zeros. */
+// @inline
+function f16Fast(h: v128, half: i32): v128 {
+  const em = v128.and(h, i16x8.splat(0x7fff));
+  const zero = i16x8.eq(em, i16x8.splat(0));
+  const hi = v128.or(
+    v128.andnot(i16x8.add(i16x8.shr_u(em, 3), i16x8.splat(112 << 7)), zero),
+    v128.and(h, i16x8.splat(-0x8000)),
+  );
+  const lo = i16x8.shl(h, 13);
+  return half === 0
+    ? i16x8.shuffle(lo, hi, 0, 8, 1, 9, 2, 10, 3, 11)
+    : i16x8.shuffle(lo, hi, 4, 12, 5, 13, 6, 14, 7, 15);
+}
+
+/** F16: the lanes of 8 f16 bit patterns that f16Fast gets wrong (subnormals, infinities, NaNs). */
+// @inline
+function f16Special(h: v128): v128 {
+  const em = v128.and(h, i16x8.splat(0x7fff));
+  const zero = i16x8.eq(em, i16x8.splat(0));
+  return v128.andnot(i16x8.lt_s(i16x8.add(em, i16x8.splat(0x0400)), i16x8.splat(0x0800)), zero);
+}
+
+/**
+ * One row's accumulator after 8 more weights (elements c..c+7 at wp, F16 or BF16) times x0, x1:
+ * acc + w[c..c+4]·x0, then + w[c+4..c+8]·x1 — the canonical order of the float dot products.
+ */
+// @inline
+function floatStep8(type: i32, acc: v128, wp: usize, x0: v128, x1: v128): v128 {
+  const h = v128.load(wp);
+  let v0: v128;
+  let v1: v128;
+  if (type === BF16) {
+    const z = i16x8.splat(0);
+    v0 = i16x8.shuffle(z, h, 0, 8, 1, 9, 2, 10, 3, 11);
+    v1 = i16x8.shuffle(z, h, 4, 12, 5, 13, 6, 14, 7, 15);
+  } else {
+    v0 = f16Fast(h, 0);
+    v1 = f16Fast(h, 1);
+    if (v128.any_true(f16Special(h))) {
+      v0 = f16x4(i32x4.extend_low_i16x8_u(h));
+      v1 = f16x4(i32x4.extend_high_i16x8_u(h));
+    }
+  }
+  return f32x4.add(f32x4.add(acc, f32x4.mul(v0, x0)), f32x4.mul(v1, x1));
+}
+
+/** The same for the last 4 weights of a row whose length is 4 mod 8. */
+// @inline
+function floatStep4(type: i32, acc: v128, wp: usize, x0: v128): v128 {
+  const h = i32x4.extend_low_i16x8_u(v128.load64_zero(wp));
+  const v = type === BF16 ? i32x4.shl(h, 16) : f16x4(h);
+  return f32x4.add(acc, f32x4.mul(v, x0));
+}
+
+/**
+ * F16 and BF16 against one token, decoding the weights in registers (no scratch pass): rows r0..
+ * in groups of 4, then one at a time, the same arithmetic as decoding them first and calling dot4x1.
+ */
+// @inline
+function floatMatvec(
+  type: i32,
+  w: usize,
+  rowBytes: usize,
+  rows: i32,
+  colsPad: i32,
+  x: usize,
+  out: usize,
+): void {
+  const n8 = colsPad & ~7;
+  let r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const p0 = w + <usize>r * rowBytes;
+    const p1 = p0 + rowBytes;
+    const p2 = p1 + rowBytes;
+    const p3 = p2 + rowBytes;
+    let a0 = f32x4.splat(0);
+    let a1 = f32x4.splat(0);
+    let a2 = f32x4.splat(0);
+    let a3 = f32x4.splat(0);
+    for (let c = 0; c < n8; c += 8) {
+      const xp = x + ((<usize>c) << 2);
+      const x0 = v128.load(xp);
+      const x1 = v128.load(xp, 16);
+      const o = (<usize>c) << 1;
+      if (type === F16) {
+        // One test for the 4 rows' 8 weights: the exact decoding only when one of them needs it.
+        const h0 = v128.load(p0 + o);
+        const h1 = v128.load(p1 + o);
+        const h2 = v128.load(p2 + o);
+        const h3 = v128.load(p3 + o);
+        const special = v128.or(
+          v128.or(f16Special(h0), f16Special(h1)),
+          v128.or(f16Special(h2), f16Special(h3)),
+        );
+        if (!v128.any_true(special)) {
+          a0 = f32x4.add(f32x4.add(a0, f32x4.mul(f16Fast(h0, 0), x0)), f32x4.mul(f16Fast(h0, 1), x1));
+          a1 = f32x4.add(f32x4.add(a1, f32x4.mul(f16Fast(h1, 0), x0)), f32x4.mul(f16Fast(h1, 1), x1));
+          a2 = f32x4.add(f32x4.add(a2, f32x4.mul(f16Fast(h2, 0), x0)), f32x4.mul(f16Fast(h2, 1), x1));
+          a3 = f32x4.add(f32x4.add(a3, f32x4.mul(f16Fast(h3, 0), x0)), f32x4.mul(f16Fast(h3, 1), x1));
+        } else {
+          a0 = floatStep8(type, a0, p0 + o, x0, x1);
+          a1 = floatStep8(type, a1, p1 + o, x0, x1);
+          a2 = floatStep8(type, a2, p2 + o, x0, x1);
+          a3 = floatStep8(type, a3, p3 + o, x0, x1);
+        }
+      } else {
+        a0 = floatStep8(type, a0, p0 + o, x0, x1);
+        a1 = floatStep8(type, a1, p1 + o, x0, x1);
+        a2 = floatStep8(type, a2, p2 + o, x0, x1);
+        a3 = floatStep8(type, a3, p3 + o, x0, x1);
+      }
+    }
+    if (n8 < colsPad) {
+      const x0 = v128.load(x + ((<usize>n8) << 2));
+      const o = (<usize>n8) << 1;
+      a0 = floatStep4(type, a0, p0 + o, x0);
+      a1 = floatStep4(type, a1, p1 + o, x0);
+      a2 = floatStep4(type, a2, p2 + o, x0);
+      a3 = floatStep4(type, a3, p3 + o, x0);
+    }
+    const op = out + ((<usize>r) << 2);
+    store<f32>(op, hsum(a0));
+    store<f32>(op, hsum(a1), 4);
+    store<f32>(op, hsum(a2), 8);
+    store<f32>(op, hsum(a3), 12);
+  }
+  for (; r < rows; r++) {
+    const p0 = w + <usize>r * rowBytes;
+    let a0 = f32x4.splat(0);
+    for (let c = 0; c < n8; c += 8) {
+      const xp = x + ((<usize>c) << 2);
+      a0 = floatStep8(type, a0, p0 + ((<usize>c) << 1), v128.load(xp), v128.load(xp, 16));
+    }
+    if (n8 < colsPad) a0 = floatStep4(type, a0, p0 + ((<usize>n8) << 1), v128.load(x + ((<usize>n8) << 2)));
+    store<f32>(out + ((<usize>r) << 2), hsum(a0));
+  }
+}
+
+/**
+ * out[t, r] = Σ_c W[r, c] · x[t, c] for r < rows, t < nTokens (out is nTokens × rows f32), for the
+ * float types. w: rows of rowBytes bytes (zero-padded to colsPad elements). x: nTokens rows of
+ * colsPad f32, zero-padded. scratch: room for 4 × colsPad f32 (decoded rows). colsPad is a
+ * multiple of 4.
  */
 export function matmul(
   type: i32,
@@ -439,6 +1513,14 @@ export function matmul(
   out: usize,
   scratch: usize,
 ): void {
+  if (nTokens === 1 && type === F16) {
+    floatMatvec(F16, w, rowBytes, rows, colsPad, x, out);
+    return;
+  }
+  if (nTokens === 1 && type === BF16) {
+    floatMatvec(BF16, w, rowBytes, rows, colsPad, x, out);
+    return;
+  }
   const nb = (<usize>colsPad) << 2; // bytes in one decoded row and in one x row
   const ts = (<usize>rows) << 2; // bytes between two tokens' rows of out
   const inPlace = type === F32;
@@ -454,10 +1536,10 @@ export function matmul(
     let p2 = p1 + rowBytes;
     let p3 = p2 + rowBytes;
     if (!inPlace) {
-      decodeRow(type, p0, s0, colsPad);
-      decodeRow(type, p1, s1, colsPad);
-      decodeRow(type, p2, s2, colsPad);
-      decodeRow(type, p3, s3, colsPad);
+      decodeFloatRow(type, p0, s0, colsPad);
+      decodeFloatRow(type, p1, s1, colsPad);
+      decodeFloatRow(type, p2, s2, colsPad);
+      decodeFloatRow(type, p3, s3, colsPad);
       p0 = s0;
       p1 = s1;
       p2 = s2;
@@ -474,7 +1556,7 @@ export function matmul(
   for (; r < rows; r++) {
     let p0 = w + <usize>r * rowBytes;
     if (!inPlace) {
-      decodeRow(type, p0, s0, colsPad);
+      decodeFloatRow(type, p0, s0, colsPad);
       p0 = s0;
     }
     const o = out + ((<usize>r) << 2);
@@ -487,7 +1569,7 @@ export function matmul(
   }
 }
 
-/** Decodes `rows` rows of a matrix into f32 rows of colsPad at dst (for tests and getRows). */
+/** Decodes `rows` rows of a float matrix into f32 rows of colsPad at dst (for tests). */
 export function dequantizeRows(
   type: i32,
   w: usize,
@@ -501,6 +1583,6 @@ export function dequantizeRows(
     const src = w + <usize>r * rowBytes;
     const y = dst + <usize>r * nb;
     if (type === F32) memory.copy(y, src, nb);
-    else decodeRow(type, src, y, colsPad);
+    else decodeFloatRow(type, src, y, colsPad);
   }
 }

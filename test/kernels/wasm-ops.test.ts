@@ -1,0 +1,364 @@
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { beforeAll, describe, expect, it } from "vitest";
+import type { AttentionSeq, Kernels, PagedKV } from "../../src/kernels/kernels.js";
+import { referenceKernels } from "../../src/kernels/reference.js";
+import { createWasmKernels, WASM_PATH, type WasmKernels } from "../../src/kernels/wasm-kernels.js";
+import type { RopeParams } from "../../src/model/config.js";
+import { KVCacheStorage } from "../../src/model/kv-cache.js";
+import { Rng } from "../../src/sampling/rng.js";
+
+/**
+ * The WebAssembly kernels other than matmul, against the reference kernels: rmsnorm, rope, swiglu,
+ * addInPlace, storeKV and paged attention, on arrays in the kernel set's own memory (where the
+ * forward pass keeps activations and KV pools), plus their fallback to the reference on other arrays,
+ * the memory allocator, and KVCacheStorage's pools.
+ *
+ * Tolerances: these kernels compute in float32, the reference in double. rmsnorm, swiglu, rope: a
+ * few roundings per output, |Δ| ≤ 1e-6·(|value| + scale of the inputs). Attention: scores are f32
+ * dot products of headDim terms, exponentials have relative error < 2e-7, outputs are sums over the
+ * context of weights (≤ 1) times values: measured below 1e-6 of max|v|; the test allows 1e-5.
+ * storeKV copies, so it must match bit for bit.
+ */
+
+const BUILD_SCRIPT = new URL("../../scripts/build-kernels.mjs", import.meta.url);
+
+let wasm: WasmKernels;
+beforeAll(async () => {
+  if (!existsSync(WASM_PATH))
+    execFileSync(process.execPath, [fileURLToPath(BUILD_SCRIPT)], { stdio: "inherit" });
+  wasm = await createWasmKernels();
+});
+
+function randoms(rng: Rng, n: number, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (rng.next() * 2 - 1) * scale;
+  return a;
+}
+
+/** An array in the kernels' memory holding these values. */
+function inWasm(values: Float32Array): Float32Array {
+  const a = wasm.allocFloat32(values.length)!;
+  a.set(values);
+  return a;
+}
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>, n = a.length): number {
+  let m = 0;
+  for (let i = 0; i < n; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+function bitsEqual(a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return false;
+  return true;
+}
+
+describe("elementwise kernels in WebAssembly", () => {
+  it("rmsnorm: rows of odd and even widths, in place and not", () => {
+    const rng = new Rng(1);
+    for (const dim of [1, 3, 8, 37, 288, 1025]) {
+      const n = 5;
+      const x = randoms(rng, n * dim, 3);
+      const w = randoms(rng, dim);
+      const want = new Float32Array(n * dim);
+      referenceKernels.rmsnorm(x, w, n, dim, 1e-5, want);
+      const xi = inWasm(x);
+      const out = wasm.allocFloat32(n * dim)!;
+      wasm.rmsnorm(xi, w, n, dim, 1e-5, out);
+      expect(maxDiff(out, want), `dim ${dim}`).toBeLessThan(4e-6);
+      wasm.rmsnorm(xi, w, n, dim, 1e-5, xi); // out = x
+      expect(bitsEqual(xi, out), `dim ${dim} in place`).toBe(true);
+      wasm.freeFloat32(xi);
+      wasm.freeFloat32(out);
+    }
+  });
+
+  it("swiglu and addInPlace, including large and tiny gates", () => {
+    const rng = new Rng(2);
+    for (const n of [1, 7, 64, 1539]) {
+      const g = randoms(rng, n, 12);
+      g[0] = -100;
+      if (n > 1) g[1] = 100;
+      const u = randoms(rng, n);
+      const want = new Float32Array(n);
+      referenceKernels.swiglu(g, u, n, want);
+      const gi = inWasm(g);
+      const ui = inWasm(u);
+      wasm.swiglu(gi, ui, n, gi);
+      for (let i = 0; i < n; i++)
+        expect(Math.abs(gi[i]! - want[i]!), `swiglu ${n} @${i}`).toBeLessThanOrEqual(
+          1e-6 * (Math.abs(want[i]!) + Math.abs(u[i]!)) + 1e-30,
+        );
+      const a = randoms(rng, n);
+      const b = randoms(rng, n);
+      const sum = a.slice();
+      referenceKernels.addInPlace(sum, b, n);
+      const ai = inWasm(a);
+      wasm.addInPlace(ai, inWasm(b), n);
+      expect(bitsEqual(ai, sum), `add ${n}`).toBe(true); // one f32 addition each: exact match
+    }
+  });
+
+  it("rope: normal and neox styles, partial rotation, frequency factors, scaled positions", () => {
+    const rng = new Rng(3);
+    const cases: { headDim: number; p: RopeParams }[] = [
+      { headDim: 8, p: { style: "normal", dim: 8, freqBase: 10000, freqScale: 1 } },
+      { headDim: 48, p: { style: "normal", dim: 48, freqBase: 10000, freqScale: 1 } },
+      { headDim: 64, p: { style: "neox", dim: 64, freqBase: 1e6, freqScale: 1 } },
+      { headDim: 64, p: { style: "neox", dim: 32, freqBase: 10000, freqScale: 0.25 } },
+      { headDim: 6, p: { style: "neox", dim: 6, freqBase: 500000, freqScale: 1 } },
+      {
+        headDim: 16,
+        p: {
+          style: "neox",
+          dim: 16,
+          freqBase: 500000,
+          freqScale: 1,
+          freqFactors: randoms(rng, 8).map((v) => 1 + Math.abs(v) * 8),
+        },
+      },
+    ];
+    for (const { headDim, p } of cases) {
+      const nTokens = 9;
+      const nHeads = 3;
+      const positions = Int32Array.from({ length: nTokens }, (_, i) => (i * 977) % 4096);
+      const x = randoms(rng, nTokens * nHeads * headDim);
+      const want = x.slice();
+      referenceKernels.rope(want, nTokens, nHeads, headDim, positions, p);
+      const xi = inWasm(x);
+      wasm.rope(xi, nTokens, nHeads, headDim, positions, p);
+      expect(maxDiff(xi, want), `${p.style} ${headDim}/${p.dim}`).toBeLessThan(5e-7);
+      // The same positions again (the cos/sin table is reused), then other positions in the same array.
+      const xj = inWasm(x);
+      wasm.rope(xj, nTokens, nHeads, headDim, positions, p);
+      expect(bitsEqual(xj, xi)).toBe(true);
+      positions[4] = 5;
+      const want2 = x.slice();
+      referenceKernels.rope(want2, nTokens, nHeads, headDim, positions, p);
+      const xk = inWasm(x);
+      wasm.rope(xk, nTokens, nHeads, headDim, positions, p);
+      expect(maxDiff(xk, want2), "changed positions").toBeLessThan(5e-7);
+    }
+  });
+
+  it("falls back to the reference kernels, with their exact results, on arrays outside its memory", () => {
+    const rng = new Rng(4);
+    const x = randoms(rng, 3 * 40);
+    const w = randoms(rng, 40);
+    const a = new Float32Array(120);
+    const b = new Float32Array(120);
+    referenceKernels.rmsnorm(x, w, 3, 40, 1e-6, a);
+    wasm.rmsnorm(x, w, 3, 40, 1e-6, b);
+    expect(bitsEqual(a, b)).toBe(true);
+    const g = x.slice();
+    const h = x.slice();
+    referenceKernels.swiglu(g, w, 40, g);
+    wasm.swiglu(h, w, 40, h);
+    expect(bitsEqual(g, h)).toBe(true);
+  });
+});
+
+/** A K/V pool pair of `numBlocks` blocks, in the kernels' memory or plain, filled with noise. */
+function pools(
+  rng: Rng,
+  numBlocks: number,
+  blockSize: number,
+  nKVHeads: number,
+  headDim: number,
+  mine: boolean,
+): PagedKV {
+  const n = numBlocks * blockSize * nKVHeads * headDim;
+  const k = mine ? wasm.allocFloat32(n)! : new Float32Array(n);
+  const v = mine ? wasm.allocFloat32(n)! : new Float32Array(n);
+  k.set(randoms(rng, n, 9)); // stale data everywhere: attention must read only the table's slots
+  v.set(randoms(rng, n, 9));
+  return { blockSize, nKVHeads, headDim, k, v };
+}
+
+function copyKV(kv: PagedKV): PagedKV {
+  return { ...kv, k: Float32Array.from(kv.k), v: Float32Array.from(kv.v) };
+}
+
+/** A random permutation of 0..n−1, dealt out as block tables of these sizes. */
+function scatteredTables(rng: Rng, n: number, sizes: number[]): number[][] {
+  const perm = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = rng.nextU32() % (i + 1);
+    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+  }
+  let o = 0;
+  return sizes.map((s) => perm.slice(o, (o += s)));
+}
+
+describe("paged attention in WebAssembly", () => {
+  const shapes = [
+    { nHeads: 6, nKVHeads: 6, headDim: 48, blockSize: 16 },
+    { nHeads: 8, nKVHeads: 2, headDim: 64, blockSize: 16 }, // GQA
+    { nHeads: 4, nKVHeads: 1, headDim: 6, blockSize: 4 }, // MQA, headDim not a multiple of 4
+    { nHeads: 2, nKVHeads: 2, headDim: 5, blockSize: 3 },
+  ];
+
+  for (const sh of shapes) {
+    it(`${sh.nHeads} heads over ${sh.nKVHeads} KV heads of ${sh.headDim}, blocks of ${sh.blockSize}: several sequences, scattered blocks`, () => {
+      const rng = new Rng(sh.headDim * 31 + sh.nKVHeads);
+      const { nHeads, nKVHeads, headDim, blockSize } = sh;
+      const kvDim = nKVHeads * headDim;
+      const qDim = nHeads * headDim;
+      // Three sequences: a long prefill, a decode step after 37 cached tokens, a mid-sized chunk after 5.
+      const lens = [
+        { pos: 0, count: 23 },
+        { pos: 37, count: 1 },
+        { pos: 5, count: 11 },
+      ];
+      const need = lens.map((l) => Math.ceil((l.pos + l.count) / blockSize));
+      const numBlocks = need.reduce((a, b) => a + b, 0) + 3;
+      const tables = scatteredTables(rng, numBlocks, need);
+      const kv = pools(rng, numBlocks, blockSize, nKVHeads, headDim, true);
+      const ref = copyKV(kv);
+      // Fill the cached prefix of each sequence (positions < pos) through storeKV, both sides.
+      const prefix: AttentionSeq[] = [];
+      let rows = 0;
+      lens.forEach((l, i) => {
+        if (l.pos > 0) prefix.push({ row: rows, count: l.pos, pos: 0, blockTable: tables[i]! });
+        rows += l.pos;
+      });
+      const pk = inWasm(randoms(rng, rows * kvDim));
+      const pv = inWasm(randoms(rng, rows * kvDim));
+      wasm.storeKV(kv, pk, pv, prefix);
+      referenceKernels.storeKV(ref, pk, pv, prefix);
+      expect(bitsEqual(kv.k, ref.k) && bitsEqual(kv.v, ref.v), "storeKV of the prefixes").toBe(true);
+      // This step's batch.
+      const seqs: AttentionSeq[] = [];
+      let n = 0;
+      lens.forEach((l, i) => {
+        seqs.push({ row: n, count: l.count, pos: l.pos, blockTable: tables[i]! });
+        n += l.count;
+      });
+      const k = inWasm(randoms(rng, n * kvDim));
+      const v = inWasm(randoms(rng, n * kvDim));
+      const q = inWasm(randoms(rng, n * qDim));
+      wasm.storeKV(kv, k, v, seqs);
+      referenceKernels.storeKV(ref, k, v, seqs);
+      expect(bitsEqual(kv.k, ref.k) && bitsEqual(kv.v, ref.v), "storeKV of the batch").toBe(true);
+      const out = wasm.allocFloat32(n * qDim)!;
+      const want = new Float32Array(n * qDim);
+      wasm.attention(kv, q, nHeads, seqs, out);
+      referenceKernels.attention(ref, q, nHeads, seqs, want);
+      expect(maxDiff(out, want)).toBeLessThan(1e-5);
+
+      // Plain q and out (copied in and out) give the same bits.
+      const out2 = new Float32Array(n * qDim);
+      wasm.attention(kv, Float32Array.from(q), nHeads, seqs, out2);
+      expect(bitsEqual(out2, out)).toBe(true);
+
+      // Batch invariance: each sequence alone (its rows at row 0) gives the same bits.
+      for (const s of seqs) {
+        const qs = inWasm(q.slice(s.row * qDim, (s.row + s.count) * qDim));
+        const os = wasm.allocFloat32(s.count * qDim)!;
+        wasm.attention(kv, qs, nHeads, [{ ...s, row: 0 }], os);
+        expect(bitsEqual(os, out.slice(s.row * qDim, (s.row + s.count) * qDim)), `alone at ${s.pos}`).toBe(
+          true,
+        );
+      }
+    });
+  }
+
+  it("chunked prefill gives, bit for bit, what one prefill gives; each query as a decode step too", () => {
+    const rng = new Rng(9);
+    const nHeads = 4;
+    const nKVHeads = 2;
+    const headDim = 32;
+    const blockSize = 16;
+    const T = 45;
+    const kvDim = nKVHeads * headDim;
+    const qDim = nHeads * headDim;
+    const table = scatteredTables(rng, 8, [3])[0]!;
+    const k = inWasm(randoms(rng, T * kvDim));
+    const v = inWasm(randoms(rng, T * kvDim));
+    const q = inWasm(randoms(rng, T * qDim));
+    const whole = pools(rng, 8, blockSize, nKVHeads, headDim, true);
+    const once = wasm.allocFloat32(T * qDim)!;
+    wasm.storeKV(whole, k, v, [{ row: 0, count: T, pos: 0, blockTable: table }]);
+    wasm.attention(whole, q, nHeads, [{ row: 0, count: T, pos: 0, blockTable: table }], once);
+    for (const chunk of [1, 7, 16, 20]) {
+      const kv = pools(rng, 8, blockSize, nKVHeads, headDim, true);
+      for (let p = 0; p < T; p += chunk) {
+        const c = Math.min(chunk, T - p);
+        const kc = inWasm(k.slice(p * kvDim, (p + c) * kvDim));
+        const vc = inWasm(v.slice(p * kvDim, (p + c) * kvDim));
+        const qc = inWasm(q.slice(p * qDim, (p + c) * qDim));
+        const oc = wasm.allocFloat32(c * qDim)!;
+        const s = [{ row: 0, count: c, pos: p, blockTable: table }];
+        wasm.storeKV(kv, kc, vc, s);
+        wasm.attention(kv, qc, nHeads, s, oc);
+        expect(bitsEqual(oc, once.slice(p * qDim, (p + c) * qDim)), `chunks of ${chunk} at ${p}`).toBe(true);
+      }
+    }
+  });
+
+  it("uses the reference on pools outside its memory, and rejects bad block tables", () => {
+    const rng = new Rng(10);
+    const kv = pools(rng, 4, 16, 2, 8, false);
+    const q = randoms(rng, 3 * 32);
+    const s = [{ row: 0, count: 3, pos: 10, blockTable: [2] }];
+    const a = new Float32Array(96);
+    const b = new Float32Array(96);
+    wasm.attention(kv, q, 4, s, a);
+    referenceKernels.attention(kv, q, 4, s, b);
+    expect(bitsEqual(a, b)).toBe(true);
+    const mine = pools(rng, 4, 16, 2, 8, true);
+    const k = inWasm(randoms(rng, 3 * 16));
+    expect(() => wasm.attention(mine, q, 4, [{ row: 0, count: 3, pos: 10, blockTable: [4] }], a)).toThrow(
+      /outside the KV pool/,
+    );
+    expect(() => wasm.storeKV(mine, k, k, [{ row: 0, count: 3, pos: 15, blockTable: [1] }])).toThrow(
+      /block table too short/,
+    );
+  });
+});
+
+describe("the kernels' memory", () => {
+  it("reuses freed space, keeps views valid when it grows, and knows its own arrays", async () => {
+    const k = await createWasmKernels();
+    const a = k.allocFloat32(1000)!;
+    a.fill(7);
+    const used = k.memoryBytes();
+    const b = k.allocFloat32(1000)!;
+    b.fill(5);
+    k.freeFloat32(b);
+    const c = k.allocFloat32(900)!;
+    expect(c.byteOffset).toBe(b.byteOffset); // first fit: b's range again
+    expect(c.every((x) => x === 0)).toBe(true); // zeroed
+    const big = k.allocFloat32(64 << 20)!; // 256 MiB: the memory grows
+    expect(big.length).toBe(64 << 20);
+    expect(a[999]).toBe(7); // old views still see the memory
+    a[0] = 3;
+    expect(k.owns(a) && k.owns(big) && !k.owns(new Float32Array(4))).toBe(true);
+    k.freeFloat32(big);
+    k.freeFloat32(c);
+    expect(k.memoryBytes()).toBe(used);
+  });
+
+  it("KVCacheStorage puts its pools in the kernels' memory and gives them back", async () => {
+    const k = await createWasmKernels();
+    const config = { nLayers: 3, nKVHeads: 2, headDim: 8 };
+    const before = k.memoryBytes();
+    const kv = new KVCacheStorage(config, 5);
+    // Plain arrays until kernels are named; then moved, contents included.
+    kv.layers[1]!.k[3] = 42;
+    expect(k.owns(kv.layers[0]!.k)).toBe(false);
+    kv.useKernels(k);
+    expect(kv.layers.every((l) => k.owns(l.k) && k.owns(l.v))).toBe(true);
+    expect(kv.layers[1]!.k[3]).toBe(42);
+    expect(k.memoryBytes() - before).toBeGreaterThanOrEqual(2 * 3 * 5 * 16 * 2 * 8 * 4);
+    kv.dispose();
+    expect(k.memoryBytes()).toBe(before);
+    // Kernels without an allocator (the reference) keep plain arrays.
+    const plain = new KVCacheStorage(config, 2, 16, referenceKernels as Kernels);
+    expect(plain.layers[0]!.k).toBeInstanceOf(Float32Array);
+    expect(k.owns(plain.layers[0]!.k)).toBe(false);
+  });
+});
