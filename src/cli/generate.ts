@@ -1,5 +1,7 @@
 import { parseArgs } from "node:util";
 import { renderChat } from "../chat/template.js";
+import { SpindleError } from "../errors.js";
+import type { Kernels } from "../kernels/kernels.js";
 import { defaultKernelsName, type KernelName, selectKernelsSync } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
 import { generate } from "../model/generate.js";
@@ -15,7 +17,8 @@ Prints the continuation of a prompt on stdout and timings on stderr.
   --chat P          a user message, rendered with the model's chat template
   --max-tokens N    tokens to generate (default 64)
   --temperature T   0 = greedy (default 0)
-  --kernels K       wasm (WebAssembly SIMD, the default once built) or reference (plain TypeScript)`;
+  --kernels K       wasm (WebAssembly SIMD, the default once built) or reference (plain TypeScript)
+  --threads N       kernel threads a large matmul is split over (default: the cores; $SPINDLE_THREADS)`;
 
 export async function generateCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -32,6 +35,7 @@ export async function generateCommand(args: string[]): Promise<number> {
       seed: { type: "string" },
       stop: { type: "string", multiple: true },
       kernels: { type: "string" },
+      threads: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -41,11 +45,18 @@ export async function generateCommand(args: string[]): Promise<number> {
     return values.help ? 0 : 2;
   }
   const num = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+  if (values.threads !== undefined) {
+    const t = Number(values.threads);
+    if (!(Number.isInteger(t) && t >= 1))
+      throw new SpindleError(`--threads must be an integer ≥ 1, got "${values.threads}"`);
+    process.env.SPINDLE_THREADS = String(t);
+  }
   const path = await ensureModel(values.model);
   const t0 = performance.now();
   const model = loadModel(path, {
     kernels: selectKernelsSync((values.kernels as KernelName | undefined) ?? defaultKernelsName()),
   });
+  await kernelsReady(model.transformer.kernels);
   const loadMs = performance.now() - t0;
   let prompt = values.prompt ?? "";
   if (values.chat !== undefined) {
@@ -74,9 +85,19 @@ export async function generateCommand(args: string[]): Promise<number> {
   process.stdout.write("\n");
   const n = r.tokens.length;
   process.stderr.write(
-    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB) loaded in ${loadMs.toFixed(0)} ms, ${model.transformer.kernels.name} kernels\n` +
+    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB) loaded in ${loadMs.toFixed(0)} ms, ${kernelsLabel(model.transformer.kernels)}\n` +
       `prompt: ${r.promptTokens.length} tokens in ${r.promptMs.toFixed(1)} ms (${((r.promptTokens.length * 1000) / r.promptMs).toFixed(1)} tok/s)\n` +
       `generated: ${n} tokens in ${r.generateMs.toFixed(1)} ms (${n > 0 ? ((n * 1000) / r.generateMs).toFixed(1) : "0"} tok/s), finish: ${r.finishReason}\n`,
   );
   return 0;
+}
+
+/** "wasm kernels, 2 threads" / "reference kernels". */
+async function kernelsReady(k: Kernels): Promise<void> {
+  await (k as { ready?: () => Promise<void> }).ready?.();
+}
+
+function kernelsLabel(k: Kernels): string {
+  const threads = (k as { threads?: number }).threads;
+  return `${k.name} kernels${threads !== undefined ? `, ${threads} thread${threads === 1 ? "" : "s"}` : ""}`;
 }

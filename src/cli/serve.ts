@@ -33,6 +33,8 @@ Serves a model behind an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/c
   --batching continuous|static|window   (default continuous); --batch-window-ms MS (default 50)
   --no-prefix-caching         disable automatic prefix caching
   --kernels wasm|reference    compute kernels (default: wasm once built; also $SPINDLE_KERNELS)
+  --threads N                 kernel threads a large matmul is split over (default: the cores; also
+                              $SPINDLE_THREADS); with --backend llamacpp: llama.cpp's threads
 
 Backends (what computes the tokens; admission, priorities, metrics and logs apply to all):
   --backend local|llamacpp|openai|sim   (default local: Spindle's own engine)
@@ -91,7 +93,8 @@ function backendInit(
     }
   };
   only(["upstream", "upstream-concurrency", "upstream-model", "upstream-api-key", "spawn"], ["openai"]);
-  only(["parallel", "threads"], ["llamacpp"]);
+  only(["parallel"], ["llamacpp"]);
+  only(["threads"], ["local", "llamacpp"]);
   switch (kind) {
     case "local":
       return {
@@ -198,6 +201,9 @@ export async function serveCommand(args: string[]): Promise<number> {
     .filter((k) => k.length > 0);
   // The engine worker picks its kernels from the environment it inherits.
   if (values.kernels !== undefined) process.env.SPINDLE_KERNELS = values.kernels;
+  if (values.threads !== undefined && values.threads !== "auto" && values.backend === "local") {
+    process.env.SPINDLE_THREADS = String(int("threads", values.threads, 1));
+  }
   defaultKernelsName(); // validates SPINDLE_KERNELS before anything starts
   const log = pino({ level: values["log-level"] });
   const backendKind = values.backend as BackendKind;

@@ -88,6 +88,8 @@ function pacedClock(): Clock {
 
 interface Built {
   runner: Runner;
+  /** Resolves when the compute is ready (kernel threads started). */
+  ready?: () => Promise<void>;
   tokenizer: Tokenizer | undefined;
   clock: Clock;
   info: EngineInfo;
@@ -142,8 +144,10 @@ function build(init: EngineInit): Built {
   const numBlocks = kvCacheBlocks(c, init, maxNumSeqs);
   const runner = new ModelRunner(model, numBlocks, init.blockSize);
   const tok = model.tokenizer;
+  const kernels = model.transformer.kernels as { ready?: () => Promise<void> };
   return {
     runner,
+    ready: kernels.ready?.bind(kernels),
     tokenizer: tok,
     clock: realClock,
     info: {
@@ -204,7 +208,7 @@ class EngineHost {
   private onMessage(msg: ToWorker): void {
     switch (msg.type) {
       case "init":
-        this.init(msg.init);
+        void this.init(msg.init);
         return;
       case "add":
         this.add(msg);
@@ -222,12 +226,14 @@ class EngineHost {
     this.notify();
   }
 
-  private init(init: EngineInit): void {
+  private async init(init: EngineInit): Promise<void> {
     if (this.started) return;
     try {
       this.built = build(init);
       this.engineOptions = { ...init.options, tokenizer: this.built.tokenizer, clock: this.built.clock };
       this.engine = new EngineCore(this.built.runner, this.engineOptions);
+      // Kernel threads start in the background; the first step should not wait for them.
+      await this.built.ready?.();
     } catch (err) {
       this.post({ type: "error", error: toWireError(err, "engine_start_failed") });
       return;

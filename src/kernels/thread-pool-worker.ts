@@ -14,7 +14,7 @@ const WA = (
     WebAssembly: { Instance: new (m: object, imports: object) => { exports: Record<string, unknown> } };
   }
 ).WebAssembly;
-const { GEN, DONE, FN, NARGS, STOP, SLEEPERS, CONTROL_INTS, MAX_ARGS } = CONTROL;
+const { GEN, DONE, FN, NARGS, STOP, SLEEPERS, FAILED, CONTROL_INTS, MAX_ARGS } = CONTROL;
 
 function main(): void {
   const exports = new WA.Instance(init.module, { env: { memory: init.memory } }).exports;
@@ -23,8 +23,9 @@ function main(): void {
   const argv = new Float64Array(init.control, CONTROL_INTS * 4, MAX_ARGS);
   const args: number[] = [];
   const spin = BigInt(init.spinNs);
-  // Read before saying ready: the first job may bump GEN as soon as the pool hears it.
-  let seen = Atomics.load(ctl, GEN);
+  // Jobs are numbered from 1, and the pool waits for each job's end before the next: a worker that
+  // starts late finds at most job 1 posted, and runs it.
+  let seen = 0;
   parentPort!.postMessage({ ready: true });
   for (;;) {
     let gen = Atomics.load(ctl, GEN);
@@ -53,5 +54,8 @@ function main(): void {
 try {
   main();
 } catch (err) {
+  const ctl = new Int32Array(init.control, 0, CONTROL_INTS);
+  Atomics.store(ctl, FAILED, 1);
+  Atomics.notify(ctl, DONE);
   parentPort!.postMessage({ error: err instanceof Error ? err.message : String(err) });
 }

@@ -30,6 +30,8 @@ const FN = 2;
 const NARGS = 3;
 const STOP = 4;
 const SLEEPERS = 5;
+/** Set by a worker that could not start: run() then fails instead of waiting for it. */
+const FAILED = 6;
 const CONTROL_INTS = 8;
 /** Float64 argument slots after the control cells. */
 const MAX_ARGS = 16;
@@ -69,6 +71,8 @@ export class WasmThreadPool {
   private readonly fns: Fn[];
   private readonly index = new Map<string, number>();
   private closed = false;
+  /** Resolves when every worker has instantiated the module (run() before that waits for them). */
+  ready: Promise<void> = Promise.resolve();
 
   private constructor(
     o: ThreadPoolOptions,
@@ -86,44 +90,56 @@ export class WasmThreadPool {
     });
   }
 
-  /** Starts the workers and waits until each has instantiated the module. */
-  static async start(o: ThreadPoolOptions): Promise<WasmThreadPool> {
+  /**
+   * Starts the workers without waiting for them (so a synchronous loadModel can have threads): a
+   * worker still starting picks up the first job when it is ready, and the first run() waits for it.
+   */
+  static create(o: ThreadPoolOptions): WasmThreadPool {
     if (!(Number.isInteger(o.threads) && o.threads >= 1)) {
       throw new SpindleError(`threads must be an integer ≥ 1, got ${o.threads}`);
     }
     const control = new SharedArrayBuffer(CONTROL_INTS * 4 + MAX_ARGS * 8);
     const workers: Worker[] = [];
+    for (let part = 1; part < o.threads; part++) {
+      const init: WorkerInit = {
+        module: o.module,
+        memory: o.memory,
+        control,
+        functions: o.functions,
+        part,
+        parts: o.threads,
+        spinNs: SPIN_NS,
+      };
+      const w = new Worker(workerEntry(import.meta.url, "thread-pool-worker"), { workerData: init });
+      w.unref();
+      workers.push(w);
+    }
+    const pool = new WasmThreadPool(o, control, workers);
+    pool.ready = Promise.all(
+      workers.map(
+        (w) =>
+          new Promise<void>((resolve, reject) => {
+            w.once("message", (m: { ready?: boolean; error?: string }) =>
+              m.ready ? resolve() : reject(new SpindleError(`a kernel thread failed to start: ${m.error}`)),
+            );
+            w.once("error", reject);
+          }),
+      ),
+    ).then(() => {});
+    pool.ready.catch(() => {}); // run() reports a failed start too
+    return pool;
+  }
+
+  /** create(), then waits until every worker has instantiated the module (or throws why one could not). */
+  static async start(o: ThreadPoolOptions): Promise<WasmThreadPool> {
+    const pool = WasmThreadPool.create(o);
     try {
-      for (let part = 1; part < o.threads; part++) {
-        const init: WorkerInit = {
-          module: o.module,
-          memory: o.memory,
-          control,
-          functions: o.functions,
-          part,
-          parts: o.threads,
-          spinNs: SPIN_NS,
-        };
-        const w = new Worker(workerEntry(import.meta.url, "thread-pool-worker"), { workerData: init });
-        workers.push(w);
-        await new Promise<void>((resolve, reject) => {
-          w.once("message", (m: { ready?: boolean; error?: string }) =>
-            m.ready ? resolve() : reject(new SpindleError(`a kernel thread failed to start: ${m.error}`)),
-          );
-          w.once("error", reject);
-          w.once("exit", (code) =>
-            reject(new SpindleError(`a kernel thread exited at start (code ${code})`)),
-          );
-        });
-        w.removeAllListeners("exit");
-        w.removeAllListeners("error");
-        w.unref();
-      }
+      await pool.ready;
     } catch (err) {
-      for (const w of workers) void w.terminate();
+      await pool.close();
       throw err;
     }
-    return new WasmThreadPool(o, control, workers);
+    return pool;
   }
 
   /**
@@ -156,6 +172,10 @@ export class WasmThreadPool {
       const done = Atomics.load(ctl, DONE);
       if (done === want) return;
       if ((++spins & 63) === 0 && process.hrtime.bigint() > until) {
+        if (Atomics.load(ctl, FAILED) !== 0) {
+          this.closed = true;
+          throw new SpindleError("a kernel thread could not start; running on one thread from now on");
+        }
         Atomics.wait(ctl, DONE, done, 1);
       }
     }
@@ -173,4 +193,4 @@ export class WasmThreadPool {
   }
 }
 
-export const CONTROL = { GEN, DONE, FN, NARGS, STOP, SLEEPERS, CONTROL_INTS, MAX_ARGS } as const;
+export const CONTROL = { GEN, DONE, FN, NARGS, STOP, SLEEPERS, FAILED, CONTROL_INTS, MAX_ARGS } as const;

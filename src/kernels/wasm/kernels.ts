@@ -731,6 +731,8 @@ export function quantizeX(
 /**
  * out[t, r] for one packed type: groups of 4 rows, each against every token; a group is unpacked
  * to scratch first when there are at least unpackMin tokens (the same arithmetic either way).
+ * ts: bytes between two tokens' rows of out (the whole matrix's rows × 4, also when `rows` is a
+ * thread's share).
  */
 function matmulPacked<T>(
   w: usize,
@@ -743,10 +745,10 @@ function matmulPacked<T>(
   xi: usize,
   out: usize,
   scratch: usize,
+  ts: usize,
 ): void {
   const nb = cols >> 5;
   const gb = groupBytes(kind<T>(), cols);
-  const ts = (<usize>rows) << 2;
   const xqs = (<usize>nb) << 6;
   const xss = (<usize>nb) << 2;
   const ws = scratch;
@@ -807,14 +809,100 @@ export function matmulQuant(
   const xi = xb + ((<usize>nTokens * nb) << 2);
   const rest = xi + ((<usize>nTokens * nb) << 2);
   quantizeX(x, nTokens, cols, xq, xs, xb, xi, type === Q4_K || type === Q5_K || type === Q6_K ? 1 : 0);
-  if (type === Q8_0) matmulPacked<i8>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
-  else if (type === Q4_0) matmulPacked<u8>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
-  else if (type === Q4_1) matmulPacked<i16>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
-  else if (type === Q5_0) matmulPacked<u16>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
-  else if (type === Q5_1) matmulPacked<i32>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
-  else if (type === Q4_K) matmulPacked<u32>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
-  else if (type === Q5_K) matmulPacked<i64>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
-  else if (type === Q6_K) matmulPacked<u64>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest);
+  packedRows(type, w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, (<usize>rows) << 2);
+}
+
+function packedRows(
+  type: i32,
+  w: usize,
+  rows: i32,
+  cols: i32,
+  nTokens: i32,
+  xq: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+  out: usize,
+  rest: usize,
+  ts: usize,
+): void {
+  if (type === Q8_0) matmulPacked<i8>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
+  else if (type === Q4_0) matmulPacked<u8>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
+  else if (type === Q4_1) matmulPacked<i16>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
+  else if (type === Q5_0) matmulPacked<u16>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
+  else if (type === Q5_1) matmulPacked<i32>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
+  else if (type === Q4_K) matmulPacked<u32>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
+  else if (type === Q5_K) matmulPacked<i64>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
+  else if (type === Q6_K) matmulPacked<u64>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
+}
+
+// Threads (src/kernels/thread-pool.ts): a matmul is split by groups of 4 rows, thread `part` of
+// `parts` taking groups part·G/parts … (part+1)·G/parts − 1. Each row is computed exactly as in
+// the one-thread call (same tiles: a split never cuts a group), so results do not depend on the
+// thread count.
+
+/** The first row of thread `part`'s share of `rows` rows (a multiple of 4). */
+function partStart(rows: i32, part: i32, parts: i32): i32 {
+  const groups = (rows + 3) >> 2;
+  return ((groups * part) / parts) << 2;
+}
+
+/** Quantizes the activations for matmulQuantPart into scratch (the layout matmulQuant uses). */
+export function quantizeActivations(type: i32, x: usize, nTokens: i32, cols: i32, scratch: usize): void {
+  const nb = <usize>(cols >> 5);
+  const xq = scratch;
+  const xs = xq + ((<usize>nTokens * nb) << 6);
+  const xb = xs + ((<usize>nTokens * nb) << 2);
+  const xi = xb + ((<usize>nTokens * nb) << 2);
+  quantizeX(x, nTokens, cols, xq, xs, xb, xi, type === Q4_K || type === Q5_K || type === Q6_K ? 1 : 0);
+}
+
+/**
+ * Thread `part`'s share of matmulQuant, after quantizeActivations wrote x into `scratch`; the
+ * thread's own scratch is partScratch + part · partBytes (partBytes ≥ quantPartBytes(cols)).
+ */
+export function matmulQuantPart(
+  type: i32,
+  w: usize,
+  rows: i32,
+  cols: i32,
+  nTokens: i32,
+  scratch: usize,
+  out: usize,
+  partScratch: usize,
+  partBytes: i32,
+  part: i32,
+  parts: i32,
+): void {
+  const r0 = partStart(rows, part, parts);
+  const r1 = min(rows, partStart(rows, part + 1, parts));
+  if (r0 >= r1) return;
+  const nb = <usize>(cols >> 5);
+  const xq = scratch;
+  const xs = xq + ((<usize>nTokens * nb) << 6);
+  const xb = xs + ((<usize>nTokens * nb) << 2);
+  const xi = xb + ((<usize>nTokens * nb) << 2);
+  const g0 = <usize>(r0 >> 2);
+  packedRows(
+    type,
+    w + g0 * groupBytes(type, cols),
+    r1 - r0,
+    cols,
+    nTokens,
+    xq,
+    xs,
+    xb,
+    xi,
+    out + ((<usize>r0) << 2),
+    partScratch + <usize>part * <usize>partBytes,
+    (<usize>rows) << 2,
+  );
+}
+
+/** Scratch bytes of one thread's share of matmulQuant (unpacked weights, scales, sink). */
+export function quantPartBytes(cols: i32): usize {
+  const nb = <usize>(cols >> 5);
+  return nb * 288 + 32;
 }
 
 /** Scratch bytes matmulQuant needs. */
@@ -1502,7 +1590,7 @@ function floatMatvec(
  * colsPad f32, zero-padded. scratch: room for 4 × colsPad f32 (decoded rows). colsPad is a
  * multiple of 4.
  */
-export function matmul(
+function matmulFloat(
   type: i32,
   w: usize,
   rowBytes: usize,
@@ -1512,6 +1600,7 @@ export function matmul(
   nTokens: i32,
   out: usize,
   scratch: usize,
+  ts: usize,
 ): void {
   if (nTokens === 1 && type === F16) {
     floatMatvec(F16, w, rowBytes, rows, colsPad, x, out);
@@ -1522,7 +1611,6 @@ export function matmul(
     return;
   }
   const nb = (<usize>colsPad) << 2; // bytes in one decoded row and in one x row
-  const ts = (<usize>rows) << 2; // bytes between two tokens' rows of out
   const inPlace = type === F32;
   const s0 = scratch;
   const s1 = s0 + nb;
@@ -1567,6 +1655,52 @@ export function matmul(
     }
     if (t < nTokens) dot1x1(p0, x + <usize>t * nb, nb, o + <usize>t * ts);
   }
+}
+
+export function matmul(
+  type: i32,
+  w: usize,
+  rowBytes: usize,
+  rows: i32,
+  colsPad: i32,
+  x: usize,
+  nTokens: i32,
+  out: usize,
+  scratch: usize,
+): void {
+  matmulFloat(type, w, rowBytes, rows, colsPad, x, nTokens, out, scratch, (<usize>rows) << 2);
+}
+
+/** Thread `part`'s share of matmul; its scratch is scratch + part · scratchBytes (4 × colsPad f32). */
+export function matmulPart(
+  type: i32,
+  w: usize,
+  rowBytes: usize,
+  rows: i32,
+  colsPad: i32,
+  x: usize,
+  nTokens: i32,
+  out: usize,
+  scratch: usize,
+  scratchBytes: i32,
+  part: i32,
+  parts: i32,
+): void {
+  const r0 = partStart(rows, part, parts);
+  const r1 = min(rows, partStart(rows, part + 1, parts));
+  if (r0 >= r1) return;
+  matmulFloat(
+    type,
+    w + <usize>r0 * rowBytes,
+    rowBytes,
+    r1 - r0,
+    colsPad,
+    x,
+    nTokens,
+    out + ((<usize>r0) << 2),
+    scratch + <usize>part * <usize>scratchBytes,
+    (<usize>rows) << 2,
+  );
 }
 
 /** Decodes `rows` rows of a float matrix into f32 rows of colsPad at dst (for tests). */

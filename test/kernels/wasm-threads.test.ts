@@ -1,0 +1,42 @@
+import { describe, expect, it } from "vitest";
+import { type GGMLType, SUPPORTED_WEIGHT_TYPES, TYPE_GEOMETRY, typeName } from "../../src/gguf/types.js";
+import type { WeightMatrix } from "../../src/kernels/kernels.js";
+import { createWasmKernelsSync } from "../../src/kernels/wasm-kernels.js";
+import { quantize, rowBytes } from "../../src/quant/index.js";
+import { Rng } from "../../src/sampling/rng.js";
+
+/**
+ * Matmul split over threads (rows by groups of 4, thread-pool.ts) gives the same bits as on one
+ * thread, for every weight type, row counts that do not divide evenly, and batches of 1 to 9 tokens.
+ */
+
+const one = createWasmKernelsSync({ threads: 1 });
+const two = createWasmKernelsSync({ threads: 2 });
+const three = createWasmKernelsSync({ threads: 3 });
+
+function matrix(rng: Rng, type: GGMLType, rows: number, cols: number): WeightMatrix {
+  const f = new Float32Array(rows * cols);
+  for (let i = 0; i < f.length; i++) f[i] = (rng.next() * 2 - 1) / Math.sqrt(cols);
+  return { name: "w", type, rows, cols, data: quantize(type, f, cols), rowBytes: rowBytes(type, cols) };
+}
+
+describe.each(SUPPORTED_WEIGHT_TYPES.map((t) => [typeName(t), t] as const))("%s", (_name, type) => {
+  it("threads give the same bits as one thread", () => {
+    const rng = new Rng(type + 1);
+    const cols = Math.max(256, TYPE_GEOMETRY[type]!.blockSize) * 2;
+    for (const rows of [517, 1030]) {
+      const w = matrix(rng, type, rows, cols);
+      for (const nTokens of [1, 2, 3, 9]) {
+        const x = new Float32Array(nTokens * cols);
+        for (let i = 0; i < x.length; i++) x[i] = rng.next() * 2 - 1;
+        const outs = [one, two, three].map((k) => {
+          const out = new Float32Array(nTokens * rows);
+          k.matmul(w, x, nTokens, out);
+          return out;
+        });
+        expect(outs[1], `${rows} rows, ${nTokens} tokens, 2 threads`).toEqual(outs[0]);
+        expect(outs[2], `${rows} rows, ${nTokens} tokens, 3 threads`).toEqual(outs[0]);
+      }
+    }
+  });
+});
