@@ -7,7 +7,7 @@ import { loadModel, type Model } from "../model/model.js";
 import { Rng } from "../sampling/rng.js";
 
 /**
- * `npm run bench:vs-llamacpp -- --model FILE`: Spindle's engine (its default kernels, one thread)
+ * `npm run bench:vs-llamacpp -- --model FILE`: Spindle's engine (its default kernels and threads)
  * against llama.cpp (node-llama-cpp's prebuilt CPU binary) on the same GGUF file, in the same run.
  * A quick measurement, not a test. Each side is warmed up once; each figure is the median of
  * `--repeats` timed runs.
@@ -223,6 +223,8 @@ async function main(): Promise<void> {
   const rng = new Rng(Number(values.seed));
 
   const model = loadModel(path);
+  const kernels = model.transformer.kernels as { threads?: number; ready?: () => Promise<void> };
+  await kernels.ready?.();
   const vocab = model.config.vocabSize;
   const ctxLen = model.config.contextLength;
   if (promptTokens > ctxLen || GEN_PROMPT + genTokens > ctxLen || PAR_PROMPT + parTokens > ctxLen)
@@ -235,7 +237,7 @@ async function main(): Promise<void> {
 
   console.log(
     `model ${path}: ${model.config.nLayers} layers, dim ${model.config.dim}, vocab ${vocab}; ` +
-      `Spindle kernels: ${model.transformer.kernels.name} (1 thread); repeats ${repeats}, median`,
+      `Spindle kernels: ${model.transformer.kernels.name} (${kernels.threads ?? 1} thread(s), --threads or $SPINDLE_THREADS); repeats ${repeats}, median`,
   );
   const rows: Row[] = [
     { metric: `prompt tok/s (${promptTokens} tokens)`, spindle: 0, llama: new Map() },
