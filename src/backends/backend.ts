@@ -40,6 +40,8 @@ export interface BackendInfo {
   chatTemplate?: string;
   /** Facts for the "ready" log line and /health (numBlocks, upstream URLs, thread count…). */
   details: Record<string, unknown>;
+  /** Things an operator should know, logged once at start. */
+  warnings?: string[];
 }
 
 /** Requests waiting for a slot and holding one, for the queue gauges of backends without an engine. */

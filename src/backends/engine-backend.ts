@@ -44,6 +44,7 @@ class EngineBackend implements Backend {
         policy: i.scheduler.policy,
         batching: i.scheduler.batching,
       },
+      warnings: i.warnings,
     };
   }
 

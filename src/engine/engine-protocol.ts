@@ -82,6 +82,8 @@ export interface EngineInfo {
   prefixCaching: boolean;
   /** The worker's performance.timeOrigin: engine times + timeOrigin = Unix ms. */
   timeOrigin: number;
+  /** Things an operator should know (logged at start), e.g. a KV cache that did not fit kernel memory. */
+  warnings?: string[];
 }
 
 /** Sent with every step: the step's own numbers and the engine's state after it. */

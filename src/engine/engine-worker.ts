@@ -145,6 +145,12 @@ function build(init: EngineInit): Built {
   const runner = new ModelRunner(model, numBlocks, init.blockSize);
   const tok = model.tokenizer;
   const kernels = model.transformer.kernels as { ready?: () => Promise<void> };
+  const warnings: string[] = [];
+  if (model.transformer.kernels.allocFloat32 && !runner.kv.inKernelMemory) {
+    warnings.push(
+      `the KV cache (${((runner.numBlocks * runner.blockSize * KVCacheStorage.bytesPerToken(c)) / 2 ** 20).toFixed(0)} MiB) does not fit in the ${model.transformer.kernels.name} kernels' memory next to the weights (4 GiB at most): it lives in plain arrays and attention runs in the slower reference kernel; lower --kv-cache-memory`,
+    );
+  }
   return {
     runner,
     ready: kernels.ready?.bind(kernels),
@@ -174,6 +180,7 @@ function build(init: EngineInit): Built {
       eogTokens: [...tok.eogTokens].sort((a, b) => a - b),
       hasChatTemplate: model.chatTemplate !== undefined,
       chatTemplate: model.chatTemplate,
+      warnings,
       ...base,
     },
   };

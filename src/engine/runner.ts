@@ -55,7 +55,8 @@ export class ModelRunner implements Runner {
 
   constructor(model: Model, numBlocks: number, blockSize?: number) {
     this.transformer = model.transformer;
-    this.kv = new KVCacheStorage(model.config, numBlocks, blockSize);
+    // The pools go into the kernels' memory now (if they offer it and the pools fit), not at the first step.
+    this.kv = new KVCacheStorage(model.config, numBlocks, blockSize, model.transformer.kernels);
     this.vocabSize = model.config.vocabSize;
     this.contextLength = model.config.contextLength;
   }

@@ -78,6 +78,11 @@ export class KVCacheStorage {
     reclaim.register(this, this.owned, this);
   }
 
+  /** Whether the pools live in a kernel set's memory (where its attention runs in place). */
+  get inKernelMemory(): boolean {
+    return this.owned !== undefined;
+  }
+
   /** Gives kernel-owned pools back now; the storage is empty afterwards (fresh pools on next use). */
   dispose(): void {
     this.release();

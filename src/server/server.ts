@@ -150,6 +150,7 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
       tokenizer: backend.tokenizer,
       chatTemplate: backend.info.chatTemplate,
     };
+    for (const w of backend.info.warnings ?? []) log.warn(w);
     log.info({ model: opts.modelName, backend: backend.info.kind, ...backend.info.details }, "ready");
   })();
   ready.catch((err) => log.error({ err: String(err) }, "model failed to load"));
