@@ -69,7 +69,10 @@ function matrix(rng: Rng, type: GGMLType, rows: number, cols: number, scale = 1)
   };
 }
 
-/** Shapes per type: rows not a multiple of 4 (1, 3, 5, 37) and, for float types, odd column counts. */
+/**
+ * Shapes per type: rows not a multiple of 4 (1, 3, 5, 37) and, for float types, odd column counts;
+ * 29 rows take every path of the packed one-token kernel (4 interleaved groups, 2, then 1).
+ */
 function shapesFor(type: GGMLType): [number, number][] {
   const b = blockOf(type);
   if (b === 1)
@@ -89,12 +92,14 @@ function shapesFor(type: GGMLType): [number, number][] {
       [64, 512],
       [7, 2048],
       [6, 288],
+      [29, 64],
     ];
   return [
     [1, 256],
     [5, 512],
     [37, 768],
     [8, 2048],
+    [29, 256],
   ];
 }
 

@@ -342,6 +342,21 @@ function wVec<T>(g: usize, s: i32, sub: i32, r: i32, k: i32): v128 {
   }
 }
 
+/**
+ * wVec for the fused (1- and 2-token) path: the same, except Q8_0's vectors are 256·q (the byte
+ * moved to the high half of its i16 lane: one shift or one mask instead of two shifts), so the
+ * block's dot products are 256·I, exact in i32 (|256·I| ≤ 256·32·127·127 < 2^31); fusedBlock
+ * shifts I back down exactly.
+ */
+// @inline
+function wFused<T>(g: usize, s: i32, sub: i32, r: i32, k: i32): v128 {
+  if (kind<T>() === Q8_0) {
+    const b = v128.load(g + <usize>s * 144 + 16 + ((<usize>r) << 5) + ((<usize>(k >> 1)) << 4));
+    return (k & 1) === 0 ? i16x8.shl(b, 8) : v128.and(b, i16x8.splat(-256));
+  }
+  return wVec<T>(g, s, sub, r, k);
+}
+
 /** Q6_K: wVec before the sub-block scale: q − 32 (sub-block (h, m) holds elements 128h + 32m + l). */
 // @inline
 function q6Vec(g: usize, s: i32, sub: i32, r: i32, k: i32): v128 {
@@ -477,20 +492,20 @@ function fusedBlock<T>(
   // unrolled blocks of a super-block) first and spills; a store of a partial result makes the
   // arithmetic happen before the next loads.
   const i0 = dot4(
-    wVec<T>(g, s, sub, 0, 0),
-    wVec<T>(g, s, sub, 0, 1),
-    wVec<T>(g, s, sub, 0, 2),
-    wVec<T>(g, s, sub, 0, 3),
+    wFused<T>(g, s, sub, 0, 0),
+    wFused<T>(g, s, sub, 0, 1),
+    wFused<T>(g, s, sub, 0, 2),
+    wFused<T>(g, s, sub, 0, 3),
     x0,
     x1,
     x2,
     x3,
   );
   const i1 = dot4(
-    wVec<T>(g, s, sub, 1, 0),
-    wVec<T>(g, s, sub, 1, 1),
-    wVec<T>(g, s, sub, 1, 2),
-    wVec<T>(g, s, sub, 1, 3),
+    wFused<T>(g, s, sub, 1, 0),
+    wFused<T>(g, s, sub, 1, 1),
+    wFused<T>(g, s, sub, 1, 2),
+    wFused<T>(g, s, sub, 1, 3),
     x0,
     x1,
     x2,
@@ -499,20 +514,20 @@ function fusedBlock<T>(
   const ab = pair(i0, i1);
   v128.store(sink, ab);
   const i2 = dot4(
-    wVec<T>(g, s, sub, 2, 0),
-    wVec<T>(g, s, sub, 2, 1),
-    wVec<T>(g, s, sub, 2, 2),
-    wVec<T>(g, s, sub, 2, 3),
+    wFused<T>(g, s, sub, 2, 0),
+    wFused<T>(g, s, sub, 2, 1),
+    wFused<T>(g, s, sub, 2, 2),
+    wFused<T>(g, s, sub, 2, 3),
     x0,
     x1,
     x2,
     x3,
   );
   const i3 = dot4(
-    wVec<T>(g, s, sub, 3, 0),
-    wVec<T>(g, s, sub, 3, 1),
-    wVec<T>(g, s, sub, 3, 2),
-    wVec<T>(g, s, sub, 3, 3),
+    wFused<T>(g, s, sub, 3, 0),
+    wFused<T>(g, s, sub, 3, 1),
+    wFused<T>(g, s, sub, 3, 2),
+    wFused<T>(g, s, sub, 3, 3),
     x0,
     x1,
     x2,
@@ -521,6 +536,7 @@ function fusedBlock<T>(
   const cd = pair(i2, i3);
   v128.store(sink, cd, 16);
   let I = combine(ab, cd);
+  if (kind<T>() === Q8_0) I = i32x4.shr_s(I, 8); // exact: wFused's Q8_0 vectors are 256·q
   const jo = (<usize>j) << 2;
   if (qOffset<T>() !== 0) I = i32x4.sub(I, i32x4.splat(qOffset<T>() * load<i32>(xi + jo)));
   const M = hasMin<T>() ? minOf<T>(g, s, sub) : f32x4.splat(0);
@@ -547,6 +563,128 @@ function groupDot<T>(sink: usize, g: usize, nb: i32, xq: usize, xs: usize, xb: u
     for (let j = 0; j < nb; j++) acc = fusedBlock<T>(sink, g, j, 0, j, xq, xs, xb, xi, acc);
   }
   return acc;
+}
+
+/**
+ * Two groups (g and g + gb, 8 rows) against one token, block by block: each group's sums are
+ * exactly groupDot's (same operations, same order); interleaving them gives the core two
+ * independent weight streams and twice the work per activation load. Stores the 4 rows of each
+ * at o0 and o1.
+ */
+// @inline
+function groupDot2<T>(
+  sink: usize,
+  g: usize,
+  gb: usize,
+  nb: i32,
+  xq: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+  o0: usize,
+  o1: usize,
+): void {
+  let acc0 = f32x4.splat(0);
+  let acc1 = f32x4.splat(0);
+  const g1 = g + gb;
+  if (isK<T>()) {
+    for (let s = 0, j = 0; j < nb; s++, j += 8) {
+      acc0 = fusedBlock<T>(sink, g, s, 0, j, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 0, j, xq, xs, xb, xi, acc1);
+      acc0 = fusedBlock<T>(sink, g, s, 1, j + 1, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 1, j + 1, xq, xs, xb, xi, acc1);
+      acc0 = fusedBlock<T>(sink, g, s, 2, j + 2, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 2, j + 2, xq, xs, xb, xi, acc1);
+      acc0 = fusedBlock<T>(sink, g, s, 3, j + 3, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 3, j + 3, xq, xs, xb, xi, acc1);
+      acc0 = fusedBlock<T>(sink, g, s, 4, j + 4, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 4, j + 4, xq, xs, xb, xi, acc1);
+      acc0 = fusedBlock<T>(sink, g, s, 5, j + 5, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 5, j + 5, xq, xs, xb, xi, acc1);
+      acc0 = fusedBlock<T>(sink, g, s, 6, j + 6, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 6, j + 6, xq, xs, xb, xi, acc1);
+      acc0 = fusedBlock<T>(sink, g, s, 7, j + 7, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 7, j + 7, xq, xs, xb, xi, acc1);
+    }
+  } else {
+    for (let j = 0; j < nb; j++) {
+      acc0 = fusedBlock<T>(sink, g, j, 0, j, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, j, 0, j, xq, xs, xb, xi, acc1);
+    }
+  }
+  v128.store(o0, acc0);
+  v128.store(o1, acc1);
+}
+
+/** groupDot2 for four groups g + i·gb (i = 0..3), stored at o0 + i·oo. */
+// @inline
+function groupDot4<T>(
+  sink: usize,
+  g: usize,
+  gb: usize,
+  nb: i32,
+  xq: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+  o0: usize,
+  oo: usize,
+): void {
+  let acc0 = f32x4.splat(0);
+  let acc1 = f32x4.splat(0);
+  let acc2 = f32x4.splat(0);
+  let acc3 = f32x4.splat(0);
+  const g1 = g + gb;
+  const g2 = g1 + gb;
+  const g3 = g2 + gb;
+  if (isK<T>()) {
+    // As groupDot: the eight sub-blocks unrolled, so their shifts and offsets are constants.
+    for (let s = 0, j = 0; j < nb; s++, j += 8) {
+      acc0 = fusedBlock<T>(sink, g, s, 0, j, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 0, j, xq, xs, xb, xi, acc1);
+      acc2 = fusedBlock<T>(sink, g2, s, 0, j, xq, xs, xb, xi, acc2);
+      acc3 = fusedBlock<T>(sink, g3, s, 0, j, xq, xs, xb, xi, acc3);
+      acc0 = fusedBlock<T>(sink, g, s, 1, j + 1, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 1, j + 1, xq, xs, xb, xi, acc1);
+      acc2 = fusedBlock<T>(sink, g2, s, 1, j + 1, xq, xs, xb, xi, acc2);
+      acc3 = fusedBlock<T>(sink, g3, s, 1, j + 1, xq, xs, xb, xi, acc3);
+      acc0 = fusedBlock<T>(sink, g, s, 2, j + 2, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 2, j + 2, xq, xs, xb, xi, acc1);
+      acc2 = fusedBlock<T>(sink, g2, s, 2, j + 2, xq, xs, xb, xi, acc2);
+      acc3 = fusedBlock<T>(sink, g3, s, 2, j + 2, xq, xs, xb, xi, acc3);
+      acc0 = fusedBlock<T>(sink, g, s, 3, j + 3, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 3, j + 3, xq, xs, xb, xi, acc1);
+      acc2 = fusedBlock<T>(sink, g2, s, 3, j + 3, xq, xs, xb, xi, acc2);
+      acc3 = fusedBlock<T>(sink, g3, s, 3, j + 3, xq, xs, xb, xi, acc3);
+      acc0 = fusedBlock<T>(sink, g, s, 4, j + 4, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 4, j + 4, xq, xs, xb, xi, acc1);
+      acc2 = fusedBlock<T>(sink, g2, s, 4, j + 4, xq, xs, xb, xi, acc2);
+      acc3 = fusedBlock<T>(sink, g3, s, 4, j + 4, xq, xs, xb, xi, acc3);
+      acc0 = fusedBlock<T>(sink, g, s, 5, j + 5, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 5, j + 5, xq, xs, xb, xi, acc1);
+      acc2 = fusedBlock<T>(sink, g2, s, 5, j + 5, xq, xs, xb, xi, acc2);
+      acc3 = fusedBlock<T>(sink, g3, s, 5, j + 5, xq, xs, xb, xi, acc3);
+      acc0 = fusedBlock<T>(sink, g, s, 6, j + 6, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 6, j + 6, xq, xs, xb, xi, acc1);
+      acc2 = fusedBlock<T>(sink, g2, s, 6, j + 6, xq, xs, xb, xi, acc2);
+      acc3 = fusedBlock<T>(sink, g3, s, 6, j + 6, xq, xs, xb, xi, acc3);
+      acc0 = fusedBlock<T>(sink, g, s, 7, j + 7, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, s, 7, j + 7, xq, xs, xb, xi, acc1);
+      acc2 = fusedBlock<T>(sink, g2, s, 7, j + 7, xq, xs, xb, xi, acc2);
+      acc3 = fusedBlock<T>(sink, g3, s, 7, j + 7, xq, xs, xb, xi, acc3);
+    }
+  } else {
+    for (let j = 0; j < nb; j++) {
+      acc0 = fusedBlock<T>(sink, g, j, 0, j, xq, xs, xb, xi, acc0);
+      acc1 = fusedBlock<T>(sink, g1, j, 0, j, xq, xs, xb, xi, acc1);
+      acc2 = fusedBlock<T>(sink, g2, j, 0, j, xq, xs, xb, xi, acc2);
+      acc3 = fusedBlock<T>(sink, g3, j, 0, j, xq, xs, xb, xi, acc3);
+    }
+  }
+  v128.store(o0, acc0);
+  v128.store(o0 + oo, acc1);
+  v128.store(o0 + 2 * oo, acc2);
+  v128.store(o0 + 3 * oo, acc3);
 }
 
 /** unpackGroup's work for block (s, sub) = j. */
@@ -755,7 +893,43 @@ function matmulPacked<T>(
   const ss = ws + ((<usize>nb) << 8);
   const sm = ss + ((<usize>nb) << 4);
   const sink = sm + ((<usize>nb) << 4);
-  for (let r = 0, g = w; r < rows; r += 4, g += gb) {
+  let r = 0;
+  let g = w;
+  if (nTokens < unpackMin<T>() && kind<T>() !== Q5_K && kind<T>() !== Q6_K) {
+    // Groups i, i + q, i + 2q, i + 3q together (then pairs i, i + h, then single groups): four
+    // (two) weight streams far apart keep more lines in flight than one sequential stream, which
+    // the prefetchers alone serve at about half of DRAM bandwidth. Every group's arithmetic is
+    // groupDot's. Q5_K and Q6_K are left out: their heavier unpacking spills when interleaved.
+    const q = rows >> 4;
+    const qb = <usize>q * gb;
+    const qo = (<usize>q) << 4;
+    for (let i = 0; i < q; i++, g += gb) {
+      const o = out + ((<usize>i) << 4);
+      for (let t = 0; t < nTokens; t++) {
+        const tq = <usize>t * xqs;
+        const tx = <usize>t * xss;
+        const ot = o + <usize>t * ts;
+        groupDot4<T>(sink, g, qb, nb, xq + tq, xs + tx, xb + tx, xi + tx, ot, qo);
+      }
+    }
+    r = q << 4;
+    g = w + <usize>(q << 2) * gb;
+    const h = (rows - r) >> 3;
+    const hb = <usize>h * gb;
+    const ho = (<usize>h) << 4;
+    for (let i = 0; i < h; i++, g += gb) {
+      const o = out + ((<usize>r) << 2) + ((<usize>i) << 4);
+      for (let t = 0; t < nTokens; t++) {
+        const tq = <usize>t * xqs;
+        const tx = <usize>t * xss;
+        const ot = o + <usize>t * ts;
+        groupDot2<T>(sink, g, hb, nb, xq + tq, xs + tx, xb + tx, xi + tx, ot, ot + ho);
+      }
+    }
+    g = w + <usize>((r >> 2) + (h << 1)) * gb;
+    r += h << 3;
+  }
+  for (; r < rows; r += 4, g += gb) {
     const valid = rows - r;
     const o = out + ((<usize>r) << 2);
     if (nTokens < unpackMin<T>()) {
