@@ -98,4 +98,15 @@ export interface Kernels {
   allocFloat32?(n: number): Float32Array | undefined;
   /** Gives back an array from allocFloat32 (no longer to be used). */
   freeFloat32?(a: Float32Array): void;
+  /**
+   * Optional: outs[i] = ws[i] · x for several matrices over the same activations (q, k, v; gate,
+   * up), as one call — the same results as separate matmuls, bit for bit, with one hand-off to
+   * the kernel threads and one quantization of x.
+   */
+  matmulShared?(
+    ws: readonly WeightMatrix[],
+    x: Float32Array,
+    nTokens: number,
+    outs: readonly Float32Array[],
+  ): void;
 }

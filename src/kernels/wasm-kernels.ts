@@ -113,6 +113,7 @@ interface WasmExports {
   dequantizeGroup(type: number, g: number, cols: number, dst: number): void;
   quantizeActivations(type: number, x: number, nTokens: number, cols: number, scratch: number): void;
   quantPartBytes(cols: number): number;
+  matmulQuantMulti(...args: number[]): void;
   rmsnorm(x: number, w: number, nRows: number, dim: number, eps: number, out: number): void;
   swiglu(gate: number, up: number, n: number, out: number): void;
   addInPlace(a: number, b: number, n: number): void;
@@ -242,7 +243,7 @@ function kernelSet(
           module,
           memory,
           exports: exports as unknown as Record<string, unknown>,
-          functions: ["matmulQuantPart", "matmulPart"],
+          functions: ["matmulQuantPart", "matmulPart", "matmulQuantMulti"],
         })
       : undefined;
   return new WasmKernelSet(memory, exports, pool);
@@ -370,6 +371,45 @@ class WasmKernelSet implements WasmKernels {
 
   freeFloat32(a: Float32Array): void {
     if (this.owns(a)) this.release(a.byteOffset);
+  }
+
+  matmulShared(
+    ws: readonly WeightMatrix[],
+    x: Float32Array,
+    nTokens: number,
+    outs: readonly Float32Array[],
+  ): void {
+    const w0 = ws[0];
+    const fused =
+      w0 !== undefined &&
+      ws.length >= 2 &&
+      ws.length <= 3 &&
+      nTokens > 0 &&
+      this.owns(x) &&
+      ws.every((w, i) => w.type === w0.type && w.cols === w0.cols && this.owns(outs[i]!)) &&
+      this.supported[w0.type] === 2;
+    if (!fused) {
+      ws.forEach((w, i) => this.matmul(w, x, nTokens, outs[i]!));
+      return;
+    }
+    const cols = w0.cols;
+    if (x.length < nTokens * cols)
+      throw new RangeError(`matmul: x holds ${x.length} floats, need ${nTokens * cols}`);
+    ws.forEach((w, i) => {
+      if (outs[i]!.length < nTokens * w.rows)
+        throw new RangeError(`matmul: out holds ${outs[i]!.length} floats, need ${nTokens * w.rows}`);
+    });
+    const placed = ws.map((w) => this.place(w));
+    const scratch = this.region("quant", this.wasm.quantScratchBytes(cols, nTokens));
+    const parts = this.pool?.threads ?? 1;
+    const partBytes = align(this.wasm.quantPartBytes(cols));
+    const partScratch = this.region("quantParts", parts * partBytes);
+    this.wasm.quantizeActivations(w0.type, x.byteOffset, nTokens, cols, scratch);
+    const m = (i: number) => (i < ws.length ? [placed[i]!.ptr, ws[i]!.rows, outs[i]!.byteOffset] : [0, 0, 0]);
+    const args = [w0.type, cols, nTokens, scratch, partScratch, partBytes, ...m(0), ...m(1), ...m(2)];
+    const macs = ws.reduce((a, w) => a + w.rows * cols * nTokens, 0);
+    if (this.pool && macs >= PARALLEL_MIN_MACS) this.pool.run("matmulQuantMulti", args);
+    else this.wasm.matmulQuantMulti(...args, 0, 1);
   }
 
   matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {

@@ -107,9 +107,12 @@ export class Transformer {
       const cache = kv.layers[l]!;
       // Attention block.
       k.rmsnorm(x, L.attnNorm, n, c.dim, c.rmsEps, xn);
-      k.matmul(L.wq, xn, n, q);
-      k.matmul(L.wk, xn, n, kk);
-      k.matmul(L.wv, xn, n, vv);
+      if (k.matmulShared) k.matmulShared([L.wq, L.wk, L.wv], xn, n, [q, kk, vv]);
+      else {
+        k.matmul(L.wq, xn, n, q);
+        k.matmul(L.wk, xn, n, kk);
+        k.matmul(L.wv, xn, n, vv);
+      }
       if (L.bq) k.addBias(q, L.bq, n);
       if (L.bk) k.addBias(kk, L.bk, n);
       if (L.bv) k.addBias(vv, L.bv, n);
@@ -123,8 +126,11 @@ export class Transformer {
       k.addInPlace(x, proj, n * c.dim);
       // Feed-forward block (SwiGLU).
       k.rmsnorm(x, L.ffnNorm, n, c.dim, c.rmsEps, xn);
-      k.matmul(L.wGate, xn, n, gate);
-      k.matmul(L.wUp, xn, n, up);
+      if (k.matmulShared) k.matmulShared([L.wGate, L.wUp], xn, n, [gate, up]);
+      else {
+        k.matmul(L.wGate, xn, n, gate);
+        k.matmul(L.wUp, xn, n, up);
+      }
       k.swiglu(gate, up, n * c.ffnDim, gate);
       k.matmul(L.wDown, gate, n, proj);
       k.addInPlace(x, proj, n * c.dim);

@@ -40,3 +40,33 @@ describe.each(SUPPORTED_WEIGHT_TYPES.map((t) => [typeName(t), t] as const))("%s"
     }
   });
 });
+
+describe("matmulShared (q, k, v and gate, up in one call)", () => {
+  it.each([
+    ["Q8_0", 8],
+    ["Q4_K", 12],
+    ["Q6_K", 14],
+    ["F16", 1],
+  ] as const)("%s: the same bits as separate matmuls, on 1 and 2 threads", (_name, type) => {
+    const rng = new Rng(99 + type);
+    const cols = 512;
+    const ws = [matrix(rng, type, 520, cols), matrix(rng, type, 132, cols), matrix(rng, type, 132, cols)];
+    for (const k of [one, two]) {
+      for (const nTokens of [1, 2, 5]) {
+        const x = k.allocFloat32(nTokens * cols)!;
+        for (let i = 0; i < x.length; i++) x[i] = rng.next() * 2 - 1;
+        for (const group of [ws, ws.slice(0, 2)]) {
+          const outs = group.map((w) => k.allocFloat32(nTokens * w.rows)!);
+          k.matmulShared!(group, x, nTokens, outs);
+          group.forEach((w, i) => {
+            const ref = new Float32Array(nTokens * w.rows);
+            one.matmul(w, x, nTokens, ref);
+            expect(outs[i], `${group.length} matrices, ${nTokens} tokens, ${k.threads} threads`).toEqual(ref);
+          });
+          for (const o of outs) k.freeFloat32(o);
+        }
+        k.freeFloat32(x);
+      }
+    }
+  });
+});

@@ -1073,6 +1073,36 @@ export function matmulQuantPart(
   );
 }
 
+/**
+ * Up to three matrices of one type over the same activations (q, k, v; gate, up): thread `part`
+ * does its share of each, from one quantization of x (quantizeActivations). rows3 = 0 for two.
+ */
+export function matmulQuantMulti(
+  type: i32,
+  cols: i32,
+  nTokens: i32,
+  scratch: usize,
+  partScratch: usize,
+  partBytes: i32,
+  w1: usize,
+  rows1: i32,
+  out1: usize,
+  w2: usize,
+  rows2: i32,
+  out2: usize,
+  w3: usize,
+  rows3: i32,
+  out3: usize,
+  part: i32,
+  parts: i32,
+): void {
+  matmulQuantPart(type, w1, rows1, cols, nTokens, scratch, out1, partScratch, partBytes, part, parts);
+  matmulQuantPart(type, w2, rows2, cols, nTokens, scratch, out2, partScratch, partBytes, part, parts);
+  if (rows3 > 0) {
+    matmulQuantPart(type, w3, rows3, cols, nTokens, scratch, out3, partScratch, partBytes, part, parts);
+  }
+}
+
 /** Scratch bytes of one thread's share of matmulQuant (unpacked weights, scales, sink). */
 export function quantPartBytes(cols: i32): usize {
   const nb = <usize>(cols >> 5);
