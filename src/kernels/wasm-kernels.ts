@@ -389,7 +389,7 @@ class WasmKernelSet implements WasmKernels {
       ws.every((w, i) => w.type === w0.type && w.cols === w0.cols && this.owns(outs[i]!)) &&
       this.supported[w0.type] === 2;
     if (!fused) {
-      ws.forEach((w, i) => this.matmul(w, x, nTokens, outs[i]!));
+      for (let i = 0; i < ws.length; i++) this.matmul(ws[i]!, x, nTokens, outs[i]!);
       return;
     }
     const cols = w0.cols;
