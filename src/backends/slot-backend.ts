@@ -1,12 +1,11 @@
 import type { EngineEvent, FinishInfo } from "../engine/engine.js";
-import type { StepInfo } from "../engine/engine-protocol.js";
 import {
   EventStream,
   type RequestStream,
   type SubmitOptions,
   type SubmitSpec,
 } from "../engine/request-stream.js";
-import type { FinishReason, RequestSpec, SeqTimes } from "../engine/sequence.js";
+import { type FinishReason, type RequestSpec, requestProblem, type SeqTimes } from "../engine/sequence.js";
 import { TextOutput } from "../engine/text-output.js";
 import { SpindleError } from "../errors.js";
 import type { SampleResult } from "../sampling/sampler.js";
@@ -82,12 +81,11 @@ export abstract class SlotBackend<Slot> implements Backend {
   readonly info: BackendInfo;
   readonly tokenizer: Tokenizer;
   protected readonly queue: SlotQueue<Slot>;
-  private readonly live = new Set<Live>();
+  /** Requests not yet ended, with the promise of their end. */
+  private readonly live = new Map<Live, Promise<void>>();
   private readonly queueListeners = new Set<(q: QueueState) => void>();
   private running = 0;
   private closing: Promise<void> | undefined;
-  readonly onStep?: (cb: (s: StepInfo) => void) => () => void;
-  readonly lastStep?: StepInfo;
   private nextId = 1;
 
   constructor(o: SlotBackendOptions) {
@@ -129,7 +127,7 @@ export abstract class SlotBackend<Slot> implements Backend {
       stream.fail(new SpindleError("the backend is closed", "engine_closed"));
       return stream;
     }
-    const refused = this.check(spec);
+    const refused = requestProblem(spec, this.info, "invalid_request_error");
     if (refused) {
       stream.fail(refused);
       return stream;
@@ -153,37 +151,13 @@ export abstract class SlotBackend<Slot> implements Backend {
       spec.timeoutMs !== undefined
         ? setTimeout(() => stream.abort(`timed out after ${spec.timeoutMs} ms`), spec.timeoutMs)
         : undefined;
-    this.live.add(r);
-    void this.serve(r).finally(() => {
+    const ended = this.serve(r).finally(() => {
       this.live.delete(r);
       signal?.removeEventListener("abort", onAbort);
       if (timer) clearTimeout(timer);
     });
+    this.live.set(r, ended);
     return stream;
-  }
-
-  /** The engine's refusals, for a request that can never run. */
-  private check(spec: RequestSpec): SpindleError | undefined {
-    if (spec.prompt.length === 0) return new SpindleError("the prompt is empty", "invalid_request_error");
-    if (!(spec.maxTokens >= 1))
-      return new SpindleError("max_tokens must be at least 1", "invalid_request_error");
-    const ctx = this.info.contextLength;
-    if (spec.prompt.length >= ctx) {
-      return new SpindleError(
-        `the prompt has ${spec.prompt.length} tokens but the model's context is ${ctx}: at most ${ctx - 1} prompt tokens leave room to generate`,
-        "context_length_exceeded",
-      );
-    }
-    const vocab = this.info.vocabSize;
-    for (const t of spec.prompt) {
-      if (!(Number.isInteger(t) && t >= 0 && t < vocab)) {
-        return new SpindleError(
-          `token id ${t} is outside the vocabulary (0..${vocab - 1})`,
-          "invalid_request_error",
-        );
-      }
-    }
-    return undefined;
   }
 
   private async serve(r: Live): Promise<void> {
@@ -305,12 +279,13 @@ export abstract class SlotBackend<Slot> implements Backend {
   close(): Promise<void> {
     this.closing ??= (async () => {
       const err = new SpindleError("the server is shutting down", "engine_closed");
-      for (const r of this.live) r.controller.abort(err.message);
+      for (const r of this.live.keys()) r.controller.abort(err.message);
       this.queue.close(err);
-      // Each request ends soon after its abort; wait for them so shutdown() finds nothing running.
-      const deadline = performance.now() + 5000;
-      while (this.live.size > 0 && performance.now() < deadline)
-        await new Promise((res) => setTimeout(res, 10));
+      // Each request ends soon after its abort; wait for them (5 s at most) so shutdown() finds nothing running.
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((res) => (timer = setTimeout(res, 5000)));
+      await Promise.race([Promise.all(this.live.values()), timeout]);
+      clearTimeout(timer);
       await this.shutdown();
     })();
     return this.closing;

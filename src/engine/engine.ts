@@ -4,7 +4,7 @@ import type { Tokenizer } from "../tokenizer/index.js";
 import { BlockManager, type PrefixCacheStats } from "./block-manager.js";
 import type { Runner, RunnerItem } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS, Scheduler, type SchedulerOptions } from "./scheduler.js";
-import { type FinishReason, type RequestSpec, type SeqTimes, Sequence } from "./sequence.js";
+import { type FinishReason, type RequestSpec, requestProblem, type SeqTimes, Sequence } from "./sequence.js";
 import { TextOutput } from "./text-output.js";
 
 /**
@@ -132,26 +132,14 @@ export class EngineCore {
   /** Adds a request. Throws SpindleError (naming the limit) for a request that can never run. */
   add(spec: RequestSpec): Sequence {
     if (this.seqs.has(spec.id)) throw new SpindleError(`request id ${spec.id} is already in use`);
-    if (spec.prompt.length === 0) throw new SpindleError("the prompt is empty");
-    if (!(spec.maxTokens >= 1)) throw new SpindleError("max_tokens must be at least 1");
-    const ctx = this.runner.contextLength;
-    if (spec.prompt.length >= ctx) {
-      throw new SpindleError(
-        `the prompt has ${spec.prompt.length} tokens but the model's context is ${ctx}: at most ${ctx - 1} prompt tokens leave room to generate`,
-        "context_length_exceeded",
-      );
-    }
+    const problem = requestProblem(spec, this.runner);
+    if (problem) throw problem;
     const capacity = this.blocks.numBlocks * this.blocks.blockSize;
     if (spec.prompt.length >= capacity) {
       throw new SpindleError(
         `the prompt has ${spec.prompt.length} tokens but the KV cache holds ${capacity}; raise --kv-cache-memory`,
         "kv_cache_too_small",
       );
-    }
-    for (const t of spec.prompt) {
-      if (!(Number.isInteger(t) && t >= 0 && t < this.runner.vocabSize)) {
-        throw new SpindleError(`token id ${t} is outside the vocabulary (0..${this.runner.vocabSize - 1})`);
-      }
     }
     const sampler = new Sampler(spec.sampling ?? {}, this.runner.vocabSize);
     const seq = new Sequence(spec, this.clock.now());

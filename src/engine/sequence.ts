@@ -1,3 +1,4 @@
+import { SpindleError } from "../errors.js";
 import type { SamplingParams } from "../sampling/params.js";
 
 /**
@@ -28,6 +29,35 @@ export interface RequestSpec {
   priority?: number;
   /** Abort the request this many ms after arrival. */
   timeoutMs?: number;
+}
+
+/**
+ * Why a request can never run on a model with this context and vocabulary, or undefined: an empty
+ * prompt, max_tokens below 1, a prompt that leaves no room to generate, a token id outside the
+ * vocabulary. Shared by the engine and the slot backends, so every backend refuses alike;
+ * `invalidCode` is the error code of the invalid-request cases.
+ */
+export function requestProblem(
+  spec: RequestSpec,
+  limits: { contextLength: number; vocabSize: number },
+  invalidCode?: string,
+): SpindleError | undefined {
+  if (spec.prompt.length === 0) return new SpindleError("the prompt is empty", invalidCode);
+  if (!(spec.maxTokens >= 1)) return new SpindleError("max_tokens must be at least 1", invalidCode);
+  const ctx = limits.contextLength;
+  if (spec.prompt.length >= ctx) {
+    return new SpindleError(
+      `the prompt has ${spec.prompt.length} tokens but the model's context is ${ctx}: at most ${ctx - 1} prompt tokens leave room to generate`,
+      "context_length_exceeded",
+    );
+  }
+  const vocab = limits.vocabSize;
+  for (const t of spec.prompt) {
+    if (!(Number.isInteger(t) && t >= 0 && t < vocab)) {
+      return new SpindleError(`token id ${t} is outside the vocabulary (0..${vocab - 1})`, invalidCode);
+    }
+  }
+  return undefined;
 }
 
 export interface SeqTimes {

@@ -3,8 +3,6 @@ import type { Socket } from "node:net";
 import type { FastifyInstance } from "fastify";
 import pino, { type Logger } from "pino";
 import { type Backend, type BackendInit, startBackend } from "../backends/index.js";
-import type { EngineInit } from "../engine/engine-client.js";
-import { SpindleError } from "../errors.js";
 import { buildApp } from "./app.js";
 import { DEFAULT_SERVE_OPTIONS, type ServeOptions, type ServerContext } from "./context.js";
 import { GenerationService } from "./generation.js";
@@ -28,12 +26,7 @@ export interface RunningServer {
 
 export interface StartServerOptions extends Partial<ServeOptions> {
   /** What computes the tokens (src/backends). */
-  backend?: BackendInit;
-  /**
-   * The in-process engine, as EngineClient.start takes it: kind "model" is the local backend;
-   * kind "sim" the simulated one (needs `tokenizerPath`). Ignored when `backend` is given.
-   */
-  engine?: EngineInit;
+  backend: BackendInit;
   /** Logger; default pino to stdout at "info". */
   log?: Logger;
 }
@@ -70,19 +63,6 @@ function trackIdleConnections(server: Server): { destroyIdle(): void } {
   };
 }
 
-/** The engine init tests and older callers pass, as a backend. */
-function fromEngineInit(e: EngineInit): BackendInit {
-  if (e.kind === "model") {
-    const { kind: _, ...rest } = e;
-    return { ...rest, kind: "local" };
-  }
-  if (e.tokenizerPath === undefined) {
-    throw new SpindleError("the simulated engine needs tokenizerPath (a GGUF) to serve HTTP");
-  }
-  const { kind: _, tokenizerPath, sim, ...rest } = e;
-  return { ...rest, kind: "sim", modelPath: tokenizerPath, sim };
-}
-
 /** After the shutdown deadline and the aborts, how long responses may take to write their ending. */
 const ABORTED_WRITE_GRACE_MS = 500;
 
@@ -98,9 +78,7 @@ async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
 }
 
 export async function startServer(o: StartServerOptions): Promise<RunningServer> {
-  const { engine, backend: backendInit, log = pino({ level: "info" }), ...rest } = o;
-  const init = backendInit ?? (engine ? fromEngineInit(engine) : undefined);
-  if (!init) throw new SpindleError("startServer needs a backend");
+  const { backend: init, log = pino({ level: "info" }), ...rest } = o;
   const given = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined));
   const opts: ServeOptions = { ...DEFAULT_SERVE_OPTIONS, ...given };
   const metrics = new Metrics({ modelName: opts.modelName });

@@ -12,7 +12,7 @@ export interface TestServer {
 
 /**
  * A real Spindle server on 127.0.0.1, on a free port, serving stories260K with the local backend
- * (unless opts.backend or opts.engine says otherwise), logging nothing (unless opts.log is given), with the model loaded. Registers nothing
+ * (unless opts.backend says otherwise), logging nothing (unless opts.log is given), with the model loaded. Registers nothing
  * global: call close() in afterAll.
  */
 export async function startTestServer(opts: Partial<StartServerOptions> = {}): Promise<TestServer> {
@@ -20,8 +20,7 @@ export async function startTestServer(opts: Partial<StartServerOptions> = {}): P
     ...opts,
     host: "127.0.0.1",
     port: 0,
-    backend:
-      opts.backend ?? (opts.engine ? undefined : { kind: "local", modelPath: testModel(STORIES_260K) }),
+    backend: opts.backend ?? { kind: "local", modelPath: testModel(STORIES_260K) },
     log: opts.log ?? pino({ level: "silent" }),
   });
   try {

@@ -101,7 +101,7 @@ describe("overload", () => {
     // Two sequences at a time in the engine, so that the rest really wait in its queue.
     srv = await startTestServer({
       maxQueue,
-      engine: { kind: "model", modelPath: testModel(STORIES_260K), options: { maxNumSeqs: 2 } },
+      backend: { kind: "local", modelPath: testModel(STORIES_260K), options: { maxNumSeqs: 2 } },
     });
     const outcomes = await burst(srv);
     const rejected = check(outcomes, srv, 503, "server_overloaded", "queue_full");

@@ -162,7 +162,7 @@ describe("/health through the server's life", () => {
     const server = await startServer({
       host: "127.0.0.1",
       port: 0,
-      engine: { kind: "model", modelPath: testModel(STORIES_260K) },
+      backend: { kind: "local", modelPath: testModel(STORIES_260K) },
       log: pino({ level: "silent" }),
       modelName: "stories",
     });
