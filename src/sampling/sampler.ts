@@ -225,6 +225,11 @@ export class Sampler {
     if (logits.length < V) throw new Error(`sample: ${logits.length} logits for a vocabulary of ${V}`);
     const p = this.params;
 
+    if (p.temperature === 0 && p.logprobs === 0 && !p.logitBias?.size && !penalised(p, history)) {
+      // Plain greedy (the common decode case): the argmax of the logits themselves, no working copy.
+      return { token: greedyOf(logits, V), logprob: Number.NaN, topLogprobs: [] };
+    }
+
     // Working copy: bias, then penalties.
     const w = f32(V);
     for (let i = 0; i < V; i++) w[i] = clean(logits[i]);
@@ -373,6 +378,35 @@ export class Sampler {
 }
 
 /** Argmax; ties go to the lowest id. */
+/** Whether applyPenalties would change anything. */
+function penalised(p: SamplingParams, history: ArrayLike<number>): boolean {
+  const active = p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
+  return active && p.penaltyLastN !== 0 && history.length > 0;
+}
+
+/**
+ * greedy(clean(logits)) without the copy: the first index of the largest cleaned value. The hot loop
+ * compares raw values (NaN never wins, as clean's −∞ would not); only a +∞ maximum needs clean's
+ * mapping of +∞ to FLT_MAX, which makes it tie with a FLT_MAX logit that may come first.
+ */
+function greedyOf(logits: ArrayLike<number>, V: number): number {
+  if (!(logits instanceof Float32Array)) return greedy(Float32Array.from({ length: V }, (_, i) => clean(logits[i])), V);
+  let best = -1;
+  let bestV = -Infinity;
+  for (let i = 0; i < V; i++) {
+    const v = logits[i]!;
+    if (v > bestV) {
+      bestV = v;
+      best = i;
+    }
+  }
+  if (bestV === Infinity) {
+    for (let i = 0; i < V; i++) if (logits[i]! >= FLT_MAX) return i;
+  }
+  if (best < 0) throw allBanned();
+  return best;
+}
+
 function greedy(w: Float32Array, V: number): number {
   let best = -1;
   let bestV = -Infinity;

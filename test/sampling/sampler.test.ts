@@ -56,6 +56,29 @@ describe("greedy", () => {
     }
   });
 
+  it("the plain-greedy fast path (no copy) picks what the full path picks, NaN and ±Infinity included", () => {
+    const FLT_MAX = 3.4028234663852886e38;
+    const cases = [
+      [1, Number.NaN, 3, 2],
+      [Number.NaN, Number.NaN, -Infinity, 0.5],
+      [-1, FLT_MAX, 2, Infinity, 5],
+      [Infinity, 1, Infinity],
+      [-5, -Infinity, -3, -3],
+      [0.25, Number.NaN, Infinity, FLT_MAX],
+    ];
+    for (const c of cases) {
+      const logits = Float32Array.from(c);
+      const fast = new Sampler({ temperature: 0 }, c.length).sample(logits, []).token;
+      // A bias of 0 on a token forces the full path (working copy, then greedy over the copy).
+      const full = new Sampler({ temperature: 0, logitBias: new Map([[0, 0]]) }, c.length).sample(logits, []).token;
+      const fromArray = new Sampler({ temperature: 0 }, c.length).sample(c, []).token;
+      expect([fast, fromArray]).toEqual([full, full]);
+    }
+    // Every logit NaN or -Infinity: nothing can be chosen, on both paths.
+    const none = Float32Array.from([Number.NaN, -Infinity]);
+    expect(() => new Sampler({ temperature: 0 }, 2).sample(none, [])).toThrow(SpindleError);
+  });
+
   it("ties go to the lowest id", () => {
     const logits = Float32Array.from([1, 5, 2, 5, 5]);
     expect(new Sampler({ temperature: 0 }, 5).sample(logits, []).token).toBe(1);
