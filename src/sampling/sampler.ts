@@ -390,7 +390,11 @@ function penalised(p: SamplingParams, history: ArrayLike<number>): boolean {
  * mapping of +∞ to FLT_MAX, which makes it tie with a FLT_MAX logit that may come first.
  */
 function greedyOf(logits: ArrayLike<number>, V: number): number {
-  if (!(logits instanceof Float32Array)) return greedy(Float32Array.from({ length: V }, (_, i) => clean(logits[i])), V);
+  if (!(logits instanceof Float32Array))
+    return greedy(
+      Float32Array.from({ length: V }, (_, i) => clean(logits[i])),
+      V,
+    );
   let best = -1;
   let bestV = -Infinity;
   for (let i = 0; i < V; i++) {

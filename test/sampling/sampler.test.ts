@@ -70,7 +70,10 @@ describe("greedy", () => {
       const logits = Float32Array.from(c);
       const fast = new Sampler({ temperature: 0 }, c.length).sample(logits, []).token;
       // A bias of 0 on a token forces the full path (working copy, then greedy over the copy).
-      const full = new Sampler({ temperature: 0, logitBias: new Map([[0, 0]]) }, c.length).sample(logits, []).token;
+      const full = new Sampler({ temperature: 0, logitBias: new Map([[0, 0]]) }, c.length).sample(
+        logits,
+        [],
+      ).token;
       const fromArray = new Sampler({ temperature: 0 }, c.length).sample(c, []).token;
       expect([fast, fromArray]).toEqual([full, full]);
     }
