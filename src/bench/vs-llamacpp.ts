@@ -1,20 +1,26 @@
+import { writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import type { LlamaContext, LlamaModel, Token } from "node-llama-cpp";
+import { readGGUF } from "../gguf/reader.js";
+import { typeName } from "../gguf/types.js";
 import { generate } from "../model/generate.js";
 import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../model/kv-cache.js";
 import { loadModel, type Model } from "../model/model.js";
 import { Rng } from "../sampling/rng.js";
 
 /**
- * `npm run bench:vs-llamacpp -- --model FILE`: Spindle's engine (its default kernels and threads)
- * against llama.cpp (node-llama-cpp's prebuilt CPU binary) on the same GGUF file, in the same run.
+ * `npm run bench:engine -- --model FILE` (alias: bench:vs-llamacpp): Spindle's engine (its default
+ * kernels, `--spindle-threads` threads, default 2) against llama.cpp (node-llama-cpp's prebuilt CPU
+ * binary, each of `--threads`; the best counts) on the same GGUF file, in the same run, printed as
+ * ratios. For the model shapes the project's issue names, it also compares with native llama.cpp
+ * figures measured by the issue's author (ANCHORS) and says whether the issue's targets are met.
  * A quick measurement, not a test. Each side is warmed up once; each figure is the median of
  * `--repeats` timed runs.
  *
- *   node dist/bench/vs-llamacpp.js --model FILE [--threads 1,2] [--prompt-tokens 128]
- *                                  [--gen-tokens 128] [--parallel 8,32] [--parallel-tokens 32]
- *                                  [--repeats 3]
+ *   node dist/bench/vs-llamacpp.js --model FILE [--spindle-threads 2] [--threads 1,2]
+ *                                  [--prompt-tokens 128] [--gen-tokens 128] [--parallel 8,32]
+ *                                  [--parallel-tokens 32] [--repeats 3] [--json FILE]
  *
  * Metrics (same definition on both sides):
  *  - prompt tok/s: one forward/evaluation of `--prompt-tokens` random token ids in a fresh sequence;
@@ -187,9 +193,142 @@ async function llamaParallel(
   }
 }
 
+// ---------------------------------------------------------------- native anchors and targets
+
+/** A metric of the table: "prompt", "gen" (batch 1) or "par<N>" (N parallel sequences). */
+type MetricKey = string;
+
+interface Target {
+  metric: MetricKey;
+  /** Spindle must reach `min` × this: node-llama-cpp's best here, or the native anchor. */
+  vs: "node-llama-cpp" | "native";
+  min: number;
+}
+
+interface Anchor {
+  name: string;
+  /** Shape (embedding length, layers) and weights ("F32", "Q8_0", "Q4_K_M": see weightsLabel). */
+  dim: number;
+  layers: number;
+  weights: string;
+  /** The real model's vocabulary; a file with another one (a synthesized shape) gets a note. */
+  vocab: number;
+  /** Native llama.cpp (b10108, 2 threads) as measured by the issue's author, tok/s; none known for Q4_K_M. */
+  native?: Record<MetricKey, number>;
+  targets: Target[];
+}
+
+/** The project's issue: native figures on this machine class and Spindle's targets, per model. */
+const ANCHORS: Anchor[] = [
+  {
+    name: "stories260K F32",
+    dim: 64,
+    layers: 5,
+    weights: "F32",
+    vocab: 512,
+    native: { prompt: 8348, gen: 4916, par32: 3180 },
+    targets: [
+      { metric: "gen", vs: "node-llama-cpp", min: 3 },
+      { metric: "par32", vs: "native", min: 1.5 },
+    ],
+  },
+  {
+    name: "stories15M Q8_0",
+    dim: 288,
+    layers: 6,
+    weights: "Q8_0",
+    vocab: 32000,
+    native: { prompt: 8290, gen: 1266, par32: 1262 },
+    targets: [
+      { metric: "gen", vs: "node-llama-cpp", min: 2 },
+      { metric: "par32", vs: "native", min: 1.5 },
+    ],
+  },
+  {
+    name: "SmolLM2-135M Q8_0",
+    dim: 576,
+    layers: 30,
+    weights: "Q8_0",
+    vocab: 49152,
+    native: { prompt: 583, gen: 111, par32: 345 },
+    targets: [
+      { metric: "gen", vs: "node-llama-cpp", min: 1.5 },
+      { metric: "prompt", vs: "native", min: 0.4 },
+      { metric: "par32", vs: "native", min: 0.8 },
+    ],
+  },
+  {
+    name: "SmolLM2-135M Q4_K_M",
+    dim: 576,
+    layers: 30,
+    weights: "Q4_K_M",
+    vocab: 49152,
+    targets: [{ metric: "gen", vs: "native", min: 0.7 }],
+  },
+];
+
+/** The file's weight type: the one type of all its matrices, "Q4_K_M" for that ftype, else "mixed (…)". */
+function weightsLabel(path: string): string {
+  const g = readGGUF(path);
+  try {
+    if (g.getNumber("general.file_type", -1) === 15) return "Q4_K_M"; // LLAMA_FTYPE_MOSTLY_Q4_K_M
+    const types = new Set([...g.tensors.values()].filter((t) => t.dims.length === 2).map((t) => t.type));
+    const names = [...types].map(typeName);
+    return names.length === 1 ? names[0]! : `mixed (${names.join(", ")})`;
+  } finally {
+    g.close();
+  }
+}
+
+interface TargetResult {
+  target: string;
+  spindle: number | null;
+  reference: number | null;
+  /** What `reference` is: the target's own, or node-llama-cpp when the native anchor is missing. */
+  referenceIs: "node-llama-cpp" | "native";
+  ratio: number | null;
+  /** null when it cannot be judged (not measured, or the native anchor is missing). */
+  met: boolean | null;
+}
+
+/** The anchor's targets against this run's Spindle and node-llama-cpp (best) figures. */
+function evaluateTargets(
+  anchor: Anchor,
+  spindle: Map<MetricKey, number>,
+  llamaBest: Map<MetricKey, number>,
+): TargetResult[] {
+  return anchor.targets.map((t) => {
+    const native = anchor.native?.[t.metric];
+    const referenceIs = t.vs === "native" && native === undefined ? "node-llama-cpp" : t.vs;
+    const reference = (referenceIs === "native" ? native : llamaBest.get(t.metric)) ?? null;
+    const s = spindle.get(t.metric) ?? null;
+    const ratio = s !== null && reference !== null ? s / reference : null;
+    return {
+      target: `${METRIC_NAMES[t.metric] ?? t.metric} ≥ ${t.min}× ${t.vs}`,
+      spindle: s,
+      reference,
+      referenceIs,
+      ratio,
+      met: ratio !== null && referenceIs === t.vs ? ratio >= t.min : null,
+    };
+  });
+}
+
+function verdict(t: TargetResult): string {
+  if (t.met !== null) return t.met ? "yes" : "NO";
+  return t.spindle === null ? "not measured" : "native anchor missing";
+}
+
+const METRIC_NAMES: Record<MetricKey, string> = {
+  prompt: "prompt",
+  gen: "gen batch 1",
+  par32: "aggregate at 32",
+};
+
 // ---------------------------------------------------------------- main
 
 interface Row {
+  key: MetricKey;
   metric: string;
   spindle: number;
   llama: Map<number, number>;
@@ -210,6 +349,8 @@ async function main(): Promise<void> {
       "parallel-tokens": { type: "string", default: "32" },
       repeats: { type: "string", default: "3" },
       seed: { type: "string", default: "1" },
+      "spindle-threads": { type: "string", default: "2" },
+      json: { type: "string" },
     },
   });
   if (!values.model) throw new Error("--model FILE is required");
@@ -221,6 +362,8 @@ async function main(): Promise<void> {
   const parTokens = ints(values["parallel-tokens"]!)[0]!;
   const repeats = ints(values.repeats!)[0]!;
   const rng = new Rng(Number(values.seed));
+  // The WebAssembly kernels take their thread count from here when the model loads.
+  process.env.SPINDLE_THREADS = String(ints(values["spindle-threads"]!)[0]!);
 
   const model = loadModel(path);
   const kernels = model.transformer.kernels as { threads?: number; ready?: () => Promise<void> };
@@ -235,14 +378,18 @@ async function main(): Promise<void> {
     parallel.map((n) => [n, Array.from({ length: n }, () => randomTokens(rng, PAR_PROMPT, vocab))]),
   );
 
+  const { dim, nLayers } = model.config;
+  const weights = weightsLabel(path);
   console.log(
-    `model ${path}: ${model.config.nLayers} layers, dim ${model.config.dim}, vocab ${vocab}; ` +
-      `Spindle kernels: ${model.transformer.kernels.name} (${kernels.threads ?? 1} thread(s), --threads or $SPINDLE_THREADS); repeats ${repeats}, median`,
+    `model ${path}: ${nLayers} layers, dim ${dim}, vocab ${vocab}, weights ${weights}; ` +
+      `Spindle kernels: ${model.transformer.kernels.name} (${kernels.threads ?? 1} thread(s), --spindle-threads); ` +
+      `llama.cpp threads ${threadList.join(", ")} (--threads); repeats ${repeats}, median`,
   );
   const rows: Row[] = [
-    { metric: `prompt tok/s (${promptTokens} tokens)`, spindle: 0, llama: new Map() },
-    { metric: `gen tok/s, batch 1 (${genTokens} tokens)`, spindle: 0, llama: new Map() },
+    { key: "prompt", metric: `prompt tok/s (${promptTokens} tokens)`, spindle: 0, llama: new Map() },
+    { key: "gen", metric: `gen tok/s, batch 1 (${genTokens} tokens)`, spindle: 0, llama: new Map() },
     ...parallel.map((n) => ({
+      key: `par${n}`,
       metric: `gen tok/s, ${n} parallel (aggregate, ${parTokens} steps)`,
       spindle: 0,
       llama: new Map<number, number>(),
@@ -278,30 +425,86 @@ async function main(): Promise<void> {
     await llama.dispose();
   }
 
-  const header = [
-    "metric",
-    "Spindle",
-    "llama.cpp (best)",
-    "threads",
-    "Spindle / llama.cpp",
-    "llama.cpp per thread count",
-  ];
-  const table = rows.map((r) => {
+  const best = rows.map((r) => {
     let bestT = threadList[0]!;
     for (const t of threadList) if (r.llama.get(t)! > r.llama.get(bestT)!) bestT = t;
-    const best = r.llama.get(bestT)!;
-    return [
+    return { threads: bestT, rate: r.llama.get(bestT)! };
+  });
+  printTable(
+    ["metric", "Spindle", "llama.cpp (best)", "threads", "Spindle / llama.cpp", "llama.cpp per thread count"],
+    rows.map((r, i) => [
       r.metric,
       fmt(r.spindle),
-      fmt(best),
-      String(bestT),
-      (r.spindle / best).toFixed(2),
+      fmt(best[i]!.rate),
+      String(best[i]!.threads),
+      (r.spindle / best[i]!.rate).toFixed(2),
       threadList.map((t) => `${t}t: ${fmt(r.llama.get(t)!)}`).join(", "),
-    ];
-  });
+    ]),
+  );
+
+  const anchor = ANCHORS.find((a) => a.dim === dim && a.layers === nLayers && a.weights === weights);
+  const shapeOnly = ANCHORS.find((a) => a.dim === dim && a.layers === nLayers);
+  let targets: TargetResult[] = [];
+  console.log();
+  if (!anchor) {
+    console.log(
+      shapeOnly
+        ? `no native anchor: ${shapeOnly.name.split(" ")[0]} shape, but weights ${weights}`
+        : `no native anchor: dim ${dim} × ${nLayers} layers is none of the issue's models`,
+    );
+  } else {
+    if (!anchor.native) console.log(`no native anchor: ${anchor.name} has no native llama.cpp figures`);
+    if (anchor.vocab !== vocab)
+      console.log(`note: vocab ${vocab}, not ${anchor.name}'s ${anchor.vocab} (a synthesized shape?)`);
+    targets = evaluateTargets(
+      anchor,
+      new Map(rows.map((r) => [r.key, r.spindle])),
+      new Map(rows.map((r, i) => [r.key, best[i]!.rate])),
+    );
+    console.log(`targets (${anchor.name}; native: llama.cpp b10108, 2 threads, from the issue):`);
+    const opt = (x: number | null, f: (x: number) => string) => (x === null ? "—" : f(x));
+    printTable(
+      ["target", "Spindle", "reference", "ratio", "met"],
+      targets.map((t) => [
+        t.target,
+        opt(t.spindle, fmt),
+        `${opt(t.reference, fmt)} (${t.referenceIs})`,
+        opt(t.ratio, (x) => x.toFixed(2)),
+        verdict(t),
+      ]),
+    );
+  }
+
+  if (values.json) {
+    const report = {
+      model: { path, dim, layers: nLayers, vocab, weights },
+      spindle: { kernels: model.transformer.kernels.name, threads: kernels.threads ?? 1 },
+      llamaThreads: threadList,
+      repeats,
+      metrics: rows.map((r, i) => ({
+        key: r.key,
+        metric: r.metric,
+        spindle: r.spindle,
+        llama: Object.fromEntries(r.llama),
+        llamaBest: best[i]!.rate,
+        llamaBestThreads: best[i]!.threads,
+        ratio: r.spindle / best[i]!.rate,
+        native: anchor?.native?.[r.key] ?? null,
+        ratioToNative: anchor?.native?.[r.key] ? r.spindle / anchor.native[r.key]! : null,
+      })),
+      anchor: anchor ?? null,
+      targets,
+    };
+    writeFileSync(values.json, `${JSON.stringify(report, null, 2)}\n`);
+    console.log(`\nwrote ${values.json}`);
+  }
+}
+
+/** A markdown table; the first column left-aligned, the others right-aligned. */
+function printTable(header: string[], body: string[][]): void {
   console.log(`| ${header.join(" | ")} |`);
-  console.log(`|${header.map((_, i) => (i === 0 || i === 5 ? "---" : "---:")).join("|")}|`);
-  for (const r of table) console.log(`| ${r.join(" | ")} |`);
+  console.log(`|${header.map((_, i) => (i === 0 ? "---" : "---:")).join("|")}|`);
+  for (const r of body) console.log(`| ${r.join(" | ")} |`);
 }
 
 await main();

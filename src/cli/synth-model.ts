@@ -2,13 +2,14 @@ import { parseArgs } from "node:util";
 import { SpindleError } from "../errors.js";
 import { GGMLType } from "../gguf/types.js";
 import { resolveModel } from "../model/resolve.js";
-import { SHAPES, type SynthArch, synthModel } from "../model/synth.js";
+import { SHAPES, SYNTH_MIXTURES, type SynthArch, type SynthMixture, synthModel } from "../model/synth.js";
 
 export const SYNTH_USAGE = `usage: spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch llama|qwen2|qwen3]
-                           [--type F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q5_K|Q6_K] [--vocab VOCAB.gguf]
+                           [--type F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q5_K|Q6_K|Q4_K_M] [--vocab VOCAB.gguf]
                            [--seed N] [--tied] [--dim N --layers N --heads N --kv-heads N --ffn N --context N]
 
 Writes a model with deterministic random weights and the tokenizer of a vocab GGUF.
+--type Q4_K_M is llama.cpp's per-tensor mixture (Q4_K, with Q6_K for the LM head and some attn_v/ffn_down).
 Defaults: --shape stories15M --arch llama --type F32 --vocab vocab/ggml-vocab-llama-spm.gguf --seed 1`;
 
 export function synthModelCommand(args: string[]): number {
@@ -39,7 +40,10 @@ export function synthModelCommand(args: string[]): number {
   const base = SHAPES[values.shape];
   if (!base)
     throw new SpindleError(`unknown shape "${values.shape}" (known: ${Object.keys(SHAPES).join(", ")})`);
-  const type = GGMLType[values.type.toUpperCase() as keyof typeof GGMLType];
+  const name = values.type.toUpperCase();
+  const type = (SYNTH_MIXTURES as readonly string[]).includes(name)
+    ? (name as SynthMixture)
+    : GGMLType[name as keyof typeof GGMLType];
   if (type === undefined) throw new SpindleError(`unknown weight type "${values.type}"`);
   if (!["llama", "qwen2", "qwen3"].includes(values.arch))
     throw new SpindleError(`unknown arch "${values.arch}"`);

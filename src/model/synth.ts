@@ -48,11 +48,15 @@ export const SHAPES: Record<string, SynthShape> = {
   k256: { dim: 256, nLayers: 2, nHeads: 4, nKVHeads: 2, ffnDim: 512, contextLength: 512 },
 };
 
+/** Per-tensor type mixtures, named as llama.cpp's quantize names its file types. */
+export const SYNTH_MIXTURES = ["Q4_K_M"] as const;
+export type SynthMixture = (typeof SYNTH_MIXTURES)[number];
+
 export interface SynthOptions {
   arch: SynthArch;
   shape: SynthShape;
-  /** Weight type of the 2-D matrices (norms and biases stay F32). */
-  type: GGMLType;
+  /** Weight type of the 2-D matrices (norms and biases stay F32), or a per-tensor mixture. */
+  type: GGMLType | SynthMixture;
   /** Tokenizer-only GGUF whose tokenizer.* metadata is copied. */
   vocabPath: string;
   out: string;
@@ -77,6 +81,39 @@ function typeFor(requested: GGMLType, cols: number): GGMLType {
   return GGMLType.F32;
 }
 
+/** llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_K_M, the general.file_type of a Q4_K_M file. */
+const FTYPE_MOSTLY_Q4_K_M = 15;
+
+/** The layers llama.cpp's K-quant mixtures give more bits: the first and last eighth, and every third one between. */
+function useMoreBits(layer: number, nLayers: number): boolean {
+  const eighth = Math.floor(nLayers / 8);
+  return layer < eighth || layer >= Math.floor((7 * nLayers) / 8) || (layer - eighth) % 3 === 2;
+}
+
+/**
+ * The type llama.cpp's Q4_K_M recipe asks for (before fallbacks): Q6_K for the LM head (token_embd
+ * when tied), Q6_K for attn_v and ffn_down on the use-more-bits layers, Q4_K for everything else.
+ */
+function q4kmType(name: string, nLayers: number, tied: boolean): GGMLType {
+  if (name === "output.weight" || (tied && name === "token_embd.weight")) return GGMLType.Q6_K;
+  const m = /^blk\.(\d+)\.(attn_v|ffn_down)\.weight$/.exec(name);
+  if (m && useMoreBits(Number(m[1]), nLayers)) return GGMLType.Q6_K;
+  return GGMLType.Q4_K;
+}
+
+/** llama.cpp's fallback for a K-quant whose 256-block does not divide the row, then F16 if still needed. */
+const K_FALLBACK: Partial<Record<GGMLType, GGMLType>> = {
+  [GGMLType.Q4_K]: GGMLType.Q5_0,
+  [GGMLType.Q5_K]: GGMLType.Q5_1,
+  [GGMLType.Q6_K]: GGMLType.Q8_0,
+};
+function kQuantFor(requested: GGMLType, cols: number): GGMLType {
+  const fits = (t: GGMLType) => cols % TYPE_GEOMETRY[t]!.blockSize === 0;
+  if (fits(requested)) return requested;
+  const t = K_FALLBACK[requested];
+  return t !== undefined && fits(t) ? t : GGMLType.F16;
+}
+
 export function synthModel(o: SynthOptions): SynthReport {
   const s = o.shape;
   const headDim = s.headDim ?? s.dim / s.nHeads;
@@ -98,9 +135,11 @@ export function synthModel(o: SynthOptions): SynthReport {
   const tensors: TensorToWrite[] = [];
   const fallbacks: SynthReport["fallbacks"] = [];
   let parameters = 0;
+  const mixture = typeof o.type === "string"; // Q4_K_M, the one mixture
   const mat = (name: string, rows: number, cols: number, std = 1 / Math.sqrt(cols)) => {
-    const type = typeFor(o.type, cols);
-    if (type !== o.type) fallbacks.push({ tensor: name, type: typeName(type) });
+    const wanted = mixture ? q4kmType(name, s.nLayers, o.tied ?? false) : (o.type as GGMLType);
+    const type = mixture ? kQuantFor(wanted, cols) : typeFor(wanted, cols);
+    if (type !== wanted) fallbacks.push({ tensor: name, type: typeName(type) });
     tensors.push({ name, dims: [cols, rows], type, data: quantize(type, uniform(rows * cols, std), cols) });
     parameters += rows * cols;
   };
@@ -143,7 +182,7 @@ export function synthModel(o: SynthOptions): SynthReport {
   const md: [string, GGUFMetaValue][] = [
     ["general.architecture", meta.str(a)],
     ["general.name", meta.str(o.name ?? `spindle-synth-${a}-${s.dim}x${s.nLayers}`)],
-    ["general.file_type", meta.u32(o.type)],
+    ["general.file_type", meta.u32(mixture ? FTYPE_MOSTLY_Q4_K_M : (o.type as GGMLType))],
     [`${a}.context_length`, meta.u32(s.contextLength)],
     [`${a}.embedding_length`, meta.u32(s.dim)],
     [`${a}.block_count`, meta.u32(s.nLayers)],

@@ -120,4 +120,15 @@ describe("spindle synth-model", () => {
     expect(r.stderr).toMatch(/blk\.0\.attn_q\.weight stored as Q8_0/);
     expect(readGGUF(out).tensor("blk.0.ffn_down.weight").type).toBe(GGMLType.Q4_K); // 768 = 3 × 256
   });
+
+  it("--type Q4_K_M writes llama.cpp's mixture, with its K-quant fallbacks", async () => {
+    const out = join(dir, "s15m-q4km.gguf");
+    const r = await runCli(["synth-model", "--type", "Q4_K_M", "--layers", "1", "--out", out]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/blk\.0\.attn_q\.weight stored as Q5_0/);
+    expect(r.stderr).toMatch(/output\.weight stored as Q8_0/);
+    const g = readGGUF(out);
+    expect(g.getNumber("general.file_type")).toBe(15);
+    expect(g.tensor("blk.0.ffn_down.weight").type).toBe(GGMLType.Q6_K); // layer 0 of 1: more bits; 768 = 3 × 256
+  });
 });

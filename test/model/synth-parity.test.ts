@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { readGGUF } from "../../src/gguf/reader.js";
 import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../../src/gguf/types.js";
 import { generate } from "../../src/model/generate.js";
 import { loadModel, type Model } from "../../src/model/model.js";
@@ -47,7 +48,8 @@ const TOLERANCE: Partial<Record<GGMLType, number>> = {
 };
 const tolerance = (t: GGMLType) => TOLERANCE[t] ?? 1e-1;
 
-async function compare(model: Model, type: GGMLType) {
+/** `type` sets the tolerance; `label` names it in failures. */
+async function compare(model: Model, type: GGMLType, label = typeName(type)) {
   const V = model.config.vocabSize;
   const bos = model.tokenizer.bos ?? 1;
   for (const len of [1, 7, 64]) {
@@ -55,7 +57,7 @@ async function compare(model: Model, type: GGMLType) {
     const ours = logSoftmax(logitsAfter(model, prompt));
     const theirs = (await llamaNextProbs(model.path, prompt, V)).map(Math.log);
     const diff = maxAbsDiffWhere(ours, theirs, (i) => theirs[i]! > Math.log(1e-6));
-    expect(diff, `${typeName(type)} prompt of ${len}`).toBeLessThan(tolerance(type));
+    expect(diff, `${label} prompt of ${len}`).toBeLessThan(tolerance(type));
   }
   // Greedy for 16 steps, step by step on llama.cpp's own history.
   const prompt = randomPrompt(7, V, bos);
@@ -64,7 +66,7 @@ async function compare(model: Model, type: GGMLType) {
   for (let i = 0; i < 16; i++) {
     const logits = logitsAfter(model, [...prompt, ...theirs.slice(0, i)]);
     if (top2Margin(logits) < 2 * tolerance(type)) continue;
-    expect(argmax(logits), `${typeName(type)} greedy step ${i}`).toBe(theirs[i]);
+    expect(argmax(logits), `${label} greedy step ${i}`).toBe(theirs[i]);
     compared++;
   }
   // Spindle's own greedy run agrees up to the first thin step.
@@ -75,7 +77,7 @@ async function compare(model: Model, type: GGMLType) {
   }).tokens;
   for (let i = 0; i < 16; i++) {
     if (top2Margin(logitsAfter(model, [...prompt, ...ours.slice(0, i)])) < 2 * tolerance(type)) break;
-    expect(ours[i], `${typeName(type)} own greedy step ${i}`).toBe(theirs[i]);
+    expect(ours[i], `${label} own greedy step ${i}`).toBe(theirs[i]);
   }
   return compared;
 }
@@ -120,4 +122,29 @@ describe("other architectures vs llama.cpp", () => {
       await compare(model, c.type);
     });
   }
+});
+
+describe("Q4_K_M mixture (llama.cpp's recipe) vs llama.cpp", () => {
+  it("per-tensor types with llama.cpp's fallbacks; logits within 1e-1, greedy agrees", async () => {
+    const out = join(dir, "llama-Q4_K_M.gguf");
+    // 64-wide rows take no 256-blocks (Q4_K → Q5_0, Q6_K → Q8_0); ffn_down's 256-wide rows do.
+    const shape = { dim: 64, nLayers: 8, nHeads: 4, nKVHeads: 2, ffnDim: 256, contextLength: 256 };
+    const r = synthModel({ arch: "llama", shape, type: "Q4_K_M", vocabPath: testModel(STORIES_260K), out });
+    const g = readGGUF(out);
+    const type = (name: string) => typeName(g.tensor(name).type);
+    expect(g.getNumber("general.file_type")).toBe(15);
+    expect(type("token_embd.weight")).toBe("Q5_0");
+    expect(type("output.weight")).toBe("Q8_0");
+    const moreBits = [0, 3, 6, 7]; // 8 layers: l < 1, l >= 7, (l - 1) % 3 == 2
+    for (let l = 0; l < 8; l++) {
+      const more = moreBits.includes(l);
+      for (const t of ["attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up"])
+        expect(type(`blk.${l}.${t}.weight`), `blk.${l}.${t}`).toBe("Q5_0");
+      expect(type(`blk.${l}.attn_v.weight`), `blk.${l}.attn_v`).toBe(more ? "Q8_0" : "Q5_0");
+      expect(type(`blk.${l}.ffn_down.weight`), `blk.${l}.ffn_down`).toBe(more ? "Q6_K" : "Q4_K");
+    }
+    g.close();
+    expect(r.fallbacks.length).toBe(1 + 1 + 8 * 6); // all but ffn_down
+    await compare(loadModel(out), GGMLType.Q4_K, "Q4_K_M");
+  });
 });
