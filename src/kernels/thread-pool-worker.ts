@@ -14,11 +14,14 @@ const WA = (
     WebAssembly: { Instance: new (m: object, imports: object) => { exports: Record<string, unknown> } };
   }
 ).WebAssembly;
-const { GEN, DONE, FN, NARGS, STOP, SLEEPERS, FAILED, CONTROL_INTS, MAX_ARGS } = CONTROL;
+const { GEN, DONE, FN, NARGS, STOP, SLEEPERS, FAILED, MEM, CONTROL_INTS, MAX_ARGS } = CONTROL;
 
 function main(): void {
-  const exports = new WA.Instance(init.module, { env: { memory: init.memory } }).exports;
-  const fns = init.functions.map((n) => exports[n] as (...a: number[]) => void);
+  // One instance per memory, each on its memory; fns[memory][function].
+  const fns = init.memories.map((memory) => {
+    const exports = new WA.Instance(init.module, { env: { memory } }).exports;
+    return init.functions.map((n) => exports[n] as (...a: number[]) => void);
+  });
   const ctl = new Int32Array(init.control, 0, CONTROL_INTS);
   const argv = new Float64Array(init.control, CONTROL_INTS * 4, MAX_ARGS);
   const args: number[] = [];
@@ -46,7 +49,7 @@ function main(): void {
     const n = Atomics.load(ctl, NARGS);
     args.length = n;
     for (let i = 0; i < n; i++) args[i] = argv[i]!;
-    fns[Atomics.load(ctl, FN)]!(...args, init.part, init.parts);
+    fns[Atomics.load(ctl, MEM)]![Atomics.load(ctl, FN)]!(...args, init.part, init.parts);
     if (Atomics.add(ctl, DONE, 1) + 1 === init.parts - 1) Atomics.notify(ctl, DONE);
   }
 }

@@ -5,7 +5,9 @@ import { workerEntry } from "../worker-entry.js";
 /**
  * Runs one WebAssembly kernel on several threads at once, over one shared
  * WebAssembly.Memory: the calling thread and `threads − 1` workers, each with
- * its own instance of the same module on the same memory. A kernel that can
+ * its own instance of the same module on the same memory (or memories: the
+ * kernels may spread a large model's weights over several, and a job names
+ * the memory whose instance runs it). A kernel that can
  * be split takes two extra arguments, (part, parts), and computes its share
  * (e.g. rows part·rows/parts … of a matmul); run() calls it with part 0 on the
  * calling thread and parts 1… on the workers, and returns when all are done.
@@ -32,6 +34,8 @@ const STOP = 4;
 const SLEEPERS = 5;
 /** Set by a worker that could not start: run() then fails instead of waiting for it. */
 const FAILED = 6;
+/** Which memory's instance runs the job (index into `memories`). */
+const MEM = 7;
 const CONTROL_INTS = 8;
 /** Float64 argument slots after the control cells. */
 const MAX_ARGS = 16;
@@ -42,19 +46,19 @@ export const SPIN_NS = 100_000;
 export interface ThreadPoolOptions {
   /** Total threads including the caller (≥ 1). 1 = no workers: run() calls the function directly. */
   threads: number;
-  /** The compiled WebAssembly.Module (each worker instantiates it on `memory`). */
+  /** The compiled WebAssembly.Module (each worker instantiates it on each of `memories`). */
   module: object;
   /** A shared WebAssembly.Memory (created with shared: true). */
-  memory: object;
-  /** The caller's instance exports: run() calls these for part 0. */
-  exports: Record<string, unknown>;
+  memories: readonly object[];
+  /** The caller's instances' exports, one per memory: run() calls these for part 0. */
+  exports: readonly Record<string, unknown>[];
   /** Export names run() may be asked for (same order on every thread). */
   functions: readonly string[];
 }
 
 export interface WorkerInit {
   module: object;
-  memory: object;
+  memories: readonly object[];
   control: SharedArrayBuffer;
   functions: readonly string[];
   part: number;
@@ -68,7 +72,8 @@ export class WasmThreadPool {
   readonly threads: number;
   private readonly ctl: Int32Array;
   private readonly args: Float64Array;
-  private readonly fns: Fn[];
+  /** Per memory, the caller's functions in `functions` order. */
+  private readonly fns: Fn[][];
   private readonly index = new Map<string, number>();
   private closed = false;
   /** Resolves when every worker has instantiated the module (run() before that waits for them). */
@@ -82,12 +87,14 @@ export class WasmThreadPool {
     this.threads = o.threads;
     this.ctl = new Int32Array(control, 0, CONTROL_INTS);
     this.args = new Float64Array(control, CONTROL_INTS * 4, MAX_ARGS);
-    this.fns = o.functions.map((name, i) => {
-      const f = o.exports[name];
-      if (typeof f !== "function") throw new SpindleError(`the kernels module has no export ${name}`);
-      this.index.set(name, i);
-      return f as Fn;
-    });
+    for (const [i, name] of o.functions.entries()) this.index.set(name, i);
+    this.fns = o.exports.map((exports) =>
+      o.functions.map((name) => {
+        const f = exports[name];
+        if (typeof f !== "function") throw new SpindleError(`the kernels module has no export ${name}`);
+        return f as Fn;
+      }),
+    );
   }
 
   /**
@@ -103,7 +110,7 @@ export class WasmThreadPool {
     for (let part = 1; part < o.threads; part++) {
       const init: WorkerInit = {
         module: o.module,
-        memory: o.memory,
+        memories: o.memories,
         control,
         functions: o.functions,
         part,
@@ -144,12 +151,14 @@ export class WasmThreadPool {
 
   /**
    * Calls export `name` with `args` followed by (part, parts) on every thread, the caller's part
-   * being 0, and returns when every part is done. Not reentrant.
+   * being 0, and returns when every part is done; `memory` picks the instance (default 0, the first
+   * memory). Not reentrant.
    */
-  run(name: string, args: readonly number[]): void {
+  run(name: string, args: readonly number[], memory = 0): void {
     const fi = this.index.get(name);
     if (fi === undefined) throw new SpindleError(`${name} was not registered with the thread pool`);
-    const fn = this.fns[fi]!;
+    const fn = this.fns[memory]?.[fi];
+    if (fn === undefined) throw new RangeError(`the thread pool has no memory ${memory}`);
     const parts = this.threads;
     if (parts === 1 || this.closed) {
       fn(...args, 0, 1);
@@ -159,6 +168,7 @@ export class WasmThreadPool {
     const ctl = this.ctl;
     for (let i = 0; i < args.length; i++) this.args[i] = args[i]!;
     Atomics.store(ctl, FN, fi);
+    Atomics.store(ctl, MEM, memory);
     Atomics.store(ctl, NARGS, args.length);
     Atomics.store(ctl, DONE, 0);
     Atomics.add(ctl, GEN, 1);
@@ -193,4 +203,4 @@ export class WasmThreadPool {
   }
 }
 
-export const CONTROL = { GEN, DONE, FN, NARGS, STOP, SLEEPERS, FAILED, CONTROL_INTS, MAX_ARGS } as const;
+export const CONTROL = { GEN, DONE, FN, NARGS, STOP, SLEEPERS, FAILED, MEM, CONTROL_INTS, MAX_ARGS } as const;

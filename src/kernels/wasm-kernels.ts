@@ -8,6 +8,7 @@ import type { RopeParams } from "../model/config.js";
 import type { AttentionSeq, Kernels, PagedKV, WeightMatrix } from "./kernels.js";
 import { referenceKernels } from "./reference.js";
 import { WasmThreadPool } from "./thread-pool.js";
+import { align, MAX_PAGES, WasmArena, type WasmMemory } from "./wasm-arena.js";
 
 /**
  * WebAssembly SIMD kernels behind the `Kernels` interface.
@@ -66,10 +67,6 @@ export interface WasmKernels extends Kernels {
 }
 
 /** The parts of the WebAssembly JS API used here (the project's `lib` setting does not declare them). */
-interface WasmMemory {
-  readonly buffer: ArrayBufferLike;
-  grow(deltaPages: number): number;
-}
 interface WasmApi {
   Memory: new (descriptor: { initial: number; maximum?: number; shared?: boolean }) => WasmMemory;
   Module: new (bytes: Uint8Array) => object;
@@ -114,6 +111,8 @@ interface WasmExports {
   quantizeActivations(type: number, x: number, nTokens: number, cols: number, scratch: number): void;
   quantPartBytes(cols: number): number;
   matmulQuantMulti(...args: number[]): void;
+  matmulQuantPart(...args: number[]): void;
+  matmulPart(...args: number[]): void;
   rmsnorm(x: number, w: number, nRows: number, dim: number, eps: number, out: number): void;
   swiglu(gate: number, up: number, n: number, out: number): void;
   addInPlace(a: number, b: number, n: number): void;
@@ -159,18 +158,18 @@ interface WasmExports {
 
 /** A weight matrix's copy in WebAssembly memory. */
 interface Placed {
+  /** The memory it is in. */
+  arena: Arena;
   data: Uint8Array;
   ptr: number;
+  bytes: number;
   /** Float types: bytes per (padded) row. Packed types: bytes per group of 4 rows. */
   rowBytes: number;
   colsPad: number;
   packed: boolean;
 }
 
-const PAGE = 65536;
-/** 4 GiB: the most a 32-bit WebAssembly memory can address (and the module's declared maximum). */
-const MAX_PAGES = 65536;
-const ALIGN = 64;
+type Arena = WasmArena<WasmExports>;
 const FLOAT_BYTES: Partial<Record<GGMLType, number>> = {
   [GGMLType.F32]: 4,
   [GGMLType.F16]: 2,
@@ -211,7 +210,17 @@ export interface WasmKernelOptions {
    * it). Default: $SPINDLE_THREADS, else the number of cores.
    */
   threads?: number;
+  /**
+   * Bytes of weights kept in the main memory, next to the activations and KV pools (default 2 GiB);
+   * the rest go to further memories of up to `memoryWeightBytes` each (default 3.75 GiB), so models
+   * past the 4 GiB of one 32-bit WebAssembly memory load. Tests set them small to spread a small
+   * model over several memories.
+   */
+  mainWeightBytes?: number;
+  memoryWeightBytes?: number;
 }
+
+const GiB = 2 ** 30;
 
 /** Matmuls with fewer multiply-adds than this run on one thread: a hand-off costs a few µs (measured: a 288 × 288 Q8_0 matvec is slower split, 768 × 288 faster). */
 const PARALLEL_MIN_MACS = 131_072;
@@ -229,26 +238,6 @@ export function defaultThreads(): number {
   return availableParallelism();
 }
 
-function kernelSet(
-  module: object,
-  memory: WasmMemory,
-  exports: WasmExports,
-  o: WasmKernelOptions,
-): WasmKernelSet {
-  const threads = o.threads ?? defaultThreads();
-  const pool =
-    threads > 1
-      ? WasmThreadPool.create({
-          threads,
-          module,
-          memory,
-          exports: exports as unknown as Record<string, unknown>,
-          functions: ["matmulQuantPart", "matmulPart", "matmulQuantMulti"],
-        })
-      : undefined;
-  return new WasmKernelSet(memory, exports, pool);
-}
-
 /**
  * The same, synchronously (Node compiles and instantiates modules of any size synchronously), so
  * the synchronous `loadModel` can default to these kernels.
@@ -263,9 +252,7 @@ export function createWasmKernelsSync(o: WasmKernelOptions = {}): WasmKernels {
     }
     compiledSync = new WA.Module(bytes);
   }
-  const memory = newMemory();
-  const instance = new WA.Instance(compiledSync, { env: { memory } });
-  return kernelSet(compiledSync, memory, instance.exports as unknown as WasmExports, o);
+  return new WasmKernelSet(compiledSync, o);
 }
 
 /** Loads the WebAssembly kernels; each call gets its own memory (use one per model). */
@@ -278,9 +265,14 @@ export async function createWasmKernels(o: WasmKernelOptions = {}): Promise<Wasm
     compiled = undefined;
     throw e;
   }
+  return new WasmKernelSet(module, o);
+}
+
+/** A new memory with an instance of the module on it (Node instantiates synchronously at any size). */
+function newArena(module: object): Arena {
   const memory = newMemory();
-  const instance = await WA.instantiate(module, { env: { memory } });
-  return kernelSet(module, memory, instance.exports as unknown as WasmExports, o);
+  const exports = new WA.Instance(module, { env: { memory } }).exports as unknown as WasmExports;
+  return new WasmArena(memory, exports, exports.heapBase());
 }
 
 /** The rope cos/sin table last computed, for the positions array it was computed for. */
@@ -291,27 +283,22 @@ interface RopeTable {
   ptr: number;
 }
 
+/** Kernel exports the thread pool may run. */
+const POOL_FUNCTIONS = ["matmulQuantPart", "matmulPart", "matmulQuantMulti"];
+
 class WasmKernelSet implements WasmKernels {
   readonly name = "wasm";
-  /** End of the highest allocation: memory above it is free. */
-  private top: number;
-  /** End of the highest allocation ever made: memory above it has never been written. */
-  private highWater: number;
-  /** Free ranges below top, sorted by address, never adjacent (coalesced). */
-  private free: { ptr: number; bytes: number }[] = [];
-  /** Live allocations: address → bytes. */
-  private live = new Map<number, number>();
-  private f32: Float32Array = new Float32Array(0);
-  private i32: Int32Array = new Int32Array(0);
-  private u8: Uint8Array = new Uint8Array(0);
-  /** Every buffer object the memory has had (a new SharedArrayBuffer per growth); views of any are ours. */
-  private buffers = new WeakSet<ArrayBufferLike>();
-  /** The memory's current buffer (the common case of owns()). */
-  private lastBuffer: ArrayBufferLike | undefined;
+  /** Memory 0: activations, KV pools, scratch, norm weights, and weights up to mainWeightBytes. */
+  private readonly main: Arena;
+  /** Every memory, main first; the others hold weights only. */
+  private readonly arenas: Arena[];
+  private pool: WasmThreadPool | undefined;
+  private readonly nThreads: number;
+  private readonly mainWeightBytes: number;
+  private readonly memoryWeightBytes: number;
   private placed = new WeakMap<WeightMatrix, Placed>();
   /** Copies of small float arrays (norm weights) in WebAssembly memory, keyed by the array. */
   private constants = new WeakMap<Float32Array, number>();
-  private regions = new Map<string, { ptr: number; bytes: number }>();
   /** Per type: 0 not supported, 1 float (matmul), 2 packed quantized (matmulQuant). */
   private supported: number[] = [];
   private ropeTable: RopeTable | undefined;
@@ -319,31 +306,50 @@ class WasmKernelSet implements WasmKernels {
   readonly getRows = referenceKernels.getRows;
   readonly addBias = referenceKernels.addBias;
 
+  constructor(
+    private readonly module: object,
+    o: WasmKernelOptions,
+  ) {
+    this.main = newArena(module);
+    this.arenas = [this.main];
+    this.nThreads = o.threads ?? defaultThreads();
+    this.mainWeightBytes = o.mainWeightBytes ?? 2 * GiB;
+    this.memoryWeightBytes = o.memoryWeightBytes ?? 3.75 * GiB;
+    this.startPool();
+    for (const t of Object.values(GGMLType)) {
+      if (typeof t === "number") this.supported[t] = this.main.wasm.supports(t);
+    }
+  }
+
+  /** (Re)starts the kernel threads on every memory (a new memory means new worker instances). */
+  private startPool(): void {
+    if (this.nThreads <= 1) return;
+    const old = this.pool;
+    this.pool = WasmThreadPool.create({
+      threads: this.nThreads,
+      module: this.module,
+      memories: this.arenas.map((a) => a.memory),
+      exports: this.arenas.map((a) => a.wasm as unknown as Record<string, unknown>),
+      functions: POOL_FUNCTIONS,
+    });
+    void old?.close();
+  }
+
   get threads(): number {
     return this.pool?.threads ?? 1;
+  }
+
+  /** How many WebAssembly memories the kernels use (more than one once weights pass mainWeightBytes). */
+  get memories(): number {
+    return this.arenas.length;
   }
 
   ready(): Promise<void> {
     return this.pool?.ready ?? Promise.resolve();
   }
 
-  constructor(
-    private readonly memory: WasmMemory,
-    private readonly wasm: WasmExports,
-    private readonly pool: WasmThreadPool | undefined,
-  ) {
-    this.top = align(wasm.heapBase());
-    this.highWater = this.top;
-    this.refreshViews();
-    for (const t of Object.values(GGMLType)) {
-      if (typeof t === "number") this.supported[t] = wasm.supports(t);
-    }
-  }
-
   memoryBytes(): number {
-    let bytes = 0;
-    for (const b of this.live.values()) bytes += b;
-    return bytes;
+    return this.arenas.reduce((n, a) => n + a.usedBytes(), 0);
   }
 
   supports(type: GGMLType): boolean {
@@ -355,22 +361,48 @@ class WasmKernelSet implements WasmKernels {
   }
 
   owns(a: Float32Array): boolean {
-    const b = a.buffer;
-    return b === this.lastBuffer || this.buffers.has(b);
+    return this.main.owns(a);
   }
 
   allocFloat32(n: number): Float32Array | undefined {
-    const ptr = this.tryAlloc(Math.max(n, 1) * 4);
-    if (ptr === undefined) return undefined;
-    // Memory above the highest address ever handed out is still zero from the grow (and not yet
-    // touched: a large KV pool then costs no resident memory until used).
-    this.u8.fill(0, ptr, Math.min(ptr + n * 4, this.highWater));
-    this.highWater = Math.max(this.highWater, ptr + n * 4);
-    return new Float32Array(this.memory.buffer, ptr, n);
+    return this.main.allocFloat32(n);
   }
 
   freeFloat32(a: Float32Array): void {
-    if (this.owns(a)) this.release(a.byteOffset);
+    if (this.main.owns(a)) this.main.release(a.byteOffset);
+  }
+
+  /** Runs a splittable kernel on memory `arena`'s instance, on every thread when worth it. */
+  private run(
+    arena: Arena,
+    name: "matmulQuantPart" | "matmulPart" | "matmulQuantMulti",
+    args: number[],
+    macs: number,
+  ): void {
+    const pool = this.pool;
+    if (pool && macs >= PARALLEL_MIN_MACS) pool.run(name, args, this.arenas.indexOf(arena));
+    else (arena.wasm[name] as (...a: number[]) => void)(...args, 0, 1);
+  }
+
+  /**
+   * x (nTokens × cols floats) where the kernels of `arena` can read it: in place when it already
+   * is, else copied into a scratch region there (rows zero-padded to colsPad).
+   */
+  private stageIn(arena: Arena, x: Float32Array, nTokens: number, cols: number, colsPad: number): number {
+    if (arena === this.main && this.main.owns(x) && colsPad === cols) return x.byteOffset;
+    const ptr = this.scratchIn(arena, "x", nTokens * colsPad * 4);
+    const f32 = arena.f32;
+    const xi = ptr >>> 2;
+    if (colsPad === cols) {
+      f32.set(x.subarray(0, nTokens * cols), xi);
+    } else {
+      for (let t = 0; t < nTokens; t++) {
+        const o = xi + t * colsPad;
+        f32.set(x.subarray(t * cols, (t + 1) * cols), o);
+        f32.fill(0, o + cols, o + colsPad);
+      }
+    }
+    return ptr;
   }
 
   matmulShared(
@@ -380,14 +412,23 @@ class WasmKernelSet implements WasmKernels {
     outs: readonly Float32Array[],
   ): void {
     const w0 = ws[0];
+    if (
+      w0 === undefined ||
+      ws.length < 2 ||
+      ws.length > 3 ||
+      nTokens === 0 ||
+      this.supported[w0.type] !== 2
+    ) {
+      for (let i = 0; i < ws.length; i++) this.matmul(ws[i]!, x, nTokens, outs[i]!);
+      return;
+    }
+    const placed = ws.map((w) => this.place(w));
+    const arena = placed[0]!.arena;
     const fused =
-      w0 !== undefined &&
-      ws.length >= 2 &&
-      ws.length <= 3 &&
-      nTokens > 0 &&
-      this.owns(x) &&
-      ws.every((w, i) => w.type === w0.type && w.cols === w0.cols && this.owns(outs[i]!)) &&
-      this.supported[w0.type] === 2;
+      placed.every((p) => p.arena === arena) &&
+      ws.every(
+        (w, i) => w.type === w0.type && w.cols === w0.cols && (arena !== this.main || this.owns(outs[i]!)),
+      );
     if (!fused) {
       for (let i = 0; i < ws.length; i++) this.matmul(ws[i]!, x, nTokens, outs[i]!);
       return;
@@ -399,17 +440,26 @@ class WasmKernelSet implements WasmKernels {
       if (outs[i]!.length < nTokens * w.rows)
         throw new RangeError(`matmul: out holds ${outs[i]!.length} floats, need ${nTokens * w.rows}`);
     });
-    const placed = ws.map((w) => this.place(w));
-    const scratch = this.region("quant", this.wasm.quantScratchBytes(cols, nTokens));
+    const xPtr = this.stageIn(arena, x, nTokens, cols, cols);
+    // Outputs in the main memory are written in place; a weights-only memory writes them to scratch.
+    const outPtrs = ws.map((w, i) =>
+      arena === this.main ? outs[i]!.byteOffset : this.scratchIn(arena, `out${i}`, nTokens * w.rows * 4),
+    );
+    const scratch = this.scratchIn(arena, "quant", arena.wasm.quantScratchBytes(cols, nTokens));
     const parts = this.pool?.threads ?? 1;
-    const partBytes = align(this.wasm.quantPartBytes(cols));
-    const partScratch = this.region("quantParts", parts * partBytes);
-    this.wasm.quantizeActivations(w0.type, x.byteOffset, nTokens, cols, scratch);
-    const m = (i: number) => (i < ws.length ? [placed[i]!.ptr, ws[i]!.rows, outs[i]!.byteOffset] : [0, 0, 0]);
+    const partBytes = align(arena.wasm.quantPartBytes(cols));
+    const partScratch = this.scratchIn(arena, "quantParts", parts * partBytes);
+    arena.wasm.quantizeActivations(w0.type, xPtr, nTokens, cols, scratch);
+    const m = (i: number) => (i < ws.length ? [placed[i]!.ptr, ws[i]!.rows, outPtrs[i]!] : [0, 0, 0]);
     const args = [w0.type, cols, nTokens, scratch, partScratch, partBytes, ...m(0), ...m(1), ...m(2)];
     const macs = ws.reduce((a, w) => a + w.rows * cols * nTokens, 0);
-    if (this.pool && macs >= PARALLEL_MIN_MACS) this.pool.run("matmulQuantMulti", args);
-    else this.wasm.matmulQuantMulti(...args, 0, 1);
+    this.run(arena, "matmulQuantMulti", args, macs);
+    if (arena !== this.main) {
+      ws.forEach((w, i) => {
+        const o = outPtrs[i]! >>> 2;
+        outs[i]!.set(arena.f32.subarray(o, o + nTokens * w.rows));
+      });
+    }
   }
 
   matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {
@@ -424,66 +474,31 @@ class WasmKernelSet implements WasmKernels {
       throw new RangeError(`matmul: out holds ${out.length} floats, need ${nTokens * rows}`);
     if (nTokens === 0 || rows === 0) return;
     const p = this.place(w);
+    const arena = p.arena;
     const colsPad = p.colsPad;
-    // Activations and output in our memory are used in place; others go through scratch regions
-    // (allocating may grow the memory, so the views are taken after).
-    const xIn = this.owns(x) && (p.packed || colsPad === cols);
-    const outIn = this.owns(out);
-    const xPtr = xIn ? x.byteOffset : this.region("x", nTokens * colsPad * 4);
-    const outPtr = outIn ? out.byteOffset : this.region("out", nTokens * rows * 4);
+    // Activations and output in the weights' memory are used in place; others go through scratch
+    // regions there (allocating may grow the memory, so the views are taken after).
+    const xPtr = this.stageIn(arena, x, nTokens, cols, p.packed ? cols : colsPad);
+    const outIn = arena === this.main && this.main.owns(out);
+    const outPtr = outIn ? out.byteOffset : this.scratchIn(arena, "out", nTokens * rows * 4);
     const scratch = p.packed
-      ? this.region("quant", this.wasm.quantScratchBytes(cols, nTokens))
-      : this.region("rows", 4 * colsPad * 4);
-    const f32 = this.f32;
-    if (!xIn) {
-      const xi = xPtr >>> 2;
-      if (colsPad === cols) {
-        f32.set(x.subarray(0, nTokens * cols), xi);
-      } else {
-        for (let t = 0; t < nTokens; t++) {
-          const o = xi + t * colsPad;
-          f32.set(x.subarray(t * cols, (t + 1) * cols), o);
-          f32.fill(0, o + cols, o + colsPad);
-        }
-      }
+      ? this.scratchIn(arena, "quant", arena.wasm.quantScratchBytes(cols, nTokens))
+      : this.scratchIn(arena, "rows", 4 * colsPad * 4);
+    const macs = rows < 8 ? 0 : rows * cols * nTokens; // a split needs two groups of 4 rows
+    const parts = this.pool?.threads ?? 1;
+    if (p.packed) {
+      arena.wasm.quantizeActivations(w.type, xPtr, nTokens, cols, scratch);
+      const partBytes = align(arena.wasm.quantPartBytes(cols));
+      const partScratch = this.scratchIn(arena, "quantParts", parts * partBytes);
+      const args = [w.type, p.ptr, rows, cols, nTokens, scratch, outPtr, partScratch, partBytes];
+      this.run(arena, "matmulQuantPart", args, macs);
+    } else {
+      const partBytes = align(4 * colsPad * 4);
+      const partScratch = this.scratchIn(arena, "rowParts", parts * partBytes);
+      const args = [w.type, p.ptr, p.rowBytes, rows, colsPad, xPtr, nTokens, outPtr, partScratch, partBytes];
+      this.run(arena, "matmulPart", args, macs);
     }
-    const pool = this.pool;
-    if (pool && rows * cols * nTokens >= PARALLEL_MIN_MACS && rows >= 8) {
-      const parts = pool.threads;
-      if (p.packed) {
-        this.wasm.quantizeActivations(w.type, xPtr, nTokens, cols, scratch);
-        const partBytes = align(this.wasm.quantPartBytes(cols));
-        const partScratch = this.region("quantParts", parts * partBytes);
-        pool.run("matmulQuantPart", [
-          w.type,
-          p.ptr,
-          rows,
-          cols,
-          nTokens,
-          scratch,
-          outPtr,
-          partScratch,
-          partBytes,
-        ]);
-      } else {
-        const partBytes = align(4 * colsPad * 4);
-        const partScratch = this.region("rowParts", parts * partBytes);
-        pool.run("matmulPart", [
-          w.type,
-          p.ptr,
-          p.rowBytes,
-          rows,
-          colsPad,
-          xPtr,
-          nTokens,
-          outPtr,
-          partScratch,
-          partBytes,
-        ]);
-      }
-    } else if (p.packed) this.wasm.matmulQuant(w.type, p.ptr, rows, cols, xPtr, nTokens, outPtr, scratch);
-    else this.wasm.matmul(w.type, p.ptr, p.rowBytes, rows, colsPad, xPtr, nTokens, outPtr, scratch);
-    if (!outIn) out.set(this.f32.subarray(outPtr >>> 2, (outPtr >>> 2) + nTokens * rows));
+    if (!outIn) out.set(arena.f32.subarray(outPtr >>> 2, (outPtr >>> 2) + nTokens * rows));
   }
 
   rmsnorm(
@@ -499,7 +514,7 @@ class WasmKernelSet implements WasmKernels {
       return;
     }
     if (x.length < nRows * dim || out.length < nRows * dim) throw new RangeError("rmsnorm: arrays too short");
-    this.wasm.rmsnorm(x.byteOffset, this.constant(weight), nRows, dim, eps, out.byteOffset);
+    this.main.wasm.rmsnorm(x.byteOffset, this.constant(weight), nRows, dim, eps, out.byteOffset);
   }
 
   rope(
@@ -517,7 +532,7 @@ class WasmKernelSet implements WasmKernels {
     if (x.length < nTokens * nHeads * headDim) throw new RangeError("rope: x too short");
     const half = p.dim / 2;
     const table = this.ropeTableFor(positions, nTokens, p);
-    this.wasm.rope(x.byteOffset, nTokens, nHeads, headDim, half, p.style === "neox" ? 1 : 0, table);
+    this.main.wasm.rope(x.byteOffset, nTokens, nHeads, headDim, half, p.style === "neox" ? 1 : 0, table);
   }
 
   swiglu(gate: Float32Array, up: Float32Array, n: number, out: Float32Array): void {
@@ -526,7 +541,7 @@ class WasmKernelSet implements WasmKernels {
       return;
     }
     if (gate.length < n || up.length < n || out.length < n) throw new RangeError("swiglu: arrays too short");
-    this.wasm.swiglu(gate.byteOffset, up.byteOffset, n, out.byteOffset);
+    this.main.wasm.swiglu(gate.byteOffset, up.byteOffset, n, out.byteOffset);
   }
 
   addInPlace(a: Float32Array, b: Float32Array, n: number): void {
@@ -535,7 +550,7 @@ class WasmKernelSet implements WasmKernels {
       return;
     }
     if (a.length < n || b.length < n) throw new RangeError("addInPlace: arrays too short");
-    this.wasm.addInPlace(a.byteOffset, b.byteOffset, n);
+    this.main.wasm.addInPlace(a.byteOffset, b.byteOffset, n);
   }
 
   storeKV(kv: PagedKV, k: Float32Array, v: Float32Array, seqs: readonly AttentionSeq[]): void {
@@ -549,7 +564,7 @@ class WasmKernelSet implements WasmKernels {
       if (k.length < (s.row + s.count) * kvDim || v.length < (s.row + s.count) * kvDim)
         throw new RangeError("storeKV: k or v too short");
       const table = this.blockTable(kv, s);
-      this.wasm.storeKV(
+      this.main.wasm.storeKV(
         kv.k.byteOffset,
         kv.v.byteOffset,
         kv.blockSize,
@@ -583,15 +598,15 @@ class WasmKernelSet implements WasmKernels {
       throw new RangeError("attention: q or out too short");
     const qIn = this.owns(q);
     const outIn = this.owns(out);
-    const qPtr = qIn ? q.byteOffset : this.region("q", rows * qDim * 4);
-    const outPtr = outIn ? out.byteOffset : this.region("att", rows * qDim * 4);
-    if (!qIn) this.f32.set(q.subarray(0, rows * qDim), qPtr >>> 2);
+    const qPtr = qIn ? q.byteOffset : this.scratch("q", rows * qDim * 4);
+    const outPtr = outIn ? out.byteOffset : this.scratch("att", rows * qDim * 4);
+    if (!qIn) this.main.f32.set(q.subarray(0, rows * qDim), qPtr >>> 2);
     const scale = 1 / Math.sqrt(kv.headDim);
     for (const s of seqs) {
       if (s.count === 0) continue;
       const table = this.blockTable(kv, s);
-      const scores = this.region("scores", (s.pos + s.count) * 4);
-      this.wasm.attention(
+      const scores = this.scratch("scores", (s.pos + s.count) * 4);
+      this.main.wasm.attention(
         kv.k.byteOffset,
         kv.v.byteOffset,
         kv.blockSize,
@@ -613,32 +628,9 @@ class WasmKernelSet implements WasmKernels {
       for (const s of seqs) {
         const a = s.row * qDim;
         const b = (s.row + s.count) * qDim;
-        out.set(this.f32.subarray((outPtr >>> 2) + a, (outPtr >>> 2) + b), a);
+        out.set(this.main.f32.subarray((outPtr >>> 2) + a, (outPtr >>> 2) + b), a);
       }
     }
-  }
-
-  dequantize(w: WeightMatrix): Float32Array {
-    if (!this.supports(w.type)) throw new SpindleError(`no WebAssembly decoder for type ${w.type}`);
-    const p = this.place(w);
-    if (p.packed) {
-      const dst = this.region("dequantize", 4 * w.cols * 4);
-      const out = new Float32Array(w.rows * w.cols);
-      for (let r = 0; r < w.rows; r += 4) {
-        this.wasm.dequantizeGroup(w.type, p.ptr + (r / 4) * p.rowBytes, w.cols, dst);
-        const n = Math.min(4, w.rows - r) * w.cols;
-        out.set(this.f32.subarray(dst >>> 2, (dst >>> 2) + n), r * w.cols);
-      }
-      return out;
-    }
-    const dst = this.region("dequantize", w.rows * p.colsPad * 4);
-    this.wasm.dequantizeRows(w.type, p.ptr, p.rowBytes, w.rows, p.colsPad, dst);
-    const out = new Float32Array(w.rows * w.cols);
-    for (let r = 0; r < w.rows; r++) {
-      const o = (dst >>> 2) + r * p.colsPad;
-      out.set(this.f32.subarray(o, o + w.cols), r * w.cols);
-    }
-    return out;
   }
 
   /**
@@ -650,8 +642,8 @@ class WasmKernelSet implements WasmKernels {
     const numBlocks = Math.floor(kv.k.length / (kv.blockSize * kv.nKVHeads * kv.headDim));
     if (kv.v.length < numBlocks * kv.blockSize * kv.nKVHeads * kv.headDim)
       throw new RangeError("the V pool is smaller than the K pool");
-    const ptr = this.region("table", n * 4);
-    const i32 = this.i32;
+    const ptr = this.scratch("table", n * 4);
+    const i32 = this.main.i32;
     const o = ptr >>> 2;
     for (let b = 0; b < n; b++) {
       const id = s.blockTable[b];
@@ -684,8 +676,8 @@ class WasmKernelSet implements WasmKernels {
       if (same) return t.ptr;
     }
     const half = p.dim / 2;
-    const ptr = this.region("rope", nTokens * half * 8);
-    const f32 = this.f32;
+    const ptr = this.scratch("rope", nTokens * half * 8);
+    const f32 = this.main.f32;
     const o = ptr >>> 2;
     for (let i = 0; i < half; i++) {
       const freq = p.freqBase ** ((-2 * i) / p.dim);
@@ -705,158 +697,125 @@ class WasmKernelSet implements WasmKernels {
   private constant(a: Float32Array): number {
     let ptr = this.constants.get(a);
     if (ptr === undefined) {
-      ptr = this.alloc(a.length * 4);
-      this.f32.set(a, ptr >>> 2);
+      ptr = this.mainAlloc(a.length * 4);
+      this.main.f32.set(a, ptr >>> 2);
       this.constants.set(a, ptr);
     }
     return ptr;
+  }
+  dequantize(w: WeightMatrix): Float32Array {
+    if (!this.supports(w.type)) throw new SpindleError(`no WebAssembly decoder for type ${w.type}`);
+    const p = this.place(w);
+    const a = p.arena;
+    if (p.packed) {
+      const dst = this.scratchIn(a, "dequantize", 4 * w.cols * 4);
+      const out = new Float32Array(w.rows * w.cols);
+      for (let r = 0; r < w.rows; r += 4) {
+        a.wasm.dequantizeGroup(w.type, p.ptr + (r / 4) * p.rowBytes, w.cols, dst);
+        const n = Math.min(4, w.rows - r) * w.cols;
+        out.set(a.f32.subarray(dst >>> 2, (dst >>> 2) + n), r * w.cols);
+      }
+      return out;
+    }
+    const dst = this.scratchIn(a, "dequantize", w.rows * p.colsPad * 4);
+    a.wasm.dequantizeRows(w.type, p.ptr, p.rowBytes, w.rows, p.colsPad, dst);
+    const out = new Float32Array(w.rows * w.cols);
+    for (let r = 0; r < w.rows; r++) {
+      const o = (dst >>> 2) + r * p.colsPad;
+      out.set(a.f32.subarray(o, o + w.cols), r * w.cols);
+    }
+    return out;
+  }
+
+  /**
+   * The memory a weight of `bytes` goes to: the main one while its weights stay within
+   * mainWeightBytes, else the first weights-only memory with room, else a new one.
+   */
+  private arenaFor(bytes: number): Arena {
+    if (this.main.weightBytes + bytes <= this.mainWeightBytes) return this.main;
+    for (const a of this.arenas) {
+      if (a !== this.main && a.weightBytes + bytes <= this.memoryWeightBytes) return a;
+    }
+    if (bytes > MAX_PAGES * 65536 - 2 ** 24) {
+      throw new SpindleError(
+        `a weight matrix of ${(bytes / GiB).toFixed(2)} GiB does not fit in one 4 GiB WebAssembly memory`,
+        "wasm_memory",
+      );
+    }
+    const a = newArena(this.module);
+    this.arenas.push(a);
+    this.startPool();
+    return a;
   }
 
   /** The matrix's copy in WebAssembly memory, made on first use. */
   private place(w: WeightMatrix): Placed {
     const known = this.placed.get(w);
     if (known !== undefined && known.data === w.data) return known;
-    if (known !== undefined) this.release(known.ptr);
+    if (known !== undefined) {
+      known.arena.release(known.ptr);
+      known.arena.weightBytes -= known.bytes;
+    }
     const floatBytes = FLOAT_BYTES[w.type];
-    let p: Placed;
     if (w.data.length < w.rows * w.rowBytes)
       throw new RangeError(`weight ${w.name}: ${w.data.length} bytes, need ${w.rows} rows of ${w.rowBytes}`);
-    if (this.supported[w.type] === 2) {
+    const packed = this.supported[w.type] === 2;
+    const groupBytes = packed ? this.main.wasm.groupBytes(w.type, w.cols) : 0;
+    const colsPad = !packed && floatBytes !== undefined ? (w.cols + 3) & ~3 : w.cols;
+    const rowBytes = packed ? groupBytes : colsPad === w.cols ? w.rowBytes : colsPad * floatBytes!;
+    const bytes = packed ? Math.ceil(w.rows / 4) * groupBytes : w.rows * rowBytes;
+    const arena = this.arenaFor(bytes);
+    const ptr = this.allocIn(arena, bytes);
+    if (packed) {
       // Quantized: repacked in groups of 4 rows (see pack in the WebAssembly source), 4 rows at a time
       // through a small staging region.
-      const groupBytes = this.wasm.groupBytes(w.type, w.cols);
-      const groups = Math.ceil(w.rows / 4);
-      const ptr = this.alloc(groups * groupBytes);
-      const stage = this.region("stage", 4 * w.rowBytes);
-      for (let g = 0; g < groups; g++) {
+      const stage = this.scratchIn(arena, "stage", 4 * w.rowBytes);
+      for (let g = 0; 4 * g < w.rows; g++) {
         const r0 = 4 * g;
         const n = Math.min(4, w.rows - r0);
-        this.u8.set(w.data.subarray(r0 * w.rowBytes, (r0 + n) * w.rowBytes), stage);
-        this.wasm.pack(w.type, stage, w.rowBytes, n, w.cols, ptr + g * groupBytes);
+        arena.u8.set(w.data.subarray(r0 * w.rowBytes, (r0 + n) * w.rowBytes), stage);
+        arena.wasm.pack(w.type, stage, w.rowBytes, n, w.cols, ptr + g * groupBytes);
       }
-      p = { data: w.data, ptr, rowBytes: groupBytes, colsPad: w.cols, packed: true };
-    } else if (floatBytes !== undefined && w.cols % 4 !== 0) {
+    } else if (colsPad !== w.cols) {
       // Float rows are padded with zeros to a multiple of 4 elements, so the kernels need no tails.
-      const colsPad = (w.cols + 3) & ~3;
-      const rowBytes = colsPad * floatBytes;
-      const ptr = this.alloc(w.rows * rowBytes);
-      const u8 = this.u8;
+      const u8 = arena.u8;
       for (let r = 0; r < w.rows; r++) {
         u8.set(w.data.subarray(r * w.rowBytes, (r + 1) * w.rowBytes), ptr + r * rowBytes);
         u8.fill(0, ptr + r * rowBytes + w.rowBytes, ptr + (r + 1) * rowBytes);
       }
-      p = { data: w.data, ptr, rowBytes, colsPad, packed: false };
     } else {
-      const bytes = w.rows * w.rowBytes;
-      const ptr = this.alloc(bytes);
-      this.u8.set(w.data.subarray(0, bytes), ptr);
-      p = { data: w.data, ptr, rowBytes: w.rowBytes, colsPad: w.cols, packed: false };
+      arena.u8.set(w.data.subarray(0, bytes), ptr);
     }
+    arena.weightBytes += bytes;
+    const p: Placed = { arena, data: w.data, ptr, bytes, rowBytes, colsPad, packed };
     this.placed.set(w, p);
     return p;
   }
 
-  /** A grow-only scratch region of at least `bytes`, reused across calls. */
-  private region(name: string, bytes: number): number {
-    const r = this.regions.get(name);
-    if (r !== undefined && r.bytes >= bytes) return r.ptr;
-    if (r !== undefined) this.release(r.ptr);
-    const size = Math.max(bytes, (r?.bytes ?? 0) * 2, 4096);
-    const ptr = this.alloc(size);
-    this.regions.set(name, { ptr, bytes: size });
-    return ptr;
+  /** A grow-only scratch region of the main memory. */
+  private scratch(name: string, bytes: number): number {
+    return this.scratchIn(this.main, name, bytes);
+  }
+
+  private scratchIn(arena: Arena, name: string, bytes: number): number {
+    return arena.region(name, bytes) ?? this.full(arena, bytes);
+  }
+
+  private mainAlloc(bytes: number): number {
+    return this.allocIn(this.main, bytes);
   }
 
   /** An allocation that must succeed (weights, scratch); its contents are unspecified. */
-  private alloc(bytes: number): number {
-    const ptr = this.tryAlloc(bytes);
-    if (ptr !== undefined) this.noteWritten(ptr, align(bytes));
-    if (ptr === undefined) {
-      throw new SpindleError(
-        `the WebAssembly kernels need more than the 4 GiB a 32-bit WebAssembly memory holds (${(this.memoryBytes() / 2 ** 30).toFixed(2)} GiB in use, ${(bytes / 2 ** 20).toFixed(1)} MiB more asked)`,
-        "wasm_memory",
-      );
-    }
-    return ptr;
+  private allocIn(arena: Arena, bytes: number): number {
+    return arena.alloc(bytes) ?? this.full(arena, bytes);
   }
 
-  /** First fit among the free ranges, else at the top (growing the memory); undefined when it cannot fit. */
-  private tryAlloc(n: number): number | undefined {
-    const bytes = align(n);
-    for (let i = 0; i < this.free.length; i++) {
-      const f = this.free[i]!;
-      if (f.bytes < bytes) continue;
-      const ptr = f.ptr;
-      if (f.bytes === bytes) this.free.splice(i, 1);
-      else {
-        f.ptr += bytes;
-        f.bytes -= bytes;
-      }
-      this.live.set(ptr, bytes);
-      return ptr;
-    }
-    const ptr = this.top;
-    const end = ptr + bytes;
-    const have = this.memory.buffer.byteLength;
-    if (end > have) {
-      const pages = Math.ceil((end - have) / PAGE);
-      if (have / PAGE + pages > MAX_PAGES) return undefined;
-      try {
-        this.memory.grow(pages);
-      } catch {
-        return undefined;
-      }
-      this.refreshViews();
-    }
-    this.top = end;
-    this.live.set(ptr, bytes);
-    return ptr;
+  private full(arena: Arena, bytes: number): never {
+    throw new SpindleError(
+      `the WebAssembly kernels need more than the 4 GiB a 32-bit WebAssembly memory holds (${(arena.usedBytes() / GiB).toFixed(2)} GiB in use, ${(bytes / 2 ** 20).toFixed(1)} MiB more asked)`,
+      "wasm_memory",
+    );
   }
-
-  private noteWritten(ptr: number, bytes: number): void {
-    this.highWater = Math.max(this.highWater, ptr + bytes);
-  }
-
-  /** Frees an allocation: its range joins the free list (merged with its neighbours) or lowers the top. */
-  private release(ptr: number): void {
-    const bytes = this.live.get(ptr);
-    if (bytes === undefined) return;
-    this.live.delete(ptr);
-    const free = this.free;
-    let i = 0;
-    while (i < free.length && free[i]!.ptr < ptr) i++;
-    free.splice(i, 0, { ptr, bytes });
-    // Merge with the next range, then with the previous one.
-    const cur = free[i]!;
-    const next = free[i + 1];
-    if (next !== undefined && cur.ptr + cur.bytes === next.ptr) {
-      cur.bytes += next.bytes;
-      free.splice(i + 1, 1);
-    }
-    const prev = free[i - 1];
-    if (prev !== undefined && prev.ptr + prev.bytes === cur.ptr) {
-      prev.bytes += cur.bytes;
-      free.splice(i, 1);
-    }
-    const last = free[free.length - 1];
-    if (last !== undefined && last.ptr + last.bytes === this.top) {
-      this.top = last.ptr;
-      free.pop();
-    }
-  }
-
-  private refreshViews(): void {
-    const buf = this.memory.buffer;
-    this.buffers.add(buf);
-    this.lastBuffer = buf;
-    this.f32 = new Float32Array(buf);
-    this.i32 = new Int32Array(buf);
-    this.u8 = new Uint8Array(buf);
-  }
-}
-
-function align(n: number): number {
-  return Math.ceil(n / ALIGN) * ALIGN;
 }
 
 /** Whether the WebAssembly kernels have been built. */

@@ -7,7 +7,8 @@ import { tempDir } from "../helpers/tmp.js";
 /**
  * The thread pool on a small module compiled here with AssemblyScript (shared memory, like the
  * kernels): every part runs exactly once per call, on its own rows, for thousands of calls in a row
- * (spinning hand-off) and after the workers went to sleep (wait/notify hand-off).
+ * (spinning hand-off) and after the workers went to sleep (wait/notify hand-off), on the memory
+ * each call names.
  */
 
 const SOURCE = `
@@ -32,6 +33,9 @@ const WA = (globalThis as unknown as { WebAssembly: Wasm }).WebAssembly;
 let module: object;
 let memory: { buffer: ArrayBuffer };
 let exports: Record<string, unknown>;
+/** A second memory with its own instance (the kernels' weights-only memories). */
+let memory2: { buffer: ArrayBuffer };
+let exports2: Record<string, unknown>;
 
 beforeAll(async () => {
   const dir = tempDir();
@@ -54,6 +58,8 @@ beforeAll(async () => {
   module = new WA.Module(readFileSync(out));
   memory = new WA.Memory({ initial: 2, maximum: 16, shared: true });
   exports = new WA.Instance(module, { env: { memory } }).exports;
+  memory2 = new WA.Memory({ initial: 2, maximum: 16, shared: true });
+  exports2 = new WA.Instance(module, { env: { memory: memory2 } }).exports;
 }, 60_000);
 
 const OUT = 65536;
@@ -62,13 +68,19 @@ const VISITS = OUT + 4096 * 4;
 describe.each([1, 2, 3])("WasmThreadPool with %i threads", (threads) => {
   let pool: WasmThreadPool;
   beforeAll(async () => {
-    pool = await WasmThreadPool.start({ threads, module, memory, exports, functions: ["mark"] });
+    pool = await WasmThreadPool.start({
+      threads,
+      module,
+      memories: [memory, memory2],
+      exports: [exports, exports2],
+      functions: ["mark"],
+    });
   });
   afterAll(() => pool?.close());
 
-  const check = (n: number, stamp: number, calls: number) => {
-    const out = new Int32Array(memory.buffer, OUT, n);
-    const visits = new Int32Array(memory.buffer, VISITS, n);
+  const check = (n: number, stamp: number, calls: number, mem = memory) => {
+    const out = new Int32Array(mem.buffer, OUT, n);
+    const visits = new Int32Array(mem.buffer, VISITS, n);
     expect(new Set([...out].map((v) => v >> 4))).toEqual(new Set([stamp]));
     expect(new Set(visits)).toEqual(new Set([calls]));
     // Every part wrote its own contiguous range, in order.
@@ -91,5 +103,14 @@ describe.each([1, 2, 3])("WasmThreadPool with %i threads", (threads) => {
       pool.run("mark", [OUT, VISITS, 777, s]);
     }
     check(777, 5, 5);
+  });
+
+  it("runs a call on the instance of the memory it names, and only there", () => {
+    new Int32Array(memory.buffer, VISITS, 4096).fill(0);
+    new Int32Array(memory2.buffer, VISITS, 4096).fill(0);
+    for (let s = 1; s <= 300; s++) pool.run("mark", [OUT, VISITS, 500, s], s % 2);
+    check(500, 300, 150); // even calls: memory 0
+    check(500, 299, 150, memory2); // odd calls: memory 1
+    expect(() => pool.run("mark", [OUT, VISITS, 500, 1], 2)).toThrow(RangeError);
   });
 });
