@@ -109,4 +109,10 @@ export interface Kernels {
     nTokens: number,
     outs: readonly Float32Array[],
   ): void;
+  /**
+   * Optional: takes a matrix that will only ever be multiplied into the kernels' own memory now and
+   * drops the caller's copy of its bytes (`w.data` becomes empty), so a model's weights are held
+   * once. Returns false (and keeps `w` as it is) when these kernels cannot multiply its type.
+   */
+  adopt?(w: WeightMatrix): boolean;
 }

@@ -170,6 +170,9 @@ interface Placed {
 }
 
 type Arena = WasmArena<WasmExports>;
+
+/** The bytes of an adopted matrix (see adopt): its only copy is the one in WebAssembly memory. */
+const ADOPTED = new Uint8Array(0);
 const FLOAT_BYTES: Partial<Record<GGMLType, number>> = {
   [GGMLType.F32]: 4,
   [GGMLType.F16]: 2,
@@ -358,6 +361,14 @@ class WasmKernelSet implements WasmKernels {
 
   prepare(weights: Iterable<WeightMatrix>): void {
     for (const w of weights) if (this.supports(w.type)) this.place(w);
+  }
+
+  adopt(w: WeightMatrix): boolean {
+    if (!this.supports(w.type)) return false;
+    const p = this.place(w);
+    p.data = ADOPTED;
+    w.data = ADOPTED;
+    return true;
   }
 
   owns(a: Float32Array): boolean {

@@ -38,7 +38,8 @@ export function loadModel(path: string, opts: LoadOptions = {}): Model {
         `tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabulary is ${config.vocabSize}`,
       );
     }
-    const weights = loadWeights(g, config);
+    const kernels = opts.kernels ?? selectKernelsSync();
+    const weights = loadWeights(g, config, kernels.adopt?.bind(kernels));
     let weightBytes = 0;
     for (const t of g.tensors.values()) weightBytes += t.nbytes;
     const chatTemplate = g.has("tokenizer.chat_template")
@@ -49,7 +50,7 @@ export function loadModel(path: string, opts: LoadOptions = {}): Model {
       config,
       tokenizer,
       chatTemplate,
-      transformer: new Transformer(config, weights, opts.kernels ?? selectKernelsSync()),
+      transformer: new Transformer(config, weights, kernels),
       weightBytes,
     };
   } finally {

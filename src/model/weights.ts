@@ -59,36 +59,47 @@ function optionalVector(g: GGUFFile, name: string, n: number): Float32Array | un
   return g.tensors.has(name) ? vector(g, name, n) : undefined;
 }
 
-/** Reads every weight the forward pass needs, checking names, shapes and types against the config. */
-export function loadWeights(g: GGUFFile, c: ModelConfig): ModelWeights {
+/**
+ * Reads every weight the forward pass needs, checking names, shapes and types against the config.
+ * `adopt` (the kernels' adopt) is offered each matrix that is only multiplied, as soon as it is
+ * read, so the kernels can take it into their memory and the file's bytes need not stay in JS
+ * memory as well: the embedding table is not offered (its rows are looked up in JS), nor, when
+ * tied, the LM head that shares it.
+ */
+export function loadWeights(g: GGUFFile, c: ModelConfig, adopt?: (w: WeightMatrix) => unknown): ModelWeights {
   const qDim = c.nHeads * c.headDim;
   const kvDim = c.nKVHeads * c.headDim;
   const tokenEmbd = matrix(g, "token_embd.weight", c.vocabSize, c.dim);
+  const mat = (name: string, rows: number, cols: number): WeightMatrix => {
+    const w = matrix(g, name, rows, cols);
+    adopt?.(w);
+    return w;
+  };
   const layers: LayerWeights[] = [];
   for (let l = 0; l < c.nLayers; l++) {
     const p = `blk.${l}.`;
     layers.push({
       attnNorm: vector(g, `${p}attn_norm.weight`, c.dim),
-      wq: matrix(g, `${p}attn_q.weight`, qDim, c.dim),
-      wk: matrix(g, `${p}attn_k.weight`, kvDim, c.dim),
-      wv: matrix(g, `${p}attn_v.weight`, kvDim, c.dim),
-      wo: matrix(g, `${p}attn_output.weight`, c.dim, qDim),
+      wq: mat(`${p}attn_q.weight`, qDim, c.dim),
+      wk: mat(`${p}attn_k.weight`, kvDim, c.dim),
+      wv: mat(`${p}attn_v.weight`, kvDim, c.dim),
+      wo: mat(`${p}attn_output.weight`, c.dim, qDim),
       bq: optionalVector(g, `${p}attn_q.bias`, qDim),
       bk: optionalVector(g, `${p}attn_k.bias`, kvDim),
       bv: optionalVector(g, `${p}attn_v.bias`, kvDim),
       qNorm: optionalVector(g, `${p}attn_q_norm.weight`, c.headDim),
       kNorm: optionalVector(g, `${p}attn_k_norm.weight`, c.headDim),
       ffnNorm: vector(g, `${p}ffn_norm.weight`, c.dim),
-      wGate: matrix(g, `${p}ffn_gate.weight`, c.ffnDim, c.dim),
-      wUp: matrix(g, `${p}ffn_up.weight`, c.ffnDim, c.dim),
-      wDown: matrix(g, `${p}ffn_down.weight`, c.dim, c.ffnDim),
+      wGate: mat(`${p}ffn_gate.weight`, c.ffnDim, c.dim),
+      wUp: mat(`${p}ffn_up.weight`, c.ffnDim, c.dim),
+      wDown: mat(`${p}ffn_down.weight`, c.dim, c.ffnDim),
     });
   }
   return {
     tokenEmbd,
     layers,
     outputNorm: vector(g, "output_norm.weight", c.dim),
-    output: c.tiedEmbeddings ? tokenEmbd : matrix(g, "output.weight", c.vocabSize, c.dim),
+    output: c.tiedEmbeddings ? tokenEmbd : mat("output.weight", c.vocabSize, c.dim),
     ropeFreqs: optionalVector(g, "rope_freqs.weight", c.rope.dim / 2),
   };
 }

@@ -1,6 +1,7 @@
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { GGMLType } from "../../src/gguf/types.js";
+import { referenceKernels } from "../../src/kernels/reference.js";
 import { createWasmKernelsSync, type WasmKernels } from "../../src/kernels/wasm-kernels.js";
 import type { BatchSeq } from "../../src/model/forward.js";
 import { KVCacheStorage } from "../../src/model/kv-cache.js";
@@ -130,5 +131,16 @@ describe("weights over several WebAssembly memories", () => {
     expect(other.allocFloat32(20_000_000)).toBeDefined(); // grows the other memory by 80 MB
     const after = a.allocFloat32(1000)!;
     expect([a.owns(before), a.owns(after), other.owns(after)]).toEqual([true, true, false]);
+  });
+
+  it("loadModel hands every multiplied matrix to the kernels and drops its bytes; the embedding table keeps them", () => {
+    const model = loadModel(testModel(STORIES_260K), { kernels: kernels({ threads: 1 }) });
+    const w = model.transformer.weights;
+    const adopted = [w.output, ...w.layers.flatMap((l) => [l.wq, l.wk, l.wv, l.wo, l.wGate, l.wUp, l.wDown])];
+    expect(adopted.map((m) => m.data.length)).toEqual(adopted.map(() => 0));
+    expect(w.tokenEmbd.data.length).toBe(w.tokenEmbd.rows * w.tokenEmbd.rowBytes);
+    // The reference kernels keep the file's bytes (nothing to adopt them).
+    const ref = loadModel(testModel(STORIES_260K), { kernels: referenceKernels });
+    expect(ref.transformer.weights.layers[0]!.wq.data.length).toBeGreaterThan(0);
   });
 });
