@@ -7,6 +7,7 @@ import { typeName } from "../gguf/types.js";
 import { generate } from "../model/generate.js";
 import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../model/kv-cache.js";
 import { loadModel, type Model } from "../model/model.js";
+import { tuneSmallSplits } from "../model/tune-splits.js";
 import { Rng } from "../sampling/rng.js";
 
 /**
@@ -366,8 +367,8 @@ async function main(): Promise<void> {
   process.env.SPINDLE_THREADS = String(ints(values["spindle-threads"]!)[0]!);
 
   const model = loadModel(path);
-  const kernels = model.transformer.kernels as { threads?: number; ready?: () => Promise<void> };
-  await kernels.ready?.();
+  const kernels = model.transformer.kernels as { threads?: number };
+  const splits = await tuneSmallSplits(model);
   const vocab = model.config.vocabSize;
   const ctxLen = model.config.contextLength;
   if (promptTokens > ctxLen || GEN_PROMPT + genTokens > ctxLen || PAR_PROMPT + parTokens > ctxLen)
@@ -382,7 +383,7 @@ async function main(): Promise<void> {
   const weights = weightsLabel(path);
   console.log(
     `model ${path}: ${nLayers} layers, dim ${dim}, vocab ${vocab}, weights ${weights}; ` +
-      `Spindle kernels: ${model.transformer.kernels.name} (${kernels.threads ?? 1} thread(s), --spindle-threads); ` +
+      `Spindle kernels: ${model.transformer.kernels.name} (${kernels.threads ?? 1} thread(s), --spindle-threads${splits ? `; decode-sized matmuls ${splits.smallSplits ? "split" : "on one thread"}: step ${splits.splitMs.toFixed(2)} ms split vs ${splits.singleMs.toFixed(2)} ms not` : ""}); ` +
       `llama.cpp threads ${threadList.join(", ")} (--threads); repeats ${repeats}, median`,
   );
   const rows: Row[] = [
@@ -478,7 +479,7 @@ async function main(): Promise<void> {
   if (values.json) {
     const report = {
       model: { path, dim, layers: nLayers, vocab, weights },
-      spindle: { kernels: model.transformer.kernels.name, threads: kernels.threads ?? 1 },
+      spindle: { kernels: model.transformer.kernels.name, threads: kernels.threads ?? 1, splits },
       llamaThreads: threadList,
       repeats,
       metrics: rows.map((r, i) => ({

@@ -6,6 +6,7 @@ import { defaultKernelsName, type KernelName, selectKernelsSync } from "../kerne
 import { ensureModel } from "../model/default-model.js";
 import { generate } from "../model/generate.js";
 import { loadModel } from "../model/model.js";
+import { tuneSmallSplits } from "../model/tune-splits.js";
 
 export const GENERATE_USAGE = `usage: spindle generate [--model M] (--prompt P | --chat P) [--max-tokens N] [--temperature T] [--seed S]
                         [--top-k K] [--top-p P] [--min-p P] [--stop S]...
@@ -56,7 +57,7 @@ export async function generateCommand(args: string[]): Promise<number> {
   const model = loadModel(path, {
     kernels: selectKernelsSync((values.kernels as KernelName | undefined) ?? defaultKernelsName()),
   });
-  await kernelsReady(model.transformer.kernels);
+  await tuneSmallSplits(model); // kernel threads up, decode splits measured
   const loadMs = performance.now() - t0;
   let prompt = values.prompt ?? "";
   if (values.chat !== undefined) {
@@ -93,10 +94,6 @@ export async function generateCommand(args: string[]): Promise<number> {
 }
 
 /** "wasm kernels, 2 threads" / "reference kernels". */
-async function kernelsReady(k: Kernels): Promise<void> {
-  await (k as { ready?: () => Promise<void> }).ready?.();
-}
-
 function kernelsLabel(k: Kernels): string {
   const threads = (k as { threads?: number }).threads;
   return `${k.name} kernels${threads !== undefined ? `, ${threads} thread${threads === 1 ? "" : "s"}` : ""}`;

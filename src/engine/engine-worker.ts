@@ -4,6 +4,7 @@ import type { ModelConfig } from "../model/config.js";
 import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../model/kv-cache.js";
 import { loadModel, type Model } from "../model/model.js";
 import { readModelCard } from "../model/model-card.js";
+import { tuneSmallSplits } from "../model/tune-splits.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { type Clock, EngineCore, type EngineEvent, type EngineOptions, realClock } from "./engine.js";
 import {
@@ -144,7 +145,6 @@ function build(init: EngineInit): Built {
   const numBlocks = kvCacheBlocks(c, init, maxNumSeqs);
   const runner = new ModelRunner(model, numBlocks, init.blockSize);
   const tok = model.tokenizer;
-  const kernels = model.transformer.kernels as { ready?: () => Promise<void> };
   const warnings: string[] = [];
   if (model.transformer.kernels.allocFloat32 && !runner.kv.inKernelMemory) {
     warnings.push(
@@ -153,7 +153,10 @@ function build(init: EngineInit): Built {
   }
   return {
     runner,
-    ready: kernels.ready?.bind(kernels),
+    // Kernel threads up, and whether decode-sized matmuls are split over them measured.
+    ready: async () => {
+      await tuneSmallSplits(model);
+    },
     tokenizer: tok,
     clock: realClock,
     info: {

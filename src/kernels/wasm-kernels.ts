@@ -52,6 +52,12 @@ export interface WasmKernels extends Kernels {
   readonly threads: number;
   /** Resolves once the kernel threads are up (the first matmul would otherwise wait for them). */
   ready(): Promise<void>;
+  /**
+   * Whether decode-sized matmuls (up to 4 tokens) are split over the threads too (default on; larger
+   * ones always are). A split never changes results; whether it pays at decode depends on the
+   * machine and the model, so `tuneSmallSplits` (src/model/tune-splits.ts) sets it by measurement.
+   */
+  smallSplits: boolean;
   /** Whether matmul of this weight type runs in WebAssembly (other types use the reference kernel). */
   supports(type: GGMLType): boolean;
   /** Copies these matrices into WebAssembly memory now instead of on their first use. */
@@ -168,6 +174,9 @@ interface Placed {
   colsPad: number;
   packed: boolean;
 }
+
+/** Calls of up to this many tokens (decode steps) are split over the threads only while smallSplits is on. */
+const SMALL_TOKENS = 4;
 
 type Arena = WasmArena<WasmExports>;
 
@@ -305,6 +314,7 @@ class WasmKernelSet implements WasmKernels {
   /** Per type: 0 not supported, 1 float (matmul), 2 packed quantized (matmulQuant). */
   private supported: number[] = [];
   private ropeTable: RopeTable | undefined;
+  smallSplits = true;
 
   readonly getRows = referenceKernels.getRows;
   readonly addBias = referenceKernels.addBias;
@@ -383,16 +393,23 @@ class WasmKernelSet implements WasmKernels {
     if (this.main.owns(a)) this.main.release(a.byteOffset);
   }
 
-  /** Runs a splittable kernel on memory `arena`'s instance, on every thread when worth it. */
+  /**
+   * Runs a splittable kernel on memory `arena`'s instance, on every thread when worth it: at least
+   * PARALLEL_MIN_MACS multiply-adds, and more than SMALL_TOKENS tokens unless smallSplits is on.
+   */
   private run(
     arena: Arena,
     name: "matmulQuantPart" | "matmulPart" | "matmulQuantMulti",
     args: number[],
     macs: number,
+    nTokens: number,
   ): void {
     const pool = this.pool;
-    if (pool && macs >= PARALLEL_MIN_MACS) pool.run(name, args, this.arenas.indexOf(arena));
-    else (arena.wasm[name] as (...a: number[]) => void)(...args, 0, 1);
+    if (pool === undefined || macs < PARALLEL_MIN_MACS || (nTokens <= SMALL_TOKENS && !this.smallSplits)) {
+      (arena.wasm[name] as (...a: number[]) => void)(...args, 0, 1);
+    } else {
+      pool.run(name, args, this.arenas.indexOf(arena));
+    }
   }
 
   /**
@@ -464,7 +481,7 @@ class WasmKernelSet implements WasmKernels {
     const m = (i: number) => (i < ws.length ? [placed[i]!.ptr, ws[i]!.rows, outPtrs[i]!] : [0, 0, 0]);
     const args = [w0.type, cols, nTokens, scratch, partScratch, partBytes, ...m(0), ...m(1), ...m(2)];
     const macs = ws.reduce((a, w) => a + w.rows * cols * nTokens, 0);
-    this.run(arena, "matmulQuantMulti", args, macs);
+    this.run(arena, "matmulQuantMulti", args, macs, nTokens);
     if (arena !== this.main) {
       ws.forEach((w, i) => {
         const o = outPtrs[i]! >>> 2;
@@ -502,12 +519,12 @@ class WasmKernelSet implements WasmKernels {
       const partBytes = align(arena.wasm.quantPartBytes(cols));
       const partScratch = this.scratchIn(arena, "quantParts", parts * partBytes);
       const args = [w.type, p.ptr, rows, cols, nTokens, scratch, outPtr, partScratch, partBytes];
-      this.run(arena, "matmulQuantPart", args, macs);
+      this.run(arena, "matmulQuantPart", args, macs, nTokens);
     } else {
       const partBytes = align(4 * colsPad * 4);
       const partScratch = this.scratchIn(arena, "rowParts", parts * partBytes);
       const args = [w.type, p.ptr, p.rowBytes, rows, colsPad, xPtr, nTokens, outPtr, partScratch, partBytes];
-      this.run(arena, "matmulPart", args, macs);
+      this.run(arena, "matmulPart", args, macs, nTokens);
     }
     if (!outIn) out.set(arena.f32.subarray(outPtr >>> 2, (outPtr >>> 2) + nTokens * rows));
   }

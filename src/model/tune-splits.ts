@@ -1,0 +1,85 @@
+import { KVCacheStorage } from "./kv-cache.js";
+import type { Model } from "./model.js";
+
+/**
+ * Kernel threads at decode: measured, not assumed. Splitting a decode-sized matmul (one token per
+ * sequence) over the kernel threads saves compute but costs a hand-off and keeps the other threads
+ * spinning between kernels; which wins depends on the machine and the model. Measured on this
+ * project's 2-vCPU machine, decode per token with 2 threads vs 1: SmolLM2-135M shape 11.4 vs 14.4 ms
+ * (splitting wins), stories15M shape 1.92 vs 1.38 ms (splitting loses, although each split call
+ * timed alone is faster: the cost shows up between the calls). So the decision is taken on whole
+ * decode steps of the model itself, once its kernel threads are up.
+ */
+
+/** The kernel-set surface this needs (the WebAssembly kernels have it). */
+interface SplittableKernels {
+  readonly threads: number;
+  ready(): Promise<void>;
+  smallSplits: boolean;
+}
+
+export interface SplitChoice {
+  /** Median decode step (ms) with decode-sized matmuls split over the threads, and without. */
+  splitMs: number;
+  singleMs: number;
+  smallSplits: boolean;
+}
+
+/** About how long the measurement may take. */
+const BUDGET_MS = 1000;
+const ROUNDS = 3;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1]!;
+}
+
+/**
+ * Waits for the model's kernel threads, then, when there are several, times decode steps of a
+ * throwaway sequence with decode-sized splits on and off (alternating phases, ROUNDS of each, the
+ * first step of every phase untimed) and keeps the faster. Results do not depend on the choice, only
+ * speed. Returns what it measured, or undefined when there is nothing to choose (one thread, or
+ * kernels without threads).
+ */
+export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undefined> {
+  const k = model.transformer.kernels as Partial<SplittableKernels>;
+  await k.ready?.();
+  if (k.smallSplits === undefined || (k.threads ?? 1) <= 1) return undefined;
+  const kernels = k as SplittableKernels;
+  const c = model.config;
+  const maxTokens = Math.min(c.contextLength, 4 + 2 * ROUNDS * 9);
+  const kv = new KVCacheStorage(c, Math.ceil(maxTokens / 16) + 1);
+  const blockTable = Array.from({ length: kv.numBlocks }, (_, i) => i);
+  let pos = 0;
+  const step = (): number => {
+    const t0 = performance.now();
+    const token = 3 + ((pos * 7919) % Math.max(1, c.vocabSize - 3));
+    model.transformer.forward(kv, [{ tokens: [token], pos, blockTable }]);
+    pos++;
+    return performance.now() - t0;
+  };
+  try {
+    kernels.smallSplits = true;
+    const first = Math.max(step(), step());
+    const perPhase = Math.max(2, Math.min(8, Math.floor(BUDGET_MS / (2 * ROUNDS * first)) + 1));
+    const times: [number[], number[]] = [[], []];
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const split of [true, false]) {
+        if (pos + perPhase > maxTokens) break;
+        kernels.smallSplits = split;
+        step(); // the threads settle into this way of working
+        for (let i = 1; i < perPhase; i++) times[split ? 1 : 0].push(step());
+      }
+    }
+    const [single, split] = times;
+    const choice: SplitChoice = {
+      splitMs: median(split),
+      singleMs: median(single),
+      smallSplits: median(split) < median(single),
+    };
+    kernels.smallSplits = choice.smallSplits;
+    return choice;
+  } finally {
+    kv.dispose();
+  }
+}
