@@ -32,6 +32,14 @@ import { Rng } from "../sampling/rng.js";
  *    (prefill excluded), aggregate tokens over all sequences / time.
  */
 
+const USAGE = `usage: npm run bench:engine -- --model FILE [--spindle-threads 2] [--threads 1,2]
+           [--prompt-tokens 128] [--gen-tokens 128] [--parallel 8,32] [--parallel-tokens 32]
+           [--repeats 3] [--seed 1] [--json OUT]
+
+Spindle (WebAssembly kernels, --spindle-threads) against node-llama-cpp (each of --threads; the
+better counts) on the same GGUF: prompt tok/s, generation tok/s at batch 1 and with N parallel
+sequences, as ratios, then the fast-kernels targets for the model shapes the issue names.`;
+
 const PAR_PROMPT = 16;
 const GEN_PROMPT = 4;
 
@@ -352,9 +360,14 @@ async function main(): Promise<void> {
       seed: { type: "string", default: "1" },
       "spindle-threads": { type: "string", default: "2" },
       json: { type: "string" },
+      help: { type: "boolean", short: "h" },
     },
   });
-  if (!values.model) throw new Error("--model FILE is required");
+  if (values.help || !values.model) {
+    console.log(USAGE);
+    if (!values.help) process.exitCode = 2;
+    return;
+  }
   const path = resolve(values.model);
   const threadList = ints(values.threads!);
   const promptTokens = ints(values["prompt-tokens"]!)[0]!;
