@@ -61,9 +61,11 @@ export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undef
   try {
     kernels.smallSplits = true;
     const first = Math.max(step(), step());
-    const perPhase = Math.max(2, Math.min(8, Math.floor(BUDGET_MS / (2 * ROUNDS * first)) + 1));
+    // Big models (a step past 100 ms) get one round of two timed steps each way: a few seconds.
+    const rounds = first > 100 ? 1 : ROUNDS;
+    const perPhase = Math.max(3, Math.min(8, Math.floor(BUDGET_MS / (2 * rounds * first)) + 1));
     const times: [number[], number[]] = [[], []];
-    for (let r = 0; r < ROUNDS; r++) {
+    for (let r = 0; r < rounds; r++) {
       for (const split of [true, false]) {
         if (pos + perPhase > maxTokens) break;
         kernels.smallSplits = split;
@@ -72,6 +74,10 @@ export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undef
       }
     }
     const [single, split] = times;
+    if (single.length === 0 || split.length === 0) {
+      kernels.smallSplits = true; // a context too short to measure: the default
+      return undefined;
+    }
     const choice: SplitChoice = {
       splitMs: median(split),
       singleMs: median(single),
