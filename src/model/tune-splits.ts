@@ -4,11 +4,11 @@ import type { Model } from "./model.js";
 /**
  * Kernel threads at decode: measured, not assumed. Splitting a decode-sized matmul (one token per
  * sequence) over the kernel threads saves compute but costs a hand-off and keeps the other threads
- * spinning between kernels; which wins depends on the machine and the model. Measured on this
- * project's 2-vCPU machine, decode per token with 2 threads vs 1: SmolLM2-135M shape 11.4 vs 14.4 ms
- * (splitting wins), stories15M shape 1.92 vs 1.38 ms (splitting loses, although each split call
- * timed alone is faster: the cost shows up between the calls). So the decision is taken on whole
- * decode steps of the model itself, once its kernel threads are up.
+ * spinning between kernels; which wins depends on the machine and the model. Measured here per
+ * decode step, split vs not: SmolLM2-135M shape 9.9 vs 15.2 ms, stories15M shape 1.42 vs 1.38 ms.
+ * Timing each split call alone misleads (on the 15M shape split calls were faster alone while the
+ * whole step got slower), so the decision is taken on whole decode steps of the model itself, once
+ * its kernel threads are up.
  */
 
 /** The kernel-set surface this needs (the WebAssembly kernels have it). */
