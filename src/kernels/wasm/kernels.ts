@@ -395,7 +395,9 @@ function wFused<T>(g: usize, s: i32, sub: i32, r: i32, k: i32): v128 {
  */
 // @inline
 function q6Vec(g: usize, s: i32, sub: i32, r: i32, k: i32): v128 {
-  const b = v128.load(g + <usize>s * 1104 + 80 + ((<usize>r) << 8) + ((<usize>sub) << 5) + ((<usize>(k >> 1)) << 4));
+  const b = v128.load(
+    g + <usize>s * 1104 + 80 + ((<usize>r) << 8) + ((<usize>sub) << 5) + ((<usize>(k >> 1)) << 4),
+  );
   return (k & 1) === 0 ? i16x8.shr_s(i16x8.shl(b, 8), 8) : i16x8.shr_s(b, 8);
 }
 
@@ -403,7 +405,9 @@ function q6Vec(g: usize, s: i32, sub: i32, r: i32, k: i32): v128 {
 // @inline
 function q6Scale(g: usize, s: i32, sub: i32, r: i32, k: i32): i32 {
   return <i32>(
-    load<i8>(g + <usize>s * 1104 + 16 + ((<usize>r) << 4) + <usize>(8 * (sub >> 2) + 2 * (sub & 3) + (k >> 1)))
+    load<i8>(
+      g + <usize>s * 1104 + 16 + ((<usize>r) << 4) + <usize>(8 * (sub >> 2) + 2 * (sub & 3) + (k >> 1)),
+    )
   );
 }
 
