@@ -1,4 +1,4 @@
-import { GGMLType } from "../../src/gguf/types.js";
+import { GGMLType, SUPPORTED_WEIGHT_TYPES, TYPE_GEOMETRY } from "../../src/gguf/types.js";
 import type { Kernels, WeightMatrix } from "../../src/kernels/kernels.js";
 import { referenceKernels } from "../../src/kernels/reference.js";
 import { dequantize, f16ToF32, f32ToF16 } from "../../src/quant/index.js";
@@ -21,16 +21,10 @@ function f16Round(v: number): number {
   return f16ToF32(f32ToF16(v));
 }
 
-export const PACKED_TYPES: readonly GGMLType[] = [
-  GGMLType.Q8_0,
-  GGMLType.Q4_0,
-  GGMLType.Q4_1,
-  GGMLType.Q5_0,
-  GGMLType.Q5_1,
-  GGMLType.Q4_K,
-  GGMLType.Q5_K,
-  GGMLType.Q6_K,
-];
+/** The quantized (block) types among those Spindle supports: the ones the kernels repack in groups. */
+export const PACKED_TYPES: readonly GGMLType[] = SUPPORTED_WEIGHT_TYPES.filter(
+  (t) => TYPE_GEOMETRY[t]!.blockSize > 1,
+);
 
 export function isKQuant(type: GGMLType): boolean {
   return type === GGMLType.Q4_K || type === GGMLType.Q5_K || type === GGMLType.Q6_K;

@@ -496,6 +496,21 @@ function storeRows(o: usize, acc: v128, valid: i32): void {
   }
 }
 
+/** Row r of block (s, sub), weights unpacked on the fly (wFused), against one token's x0…x3 (dot4). */
+// @inline
+function fusedRow<T>(g: usize, s: i32, sub: i32, r: i32, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  return dot4(
+    wFused<T>(g, s, sub, r, 0),
+    wFused<T>(g, s, sub, r, 1),
+    wFused<T>(g, s, sub, r, 2),
+    wFused<T>(g, s, sub, r, 3),
+    x0,
+    x1,
+    x2,
+    x3,
+  );
+}
+
 /**
  * Block (s, sub) of the group's 4 rows against one token's block j (x: its four i16x8 at xp; xs, xb,
  * xi: the token's per-block arrays), weights unpacked on the fly: the updated acc.
@@ -522,48 +537,12 @@ function fusedBlock<T>(
   // places arithmetic as late as it can, so without them it loads the whole block (or the eight
   // unrolled blocks of a super-block) first and spills; a store of a partial result makes the
   // arithmetic happen before the next loads.
-  const i0 = dot4(
-    wFused<T>(g, s, sub, 0, 0),
-    wFused<T>(g, s, sub, 0, 1),
-    wFused<T>(g, s, sub, 0, 2),
-    wFused<T>(g, s, sub, 0, 3),
-    x0,
-    x1,
-    x2,
-    x3,
-  );
-  const i1 = dot4(
-    wFused<T>(g, s, sub, 1, 0),
-    wFused<T>(g, s, sub, 1, 1),
-    wFused<T>(g, s, sub, 1, 2),
-    wFused<T>(g, s, sub, 1, 3),
-    x0,
-    x1,
-    x2,
-    x3,
-  );
+  const i0 = fusedRow<T>(g, s, sub, 0, x0, x1, x2, x3);
+  const i1 = fusedRow<T>(g, s, sub, 1, x0, x1, x2, x3);
   const ab = pair(i0, i1);
   v128.store(sink, ab);
-  const i2 = dot4(
-    wFused<T>(g, s, sub, 2, 0),
-    wFused<T>(g, s, sub, 2, 1),
-    wFused<T>(g, s, sub, 2, 2),
-    wFused<T>(g, s, sub, 2, 3),
-    x0,
-    x1,
-    x2,
-    x3,
-  );
-  const i3 = dot4(
-    wFused<T>(g, s, sub, 3, 0),
-    wFused<T>(g, s, sub, 3, 1),
-    wFused<T>(g, s, sub, 3, 2),
-    wFused<T>(g, s, sub, 3, 3),
-    x0,
-    x1,
-    x2,
-    x3,
-  );
+  const i2 = fusedRow<T>(g, s, sub, 2, x0, x1, x2, x3);
+  const i3 = fusedRow<T>(g, s, sub, 3, x0, x1, x2, x3);
   const cd = pair(i2, i3);
   v128.store(sink, cd, 16);
   let I = combine(ab, cd);
@@ -775,30 +754,12 @@ function unpackedDot<T>(
     const x2 = v128.load(xp, 32);
     const x3 = v128.load(xp, 48);
     const w = ws + ((<usize>j) << 8);
-    const i0 = dot4(v128.load(w), v128.load(w, 16), v128.load(w, 32), v128.load(w, 48), x0, x1, x2, x3);
-    const i1 = dot4(v128.load(w, 64), v128.load(w, 80), v128.load(w, 96), v128.load(w, 112), x0, x1, x2, x3);
+    const i0 = unpackedRow(w, x0, x1, x2, x3);
+    const i1 = unpackedRow(w + 64, x0, x1, x2, x3);
     const ab = pair(i0, i1);
     v128.store(sink, ab); // a scheduling fence, as in fusedBlock
-    const i2 = dot4(
-      v128.load(w, 128),
-      v128.load(w, 144),
-      v128.load(w, 160),
-      v128.load(w, 176),
-      x0,
-      x1,
-      x2,
-      x3,
-    );
-    const i3 = dot4(
-      v128.load(w, 192),
-      v128.load(w, 208),
-      v128.load(w, 224),
-      v128.load(w, 240),
-      x0,
-      x1,
-      x2,
-      x3,
-    );
+    const i2 = unpackedRow(w + 128, x0, x1, x2, x3);
+    const i3 = unpackedRow(w + 192, x0, x1, x2, x3);
     const cd = pair(i2, i3);
     v128.store(sink, cd, 16);
     let I = combine(ab, cd);
@@ -810,19 +771,16 @@ function unpackedDot<T>(
   return acc;
 }
 
-/** One unpacked row's block (4 weight vectors at w) against one token's block at x (dot4). */
+/** One unpacked row's block (4 weight vectors at w) against one token's x0…x3 (dot4). */
+// @inline
+function unpackedRow(w: usize, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  return dot4(v128.load(w), v128.load(w, 16), v128.load(w, 32), v128.load(w, 48), x0, x1, x2, x3);
+}
+
+/** unpackedRow with the token's block loaded from x (again for each row: see unpackedDot2). */
 // @inline
 function dotRow(w: usize, x: usize): v128 {
-  return dot4(
-    v128.load(w),
-    v128.load(w, 16),
-    v128.load(w, 32),
-    v128.load(w, 48),
-    v128.load(x),
-    v128.load(x, 16),
-    v128.load(x, 32),
-    v128.load(x, 48),
-  );
+  return unpackedRow(w, v128.load(x), v128.load(x, 16), v128.load(x, 32), v128.load(x, 48));
 }
 
 /**
