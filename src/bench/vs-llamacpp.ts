@@ -380,7 +380,7 @@ async function main(): Promise<void> {
   process.env.SPINDLE_THREADS = String(ints(values["spindle-threads"]!)[0]!);
 
   const model = loadModel(path);
-  const kernels = model.transformer.kernels as { threads?: number };
+  const kernels = model.transformer.kernels as { threads?: number; build?: string };
   const splits = await tuneSmallSplits(model);
   const vocab = model.config.vocabSize;
   const ctxLen = model.config.contextLength;
@@ -396,7 +396,7 @@ async function main(): Promise<void> {
   const weights = weightsLabel(path);
   console.log(
     `model ${path}: ${nLayers} layers, dim ${dim}, vocab ${vocab}, weights ${weights}; ` +
-      `Spindle kernels: ${model.transformer.kernels.name} (${kernels.threads ?? 1} thread(s), --spindle-threads${splits ? `; decode-sized matmuls ${splits.smallSplits ? "split" : "on one thread"}: step ${splits.splitMs.toFixed(2)} ms split vs ${splits.singleMs.toFixed(2)} ms not` : ""}); ` +
+      `Spindle kernels: ${model.transformer.kernels.name}${kernels.build ? ` ${kernels.build} build` : ""} (${kernels.threads ?? 1} thread(s), --spindle-threads${splits ? `; decode-sized matmuls ${splits.smallSplits ? "split" : "on one thread"}: step ${splits.splitMs.toFixed(2)} ms split vs ${splits.singleMs.toFixed(2)} ms not` : ""}); ` +
       `llama.cpp threads ${threadList.join(", ")} (--threads); repeats ${repeats}, median`,
   );
   const rows: Row[] = [
@@ -492,7 +492,12 @@ async function main(): Promise<void> {
   if (values.json) {
     const report = {
       model: { path, dim, layers: nLayers, vocab, weights },
-      spindle: { kernels: model.transformer.kernels.name, threads: kernels.threads ?? 1, splits },
+      spindle: {
+        kernels: model.transformer.kernels.name,
+        build: kernels.build,
+        threads: kernels.threads ?? 1,
+        splits,
+      },
       llamaThreads: threadList,
       repeats,
       metrics: rows.map((r, i) => ({

@@ -93,8 +93,8 @@ export async function generateCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-/** "wasm kernels, 2 threads" / "reference kernels". */
+/** "wasm kernels (relaxed build), 2 threads" / "reference kernels". */
 function kernelsLabel(k: Kernels): string {
-  const threads = (k as { threads?: number }).threads;
-  return `${k.name} kernels${threads !== undefined ? `, ${threads} thread${threads === 1 ? "" : "s"}` : ""}`;
+  const { threads, build } = k as { threads?: number; build?: string };
+  return `${k.name} kernels${build !== undefined ? ` (${build} build)` : ""}${threads !== undefined ? `, ${threads} thread${threads === 1 ? "" : "s"}` : ""}`;
 }

@@ -11,12 +11,12 @@ import { quantize, rowBytes } from "../quant/index.js";
 import { Rng } from "../sampling/rng.js";
 import type { AttentionSeq, Kernels, PagedKV, WeightMatrix } from "./kernels.js";
 import { referenceKernels } from "./reference.js";
-import { createWasmKernels, type WasmKernels } from "./wasm-kernels.js";
+import { createWasmKernels, relaxedSimdAvailable, type WasmBuild, type WasmKernels } from "./wasm-kernels.js";
 
 /**
  * `npm run bench:kernels`: a quick measurement, not a test. Prints, per kernel and weight type,
  * GFLOP/s and GB/s (bytes of weights, or of KV cache, read per call) for the reference and the
- * WebAssembly kernels, next to this machine class's single-thread limits; then `generate` tok/s on a
+ * WebAssembly kernels (both builds, SIMD128 and relaxed SIMD, where this Node runs the latter), next to this machine class's single-thread limits; then `generate` tok/s on a
  * synthesized stories15M-shaped model with each kernel set. Each figure is the best of a few timed
  * trials (the machine may be shared): compare figures of one run, not across runs.
  *
@@ -69,6 +69,12 @@ function randomMatrix(rng: Rng, type: GGMLType, rows: number, cols: number): Wei
   return { name: "bench", type, rows, cols, data: quantize(type, f, cols), rowBytes: rowBytes(type, cols) };
 }
 
+/** "reference", "wasm-simd", "wasm-relaxed": a kernel set and, for WebAssembly, its build. */
+function label(k: Kernels): string {
+  const build = (k as Partial<WasmKernels>).build;
+  return build === undefined ? k.name : `${k.name}-${build}`;
+}
+
 const pad = (cells: string[], first = 7, rest = 22) =>
   cells.map((c, i) => (i === 0 ? c.padEnd(first) : c.padStart(rest))).join("");
 
@@ -86,7 +92,7 @@ function matmulTable(kernels: Kernels[], types: GGMLType[], rows: number, cols: 
       `limits, one thread: f32 matvec ${LIMITS.f32MatvecGflops} GFLOP/s, int8 dot ${LIMITS.int8DotGops} GOP/s, ` +
       `DRAM ${LIMITS.dramGBs} GB/s\n`,
   );
-  const header = ["type", ...kernels.flatMap((k) => [`${k.name} 1 tok`, `${k.name} ${batch} tok`])];
+  const header = ["type", ...kernels.flatMap((k) => [`${label(k)} 1 tok`, `${label(k)} ${batch} tok`])];
   process.stdout.write(`${pad(header)}\n`);
   for (const type of types) {
     if (cols % (FLOAT_TYPES.has(type) ? 1 : type >= GGMLType.Q4_K && type <= GGMLType.Q6_K ? 256 : 32) !== 0)
@@ -122,7 +128,7 @@ function otherTable(kernels: Kernels[]): void {
     `\nattention: 1 query, ${ctx} positions, ${nHeads} heads over ${nKVHeads} KV heads of ${headDim}: ` +
       `GFLOP/s (4·heads·positions·headDim) and GB/s (K and V read); rmsnorm, swiglu: GB/s (in + out)\n`,
   );
-  process.stdout.write(`${pad(["kernel", ...kernels.map((k) => k.name)], 10)}\n`);
+  process.stdout.write(`${pad(["kernel", ...kernels.map(label)], 10)}\n`);
   const attn: string[] = ["attention"];
   const norm: string[] = ["rmsnorm"];
   const glu: string[] = ["swiglu"];
@@ -187,7 +193,7 @@ async function generateTable(kernelSets: Kernels[], type: GGMLType, tokens: numb
         };
       }
       process.stdout.write(
-        `${kernels.name.padStart(10)}: prompt ${best.prompt.toFixed(1)} tok/s, generation ${best.gen.toFixed(1)} tok/s\n`,
+        `${label(kernels).padStart(12)}: prompt ${best.prompt.toFixed(1)} tok/s, generation ${best.gen.toFixed(1)} tok/s\n`,
       );
     }
   } finally {
@@ -209,13 +215,14 @@ async function main(): Promise<void> {
     },
   });
   const types = values.types ? values.types.split(",").map(typeByName) : [...TYPES];
-  const wasm: WasmKernels = await createWasmKernels();
-  const kernels: Kernels[] = values["no-reference"] ? [wasm] : [referenceKernels, wasm];
+  // Both builds of the WebAssembly kernels where this Node runs the relaxed one.
+  const builds: WasmBuild[] = relaxedSimdAvailable() ? ["simd", "relaxed"] : ["simd"];
+  const wasmSets = async () => Promise.all(builds.map((build) => createWasmKernels({ build })));
+  const kernels: Kernels[] = [...(values["no-reference"] ? [] : [referenceKernels]), ...(await wasmSets())];
   matmulTable(kernels, types, Number(values.rows), Number(values.cols), Number(values.tokens));
   otherTable(kernels);
   if (!values["no-generate"]) {
-    const sets: Kernels[] = values["no-reference"] ? [] : [referenceKernels];
-    sets.push(await createWasmKernels());
+    const sets: Kernels[] = [...(values["no-reference"] ? [] : [referenceKernels]), ...(await wasmSets())];
     await generateTable(sets, typeByName(values["model-type"]!), Number(values["gen-tokens"]));
   }
 }

@@ -115,4 +115,10 @@ export interface Kernels {
    * once. Returns false (and keeps `w` as it is) when these kernels cannot multiply its type.
    */
   adopt?(w: WeightMatrix): boolean;
+  /**
+   * Stops the kernels' threads, if they have any (calls after it run on the calling thread). The
+   * owner of a kernel set calls it when dropping the set: loadModel does for the set it made when
+   * the load fails.
+   */
+  close?(): Promise<void>;
 }

@@ -68,6 +68,12 @@ export interface WorkerInit {
 
 type Fn = (...args: number[]) => void;
 
+/** Kernel threads started and not yet exited, in this process (for tests that check none leak). */
+let liveWorkers = 0;
+export function liveKernelThreads(): number {
+  return liveWorkers;
+}
+
 export class WasmThreadPool {
   readonly threads: number;
   private readonly ctl: Int32Array;
@@ -119,6 +125,8 @@ export class WasmThreadPool {
       };
       const w = new Worker(workerEntry(import.meta.url, "thread-pool-worker"), { workerData: init });
       w.unref();
+      liveWorkers++;
+      w.once("exit", () => liveWorkers--);
       workers.push(w);
     }
     const pool = new WasmThreadPool(o, control, workers);

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
+import { setFlagsFromString } from "node:v8";
 import { SpindleError } from "../errors.js";
 import { GGMLType } from "../gguf/types.js";
 import type { RopeParams } from "../model/config.js";
@@ -13,21 +13,25 @@ import { align, MAX_PAGES, WasmArena, type WasmMemory } from "./wasm-arena.js";
 /**
  * WebAssembly SIMD kernels behind the `Kernels` interface.
  *
- * The math is AssemblyScript in src/kernels/wasm/kernels.ts, compiled by `npm run build:kernels` to
- * dist-wasm/kernels.wasm (SIMD128, a shared memory; no relaxed SIMD). In WebAssembly: matmul for
- * F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K; rmsnorm, rope, swiglu,
- * addInPlace, storeKV and attention when their arrays live in this kernel set's memory (see
- * `allocFloat32`: the forward pass keeps its activations there and KVCacheStorage its pools), the
- * reference kernels' otherwise; getRows and addBias are the reference's.
+ * The math is AssemblyScript in src/kernels/wasm/kernels.ts, compiled by `npm run build:kernels`
+ * twice (see WasmBuild): dist-wasm/kernels.wasm (SIMD128) and dist-wasm/kernels-relaxed.wasm (plus
+ * relaxed SIMD: fused multiply-adds in the float matmuls), the latter chosen at start-up where Node
+ * runs it (chooseBuild). In WebAssembly: matmul for F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q4_K, Q5_K and Q6_K; rmsnorm, rope, swiglu, addInPlace, storeKV and attention when their arrays
+ * live in this kernel set's memory (see `allocFloat32`: the forward pass keeps its activations there
+ * and KVCacheStorage its pools), the reference kernels' otherwise; getRows and addBias are the
+ * reference's. Matmuls and attention are split over the kernel threads (thread-pool.ts) when big
+ * enough.
  *
- * Memory: one shared WebAssembly.Memory (up to 4 GiB), owned here. Being shared, its buffer is a
- * SharedArrayBuffer that is never detached, so Float32Array views of it handed out by allocFloat32
- * stay valid when it grows. The first time a weight matrix is multiplied its bytes are copied into
- * that memory (once, keyed by the WeightMatrix object; quantized types repacked in groups of 4 rows,
- * float rows zero-padded to a multiple of 4 elements); `prepare` does it ahead of time. Scratch
- * regions, KV pools and activations come from a first-fit allocator over the same memory. Use one
- * kernel set per model. Models whose weights approach 4 GiB are out of scope (the wasm copy is made
- * next to the weights that loadModel keeps in JS memory).
+ * Memory: shared WebAssembly.Memory objects (up to 4 GiB each), owned here. Being shared, their
+ * buffers are SharedArrayBuffers that are never detached, so Float32Array views handed out by
+ * allocFloat32 stay valid when a memory grows. The main memory holds activations, KV pools, scratch
+ * regions and weights up to `mainWeightBytes`; further weights go to weight-only memories (so models
+ * over 4 GiB load). A weight matrix is placed once: `adopt` (called by loadModel as it reads the
+ * file) repacks it and drops the file's bytes, `prepare` or the first matmul copies one that was not
+ * adopted (keyed by the WeightMatrix object; quantized types repacked in groups of 4 rows, float
+ * rows zero-padded to a multiple of 4 elements). Allocation is first-fit (wasm-arena.ts). Use one
+ * kernel set per model, and close() it when done with it.
  *
  * Accuracy of matmul (see the WebAssembly source for the exact arithmetic):
  * - F32, F16, BF16: f32 arithmetic on the exact weights, against the reference's double sums: per
@@ -50,6 +54,8 @@ import { align, MAX_PAGES, WasmArena, type WasmMemory } from "./wasm-arena.js";
 export interface WasmKernels extends Kernels {
   /** Threads a large matmul is split over (1 = the calling thread only). */
   readonly threads: number;
+  /** Which build of the module runs (see WasmBuild). */
+  readonly build: WasmBuild;
   /** Resolves once the kernel threads are up (the first matmul would otherwise wait for them). */
   ready(): Promise<void>;
   /**
@@ -78,6 +84,7 @@ interface WasmApi {
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: Record<string, Record<string, unknown>>) => { exports: unknown };
   compile(bytes: Uint8Array): Promise<object>;
+  validate(bytes: Uint8Array): boolean;
   instantiate(
     module: object,
     imports: Record<string, Record<string, unknown>>,
@@ -144,22 +151,7 @@ interface WasmExports {
     pos: number,
     table: number,
   ): void;
-  attention(
-    kPool: number,
-    vPool: number,
-    blockSize: number,
-    nKVHeads: number,
-    headDim: number,
-    q: number,
-    nHeads: number,
-    row: number,
-    count: number,
-    pos: number,
-    table: number,
-    out: number,
-    scores: number,
-    scale: number,
-  ): void;
+  attentionPart(...args: number[]): void;
 }
 
 /** A weight matrix's copy in WebAssembly memory. */
@@ -188,29 +180,79 @@ const FLOAT_BYTES: Partial<Record<GGMLType, number>> = {
   [GGMLType.BF16]: 2,
 };
 
-/** Where the build puts the module: dist-wasm/ at the package root, two levels above this file (src/ or dist/). */
-export const WASM_PATH = fileURLToPath(new URL("../../dist-wasm/kernels.wasm", import.meta.url));
+/**
+ * The two builds of the kernels (scripts/build-kernels.mjs): "simd", SIMD128 only; "relaxed", SIMD128
+ * plus relaxed SIMD, whose float matmuls (F32, F16, BF16) use fused multiply-adds (one rounding per
+ * step instead of two, and fewer instructions). Every other kernel is the same code in both.
+ */
+export type WasmBuild = "simd" | "relaxed";
 
-function notBuilt(): SpindleError {
+/** Where the build puts the modules: dist-wasm/ at the package root, two levels above this file (src/ or dist/). */
+export const WASM_PATHS: Readonly<Record<WasmBuild, string>> = {
+  simd: fileURLToPath(new URL("../../dist-wasm/kernels.wasm", import.meta.url)),
+  relaxed: fileURLToPath(new URL("../../dist-wasm/kernels-relaxed.wasm", import.meta.url)),
+};
+export const WASM_PATH = WASM_PATHS.simd;
+
+function notBuilt(path: string): SpindleError {
   return new SpindleError(
-    `the WebAssembly kernels are not built (${WASM_PATH} is missing); run \`npm run build:kernels\``,
+    `the WebAssembly kernels are not built (${path} is missing); run \`npm run build:kernels\``,
     "kernels_not_built",
   );
 }
 
-let compiled: Promise<object> | undefined;
-
-async function compileModule(): Promise<object> {
-  let bytes: Buffer;
+function wasmBytes(build: WasmBuild): Buffer {
   try {
-    bytes = await readFile(WASM_PATH);
+    return readFileSync(WASM_PATHS[build]);
   } catch {
-    throw notBuilt();
+    throw notBuilt(WASM_PATHS[build]);
   }
-  return WA.compile(bytes);
 }
 
-let compiledSync: object | undefined;
+let relaxedOk: boolean | undefined;
+
+/**
+ * Whether this Node runs the relaxed-SIMD build. Node 22 and later do; Node 20 has relaxed SIMD behind
+ * a V8 flag, so when the module does not validate this turns the flag on (v8.setFlagsFromString, for
+ * the whole process: the kernel threads' instances too) and validates again. False when it still
+ * does not validate (another CPU architecture or engine) or the build is missing.
+ */
+export function relaxedSimdAvailable(): boolean {
+  if (relaxedOk !== undefined) return relaxedOk;
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(WASM_PATHS.relaxed);
+  } catch {
+    return false; // not cached: a later build may add it
+  }
+  relaxedOk = WA.validate(bytes);
+  if (!relaxedOk) {
+    setFlagsFromString("--experimental-wasm-relaxed-simd");
+    relaxedOk = WA.validate(bytes);
+  }
+  return relaxedOk;
+}
+
+/**
+ * The build a kernel set uses: `requested`, else $SPINDLE_WASM_BUILD, else "relaxed" where this Node
+ * runs it and "simd" elsewhere. Asking for "relaxed" where it cannot run is an error, not a fallback.
+ */
+export function chooseBuild(requested?: WasmBuild): WasmBuild {
+  const env = process.env.SPINDLE_WASM_BUILD;
+  const want = requested ?? (env === undefined || env === "" ? undefined : env);
+  if (want === undefined) return relaxedSimdAvailable() ? "relaxed" : "simd";
+  if (want !== "simd" && want !== "relaxed")
+    throw new SpindleError(`SPINDLE_WASM_BUILD="${want}" must be "simd" or "relaxed"`, "bad_wasm_build");
+  if (want === "relaxed" && !relaxedSimdAvailable())
+    throw new SpindleError(
+      `the relaxed-SIMD kernels cannot run here (${WASM_PATHS.relaxed} missing, or this Node's WebAssembly has no relaxed SIMD); use the "simd" build`,
+      "bad_wasm_build",
+    );
+  return want;
+}
+
+const compiled = new Map<WasmBuild, Promise<object>>();
+const compiledSync = new Map<WasmBuild, object>();
 
 function newMemory(): WasmMemory {
   return new WA.Memory({ initial: 16, maximum: MAX_PAGES, shared: true });
@@ -230,6 +272,8 @@ export interface WasmKernelOptions {
    */
   mainWeightBytes?: number;
   memoryWeightBytes?: number;
+  /** Which build of the module (see chooseBuild): default $SPINDLE_WASM_BUILD, else "relaxed" where it runs. */
+  build?: WasmBuild;
 }
 
 const GiB = 2 ** 30;
@@ -255,29 +299,31 @@ export function defaultThreads(): number {
  * the synchronous `loadModel` can default to these kernels.
  */
 export function createWasmKernelsSync(o: WasmKernelOptions = {}): WasmKernels {
-  if (!compiledSync) {
-    let bytes: Buffer;
-    try {
-      bytes = readFileSync(WASM_PATH);
-    } catch {
-      throw notBuilt();
-    }
-    compiledSync = new WA.Module(bytes);
+  const build = chooseBuild(o.build);
+  let module = compiledSync.get(build);
+  if (module === undefined) {
+    module = new WA.Module(wasmBytes(build));
+    compiledSync.set(build, module);
   }
-  return new WasmKernelSet(compiledSync, o);
+  return new WasmKernelSet(module, build, o);
 }
 
 /** Loads the WebAssembly kernels; each call gets its own memory (use one per model). */
 export async function createWasmKernels(o: WasmKernelOptions = {}): Promise<WasmKernels> {
-  compiled ??= compileModule();
+  const build = chooseBuild(o.build);
+  let pending = compiled.get(build);
+  if (pending === undefined) {
+    pending = (async () => WA.compile(wasmBytes(build)))();
+    compiled.set(build, pending);
+  }
   let module: object;
   try {
-    module = await compiled;
+    module = await pending;
   } catch (e) {
-    compiled = undefined;
+    compiled.delete(build);
     throw e;
   }
-  return new WasmKernelSet(module, o);
+  return new WasmKernelSet(module, build, o);
 }
 
 /** A new memory with an instance of the module on it (Node instantiates synchronously at any size). */
@@ -296,7 +342,7 @@ interface RopeTable {
 }
 
 /** Kernel exports the thread pool may run. */
-const POOL_FUNCTIONS = ["matmulQuantPart", "matmulPart", "matmulQuantMulti"];
+const POOL_FUNCTIONS = ["matmulQuantPart", "matmulPart", "matmulQuantMulti", "attentionPart"];
 
 class WasmKernelSet implements WasmKernels {
   readonly name = "wasm";
@@ -305,7 +351,7 @@ class WasmKernelSet implements WasmKernels {
   /** Every memory, main first; the others hold weights only. */
   private readonly arenas: Arena[];
   private pool: WasmThreadPool | undefined;
-  private readonly nThreads: number;
+  private nThreads: number;
   private readonly mainWeightBytes: number;
   private readonly memoryWeightBytes: number;
   private placed = new WeakMap<WeightMatrix, Placed>();
@@ -321,6 +367,7 @@ class WasmKernelSet implements WasmKernels {
 
   constructor(
     private readonly module: object,
+    readonly build: WasmBuild,
     o: WasmKernelOptions,
   ) {
     this.main = newArena(module);
@@ -332,6 +379,14 @@ class WasmKernelSet implements WasmKernels {
     for (const t of Object.values(GGMLType)) {
       if (typeof t === "number") this.supported[t] = this.main.wasm.supports(t);
     }
+  }
+
+  /** Stops the kernel threads; later matmuls run on the calling thread. */
+  async close(): Promise<void> {
+    const pool = this.pool;
+    this.pool = undefined;
+    this.nThreads = 1;
+    await pool?.close();
   }
 
   /** (Re)starts the kernel threads on every memory (a new memory means new worker instances). */
@@ -399,7 +454,7 @@ class WasmKernelSet implements WasmKernels {
    */
   private run(
     arena: Arena,
-    name: "matmulQuantPart" | "matmulPart" | "matmulQuantMulti",
+    name: "matmulQuantPart" | "matmulPart" | "matmulQuantMulti" | "attentionPart",
     args: number[],
     macs: number,
     nTokens: number,
@@ -629,28 +684,46 @@ class WasmKernelSet implements WasmKernels {
     const qPtr = qIn ? q.byteOffset : this.scratch("q", rows * qDim * 4);
     const outPtr = outIn ? out.byteOffset : this.scratch("att", rows * qDim * 4);
     if (!qIn) this.main.f32.set(q.subarray(0, rows * qDim), qPtr >>> 2);
-    const scale = 1 / Math.sqrt(kv.headDim);
-    for (const s of seqs) {
-      if (s.count === 0) continue;
-      const table = this.blockTable(kv, s);
-      const scores = this.scratch("scores", (s.pos + s.count) * 4);
-      this.main.wasm.attention(
-        kv.k.byteOffset,
-        kv.v.byteOffset,
-        kv.blockSize,
-        kv.nKVHeads,
-        kv.headDim,
-        qPtr,
-        nHeads,
-        s.row,
-        s.count,
-        s.pos,
-        table,
-        outPtr,
-        scores,
-        scale,
-      );
+    // The sequences' records (row, count, pos, table address), then their block tables.
+    const live = seqs.filter((s) => s.count > 0);
+    let tableInts = 0;
+    let maxCtx = 0;
+    let macs = 0;
+    for (const s of live) {
+      tableInts += Math.ceil((s.pos + s.count) / kv.blockSize);
+      maxCtx = Math.max(maxCtx, s.pos + s.count);
+      macs += s.count * (s.pos + (s.count + 1) / 2) * qDim * 2;
     }
+    const desc = this.scratch("attnSeqs", (live.length * 4 + tableInts) * 4);
+    let t = (desc >>> 2) + live.length * 4;
+    for (const [i, s] of live.entries()) {
+      const r = (desc >>> 2) + i * 4;
+      const i32 = this.main.i32;
+      i32[r] = s.row;
+      i32[r + 1] = s.count;
+      i32[r + 2] = s.pos;
+      i32[r + 3] = t * 4;
+      t += this.writeBlockTable(kv, s, t);
+    }
+    const parts = this.pool?.threads ?? 1;
+    const scoresStride = align(maxCtx * 4);
+    const scores = this.scratch("scores", parts * scoresStride);
+    const args = [
+      kv.k.byteOffset,
+      kv.v.byteOffset,
+      kv.blockSize,
+      kv.nKVHeads,
+      kv.headDim,
+      qPtr,
+      nHeads,
+      desc,
+      live.length,
+      outPtr,
+      scores,
+      scoresStride,
+      1 / Math.sqrt(kv.headDim),
+    ];
+    this.run(this.main, "attentionPart", args, macs, rows);
     if (!outIn) {
       // Rows of sequences in `seqs` only (the reference leaves the others alone too).
       for (const s of seqs) {
@@ -661,26 +734,31 @@ class WasmKernelSet implements WasmKernels {
     }
   }
 
-  /**
-   * The sequence's block table, checked, as i32 in scratch: the blocks covering positions
-   * 0 .. pos + count − 1, each a block of this pool.
-   */
+  /** The sequence's block table, checked, as i32 in scratch. */
   private blockTable(kv: PagedKV, s: AttentionSeq): number {
+    const ptr = this.scratch("table", Math.ceil((s.pos + s.count) / kv.blockSize) * 4);
+    this.writeBlockTable(kv, s, ptr >>> 2);
+    return ptr;
+  }
+
+  /**
+   * Writes the sequence's block ids covering positions 0 .. pos + count − 1 at main-memory i32 index
+   * `at`, checking that each is a block of this pool; returns how many.
+   */
+  private writeBlockTable(kv: PagedKV, s: AttentionSeq, at: number): number {
     const n = Math.ceil((s.pos + s.count) / kv.blockSize);
     const numBlocks = Math.floor(kv.k.length / (kv.blockSize * kv.nKVHeads * kv.headDim));
     if (kv.v.length < numBlocks * kv.blockSize * kv.nKVHeads * kv.headDim)
       throw new RangeError("the V pool is smaller than the K pool");
-    const ptr = this.scratch("table", n * 4);
     const i32 = this.main.i32;
-    const o = ptr >>> 2;
     for (let b = 0; b < n; b++) {
       const id = s.blockTable[b];
       if (id === undefined) throw new RangeError(`block table too short for position ${b * kv.blockSize}`);
       if (!(Number.isInteger(id) && id >= 0 && id < numBlocks))
         throw new RangeError(`block id ${id} is outside the KV pool (0..${numBlocks - 1})`);
-      i32[o + b] = id;
+      i32[at + b] = id;
     }
-    return ptr;
+    return n;
   }
 
   /**

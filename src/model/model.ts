@@ -5,7 +5,7 @@ import { selectKernelsSync } from "../kernels/select.js";
 import { type Tokenizer, tokenizerFromGGUF } from "../tokenizer/index.js";
 import { configFromGGUF, type ModelConfig } from "./config.js";
 import { Transformer } from "./forward.js";
-import { loadWeights } from "./weights.js";
+import { loadWeights, type ModelWeights } from "./weights.js";
 
 /** A loaded model: what the engine needs to run it and what the API needs to talk about it. */
 export interface Model {
@@ -39,7 +39,14 @@ export function loadModel(path: string, opts: LoadOptions = {}): Model {
       );
     }
     const kernels = opts.kernels ?? selectKernelsSync();
-    const weights = loadWeights(g, config, kernels.adopt?.bind(kernels));
+    let weights: ModelWeights;
+    try {
+      weights = loadWeights(g, config, kernels.adopt?.bind(kernels));
+    } catch (e) {
+      // A kernel set made here has threads (and a memory holding the weights read so far): stop them.
+      if (opts.kernels === undefined) void kernels.close?.();
+      throw e;
+    }
     let weightBytes = 0;
     for (const t of g.tensors.values()) weightBytes += t.nbytes;
     const chatTemplate = g.has("tokenizer.chat_template")

@@ -5,6 +5,7 @@ import { ModelFileError } from "../../src/errors.js";
 import { type GGUFFile, readGGUF } from "../../src/gguf/reader.js";
 import { GGMLType, GGUFValueType } from "../../src/gguf/types.js";
 import { meta, type TensorToWrite, withMetadata, writeGGUF } from "../../src/gguf/writer.js";
+import { liveKernelThreads } from "../../src/kernels/thread-pool.js";
 import { loadModel } from "../../src/model/model.js";
 import { STORIES_260K, TINY_RANDOM, testModel, VOCAB_GPT2 } from "../helpers/models.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -156,6 +157,23 @@ describe("bad model files give one clear line", () => {
     const q = join(dir, "missing-meta.gguf");
     writeGGUF(q, withMetadata(src.metadata, { "llama.block_count": undefined }), tensors);
     expect(loadError(q)).toMatch(/missing metadata key llama\.block_count/);
+  });
+
+  it("a load that fails stops the kernel threads it started", async () => {
+    const src = readGGUF(testModel(STORIES_260K));
+    const tensors = tensorsOf(src).filter((t) => t.name !== "blk.4.ffn_down.weight");
+    const p = join(dir, "missing-late-tensor.gguf");
+    writeGGUF(p, src.metadata, tensors);
+    const before = liveKernelThreads();
+    const threads = process.env.SPINDLE_THREADS;
+    process.env.SPINDLE_THREADS = "2"; // loadModel's own kernel set gets a worker thread
+    try {
+      expect(loadError(p)).toMatch(/missing tensor blk\.4\.ffn_down\.weight/);
+    } finally {
+      process.env.SPINDLE_THREADS = threads;
+    }
+    for (let i = 0; i < 250 && liveKernelThreads() > before; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(liveKernelThreads()).toBe(before);
   });
 
   it("unknown metadata value type", () => {

@@ -299,6 +299,96 @@ describe("paged attention in WebAssembly", () => {
     }
   });
 
+  it("the block size does not change a bit: four keys at a time score exactly as one at a time", () => {
+    // Blocks of 16 score keys four at a time, blocks of 3 one at a time; the same K/V laid out both
+    // ways must give the same bits.
+    const rng = new Rng(11);
+    const nHeads = 6;
+    const nKVHeads = 3;
+    const headDim = 64;
+    const kvDim = nKVHeads * headDim;
+    const qDim = nHeads * headDim;
+    const lens = [
+      { pos: 0, count: 29 },
+      { pos: 50, count: 1 },
+    ];
+    const tokens = lens.map((l) => l.pos + l.count);
+    const k = inWasm(randoms(rng, (tokens[0]! + tokens[1]!) * kvDim));
+    const v = inWasm(randoms(rng, (tokens[0]! + tokens[1]!) * kvDim));
+    const q = inWasm(randoms(rng, 30 * qDim));
+    const outs = [16, 3].map((blockSize) => {
+      const need = tokens.map((t) => Math.ceil(t / blockSize));
+      const tables = scatteredTables(rng, need[0]! + need[1]!, need);
+      const kv = pools(rng, need[0]! + need[1]!, blockSize, nKVHeads, headDim, true);
+      wasm.storeKV(kv, k, v, [
+        { row: 0, count: tokens[0]!, pos: 0, blockTable: tables[0]! },
+        { row: tokens[0]!, count: tokens[1]!, pos: 0, blockTable: tables[1]! },
+      ]);
+      const out = wasm.allocFloat32(30 * qDim)!;
+      wasm.attention(
+        kv,
+        q,
+        nHeads,
+        [
+          { row: 0, count: 29, pos: 0, blockTable: tables[0]! },
+          { row: 29, count: 1, pos: 50, blockTable: tables[1]! },
+        ],
+        out,
+      );
+      return out;
+    });
+    expect(bitsEqual(outs[0]!, outs[1]!)).toBe(true);
+  });
+
+  it("split over 2 threads gives the bits of 1 thread: a long prefill, many decodes, both at once", async () => {
+    const two = await createWasmKernels({ threads: 2 });
+    const one = await createWasmKernels({ threads: 1 });
+    two.smallSplits = true;
+    const rng = new Rng(12);
+    const nHeads = 8;
+    const nKVHeads = 2;
+    const headDim = 64;
+    const blockSize = 16;
+    const qDim = nHeads * headDim;
+    const batches = [
+      [{ pos: 0, count: 70 }],
+      Array.from({ length: 12 }, (_, i) => ({ pos: 20 + 9 * i, count: 1 })),
+      [{ pos: 33, count: 40 }, ...Array.from({ length: 5 }, (_, i) => ({ pos: 100 + i, count: 1 }))],
+    ];
+    for (const lens of batches) {
+      const need = lens.map((l) => Math.ceil((l.pos + l.count) / blockSize));
+      const numBlocks = need.reduce((a, b) => a + b, 0);
+      const tables = scatteredTables(rng, numBlocks, need);
+      const n = lens.reduce((a, l) => a + l.count, 0);
+      const kvValues = randoms(rng, numBlocks * blockSize * nKVHeads * headDim * 2);
+      const qValues = randoms(rng, n * qDim);
+      const seqs: AttentionSeq[] = [];
+      let row = 0;
+      lens.forEach((l, i) => {
+        seqs.push({ row, count: l.count, pos: l.pos, blockTable: tables[i]! });
+        row += l.count;
+      });
+      const [a, b] = [two, one].map((k) => {
+        const half = kvValues.length / 2;
+        const kv: PagedKV = {
+          blockSize,
+          nKVHeads,
+          headDim,
+          k: k.allocFloat32(half)!,
+          v: k.allocFloat32(half)!,
+        };
+        kv.k.set(kvValues.subarray(0, half));
+        kv.v.set(kvValues.subarray(half));
+        const q = k.allocFloat32(n * qDim)!;
+        q.set(qValues);
+        const out = k.allocFloat32(n * qDim)!;
+        k.attention(kv, q, nHeads, seqs, out);
+        return Float32Array.from(out);
+      });
+      expect(bitsEqual(a!, b!), `${lens.length} sequences`).toBe(true);
+    }
+  });
+
   it("uses the reference on pools outside its memory, and rejects bad block tables", () => {
     const rng = new Rng(10);
     const kv = pools(rng, 4, 16, 2, 8, false);

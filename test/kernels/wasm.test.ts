@@ -7,7 +7,13 @@ import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../../src/gguf/types
 import type { WeightMatrix } from "../../src/kernels/kernels.js";
 import { referenceKernels } from "../../src/kernels/reference.js";
 import { selectKernels } from "../../src/kernels/select.js";
-import { createWasmKernels, WASM_PATH, type WasmKernels } from "../../src/kernels/wasm-kernels.js";
+import {
+  createWasmKernels,
+  relaxedSimdAvailable,
+  WASM_PATH,
+  type WasmBuild,
+  type WasmKernels,
+} from "../../src/kernels/wasm-kernels.js";
 import type { BatchSeq } from "../../src/model/forward.js";
 import { generate } from "../../src/model/generate.js";
 import { KVCacheStorage } from "../../src/model/kv-cache.js";
@@ -148,204 +154,215 @@ function worstError(
   return { ratio, relative };
 }
 
-let wasm: WasmKernels;
 beforeAll(async () => {
   // `npm test` builds the module first (pretest); this covers running vitest directly on a fresh clone.
   if (!existsSync(WASM_PATH))
     execFileSync(process.execPath, [fileURLToPath(BUILD_SCRIPT)], { stdio: "inherit" });
-  wasm = await createWasmKernels();
 });
 
-describe("WebAssembly matmul against the reference", () => {
-  for (const type of TYPES) {
-    it(`${typeName(type)}: every shape and batch (1..17 tokens) within the f32 rounding bound`, () => {
-      const rng = new Rng(1000 + type);
-      let worst = 0;
-      for (const [rows, cols] of shapesFor(type)) {
-        const w = matrix(rng, type, rows, cols);
-        for (const nTokens of [1, 2, 3, 8, 17]) {
-          const x = randoms(rng, nTokens * cols);
-          const got = new Float32Array(nTokens * rows).fill(Number.NaN);
-          wasm.matmul(w, x, nTokens, got);
-          const e = worstError(w, x, nTokens, got);
-          expect(e.ratio, `${rows}x${cols}, ${nTokens} tokens`).toBeLessThanOrEqual(1);
-          worst = Math.max(worst, e.relative);
-        }
-      }
-      // Typical f32 rounding, far inside the bound: a layout mistake gives errors of order 1.
-      expect(worst).toBeLessThan(1e-6);
+// Both builds (SIMD128, and relaxed SIMD where this Node runs it) against the reference.
+const BUILDS: WasmBuild[] = relaxedSimdAvailable() ? ["simd", "relaxed"] : ["simd"];
+for (const build of BUILDS) {
+  describe(`${build} build`, () => {
+    let wasm: WasmKernels;
+    beforeAll(async () => {
+      wasm = await createWasmKernels({ build });
     });
-  }
 
-  it("quantized types: the activation quantization is llama.cpp's error, within Σ_b (d_b/2)·Σ|W|", () => {
-    const rng = new Rng(3);
-    for (const type of PACKED_TYPES) {
-      const cols = blockOf(type) === 256 ? 512 : 96;
-      const w = matrix(rng, type, 9, cols);
-      const x = randoms(rng, 3 * cols);
-      const got = new Float32Array(3 * w.rows);
-      const want = new Float32Array(3 * w.rows);
-      wasm.matmul(w, x, 3, got);
-      referenceKernels.matmul(w, x, 3, want);
-      const q = quantizeActivations(x, 3, cols, type);
-      const dq = dequantize(type, w.data, w.rows * cols, cols);
-      for (let t = 0; t < 3; t++) {
-        for (let r = 0; r < w.rows; r++) {
-          let bound = 0;
-          for (let c = 0; c < cols; c++) {
-            // |x − x̂| ≤ d/2 plus the f16 rounding of d (2^-11 relative, times |q| ≤ 127).
-            const d = q.xs[(t * cols + c) >> 5]!;
-            bound += Math.abs(dq[r * cols + c]!) * (0.5 + 127 * 2 ** -11) * d * (1 + 1e-6);
+    describe("WebAssembly matmul against the reference", () => {
+      for (const type of TYPES) {
+        it(`${typeName(type)}: every shape and batch (1..17 tokens) within the f32 rounding bound`, () => {
+          const rng = new Rng(1000 + type);
+          let worst = 0;
+          for (const [rows, cols] of shapesFor(type)) {
+            const w = matrix(rng, type, rows, cols);
+            for (const nTokens of [1, 2, 3, 8, 17]) {
+              const x = randoms(rng, nTokens * cols);
+              const got = new Float32Array(nTokens * rows).fill(Number.NaN);
+              wasm.matmul(w, x, nTokens, got);
+              const e = worstError(w, x, nTokens, got);
+              expect(e.ratio, `${rows}x${cols}, ${nTokens} tokens`).toBeLessThanOrEqual(1);
+              worst = Math.max(worst, e.relative);
+            }
           }
-          // The f16-rounded Q8_1 sums of Q4_1/Q5_1 add a little more: allow 1% for those and for f32.
-          const err = Math.abs(got[t * w.rows + r]! - want[t * w.rows + r]!);
-          expect(err, `${typeName(type)} row ${r}`).toBeLessThanOrEqual(bound * 1.01 + 1e-6);
-        }
+          // Typical f32 rounding, far inside the bound: a layout mistake gives errors of order 1.
+          expect(worst).toBeLessThan(1e-6);
+        });
       }
-    }
-  });
 
-  it("handles weights with small (f16-subnormal) scales, rows of zeros and zero or tiny activations", () => {
-    const rng = new Rng(5);
-    for (const type of TYPES) {
-      const cols = blockOf(type) === 256 ? 512 : 64;
-      const w = matrix(rng, type, 9, cols, 1e-4);
-      w.data.fill(0, 0, w.rowBytes); // row 0: all zero bytes
-      const x = randoms(rng, 3 * cols);
-      x.fill(0, 0, 40); // a first block (and more) of zeros
-      for (let i = cols; i < 2 * cols; i++) x[i]! *= 1e-6; // a token of tiny values (f16-subnormal scales)
-      const got = new Float32Array(3 * w.rows);
-      wasm.matmul(w, x, 3, got);
-      expect(worstError(w, x, 3, got).ratio, typeName(type)).toBeLessThanOrEqual(1);
-    }
-  });
+      it("quantized types: the activation quantization is llama.cpp's error, within Σ_b (d_b/2)·Σ|W|", () => {
+        const rng = new Rng(3);
+        for (const type of PACKED_TYPES) {
+          const cols = blockOf(type) === 256 ? 512 : 96;
+          const w = matrix(rng, type, 9, cols);
+          const x = randoms(rng, 3 * cols);
+          const got = new Float32Array(3 * w.rows);
+          const want = new Float32Array(3 * w.rows);
+          wasm.matmul(w, x, 3, got);
+          referenceKernels.matmul(w, x, 3, want);
+          const q = quantizeActivations(x, 3, cols, type);
+          const dq = dequantize(type, w.data, w.rows * cols, cols);
+          for (let t = 0; t < 3; t++) {
+            for (let r = 0; r < w.rows; r++) {
+              let bound = 0;
+              for (let c = 0; c < cols; c++) {
+                // |x − x̂| ≤ d/2 plus the f16 rounding of d (2^-11 relative, times |q| ≤ 127).
+                const d = q.xs[(t * cols + c) >> 5]!;
+                bound += Math.abs(dq[r * cols + c]!) * (0.5 + 127 * 2 ** -11) * d * (1 + 1e-6);
+              }
+              // The f16-rounded Q8_1 sums of Q4_1/Q5_1 add a little more: allow 1% for those and for f32.
+              const err = Math.abs(got[t * w.rows + r]! - want[t * w.rows + r]!);
+              expect(err, `${typeName(type)} row ${r}`).toBeLessThanOrEqual(bound * 1.01 + 1e-6);
+            }
+          }
+        }
+      });
 
-  it("decodes every type exactly as the reference dequantize does, bit for bit", () => {
-    const rng = new Rng(9);
-    for (const type of TYPES) {
-      for (const [rows, cols] of shapesFor(type)) {
-        for (const scale of [1, 1e-3, 1e-6]) {
-          const w = matrix(rng, type, rows, cols, scale);
-          const want = dequantize(type, w.data, rows * cols, cols);
-          expect(bitsEqual(wasm.dequantize(w), want), `${typeName(type)} ${rows}x${cols} ×${scale}`).toBe(
+      it("handles weights with small (f16-subnormal) scales, rows of zeros and zero or tiny activations", () => {
+        const rng = new Rng(5);
+        for (const type of TYPES) {
+          const cols = blockOf(type) === 256 ? 512 : 64;
+          const w = matrix(rng, type, 9, cols, 1e-4);
+          w.data.fill(0, 0, w.rowBytes); // row 0: all zero bytes
+          const x = randoms(rng, 3 * cols);
+          x.fill(0, 0, 40); // a first block (and more) of zeros
+          for (let i = cols; i < 2 * cols; i++) x[i]! *= 1e-6; // a token of tiny values (f16-subnormal scales)
+          const got = new Float32Array(3 * w.rows);
+          wasm.matmul(w, x, 3, got);
+          expect(worstError(w, x, 3, got).ratio, typeName(type)).toBeLessThanOrEqual(1);
+        }
+      });
+
+      it("decodes every type exactly as the reference dequantize does, bit for bit", () => {
+        const rng = new Rng(9);
+        for (const type of TYPES) {
+          for (const [rows, cols] of shapesFor(type)) {
+            for (const scale of [1, 1e-3, 1e-6]) {
+              const w = matrix(rng, type, rows, cols, scale);
+              const want = dequantize(type, w.data, rows * cols, cols);
+              expect(bitsEqual(wasm.dequantize(w), want), `${typeName(type)} ${rows}x${cols} ×${scale}`).toBe(
+                true,
+              );
+            }
+          }
+        }
+      });
+
+      it("decodes every f16 bit pattern (zeros, subnormals, infinities, NaNs) exactly", () => {
+        // In order (groups of 32 all normal, or holding the specials) and shuffled (specials scattered
+        // among normals); row lengths that take the 32-element path, its exact fallback and the 4-tail.
+        const rng = new Rng(13);
+        const shuffled = Array.from({ length: 65536 }, (_, h) => h);
+        for (let i = shuffled.length - 1; i > 0; i--) {
+          const j = rng.nextU32() % (i + 1);
+          [shuffled[i], shuffled[j]] = [shuffled[j]!, shuffled[i]!];
+        }
+        for (const order of ["in order", "shuffled"]) {
+          for (const cols of [4, 32, 36, 64]) {
+            const rows = Math.ceil(65536 / cols);
+            const data = new Uint8Array(rows * cols * 2);
+            for (let i = 0; i < rows * cols; i++) {
+              const h = order === "shuffled" ? shuffled[i % 65536]! : i % 65536;
+              data[2 * i] = h & 0xff;
+              data[2 * i + 1] = h >>> 8;
+            }
+            const w: WeightMatrix = {
+              name: "f16 patterns",
+              type: GGMLType.F16,
+              rows,
+              cols,
+              data,
+              rowBytes: 2 * cols,
+            };
+            const want = dequantize(GGMLType.F16, data, rows * cols, cols);
+            expect(bitsEqual(wasm.dequantize(w), want), `${order}, rows of ${cols}`).toBe(true);
+          }
+        }
+      });
+
+      it("copies a matrix again when its data changes, and keeps separate matrices apart", () => {
+        const rng = new Rng(11);
+        const w = matrix(rng, GGMLType.Q8_0, 8, 64);
+        const x = randoms(rng, 64);
+        const a = new Float32Array(8);
+        const b = new Float32Array(8);
+        wasm.matmul(w, x, 1, a);
+        w.data = quantize(GGMLType.Q8_0, randoms(rng, 8 * 64), 64);
+        wasm.matmul(w, x, 1, b);
+        expect(worstError(w, x, 1, b).ratio).toBeLessThanOrEqual(1);
+        expect(bitsEqual(a, b)).toBe(false);
+      });
+
+      it("works in place on activations in its own memory, with the same results", () => {
+        const rng = new Rng(12);
+        for (const type of TYPES) {
+          const cols = blockOf(type) === 256 ? 512 : blockOf(type) === 32 ? 96 : 37;
+          const w = matrix(rng, type, 13, cols);
+          const x = randoms(rng, 5 * cols);
+          const plain = new Float32Array(5 * w.rows);
+          wasm.matmul(w, x, 5, plain);
+          const xi = wasm.allocFloat32(x.length)!;
+          const oi = wasm.allocFloat32(plain.length)!;
+          expect(wasm.owns(xi) && wasm.owns(oi) && !wasm.owns(x)).toBe(true);
+          xi.set(x);
+          wasm.matmul(w, xi, 5, oi);
+          expect(bitsEqual(oi, plain), typeName(type)).toBe(true);
+          wasm.freeFloat32(xi);
+          wasm.freeFloat32(oi);
+        }
+      });
+
+      it("falls back to the reference for types it does not handle", () => {
+        expect(wasm.supports(GGMLType.Q8_1)).toBe(false);
+        expect(wasm.name).toBe("wasm");
+        expect(wasm.getRows).toBe(referenceKernels.getRows);
+      });
+    });
+
+    describe("batch invariance", () => {
+      it("a batch of N tokens gives, bit for bit, what N one-token matmuls give, for every type", () => {
+        const rng = new Rng(77);
+        for (const type of TYPES) {
+          for (const [rows, cols] of shapesFor(type)) {
+            const w = matrix(rng, type, rows, cols);
+            for (const n of [2, 3, 4, 5, 8, 17]) {
+              const x = randoms(rng, n * cols);
+              const batched = new Float32Array(n * rows);
+              wasm.matmul(w, x, n, batched);
+              const single = new Float32Array(n * rows);
+              const one = new Float32Array(rows);
+              for (let t = 0; t < n; t++) {
+                wasm.matmul(w, x.subarray(t * cols, (t + 1) * cols), 1, one);
+                single.set(one, t * rows);
+              }
+              expect(bitsEqual(batched, single), `${typeName(type)} ${rows}x${cols}, ${n} tokens`).toBe(true);
+            }
+          }
+        }
+      });
+
+      it("a token's result does not depend on its batch mates' values", () => {
+        const rng = new Rng(78);
+        for (const type of PACKED_TYPES) {
+          const cols = blockOf(type) === 256 ? 512 : 96;
+          const w = matrix(rng, type, 11, cols);
+          const x = randoms(rng, 6 * cols);
+          const a = new Float32Array(6 * w.rows);
+          wasm.matmul(w, x, 6, a);
+          // Same token 2, different neighbours (one of them huge, one all zeros).
+          const y = randoms(rng, 6 * cols, 1e3);
+          y.set(x.subarray(2 * cols, 3 * cols), 2 * cols);
+          y.fill(0, 4 * cols, 5 * cols);
+          const b = new Float32Array(6 * w.rows);
+          wasm.matmul(w, y, 6, b);
+          expect(bitsEqual(a.subarray(2 * w.rows, 3 * w.rows), b.subarray(2 * w.rows, 3 * w.rows))).toBe(
             true,
           );
         }
-      }
-    }
+      });
+    });
   });
-
-  it("decodes every f16 bit pattern (zeros, subnormals, infinities, NaNs) exactly", () => {
-    // In order (groups of 32 all normal, or holding the specials) and shuffled (specials scattered
-    // among normals); row lengths that take the 32-element path, its exact fallback and the 4-tail.
-    const rng = new Rng(13);
-    const shuffled = Array.from({ length: 65536 }, (_, h) => h);
-    for (let i = shuffled.length - 1; i > 0; i--) {
-      const j = rng.nextU32() % (i + 1);
-      [shuffled[i], shuffled[j]] = [shuffled[j]!, shuffled[i]!];
-    }
-    for (const order of ["in order", "shuffled"]) {
-      for (const cols of [4, 32, 36, 64]) {
-        const rows = Math.ceil(65536 / cols);
-        const data = new Uint8Array(rows * cols * 2);
-        for (let i = 0; i < rows * cols; i++) {
-          const h = order === "shuffled" ? shuffled[i % 65536]! : i % 65536;
-          data[2 * i] = h & 0xff;
-          data[2 * i + 1] = h >>> 8;
-        }
-        const w: WeightMatrix = {
-          name: "f16 patterns",
-          type: GGMLType.F16,
-          rows,
-          cols,
-          data,
-          rowBytes: 2 * cols,
-        };
-        const want = dequantize(GGMLType.F16, data, rows * cols, cols);
-        expect(bitsEqual(wasm.dequantize(w), want), `${order}, rows of ${cols}`).toBe(true);
-      }
-    }
-  });
-
-  it("copies a matrix again when its data changes, and keeps separate matrices apart", () => {
-    const rng = new Rng(11);
-    const w = matrix(rng, GGMLType.Q8_0, 8, 64);
-    const x = randoms(rng, 64);
-    const a = new Float32Array(8);
-    const b = new Float32Array(8);
-    wasm.matmul(w, x, 1, a);
-    w.data = quantize(GGMLType.Q8_0, randoms(rng, 8 * 64), 64);
-    wasm.matmul(w, x, 1, b);
-    expect(worstError(w, x, 1, b).ratio).toBeLessThanOrEqual(1);
-    expect(bitsEqual(a, b)).toBe(false);
-  });
-
-  it("works in place on activations in its own memory, with the same results", () => {
-    const rng = new Rng(12);
-    for (const type of TYPES) {
-      const cols = blockOf(type) === 256 ? 512 : blockOf(type) === 32 ? 96 : 37;
-      const w = matrix(rng, type, 13, cols);
-      const x = randoms(rng, 5 * cols);
-      const plain = new Float32Array(5 * w.rows);
-      wasm.matmul(w, x, 5, plain);
-      const xi = wasm.allocFloat32(x.length)!;
-      const oi = wasm.allocFloat32(plain.length)!;
-      expect(wasm.owns(xi) && wasm.owns(oi) && !wasm.owns(x)).toBe(true);
-      xi.set(x);
-      wasm.matmul(w, xi, 5, oi);
-      expect(bitsEqual(oi, plain), typeName(type)).toBe(true);
-      wasm.freeFloat32(xi);
-      wasm.freeFloat32(oi);
-    }
-  });
-
-  it("falls back to the reference for types it does not handle", () => {
-    expect(wasm.supports(GGMLType.Q8_1)).toBe(false);
-    expect(wasm.name).toBe("wasm");
-    expect(wasm.getRows).toBe(referenceKernels.getRows);
-  });
-});
-
-describe("batch invariance", () => {
-  it("a batch of N tokens gives, bit for bit, what N one-token matmuls give, for every type", () => {
-    const rng = new Rng(77);
-    for (const type of TYPES) {
-      for (const [rows, cols] of shapesFor(type)) {
-        const w = matrix(rng, type, rows, cols);
-        for (const n of [2, 3, 4, 5, 8, 17]) {
-          const x = randoms(rng, n * cols);
-          const batched = new Float32Array(n * rows);
-          wasm.matmul(w, x, n, batched);
-          const single = new Float32Array(n * rows);
-          const one = new Float32Array(rows);
-          for (let t = 0; t < n; t++) {
-            wasm.matmul(w, x.subarray(t * cols, (t + 1) * cols), 1, one);
-            single.set(one, t * rows);
-          }
-          expect(bitsEqual(batched, single), `${typeName(type)} ${rows}x${cols}, ${n} tokens`).toBe(true);
-        }
-      }
-    }
-  });
-
-  it("a token's result does not depend on its batch mates' values", () => {
-    const rng = new Rng(78);
-    for (const type of PACKED_TYPES) {
-      const cols = blockOf(type) === 256 ? 512 : 96;
-      const w = matrix(rng, type, 11, cols);
-      const x = randoms(rng, 6 * cols);
-      const a = new Float32Array(6 * w.rows);
-      wasm.matmul(w, x, 6, a);
-      // Same token 2, different neighbours (one of them huge, one all zeros).
-      const y = randoms(rng, 6 * cols, 1e3);
-      y.set(x.subarray(2 * cols, 3 * cols), 2 * cols);
-      y.fill(0, 4 * cols, 5 * cols);
-      const b = new Float32Array(6 * w.rows);
-      wasm.matmul(w, y, 6, b);
-      expect(bitsEqual(a.subarray(2 * w.rows, 3 * w.rows), b.subarray(2 * w.rows, 3 * w.rows))).toBe(true);
-    }
-  });
-});
+}
 
 describe("models with the WebAssembly kernels", () => {
   const dir = tempDir();

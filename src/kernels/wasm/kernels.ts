@@ -1303,6 +1303,16 @@ function hsum(a: v128): f32 {
   );
 }
 
+/**
+ * c + a·b, the step of the float matmuls: one fused multiply-add (one rounding) in the relaxed-SIMD
+ * build, a multiply then an add (two) in the SIMD128 build. The flag is a compile-time constant.
+ */
+// @inline
+function madd(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  return f32x4.add(c, f32x4.mul(a, b));
+}
+
 /** Rows w0..w3 × tokens x0, x1; results at o (token 0) and o + ts (token 1), one f32 per row. */
 function dot4x2(
   w0: usize,
@@ -1327,17 +1337,17 @@ function dot4x2(
     const v0 = v128.load(x0 + i);
     const v1 = v128.load(x1 + i);
     let w = v128.load(w0 + i);
-    a00 = f32x4.add(a00, f32x4.mul(w, v0));
-    a01 = f32x4.add(a01, f32x4.mul(w, v1));
+    a00 = madd(w, v0, a00);
+    a01 = madd(w, v1, a01);
     w = v128.load(w1 + i);
-    a10 = f32x4.add(a10, f32x4.mul(w, v0));
-    a11 = f32x4.add(a11, f32x4.mul(w, v1));
+    a10 = madd(w, v0, a10);
+    a11 = madd(w, v1, a11);
     w = v128.load(w2 + i);
-    a20 = f32x4.add(a20, f32x4.mul(w, v0));
-    a21 = f32x4.add(a21, f32x4.mul(w, v1));
+    a20 = madd(w, v0, a20);
+    a21 = madd(w, v1, a21);
     w = v128.load(w3 + i);
-    a30 = f32x4.add(a30, f32x4.mul(w, v0));
-    a31 = f32x4.add(a31, f32x4.mul(w, v1));
+    a30 = madd(w, v0, a30);
+    a31 = madd(w, v1, a31);
   }
   store<f32>(o, hsum(a00));
   store<f32>(o, hsum(a10), 4);
@@ -1357,10 +1367,10 @@ function dot4x1(w0: usize, w1: usize, w2: usize, w3: usize, x0: usize, nb: usize
   let a3 = f32x4.splat(0);
   for (let i: usize = 0; i < nb; i += 16) {
     const v = v128.load(x0 + i);
-    a0 = f32x4.add(a0, f32x4.mul(v128.load(w0 + i), v));
-    a1 = f32x4.add(a1, f32x4.mul(v128.load(w1 + i), v));
-    a2 = f32x4.add(a2, f32x4.mul(v128.load(w2 + i), v));
-    a3 = f32x4.add(a3, f32x4.mul(v128.load(w3 + i), v));
+    a0 = madd(v128.load(w0 + i), v, a0);
+    a1 = madd(v128.load(w1 + i), v, a1);
+    a2 = madd(v128.load(w2 + i), v, a2);
+    a3 = madd(v128.load(w3 + i), v, a3);
   }
   store<f32>(o, hsum(a0));
   store<f32>(o, hsum(a1), 4);
@@ -1374,8 +1384,8 @@ function dot1x2(w0: usize, x0: usize, x1: usize, nb: usize, o: usize, ts: usize)
   let a1 = f32x4.splat(0);
   for (let i: usize = 0; i < nb; i += 16) {
     const w = v128.load(w0 + i);
-    a0 = f32x4.add(a0, f32x4.mul(w, v128.load(x0 + i)));
-    a1 = f32x4.add(a1, f32x4.mul(w, v128.load(x1 + i)));
+    a0 = madd(w, v128.load(x0 + i), a0);
+    a1 = madd(w, v128.load(x1 + i), a1);
   }
   store<f32>(o, hsum(a0));
   store<f32>(o + ts, hsum(a1));
@@ -1384,7 +1394,7 @@ function dot1x2(w0: usize, x0: usize, x1: usize, nb: usize, o: usize, ts: usize)
 /** Row w0 × token x0; result at o. */
 function dot1x1(w0: usize, x0: usize, nb: usize, o: usize): void {
   let a = f32x4.splat(0);
-  for (let i: usize = 0; i < nb; i += 16) a = f32x4.add(a, f32x4.mul(v128.load(w0 + i), v128.load(x0 + i)));
+  for (let i: usize = 0; i < nb; i += 16) a = madd(v128.load(w0 + i), v128.load(x0 + i), a);
   store<f32>(o, hsum(a));
 }
 
@@ -1590,16 +1600,22 @@ export function storeKV(
 }
 
 /**
- * Causal attention of one sequence's `count` new queries (batch rows row.., nHeads × headDim floats
- * at q) over its cached keys and values: query i (position pos + i) attends to positions
- * 0 .. pos + i. Head h reads KV head h / (nHeads / nKVHeads). out: like q. scores: room for
- * pos + count floats.
+ * Causal attention over the paged KV cache for a batch of sequences, the share `part` of `parts`
+ * (the thread pool runs every part at once; 0 of 1 is the whole batch). seqs: nSeqs records of four
+ * i32, (row, count, pos, table): the sequence's `count` new queries are batch rows row.. (nHeads ×
+ * headDim floats each at q, results at out likewise), query i (position pos + i) attends to
+ * positions 0 .. pos + i, and `table` is the byte address of its block ids. Head h reads KV head
+ * h / (nHeads / nKVHeads). scores: `parts` regions of scoresStride bytes, each room for the longest
+ * context's floats; part p uses region p.
  *
- * Per (query, head), whatever else is in the batch: s_j = (q · k_j) · scale (dotF32), m = max s_j,
- * e_j = exp(s_j − m), out = (Σ_j e_j · v_j, in order of j, four lanes of headDim at a time) ·
- * (1 / Σ_j e_j).
+ * The work items are (sequence, query, KV head) in that order, each costing its context length;
+ * part p takes the items whose cost prefix starts in [p·total/parts, (p+1)·total/parts), so the
+ * parts are balanced whether the batch is one long prefill or many short decodes. Which part
+ * computes an item changes nothing in its arithmetic: per (query, head), whatever else is in the
+ * batch, s_j = (q · k_j) · scale (dotF32's arithmetic), m = max s_j, e_j = exp(s_j − m),
+ * out = (Σ_j e_j · v_j, in order of j, four lanes of headDim at a time) · (1 / Σ_j e_j).
  */
-export function attention(
+export function attentionPart(
   kPool: usize,
   vPool: usize,
   blockSize: i32,
@@ -1607,139 +1623,238 @@ export function attention(
   headDim: i32,
   q: usize,
   nHeads: i32,
-  row: i32,
-  count: i32,
-  pos: i32,
-  table: usize,
+  seqs: usize,
+  nSeqs: i32,
   out: usize,
   scores: usize,
+  scoresStride: usize,
   scale: f32,
+  part: i32,
+  parts: i32,
 ): void {
   const group = nHeads / nKVHeads;
   const hb = (<usize>headDim) << 2;
   const qb = <usize>nHeads * hb;
-  const blockBytes = <usize>blockSize * hb; // one KV head's slots in one block
-  for (let i = 0; i < count; i++) {
-    const nCtx = pos + i + 1;
-    const nBlocks = (nCtx + blockSize - 1) / blockSize;
-    for (let h = 0; h < nHeads; h++) {
-      const kvh = <usize>(h / group);
-      const qp = q + <usize>(row + i) * qb + <usize>h * hb;
-      const op = out + <usize>(row + i) * qb + <usize>h * hb;
-      // Scores.
-      let mx: f32 = -Infinity;
-      for (let b = 0, j = 0; b < nBlocks; b++) {
-        const block = <usize>load<i32>(table + ((<usize>b) << 2));
-        const kb = kPool + (block * <usize>nKVHeads + kvh) * blockBytes;
-        const end = min(nCtx, j + blockSize);
-        for (let kp = kb; j < end; j++, kp += hb) {
-          const s = dotF32(qp, kp, headDim) * scale;
-          store<f32>(scores + ((<usize>j) << 2), s);
-          mx = max(mx, s);
+  let total: i64 = 0;
+  for (let s = 0; s < nSeqs; s++) {
+    const r = seqs + ((<usize>s) << 4);
+    const count = <i64>load<i32>(r, 4);
+    total += (count * <i64>load<i32>(r, 8) + (count * (count + 1)) / 2) * <i64>nKVHeads;
+  }
+  const lo = (total * <i64>part) / <i64>parts;
+  const hi = (total * <i64>(part + 1)) / <i64>parts;
+  const sc = scores + <usize>part * scoresStride;
+  let c: i64 = 0; // cost of the items before the current one
+  for (let s = 0; s < nSeqs && c < hi; s++) {
+    const r = seqs + ((<usize>s) << 4);
+    const row = load<i32>(r);
+    const count = load<i32>(r, 4);
+    const pos = load<i32>(r, 8);
+    const table = <usize>load<i32>(r, 12);
+    const c64 = <i64>count;
+    const seqCost = (c64 * <i64>pos + (c64 * (c64 + 1)) / 2) * <i64>nKVHeads;
+    if (c + seqCost <= lo) {
+      c += seqCost;
+      continue;
+    }
+    for (let i = 0; i < count && c < hi; i++) {
+      const nCtx = pos + i + 1;
+      for (let kvh = 0; kvh < nKVHeads; kvh++, c += <i64>nCtx) {
+        if (c < lo || c >= hi) continue;
+        for (let h = kvh * group; h < (kvh + 1) * group; h++) {
+          const o = <usize>(row + i) * qb + <usize>h * hb;
+          attendHead(
+            kPool,
+            vPool,
+            blockSize,
+            nKVHeads,
+            headDim,
+            <usize>kvh,
+            q + o,
+            out + o,
+            table,
+            nCtx,
+            sc,
+            scale,
+          );
         }
-      }
-      // Exponentials and their sum (lanes, then (0+1)+(2+3), then the tail in order).
-      const m4 = f32x4.splat(mx);
-      const n4 = nCtx & ~3;
-      let acc = f32x4.splat(0);
-      for (let j = 0; j < n4; j += 4) {
-        const sp = scores + ((<usize>j) << 2);
-        const e = exp4(f32x4.sub(v128.load(sp), m4));
-        v128.store(sp, e);
-        acc = f32x4.add(acc, e);
-      }
-      let sum = hsum(acc);
-      for (let j = n4; j < nCtx; j++) {
-        const sp = scores + ((<usize>j) << 2);
-        const e = exp1(load<f32>(sp) - mx);
-        store<f32>(sp, e);
-        sum += e;
-      }
-      // Weighted sum of the values, a slice of headDim at a time with the slice's sums in registers:
-      // each output lane sums e_j · v_j[d] over j in order, whatever the slicing.
-      const inv = f32x4.splat(<f32>1 / sum);
-      let d = 0;
-      for (; d + 32 <= headDim; d += 32) {
-        let a0 = f32x4.splat(0);
-        let a1 = f32x4.splat(0);
-        let a2 = f32x4.splat(0);
-        let a3 = f32x4.splat(0);
-        let a4 = f32x4.splat(0);
-        let a5 = f32x4.splat(0);
-        let a6 = f32x4.splat(0);
-        let a7 = f32x4.splat(0);
-        const dd = (<usize>d) << 2;
-        for (let b = 0, j = 0; b < nBlocks; b++) {
-          const block = <usize>load<i32>(table + ((<usize>b) << 2));
-          const end = min(nCtx, j + blockSize);
-          for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
-            const e = f32x4.splat(load<f32>(scores + ((<usize>j) << 2)));
-            a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
-            a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
-            a2 = f32x4.add(a2, f32x4.mul(e, v128.load(vp, 32)));
-            a3 = f32x4.add(a3, f32x4.mul(e, v128.load(vp, 48)));
-            a4 = f32x4.add(a4, f32x4.mul(e, v128.load(vp, 64)));
-            a5 = f32x4.add(a5, f32x4.mul(e, v128.load(vp, 80)));
-            a6 = f32x4.add(a6, f32x4.mul(e, v128.load(vp, 96)));
-            a7 = f32x4.add(a7, f32x4.mul(e, v128.load(vp, 112)));
-          }
-        }
-        v128.store(op + dd, f32x4.mul(a0, inv));
-        v128.store(op + dd, f32x4.mul(a1, inv), 16);
-        v128.store(op + dd, f32x4.mul(a2, inv), 32);
-        v128.store(op + dd, f32x4.mul(a3, inv), 48);
-        v128.store(op + dd, f32x4.mul(a4, inv), 64);
-        v128.store(op + dd, f32x4.mul(a5, inv), 80);
-        v128.store(op + dd, f32x4.mul(a6, inv), 96);
-        v128.store(op + dd, f32x4.mul(a7, inv), 112);
-      }
-      for (; d + 16 <= headDim; d += 16) {
-        let a0 = f32x4.splat(0);
-        let a1 = f32x4.splat(0);
-        let a2 = f32x4.splat(0);
-        let a3 = f32x4.splat(0);
-        const dd = (<usize>d) << 2;
-        for (let b = 0, j = 0; b < nBlocks; b++) {
-          const block = <usize>load<i32>(table + ((<usize>b) << 2));
-          const end = min(nCtx, j + blockSize);
-          for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
-            const e = f32x4.splat(load<f32>(scores + ((<usize>j) << 2)));
-            a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
-            a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
-            a2 = f32x4.add(a2, f32x4.mul(e, v128.load(vp, 32)));
-            a3 = f32x4.add(a3, f32x4.mul(e, v128.load(vp, 48)));
-          }
-        }
-        v128.store(op + dd, f32x4.mul(a0, inv));
-        v128.store(op + dd, f32x4.mul(a1, inv), 16);
-        v128.store(op + dd, f32x4.mul(a2, inv), 32);
-        v128.store(op + dd, f32x4.mul(a3, inv), 48);
-      }
-      for (; d + 4 <= headDim; d += 4) {
-        let a0 = f32x4.splat(0);
-        const dd = (<usize>d) << 2;
-        for (let b = 0, j = 0; b < nBlocks; b++) {
-          const block = <usize>load<i32>(table + ((<usize>b) << 2));
-          const end = min(nCtx, j + blockSize);
-          for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
-            a0 = f32x4.add(a0, f32x4.mul(f32x4.splat(load<f32>(scores + ((<usize>j) << 2))), v128.load(vp)));
-          }
-        }
-        v128.store(op + dd, f32x4.mul(a0, inv));
-      }
-      for (; d < headDim; d++) {
-        let a: f32 = 0;
-        const dd = (<usize>d) << 2;
-        for (let b = 0, j = 0; b < nBlocks; b++) {
-          const block = <usize>load<i32>(table + ((<usize>b) << 2));
-          const end = min(nCtx, j + blockSize);
-          for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
-            a += load<f32>(scores + ((<usize>j) << 2)) * load<f32>(vp);
-          }
-        }
-        store<f32>(op + dd, a * f32x4.extract_lane(inv, 0));
       }
     }
+  }
+}
+
+/**
+ * Σ_d q[d]·k[d] for the four keys at kp, kp + hb, kp + 2·hb, kp + 3·hb (hb = headDim · 4 bytes,
+ * headDim a multiple of 4), as f32x4: lane j sums d ≡ j mod 4 in order, then (0+1)+(2+3), exactly
+ * as dotF32 does for one key.
+ */
+// @inline
+function dotKeys4(qp: usize, kp: usize, hb: usize): v128 {
+  let a0 = f32x4.splat(0);
+  let a1 = f32x4.splat(0);
+  let a2 = f32x4.splat(0);
+  let a3 = f32x4.splat(0);
+  for (let d: usize = 0; d < hb; d += 16) {
+    const x = v128.load(qp + d);
+    const k = kp + d;
+    a0 = f32x4.add(a0, f32x4.mul(x, v128.load(k)));
+    a1 = f32x4.add(a1, f32x4.mul(x, v128.load(k + hb)));
+    a2 = f32x4.add(a2, f32x4.mul(x, v128.load(k + 2 * hb)));
+    a3 = f32x4.add(a3, f32x4.mul(x, v128.load(k + 3 * hb)));
+  }
+  // [a0₀ + a0₁, a1₀ + a1₁, a0₂ + a0₃, a1₂ + a1₃] and the same for a2, a3; then the halves added.
+  const t0 = f32x4.add(i32x4.shuffle(a0, a1, 0, 4, 2, 6), i32x4.shuffle(a0, a1, 1, 5, 3, 7));
+  const t1 = f32x4.add(i32x4.shuffle(a2, a3, 0, 4, 2, 6), i32x4.shuffle(a2, a3, 1, 5, 3, 7));
+  return f32x4.add(i32x4.shuffle(t0, t1, 0, 1, 4, 5), i32x4.shuffle(t0, t1, 2, 3, 6, 7));
+}
+
+/** One (query, head) of attentionPart: the query at qp over the nCtx first positions of KV head kvh, into op. */
+function attendHead(
+  kPool: usize,
+  vPool: usize,
+  blockSize: i32,
+  nKVHeads: i32,
+  headDim: i32,
+  kvh: usize,
+  qp: usize,
+  op: usize,
+  table: usize,
+  nCtx: i32,
+  scores: usize,
+  scale: f32,
+): void {
+  const hb = (<usize>headDim) << 2;
+  const blockBytes = <usize>blockSize * hb; // one KV head's slots in one block
+  const nBlocks = (nCtx + blockSize - 1) / blockSize;
+  const by4 = (headDim & 3) === 0;
+  const scale4 = f32x4.splat(scale);
+  // Scores, four keys of a block at a time where the block has them.
+  let mx4 = f32x4.splat(-Infinity);
+  let mx: f32 = -Infinity;
+  for (let b = 0, j = 0; b < nBlocks; b++) {
+    const block = <usize>load<i32>(table + ((<usize>b) << 2));
+    let kp = kPool + (block * <usize>nKVHeads + kvh) * blockBytes;
+    const end = min(nCtx, j + blockSize);
+    if (by4) {
+      for (; j + 4 <= end; j += 4, kp += hb << 2) {
+        const s = f32x4.mul(dotKeys4(qp, kp, hb), scale4);
+        v128.store(scores + ((<usize>j) << 2), s);
+        mx4 = f32x4.max(mx4, s);
+      }
+    }
+    for (; j < end; j++, kp += hb) {
+      const s = dotF32(qp, kp, headDim) * scale;
+      store<f32>(scores + ((<usize>j) << 2), s);
+      mx = max(mx, s);
+    }
+  }
+  mx = max(
+    mx,
+    max(
+      max(f32x4.extract_lane(mx4, 0), f32x4.extract_lane(mx4, 1)),
+      max(f32x4.extract_lane(mx4, 2), f32x4.extract_lane(mx4, 3)),
+    ),
+  );
+  // Exponentials and their sum (lanes, then (0+1)+(2+3), then the tail in order).
+  const m4 = f32x4.splat(mx);
+  const n4 = nCtx & ~3;
+  let acc = f32x4.splat(0);
+  for (let j = 0; j < n4; j += 4) {
+    const sp = scores + ((<usize>j) << 2);
+    const e = exp4(f32x4.sub(v128.load(sp), m4));
+    v128.store(sp, e);
+    acc = f32x4.add(acc, e);
+  }
+  let sum = hsum(acc);
+  for (let j = n4; j < nCtx; j++) {
+    const sp = scores + ((<usize>j) << 2);
+    const e = exp1(load<f32>(sp) - mx);
+    store<f32>(sp, e);
+    sum += e;
+  }
+  // Weighted sum of the values, a slice of headDim at a time with the slice's sums in registers:
+  // each output lane sums e_j · v_j[d] over j in order, whatever the slicing.
+  const inv = f32x4.splat(<f32>1 / sum);
+  let d = 0;
+  for (; d + 32 <= headDim; d += 32) {
+    let a0 = f32x4.splat(0);
+    let a1 = f32x4.splat(0);
+    let a2 = f32x4.splat(0);
+    let a3 = f32x4.splat(0);
+    let a4 = f32x4.splat(0);
+    let a5 = f32x4.splat(0);
+    let a6 = f32x4.splat(0);
+    let a7 = f32x4.splat(0);
+    const dd = (<usize>d) << 2;
+    for (let b = 0, j = 0; b < nBlocks; b++) {
+      const block = <usize>load<i32>(table + ((<usize>b) << 2));
+      const end = min(nCtx, j + blockSize);
+      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+        const e = f32x4.splat(load<f32>(scores + ((<usize>j) << 2)));
+        a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
+        a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
+        a2 = f32x4.add(a2, f32x4.mul(e, v128.load(vp, 32)));
+        a3 = f32x4.add(a3, f32x4.mul(e, v128.load(vp, 48)));
+        a4 = f32x4.add(a4, f32x4.mul(e, v128.load(vp, 64)));
+        a5 = f32x4.add(a5, f32x4.mul(e, v128.load(vp, 80)));
+        a6 = f32x4.add(a6, f32x4.mul(e, v128.load(vp, 96)));
+        a7 = f32x4.add(a7, f32x4.mul(e, v128.load(vp, 112)));
+      }
+    }
+    v128.store(op + dd, f32x4.mul(a0, inv));
+    v128.store(op + dd, f32x4.mul(a1, inv), 16);
+    v128.store(op + dd, f32x4.mul(a2, inv), 32);
+    v128.store(op + dd, f32x4.mul(a3, inv), 48);
+    v128.store(op + dd, f32x4.mul(a4, inv), 64);
+    v128.store(op + dd, f32x4.mul(a5, inv), 80);
+    v128.store(op + dd, f32x4.mul(a6, inv), 96);
+    v128.store(op + dd, f32x4.mul(a7, inv), 112);
+  }
+  for (; d + 16 <= headDim; d += 16) {
+    let a0 = f32x4.splat(0);
+    let a1 = f32x4.splat(0);
+    let a2 = f32x4.splat(0);
+    let a3 = f32x4.splat(0);
+    const dd = (<usize>d) << 2;
+    for (let b = 0, j = 0; b < nBlocks; b++) {
+      const block = <usize>load<i32>(table + ((<usize>b) << 2));
+      const end = min(nCtx, j + blockSize);
+      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+        const e = f32x4.splat(load<f32>(scores + ((<usize>j) << 2)));
+        a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
+        a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
+        a2 = f32x4.add(a2, f32x4.mul(e, v128.load(vp, 32)));
+        a3 = f32x4.add(a3, f32x4.mul(e, v128.load(vp, 48)));
+      }
+    }
+    v128.store(op + dd, f32x4.mul(a0, inv));
+    v128.store(op + dd, f32x4.mul(a1, inv), 16);
+    v128.store(op + dd, f32x4.mul(a2, inv), 32);
+    v128.store(op + dd, f32x4.mul(a3, inv), 48);
+  }
+  for (; d + 4 <= headDim; d += 4) {
+    let a0 = f32x4.splat(0);
+    const dd = (<usize>d) << 2;
+    for (let b = 0, j = 0; b < nBlocks; b++) {
+      const block = <usize>load<i32>(table + ((<usize>b) << 2));
+      const end = min(nCtx, j + blockSize);
+      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+        a0 = f32x4.add(a0, f32x4.mul(f32x4.splat(load<f32>(scores + ((<usize>j) << 2))), v128.load(vp)));
+      }
+    }
+    v128.store(op + dd, f32x4.mul(a0, inv));
+  }
+  for (; d < headDim; d++) {
+    let a: f32 = 0;
+    const dd = (<usize>d) << 2;
+    for (let b = 0, j = 0; b < nBlocks; b++) {
+      const block = <usize>load<i32>(table + ((<usize>b) << 2));
+      const end = min(nCtx, j + blockSize);
+      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+        a += load<f32>(scores + ((<usize>j) << 2)) * load<f32>(vp);
+      }
+    }
+    store<f32>(op + dd, a * f32x4.extract_lane(inv, 0));
   }
 }
 
@@ -1789,7 +1904,7 @@ function floatStep8(type: i32, acc: v128, wp: usize, x0: v128, x1: v128): v128 {
       v1 = f16x4(i32x4.extend_high_i16x8_u(h));
     }
   }
-  return f32x4.add(f32x4.add(acc, f32x4.mul(v0, x0)), f32x4.mul(v1, x1));
+  return madd(v1, x1, madd(v0, x0, acc));
 }
 
 /** The same for the last 4 weights of a row whose length is 4 mod 8. */
@@ -1797,7 +1912,7 @@ function floatStep8(type: i32, acc: v128, wp: usize, x0: v128, x1: v128): v128 {
 function floatStep4(type: i32, acc: v128, wp: usize, x0: v128): v128 {
   const h = i32x4.extend_low_i16x8_u(v128.load64_zero(wp));
   const v = type === BF16 ? i32x4.shl(h, 16) : f16x4(h);
-  return f32x4.add(acc, f32x4.mul(v, x0));
+  return madd(v, x0, acc);
 }
 
 /**
@@ -1841,10 +1956,10 @@ function floatMatvec(
           v128.or(f16Special(h2), f16Special(h3)),
         );
         if (!v128.any_true(special)) {
-          a0 = f32x4.add(f32x4.add(a0, f32x4.mul(f16Fast(h0, 0), x0)), f32x4.mul(f16Fast(h0, 1), x1));
-          a1 = f32x4.add(f32x4.add(a1, f32x4.mul(f16Fast(h1, 0), x0)), f32x4.mul(f16Fast(h1, 1), x1));
-          a2 = f32x4.add(f32x4.add(a2, f32x4.mul(f16Fast(h2, 0), x0)), f32x4.mul(f16Fast(h2, 1), x1));
-          a3 = f32x4.add(f32x4.add(a3, f32x4.mul(f16Fast(h3, 0), x0)), f32x4.mul(f16Fast(h3, 1), x1));
+          a0 = madd(f16Fast(h0, 1), x1, madd(f16Fast(h0, 0), x0, a0));
+          a1 = madd(f16Fast(h1, 1), x1, madd(f16Fast(h1, 0), x0, a1));
+          a2 = madd(f16Fast(h2, 1), x1, madd(f16Fast(h2, 0), x0, a2));
+          a3 = madd(f16Fast(h3, 1), x1, madd(f16Fast(h3, 0), x0, a3));
         } else {
           a0 = floatStep8(type, a0, p0 + o, x0, x1);
           a1 = floatStep8(type, a1, p1 + o, x0, x1);

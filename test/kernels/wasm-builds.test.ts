@@ -1,0 +1,111 @@
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { GGMLType } from "../../src/gguf/types.js";
+import type { WeightMatrix } from "../../src/kernels/kernels.js";
+import {
+  chooseBuild,
+  createWasmKernels,
+  relaxedSimdAvailable,
+  WASM_PATHS,
+} from "../../src/kernels/wasm-kernels.js";
+import { quantize, rowBytes } from "../../src/quant/index.js";
+import { Rng } from "../../src/sampling/rng.js";
+
+/**
+ * The two builds of the WebAssembly kernels and the choice between them at start-up. Node 20 runs
+ * the relaxed-SIMD build once its V8 flag is on (relaxedSimdAvailable turns it on), so here, as in
+ * CI, both builds run; wasm.test.ts checks each against the reference.
+ */
+
+const BUILD_SCRIPT = new URL("../../scripts/build-kernels.mjs", import.meta.url);
+
+beforeAll(() => {
+  if (!(existsSync(WASM_PATHS.simd) && existsSync(WASM_PATHS.relaxed)))
+    execFileSync(process.execPath, [fileURLToPath(BUILD_SCRIPT)], { stdio: "inherit" });
+});
+
+const envBefore = process.env.SPINDLE_WASM_BUILD;
+afterEach(() => {
+  if (envBefore === undefined) delete process.env.SPINDLE_WASM_BUILD;
+  else process.env.SPINDLE_WASM_BUILD = envBefore;
+});
+
+function matrix(rng: Rng, type: GGMLType, rows: number, cols: number): WeightMatrix {
+  const f = new Float32Array(rows * cols);
+  for (let i = 0; i < f.length; i++) f[i] = rng.next() * 2 - 1;
+  return { name: "w", type, rows, cols, data: quantize(type, f, cols), rowBytes: rowBytes(type, cols) };
+}
+
+function randoms(rng: Rng, n: number): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = rng.next() * 2 - 1;
+  return a;
+}
+
+/** How many outputs differ in their bits. */
+function bitDiffs(a: Float32Array, b: Float32Array): number {
+  let n = 0;
+  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) n++;
+  return n;
+}
+
+describe("WebAssembly builds", () => {
+  it("this Node runs the relaxed-SIMD build, and it is the default", () => {
+    // Node 20 and later on x64 and arm64 (CI's and users' platforms) have relaxed SIMD.
+    expect(relaxedSimdAvailable()).toBe(true);
+    delete process.env.SPINDLE_WASM_BUILD;
+    expect(chooseBuild()).toBe("relaxed");
+    expect(chooseBuild("simd")).toBe("simd");
+    process.env.SPINDLE_WASM_BUILD = "simd";
+    expect(chooseBuild()).toBe("simd");
+    process.env.SPINDLE_WASM_BUILD = "fast";
+    expect(() => chooseBuild()).toThrow(/SPINDLE_WASM_BUILD="fast" must be "simd" or "relaxed"/);
+  });
+
+  it("float matmuls differ in the last bits (fused multiply-adds); quantized ones are the same code", async () => {
+    const simd = await createWasmKernels({ build: "simd", threads: 1 });
+    const relaxed = await createWasmKernels({ build: "relaxed", threads: 1 });
+    expect([simd.build, relaxed.build]).toEqual(["simd", "relaxed"]);
+    const rng = new Rng(5);
+    const cols = 512;
+    const nTokens = 4;
+    const x = randoms(rng, nTokens * cols);
+    for (const type of [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_K]) {
+      const w = matrix(rng, type, 64, cols);
+      const a = new Float32Array(nTokens * w.rows);
+      const b = new Float32Array(nTokens * w.rows);
+      simd.matmul(w, x, nTokens, a);
+      relaxed.matmul(w, x, nTokens, b);
+      // The largest difference against the largest output (single outputs can cancel to near 0).
+      let diff = 0;
+      let scale = 0;
+      for (let i = 0; i < a.length; i++) {
+        diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+        scale = Math.max(scale, Math.abs(a[i]!));
+      }
+      if (type === GGMLType.Q8_0 || type === GGMLType.Q4_K) expect(bitDiffs(a, b), `type ${type}`).toBe(0);
+      else {
+        // One rounding per step instead of two: most of 256 sums of 512 products move by an ulp or so.
+        expect(bitDiffs(a, b), `type ${type}`).toBeGreaterThan(a.length / 4);
+        expect(diff / scale, `type ${type}`).toBeLessThan(1e-5);
+      }
+    }
+  });
+
+  it("the relaxed build runs on the kernel threads too: 2 threads give 1 thread's bits", async () => {
+    const one = await createWasmKernels({ build: "relaxed", threads: 1 });
+    const two = await createWasmKernels({ build: "relaxed", threads: 2 });
+    await two.ready();
+    const rng = new Rng(6);
+    const w = matrix(rng, GGMLType.F32, 256, 1024);
+    const x = randoms(rng, 16 * 1024);
+    const a = new Float32Array(16 * 256);
+    const b = new Float32Array(16 * 256);
+    one.matmul(w, x, 16, a);
+    two.matmul(w, x, 16, b);
+    expect(bitDiffs(a, b)).toBe(0);
+    await two.close?.();
+  });
+});
