@@ -77,6 +77,24 @@ describe("greedy", () => {
       const fromArray = new Sampler({ temperature: 0 }, c.length).sample(c, []).token;
       expect([fast, fromArray]).toEqual([full, full]);
     }
+    // Random lengths (all four lanes of the fast path and its tail) over values that tie and are special.
+    const pool = [Number.NaN, -Infinity, Infinity, FLT_MAX, -0, 0, 1, 1, -2, 7, 7];
+    let seed = 12345;
+    const next = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed;
+    };
+    for (let trial = 0; trial < 400; trial++) {
+      const c = Array.from({ length: 1 + (next() % 23) }, () => pool[next() % pool.length]!);
+      const logits = Float32Array.from(c);
+      const full = () =>
+        new Sampler({ temperature: 0, logitBias: new Map([[0, 0]]) }, c.length).sample(logits, []).token;
+      const fast = () => new Sampler({ temperature: 0 }, c.length).sample(logits, []).token;
+      if (c.every((v) => Number.isNaN(v) || v === -Infinity)) {
+        expect(fast).toThrow(SpindleError);
+        expect(full).toThrow(SpindleError);
+      } else expect(fast(), c.join(",")).toBe(full());
+    }
     // Every logit NaN or -Infinity: nothing can be chosen, on both paths.
     const none = Float32Array.from([Number.NaN, -Infinity]);
     expect(() => new Sampler({ temperature: 0 }, 2).sample(none, [])).toThrow(SpindleError);
