@@ -37,6 +37,7 @@ class EngineBackend implements Backend {
       eogTokens: i.eogTokens,
       chatTemplate: i.chatTemplate,
       details: {
+        ...(i.kernels !== undefined ? { kernels: i.kernels } : {}),
         numBlocks: i.numBlocks,
         blockSize: i.blockSize,
         kvCacheBytes: i.kvCacheBytes,

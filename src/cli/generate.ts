@@ -1,7 +1,7 @@
 import { parseArgs } from "node:util";
 import { renderChat } from "../chat/template.js";
 import { SpindleError } from "../errors.js";
-import type { Kernels } from "../kernels/kernels.js";
+import { describeKernels } from "../kernels/kernels.js";
 import { defaultKernelsName, type KernelName, selectKernelsSync } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
 import { generate } from "../model/generate.js";
@@ -86,15 +86,9 @@ export async function generateCommand(args: string[]): Promise<number> {
   process.stdout.write("\n");
   const n = r.tokens.length;
   process.stderr.write(
-    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB) loaded in ${loadMs.toFixed(0)} ms, ${kernelsLabel(model.transformer.kernels)}\n` +
+    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB) loaded in ${loadMs.toFixed(0)} ms, ${describeKernels(model.transformer.kernels)}\n` +
       `prompt: ${r.promptTokens.length} tokens in ${r.promptMs.toFixed(1)} ms (${((r.promptTokens.length * 1000) / r.promptMs).toFixed(1)} tok/s)\n` +
       `generated: ${n} tokens in ${r.generateMs.toFixed(1)} ms (${n > 0 ? ((n * 1000) / r.generateMs).toFixed(1) : "0"} tok/s), finish: ${r.finishReason}\n`,
   );
   return 0;
-}
-
-/** "wasm kernels (relaxed build), 2 threads" / "reference kernels". */
-function kernelsLabel(k: Kernels): string {
-  const { threads, build } = k as { threads?: number; build?: string };
-  return `${k.name} kernels${build !== undefined ? ` (${build} build)` : ""}${threads !== undefined ? `, ${threads} thread${threads === 1 ? "" : "s"}` : ""}`;
 }

@@ -66,6 +66,8 @@ export interface EngineInfo {
   modelPath?: string;
   /** Model kind only. */
   model?: ModelSummary;
+  /** Model kind only: the compute kernels, e.g. "wasm kernels (relaxed build), 2 threads". */
+  kernels?: string;
   numBlocks: number;
   blockSize: number;
   /** KV cache memory in bytes (model kind; 0 for the simulator). */

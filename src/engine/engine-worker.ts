@@ -1,5 +1,6 @@
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { SpindleError } from "../errors.js";
+import { describeKernels } from "../kernels/kernels.js";
 import type { ModelConfig } from "../model/config.js";
 import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../model/kv-cache.js";
 import { loadModel, type Model } from "../model/model.js";
@@ -173,6 +174,7 @@ function build(init: EngineInit): Built {
         ffnDim: c.ffnDim,
         weightBytes: model.weightBytes,
       },
+      kernels: describeKernels(model.transformer.kernels),
       numBlocks: runner.numBlocks,
       blockSize: runner.blockSize,
       kvCacheBytes: runner.numBlocks * runner.blockSize * KVCacheStorage.bytesPerToken(c),

@@ -122,3 +122,9 @@ export interface Kernels {
    */
   close?(): Promise<void>;
 }
+
+/** "wasm kernels (relaxed build), 2 threads" / "reference kernels": for logs and start-up lines. */
+export function describeKernels(k: Kernels): string {
+  const { threads, build } = k as { threads?: number; build?: string };
+  return `${k.name} kernels${build !== undefined ? ` (${build} build)` : ""}${threads !== undefined ? `, ${threads} thread${threads === 1 ? "" : "s"}` : ""}`;
+}

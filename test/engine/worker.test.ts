@@ -79,6 +79,8 @@ describe("engine worker with stories260K", () => {
     expect(info.eogTokens).toContain(model.tokenizer.eos);
     expect(info.hasChatTemplate).toBe(false);
     expect(info.model).toMatchObject({ arch: "llama", dim: 64, nLayers: 5 });
+    // The worker's kernels, as the "ready" log line shows them (SPINDLE_THREADS is 1 under vitest).
+    expect(info.kernels).toBe("wasm kernels (relaxed build), 1 thread");
     expect(info.scheduler.maxNumSeqs).toBe(64);
   });
 
