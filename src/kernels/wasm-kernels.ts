@@ -201,12 +201,20 @@ function notBuilt(path: string): SpindleError {
   );
 }
 
+/** Each build's bytes, read once (relaxedSimdAvailable validates the bytes that are then compiled). */
+const bytesRead = new Map<WasmBuild, Buffer>();
+
 function wasmBytes(build: WasmBuild): Buffer {
-  try {
-    return readFileSync(WASM_PATHS[build]);
-  } catch {
-    throw notBuilt(WASM_PATHS[build]);
+  let bytes = bytesRead.get(build);
+  if (bytes === undefined) {
+    try {
+      bytes = readFileSync(WASM_PATHS[build]);
+    } catch {
+      throw notBuilt(WASM_PATHS[build]);
+    }
+    bytesRead.set(build, bytes);
   }
+  return bytes;
 }
 
 let relaxedOk: boolean | undefined;
@@ -221,7 +229,7 @@ export function relaxedSimdAvailable(): boolean {
   if (relaxedOk !== undefined) return relaxedOk;
   let bytes: Buffer;
   try {
-    bytes = readFileSync(WASM_PATHS.relaxed);
+    bytes = wasmBytes("relaxed");
   } catch {
     return false; // not cached: a later build may add it
   }
