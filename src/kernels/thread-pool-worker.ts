@@ -1,10 +1,11 @@
 import { parentPort, workerData } from "node:worker_threads";
-import { CONTROL, type WorkerInit } from "./thread-pool.js";
+import { CONTROL, claim, type WorkerInit } from "./thread-pool.js";
 
 /**
  * A kernel thread of WasmThreadPool (thread-pool.ts): instantiates the kernels module on the shared
- * memory, then loops — spin on the generation cell for a while, sleep on it after that, run its part
- * of the requested export, count itself done. Nothing else: no messages after "ready".
+ * memory, then loops — spin on the generation cell for a while, sleep on it after that, then take
+ * the job's chunks one at a time while any is left, counting each done. Nothing else: no messages
+ * after "ready".
  */
 
 const init = workerData as WorkerInit;
@@ -14,7 +15,7 @@ const WA = (
     WebAssembly: { Instance: new (m: object, imports: object) => { exports: Record<string, unknown> } };
   }
 ).WebAssembly;
-const { GEN, DONE, FN, NARGS, STOP, SLEEPERS, FAILED, MEM, CONTROL_INTS, MAX_ARGS } = CONTROL;
+const { GEN, DONE, FN, NARGS, STOP, SLEEPERS, FAILED, MEM, CHUNKS, CONTROL_INTS, MAX_ARGS } = CONTROL;
 
 function main(): void {
   // One instance per memory, each on its memory; fns[memory][function].
@@ -26,8 +27,6 @@ function main(): void {
   const argv = new Float64Array(init.control, CONTROL_INTS * 4, MAX_ARGS);
   const args: number[] = [];
   const spin = BigInt(init.spinNs);
-  // Jobs are numbered from 1, and the pool waits for each job's end before the next: a worker that
-  // starts late finds at most job 1 posted, and runs it.
   let seen = 0;
   parentPort!.postMessage({ ready: true });
   for (;;) {
@@ -46,11 +45,19 @@ function main(): void {
     }
     seen = gen;
     if (Atomics.load(ctl, STOP) !== 0) return;
+    // Read before claiming: a claim that succeeds proves the job was still open, so what was read
+    // is that job's (the caller writes the next job's only after every chunk of this one is done).
     const n = Atomics.load(ctl, NARGS);
     args.length = n;
     for (let i = 0; i < n; i++) args[i] = argv[i]!;
-    fns[Atomics.load(ctl, MEM)]![Atomics.load(ctl, FN)]!(...args, init.part, init.parts);
-    if (Atomics.add(ctl, DONE, 1) + 1 === init.parts - 1) Atomics.notify(ctl, DONE);
+    const fn = fns[Atomics.load(ctl, MEM)]?.[Atomics.load(ctl, FN)];
+    const chunks = Atomics.load(ctl, CHUNKS);
+    for (;;) {
+      const c = claim(ctl, gen, chunks);
+      if (c < 0) break;
+      fn!(...args, c, chunks);
+      if (Atomics.add(ctl, DONE, 1) + 1 === chunks) Atomics.notify(ctl, DONE);
+    }
   }
 }
 

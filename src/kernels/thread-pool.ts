@@ -7,19 +7,29 @@ import { workerEntry } from "../worker-entry.js";
  * WebAssembly.Memory: the calling thread and `threads − 1` workers, each with
  * its own instance of the same module on the same memory (or memories: the
  * kernels may spread a large model's weights over several, and a job names
- * the memory whose instance runs it). A kernel that can
- * be split takes two extra arguments, (part, parts), and computes its share
- * (e.g. rows part·rows/parts … of a matmul); run() calls it with part 0 on the
- * calling thread and parts 1… on the workers, and returns when all are done.
+ * the memory whose instance runs it). A kernel that can be split takes two
+ * extra arguments, (part, parts), and computes its share (e.g. rows
+ * part·rows/parts … of a matmul).
+ *
+ * A job is cut into `chunks` parts (at least the thread count), and the
+ * threads take them one at a time from a shared counter until none is left:
+ * a thread that is slow (a core shared with the HTTP thread, a worker still
+ * waking up, a busy neighbour on the host) simply takes fewer. The caller
+ * takes chunks too and never waits for a worker to start: when every chunk is
+ * taken and done, the job is over, even if a worker never saw it.
  *
  * The handshake is a small control block of Int32 cells in a SharedArrayBuffer:
- * the caller writes the function index and arguments, bumps GEN and, only if a
- * worker sleeps, notifies it; each worker spins on GEN for a short while
- * (a wake-up through Atomics.wait costs ≈ 40 µs, a spin ≈ 1 µs), then waits;
- * it runs its part and bumps DONE; the caller does its own part, then spins
- * until DONE = parts − 1, waiting when that takes long. A 30-layer model at
- * batch 1 calls hundreds of kernels per token, so the common path never
- * sleeps: between two kernels the workers are still spinning.
+ * the caller writes the function index, the arguments and the chunk count,
+ * resets DONE, opens the job's CLAIM cell (job number in the high bits, next
+ * chunk in the low bits), bumps GEN and, only if a worker sleeps, notifies it.
+ * A worker spins on GEN for a short while (a wake-up through Atomics.wait costs
+ * ≈ 40 µs, a spin ≈ 1 µs), then waits. A chunk is claimed by a
+ * compare-and-swap on CLAIM that also checks the job number, so a worker that
+ * arrives after its job ended (and may have read the next job's arguments half
+ * written) claims nothing; each finished chunk adds one to DONE, and the caller
+ * returns when DONE reaches the chunk count. A 30-layer model at batch 1 calls
+ * hundreds of kernels per token, so the common path never sleeps: between two
+ * kernels the workers are still spinning.
  *
  * Spinning is bounded (SPIN_NS) because on a machine with as many cores as
  * threads, a spinning worker takes the core the HTTP thread needs.
@@ -36,7 +46,17 @@ const SLEEPERS = 5;
 const FAILED = 6;
 /** Which memory's instance runs the job (index into `memories`). */
 const MEM = 7;
-const CONTROL_INTS = 8;
+/** The job's number (low JOB_BITS bits of GEN) << CHUNK_BITS | the next chunk to take. */
+const CLAIM = 8;
+/** How many chunks the job has. */
+const CHUNKS = 9;
+const CONTROL_INTS = 10;
+/** 8 bits of chunk index leave 23 of job number: a worker would have to stall between reading a
+ * job and claiming from it for 8 million jobs to mistake another job for its own. */
+const CHUNK_BITS = 8;
+const JOB_MASK = (1 << (31 - CHUNK_BITS)) - 1;
+/** The most chunks one job may have. */
+export const MAX_CHUNKS = (1 << CHUNK_BITS) - 1;
 /** Float64 argument slots after the control cells. */
 const MAX_ARGS = 16;
 
@@ -158,18 +178,20 @@ export class WasmThreadPool {
   }
 
   /**
-   * Calls export `name` with `args` followed by (part, parts) on every thread, the caller's part
-   * being 0, and returns when every part is done; `memory` picks the instance (default 0, the first
-   * memory). Not reentrant.
+   * Calls export `name` with `args` followed by (part, parts = chunks) for every part, spread over
+   * the threads (each takes the next part left until none is), and returns when every part is
+   * done; `memory` picks the instance (default 0, the first memory); `chunks` defaults to the
+   * thread count. Not reentrant.
    */
-  run(name: string, args: readonly number[], memory = 0): void {
+  run(name: string, args: readonly number[], memory = 0, chunks = this.threads): void {
     const fi = this.index.get(name);
     if (fi === undefined) throw new SpindleError(`${name} was not registered with the thread pool`);
     const fn = this.fns[memory]?.[fi];
     if (fn === undefined) throw new RangeError(`the thread pool has no memory ${memory}`);
-    const parts = this.threads;
-    if (parts === 1 || this.closed) {
-      fn(...args, 0, 1);
+    if (!(Number.isInteger(chunks) && chunks >= 1 && chunks <= MAX_CHUNKS))
+      throw new RangeError(`chunks must be an integer in 1..${MAX_CHUNKS}, got ${chunks}`);
+    if (this.threads === 1 || this.closed || chunks === 1) {
+      for (let c = 0; c < chunks; c++) fn(...args, c, chunks);
       return;
     }
     if (args.length > MAX_ARGS) throw new RangeError(`at most ${MAX_ARGS} arguments`);
@@ -178,17 +200,24 @@ export class WasmThreadPool {
     Atomics.store(ctl, FN, fi);
     Atomics.store(ctl, MEM, memory);
     Atomics.store(ctl, NARGS, args.length);
+    Atomics.store(ctl, CHUNKS, chunks);
     Atomics.store(ctl, DONE, 0);
-    Atomics.add(ctl, GEN, 1);
+    const job = (Atomics.load(ctl, GEN) + 1) & JOB_MASK;
+    Atomics.store(ctl, CLAIM, job << CHUNK_BITS);
+    Atomics.store(ctl, GEN, job);
     if (Atomics.load(ctl, SLEEPERS) > 0) Atomics.notify(ctl, GEN);
-    fn(...args, 0, parts);
-    const want = parts - 1;
-    if (Atomics.load(ctl, DONE) === want) return;
+    for (;;) {
+      const c = claim(ctl, job, chunks);
+      if (c < 0) break;
+      fn(...args, c, chunks);
+      Atomics.add(ctl, DONE, 1);
+    }
+    if (Atomics.load(ctl, DONE) === chunks) return;
     const until = process.hrtime.bigint() + BigInt(SPIN_NS);
     let spins = 0;
     for (;;) {
       const done = Atomics.load(ctl, DONE);
-      if (done === want) return;
+      if (done === chunks) return;
       if ((++spins & 63) === 0 && process.hrtime.bigint() > until) {
         if (Atomics.load(ctl, FAILED) !== 0) {
           this.closed = true;
@@ -211,4 +240,32 @@ export class WasmThreadPool {
   }
 }
 
-export const CONTROL = { GEN, DONE, FN, NARGS, STOP, SLEEPERS, FAILED, MEM, CONTROL_INTS, MAX_ARGS } as const;
+/**
+ * Takes the next chunk of job `job` (of `chunks`): its index, or −1 when every chunk is taken or
+ * the control block has moved on to another job.
+ */
+export function claim(ctl: Int32Array, job: number, chunks: number): number {
+  for (;;) {
+    const v = Atomics.load(ctl, CLAIM);
+    if (v >>> CHUNK_BITS !== job) return -1;
+    const c = v & MAX_CHUNKS;
+    if (c >= chunks) return -1;
+    if (Atomics.compareExchange(ctl, CLAIM, v, v + 1) === v) return c;
+  }
+}
+
+export const CONTROL = {
+  GEN,
+  DONE,
+  FN,
+  NARGS,
+  STOP,
+  SLEEPERS,
+  FAILED,
+  MEM,
+  CLAIM,
+  CHUNKS,
+  CHUNK_BITS,
+  CONTROL_INTS,
+  MAX_ARGS,
+} as const;

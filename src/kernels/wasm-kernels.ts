@@ -7,7 +7,7 @@ import { GGMLType } from "../gguf/types.js";
 import type { RopeParams } from "../model/config.js";
 import type { AttentionSeq, Kernels, PagedKV, WeightMatrix } from "./kernels.js";
 import { referenceKernels } from "./reference.js";
-import { WasmThreadPool } from "./thread-pool.js";
+import { MAX_CHUNKS, WasmThreadPool } from "./thread-pool.js";
 import { align, MAX_PAGES, WasmArena, type WasmMemory } from "./wasm-arena.js";
 
 /**
@@ -169,6 +169,12 @@ interface Placed {
 
 /** Calls of up to this many tokens (decode steps) are split over the threads only while smallSplits is on. */
 const SMALL_TOKENS = 4;
+
+/**
+ * A split kernel is cut into this many parts per thread, which the threads take one at a time
+ * (thread-pool.ts): a thread slowed by something else on its core takes fewer.
+ */
+const PARTS_PER_THREAD = 4;
 
 type Arena = WasmArena<WasmExports>;
 
@@ -457,22 +463,27 @@ class WasmKernelSet implements WasmKernels {
   }
 
   /**
-   * Runs a splittable kernel on memory `arena`'s instance, on every thread when worth it: at least
-   * PARALLEL_MIN_MACS multiply-adds, and more than SMALL_TOKENS tokens unless smallSplits is on.
+   * How many parts a kernel of `macs` multiply-adds over `units` indivisible units (groups of 4
+   * rows, attention items) is cut into: 1 (the calling thread alone) unless there are threads and
+   * the kernel is worth them: at least PARALLEL_MIN_MACS multiply-adds, and more than SMALL_TOKENS
+   * tokens unless smallSplits is on.
    */
+  private partsFor(macs: number, nTokens: number, units: number): number {
+    const pool = this.pool;
+    if (pool === undefined || macs < PARALLEL_MIN_MACS || (nTokens <= SMALL_TOKENS && !this.smallSplits))
+      return 1;
+    return Math.max(1, Math.min(units, pool.threads * PARTS_PER_THREAD, MAX_CHUNKS));
+  }
+
+  /** Runs a splittable kernel on memory `arena`'s instance in `parts` parts (partsFor), over the threads when more than one. */
   private run(
     arena: Arena,
     name: "matmulQuantPart" | "matmulPart" | "matmulQuantMulti" | "attentionPart",
     args: number[],
-    macs: number,
-    nTokens: number,
+    parts: number,
   ): void {
-    const pool = this.pool;
-    if (pool === undefined || macs < PARALLEL_MIN_MACS || (nTokens <= SMALL_TOKENS && !this.smallSplits)) {
-      (arena.wasm[name] as (...a: number[]) => void)(...args, 0, 1);
-    } else {
-      pool.run(name, args, this.arenas.indexOf(arena));
-    }
+    if (parts === 1 || this.pool === undefined) (arena.wasm[name] as (...a: number[]) => void)(...args, 0, 1);
+    else this.pool.run(name, args, this.arenas.indexOf(arena), parts);
   }
 
   /**
@@ -537,14 +548,14 @@ class WasmKernelSet implements WasmKernels {
       arena === this.main ? outs[i]!.byteOffset : this.scratchIn(arena, `out${i}`, nTokens * w.rows * 4),
     );
     const scratch = this.scratchIn(arena, "quant", arena.wasm.quantScratchBytes(cols, nTokens));
-    const parts = this.pool?.threads ?? 1;
+    const macs = ws.reduce((a, w) => a + w.rows * cols * nTokens, 0);
+    const parts = this.partsFor(macs, nTokens, Math.min(...ws.map((w) => Math.ceil(w.rows / 4))));
     const partBytes = align(arena.wasm.quantPartBytes(cols));
     const partScratch = this.scratchIn(arena, "quantParts", parts * partBytes);
     arena.wasm.quantizeActivations(w0.type, xPtr, nTokens, cols, scratch);
     const m = (i: number) => (i < ws.length ? [placed[i]!.ptr, ws[i]!.rows, outPtrs[i]!] : [0, 0, 0]);
     const args = [w0.type, cols, nTokens, scratch, partScratch, partBytes, ...m(0), ...m(1), ...m(2)];
-    const macs = ws.reduce((a, w) => a + w.rows * cols * nTokens, 0);
-    this.run(arena, "matmulQuantMulti", args, macs, nTokens);
+    this.run(arena, "matmulQuantMulti", args, parts);
     if (arena !== this.main) {
       ws.forEach((w, i) => {
         const o = outPtrs[i]! >>> 2;
@@ -575,19 +586,18 @@ class WasmKernelSet implements WasmKernels {
     const scratch = p.packed
       ? this.scratchIn(arena, "quant", arena.wasm.quantScratchBytes(cols, nTokens))
       : this.scratchIn(arena, "rows", 4 * colsPad * 4);
-    const macs = rows < 8 ? 0 : rows * cols * nTokens; // a split needs two groups of 4 rows
-    const parts = this.pool?.threads ?? 1;
+    const parts = this.partsFor(rows * cols * nTokens, nTokens, Math.ceil(rows / 4));
     if (p.packed) {
       arena.wasm.quantizeActivations(w.type, xPtr, nTokens, cols, scratch);
       const partBytes = align(arena.wasm.quantPartBytes(cols));
       const partScratch = this.scratchIn(arena, "quantParts", parts * partBytes);
       const args = [w.type, p.ptr, rows, cols, nTokens, scratch, outPtr, partScratch, partBytes];
-      this.run(arena, "matmulQuantPart", args, macs, nTokens);
+      this.run(arena, "matmulQuantPart", args, parts);
     } else {
       const partBytes = align(4 * colsPad * 4);
       const partScratch = this.scratchIn(arena, "rowParts", parts * partBytes);
       const args = [w.type, p.ptr, p.rowBytes, rows, colsPad, xPtr, nTokens, outPtr, partScratch, partBytes];
-      this.run(arena, "matmulPart", args, macs, nTokens);
+      this.run(arena, "matmulPart", args, parts);
     }
     if (!outIn) out.set(arena.f32.subarray(outPtr >>> 2, (outPtr >>> 2) + nTokens * rows));
   }
@@ -697,7 +707,9 @@ class WasmKernelSet implements WasmKernels {
     let tableInts = 0;
     let maxCtx = 0;
     let macs = 0;
+    let items = 0;
     for (const s of live) {
+      items += s.count * kv.nKVHeads;
       tableInts += Math.ceil((s.pos + s.count) / kv.blockSize);
       maxCtx = Math.max(maxCtx, s.pos + s.count);
       macs += s.count * (s.pos + (s.count + 1) / 2) * qDim * 2;
@@ -713,7 +725,7 @@ class WasmKernelSet implements WasmKernels {
       i32[r + 3] = t * 4;
       t += this.writeBlockTable(kv, s, t);
     }
-    const parts = this.pool?.threads ?? 1;
+    const parts = this.partsFor(macs, rows, items);
     const scoresStride = align(maxCtx * 4);
     const scores = this.scratch("scores", parts * scoresStride);
     const args = [
@@ -731,7 +743,7 @@ class WasmKernelSet implements WasmKernels {
       scoresStride,
       1 / Math.sqrt(kv.headDim),
     ];
-    this.run(this.main, "attentionPart", args, macs, rows);
+    this.run(this.main, "attentionPart", args, parts);
     if (!outIn) {
       // Rows of sequences in `seqs` only (the reference leaves the others alone too).
       for (const s of seqs) {

@@ -1,14 +1,14 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { WasmThreadPool } from "../../src/kernels/thread-pool.js";
+import { CONTROL, claim, MAX_CHUNKS, WasmThreadPool } from "../../src/kernels/thread-pool.js";
 import { tempDir } from "../helpers/tmp.js";
 
 /**
  * The thread pool on a small module compiled here with AssemblyScript (shared memory, like the
  * kernels): every part runs exactly once per call, on its own rows, for thousands of calls in a row
- * (spinning hand-off) and after the workers went to sleep (wait/notify hand-off), on the memory
- * each call names.
+ * (spinning hand-off) and after the workers went to sleep (wait/notify hand-off), with as many
+ * parts as threads or more (the threads take them one at a time), on the memory each call names.
  */
 
 const SOURCE = `
@@ -78,15 +78,15 @@ describe.each([1, 2, 3])("WasmThreadPool with %i threads", (threads) => {
   });
   afterAll(() => pool?.close());
 
-  const check = (n: number, stamp: number, calls: number, mem = memory) => {
+  const check = (n: number, stamp: number, calls: number, mem = memory, parts = threads) => {
     const out = new Int32Array(mem.buffer, OUT, n);
     const visits = new Int32Array(mem.buffer, VISITS, n);
     expect(new Set([...out].map((v) => v >> 4))).toEqual(new Set([stamp]));
     expect(new Set(visits)).toEqual(new Set([calls]));
     // Every part wrote its own contiguous range, in order.
-    const parts = [...out].map((v) => v & 15);
-    expect([...parts].sort((a, b) => a - b)).toEqual(parts);
-    expect(new Set(parts).size).toBe(Math.min(threads, n));
+    const written = [...out].map((v) => v & 15);
+    expect([...written].sort((a, b) => a - b)).toEqual(written);
+    expect(new Set(written).size).toBe(Math.min(parts, n));
   };
 
   it("runs every part exactly once per call, thousands of calls in a row", () => {
@@ -94,6 +94,15 @@ describe.each([1, 2, 3])("WasmThreadPool with %i threads", (threads) => {
     const n = 1000;
     for (let s = 1; s <= 5000; s++) pool.run("mark", [OUT, VISITS, n, s]);
     check(n, 5000, 5000);
+  });
+
+  it("runs jobs cut into more parts than threads, each part once", () => {
+    new Int32Array(memory.buffer, VISITS, 4096).fill(0);
+    for (let s = 1; s <= 3000; s++) pool.run("mark", [OUT, VISITS, 1000, s], 0, 1 + (s % 13));
+    // The last call had 1 + 3000 % 13 = 11 parts.
+    check(1000, 3000, 3000, memory, 11);
+    expect(() => pool.run("mark", [OUT, VISITS, 10, 1], 0, 0)).toThrow(RangeError);
+    expect(() => pool.run("mark", [OUT, VISITS, 10, 1], 0, MAX_CHUNKS + 1)).toThrow(RangeError);
   });
 
   it("wakes sleeping workers", async () => {
@@ -112,5 +121,19 @@ describe.each([1, 2, 3])("WasmThreadPool with %i threads", (threads) => {
     check(500, 300, 150); // even calls: memory 0
     check(500, 299, 150, memory2); // odd calls: memory 1
     expect(() => pool.run("mark", [OUT, VISITS, 500, 1], 2)).toThrow(RangeError);
+  });
+});
+
+describe("claim: taking the chunks of a job", () => {
+  const { CLAIM, CHUNK_BITS } = CONTROL;
+  it("hands out each chunk once, in order, then none; and none of a job that is no longer open", () => {
+    const ctl = new Int32Array(new SharedArrayBuffer(CONTROL.CONTROL_INTS * 4));
+    const job = 5;
+    ctl[CLAIM] = job << CHUNK_BITS;
+    expect([0, 1, 2, 3].map(() => claim(ctl, job, 3))).toEqual([0, 1, 2, -1]);
+    // A worker that read job 5 but arrives when job 6 is open claims nothing of job 6.
+    ctl[CLAIM] = 6 << CHUNK_BITS;
+    expect(claim(ctl, job, 3)).toBe(-1);
+    expect(claim(ctl, 6, 3)).toBe(0);
   });
 });
