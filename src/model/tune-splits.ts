@@ -25,9 +25,18 @@ export interface SplitChoice {
   smallSplits: boolean;
 }
 
-/** About how long the measurement may take. */
+/** About how long the measurement may take, after the warm-up. */
 const BUDGET_MS = 1000;
-const ROUNDS = 3;
+/**
+ * Split steps run this long before anything is timed. A core that was idle runs slowly for a
+ * while once it gets work (measured on this 2-vCPU VM: 15M-shape split decode at 500–700 tok/s
+ * for the first few hundred ms, then 1,100–1,300), so without it the split way is judged on its
+ * worst moments.
+ */
+const WARM_MS = 300;
+const ROUNDS = 4;
+/** The throwaway sequence's positions cycle over this window (its KV is overwritten in turn). */
+const WINDOW = 32;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -35,11 +44,11 @@ function median(xs: number[]): number {
 }
 
 /**
- * Waits for the model's kernel threads, then, when there are several, times decode steps of a
- * throwaway sequence with decode-sized splits on and off (alternating phases, ROUNDS of each, the
- * first step of every phase untimed) and keeps the faster. Results do not depend on the choice, only
- * speed. Returns what it measured, or undefined when there is nothing to choose (one thread, or
- * kernels without threads).
+ * Waits for the model's kernel threads, then, when there are several, warms them up with split
+ * decode steps of a throwaway sequence and times decode steps with decode-sized splits on and off
+ * (alternating phases, ROUNDS of each, the first step of every phase untimed), keeping the faster.
+ * Results do not depend on the choice, only speed. Returns what it measured, or undefined when
+ * there is nothing to choose (one thread, or kernels without threads).
  */
 export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undefined> {
   const k = model.transformer.kernels as Partial<SplittableKernels>;
@@ -47,37 +56,35 @@ export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undef
   if (k.smallSplits === undefined || (k.threads ?? 1) <= 1) return undefined;
   const kernels = k as SplittableKernels;
   const c = model.config;
-  const maxTokens = Math.min(c.contextLength, 4 + 2 * ROUNDS * 9);
-  const kv = new KVCacheStorage(c, Math.ceil(maxTokens / 16) + 1);
+  const window = Math.min(c.contextLength, WINDOW);
+  const kv = new KVCacheStorage(c, Math.ceil(window / 16));
   const blockTable = Array.from({ length: kv.numBlocks }, (_, i) => i);
   let pos = 0;
   const step = (): number => {
     const t0 = performance.now();
     const token = 3 + ((pos * 7919) % Math.max(1, c.vocabSize - 3));
     model.transformer.forward(kv, [{ tokens: [token], pos, blockTable }]);
-    pos++;
+    pos = (pos + 1) % window;
     return performance.now() - t0;
   };
   try {
     kernels.smallSplits = true;
     const first = Math.max(step(), step());
-    // Big models (a step past 100 ms) get one round of two timed steps each way: a few seconds.
-    const rounds = first > 100 ? 1 : ROUNDS;
-    const perPhase = Math.max(3, Math.min(8, Math.floor(BUDGET_MS / (2 * rounds * first)) + 1));
+    // Big models (a step past 100 ms) get no warm-up beyond that and one round of two timed steps
+    // each way: a few seconds.
+    const big = first > 100;
+    for (const t0 = performance.now(); !big && performance.now() - t0 < WARM_MS; ) step();
+    const rounds = big ? 1 : ROUNDS;
+    const perPhase = Math.max(3, Math.min(16, Math.floor(BUDGET_MS / (2 * rounds * first)) + 1));
     const times: [number[], number[]] = [[], []];
     for (let r = 0; r < rounds; r++) {
       for (const split of [true, false]) {
-        if (pos + perPhase > maxTokens) break;
         kernels.smallSplits = split;
         step(); // the threads settle into this way of working
         for (let i = 1; i < perPhase; i++) times[split ? 1 : 0].push(step());
       }
     }
     const [single, split] = times;
-    if (single.length === 0 || split.length === 0) {
-      kernels.smallSplits = true; // a context too short to measure: the default
-      return undefined;
-    }
     const choice: SplitChoice = {
       splitMs: median(split),
       singleMs: median(single),
