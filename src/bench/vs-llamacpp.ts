@@ -116,9 +116,11 @@ function spindleParallel(model: Model, prompts: number[][], steps: number): numb
   let next = pre.map((l) => argmax(l!, 0, vocab));
   const t0 = performance.now();
   for (let step = 0; step < steps; step++) {
+    // As the engine's runner does: logits stay in the kernels' memory until sampled.
     const out = model.transformer.forward(
       kv,
       next.map((t, s) => ({ tokens: [t], pos: PAR_PROMPT + step, blockTable: tables[s]! })),
+      { transientLogits: true },
     );
     next = out.map((l) => argmax(l!, 0, vocab));
   }

@@ -75,7 +75,8 @@ export class ModelRunner implements Runner {
       blockTable: it.blockTable,
       logits: it.sample ? "last" : "none",
     }));
-    const logits = this.transformer.forward(this.kv, batch);
+    // Sampled before the next step: the logits may stay in the kernels' memory (no copy per step).
+    const logits = this.transformer.forward(this.kv, batch, { transientLogits: true });
     return {
       samples: items.map((it, i) => {
         if (!it.sample) return undefined;

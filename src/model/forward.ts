@@ -44,6 +44,19 @@ class Scratch {
   }
 }
 
+export interface ForwardOptions {
+  /**
+   * Return logits rows that are views of a buffer in the kernels' memory which the next forward
+   * call overwrites (for a caller that samples before calling again, as the engine does): the LM
+   * head writes them in place, with no copy and no new array per step. Batches wanting more than
+   * TRANSIENT_MAX_ROWS rows get a fresh array anyway.
+   */
+  transientLogits?: boolean;
+}
+
+/** The most logits rows a transient buffer holds (64 × a 152K vocabulary = 39 MB). */
+const TRANSIENT_MAX_ROWS = 64;
+
 export class Transformer {
   private scratch: Scratch;
   private rope: RopeParams;
@@ -61,7 +74,11 @@ export class Transformer {
    * Runs the batch and returns, per sequence, its logits rows (count × vocab)
    * or undefined when it asked for none. New K/V are written into `kv`.
    */
-  forward(kv: KVCacheStorage, batch: readonly BatchSeq[]): (Float32Array | undefined)[] {
+  forward(
+    kv: KVCacheStorage,
+    batch: readonly BatchSeq[],
+    opts: ForwardOptions = {},
+  ): (Float32Array | undefined)[] {
     // The KV pools in the kernels' memory when they have one (a no-op after the first call).
     kv.useKernels(this.kernels);
     const c = this.config;
@@ -148,7 +165,10 @@ export class Transformer {
     const h = this.scratch.get("h", m * c.dim);
     for (let r = 0; r < m; r++) h.set(x.subarray(wanted[r]! * c.dim, (wanted[r]! + 1) * c.dim), r * c.dim);
     k.rmsnorm(h, w.outputNorm, m, c.dim, c.rmsEps, h);
-    const logits = new Float32Array(m * c.vocabSize);
+    const logits =
+      opts.transientLogits && m <= TRANSIENT_MAX_ROWS
+        ? this.scratch.get("logits", m * c.vocabSize).subarray(0, m * c.vocabSize)
+        : new Float32Array(m * c.vocabSize);
     if (m > 0) k.matmul(w.output, h, m, logits);
 
     const out: (Float32Array | undefined)[] = [];

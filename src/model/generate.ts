@@ -68,7 +68,10 @@ export function generate(model: Model, prompt: string | number[], opts: Generate
 
   function run(): GenerateResult {
     const t0 = performance.now();
-    let logits = model.transformer.forward(kv, [{ tokens: promptTokens, pos: 0, blockTable }])[0]!;
+    // Each step's logits are sampled before the next forward: they may stay in the kernels' memory.
+    let logits = model.transformer.forward(kv, [{ tokens: promptTokens, pos: 0, blockTable }], {
+      transientLogits: true,
+    })[0]!;
     const t1 = performance.now();
     while (tokens.length < opts.maxTokens) {
       const { token } = sampler.sample(logits, history);
@@ -86,7 +89,9 @@ export function generate(model: Model, prompt: string | number[], opts: Generate
         break;
       }
       if (tokens.length >= opts.maxTokens) break;
-      logits = model.transformer.forward(kv, [{ tokens: [token], pos: history.length - 1, blockTable }])[0]!;
+      logits = model.transformer.forward(kv, [{ tokens: [token], pos: history.length - 1, blockTable }], {
+        transientLogits: true,
+      })[0]!;
     }
     // Text held back (an incomplete UTF-8 character, a possible stop-string prefix) is released at the end,
     // unless a stop string matched: then everything from the stop string on is dropped.

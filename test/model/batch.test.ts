@@ -76,6 +76,33 @@ describe("batched forward: a sequence's logits inside a mixed batch equal its lo
     checkBatch(loadModel(out));
   });
 
+  it("transient logits: the same values, in one buffer of the kernels' memory that the next call reuses", () => {
+    const model = loadModel(testModel(STORIES_260K));
+    const V = model.config.vocabSize;
+    const kv = new KVCacheStorage(model.config, 8);
+    const step = (transientLogits: boolean, tokens: number[], pos: number) =>
+      model.transformer.forward(
+        kv,
+        [
+          { tokens, pos, blockTable: [0, 1, 2, 3] },
+          { tokens: tokens.slice(0, 1), pos, blockTable: [4, 5, 6, 7] },
+        ],
+        { transientLogits },
+      );
+    const fresh = step(false, [1, 20, 30], 0).map((l) => l!.slice());
+    const a = step(true, [1, 20, 30], 0);
+    expect(a.map((l) => l!.length)).toEqual([V, V]);
+    expect(a.map((l) => [...l!])).toEqual(fresh.map((l) => [...l]));
+    expect(a[0]!.buffer).toBeInstanceOf(SharedArrayBuffer); // the WebAssembly kernels' memory
+    const kept = a[1]!.slice();
+    const b = step(true, [40], 3);
+    expect(b[0]!.buffer).toBe(a[0]!.buffer);
+    expect(b[0]!.byteOffset).toBe(a[0]!.byteOffset);
+    expect([...a[1]!]).toEqual([...b[1]!]); // overwritten in place
+    expect([...b[1]!]).not.toEqual([...kept]);
+    kv.dispose();
+  });
+
   it("rejects a block table too short for the tokens", () => {
     const model = loadModel(testModel(STORIES_260K));
     const kv = new KVCacheStorage(model.config, 4);
