@@ -5,7 +5,9 @@ import type { Model } from "./model.js";
  * Kernel threads at decode: measured, not assumed. Splitting a decode-sized matmul (one token per
  * sequence) over the kernel threads saves compute but costs a hand-off and keeps the other threads
  * spinning between kernels; which wins depends on the machine and the model. Measured here per
- * decode step, split vs not: SmolLM2-135M shape 9.9 vs 15.2 ms, stories15M shape 1.42 vs 1.38 ms.
+ * decode step, split vs not: SmolLM2-135M shape 9.6 vs 14.9 ms, stories15M shape 0.74–1.10 vs
+ * 1.25–1.74 ms (since the pool's parts are taken from a shared counter and split phases are warmed
+ * up; before, 1.42 vs 1.38).
  * Timing each split call alone misleads (on the 15M shape split calls were faster alone while the
  * whole step got slower), so the decision is taken on whole decode steps of the model itself, once
  * its kernel threads are up.
@@ -25,16 +27,17 @@ export interface SplitChoice {
   smallSplits: boolean;
 }
 
-/** About how long the measurement may take, after the warm-up. */
+/** About how long the timed steps may take in all. */
 const BUDGET_MS = 1000;
 /**
- * Split steps run this long before anything is timed. A core that was idle runs slowly for a
- * while once it gets work (measured on this 2-vCPU VM: 15M-shape split decode at 500–700 tok/s
- * for the first few hundred ms, then 1,100–1,300), so without it the split way is judged on its
- * worst moments.
+ * Before each timed phase of split steps, split steps run this long untimed. A core that was idle
+ * (its worker asleep through the phase on one thread) runs slowly for a while once it gets work:
+ * measured on this 2-vCPU VM, 15M-shape split decode ran at 500–900 tok/s for the first few
+ * hundred ms and 1,100–1,300 after. Without it the split way is judged on its worst moments only
+ * (the phases on one thread park the worker every time) and loses to a way that is slower in use.
  */
-const WARM_MS = 300;
-const ROUNDS = 4;
+const WARM_MS = 250;
+const ROUNDS = 3;
 /** The throwaway sequence's positions cycle over this window (its KV is overwritten in turn). */
 const WINDOW = 32;
 
@@ -44,9 +47,10 @@ function median(xs: number[]): number {
 }
 
 /**
- * Waits for the model's kernel threads, then, when there are several, warms them up with split
- * decode steps of a throwaway sequence and times decode steps with decode-sized splits on and off
- * (alternating phases, ROUNDS of each, the first step of every phase untimed), keeping the faster.
+ * Waits for the model's kernel threads, then, when there are several, times decode steps of a
+ * throwaway sequence with decode-sized splits off and on (alternating phases, ROUNDS of each, the
+ * first step of every phase untimed, split phases after WARM_MS of untimed split steps), keeping
+ * the faster.
  * Results do not depend on the choice, only speed. Returns what it measured, or undefined when
  * there is nothing to choose (one thread, or kernels without threads).
  */
@@ -73,14 +77,14 @@ export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undef
     // Big models (a step past 100 ms) get no warm-up beyond that and one round of two timed steps
     // each way: a few seconds.
     const big = first > 100;
-    for (const t0 = performance.now(); !big && performance.now() - t0 < WARM_MS; ) step();
     const rounds = big ? 1 : ROUNDS;
     const perPhase = Math.max(3, Math.min(16, Math.floor(BUDGET_MS / (2 * rounds * first)) + 1));
     const times: [number[], number[]] = [[], []];
     for (let r = 0; r < rounds; r++) {
-      for (const split of [true, false]) {
+      for (const split of [false, true]) {
         kernels.smallSplits = split;
         step(); // the threads settle into this way of working
+        if (split && !big) for (const t0 = performance.now(); performance.now() - t0 < WARM_MS; ) step();
         for (let i = 1; i < perPhase; i++) times[split ? 1 : 0].push(step());
       }
     }
