@@ -11,7 +11,7 @@ import { workerEntry } from "../worker-entry.js";
  * extra arguments, (part, parts), and computes its share (e.g. rows
  * part·rows/parts … of a matmul).
  *
- * A job is cut into `chunks` parts (at least the thread count), and the
+ * A job is cut into `chunks` parts (the kernels use 4 per thread), and the
  * threads take them one at a time from a shared counter until none is left:
  * a thread that is slow (a core shared with the HTTP thread, a worker still
  * waking up, a busy neighbour on the host) simply takes fewer. The caller
