@@ -124,24 +124,23 @@ export async function llamaNextProbs(
   tokens: number[],
   vocabSize: number,
 ): Promise<Float64Array> {
-  // The distribution comes with a sampled token (temperature 1, nothing cut). When that token is an
-  // end-of-generation token, node-llama-cpp ends the evaluation without yielding it: the
-  // distribution is the same on every try, so sample again.
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const probs = await withSequence(path, tokens.length + 8, async (seq) => {
-      const it = seq.evaluateWithMetadata(
-        tokens as Token[],
-        { probabilities: true },
-        { temperature: 1, topK: 0, topP: 1, minP: 0 },
-      );
-      const r = await it.next();
-      await it.return();
-      if (r.done) return undefined;
-      const out = new Float64Array(vocabSize);
-      for (const [t, p] of r.value.probabilities) out[t] = p;
-      return out;
-    });
-    if (probs) return probs;
-  }
-  throw new Error("llama.cpp produced no token in 20 tries");
+  // The distribution comes with a sampled token (temperature 1, nothing cut). yieldEogToken: an
+  // end-of-generation token is yielded like any other (by default node-llama-cpp ends the
+  // evaluation without it; resampling then failed 20 times in a row on a random-weight model whose
+  // distribution puts most of its mass there).
+  const probs = await withSequence(path, tokens.length + 8, async (seq) => {
+    const it = seq.evaluateWithMetadata(
+      tokens as Token[],
+      { probabilities: true },
+      { temperature: 1, topK: 0, topP: 1, minP: 0, yieldEogToken: true },
+    );
+    const r = await it.next();
+    await it.return();
+    if (r.done) return undefined;
+    const out = new Float64Array(vocabSize);
+    for (const [t, p] of r.value.probabilities) out[t] = p;
+    return out;
+  });
+  if (!probs) throw new Error("llama.cpp produced no token");
+  return probs;
 }
