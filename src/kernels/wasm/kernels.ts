@@ -697,23 +697,37 @@ function groupDot4<T>(
   v128.store(o0 + 3 * oo, acc3);
 }
 
-/** unpackGroup's work for block (s, sub) = j. */
+/**
+ * unpackGroup's work for block (s, sub) = j: the 4 rows' weight vectors (wVec, each 4 pairs of
+ * i16 matching 4 of the 16 i32 pairs of x's block), transposed so that vector p (0..15) holds pair
+ * p of rows 0, 1, 2, 3: one i32x4.dot_i16x8_s of it against pair p of a token's x (splat) adds to
+ * each row's sum in its own lane, with no reduction across lanes afterwards.
+ */
 // @inline
 function unpackBlock<T>(g: usize, s: i32, sub: i32, j: i32, ws: usize, ss: usize, sm: usize): void {
-  for (let r = 0; r < 4; r++) {
-    const o = ws + ((<usize>j) << 8) + ((<usize>r) << 6);
-    v128.store(o, wVec<T>(g, s, sub, r, 0));
-    v128.store(o, wVec<T>(g, s, sub, r, 1), 16);
-    v128.store(o, wVec<T>(g, s, sub, r, 2), 32);
-    v128.store(o, wVec<T>(g, s, sub, r, 3), 48);
+  const o = ws + ((<usize>j) << 8);
+  for (let k = 0; k < 4; k++) {
+    const a = wVec<T>(g, s, sub, 0, k);
+    const b = wVec<T>(g, s, sub, 1, k);
+    const c = wVec<T>(g, s, sub, 2, k);
+    const d = wVec<T>(g, s, sub, 3, k);
+    const ab0 = i32x4.shuffle(a, b, 0, 4, 1, 5);
+    const ab1 = i32x4.shuffle(a, b, 2, 6, 3, 7);
+    const cd0 = i32x4.shuffle(c, d, 0, 4, 1, 5);
+    const cd1 = i32x4.shuffle(c, d, 2, 6, 3, 7);
+    const ok = o + ((<usize>k) << 6);
+    v128.store(ok, i32x4.shuffle(ab0, cd0, 0, 1, 4, 5));
+    v128.store(ok, i32x4.shuffle(ab0, cd0, 2, 3, 6, 7), 16);
+    v128.store(ok, i32x4.shuffle(ab1, cd1, 0, 1, 4, 5), 32);
+    v128.store(ok, i32x4.shuffle(ab1, cd1, 2, 3, 6, 7), 48);
   }
   v128.store(ss + ((<usize>j) << 4), scaleOf<T>(g, s, sub));
   if (hasMin<T>()) v128.store(sm + ((<usize>j) << 4), minOf<T>(g, s, sub));
 }
 
 /**
- * Unpacks a group into scratch for reuse by many tokens: per block j, the 4 rows' weight vectors
- * (256 B at ws + 256·j), S at ss + 16·j and M at sm + 16·j.
+ * Unpacks a group into scratch for reuse by many tokens: per block j, 16 vectors of the 4 rows'
+ * weight pairs (256 B at ws + 256·j, see unpackBlock), S at ss + 16·j and M at sm + 16·j.
  */
 // @inline
 function unpackGroup<T>(g: usize, nb: i32, ws: usize, ss: usize, sm: usize): void {
@@ -733,10 +747,39 @@ function unpackGroup<T>(g: usize, nb: i32, ws: usize, ss: usize, sm: usize): voi
   }
 }
 
-/** A group unpacked by unpackGroup against one token: the same arithmetic as groupDot. */
+/** acc + the pairwise products of w and x summed per i32 lane. */
 // @inline
+function mac(acc: v128, w: v128, x: v128): v128 {
+  return i32x4.add(acc, i32x4.dot_i16x8_s(w, x));
+}
+
+/**
+ * unpackedDot's and unpackedDot4's update with block j of one token: its exact integer sums I (a
+ * row per lane) less the offset, then update<T>: the same arithmetic as groupDot.
+ */
+// @inline
+function unpackedUpdate<T>(
+  acc: v128,
+  I: v128,
+  j: i32,
+  ss: usize,
+  sm: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+): v128 {
+  const jo = (<usize>j) << 2;
+  if (qOffset<T>() !== 0) I = i32x4.sub(I, i32x4.splat(qOffset<T>() * load<i32>(xi + jo)));
+  const M = hasMin<T>() ? v128.load(sm + ((<usize>j) << 4)) : f32x4.splat(0);
+  return update<T>(acc, I, v128.load(ss + ((<usize>j) << 4)), M, load<f32>(xs + jo), load<f32>(xb + jo));
+}
+
+/**
+ * A group unpacked by unpackGroup against one token: per block, 16 dot products of a weight
+ * vector with one i32 pair of x splat to every lane, the 16 steps written out (V8 runs a loop over
+ * them about 20% slower). The integer sums are exact, so the result is groupDot's.
+ */
 function unpackedDot<T>(
-  sink: usize,
   ws: usize,
   ss: usize,
   sm: usize,
@@ -748,108 +791,222 @@ function unpackedDot<T>(
 ): v128 {
   let acc = f32x4.splat(0);
   for (let j = 0; j < nb; j++) {
-    const xp = xq + ((<usize>j) << 6);
-    const x0 = v128.load(xp);
-    const x1 = v128.load(xp, 16);
-    const x2 = v128.load(xp, 32);
-    const x3 = v128.load(xp, 48);
+    const x = xq + ((<usize>j) << 6);
     const w = ws + ((<usize>j) << 8);
-    const i0 = unpackedRow(w, x0, x1, x2, x3);
-    const i1 = unpackedRow(w + 64, x0, x1, x2, x3);
-    const ab = pair(i0, i1);
-    v128.store(sink, ab); // a scheduling fence, as in fusedBlock
-    const i2 = unpackedRow(w + 128, x0, x1, x2, x3);
-    const i3 = unpackedRow(w + 192, x0, x1, x2, x3);
-    const cd = pair(i2, i3);
-    v128.store(sink, cd, 16);
-    let I = combine(ab, cd);
-    const jo = (<usize>j) << 2;
-    if (qOffset<T>() !== 0) I = i32x4.sub(I, i32x4.splat(qOffset<T>() * load<i32>(xi + jo)));
-    const M = hasMin<T>() ? v128.load(sm + ((<usize>j) << 4)) : f32x4.splat(0);
-    acc = update<T>(acc, I, v128.load(ss + ((<usize>j) << 4)), M, load<f32>(xs + jo), load<f32>(xb + jo));
+    let I = i32x4.dot_i16x8_s(v128.load(w), v128.load32_splat(x));
+    I = mac(I, v128.load(w, 16), v128.load32_splat(x, 4));
+    I = mac(I, v128.load(w, 32), v128.load32_splat(x, 8));
+    I = mac(I, v128.load(w, 48), v128.load32_splat(x, 12));
+    I = mac(I, v128.load(w, 64), v128.load32_splat(x, 16));
+    I = mac(I, v128.load(w, 80), v128.load32_splat(x, 20));
+    I = mac(I, v128.load(w, 96), v128.load32_splat(x, 24));
+    I = mac(I, v128.load(w, 112), v128.load32_splat(x, 28));
+    I = mac(I, v128.load(w, 128), v128.load32_splat(x, 32));
+    I = mac(I, v128.load(w, 144), v128.load32_splat(x, 36));
+    I = mac(I, v128.load(w, 160), v128.load32_splat(x, 40));
+    I = mac(I, v128.load(w, 176), v128.load32_splat(x, 44));
+    I = mac(I, v128.load(w, 192), v128.load32_splat(x, 48));
+    I = mac(I, v128.load(w, 208), v128.load32_splat(x, 52));
+    I = mac(I, v128.load(w, 224), v128.load32_splat(x, 56));
+    I = mac(I, v128.load(w, 240), v128.load32_splat(x, 60));
+    acc = unpackedUpdate<T>(acc, I, j, ss, sm, xs, xb, xi);
   }
   return acc;
 }
 
-/** One unpacked row's block (4 weight vectors at w) against one token's x0…x3 (dot4). */
-// @inline
-function unpackedRow(w: usize, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
-  return dot4(v128.load(w), v128.load(w, 16), v128.load(w, 32), v128.load(w, 48), x0, x1, x2, x3);
-}
-
-/** unpackedRow with the token's block loaded from x (again for each row: see unpackedDot2). */
-// @inline
-function dotRow(w: usize, x: usize): v128 {
-  return unpackedRow(w, v128.load(x), v128.load(x, 16), v128.load(x, 32), v128.load(x, 48));
-}
-
 /**
- * unpackedDot for two tokens a and b at once: each weight vector is loaded once for both. Every
- * (row, token) sum is the same operations in the same order as unpackedDot's, so the results are
- * bit-identical to two unpackedDot calls. Stores the 4 rows' sums of a at oa and of b at ob.
+ * unpackedDot for four tokens at once (x rows xqs bytes apart, their scales xss bytes apart): each
+ * weight vector is loaded once for the four. Every (row, token) sum is unpackedDot's. Stores the 4
+ * rows of token i (0..3) at o + i·ts.
+ *
+ * After each step the four running sums are stored to `sink`: scheduling fences, as in fusedBlock.
+ * V8 keeps memory operations in program order but places arithmetic as late as it can, so without
+ * them it loads all 16 weight vectors and 64 splats of a block first and spills them (13.7 GMAC/s
+ * on the 15M LM head at 32 tokens, 1 thread, against 17.9 for the former layout, whose four row
+ * sums per token needed a reduction across lanes every block). With them, alternating with the
+ * former layout (3 runs each, medians, 1 thread): Q8_0 17.5 → 19.8 GMAC/s at 128 tokens, Q4_K
+ * 16.4 → 20.0, Q4_0 15.6 → 18.5 and Q6_K 17.8 → 19.3 at 32. Not inlined (nor unpackedDot): inside
+ * matmulPacked's body V8 runs short of registers for it.
  */
-// @inline
-function unpackedDot2<T>(
+function unpackedDot4<T>(
   sink: usize,
   ws: usize,
   ss: usize,
   sm: usize,
   nb: i32,
-  xqa: usize,
-  xsa: usize,
-  xba: usize,
-  xia: usize,
-  xqb: usize,
-  xsb: usize,
-  xbb: usize,
-  xib: usize,
-  oa: usize,
-  ob: usize,
+  xq: usize,
+  xqs: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+  xss: usize,
+  o: usize,
+  ts: usize,
   valid: i32,
 ): void {
-  let acca = f32x4.splat(0);
-  let accb = f32x4.splat(0);
+  let f0 = f32x4.splat(0);
+  let f1 = f32x4.splat(0);
+  let f2 = f32x4.splat(0);
+  let f3 = f32x4.splat(0);
   for (let j = 0; j < nb; j++) {
-    const pa = xqa + ((<usize>j) << 6);
-    const pb = xqb + ((<usize>j) << 6);
+    const x0 = xq + ((<usize>j) << 6);
+    const x1 = x0 + xqs;
+    const x2 = x1 + xqs;
+    const x3 = x2 + xqs;
     const w = ws + ((<usize>j) << 8);
-    // x is loaded again for every row rather than held, and each row's sums are stored to `sink`
-    // (scheduling fences, as in fusedBlock): otherwise V8 loads a whole block's 8 x vectors and
-    // 16 weight vectors up front, more than the 15 registers it gives SIMD code, and spills.
-    const ia0 = dotRow(w, pa);
-    const ib0 = dotRow(w, pb);
-    v128.store(sink, ia0);
-    v128.store(sink, ib0, 16);
-    const ia1 = dotRow(w + 64, pa);
-    const ib1 = dotRow(w + 64, pb);
-    v128.store(sink, ia1, 32);
-    v128.store(sink, ib1, 48);
-    const ia2 = dotRow(w + 128, pa);
-    const ib2 = dotRow(w + 128, pb);
-    v128.store(sink, ia2);
-    v128.store(sink, ib2, 16);
-    const ia3 = dotRow(w + 192, pa);
-    const ib3 = dotRow(w + 192, pb);
-    v128.store(sink, ia3, 32);
-    v128.store(sink, ib3, 48);
-    const aba = pair(ia0, ia1);
-    const abb = pair(ib0, ib1);
-    const cda = pair(ia2, ia3);
-    const cdb = pair(ib2, ib3);
-    let Ia = combine(aba, cda);
-    let Ib = combine(abb, cdb);
-    const jo = (<usize>j) << 2;
-    if (qOffset<T>() !== 0) {
-      Ia = i32x4.sub(Ia, i32x4.splat(qOffset<T>() * load<i32>(xia + jo)));
-      Ib = i32x4.sub(Ib, i32x4.splat(qOffset<T>() * load<i32>(xib + jo)));
-    }
-    const S = v128.load(ss + ((<usize>j) << 4));
-    const M = hasMin<T>() ? v128.load(sm + ((<usize>j) << 4)) : f32x4.splat(0);
-    acca = update<T>(acca, Ia, S, M, load<f32>(xsa + jo), load<f32>(xba + jo));
-    accb = update<T>(accb, Ib, S, M, load<f32>(xsb + jo), load<f32>(xbb + jo));
+    let wv = v128.load(w);
+    let a0 = i32x4.dot_i16x8_s(wv, v128.load32_splat(x0));
+    let a1 = i32x4.dot_i16x8_s(wv, v128.load32_splat(x1));
+    let a2 = i32x4.dot_i16x8_s(wv, v128.load32_splat(x2));
+    let a3 = i32x4.dot_i16x8_s(wv, v128.load32_splat(x3));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 16);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 4));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 4));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 4));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 4));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 32);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 8));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 8));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 8));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 8));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 48);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 12));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 12));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 12));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 12));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 64);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 16));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 16));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 16));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 16));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 80);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 20));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 20));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 20));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 20));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 96);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 24));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 24));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 24));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 24));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 112);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 28));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 28));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 28));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 28));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 128);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 32));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 32));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 32));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 32));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 144);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 36));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 36));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 36));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 36));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 160);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 40));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 40));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 40));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 40));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 176);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 44));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 44));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 44));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 44));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 192);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 48));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 48));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 48));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 48));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 208);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 52));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 52));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 52));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 52));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 224);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 56));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 56));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 56));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 56));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    wv = v128.load(w, 240);
+    a0 = mac(a0, wv, v128.load32_splat(x0, 60));
+    a1 = mac(a1, wv, v128.load32_splat(x1, 60));
+    a2 = mac(a2, wv, v128.load32_splat(x2, 60));
+    a3 = mac(a3, wv, v128.load32_splat(x3, 60));
+    v128.store(sink, a0);
+    v128.store(sink, a1, 16);
+    v128.store(sink, a2, 32);
+    v128.store(sink, a3, 48);
+    f0 = unpackedUpdate<T>(f0, a0, j, ss, sm, xs, xb, xi);
+    f1 = unpackedUpdate<T>(f1, a1, j, ss, sm, xs + xss, xb + xss, xi + xss);
+    f2 = unpackedUpdate<T>(f2, a2, j, ss, sm, xs + 2 * xss, xb + 2 * xss, xi + 2 * xss);
+    f3 = unpackedUpdate<T>(f3, a3, j, ss, sm, xs + 3 * xss, xb + 3 * xss, xi + 3 * xss);
   }
-  storeRows(oa, acca, valid);
-  storeRows(ob, accb, valid);
+  storeRows(o, f0, valid);
+  storeRows(o + ts, f1, valid);
+  storeRows(o + 2 * ts, f2, valid);
+  storeRows(o + 3 * ts, f3, valid);
 }
 
 /** x rounded to the nearest f16 value (ties to even), as an f32: llama.cpp stores its Q8_0 scales as f16. */
@@ -1014,25 +1171,22 @@ function matmulPacked<T>(
     } else {
       unpackGroup<T>(g, nb, ws, ss, sm);
       let t = 0;
-      for (; t + 1 < nTokens; t += 2) {
-        const ta = <usize>t * xss;
-        const tb = ta + xss;
-        unpackedDot2<T>(
+      for (; t + 3 < nTokens; t += 4) {
+        const tx = <usize>t * xss;
+        unpackedDot4<T>(
           sink,
           ws,
           ss,
           sm,
           nb,
           xq + <usize>t * xqs,
-          xs + ta,
-          xb + ta,
-          xi + ta,
-          xq + <usize>(t + 1) * xqs,
-          xs + tb,
-          xb + tb,
-          xi + tb,
+          xqs,
+          xs + tx,
+          xb + tx,
+          xi + tx,
+          xss,
           o + <usize>t * ts,
-          o + <usize>(t + 1) * ts,
+          ts,
           valid,
         );
       }
@@ -1041,7 +1195,7 @@ function matmulPacked<T>(
         const tx = <usize>t * xss;
         storeRows(
           o + <usize>t * ts,
-          unpackedDot<T>(sink, ws, ss, sm, nb, xq + tq, xs + tx, xb + tx, xi + tx),
+          unpackedDot<T>(ws, ss, sm, nb, xq + tq, xs + tx, xb + tx, xi + tx),
           valid,
         );
       }
