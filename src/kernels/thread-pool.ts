@@ -46,7 +46,7 @@ const SLEEPERS = 5;
 const FAILED = 6;
 /** Which memory's instance runs the job (index into `memories`). */
 const MEM = 7;
-/** The job's number (low JOB_BITS bits of GEN) << CHUNK_BITS | the next chunk to take. */
+/** The job's number (GEN, which wraps at JOB_MASK) << CHUNK_BITS | the next chunk to take. */
 const CLAIM = 8;
 /** How many chunks the job has. */
 const CHUNKS = 9;

@@ -50,9 +50,8 @@ function median(xs: number[]): number {
  * Waits for the model's kernel threads, then, when there are several, times decode steps of a
  * throwaway sequence with decode-sized splits off and on (alternating phases, ROUNDS of each, the
  * first step of every phase untimed, split phases after WARM_MS of untimed split steps), keeping
- * the faster.
- * Results do not depend on the choice, only speed. Returns what it measured, or undefined when
- * there is nothing to choose (one thread, or kernels without threads).
+ * the faster. Results do not depend on the choice, only speed. Returns what it measured, or
+ * undefined when there is nothing to choose (one thread, or kernels without threads).
  */
 export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undefined> {
   const k = model.transformer.kernels as Partial<SplittableKernels>;
@@ -67,7 +66,8 @@ export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undef
   const step = (): number => {
     const t0 = performance.now();
     const token = 3 + ((pos * 7919) % Math.max(1, c.vocabSize - 3));
-    model.transformer.forward(kv, [{ tokens: [token], pos, blockTable }]);
+    // As the engine's runner calls it: logits left in the kernels' memory.
+    model.transformer.forward(kv, [{ tokens: [token], pos, blockTable }], { transientLogits: true });
     pos = (pos + 1) % window;
     return performance.now() - t0;
   };
