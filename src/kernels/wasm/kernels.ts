@@ -819,14 +819,18 @@ function unpackedDot<T>(
  * weight vector is loaded once for the four. Every (row, token) sum is unpackedDot's. Stores the 4
  * rows of token i (0..3) at o + i·ts.
  *
- * After each step the four running sums are stored to `sink`: scheduling fences, as in fusedBlock.
- * V8 keeps memory operations in program order but places arithmetic as late as it can, so without
- * them it loads all 16 weight vectors and 64 splats of a block first and spills them (13.7 GMAC/s
- * on the 15M LM head at 32 tokens, 1 thread, against 17.9 for the former layout, whose four row
- * sums per token needed a reduction across lanes every block). With them, alternating with the
- * former layout (3 runs each, medians, 1 thread): Q8_0 17.5 → 19.8 GMAC/s at 128 tokens, Q4_K
- * 16.4 → 20.0, Q4_0 15.6 → 18.5 and Q6_K 17.8 → 19.3 at 32. Not inlined (nor unpackedDot): inside
- * matmulPacked's body V8 runs short of registers for it.
+ * After each step one running sum (a0, a1, a2, a3 in turn) is stored to `sink`: a scheduling
+ * fence, as in fusedBlock. V8 keeps memory operations in program order but places arithmetic as
+ * late as it can, so without fences it loads all 16 weight vectors and 64 splats of a block first
+ * and spills them (13.7 GMAC/s on the 15M LM head at 32 tokens, 1 thread, against 17.9 for the
+ * former layout, whose four row sums per token needed a reduction across lanes every block). One
+ * store per step is enough to keep each step's loads after the previous step's arithmetic; the
+ * four stores per step this kernel first had cost more than they fenced (stand-alone, 4 rows × 32
+ * tokens × 576 columns: 25.5 GMAC/s with four, 28.3 with one, 24 with none). In the kernel, 1
+ * thread, 32 tokens, alternating builds, two runs each: Q8_0 20.6–21.1 → 22.3–22.8 GMAC/s, Q4_K
+ * 20.2–20.5 → 21.6–21.7, Q6_K 20.7–21.0 → 22.6, Q4_0 18.6–18.7 → 19.4–19.9; Q8_0 on 2 threads
+ * 39.2–40.2 → 42.9. Not inlined (nor unpackedDot): inside matmulPacked's body V8 runs short of
+ * registers for it.
  */
 function unpackedDot4<T>(
   sink: usize,
@@ -860,35 +864,23 @@ function unpackedDot4<T>(
     let a2 = i32x4.dot_i16x8_s(wv, v128.load32_splat(x2));
     let a3 = i32x4.dot_i16x8_s(wv, v128.load32_splat(x3));
     v128.store(sink, a0);
-    v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 16);
     a0 = mac(a0, wv, v128.load32_splat(x0, 4));
     a1 = mac(a1, wv, v128.load32_splat(x1, 4));
     a2 = mac(a2, wv, v128.load32_splat(x2, 4));
     a3 = mac(a3, wv, v128.load32_splat(x3, 4));
-    v128.store(sink, a0);
     v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 32);
     a0 = mac(a0, wv, v128.load32_splat(x0, 8));
     a1 = mac(a1, wv, v128.load32_splat(x1, 8));
     a2 = mac(a2, wv, v128.load32_splat(x2, 8));
     a3 = mac(a3, wv, v128.load32_splat(x3, 8));
-    v128.store(sink, a0);
-    v128.store(sink, a1, 16);
     v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 48);
     a0 = mac(a0, wv, v128.load32_splat(x0, 12));
     a1 = mac(a1, wv, v128.load32_splat(x1, 12));
     a2 = mac(a2, wv, v128.load32_splat(x2, 12));
     a3 = mac(a3, wv, v128.load32_splat(x3, 12));
-    v128.store(sink, a0);
-    v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
     v128.store(sink, a3, 48);
     wv = v128.load(w, 64);
     a0 = mac(a0, wv, v128.load32_splat(x0, 16));
@@ -896,35 +888,23 @@ function unpackedDot4<T>(
     a2 = mac(a2, wv, v128.load32_splat(x2, 16));
     a3 = mac(a3, wv, v128.load32_splat(x3, 16));
     v128.store(sink, a0);
-    v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 80);
     a0 = mac(a0, wv, v128.load32_splat(x0, 20));
     a1 = mac(a1, wv, v128.load32_splat(x1, 20));
     a2 = mac(a2, wv, v128.load32_splat(x2, 20));
     a3 = mac(a3, wv, v128.load32_splat(x3, 20));
-    v128.store(sink, a0);
     v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 96);
     a0 = mac(a0, wv, v128.load32_splat(x0, 24));
     a1 = mac(a1, wv, v128.load32_splat(x1, 24));
     a2 = mac(a2, wv, v128.load32_splat(x2, 24));
     a3 = mac(a3, wv, v128.load32_splat(x3, 24));
-    v128.store(sink, a0);
-    v128.store(sink, a1, 16);
     v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 112);
     a0 = mac(a0, wv, v128.load32_splat(x0, 28));
     a1 = mac(a1, wv, v128.load32_splat(x1, 28));
     a2 = mac(a2, wv, v128.load32_splat(x2, 28));
     a3 = mac(a3, wv, v128.load32_splat(x3, 28));
-    v128.store(sink, a0);
-    v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
     v128.store(sink, a3, 48);
     wv = v128.load(w, 128);
     a0 = mac(a0, wv, v128.load32_splat(x0, 32));
@@ -932,35 +912,23 @@ function unpackedDot4<T>(
     a2 = mac(a2, wv, v128.load32_splat(x2, 32));
     a3 = mac(a3, wv, v128.load32_splat(x3, 32));
     v128.store(sink, a0);
-    v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 144);
     a0 = mac(a0, wv, v128.load32_splat(x0, 36));
     a1 = mac(a1, wv, v128.load32_splat(x1, 36));
     a2 = mac(a2, wv, v128.load32_splat(x2, 36));
     a3 = mac(a3, wv, v128.load32_splat(x3, 36));
-    v128.store(sink, a0);
     v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 160);
     a0 = mac(a0, wv, v128.load32_splat(x0, 40));
     a1 = mac(a1, wv, v128.load32_splat(x1, 40));
     a2 = mac(a2, wv, v128.load32_splat(x2, 40));
     a3 = mac(a3, wv, v128.load32_splat(x3, 40));
-    v128.store(sink, a0);
-    v128.store(sink, a1, 16);
     v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 176);
     a0 = mac(a0, wv, v128.load32_splat(x0, 44));
     a1 = mac(a1, wv, v128.load32_splat(x1, 44));
     a2 = mac(a2, wv, v128.load32_splat(x2, 44));
     a3 = mac(a3, wv, v128.load32_splat(x3, 44));
-    v128.store(sink, a0);
-    v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
     v128.store(sink, a3, 48);
     wv = v128.load(w, 192);
     a0 = mac(a0, wv, v128.load32_splat(x0, 48));
@@ -968,35 +936,23 @@ function unpackedDot4<T>(
     a2 = mac(a2, wv, v128.load32_splat(x2, 48));
     a3 = mac(a3, wv, v128.load32_splat(x3, 48));
     v128.store(sink, a0);
-    v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 208);
     a0 = mac(a0, wv, v128.load32_splat(x0, 52));
     a1 = mac(a1, wv, v128.load32_splat(x1, 52));
     a2 = mac(a2, wv, v128.load32_splat(x2, 52));
     a3 = mac(a3, wv, v128.load32_splat(x3, 52));
-    v128.store(sink, a0);
     v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 224);
     a0 = mac(a0, wv, v128.load32_splat(x0, 56));
     a1 = mac(a1, wv, v128.load32_splat(x1, 56));
     a2 = mac(a2, wv, v128.load32_splat(x2, 56));
     a3 = mac(a3, wv, v128.load32_splat(x3, 56));
-    v128.store(sink, a0);
-    v128.store(sink, a1, 16);
     v128.store(sink, a2, 32);
-    v128.store(sink, a3, 48);
     wv = v128.load(w, 240);
     a0 = mac(a0, wv, v128.load32_splat(x0, 60));
     a1 = mac(a1, wv, v128.load32_splat(x1, 60));
     a2 = mac(a2, wv, v128.load32_splat(x2, 60));
     a3 = mac(a3, wv, v128.load32_splat(x3, 60));
-    v128.store(sink, a0);
-    v128.store(sink, a1, 16);
-    v128.store(sink, a2, 32);
     v128.store(sink, a3, 48);
     f0 = unpackedUpdate<T>(f0, a0, j, ss, sm, xs, xb, xi);
     f1 = unpackedUpdate<T>(f1, a1, j, ss, sm, xs + xss, xb + xss, xi + xss);
@@ -1042,54 +998,58 @@ export function quantizeX(
   const per: usize = kQuant !== 0 ? 8 : 1; // blocks of 32 sharing one scale
   let id: f32 = 0;
   let d: f32 = 0;
+  // Written for V8's x64 code: pmax (one maxps; the values are |x|, and a NaN x yields no useful
+  // quantization either way) and rounding by adding 1.5·2^23, which leaves round-to-nearest-even of
+  // x·id (|x·id| ≤ 127) in the low mantissa bits: the same q as nearest + trunc_sat, in 2 instructions
+  // instead of about 10.
+  const magic = f32x4.splat(12582912);
+  const magicBits = i32x4.splat(0x4b400000);
   for (let b: usize = 0; b < n; b++) {
     const p = x + (b << 7);
-    const v0 = v128.load(p);
-    const v1 = v128.load(p, 16);
-    const v2 = v128.load(p, 32);
-    const v3 = v128.load(p, 48);
-    const v4 = v128.load(p, 64);
-    const v5 = v128.load(p, 80);
-    const v6 = v128.load(p, 96);
-    const v7 = v128.load(p, 112);
     if (b % per === 0) {
       // max|x| over the scale's span (1 or 8 blocks of 32).
       let m = f32x4.splat(0);
-      for (let k: usize = 0; k < per << 5; k += 4) m = f32x4.max(m, f32x4.abs(v128.load(p + (k << 2))));
-      const amax = max(
-        max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)),
-        max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)),
-      );
+      for (let k: usize = 0; k < per << 5; k += 4) m = f32x4.pmax(m, f32x4.abs(v128.load(p + (k << 2))));
+      m = f32x4.pmax(m, i32x4.shuffle(m, m, 2, 3, 0, 1));
+      m = f32x4.pmax(m, i32x4.shuffle(m, m, 1, 0, 3, 2));
+      const amax = f32x4.extract_lane(m, 0);
       id = amax !== 0 ? <f32>127 / amax : 0;
       d = kQuant !== 0 ? (amax !== 0 ? <f32>1 / id : 0) : amax / 127;
     }
     const vid = f32x4.splat(id);
-    const q0 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v0, vid)));
-    const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v1, vid)));
-    const q2 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v2, vid)));
-    const q3 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v3, vid)));
-    const q4 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v4, vid)));
-    const q5 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v5, vid)));
-    const q6 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v6, vid)));
-    const q7 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v7, vid)));
-    const a = i16x8.narrow_i32x4_s(q0, q1); // elements 0..7
-    const c = i16x8.narrow_i32x4_s(q2, q3); // 8..15
-    const e = i16x8.narrow_i32x4_s(q4, q5); // 16..23
-    const f = i16x8.narrow_i32x4_s(q6, q7); // 24..31
+    const q0 = i32x4.sub(f32x4.add(f32x4.mul(v128.load(p), vid), magic), magicBits);
+    const q1 = i32x4.sub(f32x4.add(f32x4.mul(v128.load(p, 16), vid), magic), magicBits);
+    const q2 = i32x4.sub(f32x4.add(f32x4.mul(v128.load(p, 32), vid), magic), magicBits);
+    const q3 = i32x4.sub(f32x4.add(f32x4.mul(v128.load(p, 48), vid), magic), magicBits);
+    const q4 = i32x4.sub(f32x4.add(f32x4.mul(v128.load(p, 64), vid), magic), magicBits);
+    const q5 = i32x4.sub(f32x4.add(f32x4.mul(v128.load(p, 80), vid), magic), magicBits);
+    const q6 = i32x4.sub(f32x4.add(f32x4.mul(v128.load(p, 96), vid), magic), magicBits);
+    const q7 = i32x4.sub(f32x4.add(f32x4.mul(v128.load(p, 112), vid), magic), magicBits);
+    // wVec's order: even elements of 0..15, odd ones, even of 16..31, odd ones (one shufps each,
+    // then one packssdw).
     const o = xq + (b << 6);
-    v128.store(o, i16x8.shuffle(a, c, 0, 2, 4, 6, 8, 10, 12, 14));
-    v128.store(o, i16x8.shuffle(a, c, 1, 3, 5, 7, 9, 11, 13, 15), 16);
-    v128.store(o, i16x8.shuffle(e, f, 0, 2, 4, 6, 8, 10, 12, 14), 32);
-    v128.store(o, i16x8.shuffle(e, f, 1, 3, 5, 7, 9, 11, 13, 15), 48);
-    const s = i32x4.add(
+    v128.store(o, i16x8.narrow_i32x4_s(i32x4.shuffle(q0, q1, 0, 2, 4, 6), i32x4.shuffle(q2, q3, 0, 2, 4, 6)));
+    v128.store(
+      o,
+      i16x8.narrow_i32x4_s(i32x4.shuffle(q0, q1, 1, 3, 5, 7), i32x4.shuffle(q2, q3, 1, 3, 5, 7)),
+      16,
+    );
+    v128.store(
+      o,
+      i16x8.narrow_i32x4_s(i32x4.shuffle(q4, q5, 0, 2, 4, 6), i32x4.shuffle(q6, q7, 0, 2, 4, 6)),
+      32,
+    );
+    v128.store(
+      o,
+      i16x8.narrow_i32x4_s(i32x4.shuffle(q4, q5, 1, 3, 5, 7), i32x4.shuffle(q6, q7, 1, 3, 5, 7)),
+      48,
+    );
+    let s = i32x4.add(
       i32x4.add(i32x4.add(q0, q1), i32x4.add(q2, q3)),
       i32x4.add(i32x4.add(q4, q5), i32x4.add(q6, q7)),
     );
-    const sum =
-      i32x4.extract_lane(s, 0) +
-      i32x4.extract_lane(s, 1) +
-      i32x4.extract_lane(s, 2) +
-      i32x4.extract_lane(s, 3);
+    s = i32x4.add(s, i32x4.shuffle(s, s, 2, 3, 0, 1));
+    const sum = i32x4.extract_lane(i32x4.add(s, i32x4.shuffle(s, s, 1, 0, 3, 2)), 0);
     store<f32>(xs + (b << 2), kQuant !== 0 ? d : roundF16(d));
     store<f32>(xb + (b << 2), kQuant !== 0 ? d * <f32>sum : roundF16(d * <f32>sum));
     store<i32>(xi + (b << 2), sum);
