@@ -127,7 +127,7 @@ interface WasmExports {
   matmulQuantPart(...args: number[]): void;
   matmulPart(...args: number[]): void;
   rmsnorm(x: number, w: number, nRows: number, dim: number, eps: number, out: number): void;
-  swiglu(gate: number, up: number, n: number, out: number): void;
+  swigluPart(gate: number, up: number, n: number, out: number, part: number, parts: number): void;
   addInPlace(a: number, b: number, n: number): void;
   rope(
     x: number,
@@ -146,10 +146,8 @@ interface WasmExports {
     headDim: number,
     k: number,
     v: number,
-    row: number,
-    count: number,
-    pos: number,
-    table: number,
+    seqs: number,
+    nSeqs: number,
   ): void;
   attentionPart(...args: number[]): void;
 }
@@ -295,6 +293,9 @@ const GiB = 2 ** 30;
 /** Matmuls with fewer multiply-adds than this run on one thread: a hand-off costs a few µs (measured: a 288 × 288 Q8_0 matvec is slower split, 768 × 288 faster). */
 const PARALLEL_MIN_MACS = 131_072;
 
+/** swiglu is split over the threads from this many elements on (about 30 µs on one thread). */
+const SWIGLU_SPLIT_MIN = 16_384;
+
 /** The default thread count: $SPINDLE_THREADS, else the cores this process may use. */
 export function defaultThreads(): number {
   const env = process.env.SPINDLE_THREADS;
@@ -356,7 +357,7 @@ interface RopeTable {
 }
 
 /** Kernel exports the thread pool may run. */
-const POOL_FUNCTIONS = ["matmulQuantPart", "matmulPart", "matmulQuantMulti", "attentionPart"];
+const POOL_FUNCTIONS = ["matmulQuantPart", "matmulPart", "matmulQuantMulti", "attentionPart", "swigluPart"];
 
 class WasmKernelSet implements WasmKernels {
   readonly name = "wasm";
@@ -478,7 +479,7 @@ class WasmKernelSet implements WasmKernels {
   /** Runs a splittable kernel on memory `arena`'s instance in `parts` parts (partsFor), over the threads when more than one. */
   private run(
     arena: Arena,
-    name: "matmulQuantPart" | "matmulPart" | "matmulQuantMulti" | "attentionPart",
+    name: "matmulQuantPart" | "matmulPart" | "matmulQuantMulti" | "attentionPart" | "swigluPart",
     args: number[],
     parts: number,
   ): void {
@@ -642,7 +643,9 @@ class WasmKernelSet implements WasmKernels {
       return;
     }
     if (gate.length < n || up.length < n || out.length < n) throw new RangeError("swiglu: arrays too short");
-    this.main.wasm.swiglu(gate.byteOffset, up.byteOffset, n, out.byteOffset);
+    // An exponential per element: worth the threads from a few tokens of a feed-forward layer on.
+    const parts = n >= SWIGLU_SPLIT_MIN ? this.partsFor(Infinity, Infinity, Math.ceil(n / 4)) : 1;
+    this.run(this.main, "swigluPart", [gate.byteOffset, up.byteOffset, n, out.byteOffset], parts);
   }
 
   addInPlace(a: Float32Array, b: Float32Array, n: number): void {
@@ -660,25 +663,23 @@ class WasmKernelSet implements WasmKernels {
       return;
     }
     const kvDim = kv.nKVHeads * kv.headDim;
-    for (const s of seqs) {
-      if (s.count === 0) continue;
+    const live = seqs.filter((s) => s.count > 0);
+    for (const s of live) {
       if (k.length < (s.row + s.count) * kvDim || v.length < (s.row + s.count) * kvDim)
         throw new RangeError("storeKV: k or v too short");
-      const table = this.blockTable(kv, s);
-      this.main.wasm.storeKV(
-        kv.k.byteOffset,
-        kv.v.byteOffset,
-        kv.blockSize,
-        kv.nKVHeads,
-        kv.headDim,
-        k.byteOffset,
-        v.byteOffset,
-        s.row,
-        s.count,
-        s.pos,
-        table,
-      );
     }
+    if (live.length === 0) return;
+    this.main.wasm.storeKV(
+      kv.k.byteOffset,
+      kv.v.byteOffset,
+      kv.blockSize,
+      kv.nKVHeads,
+      kv.headDim,
+      k.byteOffset,
+      v.byteOffset,
+      this.seqRecords(kv, live),
+      live.length,
+    );
   }
 
   attention(
@@ -702,29 +703,16 @@ class WasmKernelSet implements WasmKernels {
     const qPtr = qIn ? q.byteOffset : this.scratch("q", rows * qDim * 4);
     const outPtr = outIn ? out.byteOffset : this.scratch("att", rows * qDim * 4);
     if (!qIn) this.main.f32.set(q.subarray(0, rows * qDim), qPtr >>> 2);
-    // The sequences' records (row, count, pos, table address), then their block tables.
     const live = seqs.filter((s) => s.count > 0);
-    let tableInts = 0;
     let maxCtx = 0;
     let macs = 0;
     let items = 0;
     for (const s of live) {
       items += s.count * kv.nKVHeads;
-      tableInts += Math.ceil((s.pos + s.count) / kv.blockSize);
       maxCtx = Math.max(maxCtx, s.pos + s.count);
       macs += s.count * (s.pos + (s.count + 1) / 2) * qDim * 2;
     }
-    const desc = this.scratch("attnSeqs", (live.length * 4 + tableInts) * 4);
-    let t = (desc >>> 2) + live.length * 4;
-    for (const [i, s] of live.entries()) {
-      const r = (desc >>> 2) + i * 4;
-      const i32 = this.main.i32;
-      i32[r] = s.row;
-      i32[r + 1] = s.count;
-      i32[r + 2] = s.pos;
-      i32[r + 3] = t * 4;
-      t += this.writeBlockTable(kv, s, t);
-    }
+    const desc = this.seqRecords(kv, live);
     const parts = this.partsFor(macs, rows, items);
     const scoresStride = align(maxCtx * 4);
     const scores = this.scratch("scores", parts * scoresStride);
@@ -754,11 +742,25 @@ class WasmKernelSet implements WasmKernels {
     }
   }
 
-  /** The sequence's block table, checked, as i32 in scratch. */
-  private blockTable(kv: PagedKV, s: AttentionSeq): number {
-    const ptr = this.scratch("table", Math.ceil((s.pos + s.count) / kv.blockSize) * 4);
-    this.writeBlockTable(kv, s, ptr >>> 2);
-    return ptr;
+  /**
+   * The records storeKV and attentionPart read, in scratch: per sequence four i32 (row, count, pos,
+   * byte address of its block table), then the block tables, checked. Returns the records' address.
+   */
+  private seqRecords(kv: PagedKV, live: readonly AttentionSeq[]): number {
+    let tableInts = 0;
+    for (const s of live) tableInts += Math.ceil((s.pos + s.count) / kv.blockSize);
+    const desc = this.scratch("seqs", (live.length * 4 + tableInts) * 4);
+    let t = (desc >>> 2) + live.length * 4;
+    for (const [i, s] of live.entries()) {
+      const r = (desc >>> 2) + i * 4;
+      const i32 = this.main.i32;
+      i32[r] = s.row;
+      i32[r + 1] = s.count;
+      i32[r + 2] = s.pos;
+      i32[r + 3] = t * 4;
+      t += this.writeBlockTable(kv, s, t);
+    }
+    return desc;
   }
 
   /**

@@ -102,6 +102,31 @@ describe("elementwise kernels in WebAssembly", () => {
     }
   });
 
+  it("swiglu split over 2 threads gives the bits of 1 thread (the tail with the last part)", async () => {
+    const two = await createWasmKernels({ threads: 2 });
+    const one = await createWasmKernels({ threads: 1 });
+    const rng = new Rng(21);
+    for (const n of [16_384, 16_387, 50_001]) {
+      const g = randoms(rng, n, 12);
+      const u = randoms(rng, n);
+      const [a, b] = [two, one].map((k) => {
+        const gi = k.allocFloat32(n)!;
+        const ui = k.allocFloat32(n)!;
+        const out = k.allocFloat32(n)!;
+        gi.set(g);
+        ui.set(u);
+        k.swiglu(gi, ui, n, out);
+        return Float32Array.from(out);
+      });
+      expect(bitsEqual(a!, b!), `swiglu ${n}`).toBe(true);
+      const want = new Float32Array(n);
+      referenceKernels.swiglu(g, u, n, want);
+      expect(Math.abs(a![n - 1]! - want[n - 1]!), "the last element").toBeLessThanOrEqual(
+        1e-6 * (Math.abs(want[n - 1]!) + Math.abs(u[n - 1]!)) + 1e-30,
+      );
+    }
+  });
+
   it("rope: normal and neox styles, partial rotation, frequency factors, scaled positions", () => {
     const rng = new Rng(3);
     const cases: { headDim: number; p: RopeParams }[] = [

@@ -1585,17 +1585,23 @@ export function rmsnorm(x: usize, w: usize, nRows: i32, dim: i32, eps: f32, out:
   }
 }
 
-/** out[i] = silu(gate[i]) · up[i] = gate[i] / (1 + e^−gate[i]) · up[i]; out may be gate or up. */
-export function swiglu(gate: usize, up: usize, n: i32, out: usize): void {
-  const n4 = n & ~3;
+/**
+ * out[i] = silu(gate[i]) · up[i] = gate[i] / (1 + e^−gate[i]) · up[i] for i < n, the share `part`
+ * of `parts` (whole vectors of 4, the tail with the last part); out may be gate or up.
+ */
+export function swigluPart(gate: usize, up: usize, n: i32, out: usize, part: i32, parts: i32): void {
+  const v = n >> 2;
+  const i0 = ((v * part) / parts) << 2;
+  const i1 = part === parts - 1 ? n : ((v * (part + 1)) / parts) << 2;
+  const n4 = i1 & ~3;
   const one = f32x4.splat(1);
-  for (let i = 0; i < n4; i += 4) {
+  for (let i = i0; i < n4; i += 4) {
     const o = (<usize>i) << 2;
     const g = v128.load(gate + o);
     const e = exp4(f32x4.neg(g));
     v128.store(out + o, f32x4.mul(f32x4.div(g, f32x4.add(one, e)), v128.load(up + o)));
   }
-  for (let i = n4; i < n; i++) {
+  for (let i = max(i0, n4); i < i1; i++) {
     const o = (<usize>i) << 2;
     const g = load<f32>(gate + o);
     store<f32>(out + o, (g / (1 + exp1(-g))) * load<f32>(up + o));
@@ -1659,7 +1665,20 @@ export function rope(
           store<f32>(p1, x0 * s + x1 * c);
         }
       } else {
-        for (let i = 0; i < half; i++) {
+        // Two pairs at a time: [x0, x1, x2, x3]·[c0, c0, c1, c1] + [x1, x0, x3, x2]·[−s0, s0, −s1, s1],
+        // lane for lane the scalar loop's x0·c − x1·s and x0·s + x1·c (negation and the order of an
+        // addition's operands change no bits).
+        const sign = f32x4(-1, 1, -1, 1);
+        let i = 0;
+        for (; i + 2 <= half; i += 2) {
+          const p0 = base + ((<usize>i) << 3);
+          const x = v128.load(p0);
+          const cs = v128.load(ct + ((<usize>i) << 3));
+          const c = i32x4.shuffle(cs, cs, 0, 0, 2, 2);
+          const sn = f32x4.mul(i32x4.shuffle(cs, cs, 1, 1, 3, 3), sign);
+          v128.store(p0, f32x4.add(f32x4.mul(x, c), f32x4.mul(i32x4.shuffle(x, x, 1, 0, 3, 2), sn)));
+        }
+        for (; i < half; i++) {
           const p0 = base + ((<usize>i) << 3);
           const c = load<f32>(ct + ((<usize>i) << 3));
           const s = load<f32>(ct + ((<usize>i) << 3), 4);
@@ -1682,9 +1701,11 @@ function copyRow(dst: usize, src: usize, n: usize): void {
 }
 
 /**
- * Writes the K and V rows of one sequence's `count` new tokens (batch rows row.., each nKVHeads ×
- * headDim floats at k and v) into their cache slots: position p in block table[p / blockSize], slot
- * p % blockSize; a block is [kvHead][slot][headDim].
+ * Writes the K and V rows of a batch's new tokens into their cache slots. seqs: nSeqs records of
+ * four i32 (row, count, pos, table), as attentionPart reads them: the sequence's `count` new tokens
+ * are batch rows row.. (nKVHeads × headDim floats each at k and v), and position p goes to block
+ * table[p / blockSize] (table: the byte address of its block ids), slot p % blockSize; a block is
+ * [kvHead][slot][headDim].
  */
 export function storeKV(
   kPool: usize,
@@ -1694,21 +1715,26 @@ export function storeKV(
   headDim: i32,
   k: usize,
   v: usize,
-  row: i32,
-  count: i32,
-  pos: i32,
-  table: usize,
+  seqs: usize,
+  nSeqs: i32,
 ): void {
   const hb = (<usize>headDim) << 2;
-  for (let i = 0; i < count; i++) {
-    const p = pos + i;
-    const block = <usize>load<i32>(table + ((<usize>(p / blockSize)) << 2));
-    const slot = <usize>(p % blockSize);
-    const src = <usize>(row + i) * <usize>nKVHeads * hb;
-    for (let h = 0; h < nKVHeads; h++) {
-      const dst = ((block * <usize>nKVHeads + <usize>h) * <usize>blockSize + slot) * hb;
-      copyRow(kPool + dst, k + src + <usize>h * hb, hb);
-      copyRow(vPool + dst, v + src + <usize>h * hb, hb);
+  for (let s = 0; s < nSeqs; s++) {
+    const r = seqs + ((<usize>s) << 4);
+    const row = load<i32>(r);
+    const count = load<i32>(r, 4);
+    const pos = load<i32>(r, 8);
+    const table = <usize>load<i32>(r, 12);
+    for (let i = 0; i < count; i++) {
+      const p = pos + i;
+      const block = <usize>load<i32>(table + ((<usize>(p / blockSize)) << 2));
+      const slot = <usize>(p % blockSize);
+      const src = <usize>(row + i) * <usize>nKVHeads * hb;
+      for (let h = 0; h < nKVHeads; h++) {
+        const dst = ((block * <usize>nKVHeads + <usize>h) * <usize>blockSize + slot) * hb;
+        copyRow(kPool + dst, k + src + <usize>h * hb, hb);
+        copyRow(vPool + dst, v + src + <usize>h * hb, hb);
+      }
     }
   }
 }
