@@ -9,6 +9,7 @@ import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../model/kv-cache.js";
 import { loadModel, type Model } from "../model/model.js";
 import { tuneSmallSplits } from "../model/tune-splits.js";
 import { Rng } from "../sampling/rng.js";
+import { Sampler } from "../sampling/sampler.js";
 
 /**
  * `npm run bench:engine -- --model FILE` (alias: bench:vs-llamacpp): Spindle's engine (its default
@@ -63,19 +64,6 @@ function randomTokens(rng: Rng, n: number, vocab: number): number[] {
   return Array.from({ length: n }, () => 3 + (rng.nextU32() % (vocab - 3)));
 }
 
-function argmax(row: Float32Array, off: number, n: number): number {
-  let best = 0;
-  let bv = Number.NEGATIVE_INFINITY;
-  for (let i = 0; i < n; i++) {
-    const v = row[off + i]!;
-    if (v > bv) {
-      bv = v;
-      best = i;
-    }
-  }
-  return best;
-}
-
 /** Runs `fn` once as warm-up, then `repeats` times; the median of the returned rates. */
 async function measure(repeats: number, fn: () => number | Promise<number>): Promise<number> {
   await fn();
@@ -113,7 +101,11 @@ function spindleParallel(model: Model, prompts: number[][], steps: number): numb
     kv,
     prompts.map((tokens, s) => ({ tokens, pos: 0, blockTable: tables[s]! })),
   );
-  let next = pre.map((l) => argmax(l!, 0, vocab));
+  // Greedy through the engine's own sampler, as the runner samples each sequence.
+  const k = model.transformer.kernels;
+  const sampler = new Sampler({ temperature: 0 }, vocab, k.argmax?.bind(k));
+  const none: number[] = [];
+  let next = pre.map((l) => sampler.sample(l!, none).token);
   const t0 = performance.now();
   for (let step = 0; step < steps; step++) {
     // As the engine's runner does: logits stay in the kernels' memory until sampled.
@@ -122,7 +114,7 @@ function spindleParallel(model: Model, prompts: number[][], steps: number): numb
       next.map((t, s) => ({ tokens: [t], pos: PAR_PROMPT + step, blockTable: tables[s]! })),
       { transientLogits: true },
     );
-    next = out.map((l) => argmax(l!, 0, vocab));
+    next = out.map((l) => sampler.sample(l!, none).token);
   }
   const rate = (n * steps) / ((performance.now() - t0) / 1000);
   kv.dispose();

@@ -68,8 +68,9 @@ function blocksFor(shape: CalibrationShape, blockSize: number): number {
   return prefill + shape.decode * Math.ceil((shape.context + 1) / blockSize);
 }
 
-function itemsFor(shape: CalibrationShape, blockSize: number, vocab: number): RunnerItem[] {
-  const sampler = new Sampler({ temperature: 0 }, vocab);
+function itemsFor(shape: CalibrationShape, runner: ModelRunner): RunnerItem[] {
+  const { blockSize, vocabSize: vocab } = runner;
+  const sampler = new Sampler({ temperature: 0 }, vocab, runner.argmax);
   const items: RunnerItem[] = [];
   let nextBlock = 0;
   const table = (tokens: number) => Array.from({ length: Math.ceil(tokens / blockSize) }, () => nextBlock++);
@@ -196,7 +197,7 @@ export function calibrate(model: Model, repeats = 3): Calibration {
   const runner = new ModelRunner(model, kvBlocks, DEFAULT_BLOCK_SIZE);
   const points: CalibrationPoint[] = [];
   for (const shape of shapes) {
-    const items = itemsFor(shape, runner.blockSize, runner.vocabSize);
+    const items = itemsFor(shape, runner);
     runner.execute(items); // warm-up
     const times: number[] = [];
     for (let r = 0; r < repeats; r++) {

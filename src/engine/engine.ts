@@ -141,7 +141,7 @@ export class EngineCore {
         "kv_cache_too_small",
       );
     }
-    const sampler = new Sampler(spec.sampling ?? {}, this.runner.vocabSize);
+    const sampler = new Sampler(spec.sampling ?? {}, this.runner.vocabSize, this.runner.argmax);
     const seq = new Sequence(spec, this.clock.now());
     const tok = this.tokenizer;
     this.outputs.set(spec.id, {

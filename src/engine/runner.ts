@@ -43,6 +43,8 @@ export interface Runner {
   readonly contextLength: number;
   readonly numBlocks: number;
   readonly blockSize: number;
+  /** The kernels' argmax for plain greedy sampling (Sampler's third argument), where they have one. */
+  readonly argmax?: (x: Float32Array, n: number) => number;
   execute(items: readonly RunnerItem[]): RunnerResult;
 }
 
@@ -51,6 +53,7 @@ export class ModelRunner implements Runner {
   readonly kv: KVCacheStorage;
   readonly vocabSize: number;
   readonly contextLength: number;
+  readonly argmax?: (x: Float32Array, n: number) => number;
   private readonly transformer: Transformer;
 
   constructor(model: Model, numBlocks: number, blockSize?: number) {
@@ -59,6 +62,8 @@ export class ModelRunner implements Runner {
     this.kv = new KVCacheStorage(model.config, numBlocks, blockSize, model.transformer.kernels);
     this.vocabSize = model.config.vocabSize;
     this.contextLength = model.config.contextLength;
+    const k = model.transformer.kernels;
+    this.argmax = k.argmax?.bind(k);
   }
 
   get numBlocks(): number {

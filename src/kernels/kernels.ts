@@ -91,6 +91,12 @@ export interface Kernels {
     out: Float32Array,
   ): void;
   /**
+   * Optional: greedy decoding's argmax of x[0 .. n), the first index of the largest value (NaN never
+   * wins), or −1 where the caller must decide: x outside the kernels' memory, every value −∞ or NaN,
+   * or a +∞ maximum.
+   */
+  argmax?(x: Float32Array, n: number): number;
+  /**
    * Optional: a zeroed array of n floats in the kernels' own memory, where they work on it in place
    * (the forward pass keeps its activations there and KVCacheStorage its pools); undefined when it
    * does not fit. The array stays valid until given back with freeFloat32.

@@ -76,6 +76,7 @@ export interface WasmKernels extends Kernels {
   owns(a: Float32Array): boolean;
   allocFloat32(n: number): Float32Array | undefined;
   freeFloat32(a: Float32Array): void;
+  argmax(x: Float32Array, n: number): number;
 }
 
 /** The parts of the WebAssembly JS API used here (the project's `lib` setting does not declare them). */
@@ -129,6 +130,7 @@ interface WasmExports {
   rmsnorm(x: number, w: number, nRows: number, dim: number, eps: number, out: number): void;
   swigluPart(gate: number, up: number, n: number, out: number, part: number, parts: number): void;
   addInPlace(a: number, b: number, n: number): void;
+  argmaxF32(x: number, n: number): number;
   rope(
     x: number,
     nTokens: number,
@@ -646,6 +648,11 @@ class WasmKernelSet implements WasmKernels {
     // An exponential per element: worth the threads from a few tokens of a feed-forward layer on.
     const parts = n >= SWIGLU_SPLIT_MIN ? this.partsFor(Infinity, Infinity, Math.ceil(n / 4)) : 1;
     this.run(this.main, "swigluPart", [gate.byteOffset, up.byteOffset, n, out.byteOffset], parts);
+  }
+
+  argmax(x: Float32Array, n: number): number {
+    if (!this.owns(x) || n > x.length || n <= 0) return -1;
+    return this.main.wasm.argmaxF32(x.byteOffset, n);
   }
 
   addInPlace(a: Float32Array, b: Float32Array, n: number): void {

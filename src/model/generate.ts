@@ -45,7 +45,12 @@ export function generate(model: Model, prompt: string | number[], opts: Generate
   const numBlocks = Math.ceil(total / DEFAULT_BLOCK_SIZE);
   const kv = new KVCacheStorage(model.config, numBlocks);
   const blockTable = Array.from({ length: numBlocks }, (_, i) => i);
-  const sampler = new Sampler(validateSamplingParams(opts.sampling ?? {}), model.config.vocabSize);
+  const k = model.transformer.kernels;
+  const sampler = new Sampler(
+    validateSamplingParams(opts.sampling ?? {}),
+    model.config.vocabSize,
+    k.argmax?.bind(k),
+  );
   const decoder = new IncrementalDecoder(tok, { continuation: true });
   const stop = new StopMatcher(opts.stop ?? []);
   const history = [...promptTokens];

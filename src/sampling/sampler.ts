@@ -192,10 +192,14 @@ export class Sampler {
   /**
    * @param params sampling parameters; validated again here (defaults fill missing fields).
    * @param vocabSize number of tokens; logits passed to sample() must have at least this many entries.
+   * @param argmax plain greedy's argmax where it is faster than greedyOf's loop (the kernels' SIMD
+   *   one, Kernels.argmax, for logits in their memory): the first index of the largest value, NaN
+   *   never winning, or −1 to leave the row to greedyOf.
    */
   constructor(
     params: Partial<SamplingParams>,
     readonly vocabSize: number,
+    private readonly argmax?: (x: Float32Array, n: number) => number,
   ) {
     if (!Number.isSafeInteger(vocabSize) || vocabSize <= 0) {
       throw new SpindleError(`vocabulary size must be a positive integer, got ${vocabSize}`);
@@ -227,7 +231,8 @@ export class Sampler {
 
     if (p.temperature === 0 && p.logprobs === 0 && !p.logitBias?.size && !penalised(p, history)) {
       // Plain greedy (the common decode case): the argmax of the logits themselves, no working copy.
-      return { token: greedyOf(logits, V), logprob: Number.NaN, topLogprobs: [] };
+      const fast = this.argmax && logits instanceof Float32Array ? this.argmax(logits, V) : -1;
+      return { token: fast >= 0 ? fast : greedyOf(logits, V), logprob: Number.NaN, topLogprobs: [] };
     }
 
     // Working copy: bias, then penalties.

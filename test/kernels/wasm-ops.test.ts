@@ -8,6 +8,7 @@ import { createWasmKernels, WASM_PATH, type WasmKernels } from "../../src/kernel
 import type { RopeParams } from "../../src/model/config.js";
 import { KVCacheStorage } from "../../src/model/kv-cache.js";
 import { Rng } from "../../src/sampling/rng.js";
+import { Sampler } from "../../src/sampling/sampler.js";
 
 /**
  * The WebAssembly kernels other than matmul, against the reference kernels: rmsnorm, rope, swiglu,
@@ -125,6 +126,53 @@ describe("elementwise kernels in WebAssembly", () => {
         1e-6 * (Math.abs(want[n - 1]!) + Math.abs(u[n - 1]!)) + 1e-30,
       );
     }
+  });
+
+  it("argmax: the first index of the largest value, NaN never winning; −1 where the sampler decides", () => {
+    const rng = new Rng(22);
+    const firstMax = (a: Float32Array, n: number): number => {
+      let best = -1;
+      for (let i = 0; i < n; i++) if (!Number.isNaN(a[i]!) && (best < 0 || a[i]! > a[best]!)) best = i;
+      return best;
+    };
+    for (const n of [1, 3, 4, 15, 16, 17, 33, 1000, 32_000, 32_001]) {
+      const a = randoms(rng, n, 5);
+      expect(wasm.argmax(inWasm(a), n), `random ${n}`).toBe(firstMax(a, n));
+      // Ties (the maximum twice, the first one in the SIMD part or the tail), NaNs around it.
+      const t = a.slice();
+      const i = Math.floor(rng.next() * n);
+      const j = Math.min(n - 1, i + 1 + Math.floor(rng.next() * 20));
+      t[i] = 9;
+      t[j] = 9;
+      if (i > 0) t[i - 1] = Number.NaN;
+      if (j + 1 < n) t[j + 1] = Number.NaN;
+      expect(wasm.argmax(inWasm(t), n), `tie ${n} at ${i}, ${j}`).toBe(i);
+      // Only part of the array counts.
+      const m = Math.max(1, i);
+      expect(wasm.argmax(inWasm(t), m), `prefix of ${n}`).toBe(firstMax(t, m));
+    }
+    const special = (values: number[]) => wasm.argmax(inWasm(Float32Array.from(values)), values.length);
+    expect(special([Number.NaN, 1, Number.NaN, 2, 2])).toBe(3);
+    expect(special([Number.NaN, Number.NaN, Number.NaN, Number.NaN, Number.NaN])).toBe(-1);
+    expect(special([-Infinity, -Infinity, Number.NaN, -Infinity, -Infinity, -Infinity])).toBe(-1);
+    expect(special([1, 2, Infinity, 3])).toBe(-1);
+    expect(special([-0, 0, -1])).toBe(0); // −0 and +0 are equal, as in the sampler's comparison
+    expect(wasm.argmax(Float32Array.from([1, 2, 3]), 3), "an array outside the kernels' memory").toBe(-1);
+  });
+
+  it("the sampler's greedy through the kernels' argmax picks greedyOf's token", () => {
+    const rng = new Rng(23);
+    const V = 1003;
+    const fast = new Sampler({ temperature: 0 }, V, wasm.argmax.bind(wasm));
+    const slow = new Sampler({ temperature: 0 }, V);
+    for (let r = 0; r < 20; r++) {
+      const logits = inWasm(randoms(rng, V, 10));
+      if (r % 4 === 1) logits[Math.floor(rng.next() * V)] = Infinity; // left to greedyOf
+      if (r % 4 === 2) logits.fill(logits[7]!, 700, 720); // ties
+      expect(fast.sample(logits, []).token, `row ${r}`).toBe(slow.sample(logits, []).token);
+    }
+    const banned = inWasm(new Float32Array(V).fill(-Infinity));
+    expect(() => fast.sample(banned, [])).toThrow();
   });
 
   it("rope: normal and neox styles, partial rotation, frequency factors, scaled positions", () => {

@@ -1608,6 +1608,56 @@ export function swigluPart(gate: usize, up: usize, n: i32, out: usize, part: i32
   }
 }
 
+/**
+ * The first index of the largest of x[0 .. n), NaN never winning: greedy decoding's argmax over a
+ * row of logits (src/sampling/sampler.ts, greedyOf). −1 when every value is −∞ or NaN, or when the
+ * largest is +∞ (the sampler maps +∞ to the largest finite float first, which can make it tie with
+ * an earlier value): the caller decides those cases. Two passes, four lanes each: the maximum (a
+ * lane takes v only where v > its value, which a NaN never is), then its first index.
+ */
+export function argmaxF32(x: usize, n: i32): i32 {
+  const n16 = n & ~15;
+  let m0 = f32x4.splat(-Infinity);
+  let m1 = m0;
+  let m2 = m0;
+  let m3 = m0;
+  for (let i = 0; i < n16; i += 16) {
+    const p = x + ((<usize>i) << 2);
+    const a = v128.load(p);
+    const b = v128.load(p, 16);
+    const c = v128.load(p, 32);
+    const d = v128.load(p, 48);
+    m0 = v128.bitselect(a, m0, f32x4.gt(a, m0));
+    m1 = v128.bitselect(b, m1, f32x4.gt(b, m1));
+    m2 = v128.bitselect(c, m2, f32x4.gt(c, m2));
+    m3 = v128.bitselect(d, m3, f32x4.gt(d, m3));
+  }
+  m0 = v128.bitselect(m1, m0, f32x4.gt(m1, m0));
+  m2 = v128.bitselect(m3, m2, f32x4.gt(m3, m2));
+  m0 = v128.bitselect(m2, m0, f32x4.gt(m2, m0));
+  let best = f32x4.extract_lane(m0, 0);
+  const l1 = f32x4.extract_lane(m0, 1);
+  const l2 = f32x4.extract_lane(m0, 2);
+  const l3 = f32x4.extract_lane(m0, 3);
+  if (l1 > best) best = l1;
+  if (l2 > best) best = l2;
+  if (l3 > best) best = l3;
+  for (let i = n16; i < n; i++) {
+    const v = load<f32>(x + ((<usize>i) << 2));
+    if (v > best) best = v;
+  }
+  if (!(best > -Infinity) || best === Infinity) return -1;
+  const bv = f32x4.splat(best);
+  const n4 = n & ~3;
+  for (let i = 0; i < n4; i += 4) {
+    if (v128.any_true(f32x4.eq(v128.load(x + ((<usize>i) << 2)), bv))) {
+      for (let j = i; ; j++) if (load<f32>(x + ((<usize>j) << 2)) === best) return j;
+    }
+  }
+  for (let i = n4; i < n; i++) if (load<f32>(x + ((<usize>i) << 2)) === best) return i;
+  return -1;
+}
+
 /** a[i] += b[i] for i < n. */
 export function addInPlace(a: usize, b: usize, n: i32): void {
   const n4 = n & ~3;
