@@ -477,11 +477,20 @@ function combine(ab: v128, cd: v128): v128 {
  * acc + f32(I)·(S·xs) [+ M·xb (Q4_1, Q5_1) | − M·xb (Q4_K, Q5_K)]. I: the exact integer block sums.
  */
 // @inline
-function update<T>(acc: v128, I: v128, S: v128, M: v128, xs: f32, xb: f32): v128 {
-  acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(I), f32x4.mul(S, f32x4.splat(xs))));
-  if (kind<T>() === Q4_1 || kind<T>() === Q5_1) acc = f32x4.add(acc, f32x4.mul(M, f32x4.splat(xb)));
-  else if (kind<T>() === Q4_K || kind<T>() === Q5_K) acc = f32x4.sub(acc, f32x4.mul(M, f32x4.splat(xb)));
+function update<T>(acc: v128, I: v128, S: v128, M: v128, xs: usize, xb: usize): v128 {
+  // xs, xb: addresses of the token's f32 values, splat straight from memory (one load, where a
+  // loaded f32 then splat is a load and a shuffle: V8 does not fold the two).
+  acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(I), f32x4.mul(S, v128.load32_splat(xs))));
+  if (kind<T>() === Q4_1 || kind<T>() === Q5_1) acc = f32x4.add(acc, f32x4.mul(M, v128.load32_splat(xb)));
+  else if (kind<T>() === Q4_K || kind<T>() === Q5_K)
+    acc = f32x4.sub(acc, f32x4.mul(M, v128.load32_splat(xb)));
   return acc;
+}
+
+/** qOffset · Σq of the token's block (the i32 at xi) in every lane: a shift, qOffset being 8 or 16. */
+// @inline
+function offsetSum<T>(xi: usize): v128 {
+  return i32x4.shl(v128.load32_splat(xi), kind<T>() === Q4_0 ? 3 : 4);
 }
 
 /** Stores the 4 lanes of acc at o (or the first `valid` of them). */
@@ -548,9 +557,9 @@ function fusedBlock<T>(
   let I = combine(ab, cd);
   if (kind<T>() === Q8_0) I = i32x4.shr_s(I, 8); // exact: wFused's Q8_0 vectors are 256·q
   const jo = (<usize>j) << 2;
-  if (qOffset<T>() !== 0) I = i32x4.sub(I, i32x4.splat(qOffset<T>() * load<i32>(xi + jo)));
+  if (qOffset<T>() !== 0) I = i32x4.sub(I, offsetSum<T>(xi + jo));
   const M = hasMin<T>() ? minOf<T>(g, s, sub) : f32x4.splat(0);
-  return update<T>(acc, I, scaleOf<T>(g, s, sub), M, load<f32>(xs + jo), load<f32>(xb + jo));
+  return update<T>(acc, I, scaleOf<T>(g, s, sub), M, xs + jo, xb + jo);
 }
 
 /** One group of 4 rows against one token (nb blocks), the weights unpacked on the fly. */
@@ -769,9 +778,9 @@ function unpackedUpdate<T>(
   xi: usize,
 ): v128 {
   const jo = (<usize>j) << 2;
-  if (qOffset<T>() !== 0) I = i32x4.sub(I, i32x4.splat(qOffset<T>() * load<i32>(xi + jo)));
+  if (qOffset<T>() !== 0) I = i32x4.sub(I, offsetSum<T>(xi + jo));
   const M = hasMin<T>() ? v128.load(sm + ((<usize>j) << 4)) : f32x4.splat(0);
-  return update<T>(acc, I, v128.load(ss + ((<usize>j) << 4)), M, load<f32>(xs + jo), load<f32>(xb + jo));
+  return update<T>(acc, I, v128.load(ss + ((<usize>j) << 4)), M, xs + jo, xb + jo);
 }
 
 /**
@@ -1980,7 +1989,7 @@ function attendHead(
       const block = <usize>load<i32>(table + ((<usize>b) << 2));
       const end = min(nCtx, j + blockSize);
       for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
-        const e = f32x4.splat(load<f32>(scores + ((<usize>j) << 2)));
+        const e = v128.load32_splat(scores + ((<usize>j) << 2));
         a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
         a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
         a2 = f32x4.add(a2, f32x4.mul(e, v128.load(vp, 32)));
@@ -2010,7 +2019,7 @@ function attendHead(
       const block = <usize>load<i32>(table + ((<usize>b) << 2));
       const end = min(nCtx, j + blockSize);
       for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
-        const e = f32x4.splat(load<f32>(scores + ((<usize>j) << 2)));
+        const e = v128.load32_splat(scores + ((<usize>j) << 2));
         a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
         a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
         a2 = f32x4.add(a2, f32x4.mul(e, v128.load(vp, 32)));
@@ -2029,7 +2038,7 @@ function attendHead(
       const block = <usize>load<i32>(table + ((<usize>b) << 2));
       const end = min(nCtx, j + blockSize);
       for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
-        a0 = f32x4.add(a0, f32x4.mul(f32x4.splat(load<f32>(scores + ((<usize>j) << 2))), v128.load(vp)));
+        a0 = f32x4.add(a0, f32x4.mul(v128.load32_splat(scores + ((<usize>j) << 2)), v128.load(vp)));
       }
     }
     v128.store(op + dd, f32x4.mul(a0, inv));
