@@ -27,7 +27,8 @@ import { workerEntry } from "../worker-entry.js";
  * compare-and-swap on CLAIM that also checks the job number, so a worker that
  * arrives after its job ended (and may have read the next job's arguments half
  * written) claims nothing; each finished chunk adds one to DONE, and the caller
- * returns when DONE reaches the chunk count. A 30-layer model at batch 1 calls
+ * returns when DONE reaches the chunk count, after closing the job (closeJob:
+ * every chunk marked taken, before the next job's count is written). A 30-layer model at batch 1 calls
  * hundreds of kernels per token, so the common path never sleeps: between two
  * kernels the workers are still spinning.
  *
@@ -212,12 +213,18 @@ export class WasmThreadPool {
       fn(...args, c, chunks);
       Atomics.add(ctl, DONE, 1);
     }
-    if (Atomics.load(ctl, DONE) === chunks) return;
+    if (Atomics.load(ctl, DONE) === chunks) {
+      closeJob(ctl, job);
+      return;
+    }
     const until = process.hrtime.bigint() + BigInt(SPIN_NS);
     let spins = 0;
     for (;;) {
       const done = Atomics.load(ctl, DONE);
-      if (done === chunks) return;
+      if (done === chunks) {
+        closeJob(ctl, job);
+        return;
+      }
       if ((++spins & 63) === 0 && process.hrtime.bigint() > until) {
         if (Atomics.load(ctl, FAILED) !== 0) {
           this.closed = true;
@@ -241,8 +248,20 @@ export class WasmThreadPool {
 }
 
 /**
- * Takes the next chunk of job `job` (of `chunks`): its index, or −1 when every chunk is taken or
- * the control block has moved on to another job.
+ * Marks every chunk of a finished job taken, whatever chunk count a late worker holds: run() does
+ * it before the next job's arguments and count are written. Without it, a worker that read this
+ * job's number but the next job's (larger) chunk count could still claim "chunk k" of this job
+ * (k = this job's count) in the moment between the two: it computed a part of the next job early
+ * and added to DONE after run() had reset it, so DONE could pass the next count, which run() then
+ * waited for forever (seen once in CI: a hang in the 3,000-job test of thread-pool.test.ts).
+ */
+export function closeJob(ctl: Int32Array, job: number): void {
+  Atomics.store(ctl, CLAIM, (job << CHUNK_BITS) | MAX_CHUNKS);
+}
+
+/**
+ * Takes the next chunk of job `job` (of `chunks`): its index, or −1 when every chunk is taken, the
+ * job is closed (closeJob) or the control block has moved on to another job.
  */
 export function claim(ctl: Int32Array, job: number, chunks: number): number {
   for (;;) {

@@ -1,7 +1,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CONTROL, claim, MAX_CHUNKS, WasmThreadPool } from "../../src/kernels/thread-pool.js";
+import { CONTROL, claim, closeJob, MAX_CHUNKS, WasmThreadPool } from "../../src/kernels/thread-pool.js";
 import { tempDir } from "../helpers/tmp.js";
 
 /**
@@ -135,5 +135,16 @@ describe("claim: taking the chunks of a job", () => {
     ctl[CLAIM] = 6 << CHUNK_BITS;
     expect(claim(ctl, job, 3)).toBe(-1);
     expect(claim(ctl, 6, 3)).toBe(0);
+  });
+
+  it("a closed job hands out nothing, even to a worker holding the next job's larger chunk count", () => {
+    const ctl = new Int32Array(new SharedArrayBuffer(CONTROL.CONTROL_INTS * 4));
+    // Job 7 had 3 chunks, all taken and done. A late worker read job 7's number, then the count the
+    // caller is writing for job 8 (11): without closing, "chunk 3" of job 7 would still be handed out.
+    ctl[CLAIM] = (7 << CHUNK_BITS) | 3;
+    expect(claim(ctl, 7, 11)).toBe(3);
+    ctl[CLAIM] = (7 << CHUNK_BITS) | 3;
+    closeJob(ctl, 7);
+    for (const chunks of [1, 3, 11, MAX_CHUNKS]) expect(claim(ctl, 7, chunks), `${chunks} chunks`).toBe(-1);
   });
 });
