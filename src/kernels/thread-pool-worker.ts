@@ -46,7 +46,7 @@ function main(): void {
     seen = gen;
     if (Atomics.load(ctl, STOP) !== 0) return;
     // Read before claiming: a claim that succeeds proves the job was still open, so what was read
-    // is that job's (the caller writes the next job's only after every chunk of this one is done).
+    // is that job's (the caller closes a job, closeJob, before it writes the next job's).
     const n = Atomics.load(ctl, NARGS);
     args.length = n;
     for (let i = 0; i < n; i++) args[i] = argv[i]!;
