@@ -28,9 +28,9 @@ import { workerEntry } from "../worker-entry.js";
  * arrives after its job ended (and may have read the next job's arguments half
  * written) claims nothing; each finished chunk adds one to DONE, and the caller
  * returns when DONE reaches the chunk count, after closing the job (closeJob:
- * every chunk marked taken, before the next job's count is written). A 30-layer model at batch 1 calls
- * hundreds of kernels per token, so the common path never sleeps: between two
- * kernels the workers are still spinning.
+ * every chunk marked taken, before the next job's count is written). A
+ * 30-layer model at batch 1 calls hundreds of kernels per token, so the common
+ * path never sleeps: between two kernels the workers are still spinning.
  *
  * Spinning is bounded (SPIN_NS) because on a machine with as many cores as
  * threads, a spinning worker takes the core the HTTP thread needs.
