@@ -10,6 +10,7 @@ import { loadModel, type Model } from "../model/model.js";
 import { tuneSmallSplits } from "../model/tune-splits.js";
 import { Rng } from "../sampling/rng.js";
 import { Sampler } from "../sampling/sampler.js";
+import { benchNative, type NativeFigures, nativeTools } from "./native-llama.js";
 
 /**
  * `npm run bench:engine -- --model FILE` (alias: bench:vs-llamacpp): Spindle's engine (its default
@@ -17,31 +18,36 @@ import { Sampler } from "../sampling/sampler.js";
  * binary, each of `--threads`; the best counts) on the same GGUF file, in the same run, printed as
  * ratios. For the model shapes the project's issue names, it also compares with native llama.cpp
  * figures measured by the issue's author (ANCHORS) and says whether the issue's targets are met.
+ * With `--native DIR` (llama.cpp's own llama-bench and llama-batched-bench, see native-llama.ts)
+ * it also runs native llama.cpp on the file and judges the targets against that run too.
  * A quick measurement, not a test. Each side is warmed up once; each figure is the median of
  * `--repeats` timed runs.
  *
  *   node dist/bench/vs-llamacpp.js --model FILE [--spindle-threads 2] [--threads 1,2]
  *                                  [--prompt-tokens 128] [--gen-tokens 128] [--parallel 8,32]
- *                                  [--parallel-tokens 32] [--repeats 3] [--json FILE]
+ *                                  [--parallel-tokens 32] [--parallel-prompt 16] [--repeats 3] [--json FILE]
+ *                                  [--native DIR [--native-threads 2]]
  *
  * Metrics (same definition on both sides):
  *  - prompt tok/s: one forward/evaluation of `--prompt-tokens` random token ids in a fresh sequence;
  *  - gen tok/s, batch 1: greedy decode of `--gen-tokens` tokens after a 4-token prompt, timed after
  *    the first generated token (the prompt is not counted);
- *  - gen tok/s, N parallel: N sequences, each a 16-token prefill then `--parallel-tokens` greedy
- *    decode steps, all N decoded together; timed from when every sequence has its first token
- *    (prefill excluded), aggregate tokens over all sequences / time.
+ *  - gen tok/s, N parallel: N sequences, each a prefill of `--parallel-prompt` tokens then
+ *    `--parallel-tokens` greedy decode steps, all N decoded together; timed from when every
+ *    sequence has its first token (prefill excluded), aggregate tokens over all sequences / time.
  */
 
 const USAGE = `usage: npm run bench:engine -- --model FILE [--spindle-threads 2] [--threads 1,2]
            [--prompt-tokens 128] [--gen-tokens 128] [--parallel 8,32] [--parallel-tokens 32]
-           [--repeats 3] [--seed 1] [--json OUT]
+           [--parallel-prompt 16] [--repeats 3] [--seed 1] [--json OUT] [--native DIR [--native-threads N]]
 
 Spindle (WebAssembly kernels, --spindle-threads) against node-llama-cpp (each of --threads; the
 better counts) on the same GGUF: prompt tok/s, generation tok/s at batch 1 and with N parallel
-sequences, as ratios, then the fast-kernels targets for the model shapes the issue names.`;
+sequences, as ratios, then the fast-kernels targets for the model shapes the issue names.
+--native DIR: a folder with llama.cpp's llama-bench and llama-batched-bench (built from source);
+they run on the same file with --native-threads (default: --spindle-threads), and the targets
+are judged against that run as well as against the issue's figures.`;
 
-const PAR_PROMPT = 16;
 const GEN_PROMPT = 4;
 
 function ints(s: string): number[] {
@@ -94,7 +100,8 @@ function spindleGen(model: Model, prompt: number[], n: number): number {
 function spindleParallel(model: Model, prompts: number[][], steps: number): number {
   const vocab = model.config.vocabSize;
   const n = prompts.length;
-  const perSeq = Math.ceil((PAR_PROMPT + steps) / DEFAULT_BLOCK_SIZE);
+  const promptLen = prompts[0]!.length;
+  const perSeq = Math.ceil((promptLen + steps) / DEFAULT_BLOCK_SIZE);
   const kv = new KVCacheStorage(model.config, perSeq * n);
   const tables = prompts.map((_, s) => Array.from({ length: perSeq }, (_, i) => s * perSeq + i));
   const pre = model.transformer.forward(
@@ -111,7 +118,7 @@ function spindleParallel(model: Model, prompts: number[][], steps: number): numb
     // As the engine's runner does: logits stay in the kernels' memory until sampled.
     const out = model.transformer.forward(
       kv,
-      next.map((t, s) => ({ tokens: [t], pos: PAR_PROMPT + step, blockTable: tables[s]! })),
+      next.map((t, s) => ({ tokens: [t], pos: promptLen + step, blockTable: tables[s]! })),
       { transientLogits: true },
     );
     next = out.map((l) => sampler.sample(l!, none).token);
@@ -292,13 +299,19 @@ interface TargetResult {
   ratio: number | null;
   /** null when it cannot be judged (not measured, or the native anchor is missing). */
   met: boolean | null;
+  /** A native target against native llama.cpp measured in this run (--native), when it was. */
+  thisRun: { native: number; ratio: number | null; met: boolean | null } | null;
 }
 
-/** The anchor's targets against this run's Spindle and node-llama-cpp (best) figures. */
+/**
+ * The anchor's targets against this run's Spindle and node-llama-cpp (best) figures, and the native
+ * ones also against `nativeRun` (native llama.cpp measured in this run), when given.
+ */
 function evaluateTargets(
   anchor: Anchor,
   spindle: Map<MetricKey, number>,
   llamaBest: Map<MetricKey, number>,
+  nativeRun?: Map<MetricKey, number>,
 ): TargetResult[] {
   return anchor.targets.map((t) => {
     const native = anchor.native?.[t.metric];
@@ -306,6 +319,8 @@ function evaluateTargets(
     const reference = (referenceIs === "native" ? native : llamaBest.get(t.metric)) ?? null;
     const s = spindle.get(t.metric) ?? null;
     const ratio = s !== null && reference !== null ? s / reference : null;
+    const run = t.vs === "native" ? nativeRun?.get(t.metric) : undefined;
+    const runRatio = s !== null && run !== undefined ? s / run : null;
     return {
       target: `${METRIC_NAMES[t.metric] ?? t.metric} ≥ ${t.min}× ${t.vs}`,
       spindle: s,
@@ -313,6 +328,10 @@ function evaluateTargets(
       referenceIs,
       ratio,
       met: ratio !== null && referenceIs === t.vs ? ratio >= t.min : null,
+      thisRun:
+        run === undefined
+          ? null
+          : { native: run, ratio: runRatio, met: runRatio === null ? null : runRatio >= t.min },
     };
   });
 }
@@ -350,10 +369,13 @@ async function main(): Promise<void> {
       "gen-tokens": { type: "string", default: "128" },
       parallel: { type: "string", default: "8,32" },
       "parallel-tokens": { type: "string", default: "32" },
+      "parallel-prompt": { type: "string", default: "16" },
       repeats: { type: "string", default: "3" },
       seed: { type: "string", default: "1" },
       "spindle-threads": { type: "string", default: "2" },
       json: { type: "string" },
+      native: { type: "string" },
+      "native-threads": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -368,22 +390,27 @@ async function main(): Promise<void> {
   const genTokens = ints(values["gen-tokens"]!)[0]!;
   const parallel = ints(values.parallel!);
   const parTokens = ints(values["parallel-tokens"]!)[0]!;
+  const parPrompt = ints(values["parallel-prompt"]!)[0]!;
   const repeats = ints(values.repeats!)[0]!;
   const rng = new Rng(Number(values.seed));
+  const spindleThreads = ints(values["spindle-threads"]!)[0]!;
+  const nativeDir = values.native === undefined ? undefined : resolve(values.native);
+  if (nativeDir !== undefined) nativeTools(nativeDir); // fail before the long measurements
+  const nativeThreads = values["native-threads"] ? ints(values["native-threads"])[0]! : spindleThreads;
   // The WebAssembly kernels take their thread count from here when the model loads.
-  process.env.SPINDLE_THREADS = String(ints(values["spindle-threads"]!)[0]!);
+  process.env.SPINDLE_THREADS = String(spindleThreads);
 
   const model = loadModel(path);
   const kernels = model.transformer.kernels as { threads?: number; build?: string };
   const splits = await tuneSmallSplits(model);
   const vocab = model.config.vocabSize;
   const ctxLen = model.config.contextLength;
-  if (promptTokens > ctxLen || GEN_PROMPT + genTokens > ctxLen || PAR_PROMPT + parTokens > ctxLen)
+  if (promptTokens > ctxLen || GEN_PROMPT + genTokens > ctxLen || parPrompt + parTokens > ctxLen)
     throw new Error(`token counts exceed the model's context of ${ctxLen}`);
   const promptIds = randomTokens(rng, promptTokens, vocab);
   const genPrompt = randomTokens(rng, GEN_PROMPT, vocab);
   const parPrompts = new Map(
-    parallel.map((n) => [n, Array.from({ length: n }, () => randomTokens(rng, PAR_PROMPT, vocab))]),
+    parallel.map((n) => [n, Array.from({ length: n }, () => randomTokens(rng, parPrompt, vocab))]),
   );
 
   const { dim, nLayers } = model.config;
@@ -398,7 +425,7 @@ async function main(): Promise<void> {
     { key: "gen", metric: `gen tok/s, batch 1 (${genTokens} tokens)`, spindle: 0, llama: new Map() },
     ...parallel.map((n) => ({
       key: `par${n}`,
-      metric: `gen tok/s, ${n} parallel (aggregate, ${parTokens} steps)`,
+      metric: `gen tok/s, ${n} parallel (aggregate, ${parPrompt} + ${parTokens} steps)`,
       spindle: 0,
       llama: new Map<number, number>(),
     })),
@@ -432,23 +459,58 @@ async function main(): Promise<void> {
     await lmodel.dispose();
     await llama.dispose();
   }
+  let native: NativeFigures | undefined;
+  if (nativeDir !== undefined) {
+    native = await benchNative(nativeDir, path, {
+      threads: nativeThreads,
+      promptTokens,
+      genTokens,
+      parallel,
+      parPrompt,
+      parTokens,
+      repeats,
+    });
+  }
+  const nativeOf = (key: MetricKey): number | undefined =>
+    native === undefined
+      ? undefined
+      : key === "prompt"
+        ? native.prompt
+        : key === "gen"
+          ? native.gen
+          : native.par.get(Number(key.slice(3)));
 
   const best = rows.map((r) => {
     let bestT = threadList[0]!;
     for (const t of threadList) if (r.llama.get(t)! > r.llama.get(bestT)!) bestT = t;
     return { threads: bestT, rate: r.llama.get(bestT)! };
   });
+  const nativeCols = native === undefined ? [] : [`native ${nativeThreads}t (this run)`, "Spindle / native"];
   printTable(
-    ["metric", "Spindle", "llama.cpp (best)", "threads", "Spindle / llama.cpp", "llama.cpp per thread count"],
-    rows.map((r, i) => [
-      r.metric,
-      fmt(r.spindle),
-      fmt(best[i]!.rate),
-      String(best[i]!.threads),
-      (r.spindle / best[i]!.rate).toFixed(2),
-      threadList.map((t) => `${t}t: ${fmt(r.llama.get(t)!)}`).join(", "),
-    ]),
+    [
+      "metric",
+      "Spindle",
+      "llama.cpp (best)",
+      "threads",
+      "Spindle / llama.cpp",
+      "llama.cpp per thread count",
+      ...nativeCols,
+    ],
+    rows.map((r, i) => {
+      const n = nativeOf(r.key);
+      return [
+        r.metric,
+        fmt(r.spindle),
+        fmt(best[i]!.rate),
+        String(best[i]!.threads),
+        (r.spindle / best[i]!.rate).toFixed(2),
+        threadList.map((t) => `${t}t: ${fmt(r.llama.get(t)!)}`).join(", "),
+        ...(native === undefined ? [] : n === undefined ? ["—", "—"] : [fmt(n), (r.spindle / n).toFixed(2)]),
+      ];
+    }),
   );
+  if (native !== undefined)
+    console.log(`native: llama.cpp ${native.build}, ${nativeThreads} threads (--native)`);
 
   const anchor = ANCHORS.find((a) => a.dim === dim && a.layers === nLayers && a.weights === weights);
   const shapeOnly = ANCHORS.find((a) => a.dim === dim && a.layers === nLayers);
@@ -464,21 +526,37 @@ async function main(): Promise<void> {
     if (!anchor.native) console.log(`no native anchor: ${anchor.name} has no native llama.cpp figures`);
     if (anchor.vocab !== vocab)
       console.log(`note: vocab ${vocab}, not ${anchor.name}'s ${anchor.vocab} (a synthesized shape?)`);
+    const nativeRun = new Map<MetricKey, number>();
+    for (const r of rows) {
+      const n = nativeOf(r.key);
+      if (n !== undefined) nativeRun.set(r.key, n);
+    }
     targets = evaluateTargets(
       anchor,
       new Map(rows.map((r) => [r.key, r.spindle])),
       new Map(rows.map((r, i) => [r.key, best[i]!.rate])),
+      native === undefined ? undefined : nativeRun,
     );
     console.log(`targets (${anchor.name}; native: llama.cpp b10108, 2 threads, from the issue):`);
     const opt = (x: number | null, f: (x: number) => string) => (x === null ? "—" : f(x));
+    const runCols = native === undefined ? [] : ["native (this run)", "ratio", "met"];
     printTable(
-      ["target", "Spindle", "reference", "ratio", "met"],
+      ["target", "Spindle", "reference", "ratio", "met", ...runCols],
       targets.map((t) => [
         t.target,
         opt(t.spindle, fmt),
         `${opt(t.reference, fmt)} (${t.referenceIs})`,
         opt(t.ratio, (x) => x.toFixed(2)),
         verdict(t),
+        ...(native === undefined
+          ? []
+          : t.thisRun === null
+            ? ["—", "—", "—"]
+            : [
+                fmt(t.thisRun.native),
+                opt(t.thisRun.ratio, (x) => x.toFixed(2)),
+                t.thisRun.met === null ? "not measured" : t.thisRun.met ? "yes" : "NO",
+              ]),
       ]),
     );
   }
@@ -504,7 +582,10 @@ async function main(): Promise<void> {
         ratio: r.spindle / best[i]!.rate,
         native: anchor?.native?.[r.key] ?? null,
         ratioToNative: anchor?.native?.[r.key] ? r.spindle / anchor.native[r.key]! : null,
+        nativeThisRun: nativeOf(r.key) ?? null,
+        ratioToNativeThisRun: nativeOf(r.key) ? r.spindle / nativeOf(r.key)! : null,
       })),
+      native: native === undefined ? null : { build: native.build, threads: nativeThreads },
       anchor: anchor ?? null,
       targets,
     };
