@@ -225,6 +225,13 @@ interface Anchor {
   vocab: number;
   /** Native llama.cpp (b10108, 2 threads) as measured by the issue's author, tok/s; none known for Q4_K_M. */
   native?: Record<MetricKey, number>;
+  /**
+   * The (prompt tokens, decode steps) per sequence under which the parallel anchor was taken, as far
+   * as native llama.cpp measured here reproduces it (the issue does not say): native's parallel
+   * figure halves from 16 + 32 to 128 + 128, Spindle's moves little, so comparing a run under the
+   * other condition with the anchor is off by up to 2× (docs/benchmarks.md). Undefined: unknown.
+   */
+  parallelCondition?: readonly [number, number];
   targets: Target[];
 }
 
@@ -249,6 +256,7 @@ const ANCHORS: Anchor[] = [
     weights: "Q8_0",
     vocab: 32000,
     native: { prompt: 8290, gen: 1266, par32: 1262 },
+    parallelCondition: [128, 128], // native here: 1,139–1,196 at 128 + 128, 2,344–2,505 at 16 + 32
     targets: [
       { metric: "gen", vs: "node-llama-cpp", min: 2 },
       { metric: "par32", vs: "native", min: 1.5 },
@@ -261,6 +269,7 @@ const ANCHORS: Anchor[] = [
     weights: "Q8_0",
     vocab: 49152,
     native: { prompt: 583, gen: 111, par32: 345 },
+    parallelCondition: [16, 32], // native here: 295–305 at 16 + 32, 135–136 at 128 + 128
     targets: [
       { metric: "gen", vs: "node-llama-cpp", min: 1.5 },
       { metric: "prompt", vs: "native", min: 0.4 },
@@ -526,6 +535,13 @@ async function main(): Promise<void> {
     if (!anchor.native) console.log(`no native anchor: ${anchor.name} has no native llama.cpp figures`);
     if (anchor.vocab !== vocab)
       console.log(`note: vocab ${vocab}, not ${anchor.name}'s ${anchor.vocab} (a synthesized shape?)`);
+    const cond = anchor.parallelCondition;
+    if (cond !== undefined && (cond[0] !== parPrompt || cond[1] !== parTokens))
+      console.log(
+        `note: the parallel anchor matches native llama.cpp at ${cond[0]} + ${cond[1]} tokens per sequence, ` +
+          `this run measured ${parPrompt} + ${parTokens}: compare with --parallel-prompt ${cond[0]} ` +
+          `--parallel-tokens ${cond[1]}, or against --native`,
+      );
     const nativeRun = new Map<MetricKey, number>();
     for (const r of rows) {
       const n = nativeOf(r.key);
