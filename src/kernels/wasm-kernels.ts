@@ -472,9 +472,14 @@ class WasmKernelSet implements WasmKernels {
    * tokens unless smallSplits is on.
    */
   private partsFor(macs: number, nTokens: number, units: number): number {
+    if (macs < PARALLEL_MIN_MACS || (nTokens <= SMALL_TOKENS && !this.smallSplits)) return 1;
+    return this.poolParts(units);
+  }
+
+  /** Parts for `units` indivisible units: PARTS_PER_THREAD per thread at most, 1 without threads. */
+  private poolParts(units: number): number {
     const pool = this.pool;
-    if (pool === undefined || macs < PARALLEL_MIN_MACS || (nTokens <= SMALL_TOKENS && !this.smallSplits))
-      return 1;
+    if (pool === undefined) return 1;
     return Math.max(1, Math.min(units, pool.threads * PARTS_PER_THREAD, MAX_CHUNKS));
   }
 
@@ -646,7 +651,7 @@ class WasmKernelSet implements WasmKernels {
     }
     if (gate.length < n || up.length < n || out.length < n) throw new RangeError("swiglu: arrays too short");
     // An exponential per element: worth the threads from a few tokens of a feed-forward layer on.
-    const parts = n >= SWIGLU_SPLIT_MIN ? this.partsFor(Infinity, Infinity, Math.ceil(n / 4)) : 1;
+    const parts = n >= SWIGLU_SPLIT_MIN ? this.poolParts(Math.ceil(n / 4)) : 1;
     this.run(this.main, "swigluPart", [gate.byteOffset, up.byteOffset, n, out.byteOffset], parts);
   }
 
