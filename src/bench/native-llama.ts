@@ -2,6 +2,7 @@ import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { percentile } from "./metrics.js";
 
 /**
  * Native llama.cpp's own benchmark tools, run on the same model file as Spindle, so that
@@ -32,7 +33,7 @@ export interface NativeOptions {
 }
 
 export interface NativeFigures {
-  /** llama.cpp's build as llama-bench reports it, e.g. "b6010 (80fb11a)". */
+  /** llama.cpp's build as llama-bench reports it, e.g. "b1 (80fb11a)" for node-llama-cpp's bundle. */
   build: string;
   prompt: number;
   gen: number;
@@ -82,45 +83,29 @@ export function parseBatchedBench(stdout: string): Map<number, number> {
   return out;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 /** Runs both tools on `model` with `o.threads` threads and returns their figures. */
 export async function benchNative(dir: string, model: string, o: NativeOptions): Promise<NativeFigures> {
   const tools = nativeTools(dir);
   const t = String(o.threads);
-  const bench = await run(
-    tools["llama-bench"],
-    ["-m", model, "-t", t, "-p", String(o.promptTokens), "-n", String(o.genTokens)].concat([
-      "-r",
-      String(o.repeats),
-      "-o",
-      "json",
-    ]),
-    { maxBuffer: 16 << 20 },
-  );
+  const benchArgs = ["-m", model, "-t", t, "-p", `${o.promptTokens}`, "-n", `${o.genTokens}`];
+  benchArgs.push("-r", `${o.repeats}`, "-o", "json");
+  const bench = await run(tools["llama-bench"], benchArgs, { maxBuffer: 16 << 20 });
   const { prompt, gen, build } = parseLlamaBench(bench.stdout);
   const par = new Map<number, number>();
   if (o.parallel.length > 0) {
     const maxPl = Math.max(...o.parallel);
     const ctx = maxPl * (o.parPrompt + o.parTokens);
     const runs: Map<number, number>[] = [];
+    const args = ["-m", model, "-t", t, "-tb", t, "-c", `${ctx}`, "-b", "2048", "-ub", "512"];
+    args.push("-npp", `${o.parPrompt}`, "-ntg", `${o.parTokens}`, "-npl", o.parallel.join(","));
+    args.push("--output-format", "jsonl");
     for (let i = 0; i < o.repeats; i++) {
-      const r = await run(
-        tools["llama-batched-bench"],
-        ["-m", model, "-t", t, "-tb", t, "-c", String(ctx), "-b", "2048", "-ub", "512"]
-          .concat(["-npp", String(o.parPrompt), "-ntg", String(o.parTokens)])
-          .concat(["-npl", o.parallel.join(","), "--output-format", "jsonl"]),
-        { maxBuffer: 16 << 20 },
-      );
+      const r = await run(tools["llama-batched-bench"], args, { maxBuffer: 16 << 20 });
       runs.push(parseBatchedBench(r.stdout));
     }
     for (const n of o.parallel) {
       const xs = runs.map((m) => m.get(n)).filter((x): x is number => x !== undefined);
-      if (xs.length > 0) par.set(n, median(xs));
+      if (xs.length > 0) par.set(n, percentile(xs, 50));
     }
   }
   return { build, prompt, gen, par };

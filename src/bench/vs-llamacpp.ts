@@ -10,6 +10,7 @@ import { loadModel, type Model } from "../model/model.js";
 import { tuneSmallSplits } from "../model/tune-splits.js";
 import { Rng } from "../sampling/rng.js";
 import { Sampler } from "../sampling/sampler.js";
+import { percentile } from "./metrics.js";
 import { benchNative, type NativeFigures, nativeTools } from "./native-llama.js";
 
 /**
@@ -60,12 +61,6 @@ function ints(s: string): number[] {
     });
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 function randomTokens(rng: Rng, n: number, vocab: number): number[] {
   return Array.from({ length: n }, () => 3 + (rng.nextU32() % (vocab - 3)));
 }
@@ -75,7 +70,7 @@ async function measure(repeats: number, fn: () => number | Promise<number>): Pro
   await fn();
   const r: number[] = [];
   for (let i = 0; i < repeats; i++) r.push(await fn());
-  return median(r);
+  return percentile(r, 50);
 }
 
 // ---------------------------------------------------------------- Spindle
