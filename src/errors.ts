@@ -22,3 +22,16 @@ export class ModelFileError extends SpindleError {
     this.name = "ModelFileError";
   }
 }
+
+/** The first line of an error's message (its name when the message is empty). */
+export function oneLine(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  return msg.split("\n", 1)[0]!.trim() || (err instanceof Error ? err.name : "unknown error");
+}
+
+/** What an AbortSignal's reason says, as the message of the request it aborted. */
+export function abortMessage(reason: unknown): string {
+  if (typeof reason === "string" && reason.length > 0) return reason;
+  if (reason instanceof Error && reason.name !== "AbortError") return oneLine(reason);
+  return "aborted";
+}

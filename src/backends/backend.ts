@@ -1,5 +1,6 @@
 import type { StepInfo } from "../engine/engine-protocol.js";
-import type { RequestStream, SubmitOptions, SubmitSpec } from "../engine/request-stream.js";
+import type { RequestStream } from "../protocol/event-stream.js";
+import type { SubmitOptions, SubmitSpec } from "../protocol/request.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 
 /**

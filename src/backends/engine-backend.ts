@@ -1,8 +1,9 @@
 import { EngineClient, type EngineInfo } from "../engine/engine-client.js";
 import type { StepInfo } from "../engine/engine-protocol.js";
-import type { RequestStream, SubmitOptions, SubmitSpec } from "../engine/request-stream.js";
 import { DEFAULT_SIM_COST } from "../engine/sim-runner.js";
 import { readModelCard } from "../model/model-card.js";
+import type { RequestStream } from "../protocol/event-stream.js";
+import type { SubmitOptions, SubmitSpec } from "../protocol/request.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import type { Backend, BackendInfo } from "./backend.js";
 import type { LocalBackendInit, SimBackendInit } from "./index.js";

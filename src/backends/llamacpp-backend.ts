@@ -8,14 +8,10 @@ import type {
   SequenceEvaluateOptions,
   Token,
 } from "node-llama-cpp";
-import {
-  EventStream,
-  type RequestStream,
-  type SubmitOptions,
-  type SubmitSpec,
-} from "../engine/request-stream.js";
 import { SpindleError } from "../errors.js";
 import { readModelCard } from "../model/model-card.js";
+import { EventStream, type RequestStream } from "../protocol/event-stream.js";
+import type { SubmitOptions, SubmitSpec } from "../protocol/request.js";
 import { type SamplingParams, validateSamplingParams } from "../sampling/params.js";
 import { Sampler } from "../sampling/sampler.js";
 import type { Backend, BackendInfo } from "./backend.js";

@@ -1,13 +1,14 @@
-import type { EngineEvent, FinishInfo } from "../engine/engine.js";
+import { abortMessage, oneLine, SpindleError } from "../errors.js";
+import { abortOnSignal, EventStream, type RequestStream } from "../protocol/event-stream.js";
+import type { EngineEvent } from "../protocol/events.js";
+import { type FinishCounts, RequestOutput } from "../protocol/output.js";
 import {
-  EventStream,
-  type RequestStream,
+  type FinishReason,
+  type RequestSpec,
+  requestProblem,
   type SubmitOptions,
   type SubmitSpec,
-} from "../engine/request-stream.js";
-import { type FinishReason, type RequestSpec, requestProblem, type SeqTimes } from "../engine/sequence.js";
-import { TextOutput } from "../engine/text-output.js";
-import { SpindleError } from "../errors.js";
+} from "../protocol/request.js";
 import type { SampleResult } from "../sampling/sampler.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import type { Backend, BackendInfo, QueueState } from "./backend.js";
@@ -20,9 +21,9 @@ import { SlotQueue, type SlotQueueOptions } from "./slot-queue.js";
  * events. A subclass says what a slot is (take/release) and runs one request
  * on a slot (run), reporting what it produces through a SlotRun:
  *
- *  - token(): a token id the backend sampled (llamacpp). The base decodes it,
- *    applies end-of-generation, stop strings and max_tokens exactly as the
- *    engine does, and says whether to go on.
+ *  - token(): a token id the backend sampled (llamacpp). The base hands it to
+ *    the request's RequestOutput (src/protocol/output.ts), the same
+ *    acceptance path as the engine's, and says whether to go on.
  *  - output(): tokens and text already decoded and stopped elsewhere (an
  *    upstream server), passed through as they are.
  *
@@ -45,14 +46,9 @@ export interface SlotRun {
   output(tokens: number[], text: string, logprobs?: SampleResult[]): void;
 }
 
-export interface SlotOutcome {
+export interface SlotOutcome extends FinishCounts {
   /** Why generation ended, when run() knows better than the base (an upstream's finish_reason). */
   reason?: "stop" | "length";
-  eogToken?: number;
-  /** Counts from the backend (an upstream's usage), when it has them. */
-  promptTokens?: number;
-  cachedTokens?: number;
-  completionTokens?: number;
 }
 
 export interface SlotBackendOptions extends SlotQueueOptions {
@@ -64,16 +60,9 @@ interface Live {
   spec: RequestSpec;
   stream: EventStream;
   controller: AbortController;
-  times: SeqTimes;
-  tokenTimes: number[];
-  completion: number;
-  text: TextOutput;
-  /** Set once the base decided the request is done (stop string, EOG, length). */
-  done?: { reason: FinishReason; eogToken?: number; stopped: boolean };
-  /** The last token's event, sent with the finish. */
+  output: RequestOutput;
+  /** The event the last token went into, sent with the finish when that token ended the request. */
   last?: EngineEvent;
-  /** Output came through output(): text is final as given, nothing to flush. */
-  passthrough?: boolean;
   sentAny: boolean;
 }
 
@@ -132,28 +121,23 @@ export abstract class SlotBackend<Slot> implements Backend {
       stream.fail(refused);
       return stream;
     }
-    const now = performance.now();
     const r: Live = {
       spec,
       stream,
       controller,
-      times: { arrival: now },
-      tokenTimes: [],
-      completion: 0,
-      text: new TextOutput(this.tokenizer, spec.stop),
+      output: new RequestOutput(spec, this.tokenizer, this.info.contextLength, {
+        arrival: performance.now(),
+      }),
       sentAny: false,
     };
-    const { signal } = opts;
-    const onAbort = () => stream.abort(abortMessage(signal?.reason));
-    if (signal?.aborted) onAbort();
-    else signal?.addEventListener("abort", onAbort, { once: true });
+    const unhook = abortOnSignal(stream, opts.signal);
     const timer =
       spec.timeoutMs !== undefined
         ? setTimeout(() => stream.abort(`timed out after ${spec.timeoutMs} ms`), spec.timeoutMs)
         : undefined;
     const ended = this.serve(r).finally(() => {
       this.live.delete(r);
-      signal?.removeEventListener("abort", onAbort);
+      unhook();
       if (timer) clearTimeout(timer);
     });
     this.live.set(r, ended);
@@ -166,12 +150,12 @@ export abstract class SlotBackend<Slot> implements Backend {
     try {
       slot = await this.queue.acquire(r.spec.priority ?? 0, signal);
     } catch (err) {
-      this.finish(r, "abort", message(err));
+      this.finish(r, "abort", oneLine(err));
       return;
     }
     this.running++;
     this.queueChanged();
-    r.times.firstScheduled = performance.now();
+    r.output.times.firstScheduled = performance.now();
     let outcome: SlotOutcome = {};
     let failure: unknown;
     try {
@@ -186,18 +170,15 @@ export abstract class SlotBackend<Slot> implements Backend {
     }
     if (signal.aborted) this.finish(r, "abort", abortMessage(signal.reason));
     else if (failure !== undefined) {
-      if (r.sentAny) this.finish(r, "error", message(failure));
+      if (r.sentAny) this.finish(r, "error", oneLine(failure));
       else
         r.stream.fail(
-          failure instanceof SpindleError ? failure : new SpindleError(message(failure), "backend_error"),
+          failure instanceof SpindleError ? failure : new SpindleError(oneLine(failure), "backend_error"),
         );
-    } else if (r.done) this.finish(r, r.done.reason, undefined, r.done.eogToken, r.done.stopped, outcome);
-    else this.finish(r, outcome.reason ?? "stop", undefined, outcome.eogToken, false, outcome);
+    } else this.finish(r, r.output.done?.reason ?? outcome.reason ?? "stop", undefined, outcome);
   }
 
   private handle(r: Live): SlotRun {
-    const maxLen = this.info.contextLength;
-    const eog = this.tokenizer.eogTokens;
     return {
       spec: r.spec,
       signal: r.controller.signal,
@@ -205,44 +186,21 @@ export abstract class SlotBackend<Slot> implements Backend {
         return r.sentAny;
       },
       token: (id, sample) => {
-        if (r.done || r.controller.signal.aborted) return false;
-        this.stamp(r, 1);
-        if ((r.spec.stopAtEog ?? true) && eog.has(id)) {
-          r.done = { reason: "stop", eogToken: id, stopped: false };
-          return false;
-        }
-        r.completion++;
-        const ev: EngineEvent = { id: r.spec.id, tokens: [id], text: "" };
-        if (sample && (r.spec.sampling?.logprobs ?? 0) > 0) ev.logprobs = [sample];
-        const t = r.text.push(id);
-        ev.text = t.text;
-        if (t.stopped) r.done = { reason: "stop", stopped: true };
-        else if (r.completion >= r.spec.maxTokens || r.spec.prompt.length + r.completion >= maxLen) {
-          r.done = { reason: "length", stopped: false };
-        }
-        // The last token's event goes out with the finish.
-        if (r.done) r.last = ev;
+        if (r.output.done || r.controller.signal.aborted) return false;
+        const ev: EngineEvent = { id: r.spec.id, tokens: [], text: "" };
+        r.output.accept(id, sample, performance.now(), ev);
+        // The token that ended the request goes out with the finish.
+        if (r.output.done) r.last = ev;
         else this.send(r, ev);
-        return r.done === undefined;
+        return r.output.done === undefined;
       },
       output: (tokens, text, logprobs) => {
         if (r.controller.signal.aborted) return;
-        this.stamp(r, tokens.length);
-        r.completion += tokens.length;
-        r.passthrough = true;
-        const ev: EngineEvent = { id: r.spec.id, tokens, text };
-        if (logprobs && logprobs.length > 0) ev.logprobs = logprobs;
+        const ev: EngineEvent = { id: r.spec.id, tokens: [], text: "" };
+        r.output.passThrough(tokens, text, logprobs, performance.now(), ev);
         this.send(r, ev);
       },
     };
-  }
-
-  /** Token times: `n` tokens arrived now. */
-  private stamp(r: Live, n: number): void {
-    const now = performance.now();
-    r.times.firstToken ??= now;
-    r.times.lastToken = now;
-    for (let i = 0; i < n; i++) r.tokenTimes.push(now);
   }
 
   private send(r: Live, ev: EngineEvent): void {
@@ -251,28 +209,9 @@ export abstract class SlotBackend<Slot> implements Backend {
     r.stream.deliver(ev);
   }
 
-  private finish(
-    r: Live,
-    reason: FinishReason,
-    msg?: string,
-    eogToken?: number,
-    stopped = false,
-    outcome: SlotOutcome = {},
-  ): void {
+  private finish(r: Live, reason: FinishReason, msg?: string, counts: FinishCounts = {}): void {
     const ev: EngineEvent = r.last ?? { id: r.spec.id, tokens: [], text: "" };
-    if (!stopped && reason !== "abort" && reason !== "error" && !r.passthrough) ev.text += r.text.flush();
-    r.times.finished = performance.now();
-    ev.finish = {
-      reason,
-      message: msg,
-      eogToken,
-      promptTokens: outcome.promptTokens ?? r.spec.prompt.length,
-      cachedTokens: outcome.cachedTokens ?? 0,
-      completionTokens: outcome.completionTokens ?? r.completion,
-      preemptions: 0,
-      times: r.times,
-      tokenTimes: r.tokenTimes,
-    } satisfies FinishInfo;
+    r.output.finish(ev, performance.now(), reason, msg, counts);
     this.send(r, ev);
   }
 
@@ -290,15 +229,4 @@ export abstract class SlotBackend<Slot> implements Backend {
     })();
     return this.closing;
   }
-}
-
-function message(err: unknown): string {
-  const m = err instanceof Error ? err.message : String(err);
-  return m.split("\n", 1)[0]!.trim() || "unknown error";
-}
-
-function abortMessage(reason: unknown): string {
-  if (typeof reason === "string" && reason.length > 0) return reason;
-  if (reason instanceof Error && reason.name !== "AbortError") return message(reason);
-  return "aborted";
 }

@@ -1,5 +1,7 @@
 import { Worker, type WorkerOptions } from "node:worker_threads";
-import { SpindleError } from "../errors.js";
+import { oneLine, SpindleError } from "../errors.js";
+import { abortOnSignal, EventStream, type RequestStream, type Settle } from "../protocol/event-stream.js";
+import type { SubmitOptions, SubmitSpec } from "../protocol/request.js";
 import { workerEntry } from "../worker-entry.js";
 import {
   type EngineInfo,
@@ -7,17 +9,9 @@ import {
   type EngineStats,
   type FromWorker,
   fromWireError,
-  oneLine,
   type StepInfo,
   type ToWorker,
 } from "./engine-protocol.js";
-import {
-  EventStream,
-  type RequestStream,
-  type Settle,
-  type SubmitOptions,
-  type SubmitSpec,
-} from "./request-stream.js";
 
 /**
  * The main thread's side of the engine: EngineClient starts the engine worker
@@ -29,7 +23,6 @@ import {
  */
 
 export type { EngineInfo, EngineInit, EngineStats, StepInfo } from "./engine-protocol.js";
-export type { RequestResult, RequestStream, SubmitOptions, SubmitSpec } from "./request-stream.js";
 
 export interface StartOptions {
   /** Extra options for the Worker (resourceLimits, env, stdout…). */
@@ -145,10 +138,9 @@ export class EngineClient {
       return stream;
     }
     this.streams.set(id, stream);
-    const { signal } = opts;
-    const onAbort = () => stream.abort(abortMessage(signal?.reason));
+    let unhook = () => {};
     stream.onEnd = () => {
-      signal?.removeEventListener("abort", onAbort);
+      unhook();
       if (this.streams.get(id) === stream) this.streams.delete(id);
       this.updateRef();
     };
@@ -164,8 +156,7 @@ export class EngineClient {
       );
       return stream;
     }
-    if (signal?.aborted) onAbort();
-    else signal?.addEventListener("abort", onAbort, { once: true });
+    unhook = abortOnSignal(stream, opts.signal);
     return stream;
   }
 
@@ -269,10 +260,4 @@ export class EngineClient {
     if (this.streams.size > 0 || this.pendingStats.size > 0) this.worker.ref();
     else this.worker.unref();
   }
-}
-
-function abortMessage(reason: unknown): string {
-  if (typeof reason === "string" && reason.length > 0) return reason;
-  if (reason instanceof Error && reason.name !== "AbortError") return oneLine(reason);
-  return "aborted";
 }

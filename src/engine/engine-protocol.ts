@@ -1,10 +1,11 @@
-import { SpindleError } from "../errors.js";
+import { oneLine, SpindleError } from "../errors.js";
 import type { ModelConfig } from "../model/config.js";
+import type { EngineEvent } from "../protocol/events.js";
+import type { RequestSpec } from "../protocol/request.js";
 import { SamplingParamError } from "../sampling/params.js";
 import type { PrefixCacheStats } from "./block-manager.js";
-import type { EngineEvent, EngineOptions, StepStats } from "./engine.js";
+import type { EngineOptions, StepStats } from "./engine.js";
 import type { SchedulerOptions } from "./scheduler.js";
-import type { RequestSpec } from "./sequence.js";
 import type { SimRunnerOptions } from "./sim-runner.js";
 
 /**
@@ -23,9 +24,6 @@ import type { SimRunnerOptions } from "./sim-runner.js";
 
 /** Engine options that can cross to the worker (no clock, no tokenizer: the worker supplies those). */
 export type WorkerEngineOptions = Omit<EngineOptions, "clock" | "tokenizer">;
-
-/** The default KV cache budget when neither numBlocks nor kvCacheBytes is given. */
-export const DEFAULT_KV_CACHE_BYTES = 256 * 1024 * 1024;
 
 export interface ModelEngineInit {
   kind: "model";
@@ -143,12 +141,6 @@ export type FromWorker =
   | { type: "rejected"; id: string; error: WireError }
   | { type: "stats"; reqId: number; stats: EngineStats }
   | { type: "closed" };
-
-/** The first line of an error's message. */
-export function oneLine(err: unknown): string {
-  const msg = err instanceof Error ? err.message : String(err);
-  return msg.split("\n", 1)[0]!.trim() || (err instanceof Error ? err.name : "unknown error");
-}
 
 export function toWireError(err: unknown, fallbackCode = "internal_error"): WireError {
   const w: WireError = {

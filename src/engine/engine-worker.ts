@@ -1,32 +1,23 @@
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
-import { SpindleError } from "../errors.js";
-import { describeKernels } from "../kernels/kernels.js";
-import type { ModelConfig } from "../model/config.js";
-import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../model/kv-cache.js";
-import { loadModel, type Model } from "../model/model.js";
-import { readModelCard } from "../model/model-card.js";
-import { tuneSmallSplits } from "../model/tune-splits.js";
-import type { Tokenizer } from "../tokenizer/index.js";
-import { type Clock, EngineCore, type EngineEvent, type EngineOptions, realClock } from "./engine.js";
+import { oneLine, SpindleError } from "../errors.js";
+import type { EngineEvent } from "../protocol/events.js";
+import { RequestOutput } from "../protocol/output.js";
+import type { RequestSpec } from "../protocol/request.js";
+import { EngineCore, type EngineOptions } from "./engine.js";
+import { type Built, build } from "./engine-build.js";
 import {
-  DEFAULT_KV_CACHE_BYTES,
-  type EngineInfo,
   type EngineInit,
   type EngineStats,
   type FromWorker,
-  oneLine,
   type StepInfo,
   type ToWorker,
   toWireError,
 } from "./engine-protocol.js";
-import { ModelRunner, type Runner } from "./runner.js";
-import { DEFAULT_SCHEDULER_OPTIONS } from "./scheduler.js";
-import type { RequestSpec } from "./sequence.js";
-import { SimRunner } from "./sim-runner.js";
 
 /**
  * The engine worker: the entry of the worker thread that owns the model, the KV
- * cache and the EngineCore. It runs the engine loop — step, post that step's
+ * cache and the EngineCore (built from the init message by engine-build.ts, the
+ * pool sized by kv-sizing.ts). Its EngineHost runs the engine loop — step, post that step's
  * events in one message, yield so that add/abort/stats messages are handled,
  * repeat — and sleeps (no spinning) when there is nothing to do. The main thread
  * talks to it through EngineClient (engine-client.ts); the messages are in
@@ -38,162 +29,6 @@ export const ENGINE_WORKER_MARK = "spindleEngineWorker";
 
 /** How long to wait before retrying when a step found nothing to do although requests remain. */
 const IDLE_RETRY_MS = 5;
-
-export interface KVSizing {
-  numBlocks?: number;
-  kvCacheBytes?: number;
-  blockSize?: number;
-}
-
-/**
- * Blocks in the KV pool: `numBlocks` if given, else as many as `kvCacheBytes`
- * (default 256 MiB) holds, but no more than maxNumSeqs full contexts need.
- */
-export function kvCacheBlocks(
-  config: Pick<ModelConfig, "nLayers" | "nKVHeads" | "headDim" | "contextLength">,
-  sizing: KVSizing,
-  maxNumSeqs: number,
-): number {
-  const blockSize = sizing.blockSize ?? DEFAULT_BLOCK_SIZE;
-  if (!(Number.isInteger(blockSize) && blockSize >= 1)) {
-    throw new SpindleError(`the KV block size must be a positive integer, got ${blockSize}`);
-  }
-  if (sizing.numBlocks !== undefined) {
-    if (!(Number.isInteger(sizing.numBlocks) && sizing.numBlocks >= 1)) {
-      throw new SpindleError(`the number of KV blocks must be a positive integer, got ${sizing.numBlocks}`);
-    }
-    return sizing.numBlocks;
-  }
-  const bytes = sizing.kvCacheBytes ?? DEFAULT_KV_CACHE_BYTES;
-  const fit = KVCacheStorage.blocksForBudget(config, bytes, blockSize);
-  if (!(fit >= 1)) {
-    const block = KVCacheStorage.bytesPerToken(config) * blockSize;
-    throw new SpindleError(
-      `a KV cache of ${bytes} bytes holds no block (one block of ${blockSize} tokens takes ${block} bytes); raise --kv-cache-memory`,
-      "kv_cache_too_small",
-    );
-  }
-  const needed = Math.ceil(config.contextLength / blockSize) * maxNumSeqs;
-  return Math.min(fit, needed);
-}
-
-/** A real clock whose advance() sleeps: SimRunner steps then take their simulated time. */
-function pacedClock(): Clock {
-  const cell = new Int32Array(new SharedArrayBuffer(4));
-  return {
-    now: () => performance.now(),
-    advance: (ms) => {
-      if (ms > 0) Atomics.wait(cell, 0, 0, ms);
-    },
-  };
-}
-
-interface Built {
-  runner: Runner;
-  /** Resolves when the compute is ready (kernel threads started). */
-  ready?: () => Promise<void>;
-  tokenizer: Tokenizer | undefined;
-  clock: Clock;
-  info: EngineInfo;
-}
-
-function build(init: EngineInit): Built {
-  const opts = init.options ?? {};
-  const maxNumSeqs = opts.maxNumSeqs ?? DEFAULT_SCHEDULER_OPTIONS.maxNumSeqs;
-  const base = {
-    scheduler: { ...DEFAULT_SCHEDULER_OPTIONS, ...definedOnly(opts) },
-    prefixCaching: opts.prefixCaching ?? true,
-    timeOrigin: performance.timeOrigin,
-  };
-  if (init.kind === "sim") {
-    const card = init.tokenizerPath !== undefined ? readModelCard(init.tokenizerPath) : undefined;
-    const tok = card?.tokenizer;
-    const runner = new SimRunner(
-      card
-        ? {
-            ...init.sim,
-            vocabSize: card.vocabSize,
-            contextLength: card.contextLength,
-            avoid: new Set([...(init.sim.avoid ?? []), ...card.tokenizer.eogTokens]),
-          }
-        : init.sim,
-    );
-    return {
-      runner,
-      tokenizer: tok,
-      clock: init.pace ? pacedClock() : realClock,
-      info: {
-        kind: "sim",
-        modelPath: init.tokenizerPath,
-        numBlocks: runner.numBlocks,
-        blockSize: runner.blockSize,
-        kvCacheBytes: 0,
-        vocabSize: runner.vocabSize,
-        contextLength: runner.contextLength,
-        bos: tok?.bos,
-        eos: tok?.eos,
-        eogTokens: tok ? [...tok.eogTokens].sort((a, b) => a - b) : [],
-        hasChatTemplate: card?.chatTemplate !== undefined,
-        chatTemplate: card?.chatTemplate,
-        ...base,
-      },
-    };
-  }
-  if (init.kind !== "model")
-    throw new SpindleError(`unknown engine kind ${String((init as { kind: unknown }).kind)}`);
-  const model: Model = loadModel(init.modelPath);
-  const c = model.config;
-  const numBlocks = kvCacheBlocks(c, init, maxNumSeqs);
-  const runner = new ModelRunner(model, numBlocks, init.blockSize);
-  const tok = model.tokenizer;
-  const warnings: string[] = [];
-  if (model.transformer.kernels.allocFloat32 && !runner.kv.inKernelMemory) {
-    warnings.push(
-      `the KV cache (${((runner.numBlocks * runner.blockSize * KVCacheStorage.bytesPerToken(c)) / 2 ** 20).toFixed(0)} MiB) does not fit in the ${model.transformer.kernels.name} kernels' memory next to the weights (4 GiB at most): it lives in plain arrays and attention runs in the slower reference kernel; lower --kv-cache-memory`,
-    );
-  }
-  return {
-    runner,
-    // Kernel threads up, and whether decode-sized matmuls are split over them measured.
-    ready: async () => {
-      await tuneSmallSplits(model);
-    },
-    tokenizer: tok,
-    clock: realClock,
-    info: {
-      kind: "model",
-      modelPath: init.modelPath,
-      model: {
-        arch: c.arch,
-        name: c.name,
-        dim: c.dim,
-        nLayers: c.nLayers,
-        nHeads: c.nHeads,
-        nKVHeads: c.nKVHeads,
-        headDim: c.headDim,
-        ffnDim: c.ffnDim,
-        weightBytes: model.weightBytes,
-      },
-      kernels: describeKernels(model.transformer.kernels),
-      numBlocks: runner.numBlocks,
-      blockSize: runner.blockSize,
-      kvCacheBytes: runner.numBlocks * runner.blockSize * KVCacheStorage.bytesPerToken(c),
-      vocabSize: c.vocabSize,
-      contextLength: c.contextLength,
-      bos: tok.bos,
-      eos: tok.eos,
-      eogTokens: [...tok.eogTokens].sort((a, b) => a - b),
-      hasChatTemplate: model.chatTemplate !== undefined,
-      chatTemplate: model.chatTemplate,
-      warnings,
-      ...base,
-    },
-  };
-}
-
-function definedOnly<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
 
 const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -334,8 +169,8 @@ class EngineHost {
     let healthy = true;
     try {
       for (const id of this.inflight) this.engine.abort(id, message, "error");
-      // Nothing is left to schedule: this returns the failed step's events and the aborts' finishes.
-      events = this.engine.step();
+      // The failed step's events so far and the aborts' finishes.
+      events = this.engine.takeEvents();
     } catch {
       healthy = false;
     }
@@ -343,22 +178,15 @@ class EngineHost {
     const now = this.built.clock.now();
     for (const id of this.inflight) {
       if (finished.has(id)) continue;
-      const seq = this.engine.get(id);
-      events.push({
-        id,
-        tokens: [],
-        text: "",
-        finish: {
-          reason: "error",
-          message,
-          promptTokens: seq?.promptLength ?? 0,
-          cachedTokens: seq?.cachedTokens ?? 0,
-          completionTokens: seq?.numOutput ?? 0,
-          preemptions: seq?.preemptions ?? 0,
-          times: { ...(seq?.times ?? { arrival: now }), finished: now },
-          tokenTimes: seq?.tokenTimes ?? [],
-        },
-      });
+      // The engine lost track of it: finished all the same, with what is known.
+      const ev: EngineEvent = { id, tokens: [], text: "" };
+      new RequestOutput({ prompt: [], maxTokens: 0 }, undefined, 0, { arrival: now }).finish(
+        ev,
+        now,
+        "error",
+        message,
+      );
+      events.push(ev);
     }
     if (!healthy || this.engine.numUnfinished > 0 || !this.engine.blocks.allFree()) {
       this.engine = new EngineCore(this.built.runner, this.engineOptions);

@@ -1,16 +1,19 @@
 import { SpindleError } from "../errors.js";
+import type { EngineEvent } from "../protocol/events.js";
+import { RequestOutput } from "../protocol/output.js";
+import { type FinishReason, type RequestSpec, requestProblem } from "../protocol/request.js";
 import { type SampleResult, Sampler } from "../sampling/sampler.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { BlockManager, type PrefixCacheStats } from "./block-manager.js";
 import type { Runner, RunnerItem } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS, Scheduler, type SchedulerOptions } from "./scheduler.js";
-import { type FinishReason, type RequestSpec, requestProblem, type SeqTimes, Sequence } from "./sequence.js";
-import { TextOutput } from "./text-output.js";
+import { Sequence } from "./sequence.js";
 
 /**
  * The engine loop's core: `step()` is one iteration — schedule, run the batch,
- * then turn sampled tokens into output (append, detokenize, stop checks,
- * finish). It is synchronous and owns no thread or timer, so tests drive it
+ * then hand each sampled token to its request's RequestOutput (src/protocol/output.ts: end of
+ * generation, text, stop strings, max tokens), which says whether it joins the sequence and
+ * whether the request is done. It is synchronous and owns no thread or timer, so tests drive it
  * step by step and the worker (engine-worker.ts) drives it in a loop.
  */
 
@@ -39,30 +42,6 @@ export interface EngineOptions extends Partial<SchedulerOptions> {
   tokenizer?: Tokenizer;
 }
 
-export interface FinishInfo {
-  reason: FinishReason;
-  message?: string;
-  /** The end-of-generation token that ended the request (reason "stop" at EOS/EOT), when one did. */
-  eogToken?: number;
-  promptTokens: number;
-  cachedTokens: number;
-  completionTokens: number;
-  preemptions: number;
-  times: SeqTimes;
-  /** Times of each generated token. */
-  tokenTimes: number[];
-}
-
-/** What one step produced for one request. */
-export interface EngineEvent {
-  id: string;
-  tokens: number[];
-  text: string;
-  /** Per new token, when the request asked for logprobs. */
-  logprobs?: SampleResult[];
-  finish?: FinishInfo;
-}
-
 export interface StepStats {
   batchSize: number;
   prefillTokens: number;
@@ -72,8 +51,7 @@ export interface StepStats {
 
 interface SeqOutput {
   sampler: Sampler;
-  text: TextOutput | undefined;
-  wantLogprobs: boolean;
+  output: RequestOutput;
   key: number;
 }
 
@@ -143,11 +121,9 @@ export class EngineCore {
     }
     const sampler = new Sampler(spec.sampling ?? {}, this.runner.vocabSize, this.runner.argmax);
     const seq = new Sequence(spec, this.clock.now());
-    const tok = this.tokenizer;
     this.outputs.set(spec.id, {
       sampler,
-      text: tok ? new TextOutput(tok, spec.stop) : undefined,
-      wantLogprobs: (spec.sampling?.logprobs ?? 0) > 0,
+      output: new RequestOutput(spec, this.tokenizer, this.runner.contextLength, seq.times),
       key: keyOf(spec),
     });
     this.seqs.set(spec.id, seq);
@@ -179,6 +155,13 @@ export class EngineCore {
     return this.scheduler.admissionTime(this.clock.now());
   }
 
+  /** Events of finishes since the last step (aborts), without running one. */
+  takeEvents(): EngineEvent[] {
+    const events = this.pending;
+    this.pending = [];
+    return events;
+  }
+
   /** One engine step. Returns the events it produced (plus those of aborts since the last step). */
   step(): EngineEvent[] {
     let now = this.clock.now();
@@ -203,7 +186,7 @@ export class EngineCore {
           tokens: seq.tokens.slice(seq.numComputed, seq.numComputed + n),
           pos: seq.numComputed,
           blockTable: seq.blockTable,
-          sample: seq.numComputed + n === seq.tokens.length,
+          logits: seq.numComputed + n === seq.tokens.length ? "last" : "none",
           sampler: out.sampler,
           history: seq.tokens,
           seqKey: out.key,
@@ -221,9 +204,7 @@ export class EngineCore {
         else if (sample) this.accept(seq, sample, now);
       });
     }
-    const events = this.pending;
-    this.pending = [];
-    return events;
+    return this.takeEvents();
   }
 
   private event(seq: Sequence): EngineEvent {
@@ -234,66 +215,25 @@ export class EngineCore {
     return e;
   }
 
-  /** A sampled token: append it, turn it into text, and finish the sequence if it is done. */
+  /** A sampled token: its output decides whether it joins the sequence and whether the sequence is done. */
   private accept(seq: Sequence, sample: SampleResult, now: number): void {
-    const out = this.outputs.get(seq.id)!;
-    const tok = this.tokenizer;
-    seq.times.firstToken ??= now;
-    seq.times.lastToken = now;
-    const ev = this.event(seq);
-    if ((seq.spec.stopAtEog ?? true) && tok?.eogTokens.has(sample.token)) {
-      seq.tokenTimes.push(now);
-      this.finish(seq, "stop", undefined, now, false, sample.token);
-      return;
-    }
-    seq.tokens.push(sample.token);
-    seq.tokenTimes.push(now);
-    ev.tokens.push(sample.token);
-    if (out.wantLogprobs) (ev.logprobs ??= []).push(sample);
-    if (out.text) {
-      const r = out.text.push(sample.token);
-      ev.text += r.text;
-      if (r.stopped) {
-        this.finish(seq, "stop", undefined, now, true);
-        return;
-      }
-    }
-    if (seq.numOutput >= seq.spec.maxTokens || seq.tokens.length >= this.runner.contextLength) {
-      this.finish(seq, "length", undefined, now);
-    }
+    const { output } = this.outputs.get(seq.id)!;
+    if (output.accept(sample.token, sample, now, this.event(seq))) seq.tokens.push(sample.token);
+    if (output.done) this.finish(seq, output.done.reason, undefined, now);
   }
 
-  private finish(
-    seq: Sequence,
-    reason: FinishReason,
-    message: string | undefined,
-    now: number,
-    stopped = false,
-    eogToken?: number,
-  ): void {
+  private finish(seq: Sequence, reason: FinishReason, message: string | undefined, now: number): void {
     if (seq.isFinished) return;
-    const out = this.outputs.get(seq.id)!;
-    const ev = this.event(seq);
-    // Release text held back (a partial character, a possible stop-string prefix) unless a stop string matched.
-    if (!stopped && reason !== "abort" && out.text) ev.text += out.text.flush();
+    const { output } = this.outputs.get(seq.id)!;
     seq.state = "finished";
-    seq.finishReason = reason;
-    seq.errorMessage = message;
-    seq.times.finished = now;
     this.scheduler.remove(seq);
     this.seqs.delete(seq.id);
     this.outputs.delete(seq.id);
-    ev.finish = {
-      reason,
-      message,
-      eogToken,
-      promptTokens: seq.promptLength,
+    output.finish(this.event(seq), now, reason, message, {
       cachedTokens: seq.cachedTokens,
       completionTokens: seq.numOutput,
       preemptions: seq.preemptions,
-      times: seq.times,
-      tokenTimes: seq.tokenTimes,
-    };
+    });
   }
 
   private expireDeadlines(now: number): void {

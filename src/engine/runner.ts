@@ -12,14 +12,13 @@ import type { SampleResult, Sampler } from "../sampling/sampler.js";
  * scheduler experiments at scale).
  */
 
-export interface RunnerItem {
-  /** Tokens whose K/V this step computes. */
+/** A scheduled sequence as the forward pass takes it (BatchSeq), with what sampling it needs. */
+export interface RunnerItem extends BatchSeq {
+  /** Tokens whose K/V this step computes; tokens[0] is at position `pos`. */
   tokens: number[];
-  /** Position of tokens[0]. */
-  pos: number;
   blockTable: number[];
-  /** Whether to sample the next token after this step (this step ends the sequence's pending tokens). */
-  sample: boolean;
+  /** "last": sample the next token after this step (it ends the sequence's pending tokens); "none": a prefill chunk. */
+  logits: "last" | "none";
   sampler: Sampler;
   /** Every token of the sequence so far (for penalties). */
   history: number[];
@@ -74,17 +73,11 @@ export class ModelRunner implements Runner {
   }
 
   execute(items: readonly RunnerItem[]): RunnerResult {
-    const batch: BatchSeq[] = items.map((it) => ({
-      tokens: it.tokens,
-      pos: it.pos,
-      blockTable: it.blockTable,
-      logits: it.sample ? "last" : "none",
-    }));
     // Sampled before the next step: the logits may stay in the kernels' memory (no copy per step).
-    const logits = this.transformer.forward(this.kv, batch, { transientLogits: true });
+    const logits = this.transformer.forward(this.kv, items, { transientLogits: true });
     return {
       samples: items.map((it, i) => {
-        if (!it.sample) return undefined;
+        if (it.logits === "none") return undefined;
         try {
           return it.sampler.sample(logits[i]!, it.history);
         } catch (e) {

@@ -75,7 +75,7 @@ export class SimRunner implements Runner {
 
   execute(items: readonly RunnerItem[]): RunnerResult {
     const samples = items.map((it): SampleResult | undefined => {
-      if (!it.sample) return undefined;
+      if (it.logits === "none") return undefined;
       const position = it.pos + it.tokens.length;
       let token = this.tokenAt(it.seqKey, position);
       while (this.avoid.has(token)) token = (token + 1) % this.vocabSize;

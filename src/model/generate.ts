@@ -1,8 +1,8 @@
 import { SpindleError } from "../errors.js";
+import type { EngineEvent } from "../protocol/events.js";
+import { RequestOutput } from "../protocol/output.js";
 import { type SamplingParams, validateSamplingParams } from "../sampling/params.js";
 import { Sampler } from "../sampling/sampler.js";
-import { StopMatcher } from "../sampling/stop.js";
-import { IncrementalDecoder } from "../tokenizer/index.js";
 import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "./kv-cache.js";
 import type { Model } from "./model.js";
 
@@ -51,17 +51,19 @@ export function generate(model: Model, prompt: string | number[], opts: Generate
     model.config.vocabSize,
     k.argmax?.bind(k),
   );
-  const decoder = new IncrementalDecoder(tok, { continuation: true });
-  const stop = new StopMatcher(opts.stop ?? []);
+  const output = new RequestOutput(
+    { prompt: promptTokens, maxTokens: opts.maxTokens, stop: opts.stop, stopAtEog: opts.stopAtEog },
+    tok,
+    model.config.contextLength,
+    { arrival: performance.now() },
+  );
   const history = [...promptTokens];
   const tokens: number[] = [];
   let text = "";
-  let finishReason: "stop" | "length" = "length";
-  let stoppedByString = false;
-  const emit = (s: string) => {
-    if (s.length === 0) return;
-    text += s;
-    opts.onText?.(s);
+  const emit = (ev: EngineEvent) => {
+    if (ev.text.length === 0) return;
+    text += ev.text;
+    opts.onText?.(ev.text);
   };
 
   try {
@@ -78,37 +80,26 @@ export function generate(model: Model, prompt: string | number[], opts: Generate
       transientLogits: true,
     })[0]!;
     const t1 = performance.now();
-    while (tokens.length < opts.maxTokens) {
+    for (;;) {
       const { token } = sampler.sample(logits, history);
-      if ((opts.stopAtEog ?? true) && tok.eogTokens.has(token)) {
-        finishReason = "stop";
+      const ev: EngineEvent = { id: "generate", tokens, text: "" };
+      if (output.accept(token, undefined, performance.now(), ev)) history.push(token);
+      if (output.done) {
+        // Text held back (half a character, a possible stop-string prefix) is released at the end.
+        output.finish(ev, performance.now());
+        emit(ev);
         break;
       }
-      tokens.push(token);
-      history.push(token);
-      const r = stop.push(decoder.push(token));
-      emit(r.emit);
-      if (r.stopped) {
-        finishReason = "stop";
-        stoppedByString = true;
-        break;
-      }
-      if (tokens.length >= opts.maxTokens) break;
+      emit(ev);
       logits = model.transformer.forward(kv, [{ tokens: [token], pos: history.length - 1, blockTable }], {
         transientLogits: true,
       })[0]!;
-    }
-    // Text held back (an incomplete UTF-8 character, a possible stop-string prefix) is released at the end,
-    // unless a stop string matched: then everything from the stop string on is dropped.
-    if (!stoppedByString) {
-      const r = stop.push(decoder.flush());
-      emit(r.emit + (r.stopped ? "" : stop.flush()));
     }
     return {
       promptTokens,
       tokens,
       text,
-      finishReason,
+      finishReason: output.done!.reason,
       promptMs: t1 - t0,
       generateMs: performance.now() - t1,
     };

@@ -7,6 +7,7 @@ import { ApiError, errorBody, toApiError } from "./errors.js";
 import { registerOpenAIRoutes } from "./routes/openai.js";
 import { registerOpsRoutes } from "./routes/ops.js";
 import { registerTgiRoutes } from "./routes/tgi.js";
+import { registerTokenizeRoutes } from "./routes/tokenize.js";
 
 /**
  * The HTTP application: Fastify with OpenAI-shaped errors everywhere, the
@@ -67,6 +68,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   registerAdmission(app, ctx);
   registerOpenAIRoutes(app, ctx);
   registerTgiRoutes(app, ctx);
+  registerTokenizeRoutes(app, ctx);
   registerOpsRoutes(app, ctx);
   return app;
 }

@@ -1,6 +1,6 @@
 import { UpstreamError } from "../backends/upstream-error.js";
-import type { FinishInfo } from "../engine/engine.js";
 import { SpindleError } from "../errors.js";
+import type { FinishInfo } from "../protocol/events.js";
 
 /**
  * Every error the API returns has OpenAI's shape:

@@ -1,5 +1,5 @@
-import type { EngineEvent, FinishInfo } from "../engine/engine.js";
-import type { RequestStream } from "../engine/request-stream.js";
+import { gather, type RequestStream } from "../protocol/event-stream.js";
+import type { EngineEvent, FinishInfo } from "../protocol/events.js";
 import type { SamplingParams } from "../sampling/params.js";
 import type { LoadedModel, ServeOptions } from "./context.js";
 import { ApiError } from "./errors.js";
@@ -26,6 +26,16 @@ export interface GenerationParams {
   endpoint: string;
   /** Prompt text, logged only with --log-prompts. */
   promptText?: string;
+  /** The protocol's names of the prompt and max-tokens fields, for errors (default "prompt", "max_tokens"). */
+  fields?: { prompt: string; maxTokens: string };
+}
+
+/**
+ * max_tokens when a request gives none: the room the context leaves after the prompt (at least 1),
+ * capped by the protocol's own default where it has one (TGI's 100; OpenAI chat has none).
+ */
+export function defaultMaxTokens(promptLength: number, contextLength: number, cap = Infinity): number {
+  return Math.min(cap, Math.max(1, contextLength - promptLength));
 }
 
 /** Everything known about a request once it ended: what metrics and the request log are made of. */
@@ -80,27 +90,27 @@ export class GenerationService {
     return m;
   }
 
-  /** Checks that a prompt fits the context with room for at least one token. */
-  checkContext(prompt: number[], maxTokens: number, param = "prompt"): void {
-    const m = this.getModel();
-    if (!m) return;
+  /** The one context check: a prompt must fit the context with room for its max tokens. 400 naming the field. */
+  private checkContext(m: LoadedModel, p: GenerationParams): void {
     const ctx = m.info.contextLength;
-    if (prompt.length >= ctx) {
+    const n = p.prompt.length;
+    const fields = p.fields ?? { prompt: "prompt", maxTokens: "max_tokens" };
+    if (n >= ctx) {
       throw new ApiError(
         400,
-        `this model's maximum context length is ${ctx} tokens, but the prompt has ${prompt.length} tokens`,
+        `this model's maximum context length is ${ctx} tokens, but the prompt has ${n} tokens`,
         "invalid_request_error",
-        param,
+        fields.prompt,
         "context_length_exceeded",
       );
     }
-    if (prompt.length + maxTokens > ctx) {
+    if (n + p.maxTokens > ctx) {
       // Refused like vLLM and OpenAI do, naming both numbers, rather than silently cut short.
       throw new ApiError(
         400,
-        `this model's maximum context length is ${ctx} tokens; the prompt has ${prompt.length} tokens and max_tokens is ${maxTokens} (${prompt.length + maxTokens} in all)`,
+        `this model's maximum context length is ${ctx} tokens; the prompt has ${n} tokens and ${fields.maxTokens} is ${p.maxTokens} (${n + p.maxTokens} in all)`,
         "invalid_request_error",
-        "max_tokens",
+        fields.maxTokens,
         "context_length_exceeded",
       );
     }
@@ -117,7 +127,7 @@ export class GenerationService {
       throw new ApiError(503, "the server is shutting down", "server_overloaded", null, "shutting_down", 5);
     }
     // A request that can never run is a 400 whatever the load.
-    this.checkContext(p.prompt, p.maxTokens);
+    this.checkContext(m, p);
     if (this.waiting >= this.opts.maxQueue) {
       this.hooks.onReject("queue_full", p.endpoint);
       throw new ApiError(
@@ -196,39 +206,18 @@ export class GenerationService {
       }
     }
     let iterated = false;
-    return {
+    const wrapper: RequestStream = {
       id: inner.id,
       abort: (message?: string) => inner.abort(message),
-      async result() {
-        if (iterated) {
-          try {
-            const r = await inner.result();
-            end(r.finish);
-            return r;
-          } catch (e) {
-            end(undefined);
-            throw e;
-          }
-        }
-        // Gathered through the events, so that the first one still marks the request started (queue
-        // count, queue timeout) and a client gone is still counted, as for a streamed request.
-        iterated = true;
-        const tokens: number[] = [];
-        let text = "";
-        let finish: FinishInfo | undefined;
-        for await (const e of events()) {
-          for (const t of e.tokens) tokens.push(t);
-          text += e.text;
-          if (e.finish) finish = e.finish;
-        }
-        if (!finish) return inner.result();
-        return { tokens, text, finish };
-      },
+      // Gathered through the events, so that the first one still marks the request started (queue
+      // count, queue timeout) and a client gone is still counted, as for a streamed request.
+      result: () => gather(wrapper, inner.id),
       [Symbol.asyncIterator](): AsyncIterator<EngineEvent> {
         if (iterated) throw new Error(`request ${inner.id}: a RequestStream can be iterated only once`);
         iterated = true;
         return events();
       },
     };
+    return wrapper;
   }
 }

@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
+import { badRequest } from "./errors.js";
 
 /** Helpers every generation route shares. */
 
@@ -16,4 +17,22 @@ export function clientSignal(req: FastifyRequest, reply: FastifyReply): AbortSig
 /** The request's client label (set by admission.ts), or its address. Never an API key. */
 export function clientOf(req: FastifyRequest): string {
   return req.spindleClient || req.ip || "unknown";
+}
+
+export type Json = Record<string, unknown>;
+
+export const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** A field that is present and not null. */
+export const given = (v: unknown) => v !== undefined && v !== null;
+
+/** The text a request names as its prompt: the first of `names` present; one must be. 400 otherwise. */
+export function textField(body: Json, names: string[]): { name: string; text: string } {
+  for (const name of names) {
+    const v = body[name];
+    if (!given(v)) continue;
+    if (typeof v !== "string") throw badRequest(`${name} must be a string`, name);
+    return { name, text: v };
+  }
+  throw badRequest(`the request needs "${names[0]}": the text`, names[0]!);
 }

@@ -3,8 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Backend } from "../../src/backends/backend.js";
 import { startEngineBackend } from "../../src/backends/engine-backend.js";
 import { startLlamaCppBackend } from "../../src/backends/llamacpp-backend.js";
-import type { EngineEvent } from "../../src/engine/engine.js";
-import type { SubmitSpec } from "../../src/engine/request-stream.js";
+import type { EngineEvent } from "../../src/protocol/events.js";
+import type { SubmitSpec } from "../../src/protocol/request.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 

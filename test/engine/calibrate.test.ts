@@ -232,8 +232,16 @@ describe("spindle calibrate", () => {
     expect(sim.cost).toEqual(cost);
     const sampler = new Sampler({ temperature: 0 }, sim.vocabSize);
     const items = [
-      { tokens: [1, 2, 3], pos: 0, blockTable: [0], sample: true, sampler, history: [], seqKey: 1 },
-      { tokens: [4], pos: 20, blockTable: [1, 2], sample: true, sampler, history: [], seqKey: 2 },
+      {
+        tokens: [1, 2, 3],
+        pos: 0,
+        blockTable: [0],
+        logits: "last" as const,
+        sampler,
+        history: [],
+        seqKey: 1,
+      },
+      { tokens: [4], pos: 20, blockTable: [1, 2], logits: "last" as const, sampler, history: [], seqKey: 2 },
     ];
     const step = sim.execute(items);
     expect(step.simulatedMs).toBeCloseTo(simStepMs(cost, items), 12);

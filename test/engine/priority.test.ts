@@ -1,7 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { EngineCore, type EngineEvent, VirtualClock } from "../../src/engine/engine.js";
-import type { RequestSpec } from "../../src/engine/sequence.js";
+import { EngineCore, VirtualClock } from "../../src/engine/engine.js";
 import { SimRunner } from "../../src/engine/sim-runner.js";
+import type { EngineEvent } from "../../src/protocol/events.js";
+import type { RequestSpec } from "../../src/protocol/request.js";
 import { Rng } from "../../src/sampling/rng.js";
 import { expectNoLeaks } from "../helpers/engine.js";
 

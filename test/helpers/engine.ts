@@ -1,6 +1,7 @@
 import { expect } from "vitest";
-import type { EngineCore, EngineEvent } from "../../src/engine/engine.js";
-import type { RequestSpec } from "../../src/engine/sequence.js";
+import type { EngineCore } from "../../src/engine/engine.js";
+import type { EngineEvent } from "../../src/protocol/events.js";
+import type { RequestSpec } from "../../src/protocol/request.js";
 
 export interface Arrival {
   /** Engine step at which the request arrives. */

@@ -1,8 +1,8 @@
 import { Writable } from "node:stream";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { FinishInfo } from "../../src/engine/engine.js";
 import type { StepInfo } from "../../src/engine/engine-protocol.js";
+import type { FinishInfo } from "../../src/protocol/events.js";
 import type { RequestRecord } from "../../src/server/generation.js";
 import { Metrics } from "../../src/server/metrics.js";
 import { logRequest, startEngineLog } from "../../src/server/request-log.js";

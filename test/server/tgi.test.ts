@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { FinishInfo } from "../../src/engine/engine.js";
 import { generate } from "../../src/model/generate.js";
 import { loadModel } from "../../src/model/model.js";
+import type { FinishInfo } from "../../src/protocol/events.js";
 import { tgiFinishReason } from "../../src/server/routes/tgi.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";

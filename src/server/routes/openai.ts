@@ -1,13 +1,14 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { renderChat } from "../../chat/template.js";
-import type { EngineEvent, FinishInfo } from "../../engine/engine.js";
-import type { RequestStream } from "../../engine/engine-client.js";
+import type { RequestStream } from "../../protocol/event-stream.js";
+import type { FinishInfo } from "../../protocol/events.js";
 import type { SampleResult } from "../../sampling/sampler.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
+import { type Choice, readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
-import { ApiError, badRequest, errorBody, finishError, toApiError } from "../errors.js";
-import type { GenerationParams } from "../generation.js";
+import { ApiError, badRequest, errorBody } from "../errors.js";
+import { defaultMaxTokens } from "../generation.js";
 import {
   type ChatRequest,
   type CommonRequest,
@@ -17,7 +18,7 @@ import {
   parseCompletionRequest,
 } from "../openai-schema.js";
 import { clientOf, clientSignal } from "../route-helpers.js";
-import { endSSE, sendSSE, startSSE } from "../sse.js";
+import { sendSSE } from "../sse.js";
 
 /**
  * The OpenAI-compatible API: /v1/models, /v1/completions, /v1/chat/completions, so that the
@@ -77,77 +78,17 @@ export function registerOpenAIRoutes(app: FastifyInstance, ctx: ServerContext): 
   app.post("/v1/chat/completions", (req, reply) => chatCompletions(ctx, req, reply));
 }
 
-// ---------------------------------------------------------------------------------------------
-// Shared machinery: one engine request per choice, started together, read as one stream.
-
-interface Choice {
-  /** Index in the response's choices. */
-  index: number;
-  /** Which prompt it answers (usage counts each prompt once). */
-  prompt: number;
-  params: GenerationParams;
-}
-
-/**
- * Starts every choice's engine request. If one cannot start (queue full, context too long…) the ones
- * already started are aborted and drained, and the error is thrown.
- */
-async function startAll(
-  ctx: ServerContext,
-  choices: Choice[],
-  signal: AbortSignal,
-): Promise<RequestStream[]> {
-  const settled = await Promise.allSettled(choices.map((c) => ctx.service.start(c.params, signal)));
-  const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
-  if (!failed) return settled.map((s) => (s as PromiseFulfilledResult<RequestStream>).value);
-  for (const s of settled) {
-    if (s.status === "fulfilled") {
-      s.value.abort("another choice of the same request could not start");
-      // Reading it to the end releases its place in the service's counters.
-      s.value.result().catch(() => {});
-    }
-  }
-  throw failed.reason;
-}
-
-/**
- * The events of all streams as they come, tagged with the stream's position. Leaving early (break,
- * an error) aborts every stream that has not finished.
- */
-async function* merge(streams: RequestStream[]): AsyncGenerator<[number, EngineEvent]> {
-  const its = streams.map((s) => s[Symbol.asyncIterator]());
-  const pending = new Map<number, Promise<[number, IteratorResult<EngineEvent>]>>();
-  const pull = (i: number) =>
-    pending.set(
-      i,
-      its[i]!.next().then((r) => [i, r]),
-    );
-  for (let i = 0; i < its.length; i++) pull(i);
-  try {
-    while (pending.size > 0) {
-      const [i, r] = await Promise.race(pending.values());
-      if (r.done) {
-        pending.delete(i);
-        continue;
-      }
-      // Pulled again even after its finish, so the stream's own bookkeeping runs to its end.
-      pull(i);
-      yield [i, r.value];
-    }
-  } finally {
-    for (const [i, p] of pending) {
-      p.catch(() => {});
-      streams[i]!.abort("the request ended early");
-      its[i]!.return?.()?.catch(() => {});
-    }
-  }
-}
-
-const failed = (f: FinishInfo | undefined) =>
-  f !== undefined && (f.reason === "abort" || f.reason === "error");
-
-function clientGone(): ApiError {
-  return new ApiError(499, "the client closed the request", "invalid_request_error", null, "client_closed");
+/** Each choice's text, tokens and logprobs, gathered for a whole (not streamed) response. */
+async function collect(streams: RequestStream[], signal: AbortSignal) {
+  const text = streams.map(() => "");
+  const tokens: number[][] = streams.map(() => []);
+  const logprobs: SampleResult[][] = streams.map(() => []);
+  const finish = await readChoices(streams, signal, (i, e) => {
+    text[i] += e.text;
+    for (const t of e.tokens) tokens[i]!.push(t);
+    if (e.logprobs) logprobs[i]!.push(...e.logprobs);
+  });
+  return { text, tokens, logprobs, finish };
 }
 
 function samplingFor(req: CommonRequest, sampleIndex: number, engineLogprobs: number) {
@@ -203,96 +144,6 @@ const tokenDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
 /** A token as text (control tokens shown, as in the output text; partial UTF-8 as U+FFFD). */
 function tokenString(tok: Tokenizer, id: number): string {
   return tokenDecoder.decode(tok.tokenBytes(id, true));
-}
-
-/**
- * Runs a whole stream-less request: every choice to its end. Returns each choice's text, tokens,
- * logprobs and finish; throws the error of a choice that was aborted or failed.
- */
-async function collect(
-  streams: RequestStream[],
-  signal: AbortSignal,
-): Promise<{ text: string[]; tokens: number[][]; logprobs: SampleResult[][]; finish: FinishInfo[] }> {
-  const text = streams.map(() => "");
-  const tokens: number[][] = streams.map(() => []);
-  const logprobs: SampleResult[][] = streams.map(() => []);
-  const finish: (FinishInfo | undefined)[] = streams.map(() => undefined);
-  for await (const [i, e] of merge(streams)) {
-    text[i] += e.text;
-    for (const t of e.tokens) tokens[i]!.push(t);
-    if (e.logprobs) logprobs[i]!.push(...e.logprobs);
-    if (e.finish) {
-      finish[i] = e.finish;
-      if (failed(e.finish)) break;
-    }
-  }
-  if (signal.aborted) throw clientGone();
-  const bad = finish.find(failed);
-  if (bad) throw finishError(bad);
-  if (finish.some((f) => f === undefined)) throw new ApiError(500, "a generation ended without finishing");
-  return { text, tokens, logprobs, finish: finish as FinishInfo[] };
-}
-
-/**
- * Streams a request: waits for the first event (so that an early timeout or failure is still a plain
- * HTTP error), then opens the event stream and hands every event to `onEvent`. A choice aborted or
- * failed midway ends the stream with an error event. `open` runs once, right after the stream opens;
- * `close` once all choices finished normally (before [DONE]).
- */
-async function streamEvents(
-  ctx: ServerContext,
-  reply: FastifyReply,
-  streams: RequestStream[],
-  signal: AbortSignal,
-  hooks: {
-    open(): void;
-    onEvent(i: number, e: EngineEvent): void;
-    close(finishes: FinishInfo[]): void;
-  },
-): Promise<FastifyReply> {
-  const it = merge(streams);
-  const finishes: (FinishInfo | undefined)[] = streams.map(() => undefined);
-  let first: IteratorResult<[number, EngineEvent]>;
-  try {
-    first = await it.next();
-  } catch (err) {
-    await it.return(undefined);
-    throw err;
-  }
-  if (signal.aborted) {
-    await it.return(undefined);
-    throw clientGone();
-  }
-  if (!first.done && failed(first.value[1].finish)) {
-    await it.return(undefined);
-    throw finishError(first.value[1].finish!);
-  }
-  startSSE(reply);
-  try {
-    hooks.open();
-    let next = first;
-    while (!next.done) {
-      const [i, e] = next.value;
-      if (e.finish) finishes[i] = e.finish;
-      if (failed(e.finish)) {
-        if (!signal.aborted) sendSSE(reply, errorBody(finishError(e.finish!)));
-        break;
-      }
-      hooks.onEvent(i, e);
-      next = await it.next();
-    }
-    if (finishes.every((f) => f !== undefined && !failed(f))) hooks.close(finishes as FinishInfo[]);
-  } catch (err) {
-    const e = toApiError(err);
-    if (e.status >= 500 && !(err instanceof ApiError)) {
-      ctx.log.error({ err }, "error while streaming a response");
-    }
-    sendSSE(reply, errorBody(e));
-  } finally {
-    await it.return(undefined);
-    endSSE(reply);
-  }
-  return reply;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,7 +233,7 @@ async function completions(ctx: ServerContext, req: FastifyRequest, reply: Fasti
   };
 
   const signal = clientSignal(req, reply);
-  const streams = await startAll(ctx, choices, signal);
+  const streams = await startChoices(ctx, choices, signal);
   const id = `cmpl-${randomUUID().replaceAll("-", "")}`;
   const created = Math.floor(Date.now() / 1000);
   const head = { id, object: "text_completion" as const, created, model: r.model };
@@ -437,7 +288,8 @@ async function completions(ctx: ServerContext, req: FastifyRequest, reply: Fasti
       ...usageNull,
     };
   };
-  return streamEvents(ctx, reply, streams, signal, {
+  return streamChoices(ctx, reply, streams, signal, {
+    errorEvent: errorBody,
     open() {
       if (!r.echo) return;
       for (const [i, c] of choices.entries()) sendSSE(reply, chunk(i, echoText(c), [], undefined));
@@ -510,8 +362,7 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
   checkChoiceCount(ctx, r.n);
   const prompt = chatPrompt(model, r);
   if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "messages");
-  const room = model.info.contextLength - prompt.ids.length;
-  const maxTokens = r.maxTokens ?? Math.max(1, room);
+  const maxTokens = r.maxTokens ?? defaultMaxTokens(prompt.ids.length, model.info.contextLength);
   const engineLogprobs = r.logprobs ? Math.max(1, r.topLogprobs) : 0;
   const choices: Choice[] = [];
   for (let s = 0; s < r.n; s++) {
@@ -528,13 +379,13 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
         client: clientOf(req),
         endpoint,
         promptText: prompt.text,
+        fields: { prompt: "messages", maxTokens: "max_tokens" },
       },
     });
   }
-  ctx.service.checkContext(prompt.ids, maxTokens, "messages");
 
   const signal = clientSignal(req, reply);
-  const streams = await startAll(ctx, choices, signal);
+  const streams = await startChoices(ctx, choices, signal);
   const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
   const created = Math.floor(Date.now() / 1000);
   const head = { id, created, model: r.model, system_fingerprint: null };
@@ -573,7 +424,8 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
     ],
     ...usageNull,
   });
-  return streamEvents(ctx, reply, streams, signal, {
+  return streamChoices(ctx, reply, streams, signal, {
+    errorEvent: errorBody,
     open() {
       for (let i = 0; i < choices.length; i++)
         sendSSE(reply, chunk(i, { role: "assistant", content: "" }, undefined));

@@ -1,14 +1,14 @@
 import { randomInt } from "node:crypto";
 import type { FastifyInstance, FastifyRequest } from "fastify";
-import type { EngineEvent, FinishInfo } from "../../engine/engine.js";
-import type { RequestStream } from "../../engine/request-stream.js";
+import type { EngineEvent, FinishInfo } from "../../protocol/events.js";
 import { SamplingParamError, type SamplingParams, validateSamplingParams } from "../../sampling/params.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
+import { readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
-import { ApiError, badRequest, finishError } from "../errors.js";
-import type { GenerationParams } from "../generation.js";
-import { clientOf, clientSignal } from "../route-helpers.js";
-import { endSSE, isSSEOpen, sendSSE, startSSE } from "../sse.js";
+import { badRequest } from "../errors.js";
+import { defaultMaxTokens, type GenerationParams } from "../generation.js";
+import { clientOf, clientSignal, given, isObject, type Json, textField } from "../route-helpers.js";
+import { sendSSE } from "../sse.js";
 
 /**
  * Hugging Face Text Generation Inference's native API, and vLLM's tokenizer endpoints:
@@ -41,6 +41,8 @@ export interface TgiToken {
 
 export interface TgiRequest {
   inputs: string;
+  /** The field the text came in ("inputs", or "prompt"). */
+  inputsField: string;
   prompt: number[];
   maxNewTokens: number;
   sampling: Partial<SamplingParams>;
@@ -54,11 +56,6 @@ export interface TgiRequest {
   stopAtEog: boolean;
   priority: number;
 }
-
-type Json = Record<string, unknown>;
-
-const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
-const given = (v: unknown) => v !== undefined && v !== null;
 
 function numberField(p: Json, name: string): number | undefined {
   const v = p[name];
@@ -83,17 +80,6 @@ function boolField(p: Json, name: string): boolean | undefined {
   if (!given(v)) return undefined;
   if (typeof v !== "boolean") throw badRequest(`${name} must be true or false`, `parameters.${name}`);
   return v;
-}
-
-/** The text a request names as its prompt: the first of `names` present; one must be. */
-function textField(body: Json, names: string[]): { name: string; text: string } {
-  for (const name of names) {
-    const v = body[name];
-    if (!given(v)) continue;
-    if (typeof v !== "string") throw badRequest(`${name} must be a string`, name);
-    return { name, text: v };
-  }
-  throw badRequest(`the request needs "${names[0]}": the text`, names[0]!);
 }
 
 /** Validates a /generate body and turns it into engine terms. Throws 400s naming the field. */
@@ -160,30 +146,13 @@ export function parseTgiRequest(body: unknown, tok: Tokenizer, contextLength: nu
 
   let prompt = tok.encode(inputs, { addSpecial: true });
   if (truncate !== undefined && prompt.length > truncate) prompt = prompt.slice(prompt.length - truncate);
-  if (prompt.length >= contextLength) {
-    throw new ApiError(
-      400,
-      `this model's maximum context length is ${contextLength} tokens, but the input has ${prompt.length} tokens`,
-      "invalid_request_error",
-      name,
-      "context_length_exceeded",
-    );
-  }
-  const maxIn = intField(p, "max_new_tokens", 1);
-  const room = contextLength - prompt.length;
-  if (maxIn !== undefined && maxIn > room) {
-    throw new ApiError(
-      400,
-      `this model's maximum context length is ${contextLength} tokens; the input has ${prompt.length} tokens and max_new_tokens is ${maxIn} (${prompt.length + maxIn} in all)`,
-      "invalid_request_error",
-      "parameters.max_new_tokens",
-      "context_length_exceeded",
-    );
-  }
-  const maxNewTokens = maxIn ?? Math.min(TGI_DEFAULT_MAX_NEW_TOKENS, room);
+  const maxNewTokens =
+    intField(p, "max_new_tokens", 1) ??
+    defaultMaxTokens(prompt.length, contextLength, TGI_DEFAULT_MAX_NEW_TOKENS);
   // Token logprobs are reported in details and in every streamed token.
   return {
     inputs,
+    inputsField: name,
     prompt,
     maxNewTokens,
     sampling: s,
@@ -242,6 +211,7 @@ function generationParams(r: TgiRequest, req: FastifyRequest, endpoint: string):
     client: clientOf(req),
     endpoint,
     promptText: r.inputs,
+    fields: { prompt: r.inputsField, maxTokens: "parameters.max_new_tokens" },
   };
 }
 
@@ -250,39 +220,30 @@ function prefillDetails(r: TgiRequest, tok: Tokenizer) {
   return r.prompt.map((id) => ({ id, text: tok.decode([id]), logprob: null }));
 }
 
+type TokenWithTop = { token: TgiToken; top?: TgiToken[] };
+
 export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/generate", async (req, reply) => {
     const endpoint = "/generate";
     const m = ctx.service.model(endpoint);
     const r = parseTgiRequest(req.body, m.tokenizer, m.info.contextLength);
     const signal = clientSignal(req, reply);
-    const stream = await ctx.service.start(generationParams(r, req, endpoint), signal);
-    const tokens: { token: TgiToken; top?: TgiToken[] }[] = [];
+    const streams = await startChoices(
+      ctx,
+      [{ index: 0, prompt: 0, params: generationParams(r, req, endpoint) }],
+      signal,
+    );
+    const tokens: TokenWithTop[] = [];
     let text = "";
-    let finish: FinishInfo | undefined;
-    for await (const e of stream) {
+    const [finish] = await readChoices(streams, signal, (_i, e) => {
       text += e.text;
       if (r.details) tokens.push(...eventTokens(e, m.tokenizer, r.topNTokens));
-      if (e.finish) finish = e.finish;
-    }
-    if (!finish) throw new ApiError(500, "the generation ended without a result", "server_error");
-    if (finish.reason === "abort" || finish.reason === "error") {
-      if (signal.aborted) {
-        throw new ApiError(
-          499,
-          "the client closed the request",
-          "invalid_request_error",
-          null,
-          "client_closed",
-        );
-      }
-      throw finishError(finish);
-    }
-    const reason = tgiFinishReason(finish);
+    });
+    const reason = tgiFinishReason(finish!);
     const out: Json = { generated_text: r.returnFullText ? r.inputs + text : text };
     if (r.details) {
       if (reason === "eos_token") {
-        tokens.push({ token: { id: finish.eogToken ?? eosId(m), text: "", logprob: null, special: true } });
+        tokens.push({ token: { id: finish!.eogToken ?? eosId(m), text: "", logprob: null, special: true } });
       }
       // Text released at the finish (held back for a stop string or a partial character) goes with the last token.
       const joined = tokens.reduce((s, t) => s + t.token.text, "");
@@ -306,103 +267,49 @@ export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): voi
     const endpoint = "/generate_stream";
     const m = ctx.service.model(endpoint);
     const r = parseTgiRequest(req.body, m.tokenizer, m.info.contextLength);
-    const stream: RequestStream = await ctx.service.start(
-      generationParams(r, req, endpoint),
-      clientSignal(req, reply),
+    const signal = clientSignal(req, reply);
+    const streams = await startChoices(
+      ctx,
+      [{ index: 0, prompt: 0, params: generationParams(r, req, endpoint) }],
+      signal,
     );
-    startSSE(reply);
     let index = 0;
     let text = "";
-    let generated = 0;
     const event = (token: TgiToken, top: TgiToken[] | undefined, final?: Json) => {
       index++;
-      generated++;
       const ev: Json = { index, token };
       if (r.topNTokens > 0) ev.top_tokens = top ?? [];
       ev.generated_text = final ? (r.returnFullText ? r.inputs + text : text) : null;
       ev.details = final ?? null;
       sendSSE(reply, ev);
     };
-    try {
-      for await (const e of stream) {
+    return streamChoices(ctx, reply, streams, signal, {
+      doneMarker: false,
+      open() {},
+      onEvent(_i, e) {
         text += e.text;
         const toks = eventTokens(e, m.tokenizer, r.topNTokens);
         const f = e.finish;
         if (!f) {
           for (const t of toks) event(t.token, t.top);
-          continue;
+          return;
         }
-        if (f.reason === "abort" || f.reason === "error") {
-          for (const t of toks) event(t.token, t.top);
-          const err = finishError(f);
-          sendSSE(reply, { error: err.message, error_type: f.reason === "error" ? "generation" : err.code });
-          break;
-        }
-        const reason = tgiFinishReason(f);
         // The last token carries the final text and details; a finish without a token of its own
         // (an end-of-generation token) is reported as that token, with any text released at the end.
         let last = toks.pop();
         for (const t of toks) event(t.token, t.top);
         if (!last)
           last = { token: { id: f.eogToken ?? eosId(m), text: e.text, logprob: null, special: true } };
-        const details = {
-          finish_reason: reason,
-          generated_tokens: generated + 1,
+        event(last.token, last.top, {
+          finish_reason: tgiFinishReason(f),
+          generated_tokens: index + 1,
           seed: r.seed,
           input_length: r.prompt.length,
-        };
-        event(last.token, last.top, details);
-      }
-    } catch (err) {
-      // Headers are out: the error goes into the stream, TGI's way.
-      const e = err instanceof ApiError ? err : undefined;
-      if (isSSEOpen(reply)) {
-        sendSSE(reply, {
-          error: e?.message ?? (err as Error).message ?? "internal error",
-          error_type: "generation",
         });
-      }
-      if (!e) ctx.log.warn({ err: String(err), endpoint }, "generation failed mid-stream");
-    }
-    endSSE(reply, { done: false });
-    return reply;
-  });
-
-  app.post("/tokenize", async (req) => {
-    const m = ctx.service.model("/tokenize");
-    const body = req.body;
-    if (!isObject(body)) throw badRequest("the request body must be a JSON object", null);
-    const { text } = textField(body, ["prompt", "inputs", "text"]);
-    const addSpecial = body.add_special_tokens ?? true;
-    if (typeof addSpecial !== "boolean")
-      throw badRequest("add_special_tokens must be true or false", "add_special_tokens");
-    const strs = body.return_token_strs ?? false;
-    if (typeof strs !== "boolean")
-      throw badRequest("return_token_strs must be true or false", "return_token_strs");
-    const tokens = m.tokenizer.encode(text, { addSpecial });
-    const out: Json = { tokens, count: tokens.length, max_model_len: m.info.contextLength };
-    if (strs) out.token_strs = tokens.map((id) => m.tokenizer.tokenText(id));
-    return out;
-  });
-
-  app.post("/detokenize", async (req) => {
-    const m = ctx.service.model("/detokenize");
-    const body = req.body;
-    if (!isObject(body)) throw badRequest("the request body must be a JSON object", null);
-    const tokens = body.tokens;
-    if (!Array.isArray(tokens)) throw badRequest('the request needs "tokens": a list of token ids', "tokens");
-    const vocab = m.tokenizer.vocabSize;
-    tokens.forEach((t, i) => {
-      if (typeof t !== "number" || !Number.isInteger(t) || t < 0 || t >= vocab) {
-        throw badRequest(`tokens[${i}] = ${JSON.stringify(t)} is not a token id (0..${vocab - 1})`, "tokens");
-      }
+      },
+      close() {},
+      // Headers are out: the error goes into the stream, TGI's way.
+      errorEvent: (e, f) => ({ error: e.message, error_type: f?.reason === "abort" ? e.code : "generation" }),
     });
-    const skip = body.skip_special_tokens ?? true;
-    if (typeof skip !== "boolean")
-      throw badRequest("skip_special_tokens must be true or false", "skip_special_tokens");
-    let ids = tokens as number[];
-    // Without its BOS the text decodes as it was tokenized (SentencePiece's space prefix dropped again).
-    if (skip && ids.length > 0 && ids[0] === m.tokenizer.bos) ids = ids.slice(1);
-    return { prompt: m.tokenizer.decode(ids, { skipSpecial: skip }) };
   });
 }

@@ -1,33 +1,22 @@
-import type { EngineEvent, FinishInfo } from "./engine.js";
-import type { RequestSpec } from "./sequence.js";
+import { abortMessage, SpindleError } from "../errors.js";
+import type { EngineEvent, FinishInfo, RequestResult } from "./events.js";
 
 /**
  * One request's output as the serving layer reads it, whatever produced it: the
  * in-process engine (engine-client.ts) or an external backend (src/backends/).
  * The producer calls deliver() with each event and fail() if the request cannot
- * go on; the consumer iterates the events or awaits result().
+ * go on; the consumer iterates the events, or awaits result(), or both. Output
+ * is accumulated for result() only: a stream read by iteration alone (every
+ * streaming response) keeps nothing but the events not yet read.
  */
 
-/** A request as submitted: RequestSpec, with the id optional (the client makes one up). */
-export type SubmitSpec = Omit<RequestSpec, "id"> & { id?: string };
-
-export interface SubmitOptions {
-  /** Aborting it aborts the request in the engine at once (a client disconnect, a timeout). */
-  signal?: AbortSignal;
-}
-
-export interface RequestResult {
-  tokens: number[];
-  text: string;
-  finish: FinishInfo;
-}
-
 /**
- * One request's output. Iterate it (once) for its events, one per engine step
- * that produced something for it; iteration ends after the event that carries
- * `finish`. A request the engine refused (or a dead worker) makes iteration
- * throw the SpindleError. Leaving the loop early (break) aborts the request.
- * `result()` gathers the whole output and works with or without iteration.
+ * One request's output. Iterate it (once) for its events, one per producer step that made
+ * something for it (iteration ends after the event that carries `finish`); await `result()` for
+ * the whole output. Both may be used: result() then has every token and all the text when it was
+ * asked for before iteration began, and only the finish otherwise (the reader had the rest). A
+ * request the producer refused (or a dead worker) makes both throw the SpindleError. Leaving the
+ * loop early (break) aborts the request.
  */
 export interface RequestStream extends AsyncIterable<EngineEvent> {
   readonly id: string;
@@ -38,18 +27,45 @@ export interface RequestStream extends AsyncIterable<EngineEvent> {
 
 export type Settle<T> = { resolve: (v: T) => void; reject: (e: unknown) => void };
 
+/** Reads a request's events to the end and puts them together. */
+export async function gather(events: AsyncIterable<EngineEvent>, id: string): Promise<RequestResult> {
+  const tokens: number[] = [];
+  let text = "";
+  for await (const e of events) {
+    for (const t of e.tokens) tokens.push(t);
+    text += e.text;
+    if (e.finish) return { tokens, text, finish: e.finish };
+  }
+  throw new SpindleError(`request ${id} ended without finishing`, "internal_error");
+}
+
+/** Aborts the stream when `signal` does; returns the function that unhooks it. */
+export function abortOnSignal(stream: RequestStream, signal: AbortSignal | undefined): () => void {
+  if (!signal) return () => {};
+  const onAbort = () => stream.abort(abortMessage(signal.reason));
+  if (signal.aborted) {
+    onAbort();
+    return () => {};
+  }
+  signal.addEventListener("abort", onAbort, { once: true });
+  return () => signal.removeEventListener("abort", onAbort);
+}
+
 export class EventStream implements RequestStream {
   private readonly queue: EngineEvent[] = [];
   private readonly pulls: Settle<IteratorResult<EngineEvent>>[] = [];
   private readonly results: Settle<RequestResult>[] = [];
-  private readonly tokens: number[] = [];
+  /** What result() returns, accumulated until iteration begins without result() having been asked. */
+  private accumulate = true;
+  private resultAsked = false;
+  private tokens: number[] = [];
   private text = "";
   private finish: FinishInfo | undefined;
   private error: Error | undefined;
   private iterated = false;
   /** The consumer left the loop: events are no longer queued. */
   private detached = false;
-  /** Called once when the stream ends (finish or failure): the client forgets it. */
+  /** Called once when the stream ends (finish or failure): the producer forgets it. */
   onEnd: (() => void) | undefined;
 
   /** `sendAbort` asks the producer to stop; the producer then delivers the finish (reason "abort"). */
@@ -64,8 +80,10 @@ export class EventStream implements RequestStream {
 
   deliver(e: EngineEvent): void {
     if (this.ended) return;
-    for (const t of e.tokens) this.tokens.push(t);
-    this.text += e.text;
+    if (this.accumulate) {
+      for (const t of e.tokens) this.tokens.push(t);
+      this.text += e.text;
+    }
     if (e.finish) this.finish = e.finish;
     if (!this.detached) {
       const pull = this.pulls.shift();
@@ -74,7 +92,7 @@ export class EventStream implements RequestStream {
     }
     if (e.finish) {
       for (const p of this.pulls.splice(0)) p.resolve({ value: undefined, done: true });
-      const r = { tokens: this.tokens, text: this.text, finish: e.finish };
+      const r = this.gathered(e.finish);
       for (const s of this.results.splice(0)) s.resolve(r);
       this.end();
     }
@@ -95,12 +113,17 @@ export class EventStream implements RequestStream {
     cb?.();
   }
 
+  private gathered(finish: FinishInfo): RequestResult {
+    return { tokens: this.tokens, text: this.text, finish };
+  }
+
   abort(message?: string): void {
     if (!this.ended) this.sendAbort(this.id, message);
   }
 
   result(): Promise<RequestResult> {
-    if (this.finish) return Promise.resolve({ tokens: this.tokens, text: this.text, finish: this.finish });
+    this.resultAsked = true;
+    if (this.finish) return Promise.resolve(this.gathered(this.finish));
     if (this.error) return Promise.reject(this.error);
     return new Promise((resolve, reject) => this.results.push({ resolve, reject }));
   }
@@ -108,6 +131,11 @@ export class EventStream implements RequestStream {
   [Symbol.asyncIterator](): AsyncIterator<EngineEvent> {
     if (this.iterated) throw new Error(`request ${this.id}: a RequestStream can be iterated only once`);
     this.iterated = true;
+    if (!this.resultAsked) {
+      this.accumulate = false;
+      this.tokens = [];
+      this.text = "";
+    }
     let threw = false;
     return {
       next: (): Promise<IteratorResult<EngineEvent>> => {

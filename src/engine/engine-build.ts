@@ -1,0 +1,137 @@
+import { SpindleError } from "../errors.js";
+import { describeKernels } from "../kernels/kernels.js";
+import { KVCacheStorage } from "../model/kv-cache.js";
+import { loadModel, type Model } from "../model/model.js";
+import { readModelCard } from "../model/model-card.js";
+import { tuneSmallSplits } from "../model/tune-splits.js";
+import type { Tokenizer } from "../tokenizer/index.js";
+import { type Clock, realClock } from "./engine.js";
+import type { EngineInfo, EngineInit } from "./engine-protocol.js";
+import { kvCacheBlocks } from "./kv-sizing.js";
+import { ModelRunner, type Runner } from "./runner.js";
+import { DEFAULT_SCHEDULER_OPTIONS } from "./scheduler.js";
+import { SimRunner } from "./sim-runner.js";
+
+/**
+ * What the engine worker builds from its init message: the runner (a model loaded into the
+ * kernels with its KV pool, or the simulator), the tokenizer, the clock, and the facts it reports
+ * once ready.
+ */
+
+/** A real clock whose advance() sleeps: SimRunner steps then take their simulated time. */
+function pacedClock(): Clock {
+  const cell = new Int32Array(new SharedArrayBuffer(4));
+  return {
+    now: () => performance.now(),
+    advance: (ms) => {
+      if (ms > 0) Atomics.wait(cell, 0, 0, ms);
+    },
+  };
+}
+
+export interface Built {
+  runner: Runner;
+  /** Resolves when the compute is ready (kernel threads started). */
+  ready?: () => Promise<void>;
+  tokenizer: Tokenizer | undefined;
+  clock: Clock;
+  info: EngineInfo;
+}
+
+export function build(init: EngineInit): Built {
+  const opts = init.options ?? {};
+  const maxNumSeqs = opts.maxNumSeqs ?? DEFAULT_SCHEDULER_OPTIONS.maxNumSeqs;
+  const base = {
+    scheduler: { ...DEFAULT_SCHEDULER_OPTIONS, ...definedOnly(opts) },
+    prefixCaching: opts.prefixCaching ?? true,
+    timeOrigin: performance.timeOrigin,
+  };
+  if (init.kind === "sim") {
+    const card = init.tokenizerPath !== undefined ? readModelCard(init.tokenizerPath) : undefined;
+    const tok = card?.tokenizer;
+    const runner = new SimRunner(
+      card
+        ? {
+            ...init.sim,
+            vocabSize: card.vocabSize,
+            contextLength: card.contextLength,
+            avoid: new Set([...(init.sim.avoid ?? []), ...card.tokenizer.eogTokens]),
+          }
+        : init.sim,
+    );
+    return {
+      runner,
+      tokenizer: tok,
+      clock: init.pace ? pacedClock() : realClock,
+      info: {
+        kind: "sim",
+        modelPath: init.tokenizerPath,
+        numBlocks: runner.numBlocks,
+        blockSize: runner.blockSize,
+        kvCacheBytes: 0,
+        vocabSize: runner.vocabSize,
+        contextLength: runner.contextLength,
+        bos: tok?.bos,
+        eos: tok?.eos,
+        eogTokens: tok ? [...tok.eogTokens].sort((a, b) => a - b) : [],
+        hasChatTemplate: card?.chatTemplate !== undefined,
+        chatTemplate: card?.chatTemplate,
+        ...base,
+      },
+    };
+  }
+  if (init.kind !== "model")
+    throw new SpindleError(`unknown engine kind ${String((init as { kind: unknown }).kind)}`);
+  const model: Model = loadModel(init.modelPath);
+  const c = model.config;
+  const numBlocks = kvCacheBlocks(c, init, maxNumSeqs);
+  const runner = new ModelRunner(model, numBlocks, init.blockSize);
+  const tok = model.tokenizer;
+  const warnings: string[] = [];
+  if (model.transformer.kernels.allocFloat32 && !runner.kv.inKernelMemory) {
+    warnings.push(
+      `the KV cache (${((runner.numBlocks * runner.blockSize * KVCacheStorage.bytesPerToken(c)) / 2 ** 20).toFixed(0)} MiB) does not fit in the ${model.transformer.kernels.name} kernels' memory next to the weights (4 GiB at most): it lives in plain arrays and attention runs in the slower reference kernel; lower --kv-cache-memory`,
+    );
+  }
+  return {
+    runner,
+    // Kernel threads up, and whether decode-sized matmuls are split over them measured.
+    ready: async () => {
+      await tuneSmallSplits(model);
+    },
+    tokenizer: tok,
+    clock: realClock,
+    info: {
+      kind: "model",
+      modelPath: init.modelPath,
+      model: {
+        arch: c.arch,
+        name: c.name,
+        dim: c.dim,
+        nLayers: c.nLayers,
+        nHeads: c.nHeads,
+        nKVHeads: c.nKVHeads,
+        headDim: c.headDim,
+        ffnDim: c.ffnDim,
+        weightBytes: model.weightBytes,
+      },
+      kernels: describeKernels(model.transformer.kernels),
+      numBlocks: runner.numBlocks,
+      blockSize: runner.blockSize,
+      kvCacheBytes: runner.numBlocks * runner.blockSize * KVCacheStorage.bytesPerToken(c),
+      vocabSize: c.vocabSize,
+      contextLength: c.contextLength,
+      bos: tok.bos,
+      eos: tok.eos,
+      eogTokens: [...tok.eogTokens].sort((a, b) => a - b),
+      hasChatTemplate: model.chatTemplate !== undefined,
+      chatTemplate: model.chatTemplate,
+      warnings,
+      ...base,
+    },
+  };
+}
+
+function definedOnly<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
