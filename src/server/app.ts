@@ -1,5 +1,6 @@
 import { STATUS_CODES } from "node:http";
-import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
+import type { Socket } from "node:net";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { registerAdmission } from "./admission.js";
 import { registerBodyParser } from "./body.js";
 import type { ServerContext } from "./context.js";
@@ -12,11 +13,29 @@ import { registerTgiRoutes } from "./routes/tgi.js";
  * The HTTP application: Fastify with OpenAI-shaped errors everywhere, the
  * admission hooks (auth, rate limit), and the route groups. Routes reach the
  * engine only through ctx.service (src/server/generation.ts).
+ *
+ * Slow requests: Node's own request timeouts bound how long a request may take to arrive.
+ * `requestTimeout` and `headersTimeout` are both ctx.opts.bodyTimeoutMs, counted from the request's
+ * first byte until its body is complete (a request whose body has arrived is never cut, however
+ * long its response streams). Node checks them every `connectionsCheckingInterval` (30 s by
+ * default, a tenth of the timeout here, at most 1 s); an expired connection reaches
+ * clientErrorHandler as ERR_HTTP_REQUEST_TIMEOUT: 408 with Connection: close, then the socket is
+ * destroyed. A connection that never sent a byte is closed without an answer.
  */
 export function buildApp(ctx: ServerContext): FastifyInstance {
+  const timeout = ctx.opts.bodyTimeoutMs;
+  // The request each connection is receiving or answering, for clientErrorHandler (it gets the socket only).
+  const current = new WeakMap<Socket, { req: FastifyRequest; reply: FastifyReply }>();
+
   const app = Fastify({
     logger: false,
     bodyLimit: ctx.opts.bodyLimit,
+    requestTimeout: timeout,
+    http: {
+      requestTimeout: timeout,
+      headersTimeout: timeout,
+      ...(timeout > 0 ? { connectionsCheckingInterval: Math.min(1000, Math.max(10, timeout / 10)) } : {}),
+    },
     // Keep-alive connections must not hold shutdown open.
     forceCloseConnections: "idle",
     // Fastify's own 503 while closing has its own body shape; instead requests that still arrive run,
@@ -29,20 +48,41 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
     },
     clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
       if (err.code === "ECONNRESET" || socket.destroyed) return;
-      const [status, message] =
-        err.code === "ERR_HTTP_REQUEST_TIMEOUT"
-          ? [408, "the request took too long to arrive"]
-          : err.code === "HPE_HEADER_OVERFLOW"
-            ? [431, "the request headers are too large"]
-            : [400, "malformed HTTP request"];
-      const body = JSON.stringify(errorBody(new ApiError(status, message)));
-      if (socket.writable) {
+      const timedOut = err.code === "ERR_HTTP_REQUEST_TIMEOUT";
+      if (timedOut && socket.bytesRead === 0) {
+        // An idle connection that never asked anything (clients open spare ones): no request to answer.
+        socket.destroy();
+        return;
+      }
+      const [status, message] = timedOut
+        ? [408, "the request took too long to arrive"]
+        : err.code === "HPE_HEADER_OVERFLOW"
+          ? [431, "the request headers are too large"]
+          : [400, "malformed HTTP request"];
+      const e = new ApiError(
+        status,
+        message,
+        "invalid_request_error",
+        null,
+        timedOut ? "request_timeout" : null,
+      );
+      const { reply } = current.get(socket) ?? {};
+      // Not after a response already begun on this connection: that would corrupt it.
+      if (socket.writable && !reply?.raw.headersSent) {
+        const body = JSON.stringify(errorBody(e));
         socket.write(
           `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
         );
       }
       socket.destroy(err);
     },
+  });
+
+  app.addHook("onRequest", async (req, reply) => {
+    current.set(req.raw.socket, { req, reply });
+  });
+  app.addHook("onResponse", async (req) => {
+    if (current.get(req.raw.socket)?.req === req) current.delete(req.raw.socket);
   });
 
   app.setErrorHandler((err, req, reply) => {
@@ -55,6 +95,8 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
       reply.raw.end();
       return;
     }
+    // Answered before the body has arrived (401, 404, 413…): the connection is not kept for the rest of it.
+    if (!req.raw.complete) void reply.header("connection", "close");
     void reply.code(e.status).send(errorBody(e));
   });
 
