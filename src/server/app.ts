@@ -1,10 +1,12 @@
-import { STATUS_CODES } from "node:http";
+import { type IncomingMessage, STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { registerAdmission } from "./admission.js";
 import { registerBodyParser } from "./body.js";
 import type { ServerContext } from "./context.js";
-import { ApiError, errorBody, toApiError } from "./errors.js";
+import { ApiError, errorBody, GenerationEndedError, toApiError } from "./errors.js";
+import { logPath, logRejection, logRequestId, rejectionReason } from "./request-log.js";
+import { clientOf } from "./route-helpers.js";
 import { registerOpenAIRoutes } from "./routes/openai.js";
 import { registerOpsRoutes } from "./routes/ops.js";
 import { registerTgiRoutes } from "./routes/tgi.js";
@@ -21,11 +23,30 @@ import { registerTgiRoutes } from "./routes/tgi.js";
  * default, a tenth of the timeout here, at most 1 s); an expired connection reaches
  * clientErrorHandler as ERR_HTTP_REQUEST_TIMEOUT: 408 with Connection: close, then the socket is
  * destroyed. A connection that never sent a byte is closed without an answer.
+ *
+ * Every request answered with an error before it reached the engine gets one `rejected` log line
+ * (request-log.ts), whichever path answered it: the error handler (body parsing, admission, route
+ * validation, 503s), the not-found handler, frameworkErrors, clientErrorHandler.
  */
 export function buildApp(ctx: ServerContext): FastifyInstance {
   const timeout = ctx.opts.bodyTimeoutMs;
   // The request each connection is receiving or answering, for clientErrorHandler (it gets the socket only).
   const current = new WeakMap<Socket, { req: FastifyRequest; reply: FastifyReply }>();
+  const logged = new WeakSet<IncomingMessage>();
+  /** The one `rejected` line of a request (a second call for the same request writes nothing). */
+  const rejected = (req: FastifyRequest, e: ApiError) => {
+    if (logged.has(req.raw)) return;
+    logged.add(req.raw);
+    logRejection(ctx.log, {
+      status: e.status,
+      reason: rejectionReason(e.status, e.code),
+      ...(e.param !== null ? { param: e.param } : {}),
+      method: req.method,
+      endpoint: logPath(req.url),
+      client: clientOf(req),
+      ...optional("request_id", logRequestId(req.headers["x-request-id"])),
+    });
+  };
 
   const app = Fastify({
     logger: false,
@@ -42,8 +63,9 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
     // and the generation service refuses new generations with an OpenAI-shaped 503 (ctx.draining).
     return503OnClosing: false,
     // Errors Fastify raises before routing (a malformed URL) and malformed HTTP get OpenAI's shape too.
-    frameworkErrors: (err, _req, reply) => {
+    frameworkErrors: (err, req, reply) => {
       const e = toApiError(err);
+      rejected(req as FastifyRequest, e);
       void (reply as unknown as FastifyReply).code(e.status).send(errorBody(e));
     },
     clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
@@ -66,7 +88,18 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
         null,
         timedOut ? "request_timeout" : null,
       );
-      const { reply } = current.get(socket) ?? {};
+      // A request whose headers were read and whose body is late is known by its method, path and client.
+      const { req, reply } = current.get(socket) ?? {};
+      if (req) rejected(req, e);
+      else {
+        logRejection(ctx.log, {
+          status,
+          reason: rejectionReason(status, e.code),
+          method: null,
+          endpoint: null,
+          client: socket.remoteAddress ?? "unknown",
+        });
+      }
       // Not after a response already begun on this connection: that would corrupt it.
       if (socket.writable && !reply?.raw.headersSent) {
         const body = JSON.stringify(errorBody(e));
@@ -95,6 +128,10 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
       reply.raw.end();
       return;
     }
+    // Not rejections: a generation that was admitted and then ended (its `request` line says how),
+    // a client that went away (499 client_closed, or its upload cut short: ECONNRESET).
+    const clientGone = e.status === 499 || (err as NodeJS.ErrnoException).code === "ECONNRESET";
+    if (!(err instanceof GenerationEndedError) && !clientGone) rejected(req, e);
     // Answered before the body has arrived (401, 404, 413…): the connection is not kept for the rest of it.
     if (!req.raw.complete) void reply.header("connection", "close");
     void reply.code(e.status).send(errorBody(e));
@@ -102,6 +139,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
 
   app.setNotFoundHandler((req, reply) => {
     const e = new ApiError(404, `no route for ${req.method} ${req.url.split("?")[0]}`, "not_found_error");
+    rejected(req, e);
     void reply.code(404).send(errorBody(e));
   });
 
@@ -111,4 +149,8 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   registerTgiRoutes(app, ctx);
   registerOpsRoutes(app, ctx);
   return app;
+}
+
+function optional<K extends string>(key: K, v: string | undefined): { [k in K]?: string } {
+  return v === undefined ? {} : ({ [key]: v } as { [k in K]: string });
 }

@@ -128,6 +128,30 @@ describe("request body timeout", () => {
     expect(x.data).toBe("");
   });
 
+  it("logs one `rejected` line per timed-out request, with its endpoint and client when known", () => {
+    const timeouts = lines.filter((l) => l.msg === "rejected" && l.status === 408);
+    expect(timeouts).toHaveLength(3);
+    // The two whose headers had arrived are known by method and path; the third only by its address.
+    expect(timeouts.filter((l) => l.endpoint === "/v1/completions")).toHaveLength(2);
+    for (const l of timeouts) {
+      expect(l).toMatchObject({ reason: "request_timeout", client: "127.0.0.1" });
+      expect(["POST", null]).toContain(l.method);
+    }
+    // Nothing of the bodies reached the log.
+    expect(JSON.stringify(lines)).not.toContain("Once upon");
+  });
+
+  it("an error answered before the body arrived closes the connection with it, not after a 408", async () => {
+    const x = await exchange((s) => {
+      // Refused on its headers alone: a content type the server does not take.
+      s.write("POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n");
+      s.write("Content-Length: 1000\r\n\r\nOnce");
+    });
+    expect(x.data).toMatch(/^HTTP\/1\.1 415 /);
+    expect(x.data.split("\r\n\r\n")[0]).toMatch(/\r\nconnection: close(\r\n|$)/i);
+    expect(x.data).not.toMatch(/ 408 /);
+  });
+
   it("a slow body that arrives within the timeout is served", async () => {
     const b = body();
     const x = await exchange(async (s) => {
