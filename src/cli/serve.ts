@@ -26,6 +26,9 @@ Serves a model behind an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/c
   --rate-limit R[:BURST]      token bucket per API key (or client address): R requests/s, burst BURST (default off)
   --queue-timeout-ms MS       abort a request that waits longer than this for its first token
   --request-timeout-ms MS     abort a request running longer than this
+  --body-timeout-ms MS        a request's headers and body must arrive within MS of its first byte, else
+                              408 and the connection is closed (default ${DEFAULT_SERVE_OPTIONS.bodyTimeoutMs}; 0 = no limit)
+  --body-limit SIZE           largest request body, e.g. 1MiB (default 4MiB)
   --kv-cache-memory SIZE      KV cache budget, e.g. 256MiB, 1GiB (default 256MiB)
   --max-num-seqs N            sequences per batch (default 64)
   --max-num-batched-tokens N  token budget per engine step (default 512)
@@ -162,6 +165,7 @@ export async function serveCommand(args: string[]): Promise<number> {
       "log-level": { type: "string", default: "info" },
       "shutdown-timeout-ms": { type: "string" },
       "body-limit": { type: "string" },
+      "body-timeout-ms": { type: "string" },
       kernels: { type: "string" },
       backend: { type: "string", default: "local" },
       upstream: { type: "string", multiple: true },
@@ -232,6 +236,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     queueTimeoutMs: int("queue-timeout-ms", values["queue-timeout-ms"], 1),
     requestTimeoutMs: int("request-timeout-ms", values["request-timeout-ms"], 1),
     bodyLimit: values["body-limit"] ? parseSize(values["body-limit"]) : undefined,
+    bodyTimeoutMs: int("body-timeout-ms", values["body-timeout-ms"], 0),
     logPrompts: values["log-prompts"],
     shutdownTimeoutMs: int("shutdown-timeout-ms", values["shutdown-timeout-ms"], 0),
     backend,

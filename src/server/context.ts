@@ -22,6 +22,12 @@ export interface ServeOptions {
   requestTimeoutMs?: number;
   /** Largest accepted request body, bytes. */
   bodyLimit: number;
+  /**
+   * A request's headers and body must have arrived this long (ms) after its first byte; otherwise
+   * 408 and the connection is closed (app.ts). Bounds slow or never-ending uploads and headers-only
+   * sockets. 0 = no limit.
+   */
+  bodyTimeoutMs: number;
   logPrompts: boolean;
   /** How long SIGTERM waits for in-flight requests before aborting them (ms). */
   shutdownTimeoutMs: number;
@@ -34,6 +40,7 @@ export const DEFAULT_SERVE_OPTIONS: ServeOptions = {
   modelName: "spindle",
   maxQueue: 256,
   bodyLimit: 4 * 1024 * 1024,
+  bodyTimeoutMs: 30_000,
   logPrompts: false,
   shutdownTimeoutMs: 10_000,
 };

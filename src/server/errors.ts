@@ -31,6 +31,12 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * The error of a request whose generation was admitted and then ended by abort or error (finishError):
+ * not a rejection, since the finished request is already in the metrics and the request log.
+ */
+export class GenerationEndedError extends ApiError {}
+
 export const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
   new ApiError(400, message, "invalid_request_error", param, code);
 
@@ -92,9 +98,9 @@ export function toApiError(err: unknown): ApiError {
 export function finishError(f: FinishInfo): ApiError {
   const why = f.message ?? "aborted";
   if (f.reason === "error")
-    return new ApiError(500, `generation failed: ${why}`, "server_error", null, "engine_error");
+    return new GenerationEndedError(500, `generation failed: ${why}`, "server_error", null, "engine_error");
   if (/shutting down/.test(why)) {
-    return new ApiError(
+    return new GenerationEndedError(
       503,
       `the request was aborted: ${why}`,
       "server_overloaded",
@@ -103,5 +109,5 @@ export function finishError(f: FinishInfo): ApiError {
       5,
     );
   }
-  return new ApiError(504, `the request was aborted: ${why}`, "server_error", null, "timeout");
+  return new GenerationEndedError(504, `the request was aborted: ${why}`, "server_error", null, "timeout");
 }

@@ -56,6 +56,7 @@ export interface GenerationHooks {
     reason: "queue_full" | "rate_limited" | "loading" | "draining" | "invalid",
     endpoint: string,
   ): void;
+  /** Right before onFinish, for a finish with reason "abort" whose client had gone away. */
   onAbortedByClient(endpoint: string): void;
 }
 
@@ -175,6 +176,9 @@ export class GenerationService {
       begin();
       this.inFlight--;
       if (finish) {
+        // A client abort is an abort finish whose client was gone by then (metrics.ts): counted with
+        // the finish, so it can never be counted for a request that finished otherwise.
+        if (finish.reason === "abort" && signal.aborted) this.hooks.onAbortedByClient(p.endpoint);
         this.hooks.onFinish({
           id: inner.id,
           endpoint: p.endpoint,
@@ -190,8 +194,6 @@ export class GenerationService {
       queueTimeout !== undefined
         ? setTimeout(() => inner.abort(`waited ${queueTimeout} ms in the queue`), queueTimeout)
         : undefined;
-    const hooks = this.hooks;
-    const endpoint = p.endpoint;
     async function* events(): AsyncGenerator<EngineEvent> {
       let finish: FinishInfo | undefined;
       try {
@@ -201,8 +203,14 @@ export class GenerationService {
           yield e;
         }
       } finally {
-        if (signal.aborted) hooks.onAbortedByClient(endpoint);
-        end(finish);
+        // Left before the finish (the consumer stopped reading, which aborts the request): the
+        // request still ends in the engine, and is reported once its finish arrives.
+        if (finish) end(finish);
+        else
+          inner.result().then(
+            (r) => end(r.finish),
+            () => end(undefined),
+          );
       }
     }
     let iterated = false;

@@ -8,6 +8,15 @@ import type { RequestRecord } from "./generation.js";
  * (tests) never share or collide. Request metrics come from the engine's FinishInfo
  * (timestamps of every transition, in the worker's clock — only differences are used);
  * engine metrics from the StepInfo the worker sends with every step.
+ *
+ * Request counts are per engine request, i.e. per choice (a request with n = 3 is three):
+ *  - `request_success_total{finished_reason}`: every engine request once it ended, by its finish
+ *    reason — "abort" whatever aborted it (the client, a timeout, a shutdown, a sibling choice that
+ *    could not start), including one whose reader stopped before the finish arrived.
+ *  - `client_aborts_total`: the subset of those with finish reason "abort" whose client had gone away
+ *    (its connection closed before the response was complete). A client leaving after its request
+ *    finished (stop, length) is not an abort. So client_aborts_total ≤ the "abort" count, equal
+ *    when no timeout or shutdown aborted anything.
  */
 
 /** vLLM's TTFT buckets, 1 ms … 2560 s. */
@@ -184,7 +193,7 @@ export class Metrics {
     this.generationTokensC = counter("generation_tokens_total", "Number of generation tokens processed.");
     this.success = new Counter({
       name: `${p}request_success_total`,
-      help: "Count of finished requests, by finish reason (stop, length, abort, error).",
+      help: "Count of finished requests (one per choice), by finish reason (stop, length, abort, error).",
       labelNames: ["finished_reason"],
       registers: [r],
     });
@@ -205,7 +214,7 @@ export class Metrics {
     });
     this.clientAbortsC = counter(
       "client_aborts_total",
-      "Requests aborted because the client disconnected before they finished.",
+      "Requests (one per choice) that finished with reason abort because the client disconnected.",
     );
     this.ttft = new Hist(
       r,
@@ -314,7 +323,7 @@ export class Metrics {
     this.rejectedByReason[reason] = (this.rejectedByReason[reason] ?? 0) + 1;
   }
 
-  /** The client went away before its request finished. */
+  /** A request finished with reason "abort" and its client was gone (counted with its onFinish). */
   onAbortedByClient(_endpoint: string): void {
     this.clientAbortsC.inc();
     this.clientAborts++;

@@ -4,11 +4,14 @@ import type { RequestRecord } from "./generation.js";
 import type { Metrics } from "./metrics.js";
 
 /**
- * The server's two kinds of log line, both one JSON object through pino:
+ * The server's three kinds of log line, each one JSON object through pino:
  *
  *  - `request`: one per finished request — who, what, how it ended, and where its time went
  *    (queue, time to first token, total), with its prompt and generation speeds. The prompt
  *    text only with --log-prompts.
+ *  - `rejected`: one per request answered with an error before it reached the engine (bad input,
+ *    auth, rate limit, queue full, loading, unknown route, body too large or too slow, malformed
+ *    HTTP): status, reason code, method, endpoint, client label. Never a body, a prompt or a key.
  *  - `engine`: every 10 s while the engine does something — throughput over the interval,
  *    batch and queue, KV cache usage, prefix cache hit rate, preemptions (vLLM's periodic line).
  */
@@ -74,6 +77,60 @@ export function logRequest(log: Logger, r: RequestRecord): void {
   const line = requestLogLine(r);
   if (r.finish.reason === "error") log.warn(line, "request");
   else log.info(line, "request");
+}
+
+export interface RejectionLogLine {
+  status: number;
+  /** The error's code as the client got it (invalid_json, queue_full, …), else a name for the status. */
+  reason: string;
+  /** The field at fault, when the error names one. */
+  param?: string;
+  /** null when the request line never arrived whole (malformed HTTP, headers too slow). */
+  method: string | null;
+  /** The path without its query, cut to 200 characters; null as for method. */
+  endpoint: string | null;
+  /** API key label or client address (as in `request` lines). Never the key. */
+  client: string;
+  /** The client's X-Request-Id header, when it sent one (printable ASCII, cut to 128 characters). */
+  request_id?: string;
+}
+
+const STATUS_REASONS: Record<number, string> = {
+  400: "invalid_request",
+  401: "unauthorized",
+  404: "not_found",
+  408: "request_timeout",
+  413: "body_too_large",
+  415: "unsupported_media_type",
+  429: "rate_limited",
+  431: "headers_too_large",
+  500: "internal_error",
+  503: "unavailable",
+};
+
+/** The reason code of a rejection: the error's own code, or a name for its status. */
+export function rejectionReason(status: number, code: string | null | undefined): string {
+  return code ?? STATUS_REASONS[status] ?? `http_${status}`;
+}
+
+/** A path for the log: no query string (it may carry anything), one line, at most 200 characters. */
+export function logPath(url: string): string {
+  const q = url.indexOf("?");
+  const path = (q < 0 ? url : url.slice(0, q)).replace(/[^\x21-\x7e]/g, "?");
+  return path.length > 200 ? `${path.slice(0, 199)}…` : path;
+}
+
+/** An X-Request-Id header value fit for the log, or undefined. */
+export function logRequestId(v: string | string[] | undefined): string | undefined {
+  const s = Array.isArray(v) ? v[0] : v;
+  if (s === undefined || s.length === 0) return undefined;
+  return s.replace(/[^\x20-\x7e]/g, "?").slice(0, 128);
+}
+
+/** One `rejected` line (warn level for a 5xx other than 503, which is load shedding). */
+export function logRejection(log: Logger, line: RejectionLogLine): void {
+  if (line.status >= 500 && line.status !== 503) log.warn(line, "rejected");
+  else log.info(line, "rejected");
 }
 
 export interface EngineLogOptions {

@@ -381,6 +381,33 @@ describe("bad input", () => {
     expect(typeof e.message).toBe("string");
   });
 
+  it("a body that stops arriving gets an OpenAI-shaped 408 once --body-timeout-ms has passed", async () => {
+    const slow = await startTestServer({ bodyTimeoutMs: 300 });
+    try {
+      const { port } = new URL(slow.url);
+      const raw = await new Promise<string>((resolve, reject) => {
+        const body = JSON.stringify(completion({}));
+        const sock = connect(Number(port), "127.0.0.1", () =>
+          sock.write(
+            `POST ${C} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 20)}`,
+          ),
+        );
+        let data = "";
+        sock.on("data", (b: Buffer) => (data += b.toString()));
+        sock.on("close", () => resolve(data));
+        sock.on("error", reject);
+      });
+      const [head, body] = raw.split("\r\n\r\n");
+      expect(head).toMatch(/^HTTP\/1\.1 408 /);
+      expect(head).toMatch(/connection: close/i);
+      const e = (JSON.parse(body!) as { error: Record<string, unknown> }).error;
+      expect(e).toMatchObject({ type: INVALID, param: null, code: "request_timeout" });
+      expect(e.message).toMatch(/^[^\r\n]+$/);
+    } finally {
+      await slow.close();
+    }
+  });
+
   it("leaves nothing behind: /health is 200, no request running or waiting, no KV block in use", async () => {
     const health = await fetch(`${srv.url}/health`);
     expect(health.status).toBe(200);
