@@ -529,7 +529,7 @@ describe("a spawned upstream that dies", () => {
     expect(api.status).toBe(503);
     // Refused by the dead server, or refused at once once the supervisor reported the exit.
     expect(api.message).toMatch(
-      /upstream http:\/\/127\.0\.0\.1:\d+ (is unreachable \(ECONNREFUSED\)|exited)/,
+      /upstream http:\/\/127\.0\.0\.1:\d+ (is unreachable \((ECONNREFUSED|ECONNRESET)\)|exited)/,
     );
     // And from then on, no new request is sent there until it is back.
     const again = await drain(b, { prompt: ids[0]!, maxTokens: 4 });

@@ -102,7 +102,8 @@ describe("Supervisor", () => {
     const sup = new Supervisor({
       command: `'${process.execPath}' -e 'console.error("cannot load the model"); process.exit(3)'`,
       url: `http://127.0.0.1:${port}`,
-      startTimeoutMs: 1700,
+      // Room for four restarts even when starting a process takes most of a second (a loaded machine).
+      startTimeoutMs: 5000,
       backoff: { initialMs: 100, maxMs: 400 },
     });
     const delays: number[] = [];
@@ -110,7 +111,7 @@ describe("Supervisor", () => {
     sup.on("restart", (d: number) => delays.push(d));
     sup.on("spawn", () => spawns.push(performance.now()));
     await expect(sup.start()).rejects.toThrow(
-      /did not answer at http:\/\/127\.0\.0\.1:\d+ within 1700 ms; it exited \(code 3\); its last output: cannot load the model/,
+      /did not answer at http:\/\/127\.0\.0\.1:\d+ within 5000 ms; it exited \(code 3\); its last output: cannot load the model/,
     );
     expect(delays.slice(0, 4)).toEqual([100, 200, 400, 400]);
     for (let i = 1; i < Math.min(spawns.length, 4); i++) {
