@@ -4,13 +4,28 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { registerAdmission } from "./admission.js";
 import { registerBodyParser } from "./body.js";
 import type { ServerContext } from "./context.js";
-import { ApiError, errorBody, GenerationEndedError, toApiError } from "./errors.js";
+import {
+  ApiError,
+  type ErrorShape,
+  errorBody,
+  errorBodyFor,
+  GenerationEndedError,
+  toApiError,
+} from "./errors.js";
 import { logPath, logRejection, logRequestId, rejectionReason } from "./request-log.js";
 import { clientOf } from "./route-helpers.js";
+import { registerLlamaServerRoutes } from "./routes/llama-server.js";
 import { registerOpenAIRoutes } from "./routes/openai.js";
 import { registerOpsRoutes } from "./routes/ops.js";
 import { registerTgiRoutes } from "./routes/tgi.js";
 import { registerTokenizeRoutes } from "./routes/tokenize.js";
+
+declare module "fastify" {
+  interface FastifyContextConfig {
+    /** The shape of this route's errors (errors.ts); default OpenAI's. */
+    errorShape?: ErrorShape;
+  }
+}
 
 /**
  * The HTTP application: Fastify with OpenAI-shaped errors everywhere, the
@@ -135,7 +150,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
     if (!(err instanceof GenerationEndedError) && !clientGone) rejected(req, e);
     // Answered before the body has arrived (401, 404, 413…): the connection is not kept for the rest of it.
     if (!req.raw.complete) void reply.header("connection", "close");
-    void reply.code(e.status).send(errorBody(e));
+    void reply.code(e.status).send(errorBodyFor(req.routeOptions.config?.errorShape, e));
   });
 
   app.setNotFoundHandler((req, reply) => {
@@ -149,6 +164,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   registerOpenAIRoutes(app, ctx);
   registerTgiRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
+  registerLlamaServerRoutes(app, ctx);
   registerOpsRoutes(app, ctx);
   return app;
 }

@@ -51,6 +51,8 @@ export interface LoadedModel {
   info: BackendInfo;
   tokenizer: Tokenizer;
   chatTemplate: string | undefined;
+  /** The GGUF the model (its tokenizer, template, context) was read from (llama-server's /props). */
+  modelPath?: string;
 }
 
 export interface ServerContext {

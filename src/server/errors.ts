@@ -5,7 +5,10 @@ import type { FinishInfo } from "../protocol/events.js";
 /**
  * Every error the API returns has OpenAI's shape:
  *   { "error": { "message": "...", "type": "...", "param": "field" | null, "code": "..." | null } }
- * so OpenAI SDKs raise their usual typed errors (BadRequestError, RateLimitError, …).
+ * so OpenAI SDKs raise their usual typed errors (BadRequestError, RateLimitError, …), except on
+ * llama-server's native routes (a route's `config.errorShape: "llama-server"`), which answer in
+ * llama-server's own shape:
+ *   { "error": { "code": 400, "message": "...", "type": "invalid_request_error" } }
  */
 
 export type ErrorType =
@@ -48,6 +51,23 @@ export function errorBody(e: ApiError): ErrorBody {
   // One line, always (clients log it; a multi-line message would read like a stack trace).
   const message = e.message.replace(/\s*[\r\n]+\s*/g, " ").trim() || "error";
   return { error: { message, type: e.type, param: e.param, code: e.code } };
+}
+
+/** Which shape a route's errors have (set in a route's Fastify `config`; default OpenAI's). */
+export type ErrorShape = "openai" | "llama-server";
+
+export interface LlamaServerErrorBody {
+  error: { code: number; message: string; type: string };
+}
+
+/** llama-server's error shape: the HTTP status as `code`, the message, the type. */
+export function llamaServerErrorBody(e: ApiError): LlamaServerErrorBody {
+  const { message, type } = errorBody(e).error;
+  return { error: { code: e.status, message, type } };
+}
+
+export function errorBodyFor(shape: ErrorShape | undefined, e: ApiError): ErrorBody | LlamaServerErrorBody {
+  return shape === "llama-server" ? llamaServerErrorBody(e) : errorBody(e);
 }
 
 /** Maps anything thrown while serving a request to an ApiError; unknown errors become a 500 without details. */

@@ -36,3 +36,48 @@ export function textField(body: Json, names: string[]): { name: string; text: st
   }
   throw badRequest(`the request needs "${names[0]}": the text`, names[0]!);
 }
+
+/** A finite number, or undefined when not given. 400 naming `param` otherwise. */
+export function numberField(body: Json, name: string, param = name): number | undefined {
+  const v = body[name];
+  if (!given(v)) return undefined;
+  if (typeof v !== "number" || !Number.isFinite(v)) throw badRequest(`${name} must be a number`, param);
+  return v;
+}
+
+/** An integer in [min, max], or undefined when not given. 400 naming `param` otherwise. */
+export function intField(
+  body: Json,
+  name: string,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+  param = name,
+): number | undefined {
+  const v = body[name];
+  if (!given(v)) return undefined;
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min}` : `between ${min} and ${max}`;
+    throw badRequest(`${name} must be an integer ${range}`, param);
+  }
+  return v;
+}
+
+/** true or false, or undefined when not given. 400 naming `param` otherwise. */
+export function boolField(body: Json, name: string, param = name): boolean | undefined {
+  const v = body[name];
+  if (!given(v)) return undefined;
+  if (typeof v !== "boolean") throw badRequest(`${name} must be true or false`, param);
+  return v;
+}
+
+/** Stop strings: one string or a list of at most `max`; empty strings dropped. [] when not given. */
+export function stopField(body: Json, name: string, max: number, param = name): string[] {
+  const v = body[name];
+  if (!given(v)) return [];
+  const list = typeof v === "string" ? [v] : v;
+  if (!Array.isArray(list) || !list.every((x) => typeof x === "string")) {
+    throw badRequest(`${name} must be a list of strings`, param);
+  }
+  if (list.length > max) throw badRequest(`${name} takes at most ${max} strings`, param);
+  return list.filter((x) => x.length > 0);
+}
