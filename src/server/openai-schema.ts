@@ -22,7 +22,7 @@ export const MAX_TOP_LOGPROBS = 20;
 export const DEFAULT_COMPLETION_MAX_TOKENS = 16;
 
 export interface SchemaContext {
-  /** The served model id: any other `model` is a 404. */
+  /** The served model id: any other `model` is a 404; a request without `model` gets this one. */
   modelName: string;
   /** Token ids (prompts, logit_bias keys) must be below this. */
   vocabSize: number;
@@ -121,7 +121,8 @@ function unsupported(body: Body, key: string, why: string, harmless: (v: unknown
 
 function parseModel(body: Body, sc: SchemaContext): string {
   const model = body.model;
-  if (model === undefined || model === null) throw badRequest("model is required", "model");
+  // Left out: the one model this server serves (as vLLM and llama-server allow).
+  if (model === undefined || model === null) return sc.modelName;
   if (typeof model !== "string") throw badRequest("model must be a string", "model");
   if (model !== sc.modelName) {
     throw new ApiError(
@@ -319,7 +320,7 @@ export function parseCompletionRequest(raw: unknown, sc: SchemaContext): Complet
 
 const ROLES = new Set(["system", "user", "assistant", "tool", "developer"]);
 
-function parseMessages(body: Body): ChatMessage[] {
+export function parseMessages(body: Body): ChatMessage[] {
   const list = body.messages;
   if (list === undefined || list === null) throw badRequest("messages is required", "messages");
   if (!Array.isArray(list) || list.length === 0) {

@@ -84,7 +84,6 @@ function cases(): Case[] {
     bad("presence_penalty is 5", C, completion({ presence_penalty: 5 }), "presence_penalty"),
     bad("seed is a string", C, completion({ seed: "x" }), "seed"),
     bad("logprobs is 50", C, completion({ logprobs: 50 }), "logprobs"),
-    bad("model is missing", C, { prompt: "Once", max_tokens: 4 }, "model"),
     bad("unknown model", C, completion({ model: "gpt-17" }), "model", 404),
     {
       name: "prompt longer than the context",

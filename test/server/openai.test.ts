@@ -387,6 +387,54 @@ describe("POST /v1/chat/completions", () => {
   });
 });
 
+describe("model left out", () => {
+  async function post(path: string, body: unknown) {
+    const res = await fetch(`${srv.url}${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    // biome-ignore lint/suspicious/noExplicitAny: response bodies are JSON; the assertions check their shape
+    return { status: res.status, body: (await res.json()) as Record<string, any> };
+  }
+
+  it("is the served model on both routes (as vLLM and llama-server allow), with the same output", async () => {
+    const prompt = "Once upon a time";
+    const ref = solo(prompt, 12);
+    const c = await post("/v1/completions", { prompt, max_tokens: 12, temperature: 0 });
+    expect(c.status, JSON.stringify(c.body)).toBe(200);
+    expect(c.body.model).toBe(MODEL);
+    expect(c.body.choices[0].text).toBe(ref.text);
+    const messages = [{ role: "user", content: "Tell me a story." }];
+    const named = await post("/v1/chat/completions", {
+      model: MODEL,
+      messages,
+      max_tokens: 8,
+      temperature: 0,
+    });
+    const chat = await post("/v1/chat/completions", { messages, max_tokens: 8, temperature: 0 });
+    expect(chat.status, JSON.stringify(chat.body)).toBe(200);
+    expect(chat.body.model).toBe(MODEL);
+    expect(chat.body.choices[0].message.content).toBe(named.body.choices[0].message.content);
+    expect(chat.body.usage.prompt_tokens).toBe(chatIds(messages).length);
+  });
+
+  it("a wrong name is still a 404 model_not_found in OpenAI's shape, on both routes", async () => {
+    for (const [path, body] of [
+      ["/v1/completions", { model: "gpt-4", prompt: "hi", max_tokens: 2 }],
+      ["/v1/chat/completions", { model: "gpt-4", messages: [{ role: "user", content: "hi" }] }],
+    ] as const) {
+      const r = await post(path, body);
+      expect(r.status).toBe(404);
+      expect(r.body.error).toMatchObject({
+        type: "not_found_error",
+        param: "model",
+        code: "model_not_found",
+      });
+    }
+  });
+});
+
 describe("errors in OpenAI's shape", () => {
   it("unknown model → NotFoundError", async () => {
     const err = await client.completions

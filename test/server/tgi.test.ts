@@ -208,6 +208,38 @@ describe("POST /tokenize and /detokenize", () => {
     expect((await post("/tokenize", { text: "The bird" })).body.tokens).toEqual(ids);
   });
 
+  it("messages (vLLM's chat form) tokenize as the chat route renders them: its usage.prompt_tokens", async () => {
+    const messages = [
+      { role: "system", content: "You tell stories." },
+      { role: "user", content: "Tell me a story about a dog." },
+    ];
+    const t = await post("/tokenize", { messages });
+    expect(t.status, JSON.stringify(t.body)).toBe(200);
+    const chat = await post("/v1/chat/completions", { messages, max_tokens: 1, temperature: 0 });
+    expect(t.body.count).toBe(chat.body.usage.prompt_tokens);
+    expect(t.body.tokens).toHaveLength(t.body.count);
+    // add_generation_prompt: false leaves the assistant's opening out.
+    const open = await post("/tokenize", { messages, add_generation_prompt: false });
+    expect(open.body.count).toBeLessThan(t.body.count);
+    expect(t.body.tokens.slice(0, open.body.count)).toEqual(open.body.tokens);
+    const both = await post("/tokenize", { messages, prompt: "hi" });
+    expect(both.status).toBe(400);
+    expect(both.body.error.param).toBe("prompt");
+  });
+
+  it("content (llama-server's field) tokenizes as prompt does, without BOS unless add_special", async () => {
+    const text = "Once upon a time";
+    const plain = await post("/tokenize", { prompt: text, add_special_tokens: false });
+    const withBos = await post("/tokenize", { prompt: text });
+    expect((await post("/tokenize", { content: text })).body.tokens).toEqual(plain.body.tokens);
+    expect((await post("/tokenize", { content: text, add_special: true })).body.tokens).toEqual(
+      withBos.body.tokens,
+    );
+    const pieces = await post("/tokenize", { content: text, with_pieces: true });
+    expect(pieces.body.tokens.map((p: Json) => p.id)).toEqual(plain.body.tokens);
+    expect(pieces.body.tokens.map((p: Json) => p.piece).join("")).toBe(` ${text}`);
+  });
+
   it("detokenize round-trips", async () => {
     for (const text of ["Once upon a time", 'Lily\'s mom said, "Hello!"\n\nThe end.']) {
       for (const add of [true, false]) {
