@@ -51,7 +51,11 @@ async function stream(path: string, body: unknown): Promise<{ status: number; ev
 async function openaiGreedy(prompt: string | number[], maxTokens: number, extra: Json = {}) {
   const r = await post("/v1/completions", { prompt, max_tokens: maxTokens, temperature: 0, ...extra });
   expect(r.status, JSON.stringify(r.body)).toBe(200);
-  return { text: r.body.choices[0].text as string, usage: r.body.usage as Json, finish: r.body.choices[0].finish_reason };
+  return {
+    text: r.body.choices[0].text as string,
+    usage: r.body.usage as Json,
+    finish: r.body.choices[0].finish_reason,
+  };
 }
 
 const PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog"];
@@ -105,7 +109,12 @@ describe("POST /completion", () => {
   });
 
   it("return_tokens lists the generated ids; they decode to the content", async () => {
-    const r = await post("/completion", { prompt: PROMPTS[1], n_predict: 10, temperature: 0, return_tokens: true });
+    const r = await post("/completion", {
+      prompt: PROMPTS[1],
+      n_predict: 10,
+      temperature: 0,
+      return_tokens: true,
+    });
     expect(r.body.tokens).toHaveLength(r.body.tokens_predicted);
     const text = (await post("/detokenize", { tokens: r.body.tokens })).body.prompt as string;
     expect(text.trim()).toBe((r.body.content as string).trim());
