@@ -24,6 +24,8 @@ interface Case {
   code?: string;
   /** Extra check of the message (tokens and context named, …). */
   message?: RegExp;
+  /** The error's shape: OpenAI's (default), or llama-server's on its native routes (no param). */
+  shape?: "llama-server";
 }
 
 let srv: TestServer;
@@ -44,7 +46,11 @@ const tgi = (extra: Json, params: Json = {}): Json => ({
   ...extra,
 });
 
+const llama = (extra: Json): Json => ({ prompt: "Once upon a time", n_predict: 4, ...extra });
+
 const C = "/v1/completions";
+const LLAMA = "/completion";
+const TOK = "/tokenize";
 const CHAT = "/v1/chat/completions";
 const GEN = "/generate";
 const INVALID = "invalid_request_error";
@@ -163,6 +169,104 @@ function cases(): Case[] {
       code: "context_length_exceeded",
       message: new RegExp(`${contextLength}`),
     },
+    // The simple /generate body.
+    bad("generate: simple max_tokens beside inputs", GEN, { inputs: "Once", max_tokens: 4 }, "max_tokens"),
+    bad(
+      "generate: simple temperature beside parameters",
+      GEN,
+      { prompt: "Once", parameters: {}, temperature: 0 },
+      "temperature",
+    ),
+    bad("generate: simple max_tokens is a string", GEN, { prompt: "Once", max_tokens: "10" }, "max_tokens"),
+    bad("generate: simple temperature 5", GEN, { prompt: "Once", temperature: 5 }, "temperature"),
+    bad("generate: simple stop is a number", GEN, { prompt: "Once", max_tokens: 4, stop: 3 }, "stop"),
+    bad("generate: simple prompt is a number", GEN, { prompt: 5, max_tokens: 4 }, "prompt"),
+    {
+      name: "generate: simple prompt longer than the context",
+      path: GEN,
+      body: { prompt: longPrompt, max_tokens: 4 },
+      status: 400,
+      type: INVALID,
+      param: "prompt",
+      code: "context_length_exceeded",
+    },
+    // /tokenize's chat and llama-server forms.
+    bad("tokenize: messages is a string", TOK, { messages: "hi" }, "messages"),
+    bad(
+      "tokenize: message with an unknown role",
+      TOK,
+      { messages: [{ role: "x", content: "hi" }] },
+      "messages[0].role",
+    ),
+    bad(
+      "tokenize: messages and prompt",
+      TOK,
+      { messages: [{ role: "user", content: "hi" }], prompt: "hi" },
+      "prompt",
+    ),
+    bad(
+      "tokenize: add_generation_prompt is a string",
+      TOK,
+      { messages: [{ role: "user", content: "hi" }], add_generation_prompt: "yes" },
+      "add_generation_prompt",
+    ),
+    bad("tokenize: content is a number", TOK, { content: 5 }, "content"),
+    bad("tokenize: with_pieces is a string", TOK, { content: "hi", with_pieces: "yes" }, "with_pieces"),
+    // llama-server's /completion: its own error shape.
+    ...(
+      [
+        ["completion: prompt is a number", llama({ prompt: 5 })],
+        ["completion: prompt is an empty list", llama({ prompt: [] })],
+        ["completion: prompt holds a token id beyond the vocabulary", llama({ prompt: [1, 10 ** 7] })],
+        ["completion: no prompt", { n_predict: 4 }],
+        ["completion: n_predict 0", llama({ n_predict: 0 })],
+        ["completion: n_predict -2", llama({ n_predict: -2 })],
+        ["completion: n_predict is a string", llama({ n_predict: "5" })],
+        ["completion: temperature is a string", llama({ temperature: "hot" })],
+        ["completion: temperature 5", llama({ temperature: 5 })],
+        ["completion: top_p 2", llama({ top_p: 2 })],
+        ["completion: stop is a number", llama({ stop: 3 })],
+        ["completion: n_probs 5", llama({ n_probs: 5 })],
+        ["completion: grammar", llama({ grammar: "root ::= x" })],
+        ["completion: stream is a string", llama({ stream: "yes" })],
+        ["completion: n_predict beyond the context", llama({ n_predict: 10 ** 6 })],
+      ] as const
+    ).map(
+      ([name, body]): Case => ({
+        name,
+        path: LLAMA,
+        body,
+        status: 400,
+        type: INVALID,
+        shape: "llama-server",
+      }),
+    ),
+    {
+      name: "completion: prompt longer than the context",
+      path: LLAMA,
+      body: llama({ prompt: longPrompt }),
+      status: 400,
+      type: INVALID,
+      shape: "llama-server",
+      message: new RegExp(`${contextLength}`),
+    },
+    {
+      name: "completion: truncated JSON",
+      path: LLAMA,
+      body: "{",
+      status: 400,
+      type: INVALID,
+      shape: "llama-server",
+    },
+    {
+      name: "completion: wrong content type",
+      path: LLAMA,
+      body: JSON.stringify(llama({})),
+      headers: { "content-type": "text/plain" },
+      status: 415,
+      type: INVALID,
+      shape: "llama-server",
+    },
     // Bodies that are not a JSON object.
     {
       name: "NaN literal (not JSON)",
@@ -272,6 +376,26 @@ async function send(c: Case, base = srv.url): Promise<{ status: number; headers:
   return { status: res.status, headers: res.headers, text: await res.text() };
 }
 
+/** llama-server's error shape: {error: {code: <status>, message, type}}. */
+function expectLlamaServerError(
+  res: { status: number; headers: Headers; text: string },
+  c: Pick<Case, "status" | "type" | "message">,
+): void {
+  expect(res.status, res.text).toBe(c.status);
+  expect(res.headers.get("content-type")).toMatch(/^application\/json/);
+  expect(res.text).not.toMatch(/\n\s+at /);
+  const body = JSON.parse(res.text) as { error: Record<string, unknown> };
+  expect(Object.keys(body)).toEqual(["error"]);
+  const e = body.error;
+  expect(Object.keys(e).sort()).toEqual(["code", "message", "type"]);
+  expect(e.code).toBe(c.status);
+  expect(e.type).toBe(c.type);
+  expect(typeof e.message).toBe("string");
+  expect((e.message as string).trim().length).toBeGreaterThan(0);
+  expect(e.message).not.toMatch(/[\r\n]/);
+  if (c.message) expect(e.message).toMatch(c.message);
+}
+
 function expectOpenAIError(
   res: { status: number; headers: Headers; text: string },
   c: Pick<Case, "status" | "type" | "param" | "code" | "message">,
@@ -321,7 +445,8 @@ describe("bad input", () => {
     for (const c of cases()) {
       const res = await send(c);
       try {
-        expectOpenAIError(res, c);
+        if (c.shape === "llama-server") expectLlamaServerError(res, c);
+        else expectOpenAIError(res, c);
       } catch (err) {
         failures.push(
           `${c.name}: ${(err as Error).message.split("\n")[0]} — got ${res.status} ${res.text.slice(0, 300)}`,

@@ -191,6 +191,98 @@ describe("POST /generate_stream", () => {
   });
 });
 
+describe("the simple /generate body {prompt, max_tokens, …}", () => {
+  it("answers {text, generated_text, finish_reason, usage}; greedy text equals /v1/completions'", async () => {
+    for (const prompt of PROMPTS.slice(0, 3)) {
+      const r = await post("/generate", { prompt, max_tokens: 12, temperature: 0 });
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      const ref = await post("/v1/completions", { prompt, max_tokens: 12, temperature: 0 });
+      expect(r.body.text).toBe(ref.body.choices[0].text);
+      expect(r.body.generated_text).toBe(r.body.text);
+      expect(r.body.finish_reason).toBe(ref.body.choices[0].finish_reason);
+      expect(r.body.usage).toEqual({
+        prompt_tokens: ref.body.usage.prompt_tokens,
+        completion_tokens: ref.body.usage.completion_tokens,
+        total_tokens: ref.body.usage.total_tokens,
+      });
+    }
+  });
+
+  it("stop ends the text before it; a seed repeats a sampled answer; max_tokens defaults to 16", async () => {
+    const whole = (await post("/generate", { prompt: PROMPTS[0], max_tokens: 24, temperature: 0 })).body
+      .text as string;
+    const word = whole.slice(8, 12);
+    const stopped = await post("/generate", {
+      prompt: PROMPTS[0],
+      max_tokens: 24,
+      temperature: 0,
+      stop: [word],
+    });
+    expect(stopped.body.text).toBe(whole.slice(0, whole.indexOf(word)));
+    expect(stopped.body.finish_reason).toBe("stop");
+    const body = { prompt: PROMPTS[1], temperature: 0.9, top_p: 0.9, seed: 7 };
+    const a = await post("/generate", body);
+    const b = await post("/generate", body);
+    expect(a.body.text).toBe(b.body.text);
+    expect(a.body.usage.completion_tokens).toBe(16);
+  });
+
+  it("stream: true answers server-sent events whose text joins to the whole answer; the last has finish_reason and usage", async () => {
+    for (const path of ["/generate", "/generate_stream"]) {
+      const body = { prompt: PROMPTS[2], max_tokens: 20, temperature: 0 };
+      const whole = await post("/generate", body);
+      const res = await fetch(`${srv.url}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ ...body, stream: true }),
+      });
+      expect(res.headers.get("content-type")).toMatch(/^text\/event-stream/);
+      const raw = await res.text();
+      expect(raw).not.toContain("[DONE]");
+      const events = raw
+        .split("\n\n")
+        .filter((x) => x.trim().length > 0)
+        .map((x) => JSON.parse(x.slice(5)) as Json);
+      expect(events.length).toBeGreaterThan(2);
+      expect(events.map((e) => e.text).join("")).toBe(whole.body.text);
+      const last = events[events.length - 1]!;
+      for (const e of events.slice(0, -1)) expect(e.finish_reason).toBeNull();
+      expect(last.finish_reason).toBe(whole.body.finish_reason);
+      expect(last.generated_text).toBe(whole.body.text);
+      expect(last.usage).toEqual(whole.body.usage);
+    }
+  });
+
+  it("TGI's bodies are unchanged: {prompt}, {prompt, parameters} and TGI's client's stream: false stay TGI's", async () => {
+    const tgi = await post("/generate", { inputs: PROMPTS[0], parameters: { max_new_tokens: 6 } });
+    for (const body of [
+      { prompt: PROMPTS[0], parameters: { max_new_tokens: 6 } },
+      { inputs: PROMPTS[0], parameters: { max_new_tokens: 6 }, stream: false },
+    ]) {
+      const r = await post("/generate", body);
+      expect(r.body).toEqual(tgi.body);
+    }
+    expect(Object.keys((await post("/generate", { prompt: PROMPTS[0] })).body)).toEqual(["generated_text"]);
+  });
+
+  it("a body mixing both forms is a 400 naming the simple field", async () => {
+    for (const [body, param] of [
+      [{ inputs: PROMPTS[0], max_tokens: 4 }, "max_tokens"],
+      [{ prompt: PROMPTS[0], parameters: { max_new_tokens: 4 }, temperature: 0 }, "temperature"],
+    ] as const) {
+      for (const path of ["/generate", "/generate_stream"]) {
+        const res = await fetch(`${srv.url}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(body),
+        });
+        expect(res.status).toBe(400);
+        expect(((await res.json()) as Json).error.param).toBe(param);
+      }
+    }
+  });
+});
+
 describe("POST /tokenize and /detokenize", () => {
   it("tokenize equals the tokenizer, with and without special tokens", async () => {
     for (const text of ["Once upon a time", 'Lily\'s mom said, "Hello!"\n\nThe end.', "  spaces  "]) {

@@ -1,13 +1,25 @@
 import { randomInt } from "node:crypto";
-import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { EngineEvent, FinishInfo } from "../../protocol/events.js";
 import { SamplingParamError, type SamplingParams, validateSamplingParams } from "../../sampling/params.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
 import { readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
-import { badRequest } from "../errors.js";
+import { badRequest, errorBody } from "../errors.js";
 import { defaultMaxTokens, type GenerationParams } from "../generation.js";
-import { clientOf, clientSignal, given, isObject, type Json, textField } from "../route-helpers.js";
+import { DEFAULT_COMPLETION_MAX_TOKENS } from "../openai-schema.js";
+import {
+  clientOf,
+  clientSignal,
+  given,
+  isObject,
+  type Json,
+  boolField as sharedBool,
+  intField as sharedInt,
+  numberField as sharedNumber,
+  stopField,
+  textField,
+} from "../route-helpers.js";
 import { sendSSE } from "../sse.js";
 
 /**
@@ -23,12 +35,96 @@ import { sendSSE } from "../sse.js";
  * TGI's sampling rule: greedy unless do_sample is true or a warper is set (temperature ≠ 1,
  * top_k, top_p < 1). A sampled request without a seed gets a random one, reported in details.seed.
  * Extensions: `parameters.ignore_eos` and `parameters.priority` (as in vLLM).
+ *
+ * The simple body, for the minimal clients written against a bare /generate (vLLM's demo server
+ * and the like): /generate (and /generate_stream) also take
+ *
+ *   {prompt, max_tokens?, temperature?, top_p?, top_k?, stop?, seed?, stream?}
+ *     → {text, generated_text, finish_reason: "stop" | "length", usage: {prompt_tokens, completion_tokens, total_tokens}}
+ *
+ * A body is the simple one when it has neither `inputs` nor `parameters` and has any of those fields
+ * but `prompt`; `{prompt}` alone or `{prompt, parameters}` stay TGI's (`prompt` is TGI's alias of
+ * `inputs`). Mixing the two (a simple field beside `inputs` or `parameters`) is a 400 naming the
+ * simple field, except `stream`, which TGI's clients send and TGI's body ignores. Its
+ * defaults are OpenAI's and vLLM's: max_tokens 16, temperature 1 (sampled; temperature 0 is greedy).
+ * `text` and `generated_text` hold the same completion (without the prompt), so clients of either
+ * kind read it. stream: true (always on /generate_stream) answers server-sent events
+ * `{text, finish_reason: null}` with each new piece of text, the last one carrying `finish_reason`,
+ * `generated_text` (the whole completion) and `usage`; no [DONE] marker, as for TGI's stream.
  */
 
 /** max_new_tokens when the request gives none (capped by the room left in the context). */
 export const TGI_DEFAULT_MAX_NEW_TOKENS = 100;
 export const TGI_MAX_STOP = 16;
 export const TGI_MAX_TOP_N_TOKENS = 20;
+
+/** The top-level fields that make a /generate body the simple one. */
+export const SIMPLE_GENERATE_FIELDS = [
+  "max_tokens",
+  "temperature",
+  "top_p",
+  "top_k",
+  "stop",
+  "seed",
+  "stream",
+];
+
+export interface SimpleGenerateRequest {
+  prompt: string;
+  ids: number[];
+  maxTokens: number;
+  sampling: Partial<SamplingParams>;
+  stop: string[];
+  stream: boolean;
+}
+
+/**
+ * The simple body's first field present, or undefined for TGI's body. A simple field beside `inputs`
+ * or `parameters` is a 400 naming it, except `stream`, which TGI's own clients send (the Python
+ * client's `stream: false` to /generate) and which TGI's body ignores.
+ */
+export function simpleGenerateField(body: unknown): string | undefined {
+  if (!isObject(body)) return undefined;
+  const tgi = ["inputs", "parameters"].find((f) => given(body[f]));
+  if (tgi === undefined) return SIMPLE_GENERATE_FIELDS.find((f) => given(body[f]));
+  const simple = SIMPLE_GENERATE_FIELDS.find((f) => f !== "stream" && given(body[f]));
+  if (simple !== undefined) {
+    throw badRequest(
+      `${simple} belongs to the simple body {prompt, ${simple}, …}; with ${tgi} (TGI's body {inputs, parameters}) give it in parameters instead`,
+      simple,
+    );
+  }
+  return undefined;
+}
+
+/** Validates a simple /generate body. Throws 400s naming the field. */
+export function parseSimpleGenerate(body: Json, tok: Tokenizer): SimpleGenerateRequest {
+  const { text: prompt } = textField(body, ["prompt"]);
+  if (prompt.length === 0) throw badRequest("prompt must not be empty", "prompt");
+  const temperature = sharedNumber(body, "temperature");
+  const topP = sharedNumber(body, "top_p");
+  const topK = sharedInt(body, "top_k", -1);
+  const sampling: Partial<SamplingParams> = {
+    ...(temperature !== undefined ? { temperature } : {}),
+    ...(topP !== undefined ? { topP } : {}),
+    ...(topK !== undefined ? { topK: Math.max(0, topK) } : {}),
+    seed: sharedInt(body, "seed", 0),
+  };
+  try {
+    validateSamplingParams(sampling);
+  } catch (e) {
+    if (e instanceof SamplingParamError) throw badRequest(e.message, e.param);
+    throw e;
+  }
+  return {
+    prompt,
+    ids: tok.encode(prompt, { addSpecial: true }),
+    maxTokens: sharedInt(body, "max_tokens", 1) ?? DEFAULT_COMPLETION_MAX_TOKENS,
+    sampling,
+    stop: stopField(body, "stop", TGI_MAX_STOP),
+    stream: sharedBool(body, "stream") ?? false,
+  };
+}
 
 export type TgiFinishReason = "length" | "eos_token" | "stop_sequence";
 
@@ -57,30 +153,11 @@ export interface TgiRequest {
   priority: number;
 }
 
-function numberField(p: Json, name: string): number | undefined {
-  const v = p[name];
-  if (!given(v)) return undefined;
-  if (typeof v !== "number" || !Number.isFinite(v))
-    throw badRequest(`${name} must be a number`, `parameters.${name}`);
-  return v;
-}
-
-function intField(p: Json, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
-  const v = p[name];
-  if (!given(v)) return undefined;
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max) {
-    const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min}` : `between ${min} and ${max}`;
-    throw badRequest(`${name} must be an integer ${range}`, `parameters.${name}`);
-  }
-  return v;
-}
-
-function boolField(p: Json, name: string): boolean | undefined {
-  const v = p[name];
-  if (!given(v)) return undefined;
-  if (typeof v !== "boolean") throw badRequest(`${name} must be true or false`, `parameters.${name}`);
-  return v;
-}
+// TGI's sampling fields live under `parameters`: errors name them so.
+const numberField = (p: Json, name: string) => sharedNumber(p, name, `parameters.${name}`);
+const intField = (p: Json, name: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
+  sharedInt(p, name, min, max, `parameters.${name}`);
+const boolField = (p: Json, name: string) => sharedBool(p, name, `parameters.${name}`);
 
 /** Validates a /generate body and turns it into engine terms. Throws 400s naming the field. */
 export function parseTgiRequest(body: unknown, tok: Tokenizer, contextLength: number): TgiRequest {
@@ -123,18 +200,7 @@ export function parseTgiRequest(body: unknown, tok: Tokenizer, contextLength: nu
     throw e;
   }
 
-  let stop: string[] = [];
-  if (given(p.stop)) {
-    const v = p.stop;
-    const list = typeof v === "string" ? [v] : v;
-    if (!Array.isArray(list) || !list.every((x) => typeof x === "string")) {
-      throw badRequest("stop must be a list of strings", "parameters.stop");
-    }
-    if (list.length > TGI_MAX_STOP) {
-      throw badRequest(`stop takes at most ${TGI_MAX_STOP} strings`, "parameters.stop");
-    }
-    stop = list.filter((x) => x.length > 0);
-  }
+  const stop = stopField(p, "stop", TGI_MAX_STOP, "parameters.stop");
 
   const details = boolField(p, "details") ?? false;
   const decoderInputDetails = boolField(p, "decoder_input_details") ?? false;
@@ -222,9 +288,62 @@ function prefillDetails(r: TgiRequest, tok: Tokenizer) {
 
 type TokenWithTop = { token: TgiToken; top?: TgiToken[] };
 
+/** Answers a simple /generate body: whole, or streamed (`stream`). */
+async function simpleGenerate(
+  ctx: ServerContext,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  endpoint: string,
+  forceStream: boolean,
+) {
+  const m = ctx.service.model(endpoint);
+  const r = parseSimpleGenerate(req.body as Json, m.tokenizer);
+  const params: GenerationParams = {
+    prompt: r.ids,
+    maxTokens: r.maxTokens,
+    sampling: r.sampling,
+    stop: r.stop,
+    stopAtEog: true,
+    priority: 0,
+    client: clientOf(req),
+    endpoint,
+    promptText: r.prompt,
+  };
+  const signal = clientSignal(req, reply);
+  const streams = await startChoices(ctx, [{ index: 0, prompt: 0, params }], signal);
+  let text = "";
+  const end = (f: FinishInfo) => ({
+    finish_reason: f.reason === "stop" ? "stop" : "length",
+    generated_text: text,
+    usage: {
+      prompt_tokens: r.ids.length,
+      completion_tokens: f.completionTokens,
+      total_tokens: r.ids.length + f.completionTokens,
+    },
+  });
+  if (!(r.stream || forceStream)) {
+    const [f] = await readChoices(streams, signal, (_i, e) => {
+      text += e.text;
+    });
+    return { text, ...end(f!) };
+  }
+  return streamChoices(ctx, reply, streams, signal, {
+    doneMarker: false,
+    open() {},
+    onEvent(_i, e) {
+      text += e.text;
+      if (e.finish) sendSSE(reply, { text: e.text, ...end(e.finish) });
+      else if (e.text.length > 0) sendSSE(reply, { text: e.text, finish_reason: null });
+    },
+    close() {},
+    errorEvent: errorBody,
+  });
+}
+
 export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/generate", async (req, reply) => {
     const endpoint = "/generate";
+    if (simpleGenerateField(req.body) !== undefined) return simpleGenerate(ctx, req, reply, endpoint, false);
     const m = ctx.service.model(endpoint);
     const r = parseTgiRequest(req.body, m.tokenizer, m.info.contextLength);
     const signal = clientSignal(req, reply);
@@ -265,6 +384,7 @@ export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): voi
 
   app.post("/generate_stream", async (req, reply) => {
     const endpoint = "/generate_stream";
+    if (simpleGenerateField(req.body) !== undefined) return simpleGenerate(ctx, req, reply, endpoint, true);
     const m = ctx.service.model(endpoint);
     const r = parseTgiRequest(req.body, m.tokenizer, m.info.contextLength);
     const signal = clientSignal(req, reply);
