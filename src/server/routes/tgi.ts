@@ -29,7 +29,8 @@ import { sendSSE } from "../sse.js";
  *   POST /generate_stream  the same as server-sent events: one per token
  *                          {index, token: {id, text, logprob, special}, generated_text: null, details: null},
  *                          the last with generated_text and details; no [DONE] marker (TGI has none)
- *   POST /tokenize         {prompt | inputs | text, add_special_tokens?} → {tokens, count, max_model_len}
+ *   POST /tokenize         {prompt | inputs | text | content | messages, …} → {tokens, count, max_model_len}
+ *                          (routes/tokenize.ts)
  *   POST /detokenize       {tokens} → {prompt}
  *
  * TGI's sampling rule: greedy unless do_sample is true or a warper is set (temperature ≠ 1,
