@@ -483,6 +483,12 @@ describe("bad input", () => {
         param: null,
         code: "invalid_api_key",
       });
+      // llama-server's routes answer in its shape, admission included.
+      const llamaNoKey = await send(
+        { name: "no key (llama-server)", path: LLAMA, body: llama({}), status: 401, type: "" },
+        keyed.url,
+      );
+      expectLlamaServerError(llamaNoKey, { status: 401, type: "authentication_error" });
     } finally {
       await keyed.close();
     }
