@@ -1,10 +1,10 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { renderChat } from "../../chat/template.js";
 import type { RequestStream } from "../../protocol/event-stream.js";
 import type { FinishInfo } from "../../protocol/events.js";
 import type { SampleResult } from "../../sampling/sampler.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
+import { chatPrompt } from "../chat-prompt.js";
 import { type Choice, readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
 import { ApiError, badRequest, errorBody } from "../errors.js";
@@ -328,27 +328,6 @@ function chatLogprobs(tok: Tokenizer, samples: SampleResult[], k: number) {
     })),
     refusal: null,
   };
-}
-
-/** Renders the conversation with the model's template (ChatML without one) and tokenizes it. */
-export function chatPrompt(model: LoadedModel, r: Pick<ChatRequest, "messages" | "templateVars">) {
-  const tok = model.tokenizer;
-  const bosText = tok.bos !== undefined ? tok.tokenText(tok.bos) : "";
-  const eosText = tok.eos !== undefined ? tok.tokenText(tok.eos) : "";
-  const text = renderChat({
-    template: model.chatTemplate,
-    messages: r.messages,
-    bosToken: bosText,
-    eosToken: eosText,
-    addGenerationPrompt: true,
-    extra: r.templateVars,
-  });
-  let ids = tok.encode(text, { addSpecial: false, parseSpecial: true });
-  // Templates that write {{ bos_token }} themselves get no second one.
-  if (tok.addBos && tok.bos !== undefined && !(bosText.length > 0 && text.startsWith(bosText))) {
-    ids = [tok.bos, ...ids];
-  }
-  return { text, ids };
 }
 
 async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply) {
