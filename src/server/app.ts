@@ -4,16 +4,17 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { registerAdmission } from "./admission.js";
 import { registerBodyParser } from "./body.js";
 import type { ServerContext } from "./context.js";
-import { ApiError, errorBody, GenerationEndedError, toApiError } from "./errors.js";
+import { ApiError, errorBodyFor, GenerationEndedError, toApiError } from "./errors.js";
 import { logPath, logRejection, logRequestId, rejectionReason } from "./request-log.js";
 import { clientOf } from "./route-helpers.js";
+import { registerOllamaRoutes } from "./routes/ollama.js";
 import { registerOpenAIRoutes } from "./routes/openai.js";
 import { registerOpsRoutes } from "./routes/ops.js";
 import { registerTgiRoutes } from "./routes/tgi.js";
 import { registerTokenizeRoutes } from "./routes/tokenize.js";
 
 /**
- * The HTTP application: Fastify with OpenAI-shaped errors everywhere, the
+ * The HTTP application: Fastify with OpenAI-shaped errors everywhere (Ollama's shape under /api/), the
  * admission hooks (auth, rate limit), and the route groups. Routes reach the
  * engine only through ctx.service (src/server/generation.ts).
  *
@@ -67,7 +68,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
     frameworkErrors: (err, req, reply) => {
       const e = toApiError(err);
       rejected(req as FastifyRequest, e);
-      void (reply as unknown as FastifyReply).code(e.status).send(errorBody(e));
+      void (reply as unknown as FastifyReply).code(e.status).send(errorBodyFor(req.url, e));
     },
     clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
       if (err.code === "ECONNRESET" || socket.destroyed) return;
@@ -103,7 +104,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
       }
       // Not after a response already begun on this connection: that would corrupt it.
       if (socket.writable && !reply?.raw.headersSent) {
-        const body = JSON.stringify(errorBody(e));
+        const body = JSON.stringify(errorBodyFor(req?.url, e));
         socket.write(
           `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
         );
@@ -135,19 +136,20 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
     if (!(err instanceof GenerationEndedError) && !clientGone) rejected(req, e);
     // Answered before the body has arrived (401, 404, 413…): the connection is not kept for the rest of it.
     if (!req.raw.complete) void reply.header("connection", "close");
-    void reply.code(e.status).send(errorBody(e));
+    void reply.code(e.status).send(errorBodyFor(req.url, e));
   });
 
   app.setNotFoundHandler((req, reply) => {
     const e = new ApiError(404, `no route for ${req.method} ${req.url.split("?")[0]}`, "not_found_error");
     rejected(req, e);
-    void reply.code(404).send(errorBody(e));
+    void reply.code(404).send(errorBodyFor(req.url, e));
   });
 
   registerBodyParser(app, ctx);
   registerAdmission(app, ctx);
   registerOpenAIRoutes(app, ctx);
   registerTgiRoutes(app, ctx);
+  registerOllamaRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
   registerOpsRoutes(app, ctx);
   return app;

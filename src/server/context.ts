@@ -51,6 +51,8 @@ export interface LoadedModel {
   info: BackendInfo;
   tokenizer: Tokenizer;
   chatTemplate: string | undefined;
+  /** The GGUF the model (or, for gateway backends, its tokenizer) was read from, when known. */
+  modelPath?: string;
 }
 
 export interface ServerContext {

@@ -5,7 +5,8 @@ import type { FinishInfo } from "../protocol/events.js";
 /**
  * Every error the API returns has OpenAI's shape:
  *   { "error": { "message": "...", "type": "...", "param": "field" | null, "code": "..." | null } }
- * so OpenAI SDKs raise their usual typed errors (BadRequestError, RateLimitError, …).
+ * so OpenAI SDKs raise their usual typed errors (BadRequestError, RateLimitError, …), except under
+ * Ollama's /api/ paths, whose errors have Ollama's shape, `{ "error": "..." }` (errorBodyFor).
  */
 
 export type ErrorType =
@@ -48,6 +49,19 @@ export function errorBody(e: ApiError): ErrorBody {
   // One line, always (clients log it; a multi-line message would read like a stack trace).
   const message = e.message.replace(/\s*[\r\n]+\s*/g, " ").trim() || "error";
   return { error: { message, type: e.type, param: e.param, code: e.code } };
+}
+
+/** Ollama's error shape: `{ "error": "message" }`. */
+export function ollamaErrorBody(e: ApiError): { error: string } {
+  return { error: errorBody(e).error.message };
+}
+
+/** Whether a request path is Ollama's API (its errors take Ollama's shape). */
+export const isOllamaPath = (url: string | undefined) => url !== undefined && /^\/api(\/|\?|$)/.test(url);
+
+/** The error body a request to `url` gets: Ollama's shape under /api/, OpenAI's everywhere else. */
+export function errorBodyFor(url: string | undefined, e: ApiError): ErrorBody | { error: string } {
+  return isOllamaPath(url) ? ollamaErrorBody(e) : errorBody(e);
 }
 
 /** Maps anything thrown while serving a request to an ApiError; unknown errors become a 500 without details. */

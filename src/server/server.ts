@@ -127,6 +127,7 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
       info: backend.info,
       tokenizer: backend.tokenizer,
       chatTemplate: backend.info.chatTemplate,
+      ...("modelPath" in init && typeof init.modelPath === "string" ? { modelPath: init.modelPath } : {}),
     };
     for (const w of backend.info.warnings ?? []) log.warn(w);
     log.info({ model: opts.modelName, backend: backend.info.kind, ...backend.info.details }, "ready");
