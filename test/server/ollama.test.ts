@@ -321,4 +321,41 @@ describe("Ollama API with the official client", () => {
     expect(metrics.clientAborts).toBe(abortsBefore + 1);
     expect(srv.server.ctx.service.numInFlight).toBe(0);
   });
+
+  it("a request timeout is a 504 before the stream starts, one NDJSON error line after", async () => {
+    const slow = await startTestServer({ requestTimeoutMs: 60 });
+    try {
+      const c = new Ollama({ host: slow.url });
+      // Greedy, stories260K fills the whole context (about 2000 tokens): far longer than 60 ms.
+      const body = { model, prompt: PROMPT, raw: true, options: { temperature: 0, num_predict: -1 } };
+      await expect(c.generate({ ...body, stream: false })).rejects.toMatchObject({
+        name: "ResponseError",
+        status_code: 504,
+        error: expect.stringMatching(/^the request was aborted/),
+      });
+      // The first tokens usually arrive within 60 ms, so the timeout comes as an error line, which the
+      // client throws; on a loaded machine it may come first, as a 504.
+      const err = await (async () => {
+        for await (const _ of await c.generate({ ...body, stream: true })) {
+        }
+      })().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(Error);
+      expect((err as Error).message).toMatch(/the request was aborted/);
+      // And on the wire: NDJSON lines, the last one {"error": "..."} alone.
+      const res = await fetch(`${slow.url}/api/chat`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model, messages: MESSAGES, options: body.options }),
+      });
+      const text = await res.text();
+      const last = JSON.parse(text.trimEnd().split("\n").at(-1)!) as Record<string, unknown>;
+      expect(Object.keys(last)).toEqual(["error"]);
+      expect(last.error).toMatch(/the request was aborted/);
+      if (res.status === 200) expect(res.headers.get("content-type")).toMatch(/^application\/x-ndjson/);
+      else expect(res.status).toBe(504);
+      expect(slow.server.ctx.service.numInFlight).toBe(0);
+    } finally {
+      await slow.close();
+    }
+  });
 });
