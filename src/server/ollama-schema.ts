@@ -20,23 +20,12 @@ export const OLLAMA_DEFAULTS = {
   repeat_last_n: 64,
 } as const;
 
-/** Options about hardware and the runtime (threads, GPU layers, mmap…): accepted and ignored. */
-const RUNTIME_OPTIONS = [
-  "numa",
-  "num_batch",
-  "num_gpu",
-  "main_gpu",
-  "low_vram",
-  "f16_kv",
-  "logits_all",
-  "vocab_only",
-  "use_mmap",
-  "use_mlock",
-  "embedding_only",
-  "num_thread",
-  "num_keep",
-  "penalize_newline",
-];
+/*
+ * Options about hardware and the runtime (numa, num_batch, num_gpu, main_gpu, low_vram, f16_kv,
+ * logits_all, vocab_only, use_mmap, use_mlock, embedding_only, num_thread, num_keep,
+ * penalize_newline) are accepted and ignored, like any option Spindle does not know: Ollama itself
+ * ignores unknown options.
+ */
 
 /** Options that change the output and that Spindle lacks: refused unless at their "off" value. */
 const UNSUPPORTED_OPTIONS: Record<string, number> = { mirostat: 0, tfs_z: 1, typical_p: 1 };
@@ -155,7 +144,6 @@ function parseCommon(body: Json, sc: OllamaSchemaContext): OllamaCommon {
     if (v !== undefined && v !== off)
       throw badRequest(`options.${key} is not supported (only ${off})`, `options.${key}`);
   }
-  void RUNTIME_OPTIONS; // accepted and ignored, like any option Ollama does not know either
 
   const numPredict = int(o, "num_predict");
   if (numPredict !== undefined && numPredict < 1 && numPredict !== -1 && numPredict !== -2) {

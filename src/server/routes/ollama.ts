@@ -22,7 +22,8 @@ import { spindleVersion } from "./ops.js";
  * Ollama's API, so that Ollama clients (the official `ollama` npm package, tools that speak to
  * "an Ollama") work unchanged against Spindle:
  *
- *   GET|HEAD /            "Ollama is running" (clients probe it)
+ *   GET|HEAD /            "Ollama is running" (clients probe it; behind --api-key like every route
+ *                         but /health and /metrics)
  *   POST /api/generate    {model, prompt, system?, raw?, stream?, options?} → NDJSON stream (default)
  *                         or one object with `response`
  *   POST /api/chat        {model, messages, stream?, options?} → the same with `message`
@@ -57,8 +58,8 @@ import { spindleVersion } from "./ops.js";
  *   (top-level or in a message), template (a per-request template override), a non-empty `context` (the
  *   deprecated token array; send the conversation to /api/chat instead) and messages with role "tool"
  *   or tool_calls are 400s too. keep_alive is accepted and ignored: the one model stays loaded.
- * - raw: true tokenizes the prompt as it is (special tokens parsed, BOS added as the model asks);
- *   otherwise the prompt (and `system`) is rendered as a conversation with the model's chat template,
+ * - raw: true tokenizes the prompt as it is (special tokens parsed, BOS added as the model asks;
+ *   `system` with raw is a 400, since nothing would render it); otherwise the prompt (and `system`) is rendered as a conversation with the model's chat template,
  *   exactly as /api/chat and /v1/chat/completions render it (chat-prompt.ts).
  * - Counts and durations (nanoseconds) come from the engine's own clock (FinishInfo.times):
  *   total_duration arrival → finish; load_duration 0 (the model is loaded before the server is
