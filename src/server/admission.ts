@@ -37,6 +37,8 @@ export const GENERATION_PATHS = new Set([
   "/v1/chat/completions",
   "/generate",
   "/generate_stream",
+  "/api/generate",
+  "/api/chat",
 ]);
 
 /** A short, stable, non-reversible name for a key, for logs and metrics. */

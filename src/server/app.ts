@@ -7,14 +7,15 @@ import type { ServerContext } from "./context.js";
 import {
   ApiError,
   type ErrorShape,
-  errorBody,
   errorBodyFor,
+  errorShapeOf,
   GenerationEndedError,
   toApiError,
 } from "./errors.js";
 import { logPath, logRejection, logRequestId, rejectionReason } from "./request-log.js";
 import { clientOf } from "./route-helpers.js";
 import { registerLlamaServerRoutes } from "./routes/llama-server.js";
+import { registerOllamaRoutes } from "./routes/ollama.js";
 import { registerOpenAIRoutes } from "./routes/openai.js";
 import { registerOpsRoutes } from "./routes/ops.js";
 import { registerTgiRoutes } from "./routes/tgi.js";
@@ -28,7 +29,7 @@ declare module "fastify" {
 }
 
 /**
- * The HTTP application: Fastify with OpenAI-shaped errors everywhere, the
+ * The HTTP application: Fastify with OpenAI-shaped errors everywhere (Ollama's shape under /api/), the
  * admission hooks (auth, rate limit), and the route groups. Routes reach the
  * engine only through ctx.service (src/server/generation.ts).
  *
@@ -82,7 +83,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
     frameworkErrors: (err, req, reply) => {
       const e = toApiError(err);
       rejected(req as FastifyRequest, e);
-      void (reply as unknown as FastifyReply).code(e.status).send(errorBody(e));
+      void (reply as unknown as FastifyReply).code(e.status).send(errorBodyFor(errorShapeOf(req), e));
     },
     clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
       if (err.code === "ECONNRESET" || socket.destroyed) return;
@@ -118,7 +119,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
       }
       // Not after a response already begun on this connection: that would corrupt it.
       if (socket.writable && !reply?.raw.headersSent) {
-        const body = JSON.stringify(errorBody(e));
+        const body = JSON.stringify(errorBodyFor(errorShapeOf(req), e));
         socket.write(
           `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
         );
@@ -150,19 +151,20 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
     if (!(err instanceof GenerationEndedError) && !clientGone) rejected(req, e);
     // Answered before the body has arrived (401, 404, 413…): the connection is not kept for the rest of it.
     if (!req.raw.complete) void reply.header("connection", "close");
-    void reply.code(e.status).send(errorBodyFor(req.routeOptions.config?.errorShape, e));
+    void reply.code(e.status).send(errorBodyFor(errorShapeOf(req), e));
   });
 
   app.setNotFoundHandler((req, reply) => {
     const e = new ApiError(404, `no route for ${req.method} ${req.url.split("?")[0]}`, "not_found_error");
     rejected(req, e);
-    void reply.code(404).send(errorBody(e));
+    void reply.code(404).send(errorBodyFor(errorShapeOf(req), e));
   });
 
   registerBodyParser(app, ctx);
   registerAdmission(app, ctx);
   registerOpenAIRoutes(app, ctx);
   registerTgiRoutes(app, ctx);
+  registerOllamaRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
   registerLlamaServerRoutes(app, ctx);
   registerOpsRoutes(app, ctx);

@@ -2,9 +2,10 @@ import { type ChatMessage, renderChat } from "../chat/template.js";
 import type { LoadedModel } from "./context.js";
 
 /**
- * Renders a conversation with the model's chat template (ChatML without one) and tokenizes it: the
- * one place a chat prompt is made, for /v1/chat/completions and /tokenize's `messages`.
- * `addGenerationPrompt` (default true) ends the text with the assistant's turn opening.
+ * Renders a conversation with the model's chat template (ChatML without one) and tokenizes it:
+ * the one place every chat route (OpenAI's /v1/chat/completions, Ollama's /api/chat and templated
+ * /api/generate, /tokenize's `messages`) turns messages into prompt tokens. `addGenerationPrompt`
+ * (default true) ends the text with the assistant's turn opening.
  */
 export function chatPrompt(
   model: LoadedModel,

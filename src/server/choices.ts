@@ -4,14 +4,14 @@ import type { EngineEvent, FinishInfo } from "../protocol/events.js";
 import type { ServerContext } from "./context.js";
 import { ApiError, finishError, toApiError } from "./errors.js";
 import type { GenerationParams } from "./generation.js";
-import { endSSE, sendSSE, startSSE } from "./sse.js";
+import { endSSE, type Framing, SSE, sendSSE, startSSE } from "./sse.js";
 
 /**
  * What every generation route does between its protocol and the backend, whatever the protocol
  * (OpenAI, TGI, and the RPC, Ollama and Responses routes to come): a response has one or more
  * choices (n per prompt, per prompt of a batch), each one backend request; they start together
  * (`startChoices`) and are read as one merged stream, either to the end (`readChoices`, for a
- * whole response) or as server-sent events (`streamChoices`). A route only says how its events
+ * whole response) or as an event stream (`streamChoices`: server-sent events, or NDJSON for Ollama). A route only says how its events
  * and errors look.
  *
  * Failure rules, the same for every route: a choice that cannot start aborts the others and the
@@ -126,10 +126,12 @@ export interface StreamHooks {
   errorEvent(e: ApiError, finish?: FinishInfo): unknown;
   /** Whether the stream ends with `data: [DONE]` (OpenAI) or not (TGI). Default true. */
   doneMarker?: boolean;
+  /** How events go on the wire: server-sent events (default) or NDJSON (Ollama). */
+  framing?: Framing;
 }
 
 /**
- * Streams a request as server-sent events: waits for the first event (so that an early timeout or
+ * Streams a request as server-sent events (or the route's framing): waits for the first event (so that an early timeout or
  * failure is still a plain HTTP error), then opens the event stream and hands every event to the
  * route. A choice aborted or failed midway ends the stream with the route's error event.
  */
@@ -157,7 +159,7 @@ export async function streamChoices(
     await it.return(undefined);
     throw finishError(first.value[1].finish!);
   }
-  startSSE(reply);
+  startSSE(reply, hooks.framing ?? SSE);
   try {
     hooks.open();
     let next = first;

@@ -51,7 +51,7 @@ export interface LoadedModel {
   info: BackendInfo;
   tokenizer: Tokenizer;
   chatTemplate: string | undefined;
-  /** The GGUF the model (its tokenizer, template, context) was read from (llama-server's /props). */
+  /** The GGUF the model (or, for gateway backends, its tokenizer) was read from, when known. */
   modelPath?: string;
 }
 

@@ -6,9 +6,9 @@ import type { FinishInfo } from "../protocol/events.js";
  * Every error the API returns has OpenAI's shape:
  *   { "error": { "message": "...", "type": "...", "param": "field" | null, "code": "..." | null } }
  * so OpenAI SDKs raise their usual typed errors (BadRequestError, RateLimitError, …), except on
- * llama-server's native routes (a route's `config.errorShape: "llama-server"`), which answer in
- * llama-server's own shape:
- *   { "error": { "code": 400, "message": "...", "type": "invalid_request_error" } }
+ * routes of other protocols (errorShapeOf): llama-server's native routes (a route's
+ * `config.errorShape: "llama-server"`) answer `{ "error": { "code": 400, "message": "...", "type": "..." } }`,
+ * and Ollama's /api/ paths `{ "error": "..." }`.
  */
 
 export type ErrorType =
@@ -53,8 +53,8 @@ export function errorBody(e: ApiError): ErrorBody {
   return { error: { message, type: e.type, param: e.param, code: e.code } };
 }
 
-/** Which shape a route's errors have (set in a route's Fastify `config`; default OpenAI's). */
-export type ErrorShape = "openai" | "llama-server";
+/** Which protocol's shape a request's errors have. */
+export type ErrorShape = "openai" | "llama-server" | "ollama";
 
 export interface LlamaServerErrorBody {
   error: { code: number; message: string; type: string };
@@ -66,8 +66,31 @@ export function llamaServerErrorBody(e: ApiError): LlamaServerErrorBody {
   return { error: { code: e.status, message, type } };
 }
 
-export function errorBodyFor(shape: ErrorShape | undefined, e: ApiError): ErrorBody | LlamaServerErrorBody {
-  return shape === "llama-server" ? llamaServerErrorBody(e) : errorBody(e);
+/** Ollama's error shape: `{ "error": "message" }`. */
+export function ollamaErrorBody(e: ApiError): { error: string } {
+  return { error: errorBody(e).error.message };
+}
+
+/** Whether a request path is Ollama's API. */
+export const isOllamaPath = (url: string | undefined) => url !== undefined && /^\/api(\/|\?|$)/.test(url);
+
+/**
+ * The shape of a request's errors: its route's `config.errorShape` when it has one, Ollama's under
+ * /api/ (also for paths no route matched), OpenAI's everywhere else.
+ */
+export function errorShapeOf(
+  req: { url?: string; routeOptions?: { config?: { errorShape?: ErrorShape } } } | undefined,
+): ErrorShape {
+  return req?.routeOptions?.config?.errorShape ?? (isOllamaPath(req?.url) ? "ollama" : "openai");
+}
+
+export function errorBodyFor(
+  shape: ErrorShape,
+  e: ApiError,
+): ErrorBody | LlamaServerErrorBody | { error: string } {
+  if (shape === "llama-server") return llamaServerErrorBody(e);
+  if (shape === "ollama") return ollamaErrorBody(e);
+  return errorBody(e);
 }
 
 /** Maps anything thrown while serving a request to an ApiError; unknown errors become a 500 without details. */

@@ -4,8 +4,9 @@ import { engineStats, startTestServer, type TestServer } from "../helpers/server
 
 /**
  * Bad requests of every kind get the right status and an OpenAI-shaped error naming the field
- * (`param`), with a one-line message and never a stack trace; and none of them leaves anything
- * behind in the engine (no running or waiting request, no KV block in use).
+ * (`param`), with a one-line message and never a stack trace (under Ollama's /api/: Ollama's shape,
+ * `{"error": "..."}`); and none of them leaves anything behind in the engine (no running or waiting
+ * request, no KV block in use).
  */
 
 type Json = Record<string, unknown>;
@@ -364,7 +365,173 @@ function cases(): Case[] {
   ];
 }
 
-async function send(c: Case, base = srv.url): Promise<{ status: number; headers: Headers; text: string }> {
+interface OllamaCase {
+  name: string;
+  method?: "GET" | "POST";
+  path: string;
+  body?: Json | string;
+  headers?: Record<string, string>;
+  status: number;
+  /** What the message must say (the field it names, …). */
+  message: RegExp;
+}
+
+const OGEN = "/api/generate";
+const OCHAT = "/api/chat";
+
+function ollamaCases(): OllamaCase[] {
+  const gen = (extra: Json, options: Json = {}): Json => ({
+    model,
+    prompt: "Once upon a time",
+    stream: false,
+    options: { num_predict: 4, ...options },
+    ...extra,
+  });
+  const ochat = (extra: Json, options: Json = {}): Json => ({
+    model,
+    messages: [{ role: "user", content: "Tell me a story." }],
+    stream: false,
+    options: { num_predict: 4, ...options },
+    ...extra,
+  });
+  const bad = (name: string, path: string, body: Json, message: RegExp, status = 400): OllamaCase => ({
+    name,
+    path,
+    body,
+    status,
+    message,
+  });
+  return [
+    { name: "invalid JSON (generate)", path: OGEN, body: '{"model":', status: 400, message: /JSON/ },
+    { name: "invalid JSON (chat)", path: OCHAT, body: "{", status: 400, message: /JSON/ },
+    { name: "JSON array body (chat)", path: OCHAT, body: "[1]", status: 400, message: /object/ },
+    bad("missing model", OGEN, { prompt: "hi" }, /^model is required$/),
+    bad("model is a number", OCHAT, ochat({ model: 5 }), /model/),
+    bad("unknown model", OGEN, gen({ model: "llama3" }), /^model "llama3" not found$/, 404),
+    bad("unknown model (chat)", OCHAT, ochat({ model: "qwen:7b" }), /^model "qwen:7b" not found$/, 404),
+    bad("prompt is a number", OGEN, gen({ prompt: 5 }), /^prompt must be a string/),
+    bad("stream is a string", OGEN, gen({ stream: "yes" }), /^stream must be true or false/),
+    bad("messages not a list", OCHAT, ochat({ messages: "hi" }), /^messages must be a list/),
+    bad("message is a string", OCHAT, ochat({ messages: ["hi"] }), /^messages\[0\]/),
+    bad(
+      "unknown role",
+      OCHAT,
+      ochat({ messages: [{ role: "wizard", content: "hi" }] }),
+      /messages\[0\]\.role/,
+    ),
+    bad(
+      "tool role",
+      OCHAT,
+      ochat({ messages: [{ role: "tool", content: "42" }] }),
+      /messages\[0\]\.role "tool" is not supported/,
+    ),
+    bad("content is a number", OCHAT, ochat({ messages: [{ role: "user", content: 5 }] }), /content/),
+    bad(
+      "message images",
+      OCHAT,
+      ochat({ messages: [{ role: "user", content: "what is this?", images: ["aGVsbG8="] }] }),
+      /messages\[0\]\.images is not supported/,
+    ),
+    bad(
+      "message tool_calls",
+      OCHAT,
+      ochat({
+        messages: [
+          { role: "assistant", content: "", tool_calls: [{ function: { name: "f", arguments: {} } }] },
+        ],
+      }),
+      /tool_calls is not supported/,
+    ),
+    bad("options is a list", OGEN, gen({ options: [] }), /^options must be an object/),
+    bad(
+      "temperature is 'hot'",
+      OGEN,
+      gen({}, { temperature: "hot" }),
+      /^options\.temperature must be a number/,
+    ),
+    bad(
+      "temperature 5",
+      OCHAT,
+      ochat({}, { temperature: 5 }),
+      /^options\.temperature must be between 0 and 2/,
+    ),
+    bad("top_k is 1.5", OGEN, gen({}, { top_k: 1.5 }), /^options\.top_k must be an integer/),
+    bad("top_p is 3", OGEN, gen({}, { top_p: 3 }), /^options\.top_p/),
+    bad("repeat_penalty 0", OGEN, gen({}, { repeat_penalty: 0 }), /^options\.repeat_penalty/),
+    bad("seed is a string", OGEN, gen({}, { seed: "x" }), /^options\.seed must be an integer/),
+    bad("stop is a number", OGEN, gen({}, { stop: 5 }), /^options\.stop must be a list of strings/),
+    bad("num_predict 0", OGEN, gen({}, { num_predict: 0 }), /^options\.num_predict must be ≥ 1, or -1/),
+    bad("num_predict -3", OCHAT, ochat({}, { num_predict: -3 }), /^options\.num_predict/),
+    bad(
+      "num_ctx above the model's",
+      OGEN,
+      gen({}, { num_ctx: 10 ** 6 }),
+      /^options\.num_ctx must be between 1 and/,
+    ),
+    bad("mirostat 2", OGEN, gen({}, { mirostat: 2 }), /^options\.mirostat is not supported/),
+    bad("format json", OGEN, gen({ format: "json" }), /^format is not supported/),
+    bad(
+      "format schema (chat)",
+      OCHAT,
+      ochat({ format: { type: "object", properties: { a: { type: "string" } } } }),
+      /^format is not supported/,
+    ),
+    bad(
+      "tools",
+      OCHAT,
+      ochat({ tools: [{ type: "function", function: { name: "f", parameters: { type: "object" } } }] }),
+      /^tools is not supported/,
+    ),
+    bad("think true", OCHAT, ochat({ think: true }), /^think is not supported/),
+    bad("suffix", OGEN, gen({ suffix: "The end." }), /^suffix is not supported/),
+    bad("images", OGEN, gen({ images: ["aGVsbG8="] }), /^images is not supported/),
+    bad("context tokens", OGEN, gen({ context: [1, 2, 3] }), /^context is not supported/),
+    bad("template override", OGEN, gen({ template: "{{ .Prompt }}" }), /^template is not supported/),
+    bad("keep_alive is an object", OGEN, gen({ keep_alive: {} }), /^keep_alive must be/),
+    bad(
+      "prompt longer than the context",
+      OGEN,
+      gen({ prompt: longPrompt }),
+      new RegExp(`${contextLength} tokens`),
+    ),
+    bad(
+      "messages longer than the context",
+      OCHAT,
+      ochat({ messages: [{ role: "user", content: longPrompt }] }),
+      new RegExp(`${contextLength} tokens`),
+    ),
+    bad("prompt longer than num_ctx", OGEN, gen({}, { num_ctx: 3 }), /options\.num_ctx \(3 tokens\)/),
+    bad("show: missing model", "/api/show", {}, /^model is required$/),
+    bad("show: unknown model", "/api/show", { model: "llama3" }, /^model "llama3" not found$/, 404),
+    {
+      name: "wrong content type",
+      path: OGEN,
+      body: JSON.stringify(gen({})),
+      headers: { "content-type": "text/plain" },
+      status: 415,
+      message: /content type/,
+    },
+    { name: "unknown /api/ route", method: "GET", path: "/api/pull", status: 404, message: /no route/ },
+    { name: "wrong method", method: "GET", path: OCHAT, status: 404, message: /no route/ },
+  ];
+}
+
+function expectOllamaError(res: { status: number; headers: Headers; text: string }, c: OllamaCase): void {
+  expect(res.status, res.text).toBe(c.status);
+  expect(res.headers.get("content-type")).toMatch(/^application\/json/);
+  expect(res.text).not.toMatch(/\n\s+at /);
+  const body = JSON.parse(res.text) as Record<string, unknown>;
+  expect(Object.keys(body)).toEqual(["error"]);
+  expect(typeof body.error).toBe("string");
+  const message = body.error as string;
+  expect(message).not.toMatch(/[\r\n]/);
+  expect(message).toMatch(c.message);
+}
+
+async function send(
+  c: Case | OllamaCase,
+  base = srv.url,
+): Promise<{ status: number; headers: Headers; text: string }> {
   const headers: Record<string, string> = { ...c.headers };
   let body: string | Buffer | undefined;
   if (c.body === undefined) body = undefined;
@@ -456,6 +623,30 @@ describe("bad input", () => {
     expect(failures).toEqual([]);
   });
 
+  it("Ollama's routes: the right status and Ollama's error shape for every bad input", async () => {
+    expect(ollamaCases().length).toBeGreaterThanOrEqual(30);
+    const ok = await send({
+      name: "ok",
+      path: OGEN,
+      body: { model, prompt: "Once", stream: false, options: { num_predict: 2 } },
+      status: 200,
+      message: /./,
+    });
+    expect(ok.status, ok.text).toBe(200);
+    const failures: string[] = [];
+    for (const c of ollamaCases()) {
+      const res = await send(c);
+      try {
+        expectOllamaError(res, c);
+      } catch (err) {
+        failures.push(
+          `${c.name}: ${(err as Error).message.split("\n")[0]} — got ${res.status} ${res.text.slice(0, 300)}`,
+        );
+      }
+    }
+    expect(failures).toEqual([]);
+  });
+
   it("refuses a missing or wrong API key with 401 when the server has keys", async () => {
     const keyed = await startTestServer({ apiKeys: ["bad-input-secret-key"] });
     try {
@@ -489,6 +680,18 @@ describe("bad input", () => {
         keyed.url,
       );
       expectLlamaServerError(llamaNoKey, { status: 401, type: "authentication_error" });
+      // Ollama's routes answer in Ollama's shape.
+      const ollama = await send(
+        {
+          name: "no key (ollama)",
+          path: OCHAT,
+          body: { model: body.model, messages: [] },
+          status: 401,
+          message: /./,
+        },
+        keyed.url,
+      );
+      expectOllamaError(ollama, { name: "", path: OCHAT, status: 401, message: /key/i });
     } finally {
       await keyed.close();
     }
