@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
+import type { Tokenizer } from "../tokenizer/index.js";
 import { badRequest } from "./errors.js";
 
 /** Helpers every generation route shares. */
@@ -35,4 +36,11 @@ export function textField(body: Json, names: string[]): { name: string; text: st
     return { name, text: v };
   }
   throw badRequest(`the request needs "${names[0]}": the text`, names[0]!);
+}
+
+const tokenDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
+
+/** A token as text (control tokens shown, as in the output text; partial UTF-8 as U+FFFD). */
+export function tokenString(tok: Tokenizer, id: number): string {
+  return tokenDecoder.decode(tok.tokenBytes(id, true));
 }

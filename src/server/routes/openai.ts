@@ -1,23 +1,23 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { renderChat } from "../../chat/template.js";
 import type { RequestStream } from "../../protocol/event-stream.js";
 import type { FinishInfo } from "../../protocol/events.js";
 import type { SampleResult } from "../../sampling/sampler.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
+import { chatPrompt } from "../chat-prompt.js";
 import { type Choice, readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
 import { ApiError, badRequest, errorBody } from "../errors.js";
 import { defaultMaxTokens } from "../generation.js";
 import {
   type ChatRequest,
-  type CommonRequest,
   type CompletionRequest,
   DEFAULT_COMPLETION_MAX_TOKENS,
   parseChatRequest,
   parseCompletionRequest,
+  samplingFor,
 } from "../openai-schema.js";
-import { clientOf, clientSignal } from "../route-helpers.js";
+import { clientOf, clientSignal, tokenString } from "../route-helpers.js";
 import { sendSSE } from "../sse.js";
 
 /**
@@ -91,14 +91,6 @@ async function collect(streams: RequestStream[], signal: AbortSignal) {
   return { text, tokens, logprobs, finish };
 }
 
-function samplingFor(req: CommonRequest, sampleIndex: number, engineLogprobs: number) {
-  return {
-    ...req.sampling,
-    seed: req.seed === undefined ? undefined : req.seed + sampleIndex,
-    logprobs: engineLogprobs,
-  };
-}
-
 function checkChoiceCount(ctx: ServerContext, total: number): void {
   if (total > ctx.opts.maxQueue) {
     throw badRequest(
@@ -140,11 +132,6 @@ function usageOf(choices: Choice[], finishes: (FinishInfo | undefined)[]): Usage
 const finishReason = (f: FinishInfo) => (f.reason === "stop" ? "stop" : "length");
 
 const tokenDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
-
-/** A token as text (control tokens shown, as in the output text; partial UTF-8 as U+FFFD). */
-function tokenString(tok: Tokenizer, id: number): string {
-  return tokenDecoder.decode(tok.tokenBytes(id, true));
-}
 
 // ---------------------------------------------------------------------------------------------
 // /v1/completions
@@ -328,27 +315,6 @@ function chatLogprobs(tok: Tokenizer, samples: SampleResult[], k: number) {
     })),
     refusal: null,
   };
-}
-
-/** Renders the conversation with the model's template (ChatML without one) and tokenizes it. */
-export function chatPrompt(model: LoadedModel, r: Pick<ChatRequest, "messages" | "templateVars">) {
-  const tok = model.tokenizer;
-  const bosText = tok.bos !== undefined ? tok.tokenText(tok.bos) : "";
-  const eosText = tok.eos !== undefined ? tok.tokenText(tok.eos) : "";
-  const text = renderChat({
-    template: model.chatTemplate,
-    messages: r.messages,
-    bosToken: bosText,
-    eosToken: eosText,
-    addGenerationPrompt: true,
-    extra: r.templateVars,
-  });
-  let ids = tok.encode(text, { addSpecial: false, parseSpecial: true });
-  // Templates that write {{ bos_token }} themselves get no second one.
-  if (tok.addBos && tok.bos !== undefined && !(bosText.length > 0 && text.startsWith(bosText))) {
-    ids = [tok.bos, ...ids];
-  }
-  return { text, ids };
 }
 
 async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply) {
