@@ -17,9 +17,12 @@ import { startServer } from "../server/server.js";
 export const SERVE_USAGE = `usage: spindle serve [--model M] [--host 127.0.0.1] [--port 8000] [options]
 
 Serves a model behind an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
-/v1/models), TGI-style /generate and /generate_stream, /tokenize, /detokenize, /health, /metrics.
+/v1/models), TGI-style /generate and /generate_stream, /tokenize, /detokenize, /health, /metrics,
+and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect and gRPC-Web.
 
   --model M                   a .gguf path, a model name, or <owner>/<repo>/<file> (default: SmolLM2-135M-Instruct)
+  --grpc-port PORT            also serve spindle.v1.InferenceService over HTTP/2 cleartext on PORT: gRPC,
+                              Connect and gRPC-Web (the main port serves Connect and gRPC-Web over HTTP/1.1)
   --served-model-name NAME    model id in the API (default: the file name without .gguf)
   --api-key KEY               require "Authorization: Bearer KEY" (repeatable; also $SPINDLE_API_KEYS, comma-separated)
   --max-queue N               queued requests before 503 + Retry-After (default ${DEFAULT_SERVE_OPTIONS.maxQueue})
@@ -147,6 +150,7 @@ export async function serveCommand(args: string[]): Promise<number> {
       model: { type: "string", short: "m" },
       host: { type: "string", default: DEFAULT_SERVE_OPTIONS.host },
       port: { type: "string", default: String(DEFAULT_SERVE_OPTIONS.port) },
+      "grpc-port": { type: "string" },
       "served-model-name": { type: "string" },
       "api-key": { type: "string", multiple: true },
       "max-queue": { type: "string" },
@@ -229,6 +233,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     log,
     host: values.host,
     port: int("port", values.port, 0),
+    grpcPort: int("grpc-port", values["grpc-port"], 0),
     modelName: values["served-model-name"] ?? basename(modelPath).replace(/\.gguf$/i, ""),
     apiKeys: [...(values["api-key"] ?? []), ...envKeys],
     maxQueue: int("max-queue", values["max-queue"], 1),

@@ -17,6 +17,9 @@ import { ApiError } from "./errors.js";
  *    `perSecond`, holding at most `burst`). Only generation requests take a token; over the limit
  *    is a 429 with Retry-After (seconds until the next token).
  *
+ * The RPC service (src/server/rpc, under /spindle.v1.* on this port) is skipped here: it asks the same
+ * `Admission` itself and answers in its protocol's error shape.
+ *
  * The queue cap (503 + Retry-After) is the GenerationService's (generation.ts): it is decided when
  * the request is submitted, with the engine's queue in view.
  */
@@ -46,34 +49,79 @@ export function keyLabel(key: string): string {
   return `key-${createHash("sha256").update(key).digest("hex").slice(0, 6)}`;
 }
 
-export function registerAdmission(app: FastifyInstance, ctx: ServerContext): void {
-  const keys = ctx.opts.apiKeys.map((k) => ({ digest: sha256(k), label: keyLabel(k) }));
-  const limiter = ctx.opts.rateLimit
-    ? new RateLimiter(ctx.opts.rateLimit.perSecond, ctx.opts.rateLimit.burst)
-    : undefined;
+/** Where the RPC service is served on the main port: it does its own admission, in its own error shape. */
+export const RPC_PATH_PREFIX = "/spindle.v1.";
 
+/**
+ * The admission decisions, whatever the protocol: the HTTP hook below and the RPC service
+ * (src/server/rpc) ask the same instance (`admissionOf(ctx)`), so a client has one rate-limit bucket
+ * whichever way it calls.
+ */
+export class Admission {
+  private readonly keys: { digest: Buffer; label: string }[];
+  private readonly limiter: RateLimiter | undefined;
+
+  constructor(private readonly ctx: ServerContext) {
+    this.keys = ctx.opts.apiKeys.map((k) => ({ digest: sha256(k), label: keyLabel(k) }));
+    this.limiter = ctx.opts.rateLimit
+      ? new RateLimiter(ctx.opts.rateLimit.perSecond, ctx.opts.rateLimit.burst)
+      : undefined;
+  }
+
+  /**
+   * Who asks: the label of the key in `authorization` ("Bearer <key>") when the server has keys,
+   * else `address`. Throws a 401 when a key is needed and missing or wrong.
+   */
+  client(authorization: string | undefined, address: string): string {
+    return this.keys.length > 0 ? authenticate(authorization, this.keys) : address;
+  }
+
+  /** Takes a rate-limit token for a generation request of `client`; a 429 with Retry-After when there is none. */
+  takeToken(client: string, endpoint: string): void {
+    const limiter = this.limiter;
+    if (!limiter) return;
+    const wait = limiter.take(client);
+    if (wait <= 0) return;
+    this.ctx.metrics.onReject("rate_limited", endpoint);
+    const retryAfter = Math.max(1, Math.ceil(wait));
+    throw new ApiError(
+      429,
+      `rate limit exceeded: ${limiter.perSecond} requests/s with bursts of ${limiter.burst}; retry in ${retryAfter} s`,
+      "rate_limit_error",
+      null,
+      "rate_limit_exceeded",
+      retryAfter,
+    );
+  }
+}
+
+const admissions = new WeakMap<ServerContext, Admission>();
+
+/** The server's one Admission (created on first use). */
+export function admissionOf(ctx: ServerContext): Admission {
+  let a = admissions.get(ctx);
+  if (!a) admissions.set(ctx, (a = new Admission(ctx)));
+  return a;
+}
+
+export function registerAdmission(app: FastifyInstance, ctx: ServerContext): void {
+  const admission = admissionOf(ctx);
   app.decorateRequest("spindleClient", "");
   app.addHook("onRequest", async (req: FastifyRequest, reply: FastifyReply) => {
     const path = pathOf(req.url);
     req.spindleClient = req.ip ?? "unknown";
-    if (keys.length > 0 && !OPEN_PATHS.has(path)) {
-      req.spindleClient = authenticate(req.headers.authorization, keys, reply);
-    }
-    if (limiter && req.method === "POST" && GENERATION_PATHS.has(path)) {
-      const wait = limiter.take(req.spindleClient);
-      if (wait > 0) {
-        ctx.metrics.onReject("rate_limited", path);
-        const retryAfter = Math.max(1, Math.ceil(wait));
-        throw new ApiError(
-          429,
-          `rate limit exceeded: ${limiter.perSecond} requests/s with bursts of ${limiter.burst}; retry in ${retryAfter} s`,
-          "rate_limit_error",
-          null,
-          "rate_limit_exceeded",
-          retryAfter,
-        );
+    if (path.startsWith(RPC_PATH_PREFIX)) return;
+    if (!OPEN_PATHS.has(path)) {
+      try {
+        req.spindleClient = admission.client(req.headers.authorization, req.spindleClient);
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 401) {
+          void reply.header("www-authenticate", 'Bearer realm="spindle"');
+        }
+        throw err;
       }
     }
+    if (req.method === "POST" && GENERATION_PATHS.has(path)) admission.takeToken(req.spindleClient, path);
   });
 }
 
@@ -87,14 +135,9 @@ function sha256(s: string): Buffer {
 }
 
 /** The label of the key in `header`, or throws a 401. */
-function authenticate(
-  header: string | undefined,
-  keys: { digest: Buffer; label: string }[],
-  reply: FastifyReply,
-): string {
+function authenticate(header: string | undefined, keys: { digest: Buffer; label: string }[]): string {
   const m = header === undefined ? null : /^\s*bearer\s+(\S+)\s*$/i.exec(header);
   if (!m) {
-    void reply.header("www-authenticate", 'Bearer realm="spindle"');
     throw new ApiError(
       401,
       header === undefined || header.trim() === ""
@@ -112,7 +155,6 @@ function authenticate(
     if (timingSafeEqual(given, k.digest) && label === undefined) label = k.label;
   }
   if (label === undefined) {
-    void reply.header("www-authenticate", 'Bearer realm="spindle"');
     throw new ApiError(401, "the API key is not valid", "authentication_error", null, "invalid_api_key");
   }
   return label;

@@ -1,5 +1,7 @@
 import { type IncomingMessage, STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
+import { createContextValues } from "@connectrpc/connect";
+import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { registerAdmission } from "./admission.js";
 import { registerBodyParser } from "./body.js";
@@ -20,6 +22,7 @@ import { registerOpenAIRoutes } from "./routes/openai.js";
 import { registerOpsRoutes } from "./routes/ops.js";
 import { registerTgiRoutes } from "./routes/tgi.js";
 import { registerTokenizeRoutes } from "./routes/tokenize.js";
+import { inferenceRoutes, kClientAddress } from "./rpc/service.js";
 
 declare module "fastify" {
   interface FastifyContextConfig {
@@ -44,6 +47,9 @@ declare module "fastify" {
  * Every request answered with an error before it reached the engine gets one `rejected` log line
  * (request-log.ts), whichever path answered it: the error handler (body parsing, admission, route
  * validation, 503s), the not-found handler, frameworkErrors, clientErrorHandler.
+ *
+ * The RPC service (src/server/rpc) is registered here too, under /spindle.v1.InferenceService/*:
+ * Connect and gRPC-Web over HTTP/1.1, answering and logging in its own protocol's shape.
  */
 export function buildApp(ctx: ServerContext): FastifyInstance {
   const timeout = ctx.opts.bodyTimeoutMs;
@@ -168,6 +174,17 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   registerTokenizeRoutes(app, ctx);
   registerLlamaServerRoutes(app, ctx);
   registerOpsRoutes(app, ctx);
+  // The RPC service over HTTP/1.1: Connect and gRPC-Web (gRPC itself needs HTTP/2: --grpc-port). In
+  // a scope of its own without body.ts's parsers: Connect reads its bodies itself (application/proto,
+  // application/json, application/connect+*, application/grpc-web+*). admission.ts leaves its paths to it.
+  app.register(async (scope) => {
+    scope.removeAllContentTypeParsers();
+    await scope.register(fastifyConnectPlugin, {
+      routes: inferenceRoutes(ctx),
+      readMaxBytes: ctx.opts.bodyLimit,
+      contextValues: (req) => createContextValues().set(kClientAddress, req.ip ?? "unknown"),
+    });
+  });
   return app;
 }
 

@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from "fastify";
+import { RPC_PATH_PREFIX } from "./admission.js";
 import type { ServerContext } from "./context.js";
 import { ApiError, badRequest } from "./errors.js";
 
@@ -29,9 +30,14 @@ export function registerBodyParser(app: FastifyInstance, ctx: ServerContext): vo
     },
   );
   // A POST with neither a body nor a content type reaches the route with `body` undefined (an unknown
-  // route stays a 404).
+  // route stays a 404). The RPC service's paths read their bodies themselves (app.ts).
   app.addHook("preValidation", async (req) => {
-    if (req.method === "POST" && req.body === undefined && !req.is404) {
+    if (
+      req.method === "POST" &&
+      req.body === undefined &&
+      !req.is404 &&
+      !req.url.startsWith(RPC_PATH_PREFIX)
+    ) {
       throw new ApiError(
         400,
         "the request has no body: send a JSON object with Content-Type: application/json",

@@ -11,7 +11,9 @@ import { endSSE, type Framing, SSE, sendSSE, startSSE } from "./sse.js";
  * (OpenAI, TGI, and the RPC, Ollama and Responses routes to come): a response has one or more
  * choices (n per prompt, per prompt of a batch), each one backend request; they start together
  * (`startChoices`) and are read as one merged stream, either to the end (`readChoices`, for a
- * whole response) or as an event stream (`streamChoices`: server-sent events, or NDJSON for Ollama). A route only says how its events
+ * whole response), as an event stream (`streamChoices`: server-sent events, or NDJSON for Ollama),
+ * or event by event for a protocol that streams its own way (`choiceEvents`: the RPC service's
+ * server streams). A route only says how its events
  * and errors look.
  *
  * Failure rules, the same for every route: a choice that cannot start aborts the others and the
@@ -113,6 +115,29 @@ export async function readChoices(
   if (bad) throw finishError(bad);
   if (finish.some((f) => f === undefined)) throw new ApiError(500, "a generation ended without finishing");
   return finish as FinishInfo[];
+}
+
+/**
+ * The events of every choice as they come, for a protocol that writes its own stream (the RPC
+ * service): each event of a choice that has not failed is yielded; a choice aborted or failed ends
+ * the iteration with its error (`finishError`), a client gone with 499. Leaving early aborts every
+ * choice that has not finished.
+ */
+export async function* choiceEvents(
+  streams: RequestStream[],
+  signal: AbortSignal,
+): AsyncGenerator<[number, EngineEvent]> {
+  const finish: (FinishInfo | undefined)[] = streams.map(() => undefined);
+  for await (const [i, e] of merge(streams)) {
+    if (signal.aborted) throw clientGone();
+    if (e.finish) {
+      finish[i] = e.finish;
+      if (failed(e.finish)) throw finishError(e.finish);
+    }
+    yield [i, e];
+  }
+  if (signal.aborted) throw clientGone();
+  if (finish.some((f) => f === undefined)) throw new ApiError(500, "a generation ended without finishing");
 }
 
 export interface StreamHooks {

@@ -8,6 +8,11 @@ import type { Metrics } from "./metrics.js";
 export interface ServeOptions {
   host: string;
   port: number;
+  /**
+   * Also serve the RPC service (src/server/rpc) on this port over HTTP/2 cleartext: gRPC, Connect and
+   * gRPC-Web. undefined = not served (the main port still serves Connect and gRPC-Web over HTTP/1.1).
+   */
+  grpcPort?: number;
   /** Bearer keys; empty = no auth. */
   apiKeys: string[];
   /** Model id reported by /v1/models and accepted in requests. */

@@ -119,7 +119,8 @@ function unsupported(body: Body, key: string, why: string, harmless: (v: unknown
   if (given(body, key) && !harmless(body[key])) throw badRequest(`${key} is not supported: ${why}`, key);
 }
 
-function parseModel(body: Body, sc: SchemaContext): string {
+/** `model` must name the served model: 400 when missing or not a string, 404 for another model. */
+export function parseModel(body: Body, sc: SchemaContext): string {
   const model = body.model;
   // Left out: the one model this server serves (as vLLM and llama-server allow).
   if (model === undefined || model === null) return sc.modelName;
@@ -172,6 +173,15 @@ function parseLogitBias(body: Body, vocabSize: number): Map<number, number> | un
     bias.set(id, b);
   }
   return bias.size > 0 ? bias : undefined;
+}
+
+/** A choice's engine sampling: the request's, with seed + sampleIndex (choices differ, reproducibly) and the logprobs count. */
+export function samplingFor(req: CommonRequest, sampleIndex: number, engineLogprobs: number) {
+  return {
+    ...req.sampling,
+    seed: req.seed === undefined ? undefined : req.seed + sampleIndex,
+    logprobs: engineLogprobs,
+  };
 }
 
 function parseCommon(body: Body, sc: SchemaContext): Omit<CommonRequest, "maxTokens"> {
@@ -266,7 +276,8 @@ function isTokenIds(v: unknown): v is number[] {
   return Array.isArray(v) && v.length > 0 && v.every((t) => typeof t === "number");
 }
 
-function checkIds(ids: number[], vocabSize: number, param: string): number[] {
+/** Token ids of a prompt: each an integer in the vocabulary, else a 400 naming `param`. */
+export function checkIds(ids: number[], vocabSize: number, param: string): number[] {
   for (const t of ids) {
     if (!Number.isSafeInteger(t) || t < 0 || t >= vocabSize) {
       throw badRequest(

@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
+import type { Tokenizer } from "../tokenizer/index.js";
 import { badRequest } from "./errors.js";
 
 /** Helpers every generation route shares. */
@@ -80,4 +81,11 @@ export function stopField(body: Json, name: string, max: number, param = name): 
   }
   if (list.length > max) throw badRequest(`${name} takes at most ${max} strings`, param);
   return list.filter((x) => x.length > 0);
+}
+
+const tokenDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
+
+/** A token as text (control tokens shown, as in the output text; partial UTF-8 as U+FFFD). */
+export function tokenString(tok: Tokenizer, id: number): string {
+  return tokenDecoder.decode(tok.tokenBytes(id, true));
 }

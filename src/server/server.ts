@@ -8,6 +8,7 @@ import { DEFAULT_SERVE_OPTIONS, type ServeOptions, type ServerContext } from "./
 import { GenerationService } from "./generation.js";
 import { Metrics } from "./metrics.js";
 import { logRequest, startEngineLog } from "./request-log.js";
+import { type GrpcServer, startGrpcServer } from "./rpc/grpc-server.js";
 
 /**
  * A running Spindle server: the HTTP app listening first (so /health can say
@@ -19,6 +20,8 @@ export interface RunningServer {
   app: FastifyInstance;
   ctx: ServerContext;
   url: string;
+  /** Where the RPC service listens over HTTP/2 (gRPC, Connect, gRPC-Web), with --grpc-port. */
+  grpcUrl?: string;
   /** Resolves when the model is loaded (rejects with the load error). */
   ready: Promise<void>;
   close(): Promise<void>;
@@ -108,7 +111,16 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
   const addr = app.server.address();
   const port = typeof addr === "object" && addr ? addr.port : opts.port;
   const url = `http://${opts.host.includes(":") ? `[${opts.host}]` : opts.host}:${port}`;
-  log.info({ url }, "listening; loading the model");
+  let grpc: GrpcServer | undefined;
+  if (opts.grpcPort !== undefined) {
+    try {
+      grpc = await startGrpcServer(ctx, opts.host, opts.grpcPort);
+    } catch (err) {
+      await app.close();
+      throw err;
+    }
+  }
+  log.info({ url, ...(grpc ? { grpc_url: grpc.url } : {}) }, "listening; loading the model");
 
   let stopEngineLog: (() => void) | undefined;
   let closing: Promise<void> | undefined;
@@ -145,7 +157,7 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
     closing ??= (async () => {
       ctx.draining = true;
       const server = app.server;
-      const appClosed = app.close();
+      const appClosed = Promise.all([app.close(), grpc?.close()]);
       // Node closes the connections idle at close() only: a kept-alive connection whose response
       // finishes later would hold the server open, so idle ones are swept until it is closed.
       const sweep = setInterval(() => {
@@ -157,11 +169,12 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
       await ctx.model?.backend.close();
       if (!drained && !(await within(appClosed, ABORTED_WRITE_GRACE_MS))) {
         server.closeAllConnections();
+        grpc?.destroy();
         await appClosed;
       }
       clearInterval(sweep);
     })();
     return closing;
   };
-  return { app, ctx, url, ready, close };
+  return { app, ctx, url, ...(grpc ? { grpcUrl: grpc.url } : {}), ready, close };
 }

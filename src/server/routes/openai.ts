@@ -11,13 +11,13 @@ import { ApiError, badRequest, errorBody } from "../errors.js";
 import { defaultMaxTokens } from "../generation.js";
 import {
   type ChatRequest,
-  type CommonRequest,
   type CompletionRequest,
   DEFAULT_COMPLETION_MAX_TOKENS,
   parseChatRequest,
   parseCompletionRequest,
+  samplingFor,
 } from "../openai-schema.js";
-import { clientOf, clientSignal } from "../route-helpers.js";
+import { clientOf, clientSignal, tokenString } from "../route-helpers.js";
 import { sendSSE } from "../sse.js";
 
 /**
@@ -93,14 +93,6 @@ async function collect(streams: RequestStream[], signal: AbortSignal) {
   return { text, tokens, logprobs, finish };
 }
 
-function samplingFor(req: CommonRequest, sampleIndex: number, engineLogprobs: number) {
-  return {
-    ...req.sampling,
-    seed: req.seed === undefined ? undefined : req.seed + sampleIndex,
-    logprobs: engineLogprobs,
-  };
-}
-
 function checkChoiceCount(ctx: ServerContext, total: number): void {
   if (total > ctx.opts.maxQueue) {
     throw badRequest(
@@ -142,11 +134,6 @@ function usageOf(choices: Choice[], finishes: (FinishInfo | undefined)[]): Usage
 const finishReason = (f: FinishInfo) => (f.reason === "stop" ? "stop" : "length");
 
 const tokenDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
-
-/** A token as text (control tokens shown, as in the output text; partial UTF-8 as U+FFFD). */
-function tokenString(tok: Tokenizer, id: number): string {
-  return tokenDecoder.decode(tok.tokenBytes(id, true));
-}
 
 // ---------------------------------------------------------------------------------------------
 // /v1/completions
