@@ -2,19 +2,19 @@ import { writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import type { LlamaContext, LlamaModel, Token } from "node-llama-cpp";
-import { readGGUF } from "../gguf/reader.js";
-import { typeName } from "../gguf/types.js";
-import { generate } from "../model/generate.js";
-import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../model/kv-cache.js";
-import { loadModel, type Model } from "../model/model.js";
-import { tuneSmallSplits } from "../model/tune-splits.js";
-import { Rng } from "../sampling/rng.js";
-import { Sampler } from "../sampling/sampler.js";
-import { percentile } from "./metrics.js";
+import { percentile } from "../src/bench/metrics.js";
+import { readGGUF } from "../src/gguf/reader.js";
+import { typeName } from "../src/gguf/types.js";
+import { generate } from "../src/model/generate.js";
+import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../src/model/kv-cache.js";
+import { loadModel, type Model } from "../src/model/model.js";
+import { tuneSmallSplits } from "../src/model/tune-splits.js";
+import { Rng } from "../src/sampling/rng.js";
+import { Sampler } from "../src/sampling/sampler.js";
 import { benchNative, type NativeFigures, nativeTools } from "./native-llama.js";
 
 /**
- * `npm run bench:engine -- --model FILE` (alias: bench:vs-llamacpp): Spindle's engine (its default
+ * `npm run bench:vs-llamacpp -- --model FILE`: Spindle's forward pass (its default
  * kernels, `--spindle-threads` threads, default 2) against llama.cpp (node-llama-cpp's prebuilt CPU
  * binary, each of `--threads`; the best counts) on the same GGUF file, in the same run, printed as
  * ratios. For the model shapes the project's issue names, it also compares with native llama.cpp
@@ -24,10 +24,10 @@ import { benchNative, type NativeFigures, nativeTools } from "./native-llama.js"
  * A quick measurement, not a test. Each side is warmed up once; each figure is the median of
  * `--repeats` timed runs.
  *
- *   node dist/bench/vs-llamacpp.js --model FILE [--spindle-threads 2] [--threads 1,2]
- *                                  [--prompt-tokens 128] [--gen-tokens 128] [--parallel 8,32]
- *                                  [--parallel-tokens 32] [--parallel-prompt 16] [--repeats 3] [--json FILE]
- *                                  [--native DIR [--native-threads 2]]
+ *   npx tsx bench/vs-llamacpp.ts --model FILE [--spindle-threads 2] [--threads 1,2]
+ *                                [--prompt-tokens 128] [--gen-tokens 128] [--parallel 8,32]
+ *                                [--parallel-tokens 32] [--parallel-prompt 16] [--repeats 3] [--json FILE]
+ *                                [--native DIR [--native-threads 2]]
  *
  * Metrics (same definition on both sides):
  *  - prompt tok/s: one forward/evaluation of `--prompt-tokens` random token ids in a fresh sequence;
@@ -38,7 +38,7 @@ import { benchNative, type NativeFigures, nativeTools } from "./native-llama.js"
  *    sequence has its first token (prefill excluded), aggregate tokens over all sequences / time.
  */
 
-const USAGE = `usage: npm run bench:engine -- --model FILE [--spindle-threads 2] [--threads 1,2]
+const USAGE = `usage: npm run bench:vs-llamacpp -- --model FILE [--spindle-threads 2] [--threads 1,2]
            [--prompt-tokens 128] [--gen-tokens 128] [--parallel 8,32] [--parallel-tokens 32]
            [--parallel-prompt 16] [--repeats 3] [--seed 1] [--json OUT] [--native DIR [--native-threads N]]
 
