@@ -12,13 +12,23 @@ import { tuneSmallSplits } from "../src/model/tune-splits.js";
 import { Rng } from "../src/sampling/rng.js";
 import { Sampler } from "../src/sampling/sampler.js";
 import { benchNative, type NativeFigures, nativeTools } from "./native-llama.js";
+import {
+  ANCHOR_SOURCE,
+  ANCHORS,
+  type Anchor,
+  evaluateTargets,
+  type MetricKey,
+  type TargetResult,
+  verdict,
+} from "./vs-llamacpp-targets.js";
 
 /**
  * `npm run bench:vs-llamacpp -- --model FILE`: Spindle's forward pass (its default
  * kernels, `--spindle-threads` threads, default 2) against llama.cpp (node-llama-cpp's prebuilt CPU
  * binary, each of `--threads`; the best counts) on the same GGUF file, in the same run, printed as
  * ratios. For the model shapes the project's issue names, it also compares with native llama.cpp
- * figures measured by the issue's author (ANCHORS) and says whether the issue's targets are met.
+ * figures measured by the issue's author and says whether the issue's targets are met (the table of
+ * anchors and targets is vs-llamacpp-targets.ts).
  * With `--native DIR` (llama.cpp's own llama-bench and llama-batched-bench, see native-llama.ts)
  * it also runs native llama.cpp on the file and judges the targets against that run too.
  * A quick measurement, not a test. Each side is warmed up once; each figure is the median of
@@ -103,7 +113,9 @@ function spindleParallel(model: Model, prompts: number[][], steps: number): numb
     kv,
     prompts.map((tokens, s) => ({ tokens, pos: 0, blockTable: tables[s]! })),
   );
-  // Greedy through the engine's own sampler, as the runner samples each sequence.
+  // Greedy through the engine's own sampler, as the runner samples each sequence. This loop only
+  // times forward passes: a fixed number of steps, as llama-batched-bench runs, with no end-of-generation,
+  // stop or detokenizing (token acceptance lives in src/protocol/output.ts, which generate() uses above).
   const k = model.transformer.kernels;
   const sampler = new Sampler({ temperature: 0 }, vocab, k.argmax?.bind(k));
   const none: number[] = [];
@@ -198,88 +210,7 @@ async function llamaParallel(
   }
 }
 
-// ---------------------------------------------------------------- native anchors and targets
-
-/** A metric of the table: "prompt", "gen" (batch 1) or "par<N>" (N parallel sequences). */
-type MetricKey = string;
-
-interface Target {
-  metric: MetricKey;
-  /** Spindle must reach `min` × this: node-llama-cpp's best here, or the native anchor. */
-  vs: "node-llama-cpp" | "native";
-  min: number;
-}
-
-interface Anchor {
-  name: string;
-  /** Shape (embedding length, layers) and weights ("F32", "Q8_0", "Q4_K_M": see weightsLabel). */
-  dim: number;
-  layers: number;
-  weights: string;
-  /** The real model's vocabulary; a file with another one (a synthesized shape) gets a note. */
-  vocab: number;
-  /** Native llama.cpp (b10108, 2 threads) as measured by the issue's author, tok/s; none known for Q4_K_M. */
-  native?: Record<MetricKey, number>;
-  /**
-   * The (prompt tokens, decode steps) per sequence under which the parallel anchor was taken, as far
-   * as native llama.cpp measured here reproduces it (the issue does not say): native's parallel
-   * figure halves from 16 + 32 to 128 + 128, Spindle's moves little, so comparing a run under the
-   * other condition with the anchor is off by up to 2× (docs/benchmarks.md). Undefined: unknown.
-   */
-  parallelCondition?: readonly [number, number];
-  targets: Target[];
-}
-
-/** The project's issue: native figures on this machine class and Spindle's targets, per model. */
-const ANCHORS: Anchor[] = [
-  {
-    name: "stories260K F32",
-    dim: 64,
-    layers: 5,
-    weights: "F32",
-    vocab: 512,
-    native: { prompt: 8348, gen: 4916, par32: 3180 },
-    targets: [
-      { metric: "gen", vs: "node-llama-cpp", min: 3 },
-      { metric: "par32", vs: "native", min: 1.5 },
-    ],
-  },
-  {
-    name: "stories15M Q8_0",
-    dim: 288,
-    layers: 6,
-    weights: "Q8_0",
-    vocab: 32000,
-    native: { prompt: 8290, gen: 1266, par32: 1262 },
-    parallelCondition: [128, 128], // native here: 1,139–1,196 at 128 + 128, 2,344–2,505 at 16 + 32
-    targets: [
-      { metric: "gen", vs: "node-llama-cpp", min: 2 },
-      { metric: "par32", vs: "native", min: 1.5 },
-    ],
-  },
-  {
-    name: "SmolLM2-135M Q8_0",
-    dim: 576,
-    layers: 30,
-    weights: "Q8_0",
-    vocab: 49152,
-    native: { prompt: 583, gen: 111, par32: 345 },
-    parallelCondition: [16, 32], // native here: 295–305 at 16 + 32, 135–136 at 128 + 128
-    targets: [
-      { metric: "gen", vs: "node-llama-cpp", min: 1.5 },
-      { metric: "prompt", vs: "native", min: 0.4 },
-      { metric: "par32", vs: "native", min: 0.8 },
-    ],
-  },
-  {
-    name: "SmolLM2-135M Q4_K_M",
-    dim: 576,
-    layers: 30,
-    weights: "Q4_K_M",
-    vocab: 49152,
-    targets: [{ metric: "gen", vs: "native", min: 0.7 }],
-  },
-];
+// ---------------------------------------------------------------- the run
 
 /** The file's weight type: the one type of all its matrices, "Q4_K_M" for that ftype, else "mixed (…)". */
 function weightsLabel(path: string): string {
@@ -294,77 +225,24 @@ function weightsLabel(path: string): string {
   }
 }
 
-interface TargetResult {
-  target: string;
-  spindle: number | null;
-  reference: number | null;
-  /** What `reference` is: the target's own, or node-llama-cpp when the native anchor is missing. */
-  referenceIs: "node-llama-cpp" | "native";
-  ratio: number | null;
-  /** null when it cannot be judged (not measured, or the native anchor is missing). */
-  met: boolean | null;
-  /** A native target against native llama.cpp measured in this run (--native), when it was. */
-  thisRun: { native: number; ratio: number | null; met: boolean | null } | null;
+interface Options {
+  path: string;
+  threadList: number[];
+  promptTokens: number;
+  genTokens: number;
+  parallel: number[];
+  parTokens: number;
+  parPrompt: number;
+  repeats: number;
+  seed: number;
+  spindleThreads: number;
+  nativeDir: string | undefined;
+  nativeThreads: number;
+  json: string | undefined;
 }
 
-/**
- * The anchor's targets against this run's Spindle and node-llama-cpp (best) figures, and the native
- * ones also against `nativeRun` (native llama.cpp measured in this run), when given.
- */
-function evaluateTargets(
-  anchor: Anchor,
-  spindle: Map<MetricKey, number>,
-  llamaBest: Map<MetricKey, number>,
-  nativeRun?: Map<MetricKey, number>,
-): TargetResult[] {
-  return anchor.targets.map((t) => {
-    const native = anchor.native?.[t.metric];
-    const referenceIs = t.vs === "native" && native === undefined ? "node-llama-cpp" : t.vs;
-    const reference = (referenceIs === "native" ? native : llamaBest.get(t.metric)) ?? null;
-    const s = spindle.get(t.metric) ?? null;
-    const ratio = s !== null && reference !== null ? s / reference : null;
-    const run = t.vs === "native" ? nativeRun?.get(t.metric) : undefined;
-    const runRatio = s !== null && run !== undefined ? s / run : null;
-    return {
-      target: `${METRIC_NAMES[t.metric] ?? t.metric} ≥ ${t.min}× ${t.vs}`,
-      spindle: s,
-      reference,
-      referenceIs,
-      ratio,
-      met: ratio !== null && referenceIs === t.vs ? ratio >= t.min : null,
-      thisRun:
-        run === undefined
-          ? null
-          : { native: run, ratio: runRatio, met: runRatio === null ? null : runRatio >= t.min },
-    };
-  });
-}
-
-function verdict(t: TargetResult): string {
-  if (t.met !== null) return t.met ? "yes" : "NO";
-  return t.spindle === null ? "not measured" : "native anchor missing";
-}
-
-const METRIC_NAMES: Record<MetricKey, string> = {
-  prompt: "prompt",
-  gen: "gen batch 1",
-  par32: "aggregate at 32",
-};
-
-// ---------------------------------------------------------------- main
-
-interface Row {
-  key: MetricKey;
-  metric: string;
-  spindle: number;
-  llama: Map<number, number>;
-}
-
-function fmt(x: number): string {
-  return x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2);
-}
-
-async function main(): Promise<void> {
+/** The command line, or undefined after printing the usage (--help, or no --model). */
+function parseOptions(): Options | undefined {
   const { values } = parseArgs({
     options: {
       model: { type: "string" },
@@ -386,110 +264,127 @@ async function main(): Promise<void> {
   if (values.help || !values.model) {
     console.log(USAGE);
     if (!values.help) process.exitCode = 2;
-    return;
+    return undefined;
   }
-  const path = resolve(values.model);
-  const threadList = ints(values.threads!);
-  const promptTokens = ints(values["prompt-tokens"]!)[0]!;
-  const genTokens = ints(values["gen-tokens"]!)[0]!;
-  const parallel = ints(values.parallel!);
-  const parTokens = ints(values["parallel-tokens"]!)[0]!;
-  const parPrompt = ints(values["parallel-prompt"]!)[0]!;
-  const repeats = ints(values.repeats!)[0]!;
-  const rng = new Rng(Number(values.seed));
   const spindleThreads = ints(values["spindle-threads"]!)[0]!;
-  const nativeDir = values.native === undefined ? undefined : resolve(values.native);
-  if (nativeDir !== undefined) nativeTools(nativeDir); // fail before the long measurements
-  const nativeThreads = values["native-threads"] ? ints(values["native-threads"])[0]! : spindleThreads;
-  // The WebAssembly kernels take their thread count from here when the model loads.
-  process.env.SPINDLE_THREADS = String(spindleThreads);
+  return {
+    path: resolve(values.model),
+    threadList: ints(values.threads!),
+    promptTokens: ints(values["prompt-tokens"]!)[0]!,
+    genTokens: ints(values["gen-tokens"]!)[0]!,
+    parallel: ints(values.parallel!),
+    parTokens: ints(values["parallel-tokens"]!)[0]!,
+    parPrompt: ints(values["parallel-prompt"]!)[0]!,
+    repeats: ints(values.repeats!)[0]!,
+    seed: Number(values.seed),
+    spindleThreads,
+    nativeDir: values.native === undefined ? undefined : resolve(values.native),
+    nativeThreads: values["native-threads"] ? ints(values["native-threads"])[0]! : spindleThreads,
+    json: values.json,
+  };
+}
 
-  const model = loadModel(path);
-  const kernels = model.transformer.kernels as { threads?: number; build?: string };
-  const splits = await tuneSmallSplits(model);
-  const vocab = model.config.vocabSize;
-  const ctxLen = model.config.contextLength;
-  if (promptTokens > ctxLen || GEN_PROMPT + genTokens > ctxLen || parPrompt + parTokens > ctxLen)
+/** The token ids every side evaluates: one prompt, the batch-1 prompt, and N prompts per parallel count. */
+interface Inputs {
+  promptIds: number[];
+  genPrompt: number[];
+  parPrompts: Map<number, number[][]>;
+}
+
+function makeInputs(o: Options, vocab: number, ctxLen: number): Inputs {
+  if (o.promptTokens > ctxLen || GEN_PROMPT + o.genTokens > ctxLen || o.parPrompt + o.parTokens > ctxLen)
     throw new Error(`token counts exceed the model's context of ${ctxLen}`);
-  const promptIds = randomTokens(rng, promptTokens, vocab);
+  const rng = new Rng(o.seed);
+  const promptIds = randomTokens(rng, o.promptTokens, vocab);
   const genPrompt = randomTokens(rng, GEN_PROMPT, vocab);
   const parPrompts = new Map(
-    parallel.map((n) => [n, Array.from({ length: n }, () => randomTokens(rng, parPrompt, vocab))]),
+    o.parallel.map((n) => [n, Array.from({ length: n }, () => randomTokens(rng, o.parPrompt, vocab))]),
   );
+  return { promptIds, genPrompt, parPrompts };
+}
 
-  const { dim, nLayers } = model.config;
-  const weights = weightsLabel(path);
-  console.log(
-    `model ${path}: ${nLayers} layers, dim ${dim}, vocab ${vocab}, weights ${weights}; ` +
-      `Spindle kernels: ${model.transformer.kernels.name}${kernels.build ? ` ${kernels.build} build` : ""} (${kernels.threads ?? 1} thread(s), --spindle-threads${splits ? `; decode-sized matmuls ${splits.smallSplits ? "split" : "on one thread"}: step ${splits.splitMs.toFixed(2)} ms split vs ${splits.singleMs.toFixed(2)} ms not` : ""}); ` +
-      `llama.cpp threads ${threadList.join(", ")} (--threads); repeats ${repeats}, median`,
-  );
-  const rows: Row[] = [
-    { key: "prompt", metric: `prompt tok/s (${promptTokens} tokens)`, spindle: 0, llama: new Map() },
-    { key: "gen", metric: `gen tok/s, batch 1 (${genTokens} tokens)`, spindle: 0, llama: new Map() },
-    ...parallel.map((n) => ({
+/** One line of the results table: a metric, Spindle's figure, llama.cpp's per thread count. */
+interface Row {
+  key: MetricKey;
+  metric: string;
+  spindle: number;
+  llama: Map<number, number>;
+}
+
+function emptyRows(o: Options): Row[] {
+  return [
+    { key: "prompt", metric: `prompt tok/s (${o.promptTokens} tokens)`, spindle: 0, llama: new Map() },
+    { key: "gen", metric: `gen tok/s, batch 1 (${o.genTokens} tokens)`, spindle: 0, llama: new Map() },
+    ...o.parallel.map((n) => ({
       key: `par${n}`,
-      metric: `gen tok/s, ${n} parallel (aggregate, ${parPrompt} + ${parTokens} steps)`,
+      metric: `gen tok/s, ${n} parallel (aggregate, ${o.parPrompt} + ${o.parTokens} steps)`,
       spindle: 0,
       llama: new Map<number, number>(),
     })),
   ];
+}
 
-  rows[0]!.spindle = await measure(repeats, () => spindlePrompt(model, promptIds));
-  rows[1]!.spindle = await measure(repeats, () => spindleGen(model, genPrompt, genTokens));
-  for (const [i, n] of parallel.entries())
-    rows[2 + i]!.spindle = await measure(repeats, () =>
-      spindleParallel(model, parPrompts.get(n)!, parTokens),
+async function measureSpindle(model: Model, o: Options, inputs: Inputs, rows: Row[]): Promise<void> {
+  rows[0]!.spindle = await measure(o.repeats, () => spindlePrompt(model, inputs.promptIds));
+  rows[1]!.spindle = await measure(o.repeats, () => spindleGen(model, inputs.genPrompt, o.genTokens));
+  for (const [i, n] of o.parallel.entries())
+    rows[2 + i]!.spindle = await measure(o.repeats, () =>
+      spindleParallel(model, inputs.parPrompts.get(n)!, o.parTokens),
     );
+}
 
+async function measureLlamaCpp(o: Options, inputs: Inputs, rows: Row[]): Promise<void> {
   const m = await import("node-llama-cpp");
   const llama = await m.getLlama({ gpu: false, build: "never", logLevel: m.LlamaLogLevel.error });
-  const lmodel = await llama.loadModel({ modelPath: path, gpuLayers: 0 });
+  const lmodel = await llama.loadModel({ modelPath: o.path, gpuLayers: 0 });
   try {
-    for (const t of threadList) {
-      rows[0]!.llama.set(t, await measure(repeats, () => llamaPrompt(lmodel, t, promptIds)));
+    for (const t of o.threadList) {
+      rows[0]!.llama.set(t, await measure(o.repeats, () => llamaPrompt(lmodel, t, inputs.promptIds)));
       // Batch 1 is the parallel measurement with one sequence: same timing rule.
       rows[1]!.llama.set(
         t,
-        await measure(repeats, () => llamaParallel(lmodel, t, [genPrompt], genTokens - 1)),
+        await measure(o.repeats, () => llamaParallel(lmodel, t, [inputs.genPrompt], o.genTokens - 1)),
       );
-      for (const [i, n] of parallel.entries())
+      for (const [i, n] of o.parallel.entries())
         rows[2 + i]!.llama.set(
           t,
-          await measure(repeats, () => llamaParallel(lmodel, t, parPrompts.get(n)!, parTokens)),
+          await measure(o.repeats, () => llamaParallel(lmodel, t, inputs.parPrompts.get(n)!, o.parTokens)),
         );
     }
   } finally {
     await lmodel.dispose();
     await llama.dispose();
   }
-  let native: NativeFigures | undefined;
-  if (nativeDir !== undefined) {
-    native = await benchNative(nativeDir, path, {
-      threads: nativeThreads,
-      promptTokens,
-      genTokens,
-      parallel,
-      parPrompt,
-      parTokens,
-      repeats,
-    });
-  }
-  const nativeOf = (key: MetricKey): number | undefined =>
-    native === undefined
-      ? undefined
-      : key === "prompt"
-        ? native.prompt
-        : key === "gen"
-          ? native.gen
-          : native.par.get(Number(key.slice(3)));
+}
 
-  const best = rows.map((r) => {
+/** Native llama.cpp's figure for a metric in this run (--native), if it was measured. */
+function nativeFigure(native: NativeFigures | undefined, key: MetricKey): number | undefined {
+  return native === undefined
+    ? undefined
+    : key === "prompt"
+      ? native.prompt
+      : key === "gen"
+        ? native.gen
+        : native.par.get(Number(key.slice(3)));
+}
+
+/** node-llama-cpp's best thread count and rate per row. */
+function bestLlama(rows: Row[], threadList: number[]): { threads: number; rate: number }[] {
+  return rows.map((r) => {
     let bestT = threadList[0]!;
     for (const t of threadList) if (r.llama.get(t)! > r.llama.get(bestT)!) bestT = t;
     return { threads: bestT, rate: r.llama.get(bestT)! };
   });
-  const nativeCols = native === undefined ? [] : [`native ${nativeThreads}t (this run)`, "Spindle / native"];
+}
+
+function printResults(
+  o: Options,
+  rows: Row[],
+  best: { threads: number; rate: number }[],
+  native: NativeFigures | undefined,
+): void {
+  const nativeCols =
+    native === undefined ? [] : [`native ${o.nativeThreads}t (this run)`, "Spindle / native"];
   printTable(
     [
       "metric",
@@ -501,24 +396,33 @@ async function main(): Promise<void> {
       ...nativeCols,
     ],
     rows.map((r, i) => {
-      const n = nativeOf(r.key);
+      const n = nativeFigure(native, r.key);
       return [
         r.metric,
         fmt(r.spindle),
         fmt(best[i]!.rate),
         String(best[i]!.threads),
         (r.spindle / best[i]!.rate).toFixed(2),
-        threadList.map((t) => `${t}t: ${fmt(r.llama.get(t)!)}`).join(", "),
+        o.threadList.map((t) => `${t}t: ${fmt(r.llama.get(t)!)}`).join(", "),
         ...(native === undefined ? [] : n === undefined ? ["—", "—"] : [fmt(n), (r.spindle / n).toFixed(2)]),
       ];
     }),
   );
   if (native !== undefined)
-    console.log(`native: llama.cpp ${native.build}, ${nativeThreads} threads (--native)`);
+    console.log(`native: llama.cpp ${native.build}, ${o.nativeThreads} threads (--native)`);
+}
 
+/** The anchor for this file's shape and weights, the notes on how far it applies, and its targets judged. */
+function judgeTargets(
+  o: Options,
+  shape: { dim: number; nLayers: number; vocab: number; weights: string },
+  rows: Row[],
+  best: { threads: number; rate: number }[],
+  native: NativeFigures | undefined,
+): { anchor: Anchor | undefined; targets: TargetResult[] } {
+  const { dim, nLayers, vocab, weights } = shape;
   const anchor = ANCHORS.find((a) => a.dim === dim && a.layers === nLayers && a.weights === weights);
   const shapeOnly = ANCHORS.find((a) => a.dim === dim && a.layers === nLayers);
-  let targets: TargetResult[] = [];
   console.log();
   if (!anchor) {
     console.log(
@@ -526,63 +430,116 @@ async function main(): Promise<void> {
         ? `no native anchor: ${shapeOnly.name.split(" ")[0]} shape, but weights ${weights}`
         : `no native anchor: dim ${dim} × ${nLayers} layers is none of the issue's models`,
     );
-  } else {
-    if (!anchor.native) console.log(`no native anchor: ${anchor.name} has no native llama.cpp figures`);
-    if (anchor.vocab !== vocab)
-      console.log(`note: vocab ${vocab}, not ${anchor.name}'s ${anchor.vocab} (a synthesized shape?)`);
-    const cond = anchor.parallelCondition;
-    if (cond !== undefined && (cond[0] !== parPrompt || cond[1] !== parTokens))
-      console.log(
-        `note: the parallel anchor matches native llama.cpp at ${cond[0]} + ${cond[1]} tokens per sequence, ` +
-          `this run measured ${parPrompt} + ${parTokens}: compare with --parallel-prompt ${cond[0]} ` +
-          `--parallel-tokens ${cond[1]}, or against --native`,
-      );
-    const nativeRun = new Map<MetricKey, number>();
-    for (const r of rows) {
-      const n = nativeOf(r.key);
-      if (n !== undefined) nativeRun.set(r.key, n);
-    }
-    targets = evaluateTargets(
-      anchor,
-      new Map(rows.map((r) => [r.key, r.spindle])),
-      new Map(rows.map((r, i) => [r.key, best[i]!.rate])),
-      native === undefined ? undefined : nativeRun,
-    );
-    console.log(`targets (${anchor.name}; native: llama.cpp b10108, 2 threads, from the issue):`);
-    const opt = (x: number | null, f: (x: number) => string) => (x === null ? "—" : f(x));
-    const runCols = native === undefined ? [] : ["native (this run)", "ratio", "met"];
-    printTable(
-      ["target", "Spindle", "reference", "ratio", "met", ...runCols],
-      targets.map((t) => [
-        t.target,
-        opt(t.spindle, fmt),
-        `${opt(t.reference, fmt)} (${t.referenceIs})`,
-        opt(t.ratio, (x) => x.toFixed(2)),
-        verdict(t),
-        ...(native === undefined
-          ? []
-          : t.thisRun === null
-            ? ["—", "—", "—"]
-            : [
-                fmt(t.thisRun.native),
-                opt(t.thisRun.ratio, (x) => x.toFixed(2)),
-                t.thisRun.met === null ? "not measured" : t.thisRun.met ? "yes" : "NO",
-              ]),
-      ]),
-    );
+    return { anchor, targets: [] };
   }
+  if (!anchor.native) console.log(`no native anchor: ${anchor.name} has no native llama.cpp figures`);
+  if (anchor.vocab !== vocab)
+    console.log(`note: vocab ${vocab}, not ${anchor.name}'s ${anchor.vocab} (a synthesized shape?)`);
+  const cond = anchor.parallelCondition;
+  if (cond !== undefined && (cond[0] !== o.parPrompt || cond[1] !== o.parTokens))
+    console.log(
+      `note: the parallel anchor matches native llama.cpp at ${cond[0]} + ${cond[1]} tokens per sequence, ` +
+        `this run measured ${o.parPrompt} + ${o.parTokens}: compare with --parallel-prompt ${cond[0]} ` +
+        `--parallel-tokens ${cond[1]}, or against --native`,
+    );
+  const nativeRun = new Map<MetricKey, number>();
+  for (const r of rows) {
+    const n = nativeFigure(native, r.key);
+    if (n !== undefined) nativeRun.set(r.key, n);
+  }
+  const targets = evaluateTargets(
+    anchor,
+    new Map(rows.map((r) => [r.key, r.spindle])),
+    new Map(rows.map((r, i) => [r.key, best[i]!.rate])),
+    native === undefined ? undefined : nativeRun,
+  );
+  console.log(`targets (${anchor.name}; ${ANCHOR_SOURCE}):`);
+  const opt = (x: number | null, f: (x: number) => string) => (x === null ? "—" : f(x));
+  const runCols = native === undefined ? [] : ["native (this run)", "ratio", "met"];
+  printTable(
+    ["target", "Spindle", "reference", "ratio", "met", ...runCols],
+    targets.map((t) => [
+      t.target,
+      opt(t.spindle, fmt),
+      `${opt(t.reference, fmt)} (${t.referenceIs})`,
+      opt(t.ratio, (x) => x.toFixed(2)),
+      verdict(t),
+      ...(native === undefined
+        ? []
+        : t.thisRun === null
+          ? ["—", "—", "—"]
+          : [
+              fmt(t.thisRun.native),
+              opt(t.thisRun.ratio, (x) => x.toFixed(2)),
+              t.thisRun.met === null ? "not measured" : t.thisRun.met ? "yes" : "NO",
+            ]),
+    ]),
+  );
+  return { anchor, targets };
+}
 
-  if (values.json) {
+function fmt(x: number): string {
+  return x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2);
+}
+
+/** A markdown table; the first column left-aligned, the others right-aligned. */
+function printTable(header: string[], body: string[][]): void {
+  console.log(`| ${header.join(" | ")} |`);
+  console.log(`|${header.map((_, i) => (i === 0 ? "---" : "---:")).join("|")}|`);
+  for (const r of body) console.log(`| ${r.join(" | ")} |`);
+}
+
+// ---------------------------------------------------------------- main
+
+async function main(): Promise<void> {
+  const o = parseOptions();
+  if (o === undefined) return;
+  if (o.nativeDir !== undefined) nativeTools(o.nativeDir); // fail before the long measurements
+  // The WebAssembly kernels take their thread count from here when the model loads.
+  process.env.SPINDLE_THREADS = String(o.spindleThreads);
+
+  const model = loadModel(o.path);
+  const kernels = model.transformer.kernels as { threads?: number; build?: string };
+  const splits = await tuneSmallSplits(model);
+  const { dim, nLayers, vocabSize: vocab } = model.config;
+  const inputs = makeInputs(o, vocab, model.config.contextLength);
+  const weights = weightsLabel(o.path);
+  console.log(
+    `model ${o.path}: ${nLayers} layers, dim ${dim}, vocab ${vocab}, weights ${weights}; ` +
+      `Spindle kernels: ${model.transformer.kernels.name}${kernels.build ? ` ${kernels.build} build` : ""} (${kernels.threads ?? 1} thread(s), --spindle-threads${splits ? `; decode-sized matmuls ${splits.smallSplits ? "split" : "on one thread"}: step ${splits.splitMs.toFixed(2)} ms split vs ${splits.singleMs.toFixed(2)} ms not` : ""}); ` +
+      `llama.cpp threads ${o.threadList.join(", ")} (--threads); repeats ${o.repeats}, median`,
+  );
+
+  const rows = emptyRows(o);
+  await measureSpindle(model, o, inputs, rows);
+  await measureLlamaCpp(o, inputs, rows);
+  const native =
+    o.nativeDir === undefined
+      ? undefined
+      : await benchNative(o.nativeDir, o.path, {
+          threads: o.nativeThreads,
+          promptTokens: o.promptTokens,
+          genTokens: o.genTokens,
+          parallel: o.parallel,
+          parPrompt: o.parPrompt,
+          parTokens: o.parTokens,
+          repeats: o.repeats,
+        });
+  const best = bestLlama(rows, o.threadList);
+  printResults(o, rows, best, native);
+  const { anchor, targets } = judgeTargets(o, { dim, nLayers, vocab, weights }, rows, best, native);
+
+  if (o.json) {
     const report = {
-      model: { path, dim, layers: nLayers, vocab, weights },
+      model: { path: o.path, dim, layers: nLayers, vocab, weights },
       spindle: {
         kernels: model.transformer.kernels.name,
         build: kernels.build,
         threads: kernels.threads ?? 1,
         splits,
       },
-      llamaThreads: threadList,
-      repeats,
+      llamaThreads: o.threadList,
+      repeats: o.repeats,
       metrics: rows.map((r, i) => ({
         key: r.key,
         metric: r.metric,
@@ -593,23 +550,16 @@ async function main(): Promise<void> {
         ratio: r.spindle / best[i]!.rate,
         native: anchor?.native?.[r.key] ?? null,
         ratioToNative: anchor?.native?.[r.key] ? r.spindle / anchor.native[r.key]! : null,
-        nativeThisRun: nativeOf(r.key) ?? null,
-        ratioToNativeThisRun: nativeOf(r.key) ? r.spindle / nativeOf(r.key)! : null,
+        nativeThisRun: nativeFigure(native, r.key) ?? null,
+        ratioToNativeThisRun: nativeFigure(native, r.key) ? r.spindle / nativeFigure(native, r.key)! : null,
       })),
-      native: native === undefined ? null : { build: native.build, threads: nativeThreads },
+      native: native === undefined ? null : { build: native.build, threads: o.nativeThreads },
       anchor: anchor ?? null,
       targets,
     };
-    writeFileSync(values.json, `${JSON.stringify(report, null, 2)}\n`);
-    console.log(`\nwrote ${values.json}`);
+    writeFileSync(o.json, `${JSON.stringify(report, null, 2)}\n`);
+    console.log(`\nwrote ${o.json}`);
   }
-}
-
-/** A markdown table; the first column left-aligned, the others right-aligned. */
-function printTable(header: string[], body: string[][]): void {
-  console.log(`| ${header.join(" | ")} |`);
-  console.log(`|${header.map((_, i) => (i === 0 ? "---" : "---:")).join("|")}|`);
-  for (const r of body) console.log(`| ${r.join(" | ")} |`);
 }
 
 await main();
