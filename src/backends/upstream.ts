@@ -1,4 +1,4 @@
-import { SseParser } from "../bench/sse.js";
+import { SseParser } from "../sse-parser.js";
 import { UpstreamError } from "./upstream-error.js";
 
 /**

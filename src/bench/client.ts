@@ -1,4 +1,4 @@
-import { SseParser } from "./sse.js";
+import { SseParser } from "../sse-parser.js";
 
 /**
  * One streaming generation request against an OpenAI-compatible server, timed

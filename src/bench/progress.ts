@@ -1,4 +1,4 @@
-import { formatDuration, type ProgressStream, writeStatusLine } from "../cli/progress.js";
+import { formatDuration, type ProgressStream, writeStatusLine } from "../progress.js";
 import type { DriveProgress } from "./load.js";
 
 /**

@@ -3,7 +3,7 @@ import { parseArgs } from "node:util";
 import { SpindleError } from "../errors.js";
 import { parseSpec, pullModel } from "../model/pull.js";
 import { cacheDir } from "../model/resolve.js";
-import { ProgressBar, type ProgressStream } from "./progress.js";
+import { ProgressBar, type ProgressStream } from "../progress.js";
 
 export const PULL_USAGE = `usage: spindle pull <owner>/<repo>[@revision]/<file> [--endpoint URL]
 

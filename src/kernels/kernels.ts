@@ -1,5 +1,4 @@
 import type { GGMLType } from "../gguf/types.js";
-import type { RopeParams } from "../model/config.js";
 
 /**
  * The kernel boundary. Every piece of heavy math in the forward pass goes
@@ -10,6 +9,24 @@ import type { RopeParams } from "../model/config.js";
  * Conventions: activations are row-major Float32Array, one row per token
  * ("nTokens × width"); weights keep their ggml type and bytes.
  */
+
+/**
+ * RoPE pairing: "normal" rotates adjacent pairs (x[2i], x[2i+1]) — llama.cpp's
+ * LLAMA_ROPE_TYPE_NORM, used for llama (whose Q/K are permuted at conversion);
+ * "neox" rotates (x[i], x[i + d/2]) — used by qwen2/qwen3.
+ */
+export type RopeStyle = "normal" | "neox";
+
+export interface RopeParams {
+  style: RopeStyle;
+  /** Number of leading dimensions of each head that are rotated. */
+  dim: number;
+  freqBase: number;
+  /** Linear position scaling: position is multiplied by this (1/factor). */
+  freqScale: number;
+  /** Optional per-frequency divisors (llama 3.1 `rope_freqs.weight`), length dim/2. */
+  freqFactors?: Float32Array;
+}
 
 /** A 2-D weight in its file type: `rows` output features, each a row of `cols` inputs. */
 export interface WeightMatrix {

@@ -1,7 +1,6 @@
 import { GGMLType } from "../gguf/types.js";
-import type { RopeParams } from "../model/config.js";
 import { dequantizeRow, dotRow } from "../quant/index.js";
-import type { Kernels, PagedKV, WeightMatrix } from "./kernels.js";
+import type { Kernels, PagedKV, RopeParams, WeightMatrix } from "./kernels.js";
 
 /**
  * The reference kernels: plain TypeScript, written for clarity first. They are

@@ -1,27 +1,10 @@
 import { ModelFileError } from "../errors.js";
 import type { GGUFFile } from "../gguf/reader.js";
+import type { RopeParams } from "../kernels/kernels.js";
 
 /** Architectures the forward pass implements: the Llama family. */
 export const SUPPORTED_ARCHITECTURES = ["llama", "qwen2", "qwen3"] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
-
-/**
- * RoPE pairing: "normal" rotates adjacent pairs (x[2i], x[2i+1]) — llama.cpp's
- * LLAMA_ROPE_TYPE_NORM, used for llama (whose Q/K are permuted at conversion);
- * "neox" rotates (x[i], x[i + d/2]) — used by qwen2/qwen3.
- */
-export type RopeStyle = "normal" | "neox";
-
-export interface RopeParams {
-  style: RopeStyle;
-  /** Number of leading dimensions of each head that are rotated. */
-  dim: number;
-  freqBase: number;
-  /** Linear position scaling: position is multiplied by this (1/factor). */
-  freqScale: number;
-  /** Optional per-frequency divisors (llama 3.1 `rope_freqs.weight`), length dim/2. */
-  freqFactors?: Float32Array;
-}
 
 export interface ModelConfig {
   arch: Architecture;

@@ -1,6 +1,6 @@
 import { basename } from "node:path";
-import { ProgressBar, type ProgressStream } from "../cli/progress.js";
 import { SpindleError } from "../errors.js";
+import { ProgressBar, type ProgressStream } from "../progress.js";
 import { isPullSpec, PullNetworkError, type PullOptions, pullModel } from "./pull.js";
 import { findModel, resolveModel } from "./resolve.js";
 

@@ -1,5 +1,5 @@
-import type { AttentionSeq, Kernels } from "../kernels/kernels.js";
-import type { ModelConfig, RopeParams } from "./config.js";
+import type { AttentionSeq, Kernels, RopeParams } from "../kernels/kernels.js";
+import type { ModelConfig } from "./config.js";
 import type { KVCacheStorage } from "./kv-cache.js";
 import type { ModelWeights } from "./weights.js";
 

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type BenchRequest, sendStreaming, type Target } from "../../src/bench/client.js";
-import { SseParser } from "../../src/bench/sse.js";
+import { SseParser } from "../../src/sse-parser.js";
 
 /**
  * The client's protocol handling against a tiny fake OpenAI-compatible server (node:http on

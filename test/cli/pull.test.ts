@@ -4,7 +4,6 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { ProgressBar } from "../../src/cli/progress.js";
 import { pullCommand } from "../../src/cli/pull.js";
 import { SpindleError } from "../../src/errors.js";
 import { DEFAULT_MODEL_SPEC, ensureModel } from "../../src/model/default-model.js";
@@ -17,6 +16,7 @@ import {
   pullUrl,
 } from "../../src/model/pull.js";
 import { findModel, resolveModel } from "../../src/model/resolve.js";
+import { ProgressBar } from "../../src/progress.js";
 
 /** 3 MiB of deterministic pseudo-random bytes (xorshift32). */
 function makeData(n: number): Buffer {

@@ -2,6 +2,7 @@ import OpenAI, { type APIError, type BadRequestError } from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { renderChat } from "../../src/chat/template.js";
 import { generate } from "../../src/model/generate.js";
+import { DEFAULT_BLOCK_SIZE } from "../../src/model/kv-cache.js";
 import { loadModel } from "../../src/model/model.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
@@ -72,7 +73,9 @@ describe("POST /v1/completions", () => {
         completion_tokens: ref.tokens.length,
         total_tokens: ref.promptTokens.length + ref.tokens.length,
       });
-      expect(r.usage!.prompt_tokens_details?.cached_tokens).toBeGreaterThanOrEqual(0);
+      // Shorter than one KV block: the prefix cache only reuses full blocks, so none of it is cached.
+      expect(ref.promptTokens.length).toBeLessThanOrEqual(DEFAULT_BLOCK_SIZE);
+      expect(r.usage!.prompt_tokens_details).toEqual({ cached_tokens: 0 });
     }
   });
 
@@ -216,8 +219,12 @@ describe("POST /v1/completions", () => {
   });
 
   it("streams chunks whose text joins to the non-streamed text, with a usage chunk", async () => {
-    const body = { model: MODEL, prompt: "Lily and Ben", max_tokens: 30, temperature: 0 };
+    // Longer than one KV block, so that the second request can reuse the first one's full blocks.
+    const prompt = "Lily and Ben went to the park. They saw a big red ball and a little dog.";
+    const body = { model: MODEL, prompt, max_tokens: 30, temperature: 0 };
     const full = await client.completions.create(body);
+    const promptTokens = full.usage!.prompt_tokens;
+    expect(promptTokens).toBeGreaterThan(DEFAULT_BLOCK_SIZE);
     const stream = await client.completions.create({
       ...body,
       stream: true,
@@ -245,8 +252,11 @@ describe("POST /v1/completions", () => {
       completion_tokens: full.usage!.completion_tokens,
       total_tokens: full.usage!.total_tokens,
     });
-    // The second identical prompt reused the prefix cache.
-    expect(usage!.prompt_tokens_details?.cached_tokens).toBeGreaterThanOrEqual(0);
+    // The second identical prompt reused the prefix cache: every full block of the prompt but the
+    // one holding its last token (whose logits must be computed).
+    expect(usage!.prompt_tokens_details?.cached_tokens).toBe(
+      Math.floor((promptTokens - 1) / DEFAULT_BLOCK_SIZE) * DEFAULT_BLOCK_SIZE,
+    );
   });
 });
 

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SseParser } from "../../src/bench/sse.js";
 import { readGGUF } from "../../src/gguf/reader.js";
+import { SseParser } from "../../src/sse-parser.js";
 import { type Tokenizer, tokenizerFromGGUF } from "../../src/tokenizer/index.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";

@@ -1,8 +1,8 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { benchCommand } from "../cli/bench.js";
-import { freePort } from "../net.js";
+import { benchCommand } from "../src/cli/bench.js";
+import { freePort } from "../src/net.js";
 
 /**
  * `npm run bench:backends -- --model M`: the same workload through three
@@ -17,12 +17,12 @@ import { freePort } from "../net.js";
  * both sides: local vs openai→local gives what the gateway hop costs (TTFT,
  * ITL), local vs llamacpp compares the engines behind the same control plane.
  *
- *   node dist/bench/backends-bench.js --model ../shared/models/stories260K.gguf
+ *   npm run bench:backends -- --model ../shared/models/stories260K.gguf
  *        [--concurrency 1,4,16] [--num-prompts 48] [--input-len 64] [--output-len 32]
  *        [--skip llamacpp]   (any other flag goes to `spindle bench`)
  */
 
-const BIN = fileURLToPath(new URL("../../bin/spindle.js", import.meta.url));
+const BIN = fileURLToPath(new URL("../bin/spindle.js", import.meta.url));
 
 async function waitHealthy(url: string, child: ChildProcess, ms = 120_000): Promise<void> {
   const end = Date.now() + ms;
@@ -70,7 +70,7 @@ async function main(): Promise<number> {
   const model = values.model as string | undefined;
   if (!model) {
     process.stderr.write(
-      "usage: backends-bench --model FILE.gguf [--concurrency LIST] [...spindle bench flags]\n",
+      "usage: npm run bench:backends -- --model FILE.gguf [--concurrency LIST] [...spindle bench flags]\n",
     );
     return 2;
   }

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { nativeTools, parseBatchedBench, parseLlamaBench } from "../../src/bench/native-llama.js";
+import { nativeTools, parseBatchedBench, parseLlamaBench } from "../../bench/native-llama.js";
 
 // Output of llama.cpp's tools as built from node-llama-cpp's bundled sources, on stories260K
 // (llama-bench's objects cut to some of their fields; the batched-bench lines whole).

@@ -2,16 +2,21 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../gguf/types.js";
-import { generate } from "../model/generate.js";
-import { loadModel } from "../model/model.js";
-import { resolveModel } from "../model/resolve.js";
-import { SHAPES, synthModel } from "../model/synth.js";
-import { quantize, rowBytes } from "../quant/index.js";
-import { Rng } from "../sampling/rng.js";
-import type { AttentionSeq, Kernels, PagedKV, WeightMatrix } from "./kernels.js";
-import { referenceKernels } from "./reference.js";
-import { createWasmKernels, relaxedSimdAvailable, type WasmBuild, type WasmKernels } from "./wasm-kernels.js";
+import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../src/gguf/types.js";
+import type { AttentionSeq, Kernels, PagedKV, WeightMatrix } from "../src/kernels/kernels.js";
+import { referenceKernels } from "../src/kernels/reference.js";
+import {
+  createWasmKernels,
+  relaxedSimdAvailable,
+  type WasmBuild,
+  type WasmKernels,
+} from "../src/kernels/wasm-kernels.js";
+import { generate } from "../src/model/generate.js";
+import { loadModel } from "../src/model/model.js";
+import { resolveModel } from "../src/model/resolve.js";
+import { SHAPES, synthModel } from "../src/model/synth.js";
+import { quantize, rowBytes } from "../src/quant/index.js";
+import { Rng } from "../src/sampling/rng.js";
 
 /**
  * `npm run bench:kernels`: a quick measurement, not a test. Prints, per kernel and weight type,
@@ -20,10 +25,15 @@ import { createWasmKernels, relaxedSimdAvailable, type WasmBuild, type WasmKerne
  * synthesized stories15M-shaped model with each kernel set. Each figure is the best of a few timed
  * trials (the machine may be shared): compare figures of one run, not across runs.
  *
- *   node dist/kernels/bench-kernels.js [--rows 2048] [--cols 2048] [--tokens 8] [--types Q8_0,Q4_K]
- *                                      [--model-type Q8_0] [--gen-tokens 128] [--no-generate]
- *                                      [--no-reference]
+ *   npm run bench:kernels -- [--rows 2048] [--cols 2048] [--tokens 8] [--types Q8_0,Q4_K]
+ *                            [--model-type Q8_0] [--gen-tokens 128] [--no-generate] [--no-reference]
  */
+
+const USAGE = `usage: npm run bench:kernels -- [--rows 2048] [--cols 2048] [--tokens 8] [--types Q8_0,Q4_K]
+           [--model-type Q8_0] [--gen-tokens 128] [--no-generate] [--no-reference]
+
+GFLOP/s and GB/s per kernel and weight type for the reference and WebAssembly kernels, then
+generate tok/s on a synthesized stories15M-shaped model with each kernel set.`;
 
 /** Single-thread limits measured on the development machine class (a Xeon with AVX-512). */
 const LIMITS = {
@@ -165,7 +175,7 @@ function otherTable(kernels: Kernels[]): void {
 }
 
 async function generateTable(kernelSets: Kernels[], type: GGMLType, tokens: number): Promise<void> {
-  process.env.SPINDLE_MODELS ??= resolve(import.meta.dirname, "../../../shared/models");
+  process.env.SPINDLE_MODELS ??= resolve(import.meta.dirname, "../../shared/models");
   const dir = mkdtempSync(join(tmpdir(), "spindle-bench-kernels-"));
   try {
     const path = join(dir, "stories15M.gguf");
@@ -212,8 +222,13 @@ async function main(): Promise<void> {
       "gen-tokens": { type: "string", default: "128" },
       "no-generate": { type: "boolean", default: false },
       "no-reference": { type: "boolean", default: false },
+      help: { type: "boolean", short: "h" },
     },
   });
+  if (values.help) {
+    console.log(USAGE);
+    return;
+  }
   const types = values.types ? values.types.split(",").map(typeByName) : [...TYPES];
   // Both builds of the WebAssembly kernels where this Node runs the relaxed one.
   const builds: WasmBuild[] = relaxedSimdAvailable() ? ["simd", "relaxed"] : ["simd"];

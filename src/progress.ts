@@ -1,5 +1,6 @@
 /**
- * A download progress bar for stderr, without dependencies:
+ * Progress lines for stderr, without dependencies (used by the CLI, by `ensureModel` in src/model and by
+ * `spindle bench`), and a download progress bar:
  *
  *   smollm2.gguf  42% [########............]  58.3/138.1 MiB  12.4 MiB/s  ETA 0:06
  *

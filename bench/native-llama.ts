@@ -2,11 +2,11 @@ import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { percentile } from "./metrics.js";
+import { percentile } from "../src/bench/metrics.js";
 
 /**
  * Native llama.cpp's own benchmark tools, run on the same model file as Spindle, so that
- * `bench:engine` can print ratios against native llama.cpp measured in the same run (the machine's
+ * `npm run bench:vs-llamacpp` can print ratios against native llama.cpp measured in the same run (the machine's
  * slow and calm phases then move both sides) rather than only against figures measured once.
  *
  * `dir` holds `llama-bench` and `llama-batched-bench` as built from llama.cpp's sources (CPU,
