@@ -191,10 +191,14 @@ if (flag("--check")) {
 }
 
 const manifest = readManifest();
+// Without the compiler (an install with --omit=dev) nothing can be rebuilt: the committed .wasm
+// files are used as they are when their bytes are the recorded ones.
+const haveCompiler = fileHash(join(root, "node_modules", "assemblyscript", "package.json")) !== null;
 const stale = builds.filter((b) => {
   if (flag("--force")) return true;
   const recorded = manifest.builds[b.name];
-  return recorded?.inputs !== inputsHash(b) || recorded?.wasm !== fileHash(join(outDir, b.file));
+  if (recorded?.wasm !== fileHash(join(outDir, b.file))) return true;
+  return haveCompiler && recorded?.inputs !== inputsHash(b);
 });
 if (stale.length === 0) process.exit(0);
 process.stderr.write(
