@@ -4,69 +4,38 @@
 // through ASC_FEATURE_RELAXED_SIMD; the kernels pick it at start-up where Node runs it). Both: -O3,
 // the stub runtime (no GC), no abort import, and the memory imported from the JS side
 // (env.memory), which owns it: a shared memory (up to 4 GiB), so that views of it stay valid when
-// it grows and worker threads can share it. Skips a build whose .wasm is newer than every source,
-// this script and the installed compiler (--force compiles anyway). The .wasm files are build
-// outputs, never committed (.gitignore).
+// it grows and worker threads can share it.
+//
+// The two .wasm files are committed, with dist-wasm/kernels.json: for each build, the SHA-256 of
+// its inputs (compiler version, arguments, sources) and of the .wasm they gave. Binaryen's -O3
+// takes minutes per build on CI's two cores (about 4.5 here) while V8 optimizes the module again
+// anyway, and a fresh clone's `npm start` should answer within a minute: so a build runs only when
+// its inputs' hash differs from the recorded one (or the .wasm's bytes differ from the recorded
+// hash), and `--check` (CI: `npm run check:kernels`) compiles both afresh into a temporary folder
+// and fails unless the bytes equal the committed files byte for byte. After changing a kernel
+// source, `npm run build:kernels` rebuilds and records; commit dist-wasm/ with the source.
+//
+//   node scripts/build-kernels.mjs            # build what is out of date
+//   node scripts/build-kernels.mjs --force    # build both anyway
+//   node scripts/build-kernels.mjs --check    # rebuild both elsewhere; fail unless byte-identical
 import { spawn } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const srcDir = join(root, "src", "kernels", "wasm");
 const entry = join(srcDir, "kernels.ts");
+const outDir = join(root, "dist-wasm");
+const manifestPath = join(outDir, "kernels.json");
 const builds = [
-  { name: "simd", outFile: join(root, "dist-wasm", "kernels.wasm"), features: [] },
-  {
-    name: "relaxed",
-    outFile: join(root, "dist-wasm", "kernels-relaxed.wasm"),
-    features: ["--enable", "relaxed-simd"],
-  },
+  { name: "simd", file: "kernels.wasm", features: [] },
+  { name: "relaxed", file: "kernels-relaxed.wasm", features: ["--enable", "relaxed-simd"] },
 ];
-// `--only NAME` compiles one build in this process; without it, each stale build compiles in a
-// child process of its own, at the same time (Binaryen's -O3 takes minutes; CI has 2 cores).
-const onlyAt = process.argv.indexOf("--only");
-const only = onlyAt >= 0 ? process.argv[onlyAt + 1] : undefined;
-const force = process.argv.includes("--force");
-
-function mtime(p) {
-  try {
-    return statSync(p).mtimeMs;
-  } catch {
-    return -1;
-  }
-}
-
-const inputs = [
-  fileURLToPath(import.meta.url),
-  join(root, "node_modules", "assemblyscript", "package.json"),
-  ...readdirSync(srcDir)
-    .filter((f) => f.endsWith(".ts"))
-    .map((f) => join(srcDir, f)),
-];
-const newest = Math.max(...inputs.map(mtime));
-const stale = builds.filter((b) =>
-  only === undefined ? force || mtime(b.outFile) <= newest : b.name === only,
-);
-if (stale.length === 0) process.exit(0);
-if (only === undefined && stale.length > 1) {
-  const codes = await Promise.all(
-    stale.map(
-      (b) =>
-        new Promise((resolve) =>
-          spawn(process.execPath, [fileURLToPath(import.meta.url), "--only", b.name], {
-            stdio: "inherit",
-          }).on("exit", (code) => resolve(code ?? 1)),
-        ),
-    ),
-  );
-  process.exit(codes.every((c) => c === 0) ? 0 : 1);
-}
-
-mkdirSync(join(root, "dist-wasm"), { recursive: true });
-const asc = await import("assemblyscript/asc");
 const common = [
-  relative(root, entry),
+  relative(root, entry).replaceAll("\\", "/"),
   "--optimizeLevel",
   "3",
   "--shrinkLevel",
@@ -90,17 +59,66 @@ const common = [
 // AssemblyScript's @inline is a decorator on a function, which is not TypeScript (Biome cannot parse
 // it), so the source marks such functions with a `// @inline` line instead, turned into the
 // decorator here as asc reads the file.
-const readFile = (name, baseDir) => {
+const INLINE_MARK = /^\/\/ @inline\n(export )?function/gm;
+const INLINE_DECORATOR = "@inline $1function";
+
+const args = process.argv.slice(2);
+const flag = (name) => args.includes(name);
+const argValue = (name) => {
+  const at = args.indexOf(name);
+  return at >= 0 ? args[at + 1] : undefined;
+};
+
+const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
+const fileHash = (path) => {
   try {
-    const text = readFileSync(join(baseDir, name), "utf8");
-    return text.replace(/^\/\/ @inline\n(export )?function/gm, "@inline $1function");
+    return sha256(readFileSync(path));
   } catch {
     return null;
   }
 };
-for (const { outFile, features } of stale) {
-  const args = [...common, ...features, "--outFile", relative(root, outFile)];
-  const { error, stderr } = await asc.main(args, {
+
+/** What a build's bytes depend on: the compiler's version, its arguments, every kernel source. */
+function inputsHash(build) {
+  const h = createHash("sha256");
+  const asc = JSON.parse(readFileSync(join(root, "node_modules", "assemblyscript", "package.json"), "utf8"));
+  h.update(`assemblyscript ${asc.version}\n`);
+  h.update(`${JSON.stringify([...common, ...build.features])}\n`);
+  h.update(`${INLINE_MARK.source} -> ${INLINE_DECORATOR}\n`);
+  for (const f of readdirSync(srcDir)
+    .filter((f) => f.endsWith(".ts"))
+    .sort()) {
+    // Line endings normalized, so a checkout with CRLF hashes the same.
+    const text = readFileSync(join(srcDir, f), "utf8").replaceAll("\r\n", "\n");
+    h.update(`${f}\n${text.length}\n${text}`);
+  }
+  return h.digest("hex");
+}
+
+function readManifest() {
+  try {
+    return JSON.parse(readFileSync(manifestPath, "utf8"));
+  } catch {
+    return { builds: {} };
+  }
+}
+
+/** Compiles one build into `dir` in this process. */
+async function compile(build, dir) {
+  mkdirSync(dir, { recursive: true });
+  const asc = await import("assemblyscript/asc");
+  const outFile = join(dir, build.file);
+  const readFile = (name, baseDir) => {
+    try {
+      return readFileSync(join(baseDir, name), "utf8")
+        .replaceAll("\r\n", "\n")
+        .replace(INLINE_MARK, INLINE_DECORATOR);
+    } catch {
+      return null;
+    }
+  };
+  const t0 = performance.now();
+  const { error, stderr } = await asc.main([...common, ...build.features, "--outFile", outFile], {
     stdout: process.stdout,
     stderr: process.stderr,
     readFile,
@@ -109,5 +127,84 @@ for (const { outFile, features } of stale) {
     process.stderr.write(`build-kernels: asc failed: ${error.message}\n${stderr?.toString() ?? ""}`);
     process.exit(1);
   }
-  process.stderr.write(`build-kernels: wrote ${relative(root, outFile)} (${statSync(outFile).size} bytes)\n`);
+  const seconds = ((performance.now() - t0) / 1000).toFixed(0);
+  process.stderr.write(
+    `build-kernels: compiled ${build.name} (${statSync(outFile).size} bytes, ${seconds} s)\n`,
+  );
 }
+
+/** Compiles these builds into `dir`, each in a child process of its own, at the same time. */
+async function compileAll(list, dir) {
+  if (list.length === 1) return compile(list[0], dir);
+  const codes = await Promise.all(
+    list.map(
+      (b) =>
+        new Promise((resolve) =>
+          spawn(process.execPath, [fileURLToPath(import.meta.url), "--only", b.name, "--out", dir], {
+            stdio: "inherit",
+          }).on("exit", (code) => resolve(code ?? 1)),
+        ),
+    ),
+  );
+  if (!codes.every((c) => c === 0)) process.exit(1);
+}
+
+const only = argValue("--only");
+if (only !== undefined) {
+  // A child of compileAll.
+  const build = builds.find((b) => b.name === only);
+  if (build === undefined) throw new Error(`build-kernels: no build "${only}"`);
+  await compile(build, argValue("--out") ?? outDir);
+  process.exit(0);
+}
+
+if (flag("--check")) {
+  const dir = mkdtempSync(join(tmpdir(), "spindle-kernels-"));
+  try {
+    await compileAll(builds, dir);
+    const manifest = readManifest();
+    const problems = [];
+    for (const b of builds) {
+      const fresh = readFileSync(join(dir, b.file));
+      const committed = fileHash(join(outDir, b.file));
+      const recorded = manifest.builds[b.name];
+      if (committed !== sha256(fresh))
+        problems.push(
+          `dist-wasm/${b.file} is not what its sources compile to (run npm run build:kernels, commit dist-wasm/)`,
+        );
+      if (recorded?.inputs !== inputsHash(b) || recorded?.wasm !== sha256(fresh))
+        problems.push(
+          `dist-wasm/kernels.json's entry for ${b.name} is out of date (run npm run build:kernels)`,
+        );
+    }
+    if (problems.length > 0) {
+      process.stderr.write(`build-kernels --check: FAILED\n  ${problems.join("\n  ")}\n`);
+      process.exit(1);
+    }
+    process.stderr.write(
+      "build-kernels --check: both builds reproduce the committed dist-wasm/ byte for byte\n",
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  process.exit(0);
+}
+
+const manifest = readManifest();
+// Without the compiler (an install with --omit=dev) nothing can be rebuilt: the committed .wasm
+// files are used as they are when their bytes are the recorded ones.
+const haveCompiler = fileHash(join(root, "node_modules", "assemblyscript", "package.json")) !== null;
+const stale = builds.filter((b) => {
+  if (flag("--force")) return true;
+  const recorded = manifest.builds[b.name];
+  if (recorded?.wasm !== fileHash(join(outDir, b.file))) return true;
+  return haveCompiler && recorded?.inputs !== inputsHash(b);
+});
+if (stale.length === 0) process.exit(0);
+process.stderr.write(
+  `build-kernels: compiling ${stale.map((b) => b.name).join(" and ")} (Binaryen -O3: minutes; commit dist-wasm/ afterwards)\n`,
+);
+await compileAll(stale, outDir);
+for (const b of stale)
+  manifest.builds[b.name] = { inputs: inputsHash(b), wasm: fileHash(join(outDir, b.file)) };
+writeFileSync(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);

@@ -1,7 +1,6 @@
 import { existsSync, readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
-import { setFlagsFromString } from "node:v8";
 import { SpindleError } from "../errors.js";
 import { GGMLType } from "../gguf/types.js";
 import type { AttentionSeq, Kernels, PagedKV, RopeParams, WeightMatrix } from "./kernels.js";
@@ -225,10 +224,10 @@ function wasmBytes(build: WasmBuild): Buffer {
 let relaxedOk: boolean | undefined;
 
 /**
- * Whether this Node runs the relaxed-SIMD build. Node 22 and later do; Node 20 has relaxed SIMD behind
- * a V8 flag, so when the module does not validate this turns the flag on (v8.setFlagsFromString, for
- * the whole process: the kernel threads' instances too) and validates again. False when it still
- * does not validate (another CPU architecture or engine) or the build is missing.
+ * Whether this Node runs the relaxed-SIMD build: whether the module validates. Node 22 and later
+ * (the supported runtimes) have relaxed SIMD on by default on x64 and arm64. False where it does not
+ * validate (Node 20 without its `--experimental-wasm-relaxed-simd` flag, another engine) or the
+ * build is missing.
  */
 export function relaxedSimdAvailable(): boolean {
   if (relaxedOk !== undefined) return relaxedOk;
@@ -239,10 +238,6 @@ export function relaxedSimdAvailable(): boolean {
     return false; // not cached: a later build may add it
   }
   relaxedOk = WA.validate(bytes);
-  if (!relaxedOk) {
-    setFlagsFromString("--experimental-wasm-relaxed-simd");
-    relaxedOk = WA.validate(bytes);
-  }
   return relaxedOk;
 }
 
