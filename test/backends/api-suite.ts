@@ -4,6 +4,7 @@ import type { BackendInit } from "../../src/backends/index.js";
 import { readModelCard } from "../../src/model/model-card.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
+import { waitFor } from "../helpers/wait.js";
 
 /**
  * One API test suite, run against every backend (api-<backend>.test.ts): the
@@ -55,15 +56,6 @@ async function localGreedy(prompt: string, maxTokens: number): Promise<string> {
   });
   const body = (await r.json()) as { choices: { text: string }[] };
   return body.choices[0]!.text;
-}
-
-async function waitFor(cond: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return true;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return cond();
 }
 
 export function apiSuite(o: SuiteOptions): void {

@@ -2,6 +2,7 @@ import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
+import { waitFor } from "../helpers/wait.js";
 
 /**
  * `client_aborts_total` counts the engine requests (one per choice) that finished with reason
@@ -66,15 +67,6 @@ function post(path: string, body: unknown, drop: Drop): Promise<string> {
       resolve(data);
     });
   });
-}
-
-async function waitFor(cond: () => Promise<boolean> | boolean, ms: number): Promise<boolean> {
-  const until = performance.now() + ms;
-  for (;;) {
-    if (await cond()) return true;
-    if (performance.now() > until) return false;
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 async function settled(): Promise<boolean> {

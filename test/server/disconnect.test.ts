@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
+import { waitFor } from "../helpers/wait.js";
 
 /**
  * Clients that go away mid-stream: fifty streaming requests each read a couple of events and
@@ -43,15 +44,6 @@ async function readThenDrop(path: string, body: Record<string, unknown>, events:
   }
   controller.abort();
   return seen;
-}
-
-async function waitFor(cond: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const until = performance.now() + ms;
-  for (;;) {
-    if (await cond()) return true;
-    if (performance.now() > until) return false;
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 async function idle(): Promise<boolean> {

@@ -11,6 +11,7 @@ import {
   InferenceService,
 } from "../../src/server/rpc/gen/spindle/v1/inference_pb.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
+import { waitFor } from "../helpers/wait.js";
 
 /**
  * spindle.v1.InferenceService with the official Connect clients for Node, against a real server:
@@ -55,15 +56,6 @@ async function failure(p: Promise<unknown>): Promise<ConnectError> {
     return err as ConnectError;
   }
   throw new Error("the call succeeded");
-}
-
-async function waitFor(cond: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const until = performance.now() + ms;
-  for (;;) {
-    if (await cond()) return true;
-    if (performance.now() > until) return false;
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 describe("the RPC service", () => {
