@@ -184,8 +184,40 @@ export function samplingFor(req: CommonRequest, sampleIndex: number, engineLogpr
   };
 }
 
+/**
+ * Fields that change what the output must be (structured output) are honoured or refused, never
+ * dropped: OpenAI's response_format (other than text), vLLM's structured_outputs and guided_*, and
+ * llama-server's grammar and json_schema, on both completions and chat.
+ */
+const STRUCTURE_FIELDS = [
+  "structured_outputs",
+  "guided_json",
+  "guided_regex",
+  "guided_choice",
+  "guided_grammar",
+  "grammar",
+  "json_schema",
+];
+
+function refuseStructure(body: Body): void {
+  if (given(body, "response_format")) {
+    const rf = body.response_format;
+    const type = isObject(rf) ? rf.type : undefined;
+    if (type !== "text") {
+      throw badRequest(
+        `response_format ${JSON.stringify(type ?? rf)} is not supported: only {"type": "text"} (structured output is not implemented)`,
+        "response_format",
+      );
+    }
+  }
+  for (const key of STRUCTURE_FIELDS) {
+    unsupported(body, key, "structured output is not implemented (the output would not be constrained)");
+  }
+}
+
 function parseCommon(body: Body, sc: SchemaContext): Omit<CommonRequest, "maxTokens"> {
   const model = parseModel(body, sc);
+  refuseStructure(body);
   const sampling: Partial<SamplingParams> = {};
   const temperature = number(body, "temperature", 0, 2);
   if (temperature !== undefined) sampling.temperature = temperature;
@@ -387,16 +419,6 @@ export function parseChatRequest(raw: unknown, sc: SchemaContext): ChatRequest {
   const topLogprobs = integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS);
   if (topLogprobs !== undefined && !logprobs) {
     throw badRequest("top_logprobs requires logprobs to be true", "top_logprobs");
-  }
-  if (given(body, "response_format")) {
-    const rf = body.response_format;
-    const type = isObject(rf) ? rf.type : undefined;
-    if (type !== "text") {
-      throw badRequest(
-        `response_format ${JSON.stringify(type ?? rf)} is not supported: only {"type": "text"} (structured output is not implemented)`,
-        "response_format",
-      );
-    }
   }
   unsupported(body, "tools", "Spindle does not do tool calling", (v) => Array.isArray(v) && v.length === 0);
   unsupported(body, "tool_choice", "Spindle does not do tool calling", (v) => v === "none");

@@ -126,6 +126,25 @@ function cases(): Case[] {
       }),
       "response_format",
     ),
+    // Structure fields are refused by name on both routes, never silently dropped.
+    bad(
+      "completions response_format json_object",
+      C,
+      completion({ response_format: { type: "json_object" } }),
+      "response_format",
+    ),
+    bad("completions guided_json", C, completion({ guided_json: { type: "object" } }), "guided_json"),
+    bad("completions grammar", C, completion({ grammar: 'root ::= "a"' }), "grammar"),
+    bad(
+      "chat structured_outputs",
+      CHAT,
+      chat({ structured_outputs: { json: { type: "object" } } }),
+      "structured_outputs",
+    ),
+    bad("chat guided_regex", CHAT, chat({ guided_regex: "[a-z]+" }), "guided_regex"),
+    bad("chat guided_choice", CHAT, chat({ guided_choice: ["yes", "no"] }), "guided_choice"),
+    bad("chat guided_grammar", CHAT, chat({ guided_grammar: 'root ::= "a"' }), "guided_grammar"),
+    bad("chat json_schema", CHAT, chat({ json_schema: { type: "object" } }), "json_schema"),
     bad(
       "tools",
       CHAT,
