@@ -23,6 +23,7 @@ and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect 
   --model M                   a .gguf path, a model name, or <owner>/<repo>/<file> (default: SmolLM2-135M-Instruct)
   --grpc-port PORT            also serve spindle.v1.InferenceService over HTTP/2 cleartext on PORT: gRPC,
                               Connect and gRPC-Web (the main port serves Connect and gRPC-Web over HTTP/1.1)
+  --admin-port PORT           also serve /health, /metrics and /version on PORT (no auth), apart from the API
   --served-model-name NAME    model id in the API (default: the file name without .gguf)
   --api-key KEY               require "Authorization: Bearer KEY" (repeatable; also $SPINDLE_API_KEYS, comma-separated)
   --max-queue N               queued requests before 503 + Retry-After (default ${DEFAULT_SERVE_OPTIONS.maxQueue})
@@ -151,6 +152,7 @@ export async function serveCommand(args: string[]): Promise<number> {
       host: { type: "string", default: DEFAULT_SERVE_OPTIONS.host },
       port: { type: "string", default: String(DEFAULT_SERVE_OPTIONS.port) },
       "grpc-port": { type: "string" },
+      "admin-port": { type: "string" },
       "served-model-name": { type: "string" },
       "api-key": { type: "string", multiple: true },
       "max-queue": { type: "string" },
@@ -234,6 +236,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     host: values.host,
     port: int("port", values.port, 0),
     grpcPort: int("grpc-port", values["grpc-port"], 0),
+    adminPort: int("admin-port", values["admin-port"], 0),
     modelName: values["served-model-name"] ?? basename(modelPath).replace(/\.gguf$/i, ""),
     apiKeys: [...(values["api-key"] ?? []), ...envKeys],
     maxQueue: int("max-queue", values["max-queue"], 1),

@@ -13,6 +13,12 @@ export interface ServeOptions {
    * gRPC-Web. undefined = not served (the main port still serves Connect and gRPC-Web over HTTP/1.1).
    */
   grpcPort?: number;
+  /**
+   * Also serve the operations routes (/health, /metrics, /version) on this port, without auth, so
+   * operators can keep the admin plane apart from the data plane. undefined = not served (the main
+   * port serves them either way).
+   */
+  adminPort?: number;
   /** Bearer keys; empty = no auth. */
   apiKeys: string[];
   /** Model id reported by /v1/models and accepted in requests. */

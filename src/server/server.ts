@@ -1,6 +1,6 @@
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
-import type { FastifyInstance } from "fastify";
+import Fastify, { type FastifyInstance } from "fastify";
 import pino, { type Logger } from "pino";
 import { type Backend, type BackendInit, startBackend } from "../backends/index.js";
 import { buildApp } from "./app.js";
@@ -8,6 +8,7 @@ import { DEFAULT_SERVE_OPTIONS, type ServeOptions, type ServerContext } from "./
 import { GenerationService } from "./generation.js";
 import { Metrics } from "./metrics.js";
 import { logRequest, startEngineLog } from "./request-log.js";
+import { registerOpsRoutes } from "./routes/ops.js";
 import { type GrpcServer, startGrpcServer } from "./rpc/grpc-server.js";
 
 /**
@@ -22,6 +23,8 @@ export interface RunningServer {
   url: string;
   /** Where the RPC service listens over HTTP/2 (gRPC, Connect, gRPC-Web), with --grpc-port. */
   grpcUrl?: string;
+  /** Where the operations routes listen on their own, with --admin-port. */
+  adminUrl?: string;
   /** Resolves when the model is loaded (rejects with the load error). */
   ready: Promise<void>;
   close(): Promise<void>;
@@ -80,6 +83,13 @@ async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
   }
 }
 
+/** The http:// URL a listening Fastify app answers on. */
+function urlOf(host: string, app: FastifyInstance): string {
+  const addr = app.server.address();
+  const port = typeof addr === "object" && addr ? addr.port : 0;
+  return `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+}
+
 export async function startServer(o: StartServerOptions): Promise<RunningServer> {
   const { backend: init, log = pino({ level: "info" }), ...rest } = o;
   const given = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined));
@@ -108,9 +118,7 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
   const app = buildApp(ctx);
   const idle = trackIdleConnections(app.server);
   await app.listen({ host: opts.host, port: opts.port });
-  const addr = app.server.address();
-  const port = typeof addr === "object" && addr ? addr.port : opts.port;
-  const url = `http://${opts.host.includes(":") ? `[${opts.host}]` : opts.host}:${port}`;
+  const url = urlOf(opts.host, app);
   let grpc: GrpcServer | undefined;
   if (opts.grpcPort !== undefined) {
     try {
@@ -120,7 +128,22 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
       throw err;
     }
   }
-  log.info({ url, ...(grpc ? { grpc_url: grpc.url } : {}) }, "listening; loading the model");
+  let admin: FastifyInstance | undefined;
+  if (opts.adminPort !== undefined) {
+    admin = Fastify({ logger: false, forceCloseConnections: true });
+    registerOpsRoutes(admin, ctx);
+    try {
+      await admin.listen({ host: opts.host, port: opts.adminPort });
+    } catch (err) {
+      await Promise.all([app.close(), grpc?.close()]);
+      throw err;
+    }
+  }
+  const adminUrl = admin ? urlOf(opts.host, admin) : undefined;
+  log.info(
+    { url, ...(grpc ? { grpc_url: grpc.url } : {}), ...(adminUrl ? { admin_url: adminUrl } : {}) },
+    "listening; loading the model",
+  );
 
   let stopEngineLog: (() => void) | undefined;
   let closing: Promise<void> | undefined;
@@ -173,8 +196,18 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
         await appClosed;
       }
       clearInterval(sweep);
+      // The admin plane answers (503 draining) until everything else is down.
+      await admin?.close();
     })();
     return closing;
   };
-  return { app, ctx, url, ...(grpc ? { grpcUrl: grpc.url } : {}), ready, close };
+  return {
+    app,
+    ctx,
+    url,
+    ...(grpc ? { grpcUrl: grpc.url } : {}),
+    ...(adminUrl ? { adminUrl } : {}),
+    ready,
+    close,
+  };
 }
