@@ -38,6 +38,7 @@ const OPEN_PATHS = new Set(["/health", "/metrics"]);
 export const GENERATION_PATHS = new Set([
   "/v1/completions",
   "/v1/chat/completions",
+  "/v1/responses",
   "/generate",
   "/generate_stream",
   "/api/generate",

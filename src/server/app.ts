@@ -20,6 +20,7 @@ import { registerLlamaServerRoutes } from "./routes/llama-server.js";
 import { registerOllamaRoutes } from "./routes/ollama.js";
 import { registerOpenAIRoutes } from "./routes/openai.js";
 import { registerOpsRoutes } from "./routes/ops.js";
+import { registerResponsesRoutes } from "./routes/responses.js";
 import { registerTgiRoutes } from "./routes/tgi.js";
 import { registerTokenizeRoutes } from "./routes/tokenize.js";
 import { inferenceRoutes, kClientAddress } from "./rpc/service.js";
@@ -169,6 +170,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   registerBodyParser(app, ctx);
   registerAdmission(app, ctx);
   registerOpenAIRoutes(app, ctx);
+  registerResponsesRoutes(app, ctx);
   registerTgiRoutes(app, ctx);
   registerOllamaRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);

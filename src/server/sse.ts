@@ -21,7 +21,8 @@ import type { FastifyReply } from "fastify";
 /** How events are written on the wire. */
 export interface Framing {
   contentType: string;
-  event(json: string): string;
+  /** One event on the wire: `json` is `data` serialized. */
+  event(json: string, data: unknown): string;
   /** The end-of-stream marker, if the protocol has one. */
   endMarker?: string;
 }
@@ -30,6 +31,15 @@ export const SSE: Framing = {
   contentType: "text/event-stream; charset=utf-8",
   event: (json) => `data: ${json}\n\n`,
   endMarker: "data: [DONE]\n\n",
+};
+
+/**
+ * Server-sent events named by their data's `type` (`event: <type>` before `data:`), without an end
+ * marker: OpenAI's Responses API streams this way.
+ */
+export const TYPED_SSE: Framing = {
+  contentType: SSE.contentType,
+  event: (json, data) => `event: ${String((data as { type?: unknown }).type)}\ndata: ${json}\n\n`,
 };
 
 export const NDJSON: Framing = {
@@ -68,7 +78,7 @@ export function isSSEOpen(reply: FastifyReply): boolean {
 export function sendSSE(reply: FastifyReply, data: unknown): boolean {
   const s = open(reply);
   if (!s) return false;
-  s.body.write(s.framing.event(JSON.stringify(data)));
+  s.body.write(s.framing.event(JSON.stringify(data), data));
   return true;
 }
 
