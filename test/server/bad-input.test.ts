@@ -49,6 +49,14 @@ const tgi = (extra: Json, params: Json = {}): Json => ({
 
 const llama = (extra: Json): Json => ({ prompt: "Once upon a time", n_predict: 4, ...extra });
 
+const responses = (extra: Json): Json => ({
+  model,
+  input: "Tell me a story.",
+  max_output_tokens: 4,
+  ...extra,
+});
+
+const RESP = "/v1/responses";
 const C = "/v1/completions";
 const LLAMA = "/completion";
 const TOK = "/tokenize";
@@ -381,6 +389,82 @@ function cases(): Case[] {
     { name: "unknown POST route", path: "/v1/edits", body: {}, status: 404, type: "not_found_error" },
     { name: "wrong method", method: "GET", path: C, status: 404, type: "not_found_error" },
     { name: "malformed URL", method: "GET", path: "/v1/%zz", status: 400, type: INVALID },
+    // /v1/responses (OpenAI's Responses API).
+    bad("responses: input missing", RESP, { model, max_output_tokens: 4 }, "input"),
+    bad("responses: input is a number", RESP, responses({ input: 5 }), "input"),
+    bad("responses: input is an empty list", RESP, responses({ input: [] }), "input"),
+    bad("responses: input item not an object", RESP, responses({ input: ["hi"] }), "input[0]"),
+    bad(
+      "responses: input item of another type",
+      RESP,
+      responses({ input: [{ type: "item_reference", id: "msg_1" }] }),
+      "input[0].type",
+    ),
+    bad(
+      "responses: bad role",
+      RESP,
+      responses({ input: [{ role: "robot", content: "hi" }] }),
+      "input[0].role",
+    ),
+    bad(
+      "responses: image part",
+      RESP,
+      responses({
+        input: [{ role: "user", content: [{ type: "input_image", image_url: "http://x/y.png" }] }],
+      }),
+      "input[0].content[0].type",
+    ),
+    bad(
+      "responses: part text not a string",
+      RESP,
+      responses({ input: [{ role: "user", content: [{ type: "input_text", text: 1 }] }] }),
+      "input[0].content[0].text",
+    ),
+    bad("responses: instructions a number", RESP, responses({ instructions: 3 }), "instructions"),
+    bad("responses: max_output_tokens 0", RESP, responses({ max_output_tokens: 0 }), "max_output_tokens"),
+    bad(
+      "responses: max_output_tokens a string",
+      RESP,
+      responses({ max_output_tokens: "4" }),
+      "max_output_tokens",
+    ),
+    bad(
+      "responses: max_output_tokens beyond the context",
+      RESP,
+      responses({ max_output_tokens: 1e6 }),
+      "max_output_tokens",
+    ),
+    bad("responses: temperature above 2", RESP, responses({ temperature: 3 }), "temperature"),
+    bad("responses: top_p 0", RESP, responses({ top_p: 0 }), "top_p"),
+    bad("responses: stream a string", RESP, responses({ stream: "yes" }), "stream"),
+    bad(
+      "responses: tools refused",
+      RESP,
+      responses({ tools: [{ type: "function", name: "f", parameters: {} }] }),
+      "tools",
+    ),
+    bad("responses: tool_choice required", RESP, responses({ tool_choice: "required" }), "tool_choice"),
+    bad(
+      "responses: json_schema output refused",
+      RESP,
+      responses({ text: { format: { type: "json_schema", name: "x", schema: {} } } }),
+      "text.format",
+    ),
+    bad("responses: reasoning refused", RESP, responses({ reasoning: { effort: "high" } }), "reasoning"),
+    bad("responses: store true refused", RESP, responses({ store: true }), "store"),
+    bad(
+      "responses: unknown previous_response_id",
+      RESP,
+      responses({ previous_response_id: "resp_123" }),
+      "previous_response_id",
+    ),
+    bad(
+      "responses: include refused",
+      RESP,
+      responses({ include: ["message.output_text.logprobs"] }),
+      "include",
+    ),
+    bad("responses: another model", RESP, responses({ model: "gpt-4o" }), "model", 404),
   ];
 }
 
