@@ -8,7 +8,7 @@ import { endSSE, type Framing, SSE, sendSSE, startSSE } from "./sse.js";
 
 /**
  * What every generation route does between its protocol and the backend, whatever the protocol
- * (OpenAI, TGI, and the RPC, Ollama and Responses routes to come): a response has one or more
+ * (OpenAI's completions, chat and Responses, TGI, llama-server, Ollama, the RPC service): a response has one or more
  * choices (n per prompt, per prompt of a batch), each one backend request; they start together
  * (`startChoices`) and are read as one merged stream, either to the end (`readChoices`, for a
  * whole response), as an event stream (`streamChoices`: server-sent events, or NDJSON for Ollama),

@@ -3,8 +3,8 @@ import type { FastifyReply } from "fastify";
 
 /**
  * Event streams for the streaming routes: server-sent events (OpenAI `stream: true`, TGI
- * `/generate_stream`) or newline-delimited JSON (Ollama's /api/generate and /api/chat), one framing
- * per response, chosen when it starts:
+ * `/generate_stream`; with `event: <type>` lines, TYPED_SSE, for /v1/responses) or newline-delimited
+ * JSON (Ollama's /api/generate and /api/chat), one framing per response, chosen when it starts:
  *
  *   startSSE(reply, framing?) 200 with the framing's content type (SSE by default); the body is a stream
  *                            Fastify pipes to the client, so onSend/onResponse hooks and headers set
