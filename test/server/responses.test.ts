@@ -228,4 +228,34 @@ describe("POST /v1/responses raw", () => {
     }
     expect(s).toMatchObject({ running: 0, waiting: 0, unfinished: 0, kvUsage: 0 });
   });
+
+  it("a request timeout is a 504 before the stream starts, an error event after", async () => {
+    const slow = await startTestServer({ modelName: MODEL, requestTimeoutMs: 40 });
+    try {
+      // Greedy, so that it runs the same way each time: well past 40 ms before the end of its text.
+      const body = { model: MODEL, input: "Once upon a time", max_output_tokens: 1900, temperature: 0 };
+      const send = (extra: Json) =>
+        fetch(`${slow.url}/v1/responses`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ ...body, ...extra }),
+        });
+      const whole = await send({});
+      expect(whole.status).toBe(504);
+      expect(((await whole.json()) as { error: Json }).error).toMatchObject({ code: "timeout" });
+      // The first tokens usually arrive within 40 ms, so the timeout comes as an error event; on a
+      // loaded machine it may come first, as a 504.
+      const res = await send({ stream: true });
+      if (res.status === 200) {
+        const events = parseSSE(await res.text());
+        expect(events.at(-1)).toMatchObject({ event: "error", data: { type: "error", code: "timeout" } });
+        expect(events.some((e) => e.event === "response.completed")).toBe(false);
+      } else {
+        expect(res.status).toBe(504);
+      }
+      expect(slow.server.ctx.service.numInFlight).toBe(0);
+    } finally {
+      await slow.close();
+    }
+  });
 });
