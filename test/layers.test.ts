@@ -19,6 +19,7 @@ const LAYERS: readonly (readonly string[])[] = [
   ["src/engine"],
   ["src/model"],
   ["src/protocol"],
+  ["src/grammar"],
   ["src/chat", "src/sampling", "src/tokenizer"],
   ["src/kernels"],
   ["src/quant"],
