@@ -210,6 +210,10 @@ export function buildAutomaton(g: Grammar, field: string, limits: CompileLimits 
     return (sizeMemo.get(name) ?? 0) > 400 && (useCount.get(name) ?? 0) > 1;
   };
 
+  // Refuse what would be too large before building it (nested counted repetitions multiply).
+  for (const name of [g.start, ...recursive])
+    if (g.rules.has(name) && size(g.rules.get(name)!, 0) > maxNfa)
+      throw new GrammarError(field, `grammar too large (over ${maxNfa} automaton states)`);
   const inlining = new Set<string>();
   /** Builds `n` from state `from`; returns its exit state. */
   const build = (n: Node, from: number): number => {
