@@ -112,7 +112,7 @@ export class GrammarCache {
   private readonly map = new Map<string, CompiledGrammar | GrammarError>();
   constructor(
     readonly vocab: GrammarVocab,
-    readonly capacity = 64,
+    readonly capacity = 32,
     readonly limits?: CompileLimits,
   ) {}
 

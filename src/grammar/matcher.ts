@@ -33,7 +33,7 @@ export class PositionTables {
     readonly a: Automaton,
     readonly vocab: VocabIndex,
     readonly eog: Int32Array,
-    private readonly maxMasks = 4096,
+    private readonly maxMasks = 1024,
   ) {
     this.trie = vocab.all;
     this.start = this.close([this.stack(a.ruleStart(0), -1)]);
@@ -242,7 +242,7 @@ export class Compiled implements CompiledGrammar {
     readonly automaton: Automaton,
     readonly index: VocabIndex,
     readonly vocab: GrammarVocab,
-    private readonly maxPositions = 200_000,
+    private readonly maxPositions = 50_000,
   ) {
     this.tables = this.fresh();
   }

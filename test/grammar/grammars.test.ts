@@ -119,10 +119,10 @@ factor ::= [0-9]+ | "(" expr ")"   # recursion through parentheses
   it("refuses undefined rules, left recursion and syntax errors", () => {
     const bad = [
       "root ::= missing",
-      "root ::= root \"a\" | \"b\"",
+      'root ::= root "a" | "b"',
       'root ::= a\na ::= b "x"\nb ::= a | "y"',
-      "root ::= (\"a\"",
-      "expr ::= \"a\"",
+      'root ::= ("a"',
+      'expr ::= "a"',
     ];
     for (const grammar of bad) {
       expect(() => compileGrammar({ type: "gbnf", grammar }, vocab), grammar).toThrow(GrammarError);
@@ -133,7 +133,8 @@ factor ::= [0-9]+ | "(" expr ")"   # recursion through parentheses
 describe("JSON object and schema errors", () => {
   it("json_object takes any compact JSON object and nothing else", () => {
     const g = compileGrammar({ type: "json_object" }, vocab);
-    for (const v of [{}, { a: [1, { b: null }], "c\n": "\u00e9\"" }, { x: -0.5e-7 }]) expect(takes(g, JSON.stringify(v))).toBe(true);
+    for (const v of [{}, { a: [1, { b: null }], "c\n": '\u00e9"' }, { x: -0.5e-7 }])
+      expect(takes(g, JSON.stringify(v))).toBe(true);
     for (const s of ["[]", '"s"', "{", '{"a":1,}', '{"a" :1}', "1"]) expect(takes(g, s), s).toBe(false);
   });
 
@@ -167,7 +168,10 @@ describe("JSON object and schema errors", () => {
   });
 
   it("numeric bounds are exact for integer bounds", () => {
-    const g = compileGrammar({ type: "json_schema", schema: { type: "number", exclusiveMinimum: -2, maximum: 10 } }, vocab);
+    const g = compileGrammar(
+      { type: "json_schema", schema: { type: "number", exclusiveMinimum: -2, maximum: 10 } },
+      vocab,
+    );
     for (const s of ["-1.99", "0", "10", "10.0", "-1", "3.25"]) expect(takes(g, s), s).toBe(true);
     for (const s of ["-2", "-2.0", "10.01", "11", "-0", "1e3"]) expect(takes(g, s), s).toBe(false);
   });
@@ -194,10 +198,24 @@ describe("GrammarCache", () => {
 
 describe("spindle bench-grammar", () => {
   it("prints the report as JSON with MaskBench's fields", async () => {
-    const r = await runCli(["bench-grammar", "--data", SCHEMA_DIR, "--vocab", testModel(VOCAB_GPT2), "--json"]);
+    const r = await runCli([
+      "bench-grammar",
+      "--data",
+      SCHEMA_DIR,
+      "--vocab",
+      testModel(VOCAB_GPT2),
+      "--json",
+    ]);
     expect(r.code).toBe(0);
     const rep = JSON.parse(r.stdout);
-    for (const k of ["schemas", "passing", "compile_errors", "validation_errors", "invalidation_errors", "timeouts"])
+    for (const k of [
+      "schemas",
+      "passing",
+      "compile_errors",
+      "validation_errors",
+      "invalidation_errors",
+      "timeouts",
+    ])
       expect(typeof rep[k]).toBe("number");
     for (const k of ["mask_us", "compile_ms"])
       for (const p of ["p50", "p75", "p90", "p99", "max"]) expect(typeof rep[k][p]).toBe("number");
@@ -210,5 +228,13 @@ describe("spindle bench-grammar", () => {
     const r = await runCli(["bench-grammar", "--help"]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("--data DIR");
+  });
+});
+
+describe("Lark", () => {
+  it("is refused by name, not ignored", () => {
+    expect(() => compileGrammar({ type: "lark", grammar: 'start: "a"' }, vocab)).toThrow(
+      /Lark grammars are not supported/,
+    );
   });
 });
