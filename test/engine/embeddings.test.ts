@@ -107,7 +107,7 @@ describe("embedding requests in the engine", () => {
     const engine = engineFor(model);
     const r = drive(engine, [...gens, ...embeds]);
     expect(r.maxBatch).toBeGreaterThan(1);
-    gens.forEach((g, i) => expect(r.tokens.get(g.spec.id), g.spec.id).toEqual(aloneTokens[i]));
+    for (const [i, g] of gens.entries()) expect(r.tokens.get(g.spec.id), g.spec.id).toEqual(aloneTokens[i]);
     embeds.forEach((e) => {
       expect(r.embedding.get(e.spec.id), e.spec.id).toEqual(embedAlone(model, e.spec.prompt));
       const f = r.finish.get(e.spec.id)!;
@@ -146,7 +146,7 @@ describe("embedding requests in the engine", () => {
       })),
     ]);
     expect(engine.scheduler.totalPreemptions).toBeGreaterThan(0);
-    prompts.forEach((p, i) => expect(r.embedding.get(`e${i}`)).toEqual(embedAlone(model, p)));
+    for (const [i, p] of prompts.entries()) expect(r.embedding.get(`e${i}`)).toEqual(embedAlone(model, p));
     expectNoLeaks(engine);
   });
 
