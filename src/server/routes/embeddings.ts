@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Choice, readChoices, startChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
@@ -103,6 +104,8 @@ async function embed(
     },
   }));
   const signal = clientSignal(req, reply);
+  // Every input's request listens to the one client signal (up to MAX_EMBEDDING_INPUTS of them).
+  setMaxListeners(choices.length + 10, signal);
   const streams = await startChoices(ctx, choices, signal);
   const vectors: (Float32Array | undefined)[] = prompts.map(() => undefined);
   await readChoices(streams, signal, (i, e) => {
