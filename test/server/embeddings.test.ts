@@ -1,6 +1,9 @@
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { Ollama } from "ollama";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { InferenceService } from "../../src/server/rpc/gen/spindle/v1/inference_pb.js";
 import { storiesWithPooling } from "../helpers/embedding-models.js";
 import { cosine, llamaEmbedding } from "../helpers/llamacpp.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
@@ -10,7 +13,8 @@ import { waitFor } from "../helpers/wait.js";
 /**
  * The embedding routes against a real server on 127.0.0.1 (stories260K with mean pooling written
  * into its metadata): the official `openai` SDK's `embeddings.create` (float, and its default base64)
- * and the official `ollama` client's `embed` / `embeddings`, unmodified; vectors equal to llama.cpp's
+ * and the official `ollama` client's `embed` / `embeddings`, unmodified, and the Embed RPC over gRPC
+ * and Connect; vectors equal to llama.cpp's
  * (cosine ≥ 0.999); every input shape; embeddings in the same engine steps as greedy generation,
  * whose output does not change; nothing left in the engine after requests and after a client abort.
  */
@@ -29,7 +33,11 @@ const TEXTS = [
 ];
 
 beforeAll(async () => {
-  srv = await startTestServer({ backend: { kind: "local", modelPath }, shutdownTimeoutMs: 1000 });
+  srv = await startTestServer({
+    backend: { kind: "local", modelPath },
+    grpcPort: 0,
+    shutdownTimeoutMs: 1000,
+  });
   model = srv.server.ctx.opts.modelName;
   openai = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "x", maxRetries: 0 });
   ollama = new Ollama({ host: srv.url });
@@ -191,5 +199,30 @@ describe("embeddings in the engine beside generation", () => {
       client_aborts_total: number;
     };
     expect(snap.client_aborts_total).toBeGreaterThan(0);
+  });
+});
+
+describe("the Embed RPC", () => {
+  it("over gRPC and Connect: the vectors and usage of /v1/embeddings; bad input is INVALID_ARGUMENT naming the field", async () => {
+    const f = await openai.embeddings.create({ model, input: TEXTS, encoding_format: "float" });
+    for (const transport of [
+      createGrpcTransport({ baseUrl: srv.server.grpcUrl! }),
+      createConnectTransport({ baseUrl: srv.url, httpVersion: "1.1" }),
+    ]) {
+      const client = createClient(InferenceService, transport);
+      const r = await client.embed({ input: TEXTS });
+      expect(r.model).toBe(model);
+      expect(r.usage?.promptTokens).toBe(f.usage.prompt_tokens);
+      expect(r.data.map((d) => d.index)).toEqual([0, 1, 2]);
+      for (const [i, d] of r.data.entries()) expect(d.embedding).toEqual(f.data[i]!.embedding);
+      const err = await client.embed({ input: [""] }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(ConnectError);
+      expect((err as ConnectError).code).toBe(Code.InvalidArgument);
+      expect((err as ConnectError).rawMessage).toMatch(/input/);
+    }
+    await expectEngineEmpty();
   });
 });
