@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { EngineCore, VirtualClock } from "../../src/engine/engine.js";
 import { ModelRunner } from "../../src/engine/runner.js";
+import { SIM_EMBEDDING_LENGTH, SimRunner } from "../../src/engine/sim-runner.js";
 import { loadModel, type Model } from "../../src/model/model.js";
 import type { PoolingType } from "../../src/model/pooling.js";
 import type { RequestSpec } from "../../src/protocol/request.js";
@@ -190,5 +191,28 @@ describe("embedding requests in the engine", () => {
     const r = drive(full, [{ at: 0, spec: embedSpec("f", [1, ...new Array(ctx - 1).fill(5)]) }]);
     expect(r.embedding.get("f")).toHaveLength(model.config.dim);
     expectNoLeaks(full);
+  });
+});
+
+describe("embedding requests on the simulated runner", () => {
+  it("give unit vectors of the simulator's width, equal for equal inputs, different for different ones", () => {
+    const engine = new EngineCore(new SimRunner({ numBlocks: 64, vocabSize: 512 }), {
+      clock: new VirtualClock(),
+      maxNumBatchedTokens: 16,
+    });
+    const a = [1, ...Array.from({ length: 40 }, (_, i) => 3 + i)];
+    const r = drive(engine, [
+      { at: 0, spec: embedSpec("a1", a) },
+      { at: 0, spec: embedSpec("b", [1, 7, 9]) },
+      { at: 3, spec: embedSpec("a2", a) },
+      { at: 0, spec: { id: "g", prompt: a, maxTokens: 8 } },
+    ]);
+    const v = r.embedding.get("a1")!;
+    expect(v).toHaveLength(SIM_EMBEDDING_LENGTH);
+    expect(norm(v)).toBeCloseTo(1, 5);
+    expect(r.embedding.get("a2")).toEqual(v);
+    expect(cosine(v, r.embedding.get("b")!)).toBeLessThan(0.99);
+    expect(r.tokens.get("g")).toHaveLength(8);
+    expectNoLeaks(engine);
   });
 });
