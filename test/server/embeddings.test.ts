@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InferenceService } from "../../src/server/rpc/gen/spindle/v1/inference_pb.js";
 import { storiesWithPooling } from "../helpers/embedding-models.js";
 import { cosine, llamaEmbedding } from "../helpers/llamacpp.js";
+import { STORIES_260K, testModel } from "../helpers/models.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
 import { tempDir } from "../helpers/tmp.js";
 import { waitFor } from "../helpers/wait.js";
@@ -224,5 +225,34 @@ describe("the Embed RPC", () => {
       expect((err as ConnectError).rawMessage).toMatch(/input/);
     }
     await expectEngineEmpty();
+  });
+});
+
+describe("a backend that computes no embeddings", () => {
+  it("llamacpp: 501 in each protocol's shape, naming the backend", async () => {
+    const other = await startTestServer({
+      backend: { kind: "llamacpp", modelPath: testModel(STORIES_260K) },
+    });
+    try {
+      const post = (path: string, body: unknown) =>
+        fetch(`${other.url}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(body),
+        });
+      const o = await post("/v1/embeddings", { input: "hi" });
+      expect(o.status).toBe(501);
+      expect(((await o.json()) as { error: { code: string; message: string } }).error).toMatchObject({
+        code: "embeddings_unsupported",
+        message: expect.stringMatching(/llamacpp backend/),
+      });
+      const a = await post("/api/embed", { model: other.server.ctx.opts.modelName, input: "hi" });
+      expect(a.status).toBe(501);
+      expect(await a.json()).toEqual({
+        error: expect.stringMatching(/llamacpp backend computes no embeddings/),
+      });
+    } finally {
+      await other.close();
+    }
   });
 });
