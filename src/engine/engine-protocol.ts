@@ -34,6 +34,8 @@ export interface ModelEngineInit {
   kvCacheBytes?: number;
   /** Tokens per KV block (default 16). */
   blockSize?: number;
+  /** `--ctx-size`: caps each sequence's context (at most the model's) and sizes the KV pool (kv-sizing.ts). */
+  contextLength?: number;
   options?: WorkerEngineOptions;
 }
 

@@ -55,12 +55,13 @@ export class ModelRunner implements Runner {
   readonly argmax?: (x: Float32Array, n: number) => number;
   private readonly transformer: Transformer;
 
-  constructor(model: Model, numBlocks: number, blockSize?: number) {
+  /** `contextLength` caps a sequence's context below the model's (`--ctx-size`). */
+  constructor(model: Model, numBlocks: number, blockSize?: number, contextLength?: number) {
     this.transformer = model.transformer;
     // The pools go into the kernels' memory now (if they offer it and the pools fit), not at the first step.
     this.kv = new KVCacheStorage(model.config, numBlocks, blockSize, model.transformer.kernels);
     this.vocabSize = model.config.vocabSize;
-    this.contextLength = model.config.contextLength;
+    this.contextLength = Math.min(model.config.contextLength, contextLength ?? Infinity);
     const k = model.transformer.kernels;
     this.argmax = k.argmax?.bind(k);
   }
