@@ -270,6 +270,41 @@ const HELP = `Available commands:
 Ctrl-C stops the answer being written.
 `;
 
+/**
+ * Lines typed at the prompt → messages: a line is a message, except that a line beginning with
+ * `"""` opens a block that runs to a line ending with `"""` (on the same line or a later one), as
+ * in Ollama; the block's lines are joined with newlines.
+ */
+export class MessageReader {
+  private block: string[] | undefined;
+
+  get inBlock(): boolean {
+    return this.block !== undefined;
+  }
+
+  reset(): void {
+    this.block = undefined;
+  }
+
+  /** The message `line` completes (trimmed), or undefined while a block is open. */
+  push(line: string): string | undefined {
+    if (this.block === undefined) {
+      const t = line.trimStart();
+      if (!t.startsWith('"""')) return line.trim();
+      const rest = t.slice(3);
+      if (rest.length >= 3 && rest.endsWith('"""')) return rest.slice(0, -3).trim();
+      this.block = [rest];
+      return undefined;
+    }
+    const end = line.trimEnd().endsWith('"""');
+    this.block.push(end ? line.trimEnd().slice(0, -3) : line);
+    if (!end) return undefined;
+    const message = this.block.join("\n").trim();
+    this.block = undefined;
+    return message;
+  }
+}
+
 /** The `>>> ` loop: lines become messages (`"""` blocks joined), commands are handled, answers stream. */
 async function interactive(chat: Chat): Promise<number> {
   const out = process.stdout;
@@ -279,11 +314,11 @@ async function interactive(chat: Chat): Promise<number> {
     terminal: process.stdin.isTTY === true,
     prompt: ">>> ",
   });
-  let block: string[] | undefined; // lines of a """ message so far
+  const reader = new MessageReader();
   rl.on("SIGINT", () => {
     if (chat.interrupt()) return; // the answer loop writes the newline and the next prompt
-    const typing = rl.line.length > 0 || block !== undefined;
-    block = undefined;
+    const typing = rl.line.length > 0 || reader.inBlock;
+    reader.reset();
     // Ctrl-C at the prompt: drop what was typed, as a shell does.
     out.write(typing ? "^C\n" : "\nUse Ctrl + d or /bye to exit.\n");
     (rl as unknown as { line: string; cursor: number }).line = "";
@@ -293,32 +328,9 @@ async function interactive(chat: Chat): Promise<number> {
   });
   rl.prompt();
   for await (const line of rl) {
-    let message: string;
-    if (block !== undefined) {
-      const end = line.endsWith('"""');
-      block.push(end ? line.slice(0, -3) : line);
-      if (!end) {
-        rl.setPrompt("... ");
-        rl.prompt();
-        continue;
-      }
-      message = block.join("\n").trim();
-      block = undefined;
-      rl.setPrompt(">>> ");
-    } else if (line.trimStart().startsWith('"""')) {
-      const rest = line.trimStart().slice(3);
-      if (rest.endsWith('"""') && rest.length >= 3) {
-        message = rest.slice(0, -3).trim();
-      } else {
-        block = [rest];
-        rl.setPrompt("... ");
-        rl.prompt();
-        continue;
-      }
-    } else {
-      message = line.trim();
-    }
-    if (message === "") {
+    const message = reader.push(line);
+    rl.setPrompt(reader.inBlock ? "... " : ">>> ");
+    if (message === undefined || message === "") {
       rl.prompt();
       continue;
     }

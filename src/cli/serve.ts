@@ -60,8 +60,8 @@ Backends (what computes the tokens; admission, priorities, metrics and logs appl
                upstream (its URL is --upstream); --model gives the tokenizer and chat template
      sim       the engine with a simulated runner: --model gives the tokenizer, no weights are read
   --log-prompts               include prompt text in request logs
-  --log-format auto|json|text JSON lines (for log collectors) or one readable, coloured line per entry
-                              (default auto: text on a terminal, JSON when piped)
+  --log-format FORMAT         json: JSON lines (for log collectors); text: one readable line per entry,
+                              coloured on a terminal; auto (the default): text on a terminal, JSON when piped
   --log-level LEVEL           trace, debug, info, warn or error (default info)
   --version                   print Spindle's version and exit
   --shutdown-timeout-ms MS    on SIGTERM, how long in-flight requests may finish (default 10000)`;
