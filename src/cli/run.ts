@@ -210,7 +210,13 @@ export async function runCommand(args: string[]): Promise<number> {
 
   // One-shot: the prompt from the arguments, or everything piped on stdin.
   let oneShot: string | undefined = words.length > 0 ? words.join(" ") : undefined;
-  if (oneShot === undefined && !process.stdin.isTTY) oneShot = await readAll(process.stdin);
+  if (oneShot === undefined && !process.stdin.isTTY) {
+    oneShot = await readAll(process.stdin);
+    if (oneShot === "")
+      throw new SpindleError(
+        "nothing to answer: stdin was empty (give a prompt, or run it in a terminal to chat)",
+      );
+  }
 
   const modelPath = await ensureModel(modelArg);
   const status = process.stderr.isTTY && oneShot === undefined;
@@ -223,6 +229,7 @@ export async function runCommand(args: string[]): Promise<number> {
     options: { maxNumSeqs: 1 },
   });
   if (status) process.stderr.write("\r\x1b[K");
+  for (const w of backend.info.warnings ?? []) process.stderr.write(`spindle: ${w}\n`);
   const model: LoadedModel = {
     backend,
     info: backend.info,

@@ -87,6 +87,18 @@ describe("spindle run, one-shot", () => {
     expect(run.stdout).toBe(gen.stdout);
   });
 
+  it("takes the prompt from stdin when it is piped, as `echo … | ollama run` does", async () => {
+    const args = ["run", STORIES_260K, "--temperature", "0", "-n", "24"];
+    const piped = execFileSync(process.execPath, ["--import", "tsx", "src/cli/entry.ts", ...args], {
+      cwd: ROOT,
+      input: "Once upon a time\n",
+      encoding: "utf8",
+    });
+    const inline = await runCli([...args, "Once upon a time"]);
+    expect(inline.stdout.length).toBeGreaterThan(24);
+    expect(piped).toBe(inline.stdout);
+  });
+
   it("a model that is nowhere is one line, exit 1", async () => {
     const r = await runCli(["run", "no-such-model.gguf", "hi"]);
     expect(r.code).toBe(1);
