@@ -1,11 +1,13 @@
+import { basename } from "node:path";
 import { renderChat } from "../chat/template.js";
 import { SpindleError } from "../errors.js";
 import { describeKernels } from "../kernels/kernels.js";
 import { defaultKernelsName, type KernelName, selectKernelsSync } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
 import { generate } from "../model/generate.js";
-import { loadModel } from "../model/model.js";
+import { loadModel, type Model } from "../model/model.js";
 import { tuneSmallSplits } from "../model/tune-splits.js";
+import { ProgressBar } from "../progress.js";
 import { command } from "./options.js";
 
 const MODEL_HELP =
@@ -86,9 +88,16 @@ export async function generateCommand(args: string[]): Promise<number> {
   }
   const path = await ensureModel(values.model);
   const t0 = performance.now();
-  const model = loadModel(path, {
-    kernels: selectKernelsSync((values.kernels as KernelName | undefined) ?? defaultKernelsName()),
-  });
+  const bar = process.stderr.isTTY ? new ProgressBar({ label: `loading ${basename(path)}` }) : undefined;
+  let model: Model;
+  try {
+    model = loadModel(path, {
+      kernels: selectKernelsSync((values.kernels as KernelName | undefined) ?? defaultKernelsName()),
+      onProgress: (loaded, total) => bar?.update(loaded, total),
+    });
+  } finally {
+    bar?.done();
+  }
   await tuneSmallSplits(model); // kernel threads up, decode splits measured
   const loadMs = performance.now() - t0;
   let prompt = values.prompt ?? "";

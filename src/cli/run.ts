@@ -1,8 +1,10 @@
+import { basename } from "node:path";
 import { createInterface, type Interface } from "node:readline";
 import { type Backend, startBackend } from "../backends/index.js";
 import type { ChatMessage } from "../chat/template.js";
 import { SpindleError } from "../errors.js";
 import { ensureModel } from "../model/default-model.js";
+import { ProgressBar } from "../progress.js";
 import type { SamplingParams } from "../sampling/params.js";
 import { chatPrompt } from "../server/chat-prompt.js";
 import type { LoadedModel } from "../server/context.js";
@@ -219,16 +221,23 @@ export async function runCommand(args: string[]): Promise<number> {
   }
 
   const modelPath = await ensureModel(modelArg);
-  const status = process.stderr.isTTY && oneShot === undefined;
-  if (status) process.stderr.write("loading the model…");
-  const backend: Backend = await startBackend({
-    kind: "local",
-    modelPath,
-    // One conversation: one sequence, and a KV cache that holds its whole context.
-    contextLength: ctxSize ?? RUN_DEFAULT_CTX,
-    options: { maxNumSeqs: 1 },
-  });
-  if (status) process.stderr.write("\r\x1b[K");
+  // On a terminal, a progress bar while the engine reads the weights.
+  const bar = process.stderr.isTTY ? new ProgressBar({ label: `loading ${basename(modelPath)}` }) : undefined;
+  let backend: Backend;
+  try {
+    backend = await startBackend(
+      {
+        kind: "local",
+        modelPath,
+        // One conversation: one sequence, and a KV cache that holds its whole context.
+        contextLength: ctxSize ?? RUN_DEFAULT_CTX,
+        options: { maxNumSeqs: 1 },
+      },
+      { onLoadProgress: (loaded, total) => bar?.update(loaded, total) },
+    );
+  } finally {
+    bar?.done();
+  }
   for (const w of backend.info.warnings ?? []) process.stderr.write(`spindle: ${w}\n`);
   const model: LoadedModel = {
     backend,

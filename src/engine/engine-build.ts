@@ -38,7 +38,8 @@ export interface Built {
   info: EngineInfo;
 }
 
-export function build(init: EngineInit): Built {
+/** `onLoadProgress` sees the weights being read (model kind): bytes loaded, of total. */
+export function build(init: EngineInit, onLoadProgress?: (loaded: number, total: number) => void): Built {
   const opts = init.options ?? {};
   const maxNumSeqs = opts.maxNumSeqs ?? DEFAULT_SCHEDULER_OPTIONS.maxNumSeqs;
   const base = {
@@ -82,7 +83,7 @@ export function build(init: EngineInit): Built {
   }
   if (init.kind !== "model")
     throw new SpindleError(`unknown engine kind ${String((init as { kind: unknown }).kind)}`);
-  const model: Model = loadModel(init.modelPath);
+  const model: Model = loadModel(init.modelPath, { onProgress: onLoadProgress });
   const c = model.config;
   const numBlocks = kvCacheBlocks(c, init, maxNumSeqs);
   const contextLength = cappedContext(c.contextLength, init.contextLength);

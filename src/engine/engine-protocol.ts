@@ -138,6 +138,8 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: "ready"; info: EngineInfo }
+  /** While the model loads (before ready): bytes of weights read so far, of total. */
+  | { type: "loading"; loaded: number; total: number }
   | { type: "error"; error: WireError }
   | { type: "step"; events: EngineEvent[]; stats: StepInfo }
   | { type: "rejected"; id: string; error: WireError }

@@ -142,6 +142,8 @@ describe.skipIf(!hasScript)("spindle run, interactive on a pseudo-terminal", () 
       t.type("\x04");
       expect(await t.exit).toBe(0);
 
+      // The weights were read behind a progress bar on the terminal.
+      expect(t.screen()).toMatch(/loading stories260K\.gguf\s+100% \[#+\]/);
       const s = stats(t.screen());
       expect(s).toHaveLength(2);
       expect(s.map((x) => x.answer)).toEqual([24, 24]);
