@@ -10,6 +10,7 @@ import type { BatchingMode, Policy } from "../engine/scheduler.js";
 import { SpindleError } from "../errors.js";
 import { defaultKernelsName } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
+import { ProgressBar } from "../progress.js";
 import { DEFAULT_SERVE_OPTIONS } from "../server/context.js";
 import { startServer } from "../server/server.js";
 import { createLogger } from "./log-format.js";
@@ -246,6 +247,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     prefixCaching: !values["no-prefix-caching"],
   };
   const backend = backendInit(backendKind, modelPath, values, engineOptions);
+  // On a terminal, a progress bar on stderr while the weights load (the logs go to stdout).
+  const bar = process.stderr.isTTY ? new ProgressBar({ label: `loading ${basename(modelPath)}` }) : undefined;
   const server = await startServer({
     log,
     host: values.host,
@@ -263,6 +266,13 @@ export async function serveCommand(args: string[]): Promise<number> {
     logPrompts: values["log-prompts"],
     shutdownTimeoutMs: int("shutdown-timeout-ms", values["shutdown-timeout-ms"], 0),
     backend,
+    // The bar ends (its line too) once all weights are read, before the "ready" log line.
+    onLoadProgress:
+      bar &&
+      ((loaded, total) => {
+        bar.update(loaded, total);
+        if (loaded >= total) bar.done();
+      }),
   });
   const stop = (signal: string) => {
     log.info({ signal }, "shutting down: finishing in-flight requests");
@@ -284,6 +294,8 @@ export async function serveCommand(args: string[]): Promise<number> {
   } catch (err) {
     await server.close();
     throw err;
+  } finally {
+    bar?.done();
   }
   process.stderr.write(`spindle: serving ${server.ctx.opts.modelName} at ${server.url}\n`);
   // Keep running until a signal.
