@@ -4,6 +4,7 @@ import { type Backend, startBackend } from "../backends/index.js";
 import type { ChatMessage } from "../chat/template.js";
 import { SpindleError } from "../errors.js";
 import { ensureModel } from "../model/default-model.js";
+import { modelFileFacts } from "../model/model-facts.js";
 import { ProgressBar } from "../progress.js";
 import type { SamplingParams } from "../sampling/params.js";
 import { chatPrompt } from "../server/chat-prompt.js";
@@ -230,7 +231,8 @@ export async function runCommand(args: string[]): Promise<number> {
         kind: "local",
         modelPath,
         // One conversation: one sequence, and a KV cache that holds its whole context.
-        contextLength: ctxSize ?? RUN_DEFAULT_CTX,
+        contextLength:
+          ctxSize ?? Math.min(RUN_DEFAULT_CTX, modelFileFacts(modelPath).contextLength ?? Infinity),
         options: { maxNumSeqs: 1 },
       },
       { onLoadProgress: (loaded, total) => bar?.update(loaded, total) },

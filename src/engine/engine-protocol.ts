@@ -13,7 +13,8 @@ import type { SimRunnerOptions } from "./sim-runner.js";
  * worker (engine-worker.ts). Everything here crosses a structured clone.
  *
  *   main → worker   init (once, first) · add · abort · stats · shutdown
- *   worker → main   ready | error (answer to init) · step (one per engine step:
+ *   worker → main   loading (weights read so far, while init runs) · ready | error (answer to
+ *                   init) · step (one per engine step:
  *                   every event of that step, batched, plus step stats) ·
  *                   rejected (an add the engine refused) · stats · closed
  *

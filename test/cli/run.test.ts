@@ -144,6 +144,8 @@ describe.skipIf(!hasScript)("spindle run, interactive on a pseudo-terminal", () 
 
       // The weights were read behind a progress bar on the terminal.
       expect(t.screen()).toMatch(/loading stories260K\.gguf\s+100% \[#+\]/);
+      // run's default context (4096, at most the model's 2048) is no --ctx-size to warn about.
+      expect(t.screen()).not.toContain("--ctx-size");
       const s = stats(t.screen());
       expect(s).toHaveLength(2);
       expect(s.map((x) => x.answer)).toEqual([24, 24]);
