@@ -2,14 +2,24 @@ import { parseArgs } from "node:util";
 import { SpindleError } from "../errors.js";
 import { GGMLType } from "../gguf/types.js";
 import { resolveModel } from "../model/resolve.js";
-import { SHAPES, SYNTH_MIXTURES, type SynthArch, type SynthMixture, synthModel } from "../model/synth.js";
+import {
+  SHAPES,
+  SYNTH_ARCHS,
+  SYNTH_MIXTURES,
+  type SynthArch,
+  type SynthMixture,
+  synthModel,
+} from "../model/synth.js";
 
-export const SYNTH_USAGE = `usage: spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch llama|qwen2|qwen3]
+export const SYNTH_USAGE = `usage: spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch ${SYNTH_ARCHS.join("|")}]
                            [--type F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q5_K|Q6_K|Q4_K_M] [--vocab VOCAB.gguf]
                            [--seed N] [--tied] [--dim N --layers N --heads N --kv-heads N --ffn N --context N]
 
 Writes a model with deterministic random weights and the tokenizer of a vocab GGUF.
 --type Q4_K_M is llama.cpp's per-tensor mixture (Q4_K, with Q6_K for the LM head and some attn_v/ffn_down).
+A named shape brings its architecture (phi3-*, gemma2-*, gemma3-*: fused projections, sliding windows,
+soft-caps, LongRoPE as the real models have them); --arch overrides it. Gemma models are written with tied
+embeddings, as the real ones are.
 Defaults: --shape stories15M --arch llama --type F32 --vocab vocab/ggml-vocab-llama-spm.gguf --seed 1`;
 
 export function synthModelCommand(args: string[]): number {
@@ -18,7 +28,7 @@ export function synthModelCommand(args: string[]): number {
     options: {
       out: { type: "string", short: "o" },
       shape: { type: "string", default: "stories15M" },
-      arch: { type: "string", default: "llama" },
+      arch: { type: "string" },
       type: { type: "string", default: "F32" },
       vocab: { type: "string", default: "vocab/ggml-vocab-llama-spm.gguf" },
       seed: { type: "string", default: "1" },
@@ -45,8 +55,9 @@ export function synthModelCommand(args: string[]): number {
     ? (name as SynthMixture)
     : GGMLType[name as keyof typeof GGMLType];
   if (type === undefined) throw new SpindleError(`unknown weight type "${values.type}"`);
-  if (!["llama", "qwen2", "qwen3"].includes(values.arch))
-    throw new SpindleError(`unknown arch "${values.arch}"`);
+  const arch = values.arch ?? base.arch ?? "llama";
+  if (!(SYNTH_ARCHS as readonly string[]).includes(arch))
+    throw new SpindleError(`unknown arch "${arch}" (known: ${SYNTH_ARCHS.join(", ")})`);
   const n = (v: string | undefined, d: number) => (v === undefined ? d : Number(v));
   const shape = {
     ...base,
@@ -58,13 +69,13 @@ export function synthModelCommand(args: string[]): number {
     contextLength: n(values.context, base.contextLength),
   };
   const r = synthModel({
-    arch: values.arch as SynthArch,
+    arch: arch as SynthArch,
     shape,
     type,
     vocabPath: resolveModel(values.vocab),
     out: values.out,
     seed: Number(values.seed),
-    tied: values.tied,
+    tied: values.tied || arch === "gemma2" || arch === "gemma3",
   });
   process.stdout.write(`${r.path}\n`);
   process.stderr.write(`${(r.parameters / 1e6).toFixed(2)}M parameters\n`);
