@@ -1,3 +1,4 @@
+import type { GrammarMatcher } from "../grammar/constraint.js";
 import type { BatchSeq, Transformer } from "../model/forward.js";
 import { KVCacheStorage } from "../model/kv-cache.js";
 import type { Model } from "../model/model.js";
@@ -24,6 +25,11 @@ export interface RunnerItem extends BatchSeq {
   history: number[];
   /** A stable per-sequence number (the simulated runner derives its tokens from it). */
   seqKey: number;
+  /**
+   * A constrained sequence that samples this step: the runner fills `mask` from the matcher
+   * (GrammarMatcher.fillMask) and samples under it. Absent for every other item.
+   */
+  grammar?: { matcher: GrammarMatcher; mask: Uint32Array };
 }
 
 export interface RunnerResult {
@@ -73,17 +79,37 @@ export class ModelRunner implements Runner {
   }
 
   execute(items: readonly RunnerItem[]): RunnerResult {
+    const masks = fillMasks(items);
     // Sampled before the next step: the logits may stay in the kernels' memory (no copy per step).
     const logits = this.transformer.forward(this.kv, items, { transientLogits: true });
     return {
       samples: items.map((it, i) => {
         if (it.logits === "none") return undefined;
         try {
-          return it.sampler.sample(logits[i]!, it.history);
+          const m = masks[i];
+          if (m instanceof Error) return m;
+          return it.sampler.sample(logits[i]!, it.history, m);
         } catch (e) {
           return e instanceof Error ? e : new Error(String(e));
         }
       }),
     };
   }
+}
+
+/**
+ * Fills the mask of every constrained item that samples this step: per item, its mask, undefined
+ * for an unconstrained one, or the Error its matcher threw (that sequence alone fails).
+ */
+export function fillMasks(items: readonly RunnerItem[]): (Uint32Array | Error | undefined)[] {
+  return items.map((it) => {
+    const g = it.grammar;
+    if (!g || it.logits === "none") return undefined;
+    try {
+      g.matcher.fillMask(g.mask);
+      return g.mask;
+    } catch (e) {
+      return e instanceof Error ? e : new Error(String(e));
+    }
+  });
 }

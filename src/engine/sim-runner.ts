@@ -1,5 +1,5 @@
 import type { SampleResult } from "../sampling/sampler.js";
-import type { Runner, RunnerItem, RunnerResult } from "./runner.js";
+import { fillMasks, type Runner, type RunnerItem, type RunnerResult } from "./runner.js";
 
 /**
  * The simulated runner: the real scheduler and block manager run unchanged,
@@ -10,7 +10,9 @@ import type { Runner, RunnerItem, RunnerResult } from "./runner.js";
  *
  * with coefficients fitted from measured runs of the real runner (`spindle
  * calibrate`). Tokens are a deterministic function of the sequence and
- * position, never an end-of-generation token, so outputs are reproducible.
+ * position, never an end-of-generation token, so outputs are reproducible. Under a grammar's mask
+ * the token is the first allowed one from there (in id order, wrapping), end tokens included when
+ * nothing else is allowed.
  */
 
 export interface SimCost {
@@ -74,14 +76,36 @@ export class SimRunner implements Runner {
   }
 
   execute(items: readonly RunnerItem[]): RunnerResult {
-    const samples = items.map((it): SampleResult | undefined => {
+    const masks = fillMasks(items);
+    const samples = items.map((it, i): SampleResult | Error | undefined => {
       if (it.logits === "none") return undefined;
+      const mask = masks[i];
+      if (mask instanceof Error) return mask;
       const position = it.pos + it.tokens.length;
-      let token = this.tokenAt(it.seqKey, position);
-      while (this.avoid.has(token)) token = (token + 1) % this.vocabSize;
+      const start = this.tokenAt(it.seqKey, position);
+      const token = mask ? this.allowed(start, mask) : this.avoiding(start);
+      if (token < 0) return new Error("the grammar allows no token");
       return { token, logprob: Number.NaN, topLogprobs: [] };
     });
     return { samples, simulatedMs: simStepMs(this.cost, items) };
+  }
+
+  private avoiding(token: number): number {
+    while (this.avoid.has(token)) token = (token + 1) % this.vocabSize;
+    return token;
+  }
+
+  /** The first token from `start` on (wrapping) that the mask allows, avoided ones last; −1 if none. */
+  private allowed(start: number, mask: Uint32Array): number {
+    const V = this.vocabSize;
+    let fallback = -1;
+    for (let k = 0; k < V; k++) {
+      const t = (start + k) % V;
+      if (((mask[t >>> 5]! >>> (t & 31)) & 1) === 0) continue;
+      if (!this.avoid.has(t)) return t;
+      if (fallback < 0) fallback = t;
+    }
+    return fallback;
   }
 
   /** A fixed pseudo-random token for (sequence, position). */
