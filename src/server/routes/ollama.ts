@@ -216,6 +216,7 @@ async function run(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply,
       endpoint: x.endpoint,
       promptText: prompt.text,
       fields: { prompt: x.promptField, maxTokens: "options.num_predict" },
+      structured: r.structured,
     },
   };
   const signal = clientSignal(req, reply);

@@ -211,6 +211,7 @@ async function completions(ctx: ServerContext, req: FastifyRequest, reply: Fasti
           client: clientOf(req),
           endpoint,
           promptText: p.text,
+          structured: r.structured,
         },
       });
     }
@@ -348,6 +349,7 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
         endpoint,
         promptText: prompt.text,
         fields: { prompt: "messages", maxTokens: "max_tokens" },
+        structured: r.structured,
       },
     });
   }
