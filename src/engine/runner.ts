@@ -60,6 +60,7 @@ export class ModelRunner implements Runner {
   readonly contextLength: number;
   readonly argmax?: (x: Float32Array, n: number) => number;
   private readonly transformer: Transformer;
+  private readonly overlap?: (work: () => void) => () => void;
 
   constructor(model: Model, numBlocks: number, blockSize?: number) {
     this.transformer = model.transformer;
@@ -69,6 +70,7 @@ export class ModelRunner implements Runner {
     this.contextLength = model.config.contextLength;
     const k = model.transformer.kernels;
     this.argmax = k.argmax?.bind(k);
+    this.overlap = k.overlap?.bind(k);
   }
 
   get numBlocks(): number {
@@ -79,9 +81,22 @@ export class ModelRunner implements Runner {
   }
 
   execute(items: readonly RunnerItem[]): RunnerResult {
-    const masks = fillMasks(items);
+    // Grammar masks are computed while the kernel threads run the forward pass's first shared kernel
+    // (where the kernels can overlap; else before it), and only for constrained items that sample.
+    let masks: (Uint32Array | Error | undefined)[] = [];
+    const work = () => {
+      masks = fillMasks(items);
+    };
+    const constrained = items.some((it) => it.grammar && it.logits === "last");
+    const finish = constrained && this.overlap ? this.overlap(work) : undefined;
+    if (constrained && !finish) work();
     // Sampled before the next step: the logits may stay in the kernels' memory (no copy per step).
-    const logits = this.transformer.forward(this.kv, items, { transientLogits: true });
+    let logits: (Float32Array | undefined)[];
+    try {
+      logits = this.transformer.forward(this.kv, items, { transientLogits: true });
+    } finally {
+      finish?.();
+    }
     return {
       samples: items.map((it, i) => {
         if (it.logits === "none") return undefined;
