@@ -36,7 +36,9 @@ import { type StructuredOutput, structuredOutput } from "../structured-output.js
  *
  * TGI's sampling rule: greedy unless do_sample is true or a warper is set (temperature ≠ 1,
  * top_k, top_p < 1). A sampled request without a seed gets a random one, reported in details.seed.
- * Extensions: `parameters.ignore_eos` and `parameters.priority` (as in vLLM).
+ * Extensions: `parameters.ignore_eos` and `parameters.priority` (as in vLLM). `parameters.grammar`
+ * ({type: "json", value: schema} or {type: "regex", value: pattern}) constrains the output
+ * (structured-output.ts).
  *
  * The simple body, for the minimal clients written against a bare /generate (vLLM's demo server
  * and the like): /generate (and /generate_stream) also take
