@@ -1,4 +1,5 @@
-import { type CompiledGrammar, GrammarError, type GrammarSpec } from "../grammar/constraint.js";
+import type { CompiledGrammar, GrammarSpec } from "../grammar/constraint.js";
+import { GrammarCache, grammarVocab } from "../grammar/index.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 
 /**
@@ -11,16 +12,8 @@ import type { Tokenizer } from "../tokenizer/index.js";
  */
 export type GrammarCompiler = (spec: GrammarSpec) => CompiledGrammar;
 
-/**
- * The engine's compiler for a tokenizer's vocabulary.
- *
- * TEMPORARY (until the grammar compiler lands on main as `compileGrammar` and its cache in
- * src/grammar/index.ts): every spec is refused with "structured output engine not available", which
- * the server answers with a 400 naming the request's structured-output field. Connecting the real
- * compiler is this one function.
- */
-export function grammarCompiler(_tokenizer: Tokenizer): GrammarCompiler {
-  return () => {
-    throw new GrammarError("", "structured output engine not available");
-  };
+/** The engine's compiler for a tokenizer's vocabulary: compileGrammar behind a GrammarCache (src/grammar). */
+export function grammarCompiler(tokenizer: Tokenizer): GrammarCompiler {
+  const cache = new GrammarCache(grammarVocab(tokenizer));
+  return (spec) => cache.get(spec);
 }

@@ -163,6 +163,61 @@ function cases(): Case[] {
     bad("chat guided_choice empty", CHAT, chat({ guided_choice: [] }), "guided_choice"),
     bad("chat guided_grammar is a list", CHAT, chat({ guided_grammar: ["root"] }), "guided_grammar"),
     bad("chat json_schema is a string", CHAT, chat({ json_schema: "object" }), "json_schema"),
+    // What the grammar compiler refuses, named down to the keyword (the engine compiles at submit).
+    {
+      ...bad(
+        "response_format: an unsupported format",
+        CHAT,
+        chat({
+          response_format: {
+            type: "json_schema",
+            json_schema: {
+              name: "x",
+              schema: { type: "object", properties: { card: { type: "string", format: "credit-card" } } },
+            },
+          },
+        }),
+        "response_format.json_schema.schema.properties.card.format",
+      ),
+      code: "invalid_grammar",
+      message: /credit-card/,
+    },
+    {
+      ...bad(
+        "guided_json: an unsupported keyword",
+        C,
+        completion({ guided_json: { type: "object", patternProperties: { "^x": { type: "string" } } } }),
+        "guided_json.patternProperties",
+      ),
+      code: "invalid_grammar",
+    },
+    {
+      ...bad(
+        "guided_json: an unknown type",
+        C,
+        completion({ guided_json: { type: "strin" } }),
+        "guided_json.type",
+      ),
+      code: "invalid_grammar",
+    },
+    {
+      ...bad("guided_regex: unbalanced", CHAT, chat({ guided_regex: "([a-z]+" }), "guided_regex"),
+      code: "invalid_grammar",
+    },
+    {
+      ...bad("guided_grammar: bad GBNF", CHAT, chat({ guided_grammar: "root ::= (" }), "guided_grammar"),
+      code: "invalid_grammar",
+    },
+    {
+      ...bad(
+        "structured_outputs.grammar: Lark",
+        CHAT,
+        chat({ structured_outputs: { grammar: 'start: "a"' } }),
+        "structured_outputs.grammar",
+      ),
+      code: "invalid_grammar",
+      message: /Lark/,
+    },
     {
       ...bad(
         "two structured-output fields",
@@ -296,6 +351,11 @@ function cases(): Case[] {
         ["completion: stop is a number", llama({ stop: 3 })],
         ["completion: n_probs 5", llama({ n_probs: 5 })],
         ["completion: grammar is a number", llama({ grammar: 5 })],
+        ["completion: grammar that does not parse", llama({ grammar: "root ::= (" })],
+        [
+          "completion: json_schema with an unsupported keyword",
+          llama({ json_schema: { type: "object", if: {} } }),
+        ],
         [
           "completion: grammar and json_schema",
           llama({ grammar: 'root ::= "a"', json_schema: { type: "string" } }),
@@ -624,6 +684,12 @@ function ollamaCases(): OllamaCase[] {
     bad("mirostat 2", OGEN, gen({}, { mirostat: 2 }), /^options\.mirostat is not supported/),
     bad("format yaml", OGEN, gen({ format: "yaml" }), /^format must be "json" or a JSON schema/),
     bad("format is a number (chat)", OCHAT, ochat({ format: 5 }), /^format must be a JSON schema/),
+    bad(
+      "format schema with an unsupported keyword",
+      OGEN,
+      gen({ format: { type: "object", dependentSchemas: {} } }),
+      /^format\.dependentSchemas: unsupported keyword/,
+    ),
     bad(
       "tools",
       OCHAT,
