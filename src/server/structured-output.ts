@@ -24,7 +24,8 @@ import { given, isObject, type Json } from "./route-helpers.js";
  *
  * A JSON schema may come as an object (or a boolean schema) or, where vLLM allows it, as a JSON
  * string. A grammar (vLLM's guided_grammar / structured_outputs.grammar) is GBNF when it has a
- * `::=` rule, else Lark's EBNF; llama-server's `grammar` is GBNF. The spec's own problems (a schema
+ * `::=` rule, else Lark's EBNF (which the compiler refuses for now, by name); llama-server's
+ * `grammar` is GBNF. The spec's own problems (a schema
  * keyword not supported, a bad regex) are found by the compiler in the engine and come back as a
  * GrammarError, which `grammarError` turns into a 400 naming the request's field.
  */

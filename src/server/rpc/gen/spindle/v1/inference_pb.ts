@@ -254,7 +254,7 @@ export type ResponseFormat = Message<"spindle.v1.ResponseFormat"> & {
     case: "gbnf";
   } | {
     /**
-     * A context-free grammar in Lark's EBNF (start symbol `start`).
+     * A context-free grammar in Lark's EBNF (start symbol `start`): not supported yet (INVALID_ARGUMENT).
      *
      * @generated from field: string lark = 6;
      */
