@@ -21,7 +21,7 @@ type Json = Record<string, unknown>;
 
 const str = (maxLength = 12) => ({ type: "string", maxLength });
 /** Bounded schemas (every string, array and number is bounded), so a random model's output ends. */
-export const SCHEMAS: Json[] = [
+const SCHEMAS: Json[] = [
   { type: "object", properties: { name: str() }, required: ["name"], additionalProperties: false },
   {
     type: "object",
