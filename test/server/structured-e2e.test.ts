@@ -371,7 +371,12 @@ describe("structured output end to end (real compiler, random weights)", () => {
     expect(viaMode).not.toBeNull();
   });
 
-  it("leaves nothing behind", async () => {
+  it("leaves nothing behind; the forced tokens show in the metrics", async () => {
     await expectNothingLeft();
+    const snap = (await (await fetch(`${srv.url}/metrics?format=json`)).json()) as Json;
+    // Required keys' names and punctuation were forced (jump-forward) in the runs above.
+    expect(snap.jump_forward_tokens_total).toBeGreaterThan(50);
+    const text = await (await fetch(`${srv.url}/metrics`)).text();
+    expect(text).toMatch(/jump_forward_tokens_total\{[^}]*\} [1-9]/);
   });
 });
