@@ -1,6 +1,7 @@
 import { oneLine, SpindleError } from "../errors.js";
 import { GrammarError } from "../grammar/constraint.js";
 import type { ModelConfig } from "../model/config.js";
+import type { PoolingType } from "../model/pooling.js";
 import type { EngineEvent } from "../protocol/events.js";
 import type { RequestSpec } from "../protocol/request.js";
 import { SamplingParamError } from "../sampling/params.js";
@@ -14,7 +15,8 @@ import type { SimRunnerOptions } from "./sim-runner.js";
  * worker (engine-worker.ts). Everything here crosses a structured clone.
  *
  *   main → worker   init (once, first) · add · abort · stats · shutdown
- *   worker → main   ready | error (answer to init) · step (one per engine step:
+ *   worker → main   loading (weights read so far, while init runs) · ready | error (answer to
+ *                   init) · step (one per engine step:
  *                   every event of that step, batched, plus step stats) ·
  *                   rejected (an add the engine refused) · stats · closed
  *
@@ -35,6 +37,8 @@ export interface ModelEngineInit {
   kvCacheBytes?: number;
   /** Tokens per KV block (default 16). */
   blockSize?: number;
+  /** `--ctx-size`: caps each sequence's context (at most the model's) and sizes the KV pool (kv-sizing.ts). */
+  contextLength?: number;
   options?: WorkerEngineOptions;
 }
 
@@ -79,12 +83,20 @@ export interface EngineInfo {
   eogTokens: number[];
   hasChatTemplate: boolean;
   chatTemplate?: string;
+  /** What embedding requests return (vector length, pooling); absent when the model computes none. */
+  embeddings?: EmbeddingInfo;
   scheduler: SchedulerOptions;
   prefixCaching: boolean;
   /** The worker's performance.timeOrigin: engine times + timeOrigin = Unix ms. */
   timeOrigin: number;
   /** Things an operator should know (logged at start), e.g. a KV cache that did not fit kernel memory. */
   warnings?: string[];
+}
+
+/** The embeddings a model computes: their length and how positions are pooled. */
+export interface EmbeddingInfo {
+  length: number;
+  pooling: PoolingType;
 }
 
 /** Sent with every step: the step's own numbers and the engine's state after it. */
@@ -139,6 +151,8 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: "ready"; info: EngineInfo }
+  /** While the model loads (before ready): bytes of weights read so far, of total. */
+  | { type: "loading"; loaded: number; total: number }
   | { type: "error"; error: WireError }
   | { type: "step"; events: EngineEvent[]; stats: StepInfo }
   | { type: "rejected"; id: string; error: WireError }

@@ -1,5 +1,6 @@
 import { SpindleError } from "../errors.js";
 import { GrammarError, maskWords } from "../grammar/constraint.js";
+import { hiddenRowsFor, Pooler } from "../model/pooling.js";
 import type { EngineEvent } from "../protocol/events.js";
 import { RequestOutput } from "../protocol/output.js";
 import { type FinishReason, type RequestSpec, requestProblem } from "../protocol/request.js";
@@ -15,7 +16,10 @@ import { Sequence } from "./sequence.js";
  * The engine loop's core: `step()` is one iteration — schedule, run the batch,
  * then hand each sampled token to its request's RequestOutput (src/protocol/output.ts: end of
  * generation, text, stop strings, max tokens), which says whether it joins the sequence and
- * whether the request is done. It is synchronous and owns no thread or timer, so tests drive it
+ * whether the request is done. An embedding request (kind "embed") samples nothing: its prefill
+ * chunks return the final hidden rows its pooling needs, batched with everything else, and it
+ * finishes (its blocks freed) in the step that computes its last prompt token, its vector on
+ * the finishing event. It is synchronous and owns no thread or timer, so tests drive it
  * step by step and the worker (engine-worker.ts) drives it in a loop.
  *
  * Constrained decoding: a request with a grammar (RequestSpec.grammar) is compiled when it is added
@@ -74,6 +78,8 @@ interface SeqOutput {
   key: number;
   /** The mask buffer of a constrained sequence (maskWords(vocabSize) words). */
   mask?: Uint32Array;
+  /** Embedding requests: the vector being pooled. */
+  pooler?: Pooler;
 }
 
 /** The most forced tokens accepted at once (the next step computes them as one chunk). */
@@ -145,20 +151,35 @@ export class EngineCore {
     if (this.seqs.has(spec.id)) throw new SpindleError(`request id ${spec.id} is already in use`);
     const problem = requestProblem(spec, this.runner);
     if (problem) throw problem;
+    const embed = spec.kind === "embed";
+    const pooling = this.runner.pooling;
+    if (embed && pooling === undefined) {
+      throw new SpindleError(
+        "this model computes no embeddings (its GGUF asks for a pooling Spindle does not support)",
+        "embeddings_unsupported",
+      );
+    }
     const capacity = this.blocks.numBlocks * this.blocks.blockSize;
-    if (spec.prompt.length >= capacity) {
+    if (embed ? spec.prompt.length > capacity : spec.prompt.length >= capacity) {
       throw new SpindleError(
         `the prompt has ${spec.prompt.length} tokens but the KV cache holds ${capacity}; raise --kv-cache-memory`,
         "kv_cache_too_small",
       );
     }
     const sampler = new Sampler(spec.sampling ?? {}, this.runner.vocabSize, this.runner.argmax);
-    const matcher = spec.grammar ? this.compile(spec).matcher() : undefined;
+    const matcher = spec.grammar && !embed ? this.compile(spec).matcher() : undefined;
     const now = this.clock.now();
     const seq = new Sequence(spec, now);
+    // Last-token pooling needs only the last position: a cached prefix serves it as well.
+    if (embed) seq.reusePrefix = pooling === "last";
     const output = new RequestOutput(spec, this.tokenizer, this.runner.contextLength, seq.times, matcher);
-    const mask = matcher ? new Uint32Array(maskWords(this.runner.vocabSize)) : undefined;
-    this.outputs.set(spec.id, { sampler, output, key: keyOf(spec), mask });
+    this.outputs.set(spec.id, {
+      sampler,
+      output,
+      key: keyOf(spec),
+      mask: matcher ? new Uint32Array(maskWords(this.runner.vocabSize)) : undefined,
+      pooler: embed ? new Pooler(pooling!, this.runner.embeddingLength) : undefined,
+    });
     this.seqs.set(spec.id, seq);
     this.scheduler.add(seq);
     // A grammar that starts with forced text (a schema's "{"): it joins the prompt's prefill.
@@ -213,6 +234,8 @@ export class EngineCore {
     for (const seq of plan.overflowed) {
       this.finish(seq, "length", "the sequence outgrew the KV cache", now);
     }
+    // A preempted embedding computes its whole prompt again: what it pooled so far goes.
+    for (const seq of plan.preempted) this.outputs.get(seq.id)?.pooler?.reset();
     const items = plan.items.filter((it) => !it.seq.isFinished);
     this.lastStep = {
       batchSize: items.length,
@@ -226,13 +249,15 @@ export class EngineCore {
         if (n === 1 && seq.numComputed >= seq.promptLength) this.lastStep.decodeTokens++;
         else this.lastStep.prefillTokens += n;
         const out = this.outputs.get(seq.id)!;
-        const samples = seq.numComputed + n === seq.tokens.length;
+        const ends = seq.numComputed + n === seq.tokens.length;
+        const samples = ends && !out.pooler;
         const matcher = out.output.matcher;
         return {
           tokens: seq.tokens.slice(seq.numComputed, seq.numComputed + n),
           pos: seq.numComputed,
           blockTable: seq.blockTable,
           logits: samples ? "last" : "none",
+          hidden: out.pooler && hiddenRowsFor(out.pooler.pooling, seq.numComputed, n, seq.tokens.length),
           sampler: out.sampler,
           history: seq.tokens,
           seqKey: out.key,
@@ -246,6 +271,13 @@ export class EngineCore {
       items.forEach(({ seq, n }, i) => {
         seq.numComputed += n;
         this.blocks.commit(seq);
+        const pooler = this.outputs.get(seq.id)!.pooler;
+        if (pooler) {
+          const rows = result.hidden?.[i];
+          if (rows) pooler.add(rows);
+          if (seq.numComputed === seq.tokens.length) this.finishEmbedding(seq, pooler, now);
+          return;
+        }
         const sample = result.samples[i];
         if (sample instanceof Error) this.finish(seq, "error", sample.message, now);
         else if (sample) this.accept(seq, sample, now);
@@ -291,6 +323,14 @@ export class EngineCore {
       this.totalForcedTokens++;
       if (output.done) break;
     }
+  }
+
+  /** An embedding's prompt is computed: its vector goes on the finishing event, its blocks are freed. */
+  private finishEmbedding(seq: Sequence, pooler: Pooler, now: number): void {
+    this.event(seq).embedding = pooler.result();
+    seq.times.firstToken ??= now;
+    seq.times.lastToken = now;
+    this.finish(seq, "stop", undefined, now);
   }
 
   private finish(seq: Sequence, reason: FinishReason, message: string | undefined, now: number): void {

@@ -32,7 +32,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spindle/v1/inference.proto.
  */
 export const file_spindle_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("ChpzcGluZGxlL3YxL2luZmVyZW5jZS5wcm90bxIKc3BpbmRsZS52MSJICgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEQoEbmFtZRgDIAEoCUgAiAEBQgcKBV9uYW1lIo4FCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSEwoGcHJvbXB0GAIgASgJSACIAQESEQoJdG9rZW5faWRzGAMgAygNEikKCG1lc3NhZ2VzGAQgAygLMhcuc3BpbmRsZS52MS5DaGF0TWVzc2FnZRIXCgptYXhfdG9rZW5zGAUgASgNSAGIAQESGAoLdGVtcGVyYXR1cmUYBiABKAFIAogBARISCgV0b3BfcBgHIAEoAUgDiAEBEhIKBXRvcF9rGAggASgFSASIAQESEgoFbWluX3AYCSABKAFIBYgBARIRCgRzZWVkGAogASgDSAaIAQESDAoEc3RvcBgLIAMoCRIfChJyZXBldGl0aW9uX3BlbmFsdHkYDCABKAFIB4gBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgNIAEoAUgIiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYDiABKAFICYgBARIVCghsb2dwcm9icxgPIAEoDUgKiAEBEhAKCHByaW9yaXR5GBAgASgFEhIKCmlnbm9yZV9lb3MYESABKAgSOAoPcmVzcG9uc2VfZm9ybWF0GBIgASgLMhouc3BpbmRsZS52MS5SZXNwb25zZUZvcm1hdEgLiAEBQgkKB19wcm9tcHRCDQoLX21heF90b2tlbnNCDgoMX3RlbXBlcmF0dXJlQggKBl90b3BfcEIICgZfdG9wX2tCCAoGX21pbl9wQgcKBV9zZWVkQhUKE19yZXBldGl0aW9uX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5QhMKEV9wcmVzZW5jZV9wZW5hbHR5QgsKCV9sb2dwcm9ic0ISChBfcmVzcG9uc2VfZm9ybWF0IqABCg5SZXNwb25zZUZvcm1hdBIVCgtqc29uX3NjaGVtYRgBIAEoCUgAEhUKC2pzb25fb2JqZWN0GAIgASgISAASDwoFcmVnZXgYAyABKAlIABIlCgZjaG9pY2UYBCABKAsyEy5zcGluZGxlLnYxLkNob2ljZXNIABIOCgRnYm5mGAUgASgJSAASDgoEbGFyaxgGIAEoCUgAQggKBmZvcm1hdCIaCgdDaG9pY2VzEg8KB2Nob2ljZXMYASADKAkiPgoKVG9wTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgBIm4KDFRva2VuTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgBEiwKDHRvcF9sb2dwcm9icxgEIAMoCzIWLnNwaW5kbGUudjEuVG9wTG9ncHJvYiJQCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgNEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgNEhUKDWNhY2hlZF90b2tlbnMYAyABKA0iRAoHVGltaW5ncxIVCg1xdWV1ZV93YWl0X21zGAEgASgBEg8KB3R0ZnRfbXMYAiABKAESEQoJZGVjb2RlX21zGAMgASgBIs0BChBHZW5lcmF0ZVJlc3BvbnNlEgwKBHRleHQYASABKAkSFQoNZmluaXNoX3JlYXNvbhgCIAEoCRIRCgl0b2tlbl9pZHMYAyADKA0SKgoIbG9ncHJvYnMYBCADKAsyGC5zcGluZGxlLnYxLlRva2VuTG9ncHJvYhIgCgV1c2FnZRgFIAEoCzIRLnNwaW5kbGUudjEuVXNhZ2USJAoHdGltaW5ncxgGIAEoCzITLnNwaW5kbGUudjEuVGltaW5ncxINCgVtb2RlbBgHIAEoCSLEAQoWR2VuZXJhdGVTdHJlYW1SZXNwb25zZRIMCgR0ZXh0GAEgASgJEhEKCXRva2VuX2lkcxgCIAMoDRIqCghsb2dwcm9icxgDIAMoCzIYLnNwaW5kbGUudjEuVG9rZW5Mb2dwcm9iEhUKDWZpbmlzaF9yZWFzb24YBCABKAkSIAoFdXNhZ2UYBSABKAsyES5zcGluZGxlLnYxLlVzYWdlEiQKB3RpbWluZ3MYBiABKAsyEy5zcGluZGxlLnYxLlRpbWluZ3MiZgoPVG9rZW5pemVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEgwKBHRleHQYAiABKAkSHwoSYWRkX3NwZWNpYWxfdG9rZW5zGAMgASgISACIAQFCFQoTX2FkZF9zcGVjaWFsX3Rva2VucyJLChBUb2tlbml6ZVJlc3BvbnNlEhEKCXRva2VuX2lkcxgBIAMoDRINCgVjb3VudBgCIAEoDRIVCg1tYXhfbW9kZWxfbGVuGAMgASgNIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IjwKBU1vZGVsEgoKAmlkGAEgASgJEhAKCG93bmVkX2J5GAIgASgJEhUKDW1heF9tb2RlbF9sZW4YAyABKA0iNwoSTGlzdE1vZGVsc1Jlc3BvbnNlEiEKBm1vZGVscxgBIAMoCzIRLnNwaW5kbGUudjEuTW9kZWwiDwoNSGVhbHRoUmVxdWVzdCK1AQoOSGVhbHRoUmVzcG9uc2USDgoGc3RhdHVzGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHdmVyc2lvbhgEIAEoCRIPCgdydW5uaW5nGAUgASgNEg8KB3dhaXRpbmcYBiABKA0SEQoJaW5fZmxpZ2h0GAcgASgNEhYKDmt2X2NhY2hlX3VzYWdlGAggASgBEhUKDW1heF9tb2RlbF9sZW4YCSABKA0ygwMKEEluZmVyZW5jZVNlcnZpY2USRQoIR2VuZXJhdGUSGy5zcGluZGxlLnYxLkdlbmVyYXRlUmVxdWVzdBocLnNwaW5kbGUudjEuR2VuZXJhdGVSZXNwb25zZRJTCg5HZW5lcmF0ZVN0cmVhbRIbLnNwaW5kbGUudjEuR2VuZXJhdGVSZXF1ZXN0GiIuc3BpbmRsZS52MS5HZW5lcmF0ZVN0cmVhbVJlc3BvbnNlMAESRQoIVG9rZW5pemUSGy5zcGluZGxlLnYxLlRva2VuaXplUmVxdWVzdBocLnNwaW5kbGUudjEuVG9rZW5pemVSZXNwb25zZRJLCgpMaXN0TW9kZWxzEh0uc3BpbmRsZS52MS5MaXN0TW9kZWxzUmVxdWVzdBoeLnNwaW5kbGUudjEuTGlzdE1vZGVsc1Jlc3BvbnNlEj8KBkhlYWx0aBIZLnNwaW5kbGUudjEuSGVhbHRoUmVxdWVzdBoaLnNwaW5kbGUudjEuSGVhbHRoUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChpzcGluZGxlL3YxL2luZmVyZW5jZS5wcm90bxIKc3BpbmRsZS52MSJICgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEQoEbmFtZRgDIAEoCUgAiAEBQgcKBV9uYW1lIo4FCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSEwoGcHJvbXB0GAIgASgJSACIAQESEQoJdG9rZW5faWRzGAMgAygNEikKCG1lc3NhZ2VzGAQgAygLMhcuc3BpbmRsZS52MS5DaGF0TWVzc2FnZRIXCgptYXhfdG9rZW5zGAUgASgNSAGIAQESGAoLdGVtcGVyYXR1cmUYBiABKAFIAogBARISCgV0b3BfcBgHIAEoAUgDiAEBEhIKBXRvcF9rGAggASgFSASIAQESEgoFbWluX3AYCSABKAFIBYgBARIRCgRzZWVkGAogASgDSAaIAQESDAoEc3RvcBgLIAMoCRIfChJyZXBldGl0aW9uX3BlbmFsdHkYDCABKAFIB4gBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgNIAEoAUgIiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYDiABKAFICYgBARIVCghsb2dwcm9icxgPIAEoDUgKiAEBEhAKCHByaW9yaXR5GBAgASgFEhIKCmlnbm9yZV9lb3MYESABKAgSOAoPcmVzcG9uc2VfZm9ybWF0GBIgASgLMhouc3BpbmRsZS52MS5SZXNwb25zZUZvcm1hdEgLiAEBQgkKB19wcm9tcHRCDQoLX21heF90b2tlbnNCDgoMX3RlbXBlcmF0dXJlQggKBl90b3BfcEIICgZfdG9wX2tCCAoGX21pbl9wQgcKBV9zZWVkQhUKE19yZXBldGl0aW9uX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5QhMKEV9wcmVzZW5jZV9wZW5hbHR5QgsKCV9sb2dwcm9ic0ISChBfcmVzcG9uc2VfZm9ybWF0IqABCg5SZXNwb25zZUZvcm1hdBIVCgtqc29uX3NjaGVtYRgBIAEoCUgAEhUKC2pzb25fb2JqZWN0GAIgASgISAASDwoFcmVnZXgYAyABKAlIABIlCgZjaG9pY2UYBCABKAsyEy5zcGluZGxlLnYxLkNob2ljZXNIABIOCgRnYm5mGAUgASgJSAASDgoEbGFyaxgGIAEoCUgAQggKBmZvcm1hdCIaCgdDaG9pY2VzEg8KB2Nob2ljZXMYASADKAkiPgoKVG9wTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgBIm4KDFRva2VuTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgBEiwKDHRvcF9sb2dwcm9icxgEIAMoCzIWLnNwaW5kbGUudjEuVG9wTG9ncHJvYiJQCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgNEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgNEhUKDWNhY2hlZF90b2tlbnMYAyABKA0iRAoHVGltaW5ncxIVCg1xdWV1ZV93YWl0X21zGAEgASgBEg8KB3R0ZnRfbXMYAiABKAESEQoJZGVjb2RlX21zGAMgASgBIs0BChBHZW5lcmF0ZVJlc3BvbnNlEgwKBHRleHQYASABKAkSFQoNZmluaXNoX3JlYXNvbhgCIAEoCRIRCgl0b2tlbl9pZHMYAyADKA0SKgoIbG9ncHJvYnMYBCADKAsyGC5zcGluZGxlLnYxLlRva2VuTG9ncHJvYhIgCgV1c2FnZRgFIAEoCzIRLnNwaW5kbGUudjEuVXNhZ2USJAoHdGltaW5ncxgGIAEoCzITLnNwaW5kbGUudjEuVGltaW5ncxINCgVtb2RlbBgHIAEoCSLEAQoWR2VuZXJhdGVTdHJlYW1SZXNwb25zZRIMCgR0ZXh0GAEgASgJEhEKCXRva2VuX2lkcxgCIAMoDRIqCghsb2dwcm9icxgDIAMoCzIYLnNwaW5kbGUudjEuVG9rZW5Mb2dwcm9iEhUKDWZpbmlzaF9yZWFzb24YBCABKAkSIAoFdXNhZ2UYBSABKAsyES5zcGluZGxlLnYxLlVzYWdlEiQKB3RpbWluZ3MYBiABKAsyEy5zcGluZGxlLnYxLlRpbWluZ3MiZgoPVG9rZW5pemVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEgwKBHRleHQYAiABKAkSHwoSYWRkX3NwZWNpYWxfdG9rZW5zGAMgASgISACIAQFCFQoTX2FkZF9zcGVjaWFsX3Rva2VucyJLChBUb2tlbml6ZVJlc3BvbnNlEhEKCXRva2VuX2lkcxgBIAMoDRINCgVjb3VudBgCIAEoDRIVCg1tYXhfbW9kZWxfbGVuGAMgASgNIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IjwKBU1vZGVsEgoKAmlkGAEgASgJEhAKCG93bmVkX2J5GAIgASgJEhUKDW1heF9tb2RlbF9sZW4YAyABKA0iNwoSTGlzdE1vZGVsc1Jlc3BvbnNlEiEKBm1vZGVscxgBIAMoCzIRLnNwaW5kbGUudjEuTW9kZWwiDwoNSGVhbHRoUmVxdWVzdCK1AQoOSGVhbHRoUmVzcG9uc2USDgoGc3RhdHVzGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHdmVyc2lvbhgEIAEoCRIPCgdydW5uaW5nGAUgASgNEg8KB3dhaXRpbmcYBiABKA0SEQoJaW5fZmxpZ2h0GAcgASgNEhYKDmt2X2NhY2hlX3VzYWdlGAggASgBEhUKDW1heF9tb2RlbF9sZW4YCSABKA0iVAoMRW1iZWRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg0KBWlucHV0GAIgAygJEhcKCmRpbWVuc2lvbnMYAyABKA1IAIgBAUINCgtfZGltZW5zaW9ucyItCglFbWJlZGRpbmcSDQoFaW5kZXgYASABKA0SEQoJZW1iZWRkaW5nGAIgAygCImUKDUVtYmVkUmVzcG9uc2USIwoEZGF0YRgBIAMoCzIVLnNwaW5kbGUudjEuRW1iZWRkaW5nEg0KBW1vZGVsGAIgASgJEiAKBXVzYWdlGAMgASgLMhEuc3BpbmRsZS52MS5Vc2FnZTLBAwoQSW5mZXJlbmNlU2VydmljZRJFCghHZW5lcmF0ZRIbLnNwaW5kbGUudjEuR2VuZXJhdGVSZXF1ZXN0Ghwuc3BpbmRsZS52MS5HZW5lcmF0ZVJlc3BvbnNlElMKDkdlbmVyYXRlU3RyZWFtEhsuc3BpbmRsZS52MS5HZW5lcmF0ZVJlcXVlc3QaIi5zcGluZGxlLnYxLkdlbmVyYXRlU3RyZWFtUmVzcG9uc2UwARJFCghUb2tlbml6ZRIbLnNwaW5kbGUudjEuVG9rZW5pemVSZXF1ZXN0Ghwuc3BpbmRsZS52MS5Ub2tlbml6ZVJlc3BvbnNlEksKCkxpc3RNb2RlbHMSHS5zcGluZGxlLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh4uc3BpbmRsZS52MS5MaXN0TW9kZWxzUmVzcG9uc2USPwoGSGVhbHRoEhkuc3BpbmRsZS52MS5IZWFsdGhSZXF1ZXN0Ghouc3BpbmRsZS52MS5IZWFsdGhSZXNwb25zZRI8CgVFbWJlZBIYLnNwaW5kbGUudjEuRW1iZWRSZXF1ZXN0Ghkuc3BpbmRsZS52MS5FbWJlZFJlc3BvbnNlYgZwcm90bzM");
 
 /**
  * @generated from message spindle.v1.ChatMessage
@@ -705,6 +705,92 @@ export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
   messageDesc(file_spindle_v1_inference, 16);
 
 /**
+ * @generated from message spindle.v1.EmbedRequest
+ */
+export type EmbedRequest = Message<"spindle.v1.EmbedRequest"> & {
+  /**
+   * Optional: the served model.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The texts to embed (at least one, none empty).
+   *
+   * @generated from field: repeated string input = 2;
+   */
+  input: string[];
+
+  /**
+   * Optional: must equal the model's embedding length.
+   *
+   * @generated from field: optional uint32 dimensions = 3;
+   */
+  dimensions?: number | undefined;
+};
+
+/**
+ * Describes the message spindle.v1.EmbedRequest.
+ * Use `create(EmbedRequestSchema)` to create a new message.
+ */
+export const EmbedRequestSchema: GenMessage<EmbedRequest> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 17);
+
+/**
+ * @generated from message spindle.v1.Embedding
+ */
+export type Embedding = Message<"spindle.v1.Embedding"> & {
+  /**
+   * Position in the request's input.
+   *
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * @generated from field: repeated float embedding = 2;
+   */
+  embedding: number[];
+};
+
+/**
+ * Describes the message spindle.v1.Embedding.
+ * Use `create(EmbeddingSchema)` to create a new message.
+ */
+export const EmbeddingSchema: GenMessage<Embedding> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 18);
+
+/**
+ * @generated from message spindle.v1.EmbedResponse
+ */
+export type EmbedResponse = Message<"spindle.v1.EmbedResponse"> & {
+  /**
+   * @generated from field: repeated spindle.v1.Embedding data = 1;
+   */
+  data: Embedding[];
+
+  /**
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * prompt_tokens: every input's tokens; completion_tokens 0.
+   *
+   * @generated from field: spindle.v1.Usage usage = 3;
+   */
+  usage?: Usage | undefined;
+};
+
+/**
+ * Describes the message spindle.v1.EmbedResponse.
+ * Use `create(EmbedResponseSchema)` to create a new message.
+ */
+export const EmbedResponseSchema: GenMessage<EmbedResponse> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 19);
+
+/**
  * @generated from service spindle.v1.InferenceService
  */
 export const InferenceService: GenService<{
@@ -757,6 +843,16 @@ export const InferenceService: GenService<{
     methodKind: "unary";
     input: typeof HealthRequestSchema;
     output: typeof HealthResponseSchema;
+  },
+  /**
+   * One L2-normalized embedding per input (as /v1/embeddings computes them).
+   *
+   * @generated from rpc spindle.v1.InferenceService.Embed
+   */
+  embed: {
+    methodKind: "unary";
+    input: typeof EmbedRequestSchema;
+    output: typeof EmbedResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spindle_v1_inference, 0);
