@@ -1,4 +1,5 @@
 import { abortMessage, oneLine, SpindleError } from "../errors.js";
+import { GrammarError } from "../grammar/constraint.js";
 import { abortOnSignal, EventStream, type RequestStream } from "../protocol/event-stream.js";
 import type { EngineEvent } from "../protocol/events.js";
 import { type FinishCounts, RequestOutput } from "../protocol/output.js";
@@ -31,7 +32,8 @@ import { SlotQueue, type SlotQueueOptions } from "./slot-queue.js";
  * soon after `signal` aborts (client gone, timeout, shutdown). A throw before
  * anything was sent fails the request (the client gets an HTTP error);
  * after, it finishes it with reason "error" (the stream ends with an error
- * event).
+ * event). A request with a grammar (structured output) is refused with a GrammarError: only the
+ * local engine enforces grammars.
  */
 
 export interface SlotRun {
@@ -125,6 +127,16 @@ export abstract class SlotBackend<Slot> implements Backend {
         : requestProblem(spec, this.info, "invalid_request_error");
     if (refused) {
       stream.fail(refused);
+      return stream;
+    }
+    if (spec.grammar) {
+      // Structured output is Spindle's engine's: a llama.cpp slot or an upstream would not be held to it.
+      stream.fail(
+        new GrammarError(
+          "",
+          `structured output is not available with the ${this.info.kind} backend (it needs --backend local)`,
+        ),
+      );
       return stream;
     }
     const r: Live = {

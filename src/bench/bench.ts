@@ -20,7 +20,7 @@ import {
   type ServerSnapshot,
 } from "./server-metrics.js";
 import { detectTokenizer, firstModel, type TokenCounter } from "./target.js";
-import { type BenchItem, planRun, type WorkloadSpec } from "./workload.js";
+import { type BenchItem, markStructured, planRun, type WorkloadSpec } from "./workload.js";
 
 /**
  * A benchmark: one or two targets, a list of load shapes (the sweep), one
@@ -60,6 +60,8 @@ export interface BenchConfig {
   serverMetrics: boolean;
   /** Build exact-length prompts with the target's /tokenize when it has one. */
   tokenize: boolean;
+  /** Share of requests that ask for a JSON schema (response_format), 0..1; 0 or undefined = none. */
+  structured?: number;
 }
 
 export interface TargetInfo {
@@ -156,6 +158,7 @@ function toRequest(cfg: BenchConfig, t: ResolvedTarget, item: BenchItem, index: 
     apiKey: k >= 0 ? keys[k] : undefined,
     tenant: keys.length > 1 ? `tenant${k}` : undefined,
     klass: item.klass,
+    responseFormat: item.responseFormat,
   };
 }
 
@@ -333,6 +336,7 @@ export async function runBench(cfg: BenchConfig, hooks: BenchHooks = {}): Promis
     const shape = cfg.shapes[si]!;
     const label = describeShape(shape);
     const plan = await planRun(cfg.workload, builder, cfg.seed, si, cfg.numPrompts);
+    markStructured(plan.items, cfg.structured ?? 0);
     const accs = resolved.map<Accum>(() => ({
       records: [],
       details: [],

@@ -39,6 +39,8 @@ export interface BenchRequest {
   apiKey?: string;
   tenant?: string;
   klass?: string;
+  /** Sent as `response_format` (structured output). */
+  responseFormat?: Record<string, unknown>;
 }
 
 export interface StreamResult {
@@ -101,6 +103,7 @@ export function requestBody(
   if (r.ignoreEos) body.ignore_eos = true;
   if (r.temperature !== undefined) body.temperature = r.temperature;
   if (r.priority !== undefined) body.priority = r.priority;
+  if (r.responseFormat !== undefined) body.response_format = r.responseFormat;
   return { ...body, ...extra };
 }
 

@@ -232,6 +232,8 @@ export interface GroupMetrics {
   requestThroughput: number;
   /** TTFT of every request that got a first token (completed or not). */
   ttft: Stats;
+  /** TPOT of the completed requests with more than one output token. */
+  tpot: Stats;
   /** Queue wait as reported by the server; TTFT where the server does not report it. */
   queueWait: Stats;
   /** Whether queueWait came from the server for every request counted in it. */
@@ -273,6 +275,7 @@ export function groupMetrics(
       outputThroughput: durationS > 0 ? outTok / durationS : 0,
       requestThroughput: durationS > 0 ? done.length / durationS : 0,
       ttft: stats(withFirst.map((r) => r.ttftMs!)),
+      tpot: stats(done.map(tpotOf).filter((t): t is number => t !== undefined)),
       queueWait: stats(waits),
       queueWaitFromServer: withFirst.length > 0 && withFirst.every((r) => r.queueWaitMs !== undefined),
       starved: rs.filter(isStarved).length,

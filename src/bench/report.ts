@@ -97,6 +97,7 @@ function groupLines(title: string, groups: Record<string, GroupMetrics>, jain?: 
     lines.push(row(`[${k}] Output throughput (tok/s):`, fmt(g.outputThroughput)));
     lines.push(row(`[${k}] Median TTFT (ms):`, fmt(g.ttft.median)));
     lines.push(row(`[${k}] P99 TTFT (ms):`, fmt(g.ttft.p99)));
+    lines.push(row(`[${k}] Median TPOT (ms):`, fmt(g.tpot.median)));
     lines.push(
       row(`[${k}] Median queue wait (ms)${g.queueWaitFromServer ? "" : " [TTFT]"}:`, fmt(g.queueWait.median)),
     );
@@ -301,6 +302,7 @@ function groupJson(g: Record<string, GroupMetrics>) {
         output_throughput: v.outputThroughput,
         request_throughput: v.requestThroughput,
         ttft_ms: statsJson(v.ttft),
+        tpot_ms: statsJson(v.tpot),
         queue_wait_ms: statsJson(v.queueWait),
         queue_wait_from: v.queueWaitFromServer ? "server" : "ttft",
         starved: v.starved,

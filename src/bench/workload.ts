@@ -55,6 +55,46 @@ export interface BenchItem {
   priority?: number;
   /** Sent at this offset (ms) from the run's start whatever the load shape (priority backlog). */
   fixedAtMs?: number;
+  /** Sent as the request's response_format (structured output, --structured). */
+  responseFormat?: Record<string, unknown>;
+}
+
+/**
+ * The JSON schema a --structured request asks for: an object with required keys in order (their
+ * names and punctuation are forced: jump-forward), free strings, a number and an array of strings
+ * (so a model that never closes them runs to max_tokens like an unconstrained request).
+ */
+export const STRUCTURED_SCHEMA = {
+  type: "object",
+  properties: {
+    title: { type: "string" },
+    year: { type: "integer", minimum: 1900, maximum: 2100 },
+    genre: { enum: ["fantasy", "mystery", "science fiction", "romance"] },
+    tags: { type: "array", items: { type: "string" } },
+    summary: { type: "string" },
+  },
+  required: ["title", "year", "genre", "tags", "summary"],
+  additionalProperties: false,
+};
+
+/**
+ * --structured: a `fraction` of the run's items (spread evenly, so every batch of a round has its
+ * share) ask for STRUCTURED_SCHEMA through OpenAI's response_format; their class is "structured",
+ * the others' "unconstrained" (after the workload's own class, if it has one: "hit/structured").
+ */
+export function markStructured(items: BenchItem[], fraction: number): void {
+  if (!(fraction > 0)) return;
+  items.forEach((item, i) => {
+    const structured = Math.floor((i + 1) * fraction) > Math.floor(i * fraction);
+    const k = structured ? "structured" : "unconstrained";
+    item.klass = item.klass ? `${item.klass}/${k}` : k;
+    if (structured) {
+      item.responseFormat = {
+        type: "json_schema",
+        json_schema: { name: "story", schema: STRUCTURED_SCHEMA, strict: true },
+      };
+    }
+  });
 }
 
 export interface RunPlan {

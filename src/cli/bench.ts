@@ -56,6 +56,8 @@ workload
   --allow-eos               do not send ignore_eos (outputs may end early)
   --temperature T           sampling temperature sent (default 0)
   --no-tokenize             do not use the target's /tokenize (prompt lengths then estimated)
+  --structured F            this share (0..1) of requests asks for a JSON schema (response_format);
+                            metrics per class: structured, unconstrained
   shared-prefix:
   --num-groups G            prefix groups (default 8)
   --prompts-per-group P     prompts per group (default 8)
@@ -126,6 +128,13 @@ export function parseSlo(s: string): Slo {
   return slo;
 }
 
+function structuredShare(v: string): number {
+  const f = Number(v);
+  if (!(f >= 0 && f <= 1))
+    throw new SpindleError(`--structured must be a fraction between 0 and 1, got "${v}"`);
+  return f;
+}
+
 /** Turns the command line into a benchmark configuration (and what to do with the result). */
 export function parseBenchArgs(args: string[]) {
   const { values, positionals } = parseArgs({
@@ -158,6 +167,7 @@ export function parseBenchArgs(args: string[]) {
       "allow-eos": { type: "boolean", default: false },
       temperature: { type: "string", default: "0" },
       "no-tokenize": { type: "boolean", default: false },
+      structured: { type: "string", default: "0" },
       "num-groups": { type: "string", default: "8" },
       "prompts-per-group": { type: "string", default: "8" },
       "prefix-len": { type: "string", default: "256" },
@@ -298,6 +308,7 @@ export function parseBenchArgs(args: string[]) {
     metricsIntervalMs: num("metrics-interval-ms", values["metrics-interval-ms"], { int: true, min: 0 }),
     serverMetrics: !values["no-server-metrics"],
     tokenize: !values["no-tokenize"],
+    structured: structuredShare(values.structured),
   };
   return {
     help: false as const,

@@ -1,4 +1,5 @@
 import { oneLine, SpindleError } from "../errors.js";
+import { GrammarError } from "../grammar/constraint.js";
 import type { ModelConfig } from "../model/config.js";
 import type { PoolingType } from "../model/pooling.js";
 import type { EngineEvent } from "../protocol/events.js";
@@ -135,8 +136,10 @@ export interface WireError {
   name: string;
   message: string;
   code: string;
-  /** SamplingParamError's field name. */
+  /** SamplingParamError's field name; GrammarError's field. */
   param?: string;
+  /** GrammarError's reason. */
+  reason?: string;
 }
 
 export type ToWorker =
@@ -163,12 +166,20 @@ export function toWireError(err: unknown, fallbackCode = "internal_error"): Wire
     code: err instanceof SpindleError ? err.code : fallbackCode,
   };
   if (err instanceof SamplingParamError) w.param = err.param;
+  if (err instanceof GrammarError) {
+    w.code = "invalid_grammar";
+    w.param = err.field;
+    w.reason = err.reason;
+  }
   return w;
 }
 
-export function fromWireError(w: WireError): SpindleError {
+/** The error again, on the other side: SamplingParamError and GrammarError keep their fields. */
+export function fromWireError(w: WireError): SpindleError | GrammarError {
   if (w.name === "SamplingParamError" && w.param !== undefined)
     return new SamplingParamError(w.param, w.message);
+  if (w.name === "GrammarError" && w.param !== undefined)
+    return new GrammarError(w.param, w.reason ?? w.message);
   const e = new SpindleError(w.message, w.code);
   if (w.name !== "Error") e.name = w.name;
   return e;

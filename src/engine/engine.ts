@@ -1,4 +1,5 @@
 import { SpindleError } from "../errors.js";
+import { GrammarError, maskWords } from "../grammar/constraint.js";
 import { hiddenRowsFor, Pooler } from "../model/pooling.js";
 import type { EngineEvent } from "../protocol/events.js";
 import { RequestOutput } from "../protocol/output.js";
@@ -6,6 +7,7 @@ import { type FinishReason, type RequestSpec, requestProblem } from "../protocol
 import { type SampleResult, Sampler } from "../sampling/sampler.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { BlockManager, type PrefixCacheStats } from "./block-manager.js";
+import { type GrammarCompiler, grammarCompiler } from "./grammars.js";
 import type { Runner, RunnerItem } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS, Scheduler, type SchedulerOptions } from "./scheduler.js";
 import { Sequence } from "./sequence.js";
@@ -19,6 +21,17 @@ import { Sequence } from "./sequence.js";
  * finishes (its blocks freed) in the step that computes its last prompt token, its vector on
  * the finishing event. It is synchronous and owns no thread or timer, so tests drive it
  * step by step and the worker (engine-worker.ts) drives it in a loop.
+ *
+ * Constrained decoding: a request with a grammar (RequestSpec.grammar) is compiled when it is added
+ * (`grammars`, cached by content; a spec that cannot compile is refused there with its
+ * GrammarError) and carries its matcher in its RequestOutput. Only when such a sequence samples does
+ * its RunnerItem carry the matcher and a mask buffer: the runner fills the mask and the sampler
+ * applies it, so unconstrained sequences never pay for masks. After each accepted token, the
+ * tokens the grammar forces (GrammarMatcher.forcedTokens) are accepted at once, without sampling
+ * (jump-forward): they join the sequence as pending tokens, and the scheduler computes them all in
+ * the next step as a chunk of the running sequence, as it does a prefill chunk. Preemption needs
+ * nothing more: it keeps a sequence's tokens and recomputes their K/V, so the matcher, which has
+ * accepted exactly those tokens, is already where it must be.
  */
 
 export interface Clock {
@@ -44,6 +57,10 @@ export interface EngineOptions extends Partial<SchedulerOptions> {
   clock?: Clock;
   /** Turns tokens into text, finds stop strings and end-of-generation tokens. Without one, only ids are produced. */
   tokenizer?: Tokenizer;
+  /** Compiles request grammars; default: grammarCompiler(tokenizer), and none without a tokenizer (grammars refused). */
+  grammars?: GrammarCompiler;
+  /** Accept the tokens a grammar forces without sampling them (default true; false to measure what it gains). */
+  jumpForward?: boolean;
 }
 
 export interface StepStats {
@@ -51,15 +68,22 @@ export interface StepStats {
   prefillTokens: number;
   decodeTokens: number;
   preempted: number;
+  /** Tokens accepted without sampling because the grammar forced them (jump-forward). */
+  forcedTokens: number;
 }
 
 interface SeqOutput {
   sampler: Sampler;
   output: RequestOutput;
   key: number;
+  /** The mask buffer of a constrained sequence (maskWords(vocabSize) words). */
+  mask?: Uint32Array;
   /** Embedding requests: the vector being pooled. */
   pooler?: Pooler;
 }
+
+/** The most forced tokens accepted at once (the next step computes them as one chunk). */
+const MAX_FORCED = 256;
 
 /**
  * A sequence's key for runners that derive tokens from it (the simulator): like a model, the same
@@ -89,16 +113,22 @@ export class EngineCore {
   private readonly outputs = new Map<string, SeqOutput>();
   private pending: EngineEvent[] = [];
   private readonly tokenizer: Tokenizer | undefined;
-  lastStep: StepStats = { batchSize: 0, prefillTokens: 0, decodeTokens: 0, preempted: 0 };
+  private readonly grammars: GrammarCompiler | undefined;
+  private readonly jumpForward: boolean;
+  lastStep: StepStats = { batchSize: 0, prefillTokens: 0, decodeTokens: 0, preempted: 0, forcedTokens: 0 };
   steps = 0;
+  /** Tokens accepted without sampling (jump-forward) since the engine started. */
+  totalForcedTokens = 0;
 
   constructor(
     readonly runner: Runner,
     opts: EngineOptions = {},
   ) {
-    const { prefixCaching = true, clock = realClock, tokenizer, ...sched } = opts;
+    const { prefixCaching = true, clock = realClock, tokenizer, grammars, jumpForward, ...sched } = opts;
     this.clock = clock;
     this.tokenizer = tokenizer;
+    this.grammars = grammars ?? (tokenizer ? grammarCompiler(tokenizer) : undefined);
+    this.jumpForward = jumpForward ?? true;
     this.blocks = new BlockManager(runner.numBlocks, runner.blockSize, prefixCaching);
     const defined = Object.fromEntries(Object.entries(sched).filter(([, v]) => v !== undefined));
     this.scheduler = new Scheduler(this.blocks, { ...DEFAULT_SCHEDULER_OPTIONS, ...defined });
@@ -113,7 +143,10 @@ export class EngineCore {
     return this.blocks.stats;
   }
 
-  /** Adds a request. Throws SpindleError (naming the limit) for a request that can never run. */
+  /**
+   * Adds a request. Throws SpindleError (naming the limit) for a request that can never run, and
+   * GrammarError for a grammar that cannot be compiled.
+   */
   add(spec: RequestSpec): Sequence {
     if (this.seqs.has(spec.id)) throw new SpindleError(`request id ${spec.id} is already in use`);
     const problem = requestProblem(spec, this.runner);
@@ -134,18 +167,32 @@ export class EngineCore {
       );
     }
     const sampler = new Sampler(spec.sampling ?? {}, this.runner.vocabSize, this.runner.argmax);
-    const seq = new Sequence(spec, this.clock.now());
+    const matcher = spec.grammar && !embed ? this.compile(spec).matcher() : undefined;
+    const now = this.clock.now();
+    const seq = new Sequence(spec, now);
     // Last-token pooling needs only the last position: a cached prefix serves it as well.
     if (embed) seq.reusePrefix = pooling === "last";
+    const output = new RequestOutput(spec, this.tokenizer, this.runner.contextLength, seq.times, matcher);
     this.outputs.set(spec.id, {
       sampler,
-      output: new RequestOutput(spec, this.tokenizer, this.runner.contextLength, seq.times),
+      output,
       key: keyOf(spec),
+      mask: matcher ? new Uint32Array(maskWords(this.runner.vocabSize)) : undefined,
       pooler: embed ? new Pooler(pooling!, this.runner.embeddingLength) : undefined,
     });
     this.seqs.set(spec.id, seq);
     this.scheduler.add(seq);
+    // A grammar that starts with forced text (a schema's "{"): it joins the prompt's prefill.
+    if (matcher) this.acceptForced(seq, output, now);
     return seq;
+  }
+
+  /** The request's grammar, compiled (cached by content). Throws GrammarError. */
+  private compile(spec: RequestSpec) {
+    if (!this.grammars) {
+      throw new GrammarError("", "structured output needs the model's tokenizer, and this engine has none");
+    }
+    return this.grammars(spec.grammar!);
   }
 
   get(id: string): Sequence | undefined {
@@ -195,6 +242,7 @@ export class EngineCore {
       prefillTokens: 0,
       decodeTokens: 0,
       preempted: plan.preempted.length,
+      forcedTokens: 0,
     };
     if (items.length > 0) {
       const runnerItems: RunnerItem[] = items.map(({ seq, n }) => {
@@ -202,15 +250,18 @@ export class EngineCore {
         else this.lastStep.prefillTokens += n;
         const out = this.outputs.get(seq.id)!;
         const ends = seq.numComputed + n === seq.tokens.length;
+        const samples = ends && !out.pooler;
+        const matcher = out.output.matcher;
         return {
           tokens: seq.tokens.slice(seq.numComputed, seq.numComputed + n),
           pos: seq.numComputed,
           blockTable: seq.blockTable,
-          logits: ends && !out.pooler ? "last" : "none",
+          logits: samples ? "last" : "none",
           hidden: out.pooler && hiddenRowsFor(out.pooler.pooling, seq.numComputed, n, seq.tokens.length),
           sampler: out.sampler,
           history: seq.tokens,
           seqKey: out.key,
+          grammar: samples && matcher && out.mask ? { matcher, mask: out.mask } : undefined,
         };
       });
       const result = this.runner.execute(runnerItems);
@@ -247,7 +298,31 @@ export class EngineCore {
   private accept(seq: Sequence, sample: SampleResult, now: number): void {
     const { output } = this.outputs.get(seq.id)!;
     if (output.accept(sample.token, sample, now, this.event(seq))) seq.tokens.push(sample.token);
-    if (output.done) this.finish(seq, output.done.reason, undefined, now);
+    if (output.matcher) this.acceptForced(seq, output, now);
+    if (output.done) this.finish(seq, output.done.reason, output.done.message, now);
+  }
+
+  /**
+   * Jump-forward: the tokens the grammar forces from here go through the same acceptance path as
+   * sampled ones (with logprob 0 and themselves as the only top logprob when logprobs are asked
+   * for: under the grammar's mask they were certain), and join the sequence's pending tokens.
+   */
+  private acceptForced(seq: Sequence, output: RequestOutput, now: number): void {
+    if (!this.jumpForward || output.done) return;
+    const room = Math.min(MAX_FORCED, seq.spec.maxTokens - output.completion);
+    if (room <= 0) return;
+    const forced = output.matcher!.forcedTokens(room);
+    if (forced.length === 0) return;
+    const ev = this.event(seq);
+    for (const t of forced) {
+      const sample = output.logprobs
+        ? { token: t, logprob: 0, topLogprobs: [{ token: t, logprob: 0 }] }
+        : undefined;
+      if (output.accept(t, sample, now, ev)) seq.tokens.push(t);
+      this.lastStep.forcedTokens++;
+      this.totalForcedTokens++;
+      if (output.done) break;
+    }
   }
 
   /** An embedding's prompt is computed: its vector goes on the finishing event, its blocks are freed. */

@@ -1,3 +1,4 @@
+import type { GrammarMatcher } from "../grammar/constraint.js";
 import type { BatchSeq, Transformer } from "../model/forward.js";
 import { KVCacheStorage } from "../model/kv-cache.js";
 import type { Model } from "../model/model.js";
@@ -25,6 +26,11 @@ export interface RunnerItem extends BatchSeq {
   history: number[];
   /** A stable per-sequence number (the simulated runner derives its tokens from it). */
   seqKey: number;
+  /**
+   * A constrained sequence that samples this step: the runner fills `mask` from the matcher
+   * (GrammarMatcher.fillMask) and samples under it. Absent for every other item.
+   */
+  grammar?: { matcher: GrammarMatcher; mask: Uint32Array };
 }
 
 export interface RunnerResult {
@@ -65,6 +71,7 @@ export class ModelRunner implements Runner {
   readonly pooling: PoolingType | undefined;
   readonly embeddingLength: number;
   private readonly transformer: Transformer;
+  private readonly overlap?: (work: () => void) => () => void;
 
   /** `contextLength` caps a sequence's context below the model's (`--ctx-size`). */
   constructor(model: Model, numBlocks: number, blockSize?: number, contextLength?: number) {
@@ -77,6 +84,7 @@ export class ModelRunner implements Runner {
     this.embeddingLength = model.config.dim;
     const k = model.transformer.kernels;
     this.argmax = k.argmax?.bind(k);
+    this.overlap = k.overlap?.bind(k);
   }
 
   get numBlocks(): number {
@@ -87,19 +95,52 @@ export class ModelRunner implements Runner {
   }
 
   execute(items: readonly RunnerItem[]): RunnerResult {
+    // Grammar masks are computed while the kernel threads run the forward pass's first shared kernel
+    // (where the kernels can overlap; else before it), and only for constrained items that sample.
+    let masks: (Uint32Array | Error | undefined)[] = [];
+    const work = () => {
+      masks = fillMasks(items);
+    };
+    const constrained = items.some((it) => it.grammar && it.logits === "last");
+    const finish = constrained && this.overlap ? this.overlap(work) : undefined;
+    if (constrained && !finish) work();
     // Sampled before the next step: the logits may stay in the kernels' memory (no copy per step).
     const hidden = items.some((it) => it.hidden) ? [] : undefined;
-    const logits = this.transformer.forward(this.kv, items, { transientLogits: true, hidden });
+    let logits: (Float32Array | undefined)[];
+    try {
+      logits = this.transformer.forward(this.kv, items, { transientLogits: true, hidden });
+    } finally {
+      finish?.();
+    }
     return {
       hidden,
       samples: items.map((it, i) => {
         if (it.logits === "none") return undefined;
         try {
-          return it.sampler.sample(logits[i]!, it.history);
+          const m = masks[i];
+          if (m instanceof Error) return m;
+          return it.sampler.sample(logits[i]!, it.history, m);
         } catch (e) {
           return e instanceof Error ? e : new Error(String(e));
         }
       }),
     };
   }
+}
+
+/**
+ * Fills the mask of every constrained item that samples this step: per item, its mask, undefined
+ * for an unconstrained one, or the Error its matcher threw (that sequence alone fails).
+ */
+export function fillMasks(items: readonly RunnerItem[]): (Uint32Array | Error | undefined)[] {
+  return items.map((it) => {
+    const g = it.grammar;
+    if (!g || it.logits === "none") return undefined;
+    try {
+      g.matcher.fillMask(g.mask);
+      return g.mask;
+    } catch (e) {
+      return e instanceof Error ? e : new Error(String(e));
+    }
+  });
 }

@@ -1,6 +1,6 @@
 import type { PoolingType } from "../model/pooling.js";
 import type { SampleResult } from "../sampling/sampler.js";
-import type { Runner, RunnerItem, RunnerResult } from "./runner.js";
+import { fillMasks, type Runner, type RunnerItem, type RunnerResult } from "./runner.js";
 
 /**
  * The simulated runner: the real scheduler and block manager run unchanged,
@@ -11,8 +11,9 @@ import type { Runner, RunnerItem, RunnerResult } from "./runner.js";
  *
  * with coefficients fitted from measured runs of the real runner (`spindle
  * calibrate`). Tokens are a deterministic function of the sequence and
- * position, never an end-of-generation token, so outputs are reproducible.
- * Embedding requests get hidden rows that are a fixed function of each token
+ * position, never an end-of-generation token, so outputs are reproducible. Under a grammar's mask
+ * the token is the first allowed one from there (in id order, wrapping), end tokens included when
+ * nothing else is allowed. Embedding requests get hidden rows that are a fixed function of each token
  * (SIM_EMBEDDING_LENGTH wide, mean pooling), so equal inputs embed equally.
  */
 
@@ -82,11 +83,15 @@ export class SimRunner implements Runner {
   }
 
   execute(items: readonly RunnerItem[]): RunnerResult {
-    const samples = items.map((it): SampleResult | undefined => {
+    const masks = fillMasks(items);
+    const samples = items.map((it, i): SampleResult | Error | undefined => {
       if (it.logits === "none") return undefined;
+      const mask = masks[i];
+      if (mask instanceof Error) return mask;
       const position = it.pos + it.tokens.length;
-      let token = this.tokenAt(it.seqKey, position);
-      while (this.avoid.has(token)) token = (token + 1) % this.vocabSize;
+      const start = this.tokenAt(it.seqKey, position);
+      const token = mask ? this.allowed(start, mask) : this.avoiding(start);
+      if (token < 0) return new Error("the grammar allows no token");
       return { token, logprob: Number.NaN, topLogprobs: [] };
     });
     const hidden = items.some((it) => it.hidden) ? items.map((it) => this.hiddenRows(it)) : undefined;
@@ -104,6 +109,24 @@ export class SimRunner implements Runner {
       for (let i = 0; i < d; i++) rows[r * d + i] = this.tokenAt(t, i) / this.vocabSize - 0.5;
     });
     return rows;
+  }
+
+  private avoiding(token: number): number {
+    while (this.avoid.has(token)) token = (token + 1) % this.vocabSize;
+    return token;
+  }
+
+  /** The first token from `start` on (wrapping) that the mask allows, avoided ones last; −1 if none. */
+  private allowed(start: number, mask: Uint32Array): number {
+    const V = this.vocabSize;
+    let fallback = -1;
+    for (let k = 0; k < V; k++) {
+      const t = (start + k) % V;
+      if (((mask[t >>> 5]! >>> (t & 31)) & 1) === 0) continue;
+      if (!this.avoid.has(t)) return t;
+      if (fallback < 0) fallback = t;
+    }
+    return fallback;
   }
 
   /** A fixed pseudo-random token for (sequence, position). */

@@ -143,6 +143,13 @@ export interface Kernels {
    */
   argmax?(x: Float32Array, n: number): number;
   /**
+   * Optional: runs `work` (plain JavaScript that touches no kernel memory, such as a grammar's
+   * token masks) on the calling thread during the next kernel call that other threads share, while
+   * they compute, instead of before it. Returns `finish`, to call after those kernel calls: it runs
+   * `work` then if no kernel call did, so `work` always runs exactly once.
+   */
+  overlap?(work: () => void): () => void;
+  /**
    * Optional: a zeroed array of n floats in the kernels' own memory, where they work on it in place
    * (the forward pass keeps its activations there and KVCacheStorage its pools); undefined when it
    * does not fit. The array stays valid until given back with freeFloat32.

@@ -178,6 +178,28 @@ export class WasmThreadPool {
     return pool;
   }
 
+  /** Work for the caller to do while the workers start on the next shared job (see overlap). */
+  private side: (() => void) | undefined;
+
+  /**
+   * Hands `work` to the next run() that uses the workers: the caller runs it right after the job is
+   * published, then takes chunks like the others. Returns `finish`, which runs `work` at once if no
+   * run() has taken it yet (and withdraws it), so it runs exactly once.
+   */
+  overlap(work: () => void): () => void {
+    let done = false;
+    const once = () => {
+      if (done) return;
+      done = true;
+      work();
+    };
+    this.side = once;
+    return () => {
+      if (this.side === once) this.side = undefined;
+      once();
+    };
+  }
+
   /**
    * Calls export `name` with `args` followed by (part, parts = chunks) for every part, spread over
    * the threads (each takes the next part left until none is), and returns when every part is
@@ -207,6 +229,12 @@ export class WasmThreadPool {
     Atomics.store(ctl, CLAIM, job << CHUNK_BITS);
     Atomics.store(ctl, GEN, job);
     if (Atomics.load(ctl, SLEEPERS) > 0) Atomics.notify(ctl, GEN);
+    const side = this.side;
+    if (side) {
+      // The workers take chunks meanwhile; whatever they leave, the caller takes below.
+      this.side = undefined;
+      side();
+    }
     for (;;) {
       const c = claim(ctl, job, chunks);
       if (c < 0) break;

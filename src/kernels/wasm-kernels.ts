@@ -671,6 +671,11 @@ class WasmKernelSet implements WasmKernels {
     referenceKernels.scale(x, n, s);
   }
 
+  overlap(work: () => void): () => void {
+    if (this.pool === undefined) return work; // one thread: nothing to overlap with
+    return this.pool.overlap(work);
+  }
+
   argmax(x: Float32Array, n: number): number {
     if (!this.owns(x) || n > x.length || n <= 0) return -1;
     return this.main.wasm.argmaxF32(x.byteOffset, n);

@@ -27,7 +27,7 @@ export interface GenerateResult {
   promptTokens: number[];
   tokens: number[];
   text: string;
-  finishReason: "stop" | "length";
+  finishReason: "stop" | "length" | "error";
   promptMs: number;
   generateMs: number;
 }

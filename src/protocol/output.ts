@@ -1,3 +1,4 @@
+import type { GrammarMatcher } from "../grammar/constraint.js";
 import type { SampleResult } from "../sampling/sampler.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import type { EngineEvent, FinishInfo } from "./events.js";
@@ -19,11 +20,20 @@ import { TextOutput } from "./text-output.js";
  *
  * At the finish, text held back (half a character, a possible stop-string prefix) is released,
  * except after a stop string, an abort or an error.
+ *
+ * A constrained request (RequestSpec.grammar) carries its grammar's matcher here, so the grammar
+ * advances on the same path: every token is first accepted by the matcher (a token it refuses ends
+ * the request with `error`: the mask should have made it impossible); an end-of-generation token
+ * the grammar allowed ends it with `stop` as usual (even with stopAtEog false: the grammar decides
+ * where the output ends), and so does a token after which the grammar is complete (isTerminated).
+ * max_tokens still ends it with `length` and the partial output, and stop strings still apply.
  */
 
 /** Why a request is done, decided by its output (aborts and errors are decided elsewhere). */
 export interface Done {
-  reason: "stop" | "length";
+  reason: "stop" | "length" | "error";
+  /** Why, for an error. */
+  message?: string;
   /** The end-of-generation token that ended it. */
   eogToken?: number;
   /** A stop string matched. */
@@ -54,17 +64,25 @@ export class RequestOutput {
 
   /**
    * `tokenizer` turns tokens into text (without one, only ids are produced and there are no
-   * end-of-generation tokens); `times` is the request's record, stamped here at each token.
+   * end-of-generation tokens); `times` is the request's record, stamped here at each token;
+   * `matcher` is the request's grammar matcher when it is constrained.
    */
   constructor(
     readonly spec: Pick<RequestSpec, "prompt" | "maxTokens" | "stop" | "stopAtEog" | "sampling">,
     tokenizer: Tokenizer | undefined,
     private readonly contextLength: number,
     readonly times: SeqTimes,
+    readonly matcher?: GrammarMatcher,
   ) {
     this.text = tokenizer ? new TextOutput(tokenizer, spec.stop) : undefined;
-    this.eog = (spec.stopAtEog ?? true) && tokenizer ? tokenizer.eogTokens : new Set();
+    const eogApplies = (spec.stopAtEog ?? true) || matcher !== undefined;
+    this.eog = eogApplies && tokenizer ? tokenizer.eogTokens : new Set();
     this.wantLogprobs = (spec.sampling?.logprobs ?? 0) > 0;
+  }
+
+  /** Whether the caller should ask for logprobs of the tokens it hands over. */
+  get logprobs(): boolean {
+    return this.wantLogprobs;
   }
 
   /**
@@ -74,6 +92,10 @@ export class RequestOutput {
   accept(token: number, sample: SampleResult | undefined, now: number, ev: EngineEvent): boolean {
     if (this.done) return false;
     this.stamp(now, 1);
+    if (this.matcher && !this.matcher.accept(token)) {
+      this.done = { reason: "error", stopped: false, message: `the grammar does not allow token ${token}` };
+      return false;
+    }
     if (this.eog.has(token)) {
       this.done = { reason: "stop", eogToken: token, stopped: false };
       return false;
@@ -88,6 +110,10 @@ export class RequestOutput {
         this.done = { reason: "stop", stopped: true };
         return true;
       }
+    }
+    if (this.matcher?.isTerminated()) {
+      this.done = { reason: "stop", stopped: false };
+      return true;
     }
     if (
       this.completion >= this.spec.maxTokens ||

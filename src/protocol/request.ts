@@ -1,4 +1,5 @@
 import { SpindleError } from "../errors.js";
+import type { GrammarSpec } from "../grammar/constraint.js";
 import type { SamplingParams } from "../sampling/params.js";
 
 /**
@@ -30,6 +31,12 @@ export interface RequestSpec {
   priority?: number;
   /** Abort the request this many ms after arrival. */
   timeoutMs?: number;
+  /**
+   * What the output must be (structured output): the engine compiles it when the request is added
+   * (a spec it cannot compile is refused with a GrammarError naming the spec's field) and masks
+   * every sampled token with it; the request ends with `stop` when the grammar is complete.
+   */
+  grammar?: GrammarSpec;
 }
 
 /** A request as submitted: RequestSpec, with the id optional (the backend makes one up). */

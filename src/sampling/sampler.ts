@@ -14,12 +14,21 @@ import { Rng } from "./rng.js";
  * top-k-renormalised distribution, min-p is relative to the most likely token. Where tokens tie
  * at a top-k or top-p boundary, lower ids are kept first.
  *
+ * A grammar's token mask (constrained decoding: `mask` bit t set = token t allowed) comes first of
+ * all: disallowed tokens are −∞ in the working copy before bias and penalties, so every mode (greedy,
+ * temperature, top-k/p, min-p, penalties, logit_bias) only ever picks an allowed token, and top-k,
+ * top-p and min-p measure the allowed distribution.
+ *
  * Logprob semantics (SampleResult.logprob and .topLogprobs): log-softmax of the model's RAW logits,
  * before logit bias, penalties, temperature and truncation. This is vLLM's default
  * (`logprobs_mode = "raw_logprobs"`), so scores compare across requests whatever their sampling
  * settings. Consequences: a token banned by logit_bias can still appear in topLogprobs, and
- * exp(logprob) over the whole vocabulary sums to 1. Logprobs cost one exp() per vocabulary entry,
- * so they are computed only when params.logprobs > 0 (otherwise `logprob` is NaN).
+ * exp(logprob) over the whole vocabulary sums to 1. Under a grammar mask they are the raw logits
+ * with the mask applied, as in vLLM (whose model runner masks the logits before its sampler takes
+ * raw logprobs): the distribution is renormalised over the allowed tokens, a disallowed token never
+ * appears in topLogprobs, and a token the grammar forces (the only one allowed) has logprob 0.
+ * Logprobs cost one exp() per vocabulary entry, so they are computed only when params.logprobs > 0
+ * (otherwise `logprob` is NaN).
  *
  * Cost per token: O(V) passes over one scratch copy of the logits (the caller's array is never
  * written), and no sort of the vocabulary: top-k is a size-k heap; top-p first collects, with a
@@ -54,10 +63,15 @@ let scratchF32 = new Float32Array(0);
 let scratchIdx = new Int32Array(0);
 let scratchW = new Float64Array(0);
 let scratchQ = new Float64Array(0);
+let scratchRaw = new Float32Array(0);
 
 function f32(n: number): Float32Array {
   if (scratchF32.length < n) scratchF32 = new Float32Array(n);
   return scratchF32;
+}
+function raw(n: number): Float32Array {
+  if (scratchRaw.length < n) scratchRaw = new Float32Array(n);
+  return scratchRaw;
 }
 function idx(n: number): Int32Array {
   if (scratchIdx.length < n) scratchIdx = new Int32Array(Math.max(n, scratchIdx.length * 2));
@@ -223,47 +237,56 @@ export class Sampler {
    * Chooses the next token.
    * @param logits the model's output for the next position (read only; entries past vocabSize are ignored).
    * @param history token ids of the context so far (prompt + generated), oldest first; used by the penalties.
+   * @param mask a grammar's allowed tokens (bit t of mask[t >>> 5] set = token t allowed), or undefined.
    */
-  sample(logits: ArrayLike<number>, history: ArrayLike<number>): SampleResult {
+  sample(logits: ArrayLike<number>, history: ArrayLike<number>, mask?: Uint32Array): SampleResult {
     const V = this.vocabSize;
     if (logits.length < V) throw new Error(`sample: ${logits.length} logits for a vocabulary of ${V}`);
     const p = this.params;
 
-    if (p.temperature === 0 && p.logprobs === 0 && !p.logitBias?.size && !penalised(p, history)) {
+    if (!mask && p.temperature === 0 && p.logprobs === 0 && !p.logitBias?.size && !penalised(p, history)) {
       // Plain greedy (the common decode case): the argmax of the logits themselves, no working copy.
       const fast = this.argmax && logits instanceof Float32Array ? this.argmax(logits, V) : -1;
       return { token: fast >= 0 ? fast : greedyOf(logits, V), logprob: Number.NaN, topLogprobs: [] };
     }
 
-    // Working copy: bias, then penalties.
+    // Working copy: mask, then bias, then penalties.
     const w = f32(V);
     for (let i = 0; i < V; i++) w[i] = clean(logits[i]);
+    if (mask) applyMask(w, V, mask);
     applyLogitBias(w, p.logitBias);
     applyPenalties(w, V, history, p, this.counts);
 
-    const token = p.temperature === 0 ? greedy(w, V) : this.draw(w, V);
+    const token = p.temperature === 0 ? greedy(w, V, mask) : this.draw(w, V, mask);
     if (p.logprobs === 0) return { token, logprob: Number.NaN, topLogprobs: [] };
 
-    // Raw distribution: log-sum-exp of the caller's logits.
+    // Raw distribution (masked, under a grammar): log-sum-exp of the caller's logits.
+    let src: ArrayLike<number> = logits;
+    if (mask) {
+      const r = raw(V);
+      for (let i = 0; i < V; i++) r[i] = clean(logits[i]);
+      applyMask(r, V, mask);
+      src = r;
+    }
     let max = -Infinity;
     for (let i = 0; i < V; i++) {
-      const v = clean(logits[i]);
+      const v = clean(src[i]);
       if (v > max) max = v;
     }
     let sum = 0;
-    for (let i = 0; i < V; i++) sum += Math.exp(clean(logits[i]) - max);
+    for (let i = 0; i < V; i++) sum += Math.exp(clean(src[i]) - max);
     const lse = max + Math.log(sum);
-    const n = selectTopK(logits, V, p.logprobs, this.lpHeap);
+    const n = selectTopK(src, V, p.logprobs, this.lpHeap);
     const topLogprobs: TokenLogprob[] = [];
     for (let j = 0; j < n; j++) {
       const t = this.lpHeap[j];
-      topLogprobs.push({ token: t, logprob: clean(logits[t]) - lse });
+      topLogprobs.push({ token: t, logprob: clean(src[t]) - lse });
     }
-    return { token, logprob: clean(logits[token]) - lse, topLogprobs };
+    return { token, logprob: clean(src[token]) - lse, topLogprobs };
   }
 
   /** Top-k → temperature → softmax → top-p → min-p → draw. `w` holds the biased, penalised logits. */
-  private draw(w: Float32Array, V: number): number {
+  private draw(w: Float32Array, V: number, mask: Uint32Array | undefined): number {
     const { temperature: T, topK, topP, minP } = this.params;
     let cand: Int32Array;
     let cw: Float64Array;
@@ -274,7 +297,7 @@ export class Sampler {
       // Top-k: heap selection on the logits, then softmax over the k survivors.
       cand = idx(topK);
       n = selectTopK(w, V, topK, cand, false);
-      if (n === 0) throw allBanned();
+      if (n === 0) throw allBanned(mask);
       cand.subarray(0, n).sort(); // id order (native numeric sort): lower ids first at a top-p tie
       let max = -Infinity;
       for (let j = 0; j < n; j++) if (w[cand[j]] > max) max = w[cand[j]];
@@ -287,7 +310,7 @@ export class Sampler {
       // Softmax over the whole vocabulary, in place: w becomes unnormalised probabilities, max = 1.
       let max = -Infinity;
       for (let i = 0; i < V; i++) if (w[i] > max) max = w[i];
-      if (max === -Infinity) throw allBanned();
+      if (max === -Infinity) throw allBanned(mask);
       for (let i = 0; i < V; i++) {
         const e = Math.fround(Math.exp((w[i] - max) / T));
         w[i] = e;
@@ -334,14 +357,20 @@ export class Sampler {
       cw = weights(n);
       for (let j = 0; j < n; j++) cw[j] = w[cand[j]];
     }
-    return this.cutAndDraw(cand, cw, n, total);
+    return this.cutAndDraw(cand, cw, n, total, mask);
   }
 
   /**
    * Candidates in id order with their weights (the largest is 1); `total` is the mass that top-p is
    * measured against. Applies top-p, then min-p, and draws.
    */
-  private cutAndDraw(cand: Int32Array, cw: Float64Array, n: number, total: number): number {
+  private cutAndDraw(
+    cand: Int32Array,
+    cw: Float64Array,
+    n: number,
+    total: number,
+    mask: Uint32Array | undefined,
+  ): number {
     const { topP, minP } = this.params;
     let q = 0;
     let above = Infinity;
@@ -377,8 +406,18 @@ export class Sampler {
         if (r < cum) return last;
       }
     }
-    if (last < 0) throw allBanned();
+    if (last < 0) throw allBanned(mask);
     return last;
+  }
+}
+
+/** Sets every token the mask does not allow to −∞. */
+function applyMask(w: Float32Array, V: number, mask: Uint32Array): void {
+  for (let word = 0, base = 0; base < V; word++, base += 32) {
+    const bits = mask[word] ?? 0;
+    if (bits === 0xffffffff) continue;
+    const end = Math.min(32, V - base);
+    for (let b = 0; b < end; b++) if (((bits >>> b) & 1) === 0) w[base + b] = -Infinity;
   }
 }
 
@@ -431,7 +470,7 @@ function greedyOf(logits: ArrayLike<number>, V: number): number {
   throw allBanned(); // not reached: bestV is one of the values
 }
 
-function greedy(w: Float32Array, V: number): number {
+function greedy(w: Float32Array, V: number, mask?: Uint32Array): number {
   let best = -1;
   let bestV = -Infinity;
   for (let i = 0; i < V; i++) {
@@ -440,10 +479,15 @@ function greedy(w: Float32Array, V: number): number {
       best = i;
     }
   }
-  if (best < 0) throw allBanned();
+  if (best < 0) throw allBanned(mask);
   return best;
 }
 
-function allBanned(): SpindleError {
-  return new SamplingParamError("logit_bias", "logit_bias bans every token: nothing can be sampled");
+function allBanned(mask?: Uint32Array): SpindleError {
+  return mask
+    ? new SamplingParamError(
+        "logit_bias",
+        "no token is allowed by both the grammar and logit_bias: nothing can be sampled",
+      )
+    : new SamplingParamError("logit_bias", "logit_bias bans every token: nothing can be sampled");
 }

@@ -1,5 +1,6 @@
 import { UpstreamError } from "../backends/upstream-error.js";
 import { SpindleError } from "../errors.js";
+import { GrammarError } from "../grammar/constraint.js";
 import type { FinishInfo } from "../protocol/events.js";
 
 /**
@@ -96,6 +97,10 @@ export function errorBodyFor(
 /** Maps anything thrown while serving a request to an ApiError; unknown errors become a 500 without details. */
 export function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
+  if (err instanceof GrammarError) {
+    // Normally mapped to the request's field by GenerationService; this is the spec's own.
+    return badRequest(err.message, err.field || null, "invalid_grammar");
+  }
   if (err instanceof UpstreamError) {
     // The openai backend's upstream: its 4xx as they are, else bad gateway / unavailable / timeout.
     const s = err.status;

@@ -1,9 +1,11 @@
+import { GrammarError } from "../grammar/constraint.js";
 import { gather, type RequestStream } from "../protocol/event-stream.js";
 import type { EngineEvent, FinishInfo } from "../protocol/events.js";
 import type { RequestKind } from "../protocol/request.js";
 import type { SamplingParams } from "../sampling/params.js";
 import type { LoadedModel, ServeOptions } from "./context.js";
 import { ApiError } from "./errors.js";
+import { grammarError, type StructuredOutput } from "./structured-output.js";
 
 /**
  * The one path from any generation route to the engine: admission (loading,
@@ -31,6 +33,8 @@ export interface GenerationParams {
   promptText?: string;
   /** The protocol's names of the prompt and max-tokens fields, for errors (default "prompt", "max_tokens"). */
   fields?: { prompt: string; maxTokens: string };
+  /** What the output must be (structured-output.ts), with the request field it came from for errors. */
+  structured?: StructuredOutput;
 }
 
 /**
@@ -168,6 +172,7 @@ export class GenerationService {
         stopAtEog: p.stopAtEog,
         priority: p.priority,
         timeoutMs: this.opts.requestTimeoutMs,
+        grammar: p.structured?.spec,
       },
       { signal },
     );
@@ -219,6 +224,9 @@ export class GenerationService {
           if (e.finish) finish = e.finish;
           yield e;
         }
+      } catch (err) {
+        // A grammar the engine could not compile: a 400 naming the request's own field.
+        throw err instanceof GrammarError ? grammarError(err, p.structured) : err;
       } finally {
         // Left before the finish (the consumer stopped reading, which aborts the request): the
         // request still ends in the engine, and is reported once its finish arrives.

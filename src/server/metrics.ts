@@ -104,6 +104,7 @@ export interface MetricsSnapshot {
   generation_tokens_total: number;
   request_success_total: Record<string, number>;
   num_preemptions_total: number;
+  jump_forward_tokens_total: number;
   prefix_cache_queries_total: number;
   prefix_cache_hits_total: number;
   /** hits / queries, null before any query. */
@@ -141,6 +142,7 @@ export class Metrics {
   private readonly generationTokensC: Counter;
   private readonly success: Counter<"finished_reason">;
   private readonly preemptionsC: Counter;
+  private readonly jumpForwardC: Counter;
   private readonly prefixQueriesC: Counter;
   private readonly prefixHitsC: Counter;
   private readonly rejectedC: Counter<"reason">;
@@ -167,6 +169,8 @@ export class Metrics {
   generationTokens = 0;
   clientAborts = 0;
   preemptions = 0;
+  /** Tokens accepted without sampling because a grammar forced them (jump-forward). */
+  jumpForwardTokens = 0;
   prefixQueries = 0;
   prefixHits = 0;
   /** Engine steps seen, and the tokens they computed: prefill (prompt) and decode. */
@@ -198,6 +202,10 @@ export class Metrics {
       registers: [r],
     });
     this.preemptionsC = counter("num_preemptions_total", "Cumulative number of preemptions from the engine.");
+    this.jumpForwardC = counter(
+      "jump_forward_tokens_total",
+      "Tokens of structured outputs accepted without sampling because the grammar forced them (jump-forward).",
+    );
     this.prefixQueriesC = counter(
       "prefix_cache_queries_total",
       "Prefix cache queries, in terms of number of queried tokens.",
@@ -349,6 +357,10 @@ export class Metrics {
     const q = this.queriesDiff.delta(s.prefix.queries);
     const h = this.hitsDiff.delta(s.prefix.hits);
     if (pre > 0) this.preemptionsC.inc(pre);
+    if (s.forcedTokens > 0) {
+      this.jumpForwardC.inc(s.forcedTokens);
+      this.jumpForwardTokens += s.forcedTokens;
+    }
     if (q > 0) this.prefixQueriesC.inc(q);
     if (h > 0) this.prefixHitsC.inc(h);
     this.preemptions += pre;
@@ -384,6 +396,7 @@ export class Metrics {
       generation_tokens_total: this.generationTokens,
       request_success_total: { ...this.finishedByReason },
       num_preemptions_total: this.preemptions,
+      jump_forward_tokens_total: this.jumpForwardTokens,
       prefix_cache_queries_total: this.prefixQueries,
       prefix_cache_hits_total: this.prefixHits,
       prefix_cache_hit_rate: this.prefixQueries > 0 ? this.prefixHits / this.prefixQueries : null,

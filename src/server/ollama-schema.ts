@@ -2,6 +2,7 @@ import type { ChatMessage } from "../chat/template.js";
 import { SamplingParamError, type SamplingParams, validateSamplingParams } from "../sampling/params.js";
 import { ApiError, badRequest } from "./errors.js";
 import { given, isObject, type Json } from "./route-helpers.js";
+import { type StructuredOutput, structuredOutput } from "./structured-output.js";
 
 /**
  * Request validation for Ollama's /api/generate and /api/chat, by hand so that every message names
@@ -41,6 +42,8 @@ export interface OllamaCommon {
   numPredict: number | undefined;
   /** options.num_ctx, when given (≤ the model's context). */
   numCtx: number | undefined;
+  /** format: "json" or a JSON schema. */
+  structured: StructuredOutput | undefined;
 }
 
 export interface OllamaGenerateRequest extends OllamaCommon {
@@ -120,12 +123,7 @@ const emptyList = (v: unknown) => Array.isArray(v) && v.length === 0;
 /** `format`, `tools`, `think`, `logprobs`, `keep_alive`, `stream`, `options`: what both routes share. */
 function parseCommon(body: Json, sc: OllamaSchemaContext): OllamaCommon {
   const model = parseOllamaModel(body, sc.modelName);
-  refuse(
-    body,
-    "format",
-    'structured output ("json" or a JSON schema) is not implemented yet',
-    (v) => v === "",
-  );
+  const structured = structuredOutput(body, "ollama");
   refuse(body, "tools", "Spindle does not do tool calling yet", emptyList);
   refuse(body, "think", "this model does not think (no reasoning output)", (v) => v === false);
   refuse(body, "logprobs", "logprobs are not available on Ollama's API yet", (v) => v === false);
@@ -199,6 +197,7 @@ function parseCommon(body: Json, sc: OllamaSchemaContext): OllamaCommon {
     stop,
     numPredict: numPredict !== undefined && numPredict > 0 ? numPredict : undefined,
     numCtx,
+    structured,
   };
 }
 

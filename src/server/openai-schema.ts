@@ -1,6 +1,7 @@
 import type { ChatMessage } from "../chat/template.js";
 import type { SamplingParams } from "../sampling/params.js";
 import { ApiError, badRequest } from "./errors.js";
+import { type StructuredOutput, structuredOutput } from "./structured-output.js";
 
 /**
  * Request validation for /v1/completions and /v1/chat/completions, by hand so that every
@@ -46,6 +47,8 @@ export interface CommonRequest {
   stopAtEog: boolean;
   priority: number;
   user: string | undefined;
+  /** What the output must be (response_format, structured_outputs, guided_*, json_schema, grammar). */
+  structured: StructuredOutput | undefined;
 }
 
 export type Prompt = string | number[];
@@ -184,40 +187,9 @@ export function samplingFor(req: CommonRequest, sampleIndex: number, engineLogpr
   };
 }
 
-/**
- * Fields that change what the output must be (structured output) are honoured or refused, never
- * dropped: OpenAI's response_format (other than text), vLLM's structured_outputs and guided_*, and
- * llama-server's grammar and json_schema, on both completions and chat.
- */
-const STRUCTURE_FIELDS = [
-  "structured_outputs",
-  "guided_json",
-  "guided_regex",
-  "guided_choice",
-  "guided_grammar",
-  "grammar",
-  "json_schema",
-];
-
-function refuseStructure(body: Body): void {
-  if (given(body, "response_format")) {
-    const rf = body.response_format;
-    const type = isObject(rf) ? rf.type : undefined;
-    if (type !== "text") {
-      throw badRequest(
-        `response_format ${JSON.stringify(type ?? rf)} is not supported: only {"type": "text"} (structured output is not implemented)`,
-        "response_format",
-      );
-    }
-  }
-  for (const key of STRUCTURE_FIELDS) {
-    unsupported(body, key, "structured output is not implemented (the output would not be constrained)");
-  }
-}
-
 function parseCommon(body: Body, sc: SchemaContext): Omit<CommonRequest, "maxTokens"> {
   const model = parseModel(body, sc);
-  refuseStructure(body);
+  const structured = structuredOutput(body, "openai");
   const sampling: Partial<SamplingParams> = {};
   const temperature = number(body, "temperature", 0, 2);
   if (temperature !== undefined) sampling.temperature = temperature;
@@ -292,6 +264,7 @@ function parseCommon(body: Body, sc: SchemaContext): Omit<CommonRequest, "maxTok
     stopAtEog: !ignoreEos,
     priority,
     user,
+    structured,
   };
 }
 

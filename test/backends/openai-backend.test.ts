@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Backend } from "../../src/backends/backend.js";
 import { startOpenAIBackend } from "../../src/backends/openai-backend.js";
 import { UpstreamError } from "../../src/backends/upstream-error.js";
+import { GrammarError } from "../../src/grammar/constraint.js";
 import { freePort } from "../../src/net.js";
 import type { EngineEvent } from "../../src/protocol/events.js";
 import type { SubmitSpec } from "../../src/protocol/request.js";
@@ -233,6 +234,17 @@ describe("the openai backend against a Spindle upstream", () => {
     expect(api.status).toBe(400);
     expect(api.message).toMatch(/maximum context length is 2048/);
     expect(api.param).toBe("max_tokens");
+  });
+
+  it("a request with a grammar is refused (only the local engine enforces grammars), nothing sent upstream", async () => {
+    const b = await gateway();
+    const before = upCount.total;
+    const r = await drain(b, { prompt: ids[0]!, maxTokens: 8, grammar: { type: "json_object" } });
+    expect(r.error).toBeInstanceOf(GrammarError);
+    expect((r.error as GrammarError).reason).toMatch(/not available with the openai backend/);
+    const api = toApiError(r.error);
+    expect(api).toMatchObject({ status: 400, code: "invalid_grammar" });
+    expect(upCount.total).toBe(before);
   });
 
   it("a request that cannot reach its upstream is retried on another before anything was sent", async () => {

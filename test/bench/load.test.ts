@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import type { StreamResult } from "../../src/bench/client.js";
+import { requestBody, type StreamResult } from "../../src/bench/client.js";
 import { CUT_OFF, drive, INTERRUPTED } from "../../src/bench/load.js";
 import { PromptBuilder } from "../../src/bench/prompts.js";
-import { planRun } from "../../src/bench/workload.js";
+import { markStructured, planRun, STRUCTURED_SCHEMA } from "../../src/bench/workload.js";
 import { Rng } from "../../src/sampling/rng.js";
 
 /** A fake request that takes `ms`, honouring the abort signal. */
@@ -207,5 +207,34 @@ describe("workloads", () => {
     expect(
       p.items.filter((x) => x.klass === "high" && x.fixedAtMs === undefined && x.priority === 0),
     ).toHaveLength(3);
+  });
+
+  it("--structured: an even share of the items asks for the JSON schema, each class named", async () => {
+    const spec = { kind: "random" as const, inputLen: 8, outputLen: 4, rangeRatio: 0 };
+    const p = await planRun(spec, new PromptBuilder(counter), 5, 0, 20);
+    markStructured(p.items, 0.5);
+    const structured = p.items.filter((x) => x.klass === "structured");
+    expect(structured).toHaveLength(10);
+    expect(p.items.filter((x) => x.klass === "unconstrained" && !x.responseFormat)).toHaveLength(10);
+    // Spread evenly: every other item.
+    expect(p.items.map((x) => x.klass === "structured")).toEqual(p.items.map((_, i) => i % 2 === 1));
+    expect(structured[0]!.responseFormat).toEqual({
+      type: "json_schema",
+      json_schema: { name: "story", schema: STRUCTURED_SCHEMA, strict: true },
+    });
+    const body = requestBody(
+      { baseUrl: "http://x", api: "chat", model: "m" },
+      {
+        prompt: "p",
+        promptTokens: 1,
+        maxTokens: 4,
+        ignoreEos: true,
+        responseFormat: structured[0]!.responseFormat,
+      },
+    );
+    expect(body.response_format).toEqual(structured[0]!.responseFormat);
+    const none = await planRun(spec, new PromptBuilder(counter), 5, 0, 4);
+    markStructured(none.items, 0);
+    expect(none.items.every((x) => x.klass === undefined && x.responseFormat === undefined)).toBe(true);
   });
 });

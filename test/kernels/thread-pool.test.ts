@@ -122,6 +122,33 @@ describe.each([1, 2, 3])("WasmThreadPool with %i threads", (threads) => {
     check(500, 299, 150, memory2); // odd calls: memory 1
     expect(() => pool.run("mark", [OUT, VISITS, 500, 1], 2)).toThrow(RangeError);
   });
+
+  it("overlap: the caller runs side work once, inside the next shared job (or at finish), and the job is whole", () => {
+    new Int32Array(memory.buffer, VISITS, 4096).fill(0);
+    const visits = new Int32Array(memory.buffer, VISITS, 1000);
+    let ran = 0;
+    let inRun = false;
+    let ranInside = false;
+    const finish = pool.overlap(() => {
+      ran++;
+      ranInside = inRun; // with workers: inside run(), the job published, others marking rows meanwhile
+    });
+    inRun = true;
+    pool.run("mark", [OUT, VISITS, 1000, 1]);
+    inRun = false;
+    finish();
+    expect(ran).toBe(1);
+    expect(ranInside).toBe(threads > 1);
+    check(1000, 1, 1);
+    expect(visits.every((v) => v === 1)).toBe(true);
+    // No shared job after it: finish runs the work, once; a later run() does not run it again.
+    let later = 0;
+    const finish2 = pool.overlap(() => later++);
+    finish2();
+    pool.run("mark", [OUT, VISITS, 1000, 2]);
+    finish2();
+    expect(later).toBe(1);
+  });
 });
 
 describe("claim: taking the chunks of a job", () => {

@@ -570,3 +570,88 @@ describe("large vocabulary", () => {
     }
   });
 });
+
+describe("grammar mask", () => {
+  /** A mask allowing exactly `allowed`. */
+  function maskOf(V: number, allowed: number[]): Uint32Array {
+    const m = new Uint32Array((V + 31) >>> 5);
+    for (const t of allowed) m[t >>> 5]! |= 1 << (t & 31);
+    return m;
+  }
+  const V = 300;
+  const allowed = [3, 40, 41, 77, 128, 255, 299];
+  const mask = maskOf(V, allowed);
+  const modes: Record<string, ConstructorParameters<typeof Sampler>[0]> = {
+    greedy: { temperature: 0 },
+    temperature: { temperature: 1.3, seed: 1 },
+    topK: { temperature: 1, topK: 2, seed: 2 },
+    topP: { temperature: 1, topP: 0.3, seed: 3 },
+    minP: { temperature: 1, minP: 0.5, seed: 4 },
+    penalties: { temperature: 0.8, repetitionPenalty: 1.4, presencePenalty: 1, frequencyPenalty: 1, seed: 5 },
+    logitBias: { temperature: 0, logitBias: new Map([[allowed[0]!, 100]]) },
+    logprobs: { temperature: 1, logprobs: 5, seed: 6 },
+  };
+
+  it("every mode samples only allowed tokens, and the caller's logits stay as they were", () => {
+    for (const [name, params] of Object.entries(modes)) {
+      const s = new Sampler(params, V);
+      for (let seed = 1; seed <= 40; seed++) {
+        const logits = randomLogits(V, seed, 6);
+        const copy = logits.slice();
+        const t = s.sample(logits, [40, 40, 77], mask).token;
+        expect(allowed, `${name} seed ${seed}`).toContain(t);
+        expect(logits).toEqual(copy);
+      }
+    }
+    // logit_bias +100 on an allowed token wins; on a disallowed one it cannot.
+    const biased = new Sampler({ temperature: 0, logitBias: new Map([[5, 100]]) }, V);
+    expect(allowed).toContain(biased.sample(randomLogits(V, 9), [], mask).token);
+  });
+
+  it("greedy under a mask is the argmax over the allowed tokens", () => {
+    for (let seed = 1; seed <= 20; seed++) {
+      const logits = randomLogits(V, seed);
+      const best = allowed.reduce((b, t) => (logits[t]! > logits[b]! ? t : b), allowed[0]!);
+      expect(new Sampler({ temperature: 0 }, V).sample(logits, [], mask).token).toBe(best);
+    }
+  });
+
+  it("temperature sampling draws from the distribution renormalised over the allowed tokens", () => {
+    const logits = randomLogits(V, 17, 1);
+    const s = new Sampler({ temperature: 1, seed: 123 }, V);
+    const n = 20_000;
+    const c = new Map<number, number>();
+    for (let i = 0; i < n; i++) {
+      const t = s.sample(logits, [], mask).token;
+      c.set(t, (c.get(t) ?? 0) + 1);
+    }
+    const z = allowed.reduce((a, t) => a + Math.exp(logits[t]!), 0);
+    const expected = new Map(allowed.map((t) => [t, Math.exp(logits[t]!) / z]));
+    expect(chiSquare(c, expected, n)).toBeLessThan(22.46); // 6 dof, p = 0.001
+  });
+
+  it("logprobs are the raw logits' log-softmax over the allowed tokens (vLLM: the mask comes first)", () => {
+    const logits = randomLogits(V, 23);
+    const r = new Sampler({ temperature: 0, logprobs: 10 }, V).sample(logits, [], mask);
+    const lse = Math.log(allowed.reduce((a, t) => a + Math.exp(logits[t]!), 0));
+    expect(r.logprob).toBeCloseTo(logits[r.token]! - lse, 5);
+    expect(r.topLogprobs).toHaveLength(allowed.length);
+    for (const t of r.topLogprobs) {
+      expect(allowed).toContain(t.token);
+      expect(t.logprob).toBeCloseTo(logits[t.token]! - lse, 5);
+    }
+    const mass = r.topLogprobs.reduce((a, t) => a + Math.exp(t.logprob), 0);
+    expect(mass).toBeCloseTo(1, 5);
+    // One allowed token: certain.
+    const one = new Sampler({ temperature: 1, logprobs: 3, seed: 1 }, V).sample(logits, [], maskOf(V, [41]));
+    expect(one).toEqual({ token: 41, logprob: 0, topLogprobs: [{ token: 41, logprob: 0 }] });
+  });
+
+  it("a logit_bias that bans every allowed token is an error naming logit_bias and the grammar", () => {
+    const ban = new Map(allowed.map((t) => [t, -100]));
+    for (const temperature of [0, 1]) {
+      const s = new Sampler({ temperature, logitBias: ban }, V);
+      expect(() => s.sample(randomLogits(V, 1), [], mask)).toThrow(/grammar and logit_bias/);
+    }
+  });
+});

@@ -126,33 +126,116 @@ function cases(): Case[] {
       "messages[0].content",
     ),
     bad("top_logprobs is 30", CHAT, chat({ logprobs: true, top_logprobs: 30 }), "top_logprobs"),
+    // Structured output: shapes the server checks (the compiler's own errors are in structured-output tests).
     bad(
-      "response_format json_schema",
+      "response_format json_schema without json_schema",
       CHAT,
-      chat({
-        response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object" } } },
-      }),
-      "response_format",
+      chat({ response_format: { type: "json_schema" } }),
+      "response_format.json_schema",
     ),
-    // Structure fields are refused by name on both routes, never silently dropped.
     bad(
-      "completions response_format json_object",
+      "response_format type xml",
       C,
-      completion({ response_format: { type: "json_object" } }),
-      "response_format",
+      completion({ response_format: { type: "xml" } }),
+      "response_format.type",
     ),
-    bad("completions guided_json", C, completion({ guided_json: { type: "object" } }), "guided_json"),
-    bad("completions grammar", C, completion({ grammar: 'root ::= "a"' }), "grammar"),
     bad(
-      "chat structured_outputs",
+      "response_format schema is a string",
       CHAT,
-      chat({ structured_outputs: { json: { type: "object" } } }),
-      "structured_outputs",
+      chat({ response_format: { type: "json_schema", json_schema: { name: "x", schema: "object" } } }),
+      "response_format.json_schema.schema",
     ),
-    bad("chat guided_regex", CHAT, chat({ guided_regex: "[a-z]+" }), "guided_regex"),
-    bad("chat guided_choice", CHAT, chat({ guided_choice: ["yes", "no"] }), "guided_choice"),
-    bad("chat guided_grammar", CHAT, chat({ guided_grammar: 'root ::= "a"' }), "guided_grammar"),
-    bad("chat json_schema", CHAT, chat({ json_schema: { type: "object" } }), "json_schema"),
+    bad("completions guided_json is not JSON", C, completion({ guided_json: "{not json" }), "guided_json"),
+    bad("completions grammar is a number", C, completion({ grammar: 5 }), "grammar"),
+    bad(
+      "chat structured_outputs.json is a number",
+      CHAT,
+      chat({ structured_outputs: { json: 5 } }),
+      "structured_outputs.json",
+    ),
+    bad(
+      "chat structured_outputs unknown key",
+      CHAT,
+      chat({ structured_outputs: { yaml: "a: b" } }),
+      "structured_outputs.yaml",
+    ),
+    bad("chat guided_regex empty", CHAT, chat({ guided_regex: "" }), "guided_regex"),
+    bad("chat guided_choice empty", CHAT, chat({ guided_choice: [] }), "guided_choice"),
+    bad("chat guided_grammar is a list", CHAT, chat({ guided_grammar: ["root"] }), "guided_grammar"),
+    bad("chat json_schema is a string", CHAT, chat({ json_schema: "object" }), "json_schema"),
+    // What the grammar compiler refuses, named down to the keyword (the engine compiles at submit).
+    {
+      ...bad(
+        "response_format: an unsupported format",
+        CHAT,
+        chat({
+          response_format: {
+            type: "json_schema",
+            json_schema: {
+              name: "x",
+              schema: { type: "object", properties: { card: { type: "string", format: "credit-card" } } },
+            },
+          },
+        }),
+        "response_format.json_schema.schema.properties.card.format",
+      ),
+      code: "invalid_grammar",
+      message: /credit-card/,
+    },
+    {
+      ...bad(
+        "guided_json: an unsupported keyword",
+        C,
+        completion({ guided_json: { type: "object", patternProperties: { "^x": { type: "string" } } } }),
+        "guided_json.patternProperties",
+      ),
+      code: "invalid_grammar",
+    },
+    {
+      ...bad(
+        "guided_json: an unknown type",
+        C,
+        completion({ guided_json: { type: "strin" } }),
+        "guided_json.type",
+      ),
+      code: "invalid_grammar",
+    },
+    {
+      ...bad("guided_regex: unbalanced", CHAT, chat({ guided_regex: "([a-z]+" }), "guided_regex"),
+      code: "invalid_grammar",
+    },
+    {
+      ...bad("guided_grammar: bad GBNF", CHAT, chat({ guided_grammar: "root ::= (" }), "guided_grammar"),
+      code: "invalid_grammar",
+    },
+    {
+      ...bad(
+        "structured_outputs.grammar: Lark",
+        CHAT,
+        chat({ structured_outputs: { grammar: 'start: "a"' } }),
+        "structured_outputs.grammar",
+      ),
+      code: "invalid_grammar",
+      message: /Lark/,
+    },
+    {
+      ...bad(
+        "two structured-output fields",
+        CHAT,
+        chat({ response_format: { type: "json_object" }, guided_json: { type: "object" } }),
+        "guided_json",
+      ),
+      code: "conflicting_fields",
+    },
+    {
+      ...bad(
+        "structured_outputs with two constraints",
+        C,
+        completion({ structured_outputs: { regex: "a+", choice: ["a"] } }),
+        "structured_outputs.choice",
+      ),
+      code: "conflicting_fields",
+    },
     bad(
       "tools",
       CHAT,
@@ -197,6 +280,18 @@ function cases(): Case[] {
       code: "context_length_exceeded",
       message: new RegExp(`${contextLength}`),
     },
+    bad(
+      "generate: grammar of type ebnf",
+      GEN,
+      tgi({}, { grammar: { type: "ebnf", value: "x" } }),
+      "parameters.grammar.type",
+    ),
+    bad(
+      "generate: json grammar not JSON",
+      GEN,
+      tgi({}, { grammar: { type: "json", value: "{" } }),
+      "parameters.grammar.value",
+    ),
     // The simple /generate body.
     bad("generate: simple max_tokens beside inputs", GEN, { inputs: "Once", max_tokens: 4 }, "max_tokens"),
     bad(
@@ -255,7 +350,16 @@ function cases(): Case[] {
         ["completion: top_p 2", llama({ top_p: 2 })],
         ["completion: stop is a number", llama({ stop: 3 })],
         ["completion: n_probs 5", llama({ n_probs: 5 })],
-        ["completion: grammar", llama({ grammar: "root ::= x" })],
+        ["completion: grammar is a number", llama({ grammar: 5 })],
+        ["completion: grammar that does not parse", llama({ grammar: "root ::= (" })],
+        [
+          "completion: json_schema with an unsupported keyword",
+          llama({ json_schema: { type: "object", if: {} } }),
+        ],
+        [
+          "completion: grammar and json_schema",
+          llama({ grammar: 'root ::= "a"', json_schema: { type: "string" } }),
+        ],
         ["completion: stream is a string", llama({ stream: "yes" })],
         ["completion: n_predict beyond the context", llama({ n_predict: 10 ** 6 })],
       ] as const
@@ -445,10 +549,16 @@ function cases(): Case[] {
     ),
     bad("responses: tool_choice required", RESP, responses({ tool_choice: "required" }), "tool_choice"),
     bad(
-      "responses: json_schema output refused",
+      "responses: text.format type xml",
       RESP,
-      responses({ text: { format: { type: "json_schema", name: "x", schema: {} } } }),
-      "text.format",
+      responses({ text: { format: { type: "xml" } } }),
+      "text.format.type",
+    ),
+    bad(
+      "responses: text.format schema is a number",
+      RESP,
+      responses({ text: { format: { type: "json_schema", name: "x", schema: 3 } } }),
+      "text.format.schema",
     ),
     bad("responses: reasoning refused", RESP, responses({ reasoning: { effort: "high" } }), "reasoning"),
     bad("responses: store true refused", RESP, responses({ store: true }), "store"),
@@ -610,12 +720,13 @@ function ollamaCases(): OllamaCase[] {
       /^options\.num_ctx must be between 1 and/,
     ),
     bad("mirostat 2", OGEN, gen({}, { mirostat: 2 }), /^options\.mirostat is not supported/),
-    bad("format json", OGEN, gen({ format: "json" }), /^format is not supported/),
+    bad("format yaml", OGEN, gen({ format: "yaml" }), /^format must be "json" or a JSON schema/),
+    bad("format is a number (chat)", OCHAT, ochat({ format: 5 }), /^format must be a JSON schema/),
     bad(
-      "format schema (chat)",
-      OCHAT,
-      ochat({ format: { type: "object", properties: { a: { type: "string" } } } }),
-      /^format is not supported/,
+      "format schema with an unsupported keyword",
+      OGEN,
+      gen({ format: { type: "object", dependentSchemas: {} } }),
+      /^format\.dependentSchemas: unsupported keyword/,
     ),
     bad(
       "tools",

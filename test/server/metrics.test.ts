@@ -284,6 +284,7 @@ function step(over: Partial<StepInfo> = {}): StepInfo {
     prefillTokens: 30,
     decodeTokens: 1,
     preempted: 0,
+    forcedTokens: 0,
     step: 1,
     stepMs: 3,
     kvUsage: 0.25,

@@ -284,8 +284,8 @@ describe("Ollama API with the official client", () => {
       error: 'model "llama3" not found',
     });
     await expect(
-      ollama.chat({ model, messages: MESSAGES, format: "json", stream: false }),
-    ).rejects.toMatchObject({ status_code: 400, error: expect.stringMatching(/^format is not supported/) });
+      ollama.chat({ model, messages: MESSAGES, format: "yaml", stream: false }),
+    ).rejects.toMatchObject({ status_code: 400, error: expect.stringMatching(/^format must be "json"/) });
   });
 
   it("abort() mid-stream frees the request in the engine", async () => {

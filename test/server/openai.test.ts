@@ -485,7 +485,9 @@ describe("errors in OpenAI's shape", () => {
     expect((await bad({ stream_options: { include_usage: true } })).param).toBe("stream_options");
     expect((await bad({ echo: true, logprobs: 2 })).param).toBe("echo");
     expect((await bad({ min_tokens: 3 })).message).toContain("not supported");
-    expect((await bad({ response_format: { type: "json_object" } }, true)).param).toBe("response_format");
+    expect((await bad({ response_format: { type: "json_objects" } }, true)).param).toBe(
+      "response_format.type",
+    );
     const tools = await bad({ tools: [{ type: "function", function: { name: "f", parameters: {} } }] }, true);
     expect(tools.param).toBe("tools");
     expect(tools.message).toContain("not supported");

@@ -215,6 +215,15 @@ describe("the RPC service", () => {
       [{ prompt: PROMPT, tokenIds: [1] }, "token_ids"],
       [{ messages: [{ role: "wizard", content: "hi" }] }, "messages[0].role"],
       [{ prompt: PROMPT, maxTokens: 100_000 }, "max_tokens"],
+      // Structured output: a shape the server refuses, and a regex the engine cannot compile.
+      [
+        { prompt: PROMPT, responseFormat: { format: { case: "jsonSchema", value: "{not json" } } },
+        "response_format.json_schema",
+      ],
+      [
+        { prompt: PROMPT, responseFormat: { format: { case: "regex", value: "([a-z]+" } } },
+        "response_format",
+      ],
     ];
     for (const [req, field] of cases) {
       const err = await failure(client.generate(req));

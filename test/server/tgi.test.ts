@@ -387,9 +387,15 @@ describe("bad input → 400 naming the field", () => {
     ["/generate", "best_of 2", { inputs: "x", parameters: { best_of: 2 } }, "parameters.best_of"],
     [
       "/generate",
-      "grammar",
+      "grammar without a value",
       { inputs: "x", parameters: { grammar: { type: "json" } } },
-      "parameters.grammar",
+      "parameters.grammar.value",
+    ],
+    [
+      "/generate",
+      "grammar of an unknown type",
+      { inputs: "x", parameters: { grammar: { type: "ebnf", value: "x" } } },
+      "parameters.grammar.type",
     ],
     ["/generate_stream", "no inputs", {}, "inputs"],
     ["/tokenize", "no text", { add_special_tokens: true }, "prompt"],

@@ -18,6 +18,7 @@ import {
   stopField,
 } from "../route-helpers.js";
 import { sendSSE } from "../sse.js";
+import { type StructuredOutput, structuredOutput } from "../structured-output.js";
 import { spindleVersion } from "./ops.js";
 import { tgiFinishReason } from "./tgi.js";
 
@@ -46,8 +47,9 @@ import { tgiFinishReason } from "./tgi.js";
  * - Sampling defaults are llama-server's (LLAMA_SERVER_DEFAULTS, also reported by /props):
  *   temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1 over the last 64 tokens.
  *   temperature ≤ 0 is greedy; top_k ≤ 0 turns top-k off; seed -1 (or 4294967295) is a random seed.
- * - cache_prompt is accepted: the prefix cache is always on. n_probs > 0, grammar and json_schema
- *   are refused by name rather than ignored.
+ * - cache_prompt is accepted: the prefix cache is always on. n_probs > 0 is refused by name rather
+ *   than ignored.
+ * - grammar (GBNF) and json_schema (or response_format) constrain the output (structured-output.ts).
  * - stop_type: "eos" (an end-of-generation token), "word" (a stop string: stopping_word names it),
  *   "limit" (n_predict or the context reached).
  * - timings, from the engine's clock: prompt_* is the prefill (first scheduled → first token) over the
@@ -86,6 +88,7 @@ export interface LlamaCompletionRequest {
   stream: boolean;
   stopAtEog: boolean;
   returnTokens: boolean;
+  structured: StructuredOutput | undefined;
 }
 
 function parsePrompt(body: Json, m: LoadedModel): { ids: number[]; text: string | undefined } {
@@ -125,12 +128,7 @@ export function parseLlamaCompletion(body: unknown, m: LoadedModel): LlamaComple
   }
   const maxTokens = nPredict === -1 ? defaultMaxTokens(prompt.ids.length, m.info.contextLength) : nPredict;
 
-  for (const [field, ok] of [
-    ["grammar", (v: unknown) => v === ""],
-    ["json_schema", (v: unknown) => isObject(v) && Object.keys(v).length === 0],
-  ] as const) {
-    if (given(body[field]) && !ok(body[field])) throw badRequest(`${field} is not supported`, field);
-  }
+  const structured = structuredOutput(body, "llama-server");
   const nProbs = intField(body, "n_probs", 0) ?? 0;
   if (nProbs > 0) throw badRequest("n_probs is not supported (only 0)", "n_probs");
   boolField(body, "cache_prompt"); // accepted (the prefix cache is always on), still checked
@@ -170,6 +168,7 @@ export function parseLlamaCompletion(body: unknown, m: LoadedModel): LlamaComple
     stream: boolField(body, "stream") ?? false,
     stopAtEog: !(boolField(body, "ignore_eos") ?? false),
     returnTokens: boolField(body, "return_tokens") ?? false,
+    structured,
   };
 }
 
@@ -253,6 +252,7 @@ async function completion(ctx: ServerContext, req: FastifyRequest, reply: Fastif
     endpoint,
     promptText: r.promptText,
     fields: { prompt: "prompt", maxTokens: r.maxTokensField },
+    structured: r.structured,
   };
   const signal = clientSignal(req, reply);
   const streams = await startChoices(ctx, [{ index: 0, prompt: 0, params }], signal);

@@ -54,8 +54,8 @@ import { spindleVersion } from "./ops.js";
  * - options.num_ctx: above the model's context length is a 400; below it, it is the request's context:
  *   a prompt of num_ctx tokens or more is a 400 naming options.num_ctx (Ollama would truncate the
  *   prompt; Spindle never drops input silently), and generation stops when num_ctx is filled.
- * - format ("json" or a schema) and tools are refused with a 400 naming the field: structured output and
- *   tool calling do not exist yet. think (other than false), logprobs/top_logprobs, suffix, images
+ * - format ("json" or a JSON schema) constrains the output (structured-output.ts). tools are refused
+ *   with a 400 naming the field: tool calling does not exist yet. think (other than false), logprobs/top_logprobs, suffix, images
  *   (top-level or in a message), template (a per-request template override), a non-empty `context` (the
  *   deprecated token array; send the conversation to /api/chat instead) and messages with role "tool"
  *   or tool_calls are 400s too. keep_alive is accepted and ignored: the one model stays loaded.
@@ -230,6 +230,7 @@ async function run(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply,
       endpoint: x.endpoint,
       promptText: prompt.text,
       fields: { prompt: x.promptField, maxTokens: "options.num_predict" },
+      structured: r.structured,
     },
   };
   const signal = clientSignal(req, reply);

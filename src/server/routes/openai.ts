@@ -45,6 +45,9 @@ import { sendSSE } from "../sse.js";
  *   Completions: top_logprobs holds the `logprobs` most likely tokens plus the sampled one (OpenAI's
  *   "up to logprobs+1"); tokens that are partial UTF-8 read as U+FFFD in token strings.
  * - Roles: "developer" is rendered as "system" (chat templates rarely know it).
+ * - Structured output (response_format, vLLM's structured_outputs and guided_*, llama-server's
+ *   json_schema and grammar) is read by structured-output.ts and enforced by the engine; every choice
+ *   of the request is held to it.
  * - vLLM's extensions on /v1/completions: `return_token_ids` adds `token_ids` to each choice (all of
  *   them; streamed: the chunk's, with a chunk for every step that produced tokens even when its text is
  *   held back) and `prompt_token_ids` (streamed: on each choice's first chunk); the ids are the
@@ -211,6 +214,7 @@ async function completions(ctx: ServerContext, req: FastifyRequest, reply: Fasti
           client: clientOf(req),
           endpoint,
           promptText: p.text,
+          structured: r.structured,
         },
       });
     }
@@ -348,6 +352,7 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
         endpoint,
         promptText: prompt.text,
         fields: { prompt: "messages", maxTokens: "max_tokens" },
+        structured: r.structured,
       },
     });
   }

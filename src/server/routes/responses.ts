@@ -11,6 +11,7 @@ import { defaultMaxTokens } from "../generation.js";
 import { parseModel } from "../openai-schema.js";
 import { boolField, clientOf, clientSignal, given, intField, isObject, type Json } from "../route-helpers.js";
 import { sendSSE, TYPED_SSE } from "../sse.js";
+import { type StructuredOutput, structuredOutput } from "../structured-output.js";
 
 /**
  * OpenAI's Responses API, POST /v1/responses, for text generation, so that clients built on it
@@ -31,7 +32,7 @@ import { sendSSE, TYPED_SSE } from "../sse.js";
  *   accepted (the AI SDK sends no `store` unless asked); so `previous_response_id` can name no
  *   response and is a 400 naming it, as are `conversation` and `background: true`.
  * - Refused, never ignored (400 naming the field): tools (non-empty), tool_choice other than
- *   "none"/"auto", text.format other than text, reasoning, include (non-empty), top_logprobs > 0,
+ *   "none"/"auto", reasoning, include (non-empty), top_logprobs > 0,
  *   truncation "auto". metadata, user, service_tier, parallel_tool_calls, prompt_cache_key,
  *   safety_identifier are accepted and have no effect.
  * - status: "completed" when generation stopped by itself (end of text or a stop), "incomplete"
@@ -56,6 +57,10 @@ export interface ResponsesRequest {
   maxOutputTokens: number | undefined;
   sampling: Partial<SamplingParams>;
   stream: boolean;
+  /** text.format json_object / json_schema (structured-output.ts). */
+  structured: StructuredOutput | undefined;
+  /** text.format as the response echoes it. */
+  textFormat: unknown;
 }
 
 const ROLES = new Set(["user", "system", "developer", "assistant"]);
@@ -133,19 +138,9 @@ export function parseResponsesRequest(raw: unknown, sc: { modelName: string }): 
   refuse(body, "include", "no extra output fields are available", (v) => Array.isArray(v) && v.length === 0);
   refuse(body, "top_logprobs", "logprobs are not available through this API", (v) => v === 0);
   refuse(body, "truncation", "a prompt longer than the context is a 400", (v) => v === "disabled");
-  if (given(body.text)) {
-    if (!isObject(body.text)) throw badRequest("text must be an object", "text");
-    const format = body.text.format;
-    if (given(format)) {
-      const type = isObject(format) ? format.type : undefined;
-      if (type !== "text") {
-        throw badRequest(
-          `text.format ${JSON.stringify(type ?? format)} is not supported: only {"type": "text"} (structured output is not implemented)`,
-          "text.format",
-        );
-      }
-    }
-  }
+  if (given(body.text) && !isObject(body.text)) throw badRequest("text must be an object", "text");
+  const structured = structuredOutput(body, "responses");
+  const textFormat = structured && isObject(body.text) ? body.text.format : { type: "text" };
   let instructions: string | null = null;
   if (given(body.instructions)) {
     if (typeof body.instructions !== "string")
@@ -179,6 +174,8 @@ export function parseResponsesRequest(raw: unknown, sc: { modelName: string }): 
     maxOutputTokens: intField(body, "max_output_tokens", 1),
     sampling,
     stream: boolField(body, "stream") ?? false,
+    structured,
+    textFormat,
   };
 }
 
@@ -203,6 +200,7 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
       endpoint,
       promptText: prompt.text,
       fields: { prompt: "input", maxTokens: "max_output_tokens" },
+      structured: r.structured,
     },
   };
 
@@ -244,7 +242,7 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
     reasoning: { effort: null, summary: null },
     store: false,
     temperature: r.sampling.temperature ?? null,
-    text: { format: { type: "text" } },
+    text: { format: r.textFormat },
     tool_choice: "none",
     tools: [],
     top_p: r.sampling.topP ?? null,

@@ -21,6 +21,7 @@ import {
   textField,
 } from "../route-helpers.js";
 import { sendSSE } from "../sse.js";
+import { type StructuredOutput, structuredOutput } from "../structured-output.js";
 
 /**
  * Hugging Face Text Generation Inference's native API, and vLLM's tokenizer endpoints:
@@ -35,7 +36,9 @@ import { sendSSE } from "../sse.js";
  *
  * TGI's sampling rule: greedy unless do_sample is true or a warper is set (temperature ≠ 1,
  * top_k, top_p < 1). A sampled request without a seed gets a random one, reported in details.seed.
- * Extensions: `parameters.ignore_eos` and `parameters.priority` (as in vLLM).
+ * Extensions: `parameters.ignore_eos` and `parameters.priority` (as in vLLM). `parameters.grammar`
+ * ({type: "json", value: schema} or {type: "regex", value: pattern}) constrains the output
+ * (structured-output.ts).
  *
  * The simple body, for the minimal clients written against a bare /generate (vLLM's demo server
  * and the like): /generate (and /generate_stream) also take
@@ -152,6 +155,8 @@ export interface TgiRequest {
   topNTokens: number;
   stopAtEog: boolean;
   priority: number;
+  /** parameters.grammar. */
+  structured: StructuredOutput | undefined;
 }
 
 // TGI's sampling fields live under `parameters`: errors name them so.
@@ -172,7 +177,7 @@ export function parseTgiRequest(body: unknown, tok: Tokenizer, contextLength: nu
   const bestOf = intField(p, "best_of", 1);
   if (bestOf !== undefined && bestOf > 1)
     throw badRequest("best_of > 1 is not supported", "parameters.best_of");
-  if (given(p.grammar)) throw badRequest("grammar is not supported", "parameters.grammar");
+  const structured = structuredOutput(body, "tgi");
   const typicalP = numberField(p, "typical_p");
   if (typicalP !== undefined && typicalP < 1) {
     throw badRequest("typical_p is not supported", "parameters.typical_p");
@@ -231,6 +236,7 @@ export function parseTgiRequest(body: unknown, tok: Tokenizer, contextLength: nu
     topNTokens,
     stopAtEog: !ignoreEos,
     priority,
+    structured,
   };
 }
 
@@ -279,6 +285,7 @@ function generationParams(r: TgiRequest, req: FastifyRequest, endpoint: string):
     endpoint,
     promptText: r.inputs,
     fields: { prompt: r.inputsField, maxTokens: "parameters.max_new_tokens" },
+    structured: r.structured,
   };
 }
 

@@ -29,6 +29,7 @@ import {
 import { logRejection, rejectionReason } from "../request-log.js";
 import { tokenString } from "../route-helpers.js";
 import { spindleVersion } from "../routes/ops.js";
+import { structuredOutput } from "../structured-output.js";
 import {
   type GenerateRequest,
   type GenerateResponseSchema,
@@ -47,6 +48,7 @@ import {
  *
  * - prompt: tokenized with BOS as /v1/completions does; token_ids: as given; messages: the chat
  *   template (chat-prompt.ts). max_tokens defaults as there: 16, or the context's room for messages.
+ * - response_format (structured output) goes through structured-output.ts like every route's field.
  * - Embed: the inputs checked by /v1/embeddings' schema (the proto keeps its field names) and embedded
  *   through embeddings.ts, as the HTTP route does.
  * - The client's cancel (or deadline) is HandlerContext.signal, the request's abort signal: the
@@ -298,7 +300,11 @@ function choiceOf(
     ignore_eos: req.ignoreEos,
   };
   const sc = { modelName: ctx.opts.modelName, vocabSize: model.info.vocabSize };
-  const base = { client, endpoint, stopAtEog: !req.ignoreEos };
+  const f = req.responseFormat?.format;
+  const format =
+    f?.case === "choice" ? { choice: f.value.choices } : f?.case ? { [snake(f.case)]: f.value } : {};
+  const structured = structuredOutput({ response_format: format }, "rpc");
+  const base = { client, endpoint, stopAtEog: !req.ignoreEos, structured };
 
   if (inputs[0] === "messages") {
     const r = parseChatRequest(
@@ -351,6 +357,9 @@ function choiceOf(
   };
   return { choice: { index: 0, prompt: 0, params }, wantLogprobs: r.logprobs };
 }
+
+/** A proto field's JSON name (jsonSchema) as its proto name (json_schema). */
+const snake = (s: string) => s.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
 const finishReason = (f: FinishInfo) => (f.reason === "stop" ? "stop" : "length");
 

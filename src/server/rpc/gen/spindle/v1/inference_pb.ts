@@ -32,7 +32,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spindle/v1/inference.proto.
  */
 export const file_spindle_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("ChpzcGluZGxlL3YxL2luZmVyZW5jZS5wcm90bxIKc3BpbmRsZS52MSJICgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEQoEbmFtZRgDIAEoCUgAiAEBQgcKBV9uYW1lIsYECg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSEwoGcHJvbXB0GAIgASgJSACIAQESEQoJdG9rZW5faWRzGAMgAygNEikKCG1lc3NhZ2VzGAQgAygLMhcuc3BpbmRsZS52MS5DaGF0TWVzc2FnZRIXCgptYXhfdG9rZW5zGAUgASgNSAGIAQESGAoLdGVtcGVyYXR1cmUYBiABKAFIAogBARISCgV0b3BfcBgHIAEoAUgDiAEBEhIKBXRvcF9rGAggASgFSASIAQESEgoFbWluX3AYCSABKAFIBYgBARIRCgRzZWVkGAogASgDSAaIAQESDAoEc3RvcBgLIAMoCRIfChJyZXBldGl0aW9uX3BlbmFsdHkYDCABKAFIB4gBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgNIAEoAUgIiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYDiABKAFICYgBARIVCghsb2dwcm9icxgPIAEoDUgKiAEBEhAKCHByaW9yaXR5GBAgASgFEhIKCmlnbm9yZV9lb3MYESABKAhCCQoHX3Byb21wdEINCgtfbWF4X3Rva2Vuc0IOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3Bfa0IICgZfbWluX3BCBwoFX3NlZWRCFQoTX3JlcGV0aXRpb25fcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHlCEwoRX3ByZXNlbmNlX3BlbmFsdHlCCwoJX2xvZ3Byb2JzSgQIEhATIj4KClRvcExvZ3Byb2ISEAoIdG9rZW5faWQYASABKA0SDQoFdG9rZW4YAiABKAkSDwoHbG9ncHJvYhgDIAEoASJuCgxUb2tlbkxvZ3Byb2ISEAoIdG9rZW5faWQYASABKA0SDQoFdG9rZW4YAiABKAkSDwoHbG9ncHJvYhgDIAEoARIsCgx0b3BfbG9ncHJvYnMYBCADKAsyFi5zcGluZGxlLnYxLlRvcExvZ3Byb2IiUAoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoDRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoDRIVCg1jYWNoZWRfdG9rZW5zGAMgASgNIkQKB1RpbWluZ3MSFQoNcXVldWVfd2FpdF9tcxgBIAEoARIPCgd0dGZ0X21zGAIgASgBEhEKCWRlY29kZV9tcxgDIAEoASLNAQoQR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEhUKDWZpbmlzaF9yZWFzb24YAiABKAkSEQoJdG9rZW5faWRzGAMgAygNEioKCGxvZ3Byb2JzGAQgAygLMhguc3BpbmRsZS52MS5Ub2tlbkxvZ3Byb2ISIAoFdXNhZ2UYBSABKAsyES5zcGluZGxlLnYxLlVzYWdlEiQKB3RpbWluZ3MYBiABKAsyEy5zcGluZGxlLnYxLlRpbWluZ3MSDQoFbW9kZWwYByABKAkixAEKFkdlbmVyYXRlU3RyZWFtUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIRCgl0b2tlbl9pZHMYAiADKA0SKgoIbG9ncHJvYnMYAyADKAsyGC5zcGluZGxlLnYxLlRva2VuTG9ncHJvYhIVCg1maW5pc2hfcmVhc29uGAQgASgJEiAKBXVzYWdlGAUgASgLMhEuc3BpbmRsZS52MS5Vc2FnZRIkCgd0aW1pbmdzGAYgASgLMhMuc3BpbmRsZS52MS5UaW1pbmdzImYKD1Rva2VuaXplUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIMCgR0ZXh0GAIgASgJEh8KEmFkZF9zcGVjaWFsX3Rva2VucxgDIAEoCEgAiAEBQhUKE19hZGRfc3BlY2lhbF90b2tlbnMiSwoQVG9rZW5pemVSZXNwb25zZRIRCgl0b2tlbl9pZHMYASADKA0SDQoFY291bnQYAiABKA0SFQoNbWF4X21vZGVsX2xlbhgDIAEoDSITChFMaXN0TW9kZWxzUmVxdWVzdCI8CgVNb2RlbBIKCgJpZBgBIAEoCRIQCghvd25lZF9ieRgCIAEoCRIVCg1tYXhfbW9kZWxfbGVuGAMgASgNIjcKEkxpc3RNb2RlbHNSZXNwb25zZRIhCgZtb2RlbHMYASADKAsyES5zcGluZGxlLnYxLk1vZGVsIg8KDUhlYWx0aFJlcXVlc3QitQEKDkhlYWx0aFJlc3BvbnNlEg4KBnN0YXR1cxgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgdiYWNrZW5kGAMgASgJEg8KB3ZlcnNpb24YBCABKAkSDwoHcnVubmluZxgFIAEoDRIPCgd3YWl0aW5nGAYgASgNEhEKCWluX2ZsaWdodBgHIAEoDRIWCg5rdl9jYWNoZV91c2FnZRgIIAEoARIVCg1tYXhfbW9kZWxfbGVuGAkgASgNIlQKDEVtYmVkUmVxdWVzdBINCgVtb2RlbBgBIAEoCRINCgVpbnB1dBgCIAMoCRIXCgpkaW1lbnNpb25zGAMgASgNSACIAQFCDQoLX2RpbWVuc2lvbnMiLQoJRW1iZWRkaW5nEg0KBWluZGV4GAEgASgNEhEKCWVtYmVkZGluZxgCIAMoAiJlCg1FbWJlZFJlc3BvbnNlEiMKBGRhdGEYASADKAsyFS5zcGluZGxlLnYxLkVtYmVkZGluZxINCgVtb2RlbBgCIAEoCRIgCgV1c2FnZRgDIAEoCzIRLnNwaW5kbGUudjEuVXNhZ2UywQMKEEluZmVyZW5jZVNlcnZpY2USRQoIR2VuZXJhdGUSGy5zcGluZGxlLnYxLkdlbmVyYXRlUmVxdWVzdBocLnNwaW5kbGUudjEuR2VuZXJhdGVSZXNwb25zZRJTCg5HZW5lcmF0ZVN0cmVhbRIbLnNwaW5kbGUudjEuR2VuZXJhdGVSZXF1ZXN0GiIuc3BpbmRsZS52MS5HZW5lcmF0ZVN0cmVhbVJlc3BvbnNlMAESRQoIVG9rZW5pemUSGy5zcGluZGxlLnYxLlRva2VuaXplUmVxdWVzdBocLnNwaW5kbGUudjEuVG9rZW5pemVSZXNwb25zZRJLCgpMaXN0TW9kZWxzEh0uc3BpbmRsZS52MS5MaXN0TW9kZWxzUmVxdWVzdBoeLnNwaW5kbGUudjEuTGlzdE1vZGVsc1Jlc3BvbnNlEj8KBkhlYWx0aBIZLnNwaW5kbGUudjEuSGVhbHRoUmVxdWVzdBoaLnNwaW5kbGUudjEuSGVhbHRoUmVzcG9uc2USPAoFRW1iZWQSGC5zcGluZGxlLnYxLkVtYmVkUmVxdWVzdBoZLnNwaW5kbGUudjEuRW1iZWRSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("ChpzcGluZGxlL3YxL2luZmVyZW5jZS5wcm90bxIKc3BpbmRsZS52MSJICgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEQoEbmFtZRgDIAEoCUgAiAEBQgcKBV9uYW1lIo4FCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSEwoGcHJvbXB0GAIgASgJSACIAQESEQoJdG9rZW5faWRzGAMgAygNEikKCG1lc3NhZ2VzGAQgAygLMhcuc3BpbmRsZS52MS5DaGF0TWVzc2FnZRIXCgptYXhfdG9rZW5zGAUgASgNSAGIAQESGAoLdGVtcGVyYXR1cmUYBiABKAFIAogBARISCgV0b3BfcBgHIAEoAUgDiAEBEhIKBXRvcF9rGAggASgFSASIAQESEgoFbWluX3AYCSABKAFIBYgBARIRCgRzZWVkGAogASgDSAaIAQESDAoEc3RvcBgLIAMoCRIfChJyZXBldGl0aW9uX3BlbmFsdHkYDCABKAFIB4gBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgNIAEoAUgIiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYDiABKAFICYgBARIVCghsb2dwcm9icxgPIAEoDUgKiAEBEhAKCHByaW9yaXR5GBAgASgFEhIKCmlnbm9yZV9lb3MYESABKAgSOAoPcmVzcG9uc2VfZm9ybWF0GBIgASgLMhouc3BpbmRsZS52MS5SZXNwb25zZUZvcm1hdEgLiAEBQgkKB19wcm9tcHRCDQoLX21heF90b2tlbnNCDgoMX3RlbXBlcmF0dXJlQggKBl90b3BfcEIICgZfdG9wX2tCCAoGX21pbl9wQgcKBV9zZWVkQhUKE19yZXBldGl0aW9uX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5QhMKEV9wcmVzZW5jZV9wZW5hbHR5QgsKCV9sb2dwcm9ic0ISChBfcmVzcG9uc2VfZm9ybWF0IqABCg5SZXNwb25zZUZvcm1hdBIVCgtqc29uX3NjaGVtYRgBIAEoCUgAEhUKC2pzb25fb2JqZWN0GAIgASgISAASDwoFcmVnZXgYAyABKAlIABIlCgZjaG9pY2UYBCABKAsyEy5zcGluZGxlLnYxLkNob2ljZXNIABIOCgRnYm5mGAUgASgJSAASDgoEbGFyaxgGIAEoCUgAQggKBmZvcm1hdCIaCgdDaG9pY2VzEg8KB2Nob2ljZXMYASADKAkiPgoKVG9wTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgBIm4KDFRva2VuTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgBEiwKDHRvcF9sb2dwcm9icxgEIAMoCzIWLnNwaW5kbGUudjEuVG9wTG9ncHJvYiJQCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgNEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgNEhUKDWNhY2hlZF90b2tlbnMYAyABKA0iRAoHVGltaW5ncxIVCg1xdWV1ZV93YWl0X21zGAEgASgBEg8KB3R0ZnRfbXMYAiABKAESEQoJZGVjb2RlX21zGAMgASgBIs0BChBHZW5lcmF0ZVJlc3BvbnNlEgwKBHRleHQYASABKAkSFQoNZmluaXNoX3JlYXNvbhgCIAEoCRIRCgl0b2tlbl9pZHMYAyADKA0SKgoIbG9ncHJvYnMYBCADKAsyGC5zcGluZGxlLnYxLlRva2VuTG9ncHJvYhIgCgV1c2FnZRgFIAEoCzIRLnNwaW5kbGUudjEuVXNhZ2USJAoHdGltaW5ncxgGIAEoCzITLnNwaW5kbGUudjEuVGltaW5ncxINCgVtb2RlbBgHIAEoCSLEAQoWR2VuZXJhdGVTdHJlYW1SZXNwb25zZRIMCgR0ZXh0GAEgASgJEhEKCXRva2VuX2lkcxgCIAMoDRIqCghsb2dwcm9icxgDIAMoCzIYLnNwaW5kbGUudjEuVG9rZW5Mb2dwcm9iEhUKDWZpbmlzaF9yZWFzb24YBCABKAkSIAoFdXNhZ2UYBSABKAsyES5zcGluZGxlLnYxLlVzYWdlEiQKB3RpbWluZ3MYBiABKAsyEy5zcGluZGxlLnYxLlRpbWluZ3MiZgoPVG9rZW5pemVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEgwKBHRleHQYAiABKAkSHwoSYWRkX3NwZWNpYWxfdG9rZW5zGAMgASgISACIAQFCFQoTX2FkZF9zcGVjaWFsX3Rva2VucyJLChBUb2tlbml6ZVJlc3BvbnNlEhEKCXRva2VuX2lkcxgBIAMoDRINCgVjb3VudBgCIAEoDRIVCg1tYXhfbW9kZWxfbGVuGAMgASgNIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IjwKBU1vZGVsEgoKAmlkGAEgASgJEhAKCG93bmVkX2J5GAIgASgJEhUKDW1heF9tb2RlbF9sZW4YAyABKA0iNwoSTGlzdE1vZGVsc1Jlc3BvbnNlEiEKBm1vZGVscxgBIAMoCzIRLnNwaW5kbGUudjEuTW9kZWwiDwoNSGVhbHRoUmVxdWVzdCK1AQoOSGVhbHRoUmVzcG9uc2USDgoGc3RhdHVzGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHdmVyc2lvbhgEIAEoCRIPCgdydW5uaW5nGAUgASgNEg8KB3dhaXRpbmcYBiABKA0SEQoJaW5fZmxpZ2h0GAcgASgNEhYKDmt2X2NhY2hlX3VzYWdlGAggASgBEhUKDW1heF9tb2RlbF9sZW4YCSABKA0iVAoMRW1iZWRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg0KBWlucHV0GAIgAygJEhcKCmRpbWVuc2lvbnMYAyABKA1IAIgBAUINCgtfZGltZW5zaW9ucyItCglFbWJlZGRpbmcSDQoFaW5kZXgYASABKA0SEQoJZW1iZWRkaW5nGAIgAygCImUKDUVtYmVkUmVzcG9uc2USIwoEZGF0YRgBIAMoCzIVLnNwaW5kbGUudjEuRW1iZWRkaW5nEg0KBW1vZGVsGAIgASgJEiAKBXVzYWdlGAMgASgLMhEuc3BpbmRsZS52MS5Vc2FnZTLBAwoQSW5mZXJlbmNlU2VydmljZRJFCghHZW5lcmF0ZRIbLnNwaW5kbGUudjEuR2VuZXJhdGVSZXF1ZXN0Ghwuc3BpbmRsZS52MS5HZW5lcmF0ZVJlc3BvbnNlElMKDkdlbmVyYXRlU3RyZWFtEhsuc3BpbmRsZS52MS5HZW5lcmF0ZVJlcXVlc3QaIi5zcGluZGxlLnYxLkdlbmVyYXRlU3RyZWFtUmVzcG9uc2UwARJFCghUb2tlbml6ZRIbLnNwaW5kbGUudjEuVG9rZW5pemVSZXF1ZXN0Ghwuc3BpbmRsZS52MS5Ub2tlbml6ZVJlc3BvbnNlEksKCkxpc3RNb2RlbHMSHS5zcGluZGxlLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh4uc3BpbmRsZS52MS5MaXN0TW9kZWxzUmVzcG9uc2USPwoGSGVhbHRoEhkuc3BpbmRsZS52MS5IZWFsdGhSZXF1ZXN0Ghouc3BpbmRsZS52MS5IZWFsdGhSZXNwb25zZRI8CgVFbWJlZBIYLnNwaW5kbGUudjEuRW1iZWRSZXF1ZXN0Ghkuc3BpbmRsZS52MS5FbWJlZFJlc3BvbnNlYgZwcm90bzM");
 
 /**
  * @generated from message spindle.v1.ChatMessage
@@ -185,6 +185,15 @@ export type GenerateRequest = Message<"spindle.v1.GenerateRequest"> & {
    * @generated from field: bool ignore_eos = 17;
    */
   ignoreEos: boolean;
+
+  /**
+   * What the output must be (structured output): the output is constrained to it token by token, and
+   * finish_reason is "stop" when it is complete. A bad schema, regex or grammar is INVALID_ARGUMENT
+   * naming the field (e.g. "response_format.json_schema.properties.age.format").
+   *
+   * @generated from field: optional spindle.v1.ResponseFormat response_format = 18;
+   */
+  responseFormat?: ResponseFormat | undefined;
 };
 
 /**
@@ -193,6 +202,90 @@ export type GenerateRequest = Message<"spindle.v1.GenerateRequest"> & {
  */
 export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
   messageDesc(file_spindle_v1_inference, 1);
+
+/**
+ * One kind of constraint on the output.
+ *
+ * @generated from message spindle.v1.ResponseFormat
+ */
+export type ResponseFormat = Message<"spindle.v1.ResponseFormat"> & {
+  /**
+   * @generated from oneof spindle.v1.ResponseFormat.format
+   */
+  format: {
+    /**
+     * A JSON Schema, as JSON text: the output is one JSON value valid against it.
+     *
+     * @generated from field: string json_schema = 1;
+     */
+    value: string;
+    case: "jsonSchema";
+  } | {
+    /**
+     * Any JSON object (true).
+     *
+     * @generated from field: bool json_object = 2;
+     */
+    value: boolean;
+    case: "jsonObject";
+  } | {
+    /**
+     * A regular expression the whole output matches.
+     *
+     * @generated from field: string regex = 3;
+     */
+    value: string;
+    case: "regex";
+  } | {
+    /**
+     * Exactly one of these strings.
+     *
+     * @generated from field: spindle.v1.Choices choice = 4;
+     */
+    value: Choices;
+    case: "choice";
+  } | {
+    /**
+     * A context-free grammar in llama.cpp's GBNF (start symbol `root`).
+     *
+     * @generated from field: string gbnf = 5;
+     */
+    value: string;
+    case: "gbnf";
+  } | {
+    /**
+     * A context-free grammar in Lark's EBNF (start symbol `start`): not supported yet (INVALID_ARGUMENT).
+     *
+     * @generated from field: string lark = 6;
+     */
+    value: string;
+    case: "lark";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message spindle.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export const ResponseFormatSchema: GenMessage<ResponseFormat> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 2);
+
+/**
+ * @generated from message spindle.v1.Choices
+ */
+export type Choices = Message<"spindle.v1.Choices"> & {
+  /**
+   * @generated from field: repeated string choices = 1;
+   */
+  choices: string[];
+};
+
+/**
+ * Describes the message spindle.v1.Choices.
+ * Use `create(ChoicesSchema)` to create a new message.
+ */
+export const ChoicesSchema: GenMessage<Choices> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 3);
 
 /**
  * @generated from message spindle.v1.TopLogprob
@@ -219,7 +312,7 @@ export type TopLogprob = Message<"spindle.v1.TopLogprob"> & {
  * Use `create(TopLogprobSchema)` to create a new message.
  */
 export const TopLogprobSchema: GenMessage<TopLogprob> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 2);
+  messageDesc(file_spindle_v1_inference, 4);
 
 /**
  * @generated from message spindle.v1.TokenLogprob
@@ -253,7 +346,7 @@ export type TokenLogprob = Message<"spindle.v1.TokenLogprob"> & {
  * Use `create(TokenLogprobSchema)` to create a new message.
  */
 export const TokenLogprobSchema: GenMessage<TokenLogprob> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 3);
+  messageDesc(file_spindle_v1_inference, 5);
 
 /**
  * @generated from message spindle.v1.Usage
@@ -282,7 +375,7 @@ export type Usage = Message<"spindle.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 4);
+  messageDesc(file_spindle_v1_inference, 6);
 
 /**
  * Milliseconds, measured by the engine.
@@ -317,7 +410,7 @@ export type Timings = Message<"spindle.v1.Timings"> & {
  * Use `create(TimingsSchema)` to create a new message.
  */
 export const TimingsSchema: GenMessage<Timings> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 5);
+  messageDesc(file_spindle_v1_inference, 7);
 
 /**
  * @generated from message spindle.v1.GenerateResponse
@@ -370,7 +463,7 @@ export type GenerateResponse = Message<"spindle.v1.GenerateResponse"> & {
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 6);
+  messageDesc(file_spindle_v1_inference, 8);
 
 /**
  * @generated from message spindle.v1.GenerateStreamResponse
@@ -422,7 +515,7 @@ export type GenerateStreamResponse = Message<"spindle.v1.GenerateStreamResponse"
  * Use `create(GenerateStreamResponseSchema)` to create a new message.
  */
 export const GenerateStreamResponseSchema: GenMessage<GenerateStreamResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 7);
+  messageDesc(file_spindle_v1_inference, 9);
 
 /**
  * @generated from message spindle.v1.TokenizeRequest
@@ -451,7 +544,7 @@ export type TokenizeRequest = Message<"spindle.v1.TokenizeRequest"> & {
  * Use `create(TokenizeRequestSchema)` to create a new message.
  */
 export const TokenizeRequestSchema: GenMessage<TokenizeRequest> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 8);
+  messageDesc(file_spindle_v1_inference, 10);
 
 /**
  * @generated from message spindle.v1.TokenizeResponse
@@ -478,7 +571,7 @@ export type TokenizeResponse = Message<"spindle.v1.TokenizeResponse"> & {
  * Use `create(TokenizeResponseSchema)` to create a new message.
  */
 export const TokenizeResponseSchema: GenMessage<TokenizeResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 9);
+  messageDesc(file_spindle_v1_inference, 11);
 
 /**
  * @generated from message spindle.v1.ListModelsRequest
@@ -491,7 +584,7 @@ export type ListModelsRequest = Message<"spindle.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 10);
+  messageDesc(file_spindle_v1_inference, 12);
 
 /**
  * @generated from message spindle.v1.Model
@@ -520,7 +613,7 @@ export type Model = Message<"spindle.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 11);
+  messageDesc(file_spindle_v1_inference, 13);
 
 /**
  * @generated from message spindle.v1.ListModelsResponse
@@ -537,7 +630,7 @@ export type ListModelsResponse = Message<"spindle.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 12);
+  messageDesc(file_spindle_v1_inference, 14);
 
 /**
  * @generated from message spindle.v1.HealthRequest
@@ -550,7 +643,7 @@ export type HealthRequest = Message<"spindle.v1.HealthRequest"> & {
  * Use `create(HealthRequestSchema)` to create a new message.
  */
 export const HealthRequestSchema: GenMessage<HealthRequest> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 13);
+  messageDesc(file_spindle_v1_inference, 15);
 
 /**
  * @generated from message spindle.v1.HealthResponse
@@ -609,7 +702,7 @@ export type HealthResponse = Message<"spindle.v1.HealthResponse"> & {
  * Use `create(HealthResponseSchema)` to create a new message.
  */
 export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 14);
+  messageDesc(file_spindle_v1_inference, 16);
 
 /**
  * @generated from message spindle.v1.EmbedRequest
@@ -642,7 +735,7 @@ export type EmbedRequest = Message<"spindle.v1.EmbedRequest"> & {
  * Use `create(EmbedRequestSchema)` to create a new message.
  */
 export const EmbedRequestSchema: GenMessage<EmbedRequest> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 15);
+  messageDesc(file_spindle_v1_inference, 17);
 
 /**
  * @generated from message spindle.v1.Embedding
@@ -666,7 +759,7 @@ export type Embedding = Message<"spindle.v1.Embedding"> & {
  * Use `create(EmbeddingSchema)` to create a new message.
  */
 export const EmbeddingSchema: GenMessage<Embedding> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 16);
+  messageDesc(file_spindle_v1_inference, 18);
 
 /**
  * @generated from message spindle.v1.EmbedResponse
@@ -695,7 +788,7 @@ export type EmbedResponse = Message<"spindle.v1.EmbedResponse"> & {
  * Use `create(EmbedResponseSchema)` to create a new message.
  */
 export const EmbedResponseSchema: GenMessage<EmbedResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 17);
+  messageDesc(file_spindle_v1_inference, 19);
 
 /**
  * @generated from service spindle.v1.InferenceService
