@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util";
+import { SYNTH_CHAT_TEMPLATES } from "../chat/hermes-template.js";
 import { SpindleError } from "../errors.js";
 import { GGMLType } from "../gguf/types.js";
 import { resolveModel } from "../model/resolve.js";
@@ -6,10 +7,11 @@ import { SHAPES, SYNTH_MIXTURES, type SynthArch, type SynthMixture, synthModel }
 
 export const SYNTH_USAGE = `usage: spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch llama|qwen2|qwen3]
                            [--type F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q5_K|Q6_K|Q4_K_M] [--vocab VOCAB.gguf]
-                           [--seed N] [--tied] [--dim N --layers N --heads N --kv-heads N --ffn N --context N]
+                           [--seed N] [--tied] [--chat-template ${Object.keys(SYNTH_CHAT_TEMPLATES).join("|")}] [--dim N --layers N --heads N --kv-heads N --ffn N --context N]
 
 Writes a model with deterministic random weights and the tokenizer of a vocab GGUF.
 --type Q4_K_M is llama.cpp's per-tensor mixture (Q4_K, with Q6_K for the LM head and some attn_v/ffn_down).
+--chat-template hermes writes Spindle's Hermes-style tool-aware chat template (tools, <tool_call> calls).
 Defaults: --shape stories15M --arch llama --type F32 --vocab vocab/ggml-vocab-llama-spm.gguf --seed 1`;
 
 export function synthModelCommand(args: string[]): number {
@@ -23,6 +25,7 @@ export function synthModelCommand(args: string[]): number {
       vocab: { type: "string", default: "vocab/ggml-vocab-llama-spm.gguf" },
       seed: { type: "string", default: "1" },
       tied: { type: "boolean", default: false },
+      "chat-template": { type: "string" },
       dim: { type: "string" },
       layers: { type: "string" },
       heads: { type: "string" },
@@ -47,6 +50,13 @@ export function synthModelCommand(args: string[]): number {
   if (type === undefined) throw new SpindleError(`unknown weight type "${values.type}"`);
   if (!["llama", "qwen2", "qwen3"].includes(values.arch))
     throw new SpindleError(`unknown arch "${values.arch}"`);
+  const templateName = values["chat-template"];
+  const chatTemplate = templateName === undefined ? undefined : SYNTH_CHAT_TEMPLATES[templateName];
+  if (templateName !== undefined && chatTemplate === undefined) {
+    throw new SpindleError(
+      `unknown chat template "${templateName}" (known: ${Object.keys(SYNTH_CHAT_TEMPLATES).join(", ")})`,
+    );
+  }
   const n = (v: string | undefined, d: number) => (v === undefined ? d : Number(v));
   const shape = {
     ...base,
@@ -65,6 +75,7 @@ export function synthModelCommand(args: string[]): number {
     out: values.out,
     seed: Number(values.seed),
     tied: values.tied,
+    chatTemplate,
   });
   process.stdout.write(`${r.path}\n`);
   process.stderr.write(`${(r.parameters / 1e6).toFixed(2)}M parameters\n`);

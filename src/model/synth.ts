@@ -64,6 +64,8 @@ export interface SynthOptions {
   /** Tie the LM head to token_embd (no output.weight). */
   tied?: boolean;
   name?: string;
+  /** A chat template to write as tokenizer.chat_template (instead of the vocab file's, if any). */
+  chatTemplate?: string;
 }
 
 export interface SynthReport {
@@ -199,7 +201,12 @@ export function synthModel(o: SynthOptions): SynthReport {
       [`${a}.attention.value_length`, meta.u32(headDim)],
     );
   }
-  for (const [k, v] of vocab.metadata) if (k.startsWith("tokenizer.")) md.push([k, v]);
+  for (const [k, v] of vocab.metadata) {
+    if (k.startsWith("tokenizer.") && !(o.chatTemplate !== undefined && k === "tokenizer.chat_template")) {
+      md.push([k, v]);
+    }
+  }
+  if (o.chatTemplate !== undefined) md.push(["tokenizer.chat_template", meta.str(o.chatTemplate)]);
   writeGGUF(o.out, md, tensors);
   return { path: o.out, parameters, fallbacks };
 }
