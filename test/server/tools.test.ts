@@ -157,6 +157,17 @@ describe("tools reach the model through its chat template", () => {
     expect(events.some((e) => e.choices[0]?.delta?.tool_calls)).toBe(false);
   });
 
+  it("/tokenize counts the chat prompt with its tools, as the chat route renders it", async () => {
+    const res = await fetch(`${srv.url}/tokenize`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ messages: user, tools: [weather] }),
+    });
+    const tok = (await res.json()) as { count: number };
+    const auto = await chat({ messages: user, tools: [weather] });
+    expect(tok.count).toBe(auto.json.usage.prompt_tokens);
+  });
+
   it("a model without a template (stories260K, ChatML): the instruction fallback lists the tools", async () => {
     const without = await chat({ messages: user }, plain);
     const withTools = await chat({ messages: user, tools: [weather] }, plain);
