@@ -1,4 +1,5 @@
 import { partialTail } from "../sampling/stop.js";
+import { CallScanner } from "./call-scanner.js";
 import {
   HERMES_CLOSE,
   HERMES_OPEN,
@@ -18,9 +19,11 @@ import {
  * `reasoning_content`), content, and tool calls in the model's format (tool-format.ts). Text is
  * pushed as it is decoded; each push returns what is now certain. Text that may still become a
  * marker (`<tool_call>`, `</think>`) or a tool call (a reply that opens with `{` in the JSON
- * formats) is held back, as stop strings are, until it is known; a call is returned whole once it
- * is complete. At the end, `finish()` settles what was held: a tool call that does not parse is
- * returned as the content it was.
+ * formats) is held back, as stop strings are, until it is known. Calls come as deltas: a call's
+ * index and name first, then its arguments' text. Hermes calls written `{"name": …, "arguments":
+ * {…}}` and the calls of a tool grammar (`streamCalls`) stream as they are written (call-scanner.ts);
+ * other calls come whole once complete. At the end, `finish()` settles what was held: a tool call
+ * that does not parse is returned as the content it was.
  */
 
 export interface AssistantOutputOptions {
@@ -30,13 +33,22 @@ export interface AssistantOutputOptions {
   reasoning?: boolean;
   /** The prompt already opened the thinking block (it ends with `<think>`): the reply starts inside it. */
   startsThinking?: boolean;
+  /** The reply is a JSON array of calls (a tool grammar enforces it): stream them as they are written. */
+  streamCalls?: boolean;
+}
+
+/** Part of a tool call: the first delta of call `index` has its name, later ones more arguments text. */
+export interface ToolCallDelta {
+  index: number;
+  name?: string;
+  arguments: string;
 }
 
 export interface AssistantDelta {
   reasoning: string;
   content: string;
-  /** Calls completed by this push, in order. */
-  calls: ParsedToolCall[];
+  /** Tool call deltas of this push, in order. */
+  calls: ToolCallDelta[];
 }
 
 const THINK_OPEN = "<think>";
@@ -55,10 +67,16 @@ export class AssistantOutput {
   /** Trailing whitespace of the content, sent once more text follows (dropped at the end after a call). */
   private blank = "";
   private callCount = 0;
+  /** The calls of a Hermes block or of a tool grammar's reply, as they stream. */
+  private scanner = new CallScanner();
+  /** The text given to the scanner (parsed whole when it did not stream). */
+  private scanned = "";
+  private readonly streamCalls: boolean;
   private out: AssistantDelta = { reasoning: "", content: "", calls: [] };
 
   constructor(opts: AssistantOutputOptions = {}) {
     this.format = opts.tools;
+    this.streamCalls = opts.streamCalls === true && opts.tools !== undefined;
     this.think = !opts.reasoning ? "done" : opts.startsThinking ? "in" : "maybe";
   }
 
@@ -130,9 +148,36 @@ export class AssistantOutput {
   }
 
   private call(c: ParsedToolCall): void {
-    this.out.calls.push(c);
-    this.callCount++;
+    this.out.calls.push({ index: this.callCount++, name: c.name, arguments: c.arguments });
     this.blank = "";
+  }
+
+  /** Text of calls in the scanner's shape: deltas as they stream. */
+  private scan(text: string): void {
+    this.scanned += text;
+    for (const p of this.scanner.push(text)) {
+      if (p.kind === "start") {
+        this.out.calls.push({ index: this.callCount++, name: p.name, arguments: "" });
+        this.blank = "";
+      } else if (p.kind === "args") {
+        this.out.calls.push({ index: this.callCount - 1, arguments: p.text });
+      }
+    }
+  }
+
+  /** The scanned text is complete: unless it streamed, it is parsed whole (or it is content, `asText`). */
+  private endScan(
+    parse: (text: string) => ParsedToolCall[] | undefined,
+    asText: (text: string) => string,
+  ): void {
+    const text = this.scanned;
+    const streamed = this.scanner.streamed;
+    this.scanner = new CallScanner();
+    this.scanned = "";
+    if (streamed) return;
+    const calls = parse(text);
+    if (calls) for (const c of calls) this.call(c);
+    else this.emit(asText(text));
   }
 
   private content(text: string): void {
@@ -143,6 +188,10 @@ export class AssistantOutput {
     }
     if (this.format === undefined) {
       this.out.content += text;
+      return;
+    }
+    if (this.streamCalls) {
+      this.scan(text);
       return;
     }
     this.buf += text;
@@ -163,12 +212,12 @@ export class AssistantOutput {
     for (;;) {
       if (this.state === "call") {
         const end = this.buf.indexOf(HERMES_CLOSE);
+        const ready = end >= 0 ? end : this.buf.length - partialTail(this.buf, [HERMES_CLOSE]);
+        this.scan(this.buf.slice(0, ready));
+        this.buf = this.buf.slice(ready);
         if (end < 0) return;
-        const body = this.buf.slice(0, end);
-        const c = parseHermesCall(body);
-        if (c) this.call(c);
-        else this.emit(HERMES_OPEN + body + HERMES_CLOSE);
-        this.buf = this.buf.slice(end + HERMES_CLOSE.length);
+        this.endScan(hermesCalls, (body) => HERMES_OPEN + body + HERMES_CLOSE);
+        this.buf = this.buf.slice(HERMES_CLOSE.length);
         this.state = "text";
         continue;
       }
@@ -228,6 +277,18 @@ export class AssistantOutput {
 
   /** At the end: the held text becomes calls, or content when it does not parse. */
   private settle(): void {
+    if (this.streamCalls) {
+      this.endScan(parseJsonCalls, (text) => text);
+      return;
+    }
+    if (this.format === "hermes" && this.state === "call") {
+      // An unclosed block: what arrived of it, then the rest held back for a possible closing tag.
+      this.scan(this.buf);
+      this.buf = "";
+      this.state = "text";
+      this.endScan(hermesCalls, (body) => HERMES_OPEN + body);
+      return;
+    }
     const held = this.buf;
     this.buf = "";
     if (held.length === 0 && this.state !== "call") return;
@@ -235,11 +296,7 @@ export class AssistantOutput {
     let asText = held;
     switch (this.state) {
       case "call":
-        if (this.format === "hermes") {
-          const c = parseHermesCall(held);
-          calls = c && [c];
-          asText = HERMES_OPEN + held;
-        } else if (this.format === "mistral") {
+        if (this.format === "mistral") {
           calls = parseMistralCalls(held);
           asText = MISTRAL_TOOL_CALLS + held;
         } else {
@@ -256,4 +313,10 @@ export class AssistantOutput {
     if (calls) for (const c of calls) this.call(c);
     else this.emit(asText);
   }
+}
+
+/** The body of one Hermes block, whole: one call. */
+function hermesCalls(body: string): ParsedToolCall[] | undefined {
+  const c = parseHermesCall(body);
+  return c && [c];
 }

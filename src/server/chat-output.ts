@@ -1,7 +1,6 @@
-import { type AssistantDelta, AssistantOutput } from "../chat/assistant-output.js";
+import { type AssistantDelta, AssistantOutput, type ToolCallDelta } from "../chat/assistant-output.js";
 import {
   detectToolFormat,
-  type ParsedToolCall,
   type ToolFormat,
   templateThinks,
   templateUsesTools,
@@ -15,13 +14,15 @@ import { callsEnforced, type ToolRequest } from "./tool-request.js";
  * `<think>` block of thinking models, vLLM's and DeepSeek's field), `content`, and `tool_calls`
  * (each with an id, `function.name` and `function.arguments` as JSON text), for a whole message or
  * as stream deltas. The splitting itself is src/chat/assistant-output.ts; this file knows the wire
- * shapes. Streaming sends a call as two deltas once it is complete: its index, id, type and name
- * (arguments ""), then its arguments.
+ * shapes. Streaming sends a call's index, id, type and name first (arguments ""), then its
+ * arguments' text in one or more deltas.
  */
 
 export interface ChatOutputMode {
   /** The format tool calls are parsed in; undefined: no tools (or tool_choice none). */
   tools: ToolFormat | undefined;
+  /** A tool grammar makes the reply a JSON array of calls. */
+  enforced: boolean;
   /** Ids in the form the format's templates accept when the calls come back. */
   idFormat: ToolFormat;
   reasoning: boolean;
@@ -40,6 +41,7 @@ export function chatOutputMode(
   const reasoning = templateThinks(template);
   return {
     tools: format,
+    enforced: callsEnforced(tools),
     idFormat: native,
     reasoning,
     startsThinking: reasoning && promptText.trimEnd().endsWith("<think>"),
@@ -71,6 +73,7 @@ export class ChatChoiceOutput {
       tools: mode.tools,
       reasoning: mode.reasoning,
       startsThinking: mode.startsThinking,
+      streamCalls: mode.enforced,
     });
   }
 
@@ -82,13 +85,14 @@ export class ChatChoiceOutput {
       if (d.content) out.push({ content: d.content });
       for (const c of d.calls) {
         const call = this.record(c);
-        const index = this.calls.length - 1;
-        out.push({
-          tool_calls: [
-            { index, id: call.id, type: "function", function: { name: call.function.name, arguments: "" } },
-          ],
-        });
-        out.push({ tool_calls: [{ index, function: { arguments: call.function.arguments } }] });
+        if (c.name !== undefined) {
+          out.push({
+            tool_calls: [
+              { index: c.index, id: call.id, type: "function", function: { name: c.name, arguments: "" } },
+            ],
+          });
+        }
+        if (c.arguments) out.push({ tool_calls: [{ index: c.index, function: { arguments: c.arguments } }] });
       }
     };
     if (text) add(this.parser.push(text));
@@ -122,13 +126,18 @@ export class ChatChoiceOutput {
     return this.calls.length > 0 ? "tool_calls" : "stop";
   }
 
-  private record(c: ParsedToolCall): OpenAIToolCall {
-    const call: OpenAIToolCall = {
-      id: toolCallId(this.mode.idFormat),
-      type: "function",
-      function: { name: c.name, arguments: c.arguments },
-    };
-    this.calls.push(call);
+  /** Adds a delta to the whole message's calls; returns its call. */
+  private record(c: ToolCallDelta): OpenAIToolCall {
+    let call = this.calls[c.index];
+    if (!call) {
+      call = {
+        id: toolCallId(this.mode.idFormat),
+        type: "function",
+        function: { name: c.name ?? "", arguments: "" },
+      };
+      this.calls[c.index] = call;
+    }
+    call.function.arguments += c.arguments;
     return call;
   }
 }

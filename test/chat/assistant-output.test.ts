@@ -6,6 +6,19 @@ import {
 } from "../../src/chat/assistant-output.js";
 import type { ParsedToolCall } from "../../src/chat/tool-format.js";
 
+/** Call deltas joined into whole calls: the name from each call's first delta, its arguments' pieces joined. */
+function joinCalls(deltas: AssistantDelta["calls"]): ParsedToolCall[] {
+  const calls: ParsedToolCall[] = [];
+  for (const d of deltas) {
+    if (d.name !== undefined) {
+      expect(d.index).toBe(calls.length);
+      calls.push({ name: d.name, arguments: "" });
+    }
+    calls[d.index]!.arguments += d.arguments;
+  }
+  return calls;
+}
+
 /** Everything a reply gives, pushed in pieces of `step` characters (0: whole), plus what each push returned. */
 function run(text: string, opts: AssistantOutputOptions, step = 0) {
   const out = new AssistantOutput(opts);
@@ -17,7 +30,7 @@ function run(text: string, opts: AssistantOutputOptions, step = 0) {
   return {
     reasoning: all.map((d) => d.reasoning).join(""),
     content: all.map((d) => d.content).join(""),
-    calls: all.flatMap((d) => d.calls) as ParsedToolCall[],
+    calls: joinCalls(all.flatMap((d) => d.calls)),
     pushes,
     end,
   };
@@ -44,10 +57,30 @@ describe("AssistantOutput: Hermes / Qwen <tool_call>", () => {
       'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>';
     const r = same(text, hermes);
     expect(r.content).toBe("Let me check.");
+    // Streamed as written: the arguments' own text.
     expect(r.calls).toEqual([
-      { name: "get_weather", arguments: '{"city":"Paris","unit":"celsius"}' },
+      { name: "get_weather", arguments: '{"city": "Paris", "unit": "celsius"}' },
       { name: "get_time", arguments: "{}" },
     ]);
+    // Another key order is parsed whole.
+    const other = same('<tool_call>{"arguments": {"a": 1}, "name": "f"}</tool_call>', hermes);
+    expect(other.calls).toEqual([{ name: "f", arguments: '{"a":1}' }]);
+  });
+
+  it("a call streams: its name once complete, then its arguments as they are written", () => {
+    const out = new AssistantOutput(hermes);
+    expect(out.push('<tool_call>\n{"name": "get_we').calls).toEqual([]);
+    expect(out.push('ather", "arguments": {"city": "Pa').calls).toEqual([
+      { index: 0, name: "get_weather", arguments: "" },
+      { index: 0, arguments: '{"city": "Pa' },
+    ]);
+    expect(out.push('ris", "note": "a } and \\" in a string"}').calls).toEqual([
+      { index: 0, arguments: 'ris", "note": "a } and \\" in a string"}' },
+    ]);
+    expect(out.push("}\n</tool_").calls).toEqual([]);
+    const end = out.push("call>");
+    expect(end).toEqual({ reasoning: "", content: "", calls: [] });
+    expect(out.finish()).toEqual({ reasoning: "", content: "", calls: [] });
   });
 
   it("holds back a possible <tool_call> while it may be one, and releases it when it is not", () => {
@@ -59,8 +92,8 @@ describe("AssistantOutput: Hermes / Qwen <tool_call>", () => {
 
   it("a call is returned as soon as its closing tag arrives", () => {
     const out = new AssistantOutput(hermes);
-    expect(out.push('<tool_call>{"name": "f", "arguments": {"a": 1}}').calls).toEqual([]);
-    expect(out.push("</tool_call>").calls).toEqual([{ name: "f", arguments: '{"a":1}' }]);
+    expect(out.push('<tool_call>{"arguments": {"a": 1}, "name": "f"}').calls).toEqual([]);
+    expect(out.push("</tool_call>").calls).toEqual([{ index: 0, name: "f", arguments: '{"a":1}' }]);
   });
 
   it("a call that does not parse stays content; an unclosed but complete call at the end is a call", () => {
@@ -69,7 +102,7 @@ describe("AssistantOutput: Hermes / Qwen <tool_call>", () => {
       calls: [],
     });
     expect(same('<tool_call>\n{"name": "f", "arguments": {"x": "y"}}', hermes).calls).toEqual([
-      { name: "f", arguments: '{"x":"y"}' },
+      { name: "f", arguments: '{"x": "y"}' },
     ]);
     expect(same('<tool_call>\n{"name": "f", "argu', hermes)).toMatchObject({
       content: '<tool_call>\n{"name": "f", "argu',
@@ -182,7 +215,30 @@ describe("AssistantOutput: reasoning in <think>…</think>", () => {
     expect(r).toMatchObject({
       reasoning: "I need the weather.",
       content: "",
-      calls: [{ name: "w", arguments: '{"c":"P"}' }],
+      calls: [{ name: "w", arguments: '{"c": "P"}' }],
     });
+  });
+});
+
+describe("AssistantOutput: the calls of a tool grammar (a JSON array) stream as they are written", () => {
+  const enforced: AssistantOutputOptions = { tools: "json", streamCalls: true };
+  it("each call's name, then its arguments' fragments, for every chunking", () => {
+    const text =
+      '[{"name": "get_weather", "arguments": {"city": "Paris", "tags": ["a", "}"]}}, {"name":"get_time","arguments":{}}]';
+    const r = same(text, enforced);
+    expect(r.calls).toEqual([
+      { name: "get_weather", arguments: '{"city": "Paris", "tags": ["a", "}"]}' },
+      { name: "get_time", arguments: "{}" },
+    ]);
+    expect(r.content).toBe("");
+    const chars = run(text, enforced, 1);
+    // Arguments arrive in many pieces, before the reply ends.
+    expect(chars.pushes.filter((d) => d.calls.some((c) => c.name === undefined)).length).toBeGreaterThan(10);
+  });
+
+  it("cut off inside a call: the call so far; nothing parseable: content", () => {
+    const r = same('[{"name": "f", "arguments": {"a": "tru', enforced);
+    expect(r.calls).toEqual([{ name: "f", arguments: '{"a": "tru' }]);
+    expect(same('[{"na', enforced)).toMatchObject({ calls: [], content: '[{"na' });
   });
 });
