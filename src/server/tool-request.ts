@@ -148,6 +148,27 @@ function parametersOf(t: FunctionTool): Record<string, unknown> {
   return t.function.parameters ?? { type: "object", properties: {}, additionalProperties: false };
 }
 
+/** Whether a schema holds a `$ref` anywhere. */
+function hasRef(v: unknown): boolean {
+  if (Array.isArray(v)) return v.some(hasRef);
+  if (!isObject(v)) return false;
+  return Object.entries(v).some(([k, x]) => (k === "$ref" && typeof x === "string") || hasRef(x));
+}
+
+/** A copy of a schema whose local references (`#`, `#/…`) point into it at `base` instead of at the root. */
+function rebaseRefs(v: unknown, base: string): unknown {
+  if (Array.isArray(v)) return v.map((x) => rebaseRefs(x, base));
+  if (!isObject(v)) return v;
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) {
+    out[k] =
+      k === "$ref" && typeof x === "string" && (x === "#" || x.startsWith("#/"))
+        ? base + x.slice(1)
+        : rebaseRefs(x, base);
+  }
+  return out;
+}
+
 /**
  * The grammar of a reply that must call tools (`required`, or a named function): a JSON array of
  * `{"name": <one of the tools>, "arguments": <valid against that tool's parameters>}`, at least
@@ -157,16 +178,32 @@ export function toolGrammar(r: ToolRequest): GrammarSpec | undefined {
   if (r.choice === "none" || r.choice === "auto") return undefined;
   const chosen = r.choice;
   const tools = typeof chosen === "object" ? r.tools.filter((t) => t.function.name === chosen.name) : r.tools;
-  const calls = tools.map((t) => ({
-    type: "object",
-    properties: { name: { const: t.function.name }, arguments: parametersOf(t) },
-    required: ["name", "arguments"],
-    additionalProperties: false,
-  }));
+  // A parameters schema with references keeps its own root: it moves under $defs, its references rebased.
+  const defs: Record<string, unknown> = {};
+  const calls = tools.map((t, k) => {
+    let args: unknown = parametersOf(t);
+    if (hasRef(args)) {
+      const name = `tool_${k}`;
+      defs[name] = rebaseRefs(args, `#/$defs/${name}`);
+      args = { $ref: `#/$defs/${name}` };
+    }
+    return {
+      type: "object",
+      properties: { name: { const: t.function.name }, arguments: args },
+      required: ["name", "arguments"],
+      additionalProperties: false,
+    };
+  });
   const items = calls.length === 1 ? calls[0] : { anyOf: calls };
   return {
     type: "json_schema",
-    schema: { type: "array", items, minItems: 1, ...(r.parallel ? {} : { maxItems: 1 }) },
+    schema: {
+      type: "array",
+      items,
+      minItems: 1,
+      ...(r.parallel ? {} : { maxItems: 1 }),
+      ...(Object.keys(defs).length > 0 ? { $defs: defs } : {}),
+    },
   };
 }
 

@@ -99,4 +99,38 @@ describe("the grammar of an enforced call", () => {
       const: "get_weather",
     });
   });
+
+  it("a parameters schema with references keeps them working: it moves under $defs, references rebased", () => {
+    const tree = {
+      type: "function",
+      function: {
+        name: "tree",
+        parameters: {
+          type: "object",
+          properties: { root: { $ref: "#/$defs/node" } },
+          $defs: {
+            node: {
+              type: "object",
+              properties: { kids: { type: "array", items: { $ref: "#/$defs/node" } } },
+            },
+          },
+        },
+      },
+    };
+    const g = toolGrammar(parseToolRequest({ tools: [weather, tree], tool_choice: "required" })!) as {
+      schema: { $defs: Record<string, unknown>; items: { anyOf: { properties: { arguments: unknown } }[] } };
+    };
+    expect(g.schema.items.anyOf[0]!.properties.arguments).toEqual(weather.function.parameters);
+    expect(g.schema.items.anyOf[1]!.properties.arguments).toEqual({ $ref: "#/$defs/tool_1" });
+    expect(g.schema.$defs.tool_1).toEqual({
+      type: "object",
+      properties: { root: { $ref: "#/$defs/tool_1/$defs/node" } },
+      $defs: {
+        node: {
+          type: "object",
+          properties: { kids: { type: "array", items: { $ref: "#/$defs/tool_1/$defs/node" } } },
+        },
+      },
+    });
+  });
 });
