@@ -19,6 +19,12 @@ import { tempDir } from "../helpers/tmp.js";
 const MODEL = "tools-tiny";
 let srv: TestServer;
 let plain: TestServer;
+let thinking: TestServer;
+
+/** A template that opens the assistant's thinking itself, as DeepSeek-R1 distills' do (written here). */
+const THINKING_TEMPLATE =
+  "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | replace('</think>', '') }}<|im_end|>\n{% endfor %}" +
+  "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";
 
 type Json = Record<string, unknown>;
 
@@ -65,10 +71,21 @@ beforeAll(async () => {
   });
   srv = await startTestServer({ modelName: MODEL, backend: { kind: "local", modelPath: path } });
   plain = await startTestServer({ modelName: "stories260K" });
+  const thinker = join(tempDir("spindle-think-"), "think-tiny.gguf");
+  synthModel({
+    arch: "llama",
+    shape: SHAPES.tiny!,
+    type: GGMLType.F32,
+    vocabPath: testModel(VOCAB_SPM),
+    out: thinker,
+    chatTemplate: THINKING_TEMPLATE,
+  });
+  thinking = await startTestServer({ modelName: "think", backend: { kind: "local", modelPath: thinker } });
 });
 afterAll(async () => {
   await srv?.close();
   await plain?.close();
+  await thinking?.close();
 });
 
 async function chat(body: Json, server = srv) {
@@ -80,8 +97,8 @@ async function chat(body: Json, server = srv) {
   return { status: res.status, json: (await res.json()) as ChatJson };
 }
 
-async function chatStream(body: Json) {
-  const res = await fetch(`${srv.url}/v1/chat/completions`, {
+async function chatStream(body: Json, server = srv) {
+  const res = await fetch(`${server.url}/v1/chat/completions`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ max_tokens: 8, temperature: 0, ...body, stream: true }),
@@ -223,5 +240,25 @@ describe("tools reach the model through its chat template", () => {
     }
     const s = await engineStats(srv);
     expect(s.running + s.waiting).toBe(0);
+  });
+});
+
+describe("reasoning: a template whose prompt opens <think>", () => {
+  it("the reply (cut off while thinking) is reasoning_content, in the message and in the deltas", async () => {
+    const body = { messages: user, max_tokens: 10 };
+    const whole = await chat(body, thinking);
+    expect(whole.status).toBe(200);
+    const m = whole.json.choices[0]!.message;
+    expect(m.reasoning_content!.length).toBeGreaterThan(0);
+    expect(m.content).toBe("");
+    const events = await chatStream(body, thinking);
+    const reasoning = events.map((e) => e.choices[0]?.delta?.reasoning_content ?? "").join("");
+    expect(reasoning).toBe(m.reasoning_content);
+    expect(events.every((e) => !e.choices[0]?.delta?.content)).toBe(true);
+  });
+
+  it("a model that does not think has no reasoning_content", async () => {
+    const r = await chat({ messages: user });
+    expect(r.json.choices[0]!.message.reasoning_content).toBeUndefined();
   });
 });
