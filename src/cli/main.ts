@@ -1,5 +1,6 @@
 import { SpindleError } from "../errors.js";
 import { benchCommand } from "./bench.js";
+import { benchGrammarCommand } from "./bench-grammar.js";
 import { benchEngineCommand, calibrateCommand } from "./engine-commands.js";
 import { generateCommand } from "./generate.js";
 import { pullCommand } from "./pull.js";
@@ -15,6 +16,7 @@ commands:
   calibrate     fit the simulated runner's step-cost model to a real model on this machine
   bench         load-test an OpenAI-compatible server like vLLM's bench serve (spindle bench --help)
   bench-engine  closed-loop engine throughput (no HTTP): batching modes x concurrency
+  bench-grammar constrained decoding's benchmark on JSON Schema test files (spindle bench-grammar --help)
   serve         serve a model over an OpenAI-compatible HTTP API (spindle serve --help)`;
 
 const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
@@ -23,6 +25,7 @@ const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
   "synth-model": synthModelCommand,
   calibrate: calibrateCommand,
   "bench-engine": benchEngineCommand,
+  "bench-grammar": benchGrammarCommand,
   serve: serveCommand,
   bench: benchCommand,
 };

@@ -1,0 +1,68 @@
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Ajv2020 } from "ajv/dist/2020.js";
+import addFormatsModule from "ajv-formats";
+import { readGGUF } from "../../src/gguf/reader.js";
+import { type GrammarVocab, grammarVocab } from "../../src/grammar/index.js";
+import { type Tokenizer, tokenizerFromGGUF } from "../../src/tokenizer/index.js";
+import { testModel } from "../helpers/models.js";
+
+export interface Vocab {
+  name: string;
+  tok: Tokenizer;
+  vocab: GrammarVocab;
+}
+
+const cache = new Map<string, Vocab>();
+export function loadVocab(name: string): Vocab {
+  let v = cache.get(name);
+  if (!v) {
+    const tok = tokenizerFromGGUF(readGGUF(testModel(name)));
+    v = { name, tok, vocab: grammarVocab(tok) };
+    cache.set(name, v);
+  }
+  return v;
+}
+
+export const SCHEMA_DIR = join(import.meta.dirname, "../../bench/grammar-schemas");
+
+export interface SchemaFile {
+  file: string;
+  schema: unknown;
+  tests: { description: string; data: unknown; valid: boolean }[];
+}
+export function schemaFiles(): SchemaFile[] {
+  return readdirSync(SCHEMA_DIR)
+    .filter((f) => f.endsWith(".json"))
+    .sort()
+    .map((file) => ({ file, ...JSON.parse(readFileSync(join(SCHEMA_DIR, file), "utf8")) }));
+}
+
+const addFormats = addFormatsModule as unknown as (ajv: Ajv2020) => void;
+/** The independent oracle: ajv (draft 2020-12) with ajv-formats' full formats. */
+export function ajvValidator(schema: unknown): (data: unknown) => boolean {
+  const ajv = new Ajv2020({ strict: false });
+  addFormats(ajv);
+  const v = ajv.compile(schema as object);
+  return (d) => v(d) as boolean;
+}
+
+/** A seeded generator (mulberry32). */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export const bit = (mask: Uint32Array, t: number): boolean => ((mask[t >>> 5]! >>> (t & 31)) & 1) === 1;
+
+export function allowedTokens(mask: Uint32Array, vocabSize: number): number[] {
+  const out: number[] = [];
+  for (let t = 0; t < vocabSize; t++) if (bit(mask, t)) out.push(t);
+  return out;
+}
