@@ -1,4 +1,4 @@
-import type { StepInfo } from "../engine/engine-protocol.js";
+import type { EmbeddingInfo, StepInfo } from "../engine/engine-protocol.js";
 import type { RequestStream } from "../protocol/event-stream.js";
 import type { SubmitOptions, SubmitSpec } from "../protocol/request.js";
 import type { Tokenizer } from "../tokenizer/index.js";
@@ -39,6 +39,11 @@ export interface BackendInfo {
   /** End-of-generation token ids. */
   eogTokens: number[];
   chatTemplate?: string;
+  /**
+   * Embedding requests (RequestSpec.kind "embed"): the vector length and pooling; absent when the
+   * backend computes none (llamacpp and openai: their requests are refused).
+   */
+  embeddings?: EmbeddingInfo;
   /** Facts for the "ready" log line and /health (numBlocks, upstream URLs, thread count…). */
   details: Record<string, unknown>;
   /** Things an operator should know, logged once at start. */

@@ -37,6 +37,7 @@ class EngineBackend implements Backend {
       eos: i.eos,
       eogTokens: i.eogTokens,
       chatTemplate: i.chatTemplate,
+      embeddings: i.embeddings,
       details: {
         ...(i.kernels !== undefined ? { kernels: i.kernels } : {}),
         numBlocks: i.numBlocks,

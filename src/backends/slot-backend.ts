@@ -116,7 +116,13 @@ export abstract class SlotBackend<Slot> implements Backend {
       stream.fail(new SpindleError("the backend is closed", "engine_closed"));
       return stream;
     }
-    const refused = requestProblem(spec, this.info, "invalid_request_error");
+    const refused =
+      spec.kind === "embed"
+        ? new SpindleError(
+            `the ${this.info.kind} backend computes no embeddings (the local backend does)`,
+            "embeddings_unsupported",
+          )
+        : requestProblem(spec, this.info, "invalid_request_error");
     if (refused) {
       stream.fail(refused);
       return stream;

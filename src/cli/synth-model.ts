@@ -2,14 +2,17 @@ import { parseArgs } from "node:util";
 import { SYNTH_CHAT_TEMPLATES } from "../chat/hermes-template.js";
 import { SpindleError } from "../errors.js";
 import { GGMLType } from "../gguf/types.js";
+import type { PoolingType } from "../model/pooling.js";
 import { resolveModel } from "../model/resolve.js";
 import { SHAPES, SYNTH_MIXTURES, type SynthArch, type SynthMixture, synthModel } from "../model/synth.js";
 
 export const SYNTH_USAGE = `usage: spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch llama|qwen2|qwen3]
                            [--type F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q5_K|Q6_K|Q4_K_M] [--vocab VOCAB.gguf]
-                           [--seed N] [--tied] [--chat-template ${Object.keys(SYNTH_CHAT_TEMPLATES).join("|")}] [--dim N --layers N --heads N --kv-heads N --ffn N --context N]
+                           [--seed N] [--tied] [--pooling mean|cls|last] [--chat-template ${Object.keys(SYNTH_CHAT_TEMPLATES).join("|")}]
+                           [--dim N --layers N --heads N --kv-heads N --ffn N --context N]
 
 Writes a model with deterministic random weights and the tokenizer of a vocab GGUF.
+--pooling writes <arch>.pooling_type: how /v1/embeddings pools (an embedding model's "last", as Qwen3's).
 --type Q4_K_M is llama.cpp's per-tensor mixture (Q4_K, with Q6_K for the LM head and some attn_v/ffn_down).
 --chat-template hermes writes Spindle's Hermes-style tool-aware chat template (tools, <tool_call> calls).
 Defaults: --shape stories15M --arch llama --type F32 --vocab vocab/ggml-vocab-llama-spm.gguf --seed 1`;
@@ -26,6 +29,7 @@ export function synthModelCommand(args: string[]): number {
       seed: { type: "string", default: "1" },
       tied: { type: "boolean", default: false },
       "chat-template": { type: "string" },
+      pooling: { type: "string" },
       dim: { type: "string" },
       layers: { type: "string" },
       heads: { type: "string" },
@@ -57,6 +61,8 @@ export function synthModelCommand(args: string[]): number {
       `unknown chat template "${templateName}" (known: ${Object.keys(SYNTH_CHAT_TEMPLATES).join(", ")})`,
     );
   }
+  if (values.pooling !== undefined && !["mean", "cls", "last"].includes(values.pooling))
+    throw new SpindleError(`unknown pooling "${values.pooling}" (mean, cls or last)`);
   const n = (v: string | undefined, d: number) => (v === undefined ? d : Number(v));
   const shape = {
     ...base,
@@ -75,6 +81,7 @@ export function synthModelCommand(args: string[]): number {
     out: values.out,
     seed: Number(values.seed),
     tied: values.tied,
+    pooling: values.pooling as PoolingType | undefined,
     chatTemplate,
   });
   process.stdout.write(`${r.path}\n`);

@@ -87,7 +87,8 @@ export class BlockManager {
 
   /**
    * Admission: gives a sequence with no blocks its longest cached prefix. At
-   * least one prompt token is always left to compute (its logits are needed).
+   * least one prompt token is always left to compute (its logits are needed). A sequence that
+   * may not reuse a prefix (`reusePrefix` false) is given none.
    * Returns the number of tokens reused.
    */
   admit(seq: Sequence): number {
@@ -96,7 +97,7 @@ export class BlockManager {
     seq.numHashedBlocks = 0;
     seq.prefixKey = "";
     seq.cachedTokens = 0;
-    if (!this.prefixCaching) return 0;
+    if (!this.prefixCaching || !seq.reusePrefix) return 0;
     const bs = this.blockSize;
     const maxBlocks = Math.floor((seq.tokens.length - 1) / bs);
     this.stats.queries += seq.tokens.length;

@@ -76,6 +76,7 @@ export function build(init: EngineInit): Built {
         eogTokens: tok ? [...tok.eogTokens].sort((a, b) => a - b) : [],
         hasChatTemplate: card?.chatTemplate !== undefined,
         chatTemplate: card?.chatTemplate,
+        embeddings: { length: runner.embeddingLength, pooling: runner.pooling },
         ...base,
       },
     };
@@ -126,6 +127,7 @@ export function build(init: EngineInit): Built {
       eogTokens: [...tok.eogTokens].sort((a, b) => a - b),
       hasChatTemplate: model.chatTemplate !== undefined,
       chatTemplate: model.chatTemplate,
+      embeddings: c.pooling ? { length: c.dim, pooling: c.pooling } : undefined,
       warnings,
       ...base,
     },

@@ -1,5 +1,6 @@
 import { oneLine, SpindleError } from "../errors.js";
 import type { ModelConfig } from "../model/config.js";
+import type { PoolingType } from "../model/pooling.js";
 import type { EngineEvent } from "../protocol/events.js";
 import type { RequestSpec } from "../protocol/request.js";
 import { SamplingParamError } from "../sampling/params.js";
@@ -78,12 +79,20 @@ export interface EngineInfo {
   eogTokens: number[];
   hasChatTemplate: boolean;
   chatTemplate?: string;
+  /** What embedding requests return (vector length, pooling); absent when the model computes none. */
+  embeddings?: EmbeddingInfo;
   scheduler: SchedulerOptions;
   prefixCaching: boolean;
   /** The worker's performance.timeOrigin: engine times + timeOrigin = Unix ms. */
   timeOrigin: number;
   /** Things an operator should know (logged at start), e.g. a KV cache that did not fit kernel memory. */
   warnings?: string[];
+}
+
+/** The embeddings a model computes: their length and how positions are pooled. */
+export interface EmbeddingInfo {
+  length: number;
+  pooling: PoolingType;
 }
 
 /** Sent with every step: the step's own numbers and the engine's state after it. */

@@ -1,4 +1,5 @@
 import { SpindleError } from "../errors.js";
+import { hiddenRowsFor, Pooler } from "../model/pooling.js";
 import type { EngineEvent } from "../protocol/events.js";
 import { RequestOutput } from "../protocol/output.js";
 import { type FinishReason, type RequestSpec, requestProblem } from "../protocol/request.js";
@@ -13,7 +14,10 @@ import { Sequence } from "./sequence.js";
  * The engine loop's core: `step()` is one iteration — schedule, run the batch,
  * then hand each sampled token to its request's RequestOutput (src/protocol/output.ts: end of
  * generation, text, stop strings, max tokens), which says whether it joins the sequence and
- * whether the request is done. It is synchronous and owns no thread or timer, so tests drive it
+ * whether the request is done. An embedding request (kind "embed") samples nothing: its prefill
+ * chunks return the final hidden rows its pooling needs, batched with everything else, and it
+ * finishes (its blocks freed) in the step that computes its last prompt token, its vector on
+ * the finishing event. It is synchronous and owns no thread or timer, so tests drive it
  * step by step and the worker (engine-worker.ts) drives it in a loop.
  */
 
@@ -53,6 +57,8 @@ interface SeqOutput {
   sampler: Sampler;
   output: RequestOutput;
   key: number;
+  /** Embedding requests: the vector being pooled. */
+  pooler?: Pooler;
 }
 
 /**
@@ -112,8 +118,16 @@ export class EngineCore {
     if (this.seqs.has(spec.id)) throw new SpindleError(`request id ${spec.id} is already in use`);
     const problem = requestProblem(spec, this.runner);
     if (problem) throw problem;
+    const embed = spec.kind === "embed";
+    const pooling = this.runner.pooling;
+    if (embed && pooling === undefined) {
+      throw new SpindleError(
+        "this model computes no embeddings (its GGUF asks for a pooling Spindle does not support)",
+        "embeddings_unsupported",
+      );
+    }
     const capacity = this.blocks.numBlocks * this.blocks.blockSize;
-    if (spec.prompt.length >= capacity) {
+    if (embed ? spec.prompt.length > capacity : spec.prompt.length >= capacity) {
       throw new SpindleError(
         `the prompt has ${spec.prompt.length} tokens but the KV cache holds ${capacity}; raise --kv-cache-memory`,
         "kv_cache_too_small",
@@ -121,10 +135,13 @@ export class EngineCore {
     }
     const sampler = new Sampler(spec.sampling ?? {}, this.runner.vocabSize, this.runner.argmax);
     const seq = new Sequence(spec, this.clock.now());
+    // Last-token pooling needs only the last position: a cached prefix serves it as well.
+    if (embed) seq.reusePrefix = pooling === "last";
     this.outputs.set(spec.id, {
       sampler,
       output: new RequestOutput(spec, this.tokenizer, this.runner.contextLength, seq.times),
       key: keyOf(spec),
+      pooler: embed ? new Pooler(pooling!, this.runner.embeddingLength) : undefined,
     });
     this.seqs.set(spec.id, seq);
     this.scheduler.add(seq);
@@ -170,6 +187,8 @@ export class EngineCore {
     for (const seq of plan.overflowed) {
       this.finish(seq, "length", "the sequence outgrew the KV cache", now);
     }
+    // A preempted embedding computes its whole prompt again: what it pooled so far goes.
+    for (const seq of plan.preempted) this.outputs.get(seq.id)?.pooler?.reset();
     const items = plan.items.filter((it) => !it.seq.isFinished);
     this.lastStep = {
       batchSize: items.length,
@@ -182,11 +201,13 @@ export class EngineCore {
         if (n === 1 && seq.numComputed >= seq.promptLength) this.lastStep.decodeTokens++;
         else this.lastStep.prefillTokens += n;
         const out = this.outputs.get(seq.id)!;
+        const ends = seq.numComputed + n === seq.tokens.length;
         return {
           tokens: seq.tokens.slice(seq.numComputed, seq.numComputed + n),
           pos: seq.numComputed,
           blockTable: seq.blockTable,
-          logits: seq.numComputed + n === seq.tokens.length ? "last" : "none",
+          logits: ends && !out.pooler ? "last" : "none",
+          hidden: out.pooler && hiddenRowsFor(out.pooler.pooling, seq.numComputed, n, seq.tokens.length),
           sampler: out.sampler,
           history: seq.tokens,
           seqKey: out.key,
@@ -199,6 +220,13 @@ export class EngineCore {
       items.forEach(({ seq, n }, i) => {
         seq.numComputed += n;
         this.blocks.commit(seq);
+        const pooler = this.outputs.get(seq.id)!.pooler;
+        if (pooler) {
+          const rows = result.hidden?.[i];
+          if (rows) pooler.add(rows);
+          if (seq.numComputed === seq.tokens.length) this.finishEmbedding(seq, pooler, now);
+          return;
+        }
         const sample = result.samples[i];
         if (sample instanceof Error) this.finish(seq, "error", sample.message, now);
         else if (sample) this.accept(seq, sample, now);
@@ -220,6 +248,14 @@ export class EngineCore {
     const { output } = this.outputs.get(seq.id)!;
     if (output.accept(sample.token, sample, now, this.event(seq))) seq.tokens.push(sample.token);
     if (output.done) this.finish(seq, output.done.reason, undefined, now);
+  }
+
+  /** An embedding's prompt is computed: its vector goes on the finishing event, its blocks are freed. */
+  private finishEmbedding(seq: Sequence, pooler: Pooler, now: number): void {
+    this.event(seq).embedding = pooler.result();
+    seq.times.firstToken ??= now;
+    seq.times.lastToken = now;
+    this.finish(seq, "stop", undefined, now);
   }
 
   private finish(seq: Sequence, reason: FinishReason, message: string | undefined, now: number): void {

@@ -1,13 +1,14 @@
 import type { BatchSeq, Transformer } from "../model/forward.js";
 import { KVCacheStorage } from "../model/kv-cache.js";
 import type { Model } from "../model/model.js";
+import type { PoolingType } from "../model/pooling.js";
 import type { SampleResult, Sampler } from "../sampling/sampler.js";
 
 /**
  * The model runner: executes one engine step. It gets, for every scheduled
  * sequence, the tokens to compute now, their position and the block table,
  * and returns a sampled token for each sequence whose step ends its pending
- * tokens. Two implementations share this interface: ModelRunner (the real
+ * tokens, and the final hidden rows an embedding request's chunk asks for. Two implementations share this interface: ModelRunner (the real
  * forward pass over the paged KV cache) and SimRunner (a cost model, for
  * scheduler experiments at scale).
  */
@@ -33,6 +34,11 @@ export interface RunnerResult {
    * in the batch are unaffected.
    */
   samples: (SampleResult | Error | undefined)[];
+  /**
+   * Per item, the final hidden rows it asked for (`RunnerItem.hidden`), or undefined: views that the
+   * next execute overwrites. Absent when no item asked.
+   */
+  hidden?: (Float32Array | undefined)[];
   /** Simulated runners report how long the step would have taken, in ms. */
   simulatedMs?: number;
 }
@@ -44,6 +50,9 @@ export interface Runner {
   readonly blockSize: number;
   /** The kernels' argmax for plain greedy sampling (Sampler's third argument), where they have one. */
   readonly argmax?: (x: Float32Array, n: number) => number;
+  /** How embeddings pool, and their length; undefined pooling: the model computes none. */
+  readonly pooling: PoolingType | undefined;
+  readonly embeddingLength: number;
   execute(items: readonly RunnerItem[]): RunnerResult;
 }
 
@@ -53,6 +62,8 @@ export class ModelRunner implements Runner {
   readonly vocabSize: number;
   readonly contextLength: number;
   readonly argmax?: (x: Float32Array, n: number) => number;
+  readonly pooling: PoolingType | undefined;
+  readonly embeddingLength: number;
   private readonly transformer: Transformer;
 
   constructor(model: Model, numBlocks: number, blockSize?: number) {
@@ -61,6 +72,8 @@ export class ModelRunner implements Runner {
     this.kv = new KVCacheStorage(model.config, numBlocks, blockSize, model.transformer.kernels);
     this.vocabSize = model.config.vocabSize;
     this.contextLength = model.config.contextLength;
+    this.pooling = model.config.pooling;
+    this.embeddingLength = model.config.dim;
     const k = model.transformer.kernels;
     this.argmax = k.argmax?.bind(k);
   }
@@ -74,8 +87,10 @@ export class ModelRunner implements Runner {
 
   execute(items: readonly RunnerItem[]): RunnerResult {
     // Sampled before the next step: the logits may stay in the kernels' memory (no copy per step).
-    const logits = this.transformer.forward(this.kv, items, { transientLogits: true });
+    const hidden = items.some((it) => it.hidden) ? [] : undefined;
+    const logits = this.transformer.forward(this.kv, items, { transientLogits: true, hidden });
     return {
+      hidden,
       samples: items.map((it, i) => {
         if (it.logits === "none") return undefined;
         try {

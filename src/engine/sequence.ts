@@ -10,6 +10,9 @@ import type { RequestSpec, SeqTimes } from "../protocol/request.js";
  * finished carries a reason: stop (EOS or a stop string), length (max tokens or
  * context), abort (cancelled or timed out), error. Every transition is
  * timestamped, so metrics and logs are derived from the sequence, not kept apart.
+ *
+ * An embedding request (spec.kind "embed") is a sequence that only prefills: it finishes, and
+ * frees its blocks, in the step that computes its last prompt token.
  */
 
 export type SeqState = "waiting" | "running" | "finished";
@@ -30,6 +33,11 @@ export class Sequence {
   /** Prefix-cache key of the last of those blocks ("" before the first). */
   prefixKey = "";
   preemptions = 0;
+  /**
+   * Whether admission may take cached prefix blocks. False for an embedding that pools positions a
+   * cached block would skip (mean, cls): it computes its whole prompt, and still registers its blocks.
+   */
+  reusePrefix = true;
   readonly times: SeqTimes;
   readonly priority: number;
 
@@ -43,6 +51,9 @@ export class Sequence {
     this.times = { arrival: now };
   }
 
+  get isEmbedding(): boolean {
+    return this.spec.kind === "embed";
+  }
   get id(): string {
     return this.spec.id;
   }

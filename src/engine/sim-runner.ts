@@ -1,3 +1,4 @@
+import type { PoolingType } from "../model/pooling.js";
 import type { SampleResult } from "../sampling/sampler.js";
 import type { Runner, RunnerItem, RunnerResult } from "./runner.js";
 
@@ -11,7 +12,12 @@ import type { Runner, RunnerItem, RunnerResult } from "./runner.js";
  * with coefficients fitted from measured runs of the real runner (`spindle
  * calibrate`). Tokens are a deterministic function of the sequence and
  * position, never an end-of-generation token, so outputs are reproducible.
+ * Embedding requests get hidden rows that are a fixed function of each token
+ * (SIM_EMBEDDING_LENGTH wide, mean pooling), so equal inputs embed equally.
  */
+
+/** The width of the simulator's hidden rows. */
+export const SIM_EMBEDDING_LENGTH = 16;
 
 export interface SimCost {
   baseMs: number;
@@ -62,6 +68,8 @@ export class SimRunner implements Runner {
   readonly numBlocks: number;
   readonly blockSize: number;
   readonly cost: SimCost;
+  readonly pooling: PoolingType = "mean";
+  readonly embeddingLength = SIM_EMBEDDING_LENGTH;
   private readonly avoid: ReadonlySet<number>;
 
   constructor(o: SimRunnerOptions) {
@@ -81,7 +89,21 @@ export class SimRunner implements Runner {
       while (this.avoid.has(token)) token = (token + 1) % this.vocabSize;
       return { token, logprob: Number.NaN, topLogprobs: [] };
     });
-    return { samples, simulatedMs: simStepMs(this.cost, items) };
+    const hidden = items.some((it) => it.hidden) ? items.map((it) => this.hiddenRows(it)) : undefined;
+    return { samples, hidden, simulatedMs: simStepMs(this.cost, items) };
+  }
+
+  /** The rows an item asked for: each a fixed pseudo-random function of its token. */
+  private hiddenRows(it: RunnerItem): Float32Array | undefined {
+    if (!it.hidden || it.tokens.length === 0) return undefined;
+    const toks =
+      it.hidden === "all" ? it.tokens : [it.tokens[it.hidden === "first" ? 0 : it.tokens.length - 1]!];
+    const d = SIM_EMBEDDING_LENGTH;
+    const rows = new Float32Array(toks.length * d);
+    toks.forEach((t, r) => {
+      for (let i = 0; i < d; i++) rows[r * d + i] = this.tokenAt(t, i) / this.vocabSize - 0.5;
+    });
+    return rows;
   }
 
   /** A fixed pseudo-random token for (sequence, position). */

@@ -1,6 +1,7 @@
 import { ModelFileError } from "../errors.js";
 import type { GGUFFile } from "../gguf/reader.js";
 import type { RopeParams } from "../kernels/kernels.js";
+import { type PoolingType, poolingFromGGUF } from "./pooling.js";
 
 /** Architectures the forward pass implements: the Llama family. */
 export const SUPPORTED_ARCHITECTURES = ["llama", "qwen2", "qwen3"] as const;
@@ -26,6 +27,11 @@ export interface ModelConfig {
   qkNorm: boolean;
   /** The output projection reuses token_embd (no output.weight in the file). */
   tiedEmbeddings: boolean;
+  /**
+   * How embeddings pool the final hidden states (`<arch>.pooling_type`, mean when absent);
+   * undefined when the file asks for a pooling Spindle does not compute (rank).
+   */
+  pooling: PoolingType | undefined;
 }
 
 /** Reads the architecture hyper-parameters from GGUF metadata; one clear error if something is missing. */
@@ -83,5 +89,6 @@ export function configFromGGUF(g: GGUFFile): ModelConfig {
     qkvBias: g.tensors.has("blk.0.attn_q.bias"),
     qkNorm: g.tensors.has("blk.0.attn_q_norm.weight"),
     tiedEmbeddings: !g.tensors.has("output.weight"),
+    pooling: poolingFromGGUF(g.has(k("pooling_type")) ? g.getNumber(k("pooling_type")) : undefined),
   };
 }

@@ -1,6 +1,7 @@
 import type { AttentionSeq, Kernels, RopeParams } from "../kernels/kernels.js";
 import type { ModelConfig } from "./config.js";
 import type { KVCacheStorage } from "./kv-cache.js";
+import type { HiddenRows } from "./pooling.js";
 import type { ModelWeights } from "./weights.js";
 
 /**
@@ -22,6 +23,11 @@ export interface BatchSeq {
   blockTable: ArrayLike<number>;
   /** Which new tokens need logits: the last (default), all (e.g. prompt logprobs), or none (a prefill chunk). */
   logits?: "last" | "all" | "none";
+  /**
+   * Which new tokens' final hidden states (after the output norm: what embeddings pool) to return
+   * in ForwardOptions.hidden: all, the first, the last; none when left out.
+   */
+  hidden?: HiddenRows;
 }
 
 /**
@@ -52,6 +58,12 @@ export interface ForwardOptions {
    * TRANSIENT_MAX_ROWS rows get a fresh array anyway.
    */
   transientLogits?: boolean;
+  /**
+   * Filled, per sequence of the batch, with the final hidden rows it asked for (`BatchSeq.hidden`:
+   * count × dim, after the output norm) or undefined. The rows are views of a buffer the next
+   * forward call overwrites.
+   */
+  hidden?: (Float32Array | undefined)[];
 }
 
 /** The most logits rows a transient buffer holds (64 × a 152K vocabulary = 39 MB). */
@@ -170,6 +182,7 @@ export class Transformer {
         ? this.scratch.get("logits", m * c.vocabSize).subarray(0, m * c.vocabSize)
         : new Float32Array(m * c.vocabSize);
     if (m > 0) k.matmul(w.output, h, m, logits);
+    if (opts.hidden) this.hiddenRows(batch, seqs, x, opts.hidden);
 
     const out: (Float32Array | undefined)[] = [];
     let r = 0;
@@ -180,5 +193,35 @@ export class Transformer {
       r += rows;
     }
     return out;
+  }
+
+  /** The final-normed hidden rows each sequence asked for (BatchSeq.hidden), into `out`. */
+  private hiddenRows(
+    batch: readonly BatchSeq[],
+    seqs: readonly AttentionSeq[],
+    x: Float32Array,
+    out: (Float32Array | undefined)[],
+  ): void {
+    const dim = this.config.dim;
+    const spans: [number, number][] = batch.map((s, i) => {
+      const a = seqs[i]!;
+      if (!s.hidden || a.count === 0) return [a.row, 0];
+      if (s.hidden === "all") return [a.row, a.count];
+      return [s.hidden === "first" ? a.row : a.row + a.count - 1, 1];
+    });
+    const total = spans.reduce((t, [, n]) => t + n, 0);
+    const hid = this.scratch.get("hidden", Math.max(1, total * dim));
+    let r = 0;
+    for (const [start, n] of spans) {
+      hid.set(x.subarray(start * dim, (start + n) * dim), r * dim);
+      r += n;
+    }
+    if (total > 0) this.kernels.rmsnorm(hid, this.weights.outputNorm, total, dim, this.config.rmsEps, hid);
+    out.length = 0;
+    r = 0;
+    for (const [, n] of spans) {
+      out.push(n > 0 ? hid.subarray(r * dim, (r + n) * dim) : undefined);
+      r += n;
+    }
   }
 }

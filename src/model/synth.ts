@@ -5,6 +5,7 @@ import { GGMLType, TYPE_GEOMETRY, typeName } from "../gguf/types.js";
 import { meta, type TensorToWrite, writeGGUF } from "../gguf/writer.js";
 import { quantize } from "../quant/index.js";
 import { Rng } from "../sampling/rng.js";
+import { LLAMA_POOLING, type PoolingType } from "./pooling.js";
 
 /**
  * `spindle synth-model`: writes a Llama- or Qwen-shaped GGUF of any size with
@@ -66,6 +67,8 @@ export interface SynthOptions {
   name?: string;
   /** A chat template to write as tokenizer.chat_template (instead of the vocab file's, if any). */
   chatTemplate?: string;
+  /** Write `<arch>.pooling_type` (how embeddings pool; left out: llama.cpp's none, Spindle's mean). */
+  pooling?: PoolingType;
 }
 
 export interface SynthReport {
@@ -201,6 +204,7 @@ export function synthModel(o: SynthOptions): SynthReport {
       [`${a}.attention.value_length`, meta.u32(headDim)],
     );
   }
+  if (o.pooling) md.push([`${a}.pooling_type`, meta.u32(LLAMA_POOLING[o.pooling])]);
   for (const [k, v] of vocab.metadata) {
     if (k.startsWith("tokenizer.") && !(o.chatTemplate !== undefined && k === "tokenizer.chat_template")) {
       md.push([k, v]);

@@ -31,10 +31,12 @@ export type Settle<T> = { resolve: (v: T) => void; reject: (e: unknown) => void 
 export async function gather(events: AsyncIterable<EngineEvent>, id: string): Promise<RequestResult> {
   const tokens: number[] = [];
   let text = "";
+  let embedding: Float32Array | undefined;
   for await (const e of events) {
     for (const t of e.tokens) tokens.push(t);
     text += e.text;
-    if (e.finish) return { tokens, text, finish: e.finish };
+    if (e.embedding) embedding = e.embedding;
+    if (e.finish) return { tokens, text, ...(embedding ? { embedding } : {}), finish: e.finish };
   }
   throw new SpindleError(`request ${id} ended without finishing`, "internal_error");
 }
@@ -60,6 +62,7 @@ export class EventStream implements RequestStream {
   private resultAsked = false;
   private tokens: number[] = [];
   private text = "";
+  private embedding: Float32Array | undefined;
   private finish: FinishInfo | undefined;
   private error: Error | undefined;
   private iterated = false;
@@ -84,6 +87,7 @@ export class EventStream implements RequestStream {
       for (const t of e.tokens) this.tokens.push(t);
       this.text += e.text;
     }
+    if (e.embedding) this.embedding = e.embedding;
     if (e.finish) this.finish = e.finish;
     if (!this.detached) {
       const pull = this.pulls.shift();
@@ -114,7 +118,12 @@ export class EventStream implements RequestStream {
   }
 
   private gathered(finish: FinishInfo): RequestResult {
-    return { tokens: this.tokens, text: this.text, finish };
+    return {
+      tokens: this.tokens,
+      text: this.text,
+      ...(this.embedding ? { embedding: this.embedding } : {}),
+      finish,
+    };
   }
 
   abort(message?: string): void {

@@ -23,6 +23,8 @@ export interface EngineEvent {
   text: string;
   /** Per new token, when the request asked for logprobs. */
   logprobs?: SampleResult[];
+  /** An embedding request's pooled, L2-normalized vector, on its finishing event (reason "stop"). */
+  embedding?: Float32Array;
   finish?: FinishInfo;
 }
 
@@ -30,5 +32,7 @@ export interface EngineEvent {
 export interface RequestResult {
   tokens: number[];
   text: string;
+  /** An embedding request's vector. */
+  embedding?: Float32Array;
   finish: FinishInfo;
 }

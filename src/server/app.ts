@@ -16,6 +16,7 @@ import {
 } from "./errors.js";
 import { logPath, logRejection, logRequestId, rejectionReason } from "./request-log.js";
 import { clientOf } from "./route-helpers.js";
+import { registerEmbeddingRoutes } from "./routes/embeddings.js";
 import { registerLlamaServerRoutes } from "./routes/llama-server.js";
 import { registerOllamaRoutes } from "./routes/ollama.js";
 import { registerOpenAIRoutes } from "./routes/openai.js";
@@ -173,6 +174,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   registerResponsesRoutes(app, ctx);
   registerTgiRoutes(app, ctx);
   registerOllamaRoutes(app, ctx);
+  registerEmbeddingRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
   registerLlamaServerRoutes(app, ctx);
   registerOpsRoutes(app, ctx);

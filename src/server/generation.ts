@@ -1,5 +1,6 @@
 import { gather, type RequestStream } from "../protocol/event-stream.js";
 import type { EngineEvent, FinishInfo } from "../protocol/events.js";
+import type { RequestKind } from "../protocol/request.js";
 import type { SamplingParams } from "../sampling/params.js";
 import type { LoadedModel, ServeOptions } from "./context.js";
 import { ApiError } from "./errors.js";
@@ -13,6 +14,8 @@ import { ApiError } from "./errors.js";
  */
 
 export interface GenerationParams {
+  /** Default "generate"; "embed" computes the prompt's embedding (maxTokens, sampling and stop then do not apply). */
+  kind?: RequestKind;
   prompt: number[];
   maxTokens: number;
   sampling: Partial<SamplingParams>;
@@ -96,6 +99,19 @@ export class GenerationService {
     const ctx = m.info.contextLength;
     const n = p.prompt.length;
     const fields = p.fields ?? { prompt: "prompt", maxTokens: "max_tokens" };
+    if (p.kind === "embed") {
+      // Nothing is generated after an embedding's input: it may fill the context.
+      if (n > ctx) {
+        throw new ApiError(
+          400,
+          `this model's maximum context length is ${ctx} tokens, but the input has ${n} tokens`,
+          "invalid_request_error",
+          fields.prompt,
+          "context_length_exceeded",
+        );
+      }
+      return;
+    }
     if (n >= ctx) {
       throw new ApiError(
         400,
@@ -144,6 +160,7 @@ export class GenerationService {
     const stream = m.backend.submit(
       {
         id,
+        ...(p.kind ? { kind: p.kind } : {}),
         prompt: p.prompt,
         maxTokens: p.maxTokens,
         sampling: p.sampling,

@@ -13,6 +13,8 @@ export interface DriveResult {
   tokens: Map<string, number[]>;
   text: Map<string, string>;
   finish: Map<string, NonNullable<EngineEvent["finish"]>>;
+  /** Embedding requests' vectors. */
+  embedding: Map<string, Float32Array>;
   steps: number;
   maxBatch: number;
 }
@@ -31,6 +33,7 @@ export function drive(
   const tokens = new Map<string, number[]>();
   const text = new Map<string, string>();
   const finish = new Map<string, NonNullable<EngineEvent["finish"]>>();
+  const embedding = new Map<string, Float32Array>();
   const queue = [...arrivals].sort((a, b) => a.at - b.at);
   let i = 0;
   let maxBatch = 0;
@@ -44,6 +47,7 @@ export function drive(
     for (const e of engine.step()) {
       tokens.get(e.id)!.push(...e.tokens);
       text.set(e.id, text.get(e.id)! + e.text);
+      if (e.embedding) embedding.set(e.id, e.embedding);
       if (e.finish) {
         expect(finish.has(e.id), `${e.id} finished twice`).toBe(false);
         finish.set(e.id, e.finish);
@@ -55,7 +59,7 @@ export function drive(
     if (queue.length === 0 && !engine.hasWork()) break;
   }
   expect(finish.size, "every request finished").toBe(arrivals.length);
-  return { tokens, text, finish, steps: i, maxBatch };
+  return { tokens, text, finish, embedding, steps: i, maxBatch };
 }
 
 /** Nothing leaked: no request left, every block free or cached-and-evictable. */

@@ -144,3 +144,38 @@ export async function llamaNextProbs(
   if (!probs) throw new Error("llama.cpp produced no token");
   return probs;
 }
+
+/**
+ * llama.cpp's embedding of exactly `tokens` (node-llama-cpp's embedding context: pooled as the
+ * GGUF's `<arch>.pooling_type` says, last token when it says none; not normalized). node-llama-cpp
+ * adds BOS/EOS only where the vocabulary wants them and they are missing, so tokens from Spindle's
+ * tokenizer (which adds them alike) go through unchanged.
+ */
+export async function llamaEmbedding(path: string, tokens: number[], threads = 2): Promise<Float64Array> {
+  const model = await llamaModel(path);
+  const ctx = await model.createEmbeddingContext({
+    contextSize: Math.max(64, tokens.length + 8),
+    batchSize: Math.max(64, tokens.length + 8),
+    threads,
+  });
+  try {
+    const e = await ctx.getEmbeddingFor(tokens as Token[]);
+    return Float64Array.from(e.vector);
+  } finally {
+    await ctx.dispose();
+  }
+}
+
+/** Cosine similarity of two vectors of the same length. */
+export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`lengths differ: ${a.length} vs ${b.length}`);
+  let ab = 0;
+  let aa = 0;
+  let bb = 0;
+  for (let i = 0; i < a.length; i++) {
+    ab += a[i]! * b[i]!;
+    aa += a[i]! * a[i]!;
+    bb += b[i]! * b[i]!;
+  }
+  return ab / Math.sqrt(aa * bb);
+}

@@ -513,8 +513,46 @@ function cases(): Case[] {
       "include",
     ),
     bad("responses: another model", RESP, responses({ model: "gpt-4o" }), "model", 404),
+    bad("embeddings: no input", EMB, { model }, "input"),
+    bad("embeddings: empty string", EMB, { model, input: "" }, "input"),
+    bad("embeddings: empty list", EMB, { model, input: [] }, "input"),
+    bad("embeddings: an empty string in the list", EMB, { model, input: ["a", ""] }, "input[1]"),
+    bad("embeddings: input a number", EMB, { model, input: 3 }, "input"),
+    bad("embeddings: input an object", EMB, { model, input: { text: "a" } }, "input"),
+    bad("embeddings: mixed list", EMB, { model, input: ["a", 3] }, "input[1]"),
+    bad("embeddings: token id out of vocabulary", EMB, { model, input: [1, 99999] }, "input"),
+    bad(
+      "embeddings: negative token id",
+      EMB,
+      {
+        model,
+        input: [
+          [1, 2],
+          [1, -1],
+        ],
+      },
+      "input[1]",
+    ),
+    bad("embeddings: fractional token id", EMB, { model, input: [1, 2.5] }, "input"),
+    {
+      ...bad("embeddings: longer than the context", EMB, { model, input: longPrompt }, "input"),
+      code: "context_length_exceeded",
+      message: /context length/,
+    },
+    bad(
+      "embeddings: bad encoding_format",
+      EMB,
+      { model, input: "a", encoding_format: "int8" },
+      "encoding_format",
+    ),
+    bad("embeddings: dimensions not the model's", EMB, { model, input: "a", dimensions: 8 }, "dimensions"),
+    bad("embeddings: dimensions a string", EMB, { model, input: "a", dimensions: "64" }, "dimensions"),
+    bad("embeddings: user a number", EMB, { model, input: "a", user: 1 }, "user"),
+    bad("embeddings: another model", EMB, { model: "text-embedding-3-small", input: "a" }, "model", 404),
   ];
 }
+
+const EMB = "/v1/embeddings";
 
 interface OllamaCase {
   name: string;
@@ -664,8 +702,69 @@ function ollamaCases(): OllamaCase[] {
     },
     { name: "unknown /api/ route", method: "GET", path: "/api/pull", status: 404, message: /no route/ },
     { name: "wrong method", method: "GET", path: OCHAT, status: 404, message: /no route/ },
+    bad("embed: missing model", OEMBED, { input: "hi" }, /^model is required$/),
+    bad("embed: unknown model", OEMBED, { model: "nomic-embed-text", input: "hi" }, /not found/, 404),
+    bad("embed: input a number", OEMBED, { model, input: 3 }, /^input must be a string or a list of strings/),
+    bad(
+      "embed: token ids",
+      OEMBED,
+      { model, input: [1, 2, 3] },
+      /^input must be a string or a list of strings/,
+    ),
+    bad(
+      "embed: an empty string in the list",
+      OEMBED,
+      { model, input: ["a", ""] },
+      /input\[1\] is an empty string/,
+    ),
+    bad(
+      "embed: truncate a string",
+      OEMBED,
+      { model, input: "a", truncate: "no" },
+      /^truncate must be true or false/,
+    ),
+    bad(
+      "embed: longer than the context, truncate false",
+      OEMBED,
+      { model, input: longPrompt, truncate: false },
+      new RegExp(`more than the context length \\(${contextLength}\\)`),
+    ),
+    bad(
+      "embed: longer than num_ctx, truncate false",
+      OEMBED,
+      { model, input: "Once upon a time", truncate: false, options: { num_ctx: 2 } },
+      /context length \(2\)/,
+    ),
+    bad(
+      "embed: options not an object",
+      OEMBED,
+      { model, input: "a", options: 3 },
+      /^options must be an object/,
+    ),
+    bad(
+      "embed: num_ctx above the model's",
+      OEMBED,
+      { model, input: "a", options: { num_ctx: 1e7 } },
+      /num_ctx/,
+    ),
+    bad("embed: keep_alive an object", OEMBED, { model, input: "a", keep_alive: {} }, /^keep_alive/),
+    bad(
+      "embed: dimensions not the model's",
+      OEMBED,
+      { model, input: "a", dimensions: 8 },
+      /^dimensions 8 is not supported/,
+    ),
+    bad("embeddings: prompt a number", "/api/embeddings", { model, prompt: 3 }, /^prompt must be a string/),
+    bad(
+      "embeddings: longer than the context",
+      "/api/embeddings",
+      { model, prompt: longPrompt },
+      /more than the context length/,
+    ),
   ];
 }
+
+const OEMBED = "/api/embed";
 
 function expectOllamaError(res: { status: number; headers: Headers; text: string }, c: OllamaCase): void {
   expect(res.status, res.text).toBe(c.status);

@@ -31,6 +31,7 @@ import { spindleVersion } from "./ops.js";
  *   POST /api/show        {model} → details, model_info, template, parameters
  *   GET  /api/ps          the served model, loaded
  *   GET  /api/version     {version}: Spindle's
+ *   POST /api/embed, /api/embeddings   in routes/embeddings.ts, beside OpenAI's /v1/embeddings
  *
  * Generation goes through the same choice machinery as every route (choices.ts, ctx.service):
  * admission, auth, priorities, cancellation, metrics and request logs are those of

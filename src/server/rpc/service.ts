@@ -14,6 +14,8 @@ import { admissionOf } from "../admission.js";
 import { chatPrompt } from "../chat-prompt.js";
 import { type Choice, choiceEvents, readChoices, startChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
+import { embeddingModel, embeddingPrompt, embedPrompts } from "../embeddings.js";
+import { parseOpenAIEmbeddings } from "../embeddings-schema.js";
 import { ApiError, badRequest, GenerationEndedError, toApiError } from "../errors.js";
 import { defaultMaxTokens } from "../generation.js";
 import {
@@ -45,6 +47,8 @@ import {
  *
  * - prompt: tokenized with BOS as /v1/completions does; token_ids: as given; messages: the chat
  *   template (chat-prompt.ts). max_tokens defaults as there: 16, or the context's room for messages.
+ * - Embed: the inputs checked by /v1/embeddings' schema (the proto keeps its field names) and embedded
+ *   through embeddings.ts, as the HTTP route does.
  * - The client's cancel (or deadline) is HandlerContext.signal, the request's abort signal: the
  *   engine request is aborted at once and its KV blocks freed.
  * - Errors: ApiError statuses map to Connect codes (`rpcError`); retry delays travel as `retry-after`
@@ -183,6 +187,29 @@ function inferenceService(ctx: ServerContext): ServiceImpl<typeof InferenceServi
         // Admitted: the request's own `request` line tells how it ended.
         throw err instanceof ConnectError ? err : rpcError(toApiError(err));
       }
+    },
+
+    embed(req, hc) {
+      return call(hc, { generation: true }, async (client, endpoint) => {
+        const { m, sc } = embeddingModel(ctx, endpoint);
+        const r = parseOpenAIEmbeddings(
+          {
+            ...(req.model !== "" ? { model: req.model } : {}),
+            input: req.input.length === 1 ? req.input[0] : req.input,
+            ...(req.dimensions !== undefined ? { dimensions: req.dimensions } : {}),
+          },
+          sc,
+        );
+        const param = (i: number) => (r.inputs.length === 1 ? "input" : `input[${i}]`);
+        const prompts = r.inputs.map((input, i) => embeddingPrompt(m, input, param(i)));
+        const vectors = await embedPrompts(ctx, { client, endpoint, signal: hc.signal }, prompts);
+        const tokens = prompts.reduce((n, p) => n + p.ids.length, 0);
+        return {
+          data: vectors.map((v, index) => ({ index, embedding: [...v] })),
+          model: r.model,
+          usage: { promptTokens: tokens, completionTokens: 0, cachedTokens: 0 },
+        };
+      });
     },
 
     tokenize(req, hc) {

@@ -32,7 +32,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spindle/v1/inference.proto.
  */
 export const file_spindle_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("ChpzcGluZGxlL3YxL2luZmVyZW5jZS5wcm90bxIKc3BpbmRsZS52MSJICgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEQoEbmFtZRgDIAEoCUgAiAEBQgcKBV9uYW1lIsYECg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSEwoGcHJvbXB0GAIgASgJSACIAQESEQoJdG9rZW5faWRzGAMgAygNEikKCG1lc3NhZ2VzGAQgAygLMhcuc3BpbmRsZS52MS5DaGF0TWVzc2FnZRIXCgptYXhfdG9rZW5zGAUgASgNSAGIAQESGAoLdGVtcGVyYXR1cmUYBiABKAFIAogBARISCgV0b3BfcBgHIAEoAUgDiAEBEhIKBXRvcF9rGAggASgFSASIAQESEgoFbWluX3AYCSABKAFIBYgBARIRCgRzZWVkGAogASgDSAaIAQESDAoEc3RvcBgLIAMoCRIfChJyZXBldGl0aW9uX3BlbmFsdHkYDCABKAFIB4gBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgNIAEoAUgIiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYDiABKAFICYgBARIVCghsb2dwcm9icxgPIAEoDUgKiAEBEhAKCHByaW9yaXR5GBAgASgFEhIKCmlnbm9yZV9lb3MYESABKAhCCQoHX3Byb21wdEINCgtfbWF4X3Rva2Vuc0IOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3Bfa0IICgZfbWluX3BCBwoFX3NlZWRCFQoTX3JlcGV0aXRpb25fcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHlCEwoRX3ByZXNlbmNlX3BlbmFsdHlCCwoJX2xvZ3Byb2JzSgQIEhATIj4KClRvcExvZ3Byb2ISEAoIdG9rZW5faWQYASABKA0SDQoFdG9rZW4YAiABKAkSDwoHbG9ncHJvYhgDIAEoASJuCgxUb2tlbkxvZ3Byb2ISEAoIdG9rZW5faWQYASABKA0SDQoFdG9rZW4YAiABKAkSDwoHbG9ncHJvYhgDIAEoARIsCgx0b3BfbG9ncHJvYnMYBCADKAsyFi5zcGluZGxlLnYxLlRvcExvZ3Byb2IiUAoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoDRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoDRIVCg1jYWNoZWRfdG9rZW5zGAMgASgNIkQKB1RpbWluZ3MSFQoNcXVldWVfd2FpdF9tcxgBIAEoARIPCgd0dGZ0X21zGAIgASgBEhEKCWRlY29kZV9tcxgDIAEoASLNAQoQR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEhUKDWZpbmlzaF9yZWFzb24YAiABKAkSEQoJdG9rZW5faWRzGAMgAygNEioKCGxvZ3Byb2JzGAQgAygLMhguc3BpbmRsZS52MS5Ub2tlbkxvZ3Byb2ISIAoFdXNhZ2UYBSABKAsyES5zcGluZGxlLnYxLlVzYWdlEiQKB3RpbWluZ3MYBiABKAsyEy5zcGluZGxlLnYxLlRpbWluZ3MSDQoFbW9kZWwYByABKAkixAEKFkdlbmVyYXRlU3RyZWFtUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIRCgl0b2tlbl9pZHMYAiADKA0SKgoIbG9ncHJvYnMYAyADKAsyGC5zcGluZGxlLnYxLlRva2VuTG9ncHJvYhIVCg1maW5pc2hfcmVhc29uGAQgASgJEiAKBXVzYWdlGAUgASgLMhEuc3BpbmRsZS52MS5Vc2FnZRIkCgd0aW1pbmdzGAYgASgLMhMuc3BpbmRsZS52MS5UaW1pbmdzImYKD1Rva2VuaXplUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIMCgR0ZXh0GAIgASgJEh8KEmFkZF9zcGVjaWFsX3Rva2VucxgDIAEoCEgAiAEBQhUKE19hZGRfc3BlY2lhbF90b2tlbnMiSwoQVG9rZW5pemVSZXNwb25zZRIRCgl0b2tlbl9pZHMYASADKA0SDQoFY291bnQYAiABKA0SFQoNbWF4X21vZGVsX2xlbhgDIAEoDSITChFMaXN0TW9kZWxzUmVxdWVzdCI8CgVNb2RlbBIKCgJpZBgBIAEoCRIQCghvd25lZF9ieRgCIAEoCRIVCg1tYXhfbW9kZWxfbGVuGAMgASgNIjcKEkxpc3RNb2RlbHNSZXNwb25zZRIhCgZtb2RlbHMYASADKAsyES5zcGluZGxlLnYxLk1vZGVsIg8KDUhlYWx0aFJlcXVlc3QitQEKDkhlYWx0aFJlc3BvbnNlEg4KBnN0YXR1cxgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgdiYWNrZW5kGAMgASgJEg8KB3ZlcnNpb24YBCABKAkSDwoHcnVubmluZxgFIAEoDRIPCgd3YWl0aW5nGAYgASgNEhEKCWluX2ZsaWdodBgHIAEoDRIWCg5rdl9jYWNoZV91c2FnZRgIIAEoARIVCg1tYXhfbW9kZWxfbGVuGAkgASgNMoMDChBJbmZlcmVuY2VTZXJ2aWNlEkUKCEdlbmVyYXRlEhsuc3BpbmRsZS52MS5HZW5lcmF0ZVJlcXVlc3QaHC5zcGluZGxlLnYxLkdlbmVyYXRlUmVzcG9uc2USUwoOR2VuZXJhdGVTdHJlYW0SGy5zcGluZGxlLnYxLkdlbmVyYXRlUmVxdWVzdBoiLnNwaW5kbGUudjEuR2VuZXJhdGVTdHJlYW1SZXNwb25zZTABEkUKCFRva2VuaXplEhsuc3BpbmRsZS52MS5Ub2tlbml6ZVJlcXVlc3QaHC5zcGluZGxlLnYxLlRva2VuaXplUmVzcG9uc2USSwoKTGlzdE1vZGVscxIdLnNwaW5kbGUudjEuTGlzdE1vZGVsc1JlcXVlc3QaHi5zcGluZGxlLnYxLkxpc3RNb2RlbHNSZXNwb25zZRI/CgZIZWFsdGgSGS5zcGluZGxlLnYxLkhlYWx0aFJlcXVlc3QaGi5zcGluZGxlLnYxLkhlYWx0aFJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChpzcGluZGxlL3YxL2luZmVyZW5jZS5wcm90bxIKc3BpbmRsZS52MSJICgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEQoEbmFtZRgDIAEoCUgAiAEBQgcKBV9uYW1lIsYECg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSEwoGcHJvbXB0GAIgASgJSACIAQESEQoJdG9rZW5faWRzGAMgAygNEikKCG1lc3NhZ2VzGAQgAygLMhcuc3BpbmRsZS52MS5DaGF0TWVzc2FnZRIXCgptYXhfdG9rZW5zGAUgASgNSAGIAQESGAoLdGVtcGVyYXR1cmUYBiABKAFIAogBARISCgV0b3BfcBgHIAEoAUgDiAEBEhIKBXRvcF9rGAggASgFSASIAQESEgoFbWluX3AYCSABKAFIBYgBARIRCgRzZWVkGAogASgDSAaIAQESDAoEc3RvcBgLIAMoCRIfChJyZXBldGl0aW9uX3BlbmFsdHkYDCABKAFIB4gBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgNIAEoAUgIiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYDiABKAFICYgBARIVCghsb2dwcm9icxgPIAEoDUgKiAEBEhAKCHByaW9yaXR5GBAgASgFEhIKCmlnbm9yZV9lb3MYESABKAhCCQoHX3Byb21wdEINCgtfbWF4X3Rva2Vuc0IOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3Bfa0IICgZfbWluX3BCBwoFX3NlZWRCFQoTX3JlcGV0aXRpb25fcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHlCEwoRX3ByZXNlbmNlX3BlbmFsdHlCCwoJX2xvZ3Byb2JzSgQIEhATIj4KClRvcExvZ3Byb2ISEAoIdG9rZW5faWQYASABKA0SDQoFdG9rZW4YAiABKAkSDwoHbG9ncHJvYhgDIAEoASJuCgxUb2tlbkxvZ3Byb2ISEAoIdG9rZW5faWQYASABKA0SDQoFdG9rZW4YAiABKAkSDwoHbG9ncHJvYhgDIAEoARIsCgx0b3BfbG9ncHJvYnMYBCADKAsyFi5zcGluZGxlLnYxLlRvcExvZ3Byb2IiUAoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoDRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoDRIVCg1jYWNoZWRfdG9rZW5zGAMgASgNIkQKB1RpbWluZ3MSFQoNcXVldWVfd2FpdF9tcxgBIAEoARIPCgd0dGZ0X21zGAIgASgBEhEKCWRlY29kZV9tcxgDIAEoASLNAQoQR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEhUKDWZpbmlzaF9yZWFzb24YAiABKAkSEQoJdG9rZW5faWRzGAMgAygNEioKCGxvZ3Byb2JzGAQgAygLMhguc3BpbmRsZS52MS5Ub2tlbkxvZ3Byb2ISIAoFdXNhZ2UYBSABKAsyES5zcGluZGxlLnYxLlVzYWdlEiQKB3RpbWluZ3MYBiABKAsyEy5zcGluZGxlLnYxLlRpbWluZ3MSDQoFbW9kZWwYByABKAkixAEKFkdlbmVyYXRlU3RyZWFtUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIRCgl0b2tlbl9pZHMYAiADKA0SKgoIbG9ncHJvYnMYAyADKAsyGC5zcGluZGxlLnYxLlRva2VuTG9ncHJvYhIVCg1maW5pc2hfcmVhc29uGAQgASgJEiAKBXVzYWdlGAUgASgLMhEuc3BpbmRsZS52MS5Vc2FnZRIkCgd0aW1pbmdzGAYgASgLMhMuc3BpbmRsZS52MS5UaW1pbmdzImYKD1Rva2VuaXplUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIMCgR0ZXh0GAIgASgJEh8KEmFkZF9zcGVjaWFsX3Rva2VucxgDIAEoCEgAiAEBQhUKE19hZGRfc3BlY2lhbF90b2tlbnMiSwoQVG9rZW5pemVSZXNwb25zZRIRCgl0b2tlbl9pZHMYASADKA0SDQoFY291bnQYAiABKA0SFQoNbWF4X21vZGVsX2xlbhgDIAEoDSITChFMaXN0TW9kZWxzUmVxdWVzdCI8CgVNb2RlbBIKCgJpZBgBIAEoCRIQCghvd25lZF9ieRgCIAEoCRIVCg1tYXhfbW9kZWxfbGVuGAMgASgNIjcKEkxpc3RNb2RlbHNSZXNwb25zZRIhCgZtb2RlbHMYASADKAsyES5zcGluZGxlLnYxLk1vZGVsIg8KDUhlYWx0aFJlcXVlc3QitQEKDkhlYWx0aFJlc3BvbnNlEg4KBnN0YXR1cxgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgdiYWNrZW5kGAMgASgJEg8KB3ZlcnNpb24YBCABKAkSDwoHcnVubmluZxgFIAEoDRIPCgd3YWl0aW5nGAYgASgNEhEKCWluX2ZsaWdodBgHIAEoDRIWCg5rdl9jYWNoZV91c2FnZRgIIAEoARIVCg1tYXhfbW9kZWxfbGVuGAkgASgNIlQKDEVtYmVkUmVxdWVzdBINCgVtb2RlbBgBIAEoCRINCgVpbnB1dBgCIAMoCRIXCgpkaW1lbnNpb25zGAMgASgNSACIAQFCDQoLX2RpbWVuc2lvbnMiLQoJRW1iZWRkaW5nEg0KBWluZGV4GAEgASgNEhEKCWVtYmVkZGluZxgCIAMoAiJlCg1FbWJlZFJlc3BvbnNlEiMKBGRhdGEYASADKAsyFS5zcGluZGxlLnYxLkVtYmVkZGluZxINCgVtb2RlbBgCIAEoCRIgCgV1c2FnZRgDIAEoCzIRLnNwaW5kbGUudjEuVXNhZ2UywQMKEEluZmVyZW5jZVNlcnZpY2USRQoIR2VuZXJhdGUSGy5zcGluZGxlLnYxLkdlbmVyYXRlUmVxdWVzdBocLnNwaW5kbGUudjEuR2VuZXJhdGVSZXNwb25zZRJTCg5HZW5lcmF0ZVN0cmVhbRIbLnNwaW5kbGUudjEuR2VuZXJhdGVSZXF1ZXN0GiIuc3BpbmRsZS52MS5HZW5lcmF0ZVN0cmVhbVJlc3BvbnNlMAESRQoIVG9rZW5pemUSGy5zcGluZGxlLnYxLlRva2VuaXplUmVxdWVzdBocLnNwaW5kbGUudjEuVG9rZW5pemVSZXNwb25zZRJLCgpMaXN0TW9kZWxzEh0uc3BpbmRsZS52MS5MaXN0TW9kZWxzUmVxdWVzdBoeLnNwaW5kbGUudjEuTGlzdE1vZGVsc1Jlc3BvbnNlEj8KBkhlYWx0aBIZLnNwaW5kbGUudjEuSGVhbHRoUmVxdWVzdBoaLnNwaW5kbGUudjEuSGVhbHRoUmVzcG9uc2USPAoFRW1iZWQSGC5zcGluZGxlLnYxLkVtYmVkUmVxdWVzdBoZLnNwaW5kbGUudjEuRW1iZWRSZXNwb25zZWIGcHJvdG8z");
 
 /**
  * @generated from message spindle.v1.ChatMessage
@@ -612,6 +612,92 @@ export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
   messageDesc(file_spindle_v1_inference, 14);
 
 /**
+ * @generated from message spindle.v1.EmbedRequest
+ */
+export type EmbedRequest = Message<"spindle.v1.EmbedRequest"> & {
+  /**
+   * Optional: the served model.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The texts to embed (at least one, none empty).
+   *
+   * @generated from field: repeated string input = 2;
+   */
+  input: string[];
+
+  /**
+   * Optional: must equal the model's embedding length.
+   *
+   * @generated from field: optional uint32 dimensions = 3;
+   */
+  dimensions?: number | undefined;
+};
+
+/**
+ * Describes the message spindle.v1.EmbedRequest.
+ * Use `create(EmbedRequestSchema)` to create a new message.
+ */
+export const EmbedRequestSchema: GenMessage<EmbedRequest> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 15);
+
+/**
+ * @generated from message spindle.v1.Embedding
+ */
+export type Embedding = Message<"spindle.v1.Embedding"> & {
+  /**
+   * Position in the request's input.
+   *
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * @generated from field: repeated float embedding = 2;
+   */
+  embedding: number[];
+};
+
+/**
+ * Describes the message spindle.v1.Embedding.
+ * Use `create(EmbeddingSchema)` to create a new message.
+ */
+export const EmbeddingSchema: GenMessage<Embedding> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 16);
+
+/**
+ * @generated from message spindle.v1.EmbedResponse
+ */
+export type EmbedResponse = Message<"spindle.v1.EmbedResponse"> & {
+  /**
+   * @generated from field: repeated spindle.v1.Embedding data = 1;
+   */
+  data: Embedding[];
+
+  /**
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * prompt_tokens: every input's tokens; completion_tokens 0.
+   *
+   * @generated from field: spindle.v1.Usage usage = 3;
+   */
+  usage?: Usage | undefined;
+};
+
+/**
+ * Describes the message spindle.v1.EmbedResponse.
+ * Use `create(EmbedResponseSchema)` to create a new message.
+ */
+export const EmbedResponseSchema: GenMessage<EmbedResponse> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 17);
+
+/**
  * @generated from service spindle.v1.InferenceService
  */
 export const InferenceService: GenService<{
@@ -664,6 +750,16 @@ export const InferenceService: GenService<{
     methodKind: "unary";
     input: typeof HealthRequestSchema;
     output: typeof HealthResponseSchema;
+  },
+  /**
+   * One L2-normalized embedding per input (as /v1/embeddings computes them).
+   *
+   * @generated from rpc spindle.v1.InferenceService.Embed
+   */
+  embed: {
+    methodKind: "unary";
+    input: typeof EmbedRequestSchema;
+    output: typeof EmbedResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spindle_v1_inference, 0);
