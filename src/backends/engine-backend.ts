@@ -68,13 +68,16 @@ class EngineBackend implements Backend {
   }
 }
 
-export async function startEngineBackend(init: LocalBackendInit | SimBackendInit): Promise<Backend> {
+export async function startEngineBackend(
+  init: LocalBackendInit | SimBackendInit,
+  opts: { onLoadProgress?: (loaded: number, total: number) => void } = {},
+): Promise<Backend> {
   // The main thread reads the tokenizer too (routes tokenize and render templates); weights stay in the worker.
   const card = readModelCard(init.modelPath);
   let engine: EngineClient;
   if (init.kind === "local") {
     const { kind: _, ...rest } = init;
-    engine = await EngineClient.start({ ...rest, kind: "model" });
+    engine = await EngineClient.start({ ...rest, kind: "model" }, { onLoadProgress: opts.onLoadProgress });
   } else {
     engine = await EngineClient.start({
       kind: "sim",

@@ -56,6 +56,8 @@ export type BackendInit = LocalBackendInit | SimBackendInit | LlamaCppBackendIni
 export interface StartBackendOptions {
   /** Where backends log what happens outside requests (upstream health, a spawned server's restarts). */
   log?: Logger;
+  /** The local backend: called while the engine reads the weights (bytes loaded, of total), for a progress bar. */
+  onLoadProgress?: (loaded: number, total: number) => void;
 }
 
 /** Starts the backend `init` names; resolves once it can take requests. */
@@ -64,7 +66,7 @@ export async function startBackend(init: BackendInit, opts: StartBackendOptions 
     case "local":
     case "sim": {
       const { startEngineBackend } = await import("./engine-backend.js");
-      return startEngineBackend(init);
+      return startEngineBackend(init, { onLoadProgress: opts.onLoadProgress });
     }
     case "llamacpp": {
       const { startLlamaCppBackend } = await import("./llamacpp-backend.js");

@@ -1,4 +1,3 @@
-import { parseArgs } from "node:util";
 import { benchEngine } from "../bench/engine-bench.js";
 import { calibrate } from "../engine/calibrate.js";
 import { ModelRunner } from "../engine/runner.js";
@@ -7,14 +6,34 @@ import { SpindleError } from "../errors.js";
 import { ensureModel } from "../model/default-model.js";
 import { KVCacheStorage } from "../model/kv-cache.js";
 import { loadModel } from "../model/model.js";
+import { command } from "./options.js";
+
+export const CALIBRATE = command({
+  name: "calibrate",
+  usage: "spindle calibrate [--model M] [--repeats N]",
+  summary:
+    "Fits the simulated runner's step-cost model (what `serve --backend sim` uses) to a real model on this machine: times prefill and decode steps of several shapes, prints each point and the fit on stderr, and the fitted cost model as JSON on stdout.",
+  options: {
+    model: {
+      type: "string",
+      short: "m",
+      arg: "M",
+      description: "a .gguf path or a model name (default: the default model, pulled on first use)",
+    },
+    repeats: {
+      type: "string",
+      arg: "N",
+      default: "3",
+      description: "times each shape is measured; the fit takes the median",
+    },
+  },
+});
 
 /** `spindle calibrate --model M`: fits the simulated runner's cost model to this machine and model. */
 export async function calibrateCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: { model: { type: "string", short: "m" }, repeats: { type: "string", default: "3" } },
-    strict: true,
-  });
+  const parsed = CALIBRATE.parse(args);
+  if (!parsed) return 0;
+  const { values } = parsed;
   const model = loadModel(await ensureModel(values.model));
   const c = calibrate(model, Number(values.repeats));
   for (const p of c.points) {
@@ -33,26 +52,68 @@ const list = (s: string) =>
     .map((x) => x.trim())
     .filter((x) => x.length > 0);
 
+export const BENCH_ENGINE = command({
+  name: "bench-engine",
+  usage:
+    "spindle bench-engine [--model M] [--concurrency 1,8,32] [--batching continuous,static,window] [options]",
+  summary:
+    "Closed-loop throughput of the engine alone (no HTTP): for each concurrency, every batching mode runs the same synthetic workload in turn (interleaved, so machine noise hits all alike) and one line per run reports output tok/s, mean TTFT, latency and batch size.",
+  options: {
+    model: {
+      type: "string",
+      short: "m",
+      arg: "M",
+      description: "a .gguf path or a model name (default: the default model, pulled on first use)",
+    },
+    concurrency: {
+      type: "string",
+      arg: "LIST",
+      default: "1,8,32",
+      description: "comma-separated numbers of clients, each sending its next request when the last ends",
+    },
+    batching: {
+      type: "string",
+      arg: "LIST",
+      default: "continuous,static,window",
+      description: "comma-separated batching modes to compare (continuous, static, window)",
+    },
+    "requests-per-client": {
+      type: "string",
+      arg: "N",
+      default: "2",
+      description: "requests each client sends",
+    },
+    "prompt-tokens": {
+      type: "string",
+      arg: "N",
+      default: "32",
+      description: "random prompt tokens per request",
+    },
+    "max-tokens": { type: "string", arg: "N", default: "32", description: "tokens generated per request" },
+    "max-num-seqs": { type: "string", arg: "N", default: "32", description: "sequences per engine batch" },
+    "max-num-batched-tokens": {
+      type: "string",
+      arg: "N",
+      default: "512",
+      description: "token budget per engine step",
+    },
+    "batch-window-ms": {
+      type: "string",
+      arg: "MS",
+      default: "50",
+      description: "how long the window mode waits to fill a batch",
+    },
+  },
+});
+
 /**
  * `spindle bench-engine`: closed-loop throughput of the engine alone (no HTTP) for several
  * batching modes at several concurrencies, modes interleaved so machine noise hits all alike.
  */
 export async function benchEngineCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      model: { type: "string", short: "m" },
-      concurrency: { type: "string", default: "1,8,32" },
-      batching: { type: "string", default: "continuous,static,window" },
-      "requests-per-client": { type: "string", default: "2" },
-      "prompt-tokens": { type: "string", default: "32" },
-      "max-tokens": { type: "string", default: "32" },
-      "max-num-seqs": { type: "string", default: "32" },
-      "max-num-batched-tokens": { type: "string", default: "512" },
-      "batch-window-ms": { type: "string", default: "50" },
-    },
-    strict: true,
-  });
+  const parsed = BENCH_ENGINE.parse(args);
+  if (!parsed) return 0;
+  const { values } = parsed;
   const modes = list(values.batching) as BatchingMode[];
   for (const m of modes)
     if (!["continuous", "static", "window"].includes(m))

@@ -1,49 +1,83 @@
-import { parseArgs } from "node:util";
+import { basename } from "node:path";
 import { renderChat } from "../chat/template.js";
 import { SpindleError } from "../errors.js";
 import { describeKernels } from "../kernels/kernels.js";
 import { defaultKernelsName, type KernelName, selectKernelsSync } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
 import { generate } from "../model/generate.js";
-import { loadModel } from "../model/model.js";
+import { loadModel, type Model } from "../model/model.js";
 import { tuneSmallSplits } from "../model/tune-splits.js";
+import { ProgressBar } from "../progress.js";
+import { command } from "./options.js";
 
-export const GENERATE_USAGE = `usage: spindle generate [--model M] (--prompt P | --chat P) [--max-tokens N] [--temperature T] [--seed S]
-                        [--top-k K] [--top-p P] [--min-p P] [--stop S]...
+const MODEL_HELP =
+  "a .gguf path, a model name, owner/repo[:QUANT], hf.co/owner/repo[:QUANT] or owner/repo/file.gguf (pulled on first use; default: SmolLM2-135M-Instruct)";
 
-Prints the continuation of a prompt on stdout and timings on stderr.
-
-  --model M         a .gguf path or a model name (default: the default model, pulled on first use)
-  --prompt P        raw text prompt (BOS added per the model's tokenizer)
-  --chat P          a user message, rendered with the model's chat template
-  --max-tokens N    tokens to generate (default 64)
-  --temperature T   0 = greedy (default 0)
-  --kernels K       wasm (WebAssembly SIMD, the default once built) or reference (plain TypeScript)
-  --threads N       kernel threads a large matmul is split over (default: the cores; $SPINDLE_THREADS)`;
+export const GENERATE = command({
+  name: "generate",
+  usage:
+    "spindle generate [--model M] (--prompt P | --chat P) [--max-tokens N] [--temperature T] [--seed S] [options]",
+  summary:
+    "Prints the continuation of a prompt on stdout and load, prompt and generation timings on stderr. The model runs in this process, one sequence at a time.",
+  options: {
+    model: { type: "string", short: "m", arg: "M", description: MODEL_HELP },
+    prompt: {
+      type: "string",
+      short: "p",
+      arg: "P",
+      description: "raw text prompt (BOS added as the model's tokenizer asks)",
+    },
+    chat: {
+      type: "string",
+      arg: "P",
+      description: "a user message, rendered with the model's chat template",
+    },
+    "max-tokens": {
+      type: "string",
+      short: "n",
+      arg: "N",
+      default: "64",
+      description: "most tokens to generate",
+    },
+    temperature: { type: "string", arg: "T", default: "0", description: "sampling temperature; 0 is greedy" },
+    "top-k": { type: "string", arg: "K", description: "sample from the K most likely tokens only" },
+    "top-p": {
+      type: "string",
+      arg: "P",
+      description: "sample from the smallest set of tokens whose probability reaches P",
+    },
+    "min-p": {
+      type: "string",
+      arg: "P",
+      description: "drop tokens less likely than P times the most likely one",
+    },
+    seed: {
+      type: "string",
+      arg: "S",
+      description: "seed of the sampler's random numbers, for repeatable samples",
+    },
+    stop: { type: "string", multiple: true, arg: "S", description: "stop before this text (repeatable)" },
+    kernels: {
+      type: "string",
+      arg: "K",
+      description:
+        "wasm (WebAssembly SIMD, the default once built) or reference (plain TypeScript); also $SPINDLE_KERNELS",
+    },
+    threads: {
+      type: "string",
+      arg: "N",
+      description: "kernel threads a large matmul is split over (default: the cores; also $SPINDLE_THREADS)",
+    },
+  },
+});
 
 export async function generateCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      model: { type: "string", short: "m" },
-      prompt: { type: "string", short: "p" },
-      chat: { type: "string" },
-      "max-tokens": { type: "string", short: "n", default: "64" },
-      temperature: { type: "string", default: "0" },
-      "top-k": { type: "string" },
-      "top-p": { type: "string" },
-      "min-p": { type: "string" },
-      seed: { type: "string" },
-      stop: { type: "string", multiple: true },
-      kernels: { type: "string" },
-      threads: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    strict: true,
-  });
-  if (values.help || (values.prompt === undefined && values.chat === undefined)) {
-    process.stdout.write(`${GENERATE_USAGE}\n`);
-    return values.help ? 0 : 2;
+  const parsed = GENERATE.parse(args);
+  if (!parsed) return 0;
+  const { values } = parsed;
+  if (values.prompt === undefined && values.chat === undefined) {
+    process.stdout.write(`${GENERATE.help()}\n`);
+    return 2;
   }
   const num = (v: string | undefined) => (v === undefined ? undefined : Number(v));
   if (values.threads !== undefined) {
@@ -54,9 +88,16 @@ export async function generateCommand(args: string[]): Promise<number> {
   }
   const path = await ensureModel(values.model);
   const t0 = performance.now();
-  const model = loadModel(path, {
-    kernels: selectKernelsSync((values.kernels as KernelName | undefined) ?? defaultKernelsName()),
-  });
+  const bar = process.stderr.isTTY ? new ProgressBar({ label: `loading ${basename(path)}` }) : undefined;
+  let model: Model;
+  try {
+    model = loadModel(path, {
+      kernels: selectKernelsSync((values.kernels as KernelName | undefined) ?? defaultKernelsName()),
+      onProgress: (loaded, total) => bar?.update(loaded, total),
+    });
+  } finally {
+    bar?.done();
+  }
   await tuneSmallSplits(model); // kernel threads up, decode splits measured
   const loadMs = performance.now() - t0;
   let prompt = values.prompt ?? "";

@@ -3,35 +3,64 @@ import { benchCommand } from "./bench.js";
 import { benchGrammarCommand } from "./bench-grammar.js";
 import { benchEngineCommand, calibrateCommand } from "./engine-commands.js";
 import { generateCommand } from "./generate.js";
+import { listCommand, rmCommand, showCommand } from "./models.js";
+import { versionLine } from "./options.js";
+import { psCommand } from "./ps.js";
 import { pullCommand } from "./pull.js";
+import { runCommand } from "./run.js";
 import { serveCommand } from "./serve.js";
 import { synthModelCommand } from "./synth-model.js";
 
-const USAGE = `usage: spindle <command> [options]
+const USAGE = `usage: spindle <command> [options]      (spindle <command> --help says more)
 
-commands:
-  generate      print the continuation of a prompt (spindle generate --help)
-  pull          download a GGUF from Hugging Face into the cache (spindle pull --help)
-  synth-model   write a model with random weights and a real vocabulary (spindle synth-model --help)
-  calibrate     fit the simulated runner's step-cost model to a real model on this machine
-  bench         load-test an OpenAI-compatible server like vLLM's bench serve (spindle bench --help)
+models
+  run           chat with a model in the terminal, or answer one prompt
+  pull          download a model from Hugging Face into the cache (hf.co/owner/repo:Q4_K_M)
+  list          the models in the cache: size, architecture, parameters, quantization (alias: ls)
+  show          what a model file says: architecture, context length, quantization mix, chat template
+  rm            delete models from the cache
+serving
+  serve         serve a model over OpenAI-, Ollama-, TGI- and llama-server-compatible HTTP APIs
+  ps            what a running server has loaded, and how full its KV cache is
+tools
+  generate      print the continuation of a prompt, with timings
+  synth-model   write a model with random weights and a real vocabulary
+  bench         load-test an OpenAI-compatible server, as vLLM's bench serve
   bench-engine  closed-loop engine throughput (no HTTP): batching modes x concurrency
-  bench-grammar constrained decoding's benchmark on JSON Schema test files (spindle bench-grammar --help)
-  serve         serve a model over an OpenAI-compatible HTTP API (spindle serve --help)`;
+  bench-grammar constrained decoding's benchmark on MaskBench-style JSON Schema test files
+  calibrate     fit the simulated runner's step-cost model to a real model on this machine
+
+  --version     print Spindle's version`;
 
 const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
-  generate: generateCommand,
+  run: runCommand,
   pull: pullCommand,
+  list: listCommand,
+  ls: listCommand,
+  show: showCommand,
+  rm: rmCommand,
+  serve: serveCommand,
+  ps: psCommand,
+  generate: generateCommand,
   "synth-model": synthModelCommand,
-  calibrate: calibrateCommand,
+  bench: benchCommand,
   "bench-engine": benchEngineCommand,
   "bench-grammar": benchGrammarCommand,
-  serve: serveCommand,
-  bench: benchCommand,
+  calibrate: calibrateCommand,
 };
+
+/** True when `--version` is one of the options (before a `--`). */
+function asksVersion(args: string[]): boolean {
+  const end = args.indexOf("--");
+  return (end < 0 ? args : args.slice(0, end)).includes("--version");
+}
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  if (cmd === "--version" || cmd === "-v" || cmd === "version") {
+    process.stdout.write(`${versionLine()}\n`);
+    return 0;
+  }
   if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
     process.stdout.write(`${USAGE}\n`);
     return cmd === undefined ? 2 : 0;
@@ -40,6 +69,11 @@ export async function main(argv: string[]): Promise<number> {
   if (!run) {
     process.stderr.write(`spindle: unknown command "${cmd}"\n${USAGE}\n`);
     return 2;
+  }
+  // Every command answers --version, including those with a hand-written usage page (serve, bench).
+  if (asksVersion(rest)) {
+    process.stdout.write(`${versionLine()}\n`);
+    return 0;
   }
   try {
     return await run(rest);

@@ -1,6 +1,5 @@
 import { basename } from "node:path";
 import { parseArgs } from "node:util";
-import pino from "pino";
 import {
   BACKEND_KINDS,
   type BackendInit,
@@ -11,8 +10,10 @@ import type { BatchingMode, Policy } from "../engine/scheduler.js";
 import { SpindleError } from "../errors.js";
 import { defaultKernelsName } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
+import { ProgressBar } from "../progress.js";
 import { DEFAULT_SERVE_OPTIONS } from "../server/context.js";
 import { startServer } from "../server/server.js";
+import { createLogger } from "./log-format.js";
 
 export const SERVE_USAGE = `usage: spindle serve [--model M] [--host 127.0.0.1] [--port 8000] [options]
 
@@ -20,7 +21,13 @@ Serves a model behind an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/c
 /v1/models), TGI-style /generate and /generate_stream, /tokenize, /detokenize, /health, /metrics,
 and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect and gRPC-Web.
 
-  --model M                   a .gguf path, a model name, or <owner>/<repo>/<file> (default: SmolLM2-135M-Instruct)
+  -m, --model M               a .gguf path, a model name, hf.co/<owner>/<repo>[:QUANT], <owner>/<repo>:QUANT
+                              or <owner>/<repo>/<file>; a repository is pulled on first use
+                              (default: SmolLM2-135M-Instruct)
+  --host HOST                 address to listen on (default ${DEFAULT_SERVE_OPTIONS.host})
+  --port PORT                 port to listen on (default ${DEFAULT_SERVE_OPTIONS.port})
+  -c, --ctx-size N            cap each request's context (prompt + output) at N tokens, at most the model's;
+                              without --kv-cache-memory the KV cache then holds at least one N-token context
   --grpc-port PORT            also serve spindle.v1.InferenceService over HTTP/2 cleartext on PORT: gRPC,
                               Connect and gRPC-Web (the main port serves Connect and gRPC-Web over HTTP/1.1)
   --admin-port PORT           also serve /health, /metrics and /version on PORT (no auth), apart from the API
@@ -54,6 +61,10 @@ Backends (what computes the tokens; admission, priorities, metrics and logs appl
                upstream (its URL is --upstream); --model gives the tokenizer and chat template
      sim       the engine with a simulated runner: --model gives the tokenizer, no weights are read
   --log-prompts               include prompt text in request logs
+  --log-format FORMAT         json: JSON lines (for log collectors); text: one readable line per entry,
+                              coloured on a terminal; auto (the default): text on a terminal, JSON when piped
+  --log-level LEVEL           trace, debug, info, warn or error (default info)
+  --version                   print Spindle's version and exit
   --shutdown-timeout-ms MS    on SIGTERM, how long in-flight requests may finish (default 10000)`;
 
 /** "256MiB", "1GiB", "512MB", "1000000" → bytes. */
@@ -101,13 +112,15 @@ function backendInit(
   };
   only(["upstream", "upstream-concurrency", "upstream-model", "upstream-api-key", "spawn"], ["openai"]);
   only(["parallel"], ["llamacpp"]);
-  only(["threads"], ["local", "llamacpp"]);
+  only(["threads", "ctx-size"], ["local", "llamacpp"]);
+  const ctxSize = int("ctx-size", str("ctx-size"), 1);
   switch (kind) {
     case "local":
       return {
         kind,
         modelPath,
         kvCacheBytes: str("kv-cache-memory") ? parseSize(str("kv-cache-memory")!) : undefined,
+        contextLength: ctxSize,
         options: engineOptions,
       };
     case "sim":
@@ -119,6 +132,7 @@ function backendInit(
         modelPath,
         ...queue,
         parallel: int("parallel", str("parallel"), 1),
+        contextLength: ctxSize,
         threads: t === undefined || t === "auto" ? "auto" : int("threads", t, 1),
       };
     }
@@ -169,6 +183,8 @@ export async function serveCommand(args: string[]): Promise<number> {
       "no-prefix-caching": { type: "boolean", default: false },
       "log-prompts": { type: "boolean", default: false },
       "log-level": { type: "string", default: "info" },
+      "log-format": { type: "string", default: "auto" },
+      "ctx-size": { type: "string", short: "c" },
       "shutdown-timeout-ms": { type: "string" },
       "body-limit": { type: "string" },
       "body-timeout-ms": { type: "string" },
@@ -215,7 +231,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.env.SPINDLE_THREADS = String(int("threads", values.threads, 1));
   }
   defaultKernelsName(); // validates SPINDLE_KERNELS before anything starts
-  const log = pino({ level: values["log-level"] });
+  const log = createLogger({ level: values["log-level"], format: values["log-format"] });
   const backendKind = values.backend as BackendKind;
   if (!BACKEND_KINDS.includes(backendKind)) {
     throw new SpindleError(`unknown --backend "${values.backend}" (one of ${BACKEND_KINDS.join(", ")})`);
@@ -231,6 +247,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     prefixCaching: !values["no-prefix-caching"],
   };
   const backend = backendInit(backendKind, modelPath, values, engineOptions);
+  // On a terminal, a progress bar on stderr while the weights load (the logs go to stdout).
+  const bar = process.stderr.isTTY ? new ProgressBar({ label: `loading ${basename(modelPath)}` }) : undefined;
   const server = await startServer({
     log,
     host: values.host,
@@ -248,6 +266,13 @@ export async function serveCommand(args: string[]): Promise<number> {
     logPrompts: values["log-prompts"],
     shutdownTimeoutMs: int("shutdown-timeout-ms", values["shutdown-timeout-ms"], 0),
     backend,
+    // The bar ends (its line too) once all weights are read, before the "ready" log line.
+    onLoadProgress:
+      bar &&
+      ((loaded, total) => {
+        bar.update(loaded, total);
+        if (loaded >= total) bar.done();
+      }),
   });
   const stop = (signal: string) => {
     log.info({ signal }, "shutting down: finishing in-flight requests");
@@ -269,6 +294,8 @@ export async function serveCommand(args: string[]): Promise<number> {
   } catch (err) {
     await server.close();
     throw err;
+  } finally {
+    bar?.done();
   }
   process.stderr.write(`spindle: serving ${server.ctx.opts.modelName} at ${server.url}\n`);
   // Keep running until a signal.

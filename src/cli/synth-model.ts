@@ -1,48 +1,78 @@
-import { parseArgs } from "node:util";
 import { SYNTH_CHAT_TEMPLATES } from "../chat/hermes-template.js";
 import { SpindleError } from "../errors.js";
 import { GGMLType } from "../gguf/types.js";
 import type { PoolingType } from "../model/pooling.js";
 import { resolveModel } from "../model/resolve.js";
 import { SHAPES, SYNTH_MIXTURES, type SynthArch, type SynthMixture, synthModel } from "../model/synth.js";
+import { command } from "./options.js";
 
-export const SYNTH_USAGE = `usage: spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch llama|qwen2|qwen3]
-                           [--type F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q5_K|Q6_K|Q4_K_M] [--vocab VOCAB.gguf]
-                           [--seed N] [--tied] [--pooling mean|cls|last] [--chat-template ${Object.keys(SYNTH_CHAT_TEMPLATES).join("|")}]
-                           [--dim N --layers N --heads N --kv-heads N --ffn N --context N]
+const TYPES = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K";
 
-Writes a model with deterministic random weights and the tokenizer of a vocab GGUF.
---pooling writes <arch>.pooling_type: how /v1/embeddings pools (an embedding model's "last", as Qwen3's).
---type Q4_K_M is llama.cpp's per-tensor mixture (Q4_K, with Q6_K for the LM head and some attn_v/ffn_down).
---chat-template hermes writes Spindle's Hermes-style tool-aware chat template (tools, <tool_call> calls).
-Defaults: --shape stories15M --arch llama --type F32 --vocab vocab/ggml-vocab-llama-spm.gguf --seed 1`;
+export const SYNTH = command({
+  name: "synth-model",
+  usage: `spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch llama|qwen2|qwen3]
+                           [--type T] [--vocab VOCAB.gguf] [--seed N] [--tied] [--pooling P] [--chat-template NAME] [--dim N --layers N ...]`,
+  summary:
+    "Writes a model with deterministic random weights (scaled so logits have a real spread) and the tokenizer of a vocab GGUF: the realistic sizes for tests and benchmarks, without downloading a model. Prints the file's path on stdout and its parameter count on stderr.",
+  options: {
+    out: { type: "string", short: "o", arg: "FILE", description: "the .gguf file to write (required)" },
+    shape: {
+      type: "string",
+      arg: "S",
+      default: "stories15M",
+      description: `a known model's dimensions: ${Object.keys(SHAPES).join(", ")}`,
+    },
+    arch: {
+      type: "string",
+      arg: "A",
+      default: "llama",
+      description: "llama, qwen2 (Q/K/V biases) or qwen3 (Q/K norms)",
+    },
+    type: {
+      type: "string",
+      arg: "T",
+      default: "F32",
+      description: `weight type: ${TYPES}, or Q4_K_M (llama.cpp's mixture: Q4_K, with Q6_K for the LM head and some attn_v/ffn_down)`,
+    },
+    vocab: {
+      type: "string",
+      arg: "VOCAB",
+      default: "vocab/ggml-vocab-llama-spm.gguf",
+      description: "the GGUF whose tokenizer the model gets (a path or a model name)",
+    },
+    seed: { type: "string", arg: "N", default: "1", description: "seed of the random weights" },
+    tied: { type: "boolean", description: "no output.weight: the LM head reuses the token embeddings" },
+    pooling: {
+      type: "string",
+      arg: "P",
+      description:
+        "write <arch>.pooling_type: mean, cls or last (how /v1/embeddings pools; an embedding model's last, as Qwen3's)",
+    },
+    "chat-template": {
+      type: "string",
+      arg: "NAME",
+      description: `write a chat template instead of the vocab file's: ${Object.keys(SYNTH_CHAT_TEMPLATES).join(", ")} (Spindle's Hermes-style tool-aware template: tools, <tool_call> calls)`,
+    },
+    dim: { type: "string", arg: "N", description: "override the shape's embedding width" },
+    layers: { type: "string", arg: "N", description: "override the shape's number of layers" },
+    heads: { type: "string", arg: "N", description: "override the shape's attention heads" },
+    "kv-heads": {
+      type: "string",
+      arg: "N",
+      description: "override the shape's KV heads (default: --heads when given)",
+    },
+    ffn: { type: "string", arg: "N", description: "override the shape's feed-forward width" },
+    context: { type: "string", arg: "N", description: "override the shape's context length" },
+  },
+});
 
 export function synthModelCommand(args: string[]): number {
-  const { values } = parseArgs({
-    args,
-    options: {
-      out: { type: "string", short: "o" },
-      shape: { type: "string", default: "stories15M" },
-      arch: { type: "string", default: "llama" },
-      type: { type: "string", default: "F32" },
-      vocab: { type: "string", default: "vocab/ggml-vocab-llama-spm.gguf" },
-      seed: { type: "string", default: "1" },
-      tied: { type: "boolean", default: false },
-      "chat-template": { type: "string" },
-      pooling: { type: "string" },
-      dim: { type: "string" },
-      layers: { type: "string" },
-      heads: { type: "string" },
-      "kv-heads": { type: "string" },
-      ffn: { type: "string" },
-      context: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    strict: true,
-  });
-  if (values.help || !values.out) {
-    process.stdout.write(`${SYNTH_USAGE}\n`);
-    return values.help ? 0 : 2;
+  const parsed = SYNTH.parse(args);
+  if (!parsed) return 0;
+  const { values } = parsed;
+  if (!values.out) {
+    process.stdout.write(`${SYNTH.help()}\n`);
+    return 2;
   }
   const base = SHAPES[values.shape];
   if (!base)
@@ -54,6 +84,8 @@ export function synthModelCommand(args: string[]): number {
   if (type === undefined) throw new SpindleError(`unknown weight type "${values.type}"`);
   if (!["llama", "qwen2", "qwen3"].includes(values.arch))
     throw new SpindleError(`unknown arch "${values.arch}"`);
+  if (values.pooling !== undefined && !["mean", "cls", "last"].includes(values.pooling))
+    throw new SpindleError(`unknown pooling "${values.pooling}" (mean, cls or last)`);
   const templateName = values["chat-template"];
   const chatTemplate = templateName === undefined ? undefined : SYNTH_CHAT_TEMPLATES[templateName];
   if (templateName !== undefined && chatTemplate === undefined) {
@@ -61,8 +93,6 @@ export function synthModelCommand(args: string[]): number {
       `unknown chat template "${templateName}" (known: ${Object.keys(SYNTH_CHAT_TEMPLATES).join(", ")})`,
     );
   }
-  if (values.pooling !== undefined && !["mean", "cls", "last"].includes(values.pooling))
-    throw new SpindleError(`unknown pooling "${values.pooling}" (mean, cls or last)`);
   const n = (v: string | undefined, d: number) => (v === undefined ? d : Number(v));
   const shape = {
     ...base,

@@ -7,7 +7,7 @@ import { tuneSmallSplits } from "../model/tune-splits.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { type Clock, realClock } from "./engine.js";
 import type { EngineInfo, EngineInit } from "./engine-protocol.js";
-import { kvCacheBlocks } from "./kv-sizing.js";
+import { cappedContext, kvCacheBlocks } from "./kv-sizing.js";
 import { ModelRunner, type Runner } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS } from "./scheduler.js";
 import { SimRunner } from "./sim-runner.js";
@@ -38,7 +38,8 @@ export interface Built {
   info: EngineInfo;
 }
 
-export function build(init: EngineInit): Built {
+/** `onLoadProgress` sees the weights being read (model kind): bytes loaded, of total. */
+export function build(init: EngineInit, onLoadProgress?: (loaded: number, total: number) => void): Built {
   const opts = init.options ?? {};
   const maxNumSeqs = opts.maxNumSeqs ?? DEFAULT_SCHEDULER_OPTIONS.maxNumSeqs;
   const base = {
@@ -83,12 +84,18 @@ export function build(init: EngineInit): Built {
   }
   if (init.kind !== "model")
     throw new SpindleError(`unknown engine kind ${String((init as { kind: unknown }).kind)}`);
-  const model: Model = loadModel(init.modelPath);
+  const model: Model = loadModel(init.modelPath, { onProgress: onLoadProgress });
   const c = model.config;
   const numBlocks = kvCacheBlocks(c, init, maxNumSeqs);
-  const runner = new ModelRunner(model, numBlocks, init.blockSize);
+  const contextLength = cappedContext(c.contextLength, init.contextLength);
+  const runner = new ModelRunner(model, numBlocks, init.blockSize, contextLength);
   const tok = model.tokenizer;
   const warnings: string[] = [];
+  if (init.contextLength !== undefined && init.contextLength > c.contextLength) {
+    warnings.push(
+      `--ctx-size ${init.contextLength} is more than the model was trained for; using its context length, ${c.contextLength}`,
+    );
+  }
   if (model.transformer.kernels.allocFloat32 && !runner.kv.inKernelMemory) {
     warnings.push(
       `the KV cache (${((runner.numBlocks * runner.blockSize * KVCacheStorage.bytesPerToken(c)) / 2 ** 20).toFixed(0)} MiB) does not fit in the ${model.transformer.kernels.name} kernels' memory next to the weights (4 GiB at most): it lives in plain arrays and attention runs in the slower reference kernel; lower --kv-cache-memory`,
@@ -121,7 +128,7 @@ export function build(init: EngineInit): Built {
       blockSize: runner.blockSize,
       kvCacheBytes: runner.numBlocks * runner.blockSize * KVCacheStorage.bytesPerToken(c),
       vocabSize: c.vocabSize,
-      contextLength: c.contextLength,
+      contextLength,
       bos: tok.bos,
       eos: tok.eos,
       eogTokens: [...tok.eogTokens].sort((a, b) => a - b),

@@ -29,6 +29,8 @@ export interface StartOptions {
   worker?: Omit<WorkerOptions, "workerData">;
   /** How long close() waits for the worker to finish before terminating it (default 5000 ms). */
   closeTimeoutMs?: number;
+  /** Called while the worker reads the model's weights: bytes loaded so far, of total. */
+  onLoadProgress?: (loaded: number, total: number) => void;
 }
 
 type State = "running" | "closing" | "closed" | "dead";
@@ -83,7 +85,9 @@ export class EngineClient {
         worker.off("exit", onExit);
       };
       const onMessage = (m: FromWorker) => {
-        if (m.type === "ready") {
+        if (m.type === "loading") {
+          opts.onLoadProgress?.(m.loaded, m.total);
+        } else if (m.type === "ready") {
           cleanup();
           resolve(m.info);
         } else if (m.type === "error") {

@@ -14,7 +14,8 @@ import type { SimRunnerOptions } from "./sim-runner.js";
  * worker (engine-worker.ts). Everything here crosses a structured clone.
  *
  *   main → worker   init (once, first) · add · abort · stats · shutdown
- *   worker → main   ready | error (answer to init) · step (one per engine step:
+ *   worker → main   loading (weights read so far, while init runs) · ready | error (answer to
+ *                   init) · step (one per engine step:
  *                   every event of that step, batched, plus step stats) ·
  *                   rejected (an add the engine refused) · stats · closed
  *
@@ -35,6 +36,8 @@ export interface ModelEngineInit {
   kvCacheBytes?: number;
   /** Tokens per KV block (default 16). */
   blockSize?: number;
+  /** `--ctx-size`: caps each sequence's context (at most the model's) and sizes the KV pool (kv-sizing.ts). */
+  contextLength?: number;
   options?: WorkerEngineOptions;
 }
 
@@ -145,6 +148,8 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: "ready"; info: EngineInfo }
+  /** While the model loads (before ready): bytes of weights read so far, of total. */
+  | { type: "loading"; loaded: number; total: number }
   | { type: "error"; error: WireError }
   | { type: "step"; events: EngineEvent[]; stats: StepInfo }
   | { type: "rejected"; id: string; error: WireError }

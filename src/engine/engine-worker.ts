@@ -76,7 +76,7 @@ class EngineHost {
   private async init(init: EngineInit): Promise<void> {
     if (this.started) return;
     try {
-      this.built = build(init);
+      this.built = build(init, (loaded, total) => this.post({ type: "loading", loaded, total }));
       this.engineOptions = { ...init.options, tokenizer: this.built.tokenizer, clock: this.built.clock };
       this.engine = new EngineCore(this.built.runner, this.engineOptions);
       // Kernel threads start in the background; the first step should not wait for them.

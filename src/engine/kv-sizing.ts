@@ -2,7 +2,10 @@ import { SpindleError } from "../errors.js";
 import type { ModelConfig } from "../model/config.js";
 import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../model/kv-cache.js";
 
-/** How big the engine's KV pool is: what `spindle serve --kv-cache-memory / --num-blocks / --block-size` ask for. */
+/**
+ * How big the engine's KV pool is: what `spindle serve --kv-cache-memory / --num-blocks /
+ * --block-size / --ctx-size` ask for.
+ */
 
 /** The default KV cache budget when neither numBlocks nor kvCacheBytes is given. */
 export const DEFAULT_KV_CACHE_BYTES = 256 * 1024 * 1024;
@@ -11,11 +14,26 @@ export interface KVSizing {
   numBlocks?: number;
   kvCacheBytes?: number;
   blockSize?: number;
+  /**
+   * `--ctx-size`: each sequence's context is capped to it (at most the model's), and without a
+   * budget (numBlocks, kvCacheBytes) the pool holds at least one context of that many tokens.
+   */
+  contextLength?: number;
+}
+
+/** The context a sequence may fill: the model's, or `--ctx-size` when it is smaller. */
+export function cappedContext(modelContext: number, ctxSize: number | undefined): number {
+  if (ctxSize === undefined) return modelContext;
+  if (!(Number.isInteger(ctxSize) && ctxSize >= 1)) {
+    throw new SpindleError(`the context size must be a positive integer, got ${ctxSize}`);
+  }
+  return Math.min(modelContext, ctxSize);
 }
 
 /**
  * Blocks in the KV pool: `numBlocks` if given, else as many as `kvCacheBytes`
- * (default 256 MiB) holds, but no more than maxNumSeqs full contexts need.
+ * (default 256 MiB, or one full `contextLength` context when that is more) holds, but no more
+ * than maxNumSeqs full contexts need.
  */
 export function kvCacheBlocks(
   config: Pick<ModelConfig, "nLayers" | "nKVHeads" | "headDim" | "contextLength">,
@@ -32,7 +50,12 @@ export function kvCacheBlocks(
     }
     return sizing.numBlocks;
   }
-  const bytes = sizing.kvCacheBytes ?? DEFAULT_KV_CACHE_BYTES;
+  const context = cappedContext(config.contextLength, sizing.contextLength);
+  const oneContext =
+    sizing.contextLength !== undefined
+      ? Math.ceil(context / blockSize) * blockSize * KVCacheStorage.bytesPerToken(config)
+      : 0;
+  const bytes = sizing.kvCacheBytes ?? Math.max(DEFAULT_KV_CACHE_BYTES, oneContext);
   const fit = KVCacheStorage.blocksForBudget(config, bytes, blockSize);
   if (!(fit >= 1)) {
     const block = KVCacheStorage.bytesPerToken(config) * blockSize;
@@ -41,6 +64,6 @@ export function kvCacheBlocks(
       "kv_cache_too_small",
     );
   }
-  const needed = Math.ceil(config.contextLength / blockSize) * maxNumSeqs;
+  const needed = Math.ceil(context / blockSize) * maxNumSeqs;
   return Math.min(fit, needed);
 }

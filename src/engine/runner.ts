@@ -66,12 +66,13 @@ export class ModelRunner implements Runner {
   readonly embeddingLength: number;
   private readonly transformer: Transformer;
 
-  constructor(model: Model, numBlocks: number, blockSize?: number) {
+  /** `contextLength` caps a sequence's context below the model's (`--ctx-size`). */
+  constructor(model: Model, numBlocks: number, blockSize?: number, contextLength?: number) {
     this.transformer = model.transformer;
     // The pools go into the kernels' memory now (if they offer it and the pools fit), not at the first step.
     this.kv = new KVCacheStorage(model.config, numBlocks, blockSize, model.transformer.kernels);
     this.vocabSize = model.config.vocabSize;
-    this.contextLength = model.config.contextLength;
+    this.contextLength = Math.min(model.config.contextLength, contextLength ?? Infinity);
     this.pooling = model.config.pooling;
     this.embeddingLength = model.config.dim;
     const k = model.transformer.kernels;

@@ -1,6 +1,7 @@
 import { basename } from "node:path";
 import { SpindleError } from "../errors.js";
 import { ProgressBar, type ProgressStream } from "../progress.js";
+import { findCachedRef, formatRepoRef, parseRepoRef, resolveRepoRef, stripHubPrefix } from "./hub-ref.js";
 import { isPullSpec, PullNetworkError, type PullOptions, pullModel } from "./pull.js";
 import { findModel, resolveModel } from "./resolve.js";
 
@@ -16,19 +17,32 @@ export interface EnsureModelOptions extends Omit<PullOptions, "onProgress"> {
 
 /**
  * The model file to load: `--model` through the resolver (a spec missing from the cache is
- * pulled), or the default model from the cache, pulled on first use.
+ * pulled; a repository reference such as `hf.co/owner/repo:Q4_K_M` is looked up in the cache,
+ * else its file is chosen from the hub's listing and pulled: hub-ref.ts), or the default model
+ * from the cache, pulled on first use.
  */
 export async function ensureModel(
   modelArg: string | undefined,
   opts: EnsureModelOptions = {},
 ): Promise<string> {
   if (modelArg !== undefined) {
+    const name = stripHubPrefix(modelArg);
     try {
-      return resolveModel(modelArg);
+      return resolveModel(name);
     } catch (err) {
-      if (!(err instanceof SpindleError && err.code === "model_not_found" && isPullSpec(modelArg))) throw err;
+      if (!(err instanceof SpindleError && err.code === "model_not_found")) throw err;
+      const ref = parseRepoRef(modelArg, { bare: true });
+      if (ref) {
+        const cached = findCachedRef(ref, opts.cacheDir);
+        if (cached) return cached;
+        const stderr = opts.stderr ?? process.stderr;
+        if (opts.progress !== false) stderr.write(`spindle: looking up ${formatRepoRef(ref)}\n`);
+        const { progress: _p, stderr: _s, ...listOpts } = opts;
+        return pullWithProgress(await resolveRepoRef(ref, listOpts), opts);
+      }
+      if (!isPullSpec(name)) throw err;
     }
-    return pullWithProgress(modelArg, opts);
+    return pullWithProgress(name, opts);
   }
 
   // SPINDLE_MODELS folders (by file name) and the cache, before any network.

@@ -22,6 +22,8 @@ export interface Model {
 export interface LoadOptions {
   /** Default: $SPINDLE_KERNELS, else the WebAssembly kernels when built, else the reference kernels. */
   kernels?: Kernels;
+  /** Called as the weights are read: bytes of the file's tensors loaded so far, and in all (a progress bar). */
+  onProgress?: (loaded: number, total: number) => void;
 }
 
 /** Loads a GGUF model file: config, tokenizer, weights. Problems with the file are one-line ModelFileErrors. */
@@ -39,16 +41,22 @@ export function loadModel(path: string, opts: LoadOptions = {}): Model {
       );
     }
     const kernels = opts.kernels ?? selectKernelsSync();
+    let weightBytes = 0;
+    for (const t of g.tensors.values()) weightBytes += t.nbytes;
+    const onProgress = opts.onProgress;
     let weights: ModelWeights;
     try {
-      weights = loadWeights(g, config, kernels.adopt?.bind(kernels));
+      weights = loadWeights(
+        g,
+        config,
+        kernels.adopt?.bind(kernels),
+        onProgress && ((done, total) => onProgress(Math.round((weightBytes * done) / total), weightBytes)),
+      );
     } catch (e) {
       // A kernel set made here has threads (and a memory holding the weights read so far): stop them.
       if (opts.kernels === undefined) void kernels.close?.();
       throw e;
     }
-    let weightBytes = 0;
-    for (const t of g.tensors.values()) weightBytes += t.nbytes;
     const chatTemplate = g.has("tokenizer.chat_template")
       ? g.getString("tokenizer.chat_template")
       : undefined;

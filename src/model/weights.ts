@@ -66,7 +66,13 @@ function optionalVector(g: GGUFFile, name: string, n: number): Float32Array | un
  * memory as well: the embedding table is not offered (its rows are looked up in JS), nor, when
  * tied, the LM head that shares it.
  */
-export function loadWeights(g: GGUFFile, c: ModelConfig, adopt?: (w: WeightMatrix) => unknown): ModelWeights {
+/** `onLayer(done, total)` is called after each layer is read (and adopted): a load progress bar's ticks. */
+export function loadWeights(
+  g: GGUFFile,
+  c: ModelConfig,
+  adopt?: (w: WeightMatrix) => unknown,
+  onLayer?: (done: number, total: number) => void,
+): ModelWeights {
   const qDim = c.nHeads * c.headDim;
   const kvDim = c.nKVHeads * c.headDim;
   const tokenEmbd = matrix(g, "token_embd.weight", c.vocabSize, c.dim);
@@ -94,6 +100,7 @@ export function loadWeights(g: GGUFFile, c: ModelConfig, adopt?: (w: WeightMatri
       wUp: mat(`${p}ffn_up.weight`, c.ffnDim, c.dim),
       wDown: mat(`${p}ffn_down.weight`, c.dim, c.ffnDim),
     });
+    onLayer?.(l + 1, c.nLayers);
   }
   return {
     tokenEmbd,

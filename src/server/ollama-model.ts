@@ -1,13 +1,11 @@
 import { createHash } from "node:crypto";
-import { createReadStream, statSync } from "node:fs";
-import { basename } from "node:path";
-import { readGGUF } from "../gguf/reader.js";
-import { GGMLType } from "../gguf/types.js";
+import { createReadStream } from "node:fs";
+import { modelFileFacts } from "../model/model-facts.js";
 import type { LoadedModel } from "./context.js";
 
 /**
  * What Ollama's /api/tags, /api/show and /api/ps say about a model, read from the served GGUF's
- * header (metadata and tensor table, never the weights) once per file:
+ * header once per file (src/model/model-facts.ts):
  *
  *   family              general.architecture
  *   parameter_size      the tensors' element count, as Ollama writes it ("260K", "135M", "8.0B")
@@ -34,14 +32,6 @@ export interface OllamaModelFacts {
 
 const cache = new Map<string, OllamaModelFacts>();
 
-/** Ollama's human-readable parameter count: "8.0B", "135M", "260K". */
-export function parameterSize(n: number): string {
-  if (n >= 1e9) return `${(n / 1e9).toFixed(1)}B`;
-  if (n >= 1e6) return `${Math.round(n / 1e6)}M`;
-  if (n >= 1e3) return `${Math.round(n / 1e3)}K`;
-  return String(n);
-}
-
 function hashFile(path: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const h = createHash("sha256");
@@ -53,42 +43,22 @@ function hashFile(path: string): Promise<string> {
 }
 
 function fromFile(path: string): OllamaModelFacts {
-  const st = statSync(path);
-  const g = readGGUF(path);
-  try {
-    const modelInfo: Record<string, string | number | boolean> = {};
-    for (const [key, m] of g.metadata) {
-      const v = m.value;
-      if (key === "tokenizer.chat_template") continue; // it is /api/show's `template`
-      if (typeof v === "bigint") modelInfo[key] = Number(v);
-      else if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") modelInfo[key] = v;
-    }
-    let params = 0;
-    const byType = new Map<GGMLType, number>();
-    for (const t of g.tensors.values()) {
-      params += t.nElements;
-      byType.set(t.type, (byType.get(t.type) ?? 0) + t.nElements);
-    }
-    modelInfo["general.parameter_count"] = params;
-    const dominant = [...byType.entries()].sort((a, b) => b[1] - a[1])[0]?.[0];
-    let digest: Promise<string> | undefined;
-    return {
-      fileName: basename(path),
-      size: st.size,
-      modifiedAt: st.mtime.toISOString(),
-      family: g.getString("general.architecture", "unknown"),
-      parameterCount: params,
-      parameterSize: parameterSize(params),
-      quantizationLevel: dominant !== undefined ? (GGMLType[dominant] ?? "unknown") : "unknown",
-      modelInfo,
-      digest: () => {
-        digest ??= hashFile(path);
-        return digest;
-      },
-    };
-  } finally {
-    g.close();
-  }
+  const f = modelFileFacts(path);
+  let digest: Promise<string> | undefined;
+  return {
+    fileName: f.fileName,
+    size: f.size,
+    modifiedAt: f.modified.toISOString(),
+    family: f.architecture,
+    parameterCount: f.parameterCount,
+    parameterSize: f.parameterSize,
+    quantizationLevel: f.quantization,
+    modelInfo: f.metadata,
+    digest: () => {
+      digest ??= hashFile(path);
+      return digest;
+    },
+  };
 }
 
 export function ollamaModelFacts(m: LoadedModel): OllamaModelFacts {

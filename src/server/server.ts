@@ -35,6 +35,8 @@ export interface StartServerOptions extends Partial<ServeOptions> {
   backend: BackendInit;
   /** Logger; default pino to stdout at "info". */
   log?: Logger;
+  /** Called while the local backend reads the weights (bytes loaded, of total): `spindle serve`'s progress bar. */
+  onLoadProgress?: (loaded: number, total: number) => void;
 }
 
 /**
@@ -91,7 +93,7 @@ function urlOf(host: string, app: FastifyInstance): string {
 }
 
 export async function startServer(o: StartServerOptions): Promise<RunningServer> {
-  const { backend: init, log = pino({ level: "info" }), ...rest } = o;
+  const { backend: init, log = pino({ level: "info" }), onLoadProgress, ...rest } = o;
   const given = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined));
   const opts: ServeOptions = { ...DEFAULT_SERVE_OPTIONS, ...given };
   const metrics = new Metrics({ modelName: opts.modelName });
@@ -148,7 +150,7 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
   let stopEngineLog: (() => void) | undefined;
   let closing: Promise<void> | undefined;
   const ready = (async () => {
-    const backend: Backend = await startBackend(init, { log });
+    const backend: Backend = await startBackend(init, { log, onLoadProgress });
     if (closing) {
       // close() came while the model was loading: nothing will serve with this backend.
       await backend.close();

@@ -72,7 +72,8 @@ import { spindleVersion } from "./ops.js";
  *   the GGUF's own chat template (Jinja, not Ollama's Go template syntax); `parameters` lists the
  *   defaults Spindle applies; capabilities is ["completion"].
  * - /api/ps: size is the GGUF's size plus the KV cache's, size_vram 0 (Spindle computes on the CPU),
- *   expires_at far in the future (never unloaded, as Ollama says for keep_alive -1).
+ *   expires_at far in the future (never unloaded, as Ollama says for keep_alive -1); Spindle adds
+ *   `backend` and, for the engine backends, `kv_cache` {bytes, tokens, usage 0..1} (`spindle ps`).
  */
 
 /** The model as tags and ps list it: its name with Ollama's default tag unless it has one. */
@@ -105,7 +106,8 @@ export function registerOllamaRoutes(app: FastifyInstance, ctx: ServerContext): 
   app.get("/api/ps", async () => {
     const m = ctx.service.model("/api/ps");
     const entry = await modelEntry(ctx, m);
-    const kv = m.info.details.kvCacheBytes;
+    const d = m.info.details;
+    const kv = d.kvCacheBytes;
     return {
       models: [
         {
@@ -118,6 +120,17 @@ export function registerOllamaRoutes(app: FastifyInstance, ctx: ServerContext): 
           expires_at: new Date(Date.now() + 292 * 365.25 * 24 * 3600 * 1000).toISOString(),
           size_vram: 0,
           context_length: m.info.contextLength,
+          // Spindle's: the KV pool and how full it is (`spindle ps`); absent for backends without one.
+          ...(typeof kv === "number"
+            ? {
+                kv_cache: {
+                  bytes: kv,
+                  tokens: Number(d.numBlocks) * Number(d.blockSize),
+                  usage: ctx.metrics.kvCacheUsage,
+                },
+              }
+            : {}),
+          backend: m.info.kind,
         },
       ],
     };
