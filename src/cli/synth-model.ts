@@ -3,17 +3,24 @@ import { SpindleError } from "../errors.js";
 import { GGMLType } from "../gguf/types.js";
 import type { PoolingType } from "../model/pooling.js";
 import { resolveModel } from "../model/resolve.js";
-import { SHAPES, SYNTH_MIXTURES, type SynthArch, type SynthMixture, synthModel } from "../model/synth.js";
+import {
+  SHAPES,
+  SYNTH_ARCHS,
+  SYNTH_MIXTURES,
+  type SynthArch,
+  type SynthMixture,
+  synthModel,
+} from "../model/synth.js";
 import { command } from "./options.js";
 
 const TYPES = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K";
 
 export const SYNTH = command({
   name: "synth-model",
-  usage: `spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch llama|qwen2|qwen3]
+  usage: `spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch ${SYNTH_ARCHS.join("|")}]
                            [--type T] [--vocab VOCAB.gguf] [--seed N] [--tied] [--pooling P] [--chat-template NAME] [--dim N --layers N ...]`,
   summary:
-    "Writes a model with deterministic random weights (scaled so logits have a real spread) and the tokenizer of a vocab GGUF: the realistic sizes for tests and benchmarks, without downloading a model. Prints the file's path on stdout and its parameter count on stderr.",
+    "Writes a model with deterministic random weights (scaled so logits have a real spread) and the tokenizer of a vocab GGUF: the realistic sizes for tests and benchmarks, without downloading a model. A named shape brings its architecture (phi3-*, gemma2-*, gemma3-*: fused projections, sliding windows, soft-caps, LongRoPE as the real models have them); Gemma models are written with tied embeddings, as the real ones are. Prints the file's path on stdout and its parameter count on stderr.",
   options: {
     out: { type: "string", short: "o", arg: "FILE", description: "the .gguf file to write (required)" },
     shape: {
@@ -25,8 +32,7 @@ export const SYNTH = command({
     arch: {
       type: "string",
       arg: "A",
-      default: "llama",
-      description: "llama, qwen2 (Q/K/V biases) or qwen3 (Q/K norms)",
+      description: `override the shape's architecture: ${SYNTH_ARCHS.join(", ")} (default: the shape's, llama for the stories shapes)`,
     },
     type: {
       type: "string",
@@ -82,8 +88,9 @@ export function synthModelCommand(args: string[]): number {
     ? (name as SynthMixture)
     : GGMLType[name as keyof typeof GGMLType];
   if (type === undefined) throw new SpindleError(`unknown weight type "${values.type}"`);
-  if (!["llama", "qwen2", "qwen3"].includes(values.arch))
-    throw new SpindleError(`unknown arch "${values.arch}"`);
+  const arch = values.arch ?? base.arch ?? "llama";
+  if (!(SYNTH_ARCHS as readonly string[]).includes(arch))
+    throw new SpindleError(`unknown arch "${arch}" (known: ${SYNTH_ARCHS.join(", ")})`);
   if (values.pooling !== undefined && !["mean", "cls", "last"].includes(values.pooling))
     throw new SpindleError(`unknown pooling "${values.pooling}" (mean, cls or last)`);
   const templateName = values["chat-template"];
@@ -104,13 +111,13 @@ export function synthModelCommand(args: string[]): number {
     contextLength: n(values.context, base.contextLength),
   };
   const r = synthModel({
-    arch: values.arch as SynthArch,
+    arch: arch as SynthArch,
     shape,
     type,
     vocabPath: resolveModel(values.vocab),
     out: values.out,
     seed: Number(values.seed),
-    tied: values.tied,
+    tied: values.tied || arch === "gemma2" || arch === "gemma3",
     pooling: values.pooling as PoolingType | undefined,
     chatTemplate,
   });

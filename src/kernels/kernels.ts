@@ -24,8 +24,13 @@ export interface RopeParams {
   freqBase: number;
   /** Linear position scaling: position is multiplied by this (1/factor). */
   freqScale: number;
-  /** Optional per-frequency divisors (llama 3.1 `rope_freqs.weight`), length dim/2. */
+  /** Optional per-frequency divisors (llama 3.1 `rope_freqs.weight`, Phi-3's LongRoPE factors), length dim/2. */
   freqFactors?: Float32Array;
+  /**
+   * Multiplies the rotated dimensions (cos and sin) by this, as ggml's rope does with its
+   * attn_factor (Phi-3 LongRoPE's `rope.scaling.attn_factor`); default 1.
+   */
+  attnFactor?: number;
 }
 
 /** A 2-D weight in its file type: `rows` output features, each a row of `cols` inputs. */
@@ -64,6 +69,19 @@ export interface AttentionSeq {
   blockTable: ArrayLike<number>;
 }
 
+/** How attention turns scores into weights, beyond plain causal softmax(q·k / sqrt(headDim)). */
+export interface AttentionOptions {
+  /** Multiplies q·k; default 1 / sqrt(headDim). */
+  scale?: number;
+  /**
+   * Sliding window (llama.cpp's standard SWA): the query at position p sees keys at positions
+   * p - window + 1 .. p only. Undefined: the whole causal context.
+   */
+  window?: number;
+  /** Soft-capping of the scaled scores before softmax: cap · tanh(score / cap) (Gemma 2). */
+  softcap?: number;
+}
+
 export interface Kernels {
   readonly name: string;
   /** out[t, r] = Σ_c W[r, c] · x[t, c] for t < nTokens. out is nTokens × w.rows. */
@@ -90,6 +108,15 @@ export interface Kernels {
   ): void;
   /** out[i] = silu(gate[i]) · up[i] for i < n. */
   swiglu(gate: Float32Array, up: Float32Array, n: number, out: Float32Array): void;
+  /**
+   * out[i] = gelu(gate[i]) · up[i] for i < n, with the tanh approximation of GELU
+   * (0.5·g·(1 + tanh(sqrt(2/π)·(g + 0.044715·g³))), Gemma's GeGLU).
+   */
+  geglu(gate: Float32Array, up: Float32Array, n: number, out: Float32Array): void;
+  /** x[i] = cap · tanh(x[i] / cap) for i < n (Gemma 2's final-logit soft-capping). */
+  softcap(x: Float32Array, n: number, cap: number): void;
+  /** x[i] *= s for i < n. */
+  scale(x: Float32Array, n: number, s: number): void;
   /** a[i] += b[i] for i < n. */
   addInPlace(a: Float32Array, b: Float32Array, n: number): void;
   /** Adds a bias vector to every row: x[t, :] += bias. */
@@ -98,7 +125,8 @@ export interface Kernels {
   storeKV(kv: PagedKV, k: Float32Array, v: Float32Array, seqs: readonly AttentionSeq[]): void;
   /**
    * Causal attention of each sequence's new queries over its cached keys/values
-   * (positions 0..pos+i for the i-th new token). q and out are nTokens × nHeads·headDim.
+   * (positions 0..pos+i for the i-th new token, or the last `opts.window` of them). q and out are
+   * nTokens × nHeads·headDim.
    */
   attention(
     kv: PagedKV,
@@ -106,6 +134,7 @@ export interface Kernels {
     nHeads: number,
     seqs: readonly AttentionSeq[],
     out: Float32Array,
+    opts?: AttentionOptions,
   ): void;
   /**
    * Optional: greedy decoding's argmax of x[0 .. n), the first index of the largest value (NaN never

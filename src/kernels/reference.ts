@@ -1,6 +1,6 @@
 import { GGMLType } from "../gguf/types.js";
 import { dequantizeRow, dotRow } from "../quant/index.js";
-import type { Kernels, PagedKV, RopeParams, WeightMatrix } from "./kernels.js";
+import type { AttentionOptions, Kernels, PagedKV, RopeParams, WeightMatrix } from "./kernels.js";
 
 /**
  * The reference kernels: plain TypeScript, written for clarity first. They are
@@ -33,6 +33,14 @@ function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number
 /** Offset of (block, head, slot) in a layer's K or V pool. */
 export function kvOffset(kv: PagedKV, block: number, head: number, slot: number): number {
   return ((block * kv.nKVHeads + head) * kv.blockSize + slot) * kv.headDim;
+}
+
+/** sqrt(2/π), GELU's tanh-approximation constant (ggml's SQRT_2_OVER_PI). */
+const SQRT_2_OVER_PI = 0.7978845608028654;
+
+/** GELU, tanh approximation (PyTorch's gelu(approximate="tanh"), ggml_gelu). */
+export function geluTanh(x: number): number {
+  return 0.5 * x * (1 + Math.tanh(SQRT_2_OVER_PI * x * (1 + 0.044715 * x * x)));
 }
 
 export const referenceKernels: Kernels = {
@@ -79,13 +87,14 @@ export const referenceKernels: Kernels = {
   rope(x, nTokens, nHeads, headDim, positions, p: RopeParams): void {
     const half = p.dim / 2;
     const neox = p.style === "neox";
+    const m = p.attnFactor ?? 1;
     for (let t = 0; t < nTokens; t++) {
       const pos = positions[t]! * p.freqScale;
       for (let i = 0; i < half; i++) {
         let theta = pos * p.freqBase ** ((-2 * i) / p.dim);
         if (p.freqFactors) theta /= p.freqFactors[i]!;
-        const c = Math.cos(theta);
-        const s = Math.sin(theta);
+        const c = Math.cos(theta) * m;
+        const s = Math.sin(theta) * m;
         for (let h = 0; h < nHeads; h++) {
           const base = (t * nHeads + h) * headDim;
           const i0 = neox ? base + i : base + 2 * i;
@@ -104,6 +113,18 @@ export const referenceKernels: Kernels = {
       const g = gate[i]!;
       out[i] = (g / (1 + Math.exp(-g))) * up[i]!;
     }
+  },
+
+  geglu(gate, up, n, out): void {
+    for (let i = 0; i < n; i++) out[i] = geluTanh(gate[i]!) * up[i]!;
+  },
+
+  softcap(x, n, cap): void {
+    for (let i = 0; i < n; i++) x[i] = cap * Math.tanh(x[i]! / cap);
+  },
+
+  scale(x, n, s): void {
+    for (let i = 0; i < n; i++) x[i]! *= s;
   },
 
   addInPlace(a, b, n): void {
@@ -134,34 +155,39 @@ export const referenceKernels: Kernels = {
     }
   },
 
-  attention(kv, q, nHeads, seqs, out): void {
+  attention(kv, q, nHeads, seqs, out, opts: AttentionOptions = {}): void {
     const { blockSize, nKVHeads, headDim } = kv;
     const group = nHeads / nKVHeads;
-    const scale = 1 / Math.sqrt(headDim);
+    const scale = opts.scale ?? 1 / Math.sqrt(headDim);
+    const cap = opts.softcap;
+    const window = opts.window ?? Infinity;
     const qDim = nHeads * headDim;
     for (const s of seqs) {
       const scores = scratchScores(s.pos + s.count);
       for (let i = 0; i < s.count; i++) {
         const nCtx = s.pos + i + 1;
+        // The first key this query sees: 0, or the start of its sliding window.
+        const first = Math.max(0, nCtx - window);
         const row = (s.row + i) * qDim;
         for (let h = 0; h < nHeads; h++) {
           const kvh = Math.floor(h / group);
           const qo = row + h * headDim;
           let max = -Infinity;
-          for (let j = 0; j < nCtx; j++) {
+          for (let j = first; j < nCtx; j++) {
             const ko = kvOffset(kv, s.blockTable[Math.floor(j / blockSize)]!, kvh, j % blockSize);
-            const sc = dot(q, qo, kv.k, ko, headDim) * scale;
+            let sc = dot(q, qo, kv.k, ko, headDim) * scale;
+            if (cap !== undefined) sc = cap * Math.tanh(sc / cap);
             scores[j] = sc;
             if (sc > max) max = sc;
           }
           let sum = 0;
-          for (let j = 0; j < nCtx; j++) {
+          for (let j = first; j < nCtx; j++) {
             const e = Math.exp(scores[j]! - max);
             scores[j] = e;
             sum += e;
           }
           out.fill(0, qo, qo + headDim);
-          for (let j = 0; j < nCtx; j++) {
+          for (let j = first; j < nCtx; j++) {
             const w = scores[j]! / sum;
             const vo = kvOffset(kv, s.blockTable[Math.floor(j / blockSize)]!, kvh, j % blockSize);
             for (let d = 0; d < headDim; d++) out[qo + d]! += w * kv.v[vo + d]!;

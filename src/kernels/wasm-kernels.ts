@@ -3,7 +3,14 @@ import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { SpindleError } from "../errors.js";
 import { GGMLType } from "../gguf/types.js";
-import type { AttentionSeq, Kernels, PagedKV, RopeParams, WeightMatrix } from "./kernels.js";
+import type {
+  AttentionOptions,
+  AttentionSeq,
+  Kernels,
+  PagedKV,
+  RopeParams,
+  WeightMatrix,
+} from "./kernels.js";
 import { referenceKernels } from "./reference.js";
 import { MAX_CHUNKS, WasmThreadPool } from "./thread-pool.js";
 import { align, MAX_PAGES, WasmArena, type WasmMemory } from "./wasm-arena.js";
@@ -19,7 +26,10 @@ import { align, MAX_PAGES, WasmArena, type WasmMemory } from "./wasm-arena.js";
  * live in this kernel set's memory (see `allocFloat32`: the forward pass keeps its activations there
  * and KVCacheStorage its pools), the reference kernels' otherwise; getRows and addBias are the
  * reference's. Matmuls and attention are split over the kernel threads (thread-pool.ts) when big
- * enough.
+ * enough. Gemma's elementwise ops (geglu, softcap, scale) are, for now, the reference's TypeScript
+ * run on the views of this memory (O(n) per token, small next to the matmuls); so is attention when
+ * it soft-caps its scores or a sliding window cuts a sequence's context (a sequence that fits in its
+ * window takes the WebAssembly kernel, which has no mask to apply).
  *
  * Memory: shared WebAssembly.Memory objects (up to 4 GiB each), owned here. Being shared, their
  * buffers are SharedArrayBuffers that are never detached, so Float32Array views handed out by
@@ -649,6 +659,18 @@ class WasmKernelSet implements WasmKernels {
     this.run(this.main, "swigluPart", [gate.byteOffset, up.byteOffset, n, out.byteOffset], parts);
   }
 
+  geglu(gate: Float32Array, up: Float32Array, n: number, out: Float32Array): void {
+    referenceKernels.geglu(gate, up, n, out);
+  }
+
+  softcap(x: Float32Array, n: number, cap: number): void {
+    referenceKernels.softcap(x, n, cap);
+  }
+
+  scale(x: Float32Array, n: number, s: number): void {
+    referenceKernels.scale(x, n, s);
+  }
+
   argmax(x: Float32Array, n: number): number {
     if (!this.owns(x) || n > x.length || n <= 0) return -1;
     return this.main.wasm.argmaxF32(x.byteOffset, n);
@@ -694,9 +716,17 @@ class WasmKernelSet implements WasmKernels {
     nHeads: number,
     seqs: readonly AttentionSeq[],
     out: Float32Array,
+    opts: AttentionOptions = {},
   ): void {
-    if (!(this.owns(kv.k) && this.owns(kv.v)) || nHeads % kv.nKVHeads !== 0) {
-      referenceKernels.attention(kv, q, nHeads, seqs, out);
+    const window = opts.window;
+    const masked = window !== undefined && seqs.some((s) => s.pos + s.count > window);
+    if (
+      !(this.owns(kv.k) && this.owns(kv.v)) ||
+      nHeads % kv.nKVHeads !== 0 ||
+      opts.softcap !== undefined ||
+      masked
+    ) {
+      referenceKernels.attention(kv, q, nHeads, seqs, out, opts);
       return;
     }
     const qDim = nHeads * kv.headDim;
@@ -735,7 +765,7 @@ class WasmKernelSet implements WasmKernels {
       outPtr,
       scores,
       scoresStride,
-      1 / Math.sqrt(kv.headDim),
+      opts.scale ?? 1 / Math.sqrt(kv.headDim),
     ];
     this.run(this.main, "attentionPart", args, parts);
     if (!outIn) {
@@ -803,7 +833,8 @@ class WasmKernelSet implements WasmKernels {
       t.p.dim === p.dim &&
       t.p.freqBase === p.freqBase &&
       t.p.freqScale === p.freqScale &&
-      t.p.freqFactors === p.freqFactors
+      t.p.freqFactors === p.freqFactors &&
+      t.p.attnFactor === p.attnFactor
     ) {
       let same = true;
       for (let i = 0; i < nTokens && same; i++) same = t.positions[i] === positions[i];
@@ -813,14 +844,15 @@ class WasmKernelSet implements WasmKernels {
     const ptr = this.scratch("rope", nTokens * half * 8);
     const f32 = this.main.f32;
     const o = ptr >>> 2;
+    const m = p.attnFactor ?? 1;
     for (let i = 0; i < half; i++) {
       const freq = p.freqBase ** ((-2 * i) / p.dim);
       for (let tok = 0; tok < nTokens; tok++) {
         let theta = positions[tok]! * p.freqScale * freq;
         if (p.freqFactors) theta /= p.freqFactors[i]!;
         const k = o + (tok * half + i) * 2;
-        f32[k] = Math.cos(theta);
-        f32[k + 1] = Math.sin(theta);
+        f32[k] = Math.cos(theta) * m;
+        f32[k + 1] = Math.sin(theta) * m;
       }
     }
     this.ropeTable = { positions: positions.slice(0, nTokens), p: { ...p }, nTokens, ptr };

@@ -3,8 +3,8 @@ import type { GGUFFile } from "../gguf/reader.js";
 import type { RopeParams } from "../kernels/kernels.js";
 import { type PoolingType, poolingFromGGUF } from "./pooling.js";
 
-/** Architectures the forward pass implements: the Llama family. */
-export const SUPPORTED_ARCHITECTURES = ["llama", "qwen2", "qwen3"] as const;
+/** Architectures the forward pass implements: the Llama family, Phi-3, Gemma 2 and Gemma 3 (text). */
+export const SUPPORTED_ARCHITECTURES = ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
 export interface ModelConfig {
@@ -25,13 +25,36 @@ export interface ModelConfig {
   qkvBias: boolean;
   /** Per-head RMS norm on Q and K before RoPE (qwen3). */
   qkNorm: boolean;
-  /** The output projection reuses token_embd (no output.weight in the file). */
+  /** The output projection reuses token_embd (no output.weight in the file; always for gemma2). */
   tiedEmbeddings: boolean;
   /**
    * How embeddings pool the final hidden states (`<arch>.pooling_type`, mean when absent);
    * undefined when the file asks for a pooling Spindle does not compute (rank).
    */
   pooling: PoolingType | undefined;
+  /** Multiplies the token embeddings: sqrt(dim) for Gemma, 1 elsewhere. */
+  embedScale: number;
+  /** The feed-forward gate's activation: SiLU (SwiGLU) or tanh-GELU (Gemma's GeGLU). */
+  ffnActivation: "silu" | "gelu";
+  /** RMS norms on the attention and feed-forward outputs before their residual adds (Gemma 2/3). */
+  postNorms: boolean;
+  /** Multiplies q·k: 1/sqrt(headDim), except Gemma's 27B models (llama.cpp: 1/sqrt(dim / nHeads)). */
+  attnScale: number;
+  /** Gemma 2's soft-capping of attention scores (cap · tanh(s / cap)) and of the final logits. */
+  attnSoftcap?: number;
+  finalSoftcap?: number;
+  /**
+   * Per layer, its sliding window (llama.cpp's standard SWA: a query at p sees keys p-window+1..p)
+   * or undefined for a global layer. Gemma 2: every other layer; Gemma 3: 5 local to 1 global.
+   */
+  layerWindows: (number | undefined)[];
+  /** The RoPE of the sliding-window layers when it differs from `rope` (Gemma 3: base 10000, unscaled). */
+  ropeLocal?: RopeParams;
+  /**
+   * Phi-3 LongRoPE: the context its short factors cover (rope.scaling.original_context_length).
+   * As llama.cpp does, the long factors are used when the served context is longer than this.
+   */
+  ropeOriginalContext: number;
 }
 
 /** Reads the architecture hyper-parameters from GGUF metadata; one clear error if something is missing. */
@@ -68,27 +91,84 @@ export function configFromGGUF(g: GGUFFile): ModelConfig {
       ? 1 / scalingFactor
       : g.getNumber(k("rope.scale_linear"), 1);
   const ropeDim = g.getNumber(k("rope.dimension_count"), headDim);
-  return {
+  const nLayers = g.getNumber(k("block_count"));
+  const contextLength = g.getNumber(k("context_length"), 2048);
+  const freqBase = g.getNumber(k("rope.freq_base"), 10000);
+  const rope: RopeParams = {
+    style: a === "llama" ? "normal" : "neox",
+    dim: ropeDim,
+    freqBase,
+    freqScale,
+  };
+  const attnFactor = g.getNumber(k("rope.scaling.attn_factor"), 1);
+  if (attnFactor !== 1) rope.attnFactor = attnFactor;
+  const gemma = a === "gemma2" || a === "gemma3";
+  // llama.cpp's f_attention_scale: Gemma's 27B sizes (62 and 46 layers) scale by dim / nHeads.
+  const big = (a === "gemma3" && nLayers === 62) || (a === "gemma2" && nLayers === 46);
+  const config: ModelConfig = {
     arch: a,
     name: g.getString("general.name", a),
     vocabSize,
     dim,
-    nLayers: g.getNumber(k("block_count")),
+    nLayers,
     nHeads,
     nKVHeads,
     headDim,
     ffnDim: g.getNumber(k("feed_forward_length")),
-    contextLength: g.getNumber(k("context_length"), 2048),
+    contextLength,
     rmsEps: g.getNumber(k("attention.layer_norm_rms_epsilon"), 1e-5),
-    rope: {
-      style: a === "llama" ? "normal" : "neox",
-      dim: ropeDim,
-      freqBase: g.getNumber(k("rope.freq_base"), 10000),
-      freqScale,
-    },
-    qkvBias: g.tensors.has("blk.0.attn_q.bias"),
+    rope,
+    qkvBias: g.tensors.has("blk.0.attn_q.bias") || g.tensors.has("blk.0.attn_qkv.bias"),
     qkNorm: g.tensors.has("blk.0.attn_q_norm.weight"),
-    tiedEmbeddings: !g.tensors.has("output.weight"),
+    tiedEmbeddings: a === "gemma2" || !g.tensors.has("output.weight"),
+    embedScale: gemma ? Math.fround(Math.sqrt(dim)) : 1,
+    ffnActivation: gemma ? "gelu" : "silu",
+    postNorms: gemma,
+    attnScale: 1 / Math.sqrt(big ? dim / nHeads : headDim),
+    layerWindows: new Array<number | undefined>(nLayers).fill(undefined),
+    ropeOriginalContext: g.getNumber(k("rope.scaling.original_context_length"), contextLength),
     pooling: poolingFromGGUF(g.has(k("pooling_type")) ? g.getNumber(k("pooling_type")) : undefined),
   };
+  if (a === "gemma2") {
+    config.attnSoftcap = g.getNumber(k("attn_logit_softcapping"), 50);
+    config.finalSoftcap = g.getNumber(k("final_logit_softcapping"), 30);
+    const window = g.getNumber(k("attention.sliding_window"), 4096);
+    config.layerWindows = swaLayers(g, k("attention.sliding_window_pattern"), nLayers, 2).map((swa) =>
+      swa ? window : undefined,
+    );
+    const base = g.getNumber(k("rope.freq_base_swa"), freqBase);
+    if (base !== freqBase) config.ropeLocal = { ...rope, freqBase: base };
+  }
+  if (a === "gemma3") {
+    const cap = g.getNumber(k("final_logit_softcapping"), 0);
+    if (cap > 0) config.finalSoftcap = cap;
+    const window = g.getNumber(k("attention.sliding_window"), 0);
+    if (window > 0) {
+      config.layerWindows = swaLayers(g, k("attention.sliding_window_pattern"), nLayers, 6).map((swa) =>
+        swa ? window : undefined,
+      );
+      // Local layers: their own base (10000 unless the file says), never the global linear scaling.
+      config.ropeLocal = { ...rope, freqBase: g.getNumber(k("rope.freq_base_swa"), 10000), freqScale: 1 };
+    }
+  }
+  // phi3's attention.sliding_window is ignored: llama.cpp disables Phi-3's sliding window (its
+  // converters fill it inconsistently), and Spindle computes what llama.cpp computes.
+  return config;
+}
+
+/**
+ * Which layers use the sliding window, as llama.cpp's set_swa_pattern reads
+ * `attention.sliding_window_pattern`: a period n makes every layer but each n-th (il % n < n - 1)
+ * a sliding one (default: Gemma 2's 2, Gemma 3's 6); an array gives each layer's flag.
+ */
+function swaLayers(g: GGUFFile, key: string, nLayers: number, defaultPeriod: number): boolean[] {
+  const v = g.get(key);
+  if (v !== undefined && typeof v === "object" && "length" in v) {
+    const flags = Array.from(v as ArrayLike<unknown>, (x) => Boolean(x));
+    if (flags.length !== nLayers)
+      throw new ModelFileError(g.path, `${key} has ${flags.length} entries for ${nLayers} layers`);
+    return flags;
+  }
+  const n = g.getNumber(key, defaultPeriod);
+  return Array.from({ length: nLayers }, (_, il) => n === 0 || il % n < n - 1);
 }

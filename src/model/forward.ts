@@ -1,11 +1,13 @@
-import type { AttentionSeq, Kernels, RopeParams } from "../kernels/kernels.js";
+import type { AttentionOptions, AttentionSeq, Kernels, RopeParams } from "../kernels/kernels.js";
 import type { ModelConfig } from "./config.js";
 import type { KVCacheStorage } from "./kv-cache.js";
 import type { HiddenRows } from "./pooling.js";
 import type { ModelWeights } from "./weights.js";
 
 /**
- * The batched forward pass of a Llama-family transformer.
+ * The batched forward pass of a Llama-family transformer (llama, qwen2, qwen3, phi3 — whose fused
+ * projections weights.ts splits — and gemma2/gemma3: embedding scale, GeGLU, post-norms, soft-caps,
+ * sliding-window layers with their own RoPE; see ModelConfig).
  *
  * One call computes many sequences at once. Each brings its own new tokens
  * (a prefill chunk of many tokens, or one decode token), the position where
@@ -71,7 +73,9 @@ const TRANSIENT_MAX_ROWS = 64;
 
 export class Transformer {
   private scratch: Scratch;
-  private rope: RopeParams;
+  /** Per layer: its RoPE and how its attention weighs the scores (scale, window, soft-cap). */
+  private layerRope: RopeParams[];
+  private layerAttn: AttentionOptions[];
 
   constructor(
     readonly config: ModelConfig,
@@ -79,7 +83,17 @@ export class Transformer {
     readonly kernels: Kernels,
   ) {
     this.scratch = new Scratch(kernels);
-    this.rope = weights.ropeFreqs ? { ...config.rope, freqFactors: weights.ropeFreqs } : config.rope;
+    const global = weights.ropeFreqs ? { ...config.rope, freqFactors: weights.ropeFreqs } : config.rope;
+    this.layerRope = config.layerWindows.map((w) =>
+      w !== undefined && config.ropeLocal ? config.ropeLocal : global,
+    );
+    this.layerAttn = config.layerWindows.map((window) => {
+      const o: AttentionOptions = {};
+      if (config.attnScale !== 1 / Math.sqrt(config.headDim)) o.scale = config.attnScale;
+      if (window !== undefined) o.window = window;
+      if (config.attnSoftcap !== undefined) o.softcap = config.attnSoftcap;
+      return o;
+    });
   }
 
   /**
@@ -131,9 +145,11 @@ export class Transformer {
     const up = this.scratch.get("up", n * c.ffnDim);
 
     k.getRows(w.tokenEmbd, ids, x);
+    if (c.embedScale !== 1) k.scale(x, n * c.dim, c.embedScale);
     for (let l = 0; l < c.nLayers; l++) {
       const L = w.layers[l]!;
       const cache = kv.layers[l]!;
+      const rope = this.layerRope[l]!;
       // Attention block.
       k.rmsnorm(x, L.attnNorm, n, c.dim, c.rmsEps, xn);
       if (k.matmulShared) k.matmulShared([L.wq, L.wk, L.wv], xn, n, [q, kk, vv]);
@@ -147,21 +163,24 @@ export class Transformer {
       if (L.bv) k.addBias(vv, L.bv, n);
       if (L.qNorm) k.rmsnorm(q, L.qNorm, n * c.nHeads, c.headDim, c.rmsEps, q);
       if (L.kNorm) k.rmsnorm(kk, L.kNorm, n * c.nKVHeads, c.headDim, c.rmsEps, kk);
-      k.rope(q, n, c.nHeads, c.headDim, positions, this.rope);
-      k.rope(kk, n, c.nKVHeads, c.headDim, positions, this.rope);
+      k.rope(q, n, c.nHeads, c.headDim, positions, rope);
+      k.rope(kk, n, c.nKVHeads, c.headDim, positions, rope);
       k.storeKV(cache, kk, vv, seqs);
-      k.attention(cache, q, c.nHeads, seqs, att);
+      k.attention(cache, q, c.nHeads, seqs, att, this.layerAttn[l]);
       k.matmul(L.wo, att, n, proj);
+      if (L.attnPostNorm) k.rmsnorm(proj, L.attnPostNorm, n, c.dim, c.rmsEps, proj);
       k.addInPlace(x, proj, n * c.dim);
-      // Feed-forward block (SwiGLU).
+      // Feed-forward block (SwiGLU, or GeGLU for Gemma).
       k.rmsnorm(x, L.ffnNorm, n, c.dim, c.rmsEps, xn);
       if (k.matmulShared) k.matmulShared([L.wGate, L.wUp], xn, n, [gate, up]);
       else {
         k.matmul(L.wGate, xn, n, gate);
         k.matmul(L.wUp, xn, n, up);
       }
-      k.swiglu(gate, up, n * c.ffnDim, gate);
+      if (c.ffnActivation === "gelu") k.geglu(gate, up, n * c.ffnDim, gate);
+      else k.swiglu(gate, up, n * c.ffnDim, gate);
       k.matmul(L.wDown, gate, n, proj);
+      if (L.ffnPostNorm) k.rmsnorm(proj, L.ffnPostNorm, n, c.dim, c.rmsEps, proj);
       k.addInPlace(x, proj, n * c.dim);
     }
 
@@ -182,6 +201,7 @@ export class Transformer {
         ? this.scratch.get("logits", m * c.vocabSize).subarray(0, m * c.vocabSize)
         : new Float32Array(m * c.vocabSize);
     if (m > 0) k.matmul(w.output, h, m, logits);
+    if (m > 0 && c.finalSoftcap !== undefined) k.softcap(logits, m * c.vocabSize, c.finalSoftcap);
     if (opts.hidden) this.hiddenRows(batch, seqs, x, opts.hidden);
 
     const out: (Float32Array | undefined)[] = [];

@@ -8,7 +8,7 @@ import { Rng } from "../sampling/rng.js";
 import { LLAMA_POOLING, type PoolingType } from "./pooling.js";
 
 /**
- * `spindle synth-model`: writes a Llama- or Qwen-shaped GGUF of any size with
+ * `spindle synth-model`: writes a Llama-, Qwen-, Phi-3- or Gemma-shaped GGUF of any size with
  * deterministic random weights and a real tokenizer copied from a vocab GGUF.
  * Only one small trained model is reachable here; realistic sizes for tests
  * and benchmarks come from this.
@@ -18,7 +18,8 @@ import { LLAMA_POOLING, type PoolingType } from "./pooling.js";
  * real spread instead of a flat distribution, so greedy choices are stable.
  */
 
-export type SynthArch = "llama" | "qwen2" | "qwen3";
+export const SYNTH_ARCHS = ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"] as const;
+export type SynthArch = (typeof SYNTH_ARCHS)[number];
 
 export interface SynthShape {
   dim: number;
@@ -30,6 +31,27 @@ export interface SynthShape {
   /** Head size; default dim / nHeads. */
   headDim?: number;
   ropeFreqBase?: number;
+  /** Rotated dimensions of each head (partial RoPE, e.g. Phi-4-mini); default headDim. */
+  ropeDim?: number;
+  /** The architecture a named shape is of (the default --arch); llama when absent. */
+  arch?: SynthArch;
+  /** attention.layer_norm_rms_epsilon; default 1e-5 (Gemma: 1e-6). */
+  rmsEps?: number;
+  /** Gemma: attention.sliding_window, and attention.sliding_window_pattern when given. */
+  slidingWindow?: number;
+  swaPattern?: number;
+  /** Gemma 3: rope.freq_base_swa when given (llama.cpp's default for gemma3 is 10000). */
+  ropeFreqBaseSwa?: number;
+  /** rope.scaling.type linear with this factor (Gemma 3 4B's global layers: 8). */
+  ropeScalingLinear?: number;
+  /** Gemma 2: attn_logit_softcapping and final_logit_softcapping (llama.cpp's defaults 50, 30). */
+  attnSoftcap?: number;
+  finalSoftcap?: number;
+  /**
+   * Phi-3 LongRoPE: rope_factors_long/short tensors (random, ≥ 1) with
+   * rope.scaling.original_context_length and rope.scaling.attn_factor.
+   */
+  longRope?: { originalContext: number; attnFactor: number };
 }
 
 /** Named shapes of real models, for realistic sizes. */
@@ -47,6 +69,84 @@ export const SHAPES: Record<string, SynthShape> = {
   },
   /** Every dimension a multiple of 256, so every K-quant applies to every matrix. */
   k256: { dim: 256, nLayers: 2, nHeads: 4, nKVHeads: 2, ffnDim: 512, contextLength: 512 },
+  /** Phi-3-mini-4k-instruct. */
+  "phi3-mini": {
+    arch: "phi3",
+    dim: 3072,
+    nLayers: 32,
+    nHeads: 32,
+    nKVHeads: 32,
+    ffnDim: 8192,
+    contextLength: 4096,
+  },
+  /** Phi-3.5-mini-instruct: the same with LongRoPE to 128K. */
+  "phi3.5-mini": {
+    arch: "phi3",
+    dim: 3072,
+    nLayers: 32,
+    nHeads: 32,
+    nKVHeads: 32,
+    ffnDim: 8192,
+    contextLength: 131072,
+    longRope: { originalContext: 4096, attnFactor: 1.1902380714238083 },
+  },
+  /** Phi-4-mini-instruct: grouped KV heads, partial RoPE (96 of 128 dims), LongRoPE. */
+  "phi4-mini": {
+    arch: "phi3",
+    dim: 3072,
+    nLayers: 32,
+    nHeads: 24,
+    nKVHeads: 8,
+    ffnDim: 8192,
+    contextLength: 131072,
+    ropeDim: 96,
+    ropeFreqBase: 10000,
+    longRope: { originalContext: 4096, attnFactor: 1.190238118 },
+  },
+  /** Gemma-2-2B. */
+  "gemma2-2b": {
+    arch: "gemma2",
+    dim: 2304,
+    nLayers: 26,
+    nHeads: 8,
+    nKVHeads: 4,
+    headDim: 256,
+    ffnDim: 9216,
+    contextLength: 8192,
+    rmsEps: 1e-6,
+    slidingWindow: 4096,
+    attnSoftcap: 50,
+    finalSoftcap: 30,
+  },
+  /** Gemma-3-1B (text): sliding window 512 on 5 layers of 6, global RoPE base 1e6, local 1e4. */
+  "gemma3-1b": {
+    arch: "gemma3",
+    dim: 1152,
+    nLayers: 26,
+    nHeads: 4,
+    nKVHeads: 1,
+    headDim: 256,
+    ffnDim: 6912,
+    contextLength: 32768,
+    rmsEps: 1e-6,
+    ropeFreqBase: 1e6,
+    slidingWindow: 512,
+  },
+  /** Gemma-3-4B (text): sliding window 1024, global RoPE scaled linearly by 8. */
+  "gemma3-4b": {
+    arch: "gemma3",
+    dim: 2560,
+    nLayers: 34,
+    nHeads: 8,
+    nKVHeads: 4,
+    headDim: 256,
+    ffnDim: 10240,
+    contextLength: 131072,
+    rmsEps: 1e-6,
+    ropeFreqBase: 1e6,
+    ropeScalingLinear: 8,
+    slidingWindow: 1024,
+  },
 };
 
 /** Per-tensor type mixtures, named as llama.cpp's quantize names its file types. */
@@ -62,7 +162,7 @@ export interface SynthOptions {
   vocabPath: string;
   out: string;
   seed?: number;
-  /** Tie the LM head to token_embd (no output.weight). */
+  /** Tie the LM head to token_embd (no output.weight); gemma2 always is (llama.cpp reads no output.weight). */
   tied?: boolean;
   name?: string;
   /** A chat template to write as tokenizer.chat_template (instead of the vocab file's, if any). */
@@ -125,6 +225,14 @@ export function synthModel(o: SynthOptions): SynthReport {
   if (!Number.isInteger(headDim) || s.nHeads % s.nKVHeads !== 0) {
     throw new SpindleError(`bad shape: dim ${s.dim}, ${s.nHeads} heads, ${s.nKVHeads} KV heads`);
   }
+  if (o.arch === "phi3" && typeof o.type === "string")
+    throw new SpindleError(
+      "the Q4_K_M mixture is not implemented for phi3 (its fused attn_qkv has a recipe of its own)",
+    );
+  const ropeDim = s.ropeDim ?? headDim;
+  if (ropeDim % 2 !== 0 || ropeDim > headDim) throw new SpindleError(`bad RoPE dimension ${ropeDim}`);
+  const tied = o.tied === true || o.arch === "gemma2";
+  const gemma = o.arch === "gemma2" || o.arch === "gemma3";
   const vocab = readGGUF(o.vocabPath);
   const tokens = vocab.getArray("tokenizer.ggml.tokens");
   if (!tokens) throw new SpindleError(`${o.vocabPath} has no tokenizer.ggml.tokens`);
@@ -142,7 +250,7 @@ export function synthModel(o: SynthOptions): SynthReport {
   let parameters = 0;
   const mixture = typeof o.type === "string"; // Q4_K_M, the one mixture
   const mat = (name: string, rows: number, cols: number, std = 1 / Math.sqrt(cols)) => {
-    const wanted = mixture ? q4kmType(name, s.nLayers, o.tied ?? false) : (o.type as GGMLType);
+    const wanted = mixture ? q4kmType(name, s.nLayers, tied) : (o.type as GGMLType);
     const type = mixture ? kQuantFor(wanted, cols) : typeFor(wanted, cols);
     if (type !== wanted) fallbacks.push({ tensor: name, type: typeName(type) });
     tensors.push({ name, dims: [cols, rows], type, data: quantize(type, uniform(rows * cols, std), cols) });
@@ -158,30 +266,48 @@ export function synthModel(o: SynthOptions): SynthReport {
   const kvDim = s.nKVHeads * headDim;
   // Input rows are RMS-normalised before use, so their scale is free; as a tied LM head they must be
   // scaled like any other matrix so logits stay O(1).
-  mat("token_embd.weight", nVocab, s.dim, o.tied ? 1 / Math.sqrt(s.dim) : 1);
+  mat("token_embd.weight", nVocab, s.dim, tied ? 1 / Math.sqrt(s.dim) : 1);
   for (let l = 0; l < s.nLayers; l++) {
     const p = `blk.${l}.`;
     vec(`${p}attn_norm.weight`, s.dim, 0.1, 1);
-    mat(`${p}attn_q.weight`, qDim, s.dim);
-    mat(`${p}attn_k.weight`, kvDim, s.dim);
-    mat(`${p}attn_v.weight`, kvDim, s.dim);
+    if (o.arch === "phi3") {
+      // llama.cpp's names for Phi-3's fused projections: Q, K, V stacked by rows in attn_qkv.
+      mat(`${p}attn_qkv.weight`, qDim + 2 * kvDim, s.dim);
+    } else {
+      mat(`${p}attn_q.weight`, qDim, s.dim);
+      mat(`${p}attn_k.weight`, kvDim, s.dim);
+      mat(`${p}attn_v.weight`, kvDim, s.dim);
+    }
     if (o.arch === "qwen2") {
       vec(`${p}attn_q.bias`, qDim, 0.1, 0);
       vec(`${p}attn_k.bias`, kvDim, 0.1, 0);
       vec(`${p}attn_v.bias`, kvDim, 0.1, 0);
     }
-    if (o.arch === "qwen3") {
+    if (o.arch === "qwen3" || o.arch === "gemma3") {
       vec(`${p}attn_q_norm.weight`, headDim, 0.1, 1);
       vec(`${p}attn_k_norm.weight`, headDim, 0.1, 1);
     }
     mat(`${p}attn_output.weight`, s.dim, qDim);
+    // Gemma's norm weights are stored as llama.cpp's converter writes them, with the 1 added.
+    if (gemma) vec(`${p}post_attention_norm.weight`, s.dim, 0.1, 1);
     vec(`${p}ffn_norm.weight`, s.dim, 0.1, 1);
-    mat(`${p}ffn_gate.weight`, s.ffnDim, s.dim);
-    mat(`${p}ffn_up.weight`, s.ffnDim, s.dim);
+    if (o.arch === "phi3") {
+      // Gate and up in one ffn_up of 2·ffnDim rows, the gate's first.
+      mat(`${p}ffn_up.weight`, 2 * s.ffnDim, s.dim);
+    } else {
+      mat(`${p}ffn_gate.weight`, s.ffnDim, s.dim);
+      mat(`${p}ffn_up.weight`, s.ffnDim, s.dim);
+    }
     mat(`${p}ffn_down.weight`, s.dim, s.ffnDim);
+    if (gemma) vec(`${p}post_ffw_norm.weight`, s.dim, 0.1, 1);
   }
   vec("output_norm.weight", s.dim, 0.1, 1);
-  if (!o.tied) mat("output.weight", nVocab, s.dim);
+  if (!tied) mat("output.weight", nVocab, s.dim);
+  if (s.longRope) {
+    // Divisors of the RoPE angles, ≥ 1 as real ones are (short near 1, long up to tens).
+    vec("rope_factors_short.weight", ropeDim / 2, 0.2, 1.3);
+    vec("rope_factors_long.weight", ropeDim / 2, 4, 9);
+  }
 
   const a = o.arch;
   const md: [string, GGUFMetaValue][] = [
@@ -194,10 +320,27 @@ export function synthModel(o: SynthOptions): SynthReport {
     [`${a}.feed_forward_length`, meta.u32(s.ffnDim)],
     [`${a}.attention.head_count`, meta.u32(s.nHeads)],
     [`${a}.attention.head_count_kv`, meta.u32(s.nKVHeads)],
-    [`${a}.attention.layer_norm_rms_epsilon`, meta.f32(1e-5)],
-    [`${a}.rope.dimension_count`, meta.u32(headDim)],
+    [`${a}.attention.layer_norm_rms_epsilon`, meta.f32(s.rmsEps ?? 1e-5)],
+    [`${a}.rope.dimension_count`, meta.u32(ropeDim)],
     [`${a}.rope.freq_base`, meta.f32(s.ropeFreqBase ?? 10000)],
   ];
+  if (s.slidingWindow !== undefined) md.push([`${a}.attention.sliding_window`, meta.u32(s.slidingWindow)]);
+  if (s.swaPattern !== undefined) md.push([`${a}.attention.sliding_window_pattern`, meta.u32(s.swaPattern)]);
+  if (s.ropeFreqBaseSwa !== undefined) md.push([`${a}.rope.freq_base_swa`, meta.f32(s.ropeFreqBaseSwa)]);
+  if (s.ropeScalingLinear !== undefined) {
+    md.push(
+      [`${a}.rope.scaling.type`, meta.str("linear")],
+      [`${a}.rope.scaling.factor`, meta.f32(s.ropeScalingLinear)],
+    );
+  }
+  if (s.attnSoftcap !== undefined) md.push([`${a}.attn_logit_softcapping`, meta.f32(s.attnSoftcap)]);
+  if (s.finalSoftcap !== undefined) md.push([`${a}.final_logit_softcapping`, meta.f32(s.finalSoftcap)]);
+  if (s.longRope) {
+    md.push(
+      [`${a}.rope.scaling.original_context_length`, meta.u32(s.longRope.originalContext)],
+      [`${a}.rope.scaling.attn_factor`, meta.f32(s.longRope.attnFactor)],
+    );
+  }
   if (headDim !== s.dim / s.nHeads) {
     md.push(
       [`${a}.attention.key_length`, meta.u32(headDim)],

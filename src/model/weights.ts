@@ -21,6 +21,9 @@ export interface LayerWeights {
   wGate: WeightMatrix;
   wUp: WeightMatrix;
   wDown: WeightMatrix;
+  /** Gemma 2/3: RMS norms on the attention and feed-forward outputs. */
+  attnPostNorm?: Float32Array;
+  ffnPostNorm?: Float32Array;
 }
 
 export interface ModelWeights {
@@ -29,6 +32,7 @@ export interface ModelWeights {
   outputNorm: Float32Array;
   /** The LM head; the same object as tokenEmbd when embeddings are tied. */
   output: WeightMatrix;
+  /** Per-frequency divisors of the RoPE angles: llama 3.1's rope_freqs, or Phi-3's LongRoPE factors. */
   ropeFreqs?: Float32Array;
 }
 
@@ -53,6 +57,16 @@ function vector(g: GGUFFile, name: string, n: number): Float32Array {
   if (!isSupportedType(t.type))
     throw new ModelFileError(g.path, `tensor ${name} has unsupported type ${typeName(t.type)}`);
   return dequantize(t.type, g.readTensor(name), n, t.dims[0]!);
+}
+
+/**
+ * Rows [from, from + rows) of a matrix as a matrix of their own, sharing its bytes: how a fused
+ * projection (Phi-3's attn_qkv, its ffn_up holding gate and up) becomes the separate matrices the
+ * forward pass multiplies. Row r of the result is row from + r of the file's tensor.
+ */
+function rowSlice(w: WeightMatrix, name: string, from: number, rows: number): WeightMatrix {
+  const data = w.data.subarray(from * w.rowBytes, (from + rows) * w.rowBytes);
+  return { name, type: w.type, rows, cols: w.cols, data, rowBytes: w.rowBytes };
 }
 
 function optionalVector(g: GGUFFile, name: string, n: number): Float32Array | undefined {
@@ -84,21 +98,62 @@ export function loadWeights(
   const layers: LayerWeights[] = [];
   for (let l = 0; l < c.nLayers; l++) {
     const p = `blk.${l}.`;
+    // Q, K and V: separate, or fused in attn_qkv (Phi-3) and split here by rows (Q, then K, then V).
+    let wq: WeightMatrix;
+    let wk: WeightMatrix;
+    let wv: WeightMatrix;
+    let bq: Float32Array | undefined;
+    let bk: Float32Array | undefined;
+    let bv: Float32Array | undefined;
+    if (g.tensors.has(`${p}attn_qkv.weight`)) {
+      const qkv = matrix(g, `${p}attn_qkv.weight`, qDim + 2 * kvDim, c.dim);
+      wq = rowSlice(qkv, `${p}attn_qkv.weight[q]`, 0, qDim);
+      wk = rowSlice(qkv, `${p}attn_qkv.weight[k]`, qDim, kvDim);
+      wv = rowSlice(qkv, `${p}attn_qkv.weight[v]`, qDim + kvDim, kvDim);
+      for (const w of [wq, wk, wv]) adopt?.(w);
+      const b = optionalVector(g, `${p}attn_qkv.bias`, qDim + 2 * kvDim);
+      bq = b?.subarray(0, qDim);
+      bk = b?.subarray(qDim, qDim + kvDim);
+      bv = b?.subarray(qDim + kvDim);
+    } else {
+      wq = mat(`${p}attn_q.weight`, qDim, c.dim);
+      wk = mat(`${p}attn_k.weight`, kvDim, c.dim);
+      wv = mat(`${p}attn_v.weight`, kvDim, c.dim);
+      bq = optionalVector(g, `${p}attn_q.bias`, qDim);
+      bk = optionalVector(g, `${p}attn_k.bias`, kvDim);
+      bv = optionalVector(g, `${p}attn_v.bias`, kvDim);
+    }
+    // Gate and up: separate, or both in ffn_up (Phi-3: 2·ffnDim rows, the gate's first, as
+    // llama.cpp's swiglu of the fused product takes them) and split here.
+    let wGate: WeightMatrix;
+    let wUp: WeightMatrix;
+    if (!g.tensors.has(`${p}ffn_gate.weight`) && g.tensors.has(`${p}ffn_up.weight`)) {
+      const fused = matrix(g, `${p}ffn_up.weight`, 2 * c.ffnDim, c.dim);
+      wGate = rowSlice(fused, `${p}ffn_up.weight[gate]`, 0, c.ffnDim);
+      wUp = rowSlice(fused, `${p}ffn_up.weight[up]`, c.ffnDim, c.ffnDim);
+      adopt?.(wGate);
+      adopt?.(wUp);
+    } else {
+      wGate = mat(`${p}ffn_gate.weight`, c.ffnDim, c.dim);
+      wUp = mat(`${p}ffn_up.weight`, c.ffnDim, c.dim);
+    }
     layers.push({
       attnNorm: vector(g, `${p}attn_norm.weight`, c.dim),
-      wq: mat(`${p}attn_q.weight`, qDim, c.dim),
-      wk: mat(`${p}attn_k.weight`, kvDim, c.dim),
-      wv: mat(`${p}attn_v.weight`, kvDim, c.dim),
+      wq,
+      wk,
+      wv,
       wo: mat(`${p}attn_output.weight`, c.dim, qDim),
-      bq: optionalVector(g, `${p}attn_q.bias`, qDim),
-      bk: optionalVector(g, `${p}attn_k.bias`, kvDim),
-      bv: optionalVector(g, `${p}attn_v.bias`, kvDim),
+      bq,
+      bk,
+      bv,
       qNorm: optionalVector(g, `${p}attn_q_norm.weight`, c.headDim),
       kNorm: optionalVector(g, `${p}attn_k_norm.weight`, c.headDim),
       ffnNorm: vector(g, `${p}ffn_norm.weight`, c.dim),
-      wGate: mat(`${p}ffn_gate.weight`, c.ffnDim, c.dim),
-      wUp: mat(`${p}ffn_up.weight`, c.ffnDim, c.dim),
+      wGate,
+      wUp,
       wDown: mat(`${p}ffn_down.weight`, c.dim, c.ffnDim),
+      attnPostNorm: c.postNorms ? vector(g, `${p}post_attention_norm.weight`, c.dim) : undefined,
+      ffnPostNorm: c.postNorms ? vector(g, `${p}post_ffw_norm.weight`, c.dim) : undefined,
     });
     onLayer?.(l + 1, c.nLayers);
   }
@@ -107,6 +162,23 @@ export function loadWeights(
     layers,
     outputNorm: vector(g, "output_norm.weight", c.dim),
     output: c.tiedEmbeddings ? tokenEmbd : mat("output.weight", c.vocabSize, c.dim),
-    ropeFreqs: optionalVector(g, "rope_freqs.weight", c.rope.dim / 2),
+    ropeFreqs: ropeFactors(g, c),
   };
+}
+
+/**
+ * The RoPE frequency factors, if the file has any: llama 3.1's rope_freqs, or Phi-3's LongRoPE
+ * pair, of which llama.cpp uses the long factors when the context it serves is longer than the
+ * original context (rope.scaling.original_context_length) and the short ones otherwise. Spindle
+ * serves the model's whole context (contextLength), so that is the context compared.
+ */
+function ropeFactors(g: GGUFFile, c: ModelConfig): Float32Array | undefined {
+  const n = c.rope.dim / 2;
+  const freqs = optionalVector(g, "rope_freqs.weight", n);
+  if (freqs) return freqs;
+  const long = optionalVector(g, "rope_factors_long.weight", n);
+  const short = optionalVector(g, "rope_factors_short.weight", n);
+  if ((long === undefined) !== (short === undefined))
+    throw new ModelFileError(g.path, "has only one of rope_factors_long and rope_factors_short");
+  return c.contextLength > c.ropeOriginalContext ? long : short;
 }

@@ -122,6 +122,72 @@ describe("spindle synth-model", () => {
     expect(readGGUF(out).tensor("blk.0.ffn_down.weight").type).toBe(GGMLType.Q4_K); // 768 = 3 × 256
   });
 
+  it("--shape gemma3-1b brings its architecture: llama.cpp's gemma3 names and keys, windows that load", async () => {
+    const out = join(dir, "gemma3.gguf");
+    const r = await runCli([
+      "synth-model",
+      "--shape",
+      "gemma3-1b",
+      "--type",
+      "Q8_0",
+      "--layers",
+      "7",
+      "--dim",
+      "64",
+      "--ffn",
+      "128",
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(0);
+    const g = readGGUF(out);
+    expect(g.getString("general.architecture")).toBe("gemma3");
+    expect(g.getNumber("gemma3.attention.sliding_window")).toBe(512);
+    expect(g.getNumber("gemma3.attention.key_length")).toBe(256);
+    expect(g.tensors.has("output.weight")).toBe(false); // tied, as Gemma is
+    for (const t of ["post_attention_norm", "post_ffw_norm", "attn_q_norm", "attn_k_norm"])
+      expect(g.tensors.has(`blk.0.${t}.weight`), t).toBe(true);
+    const m = loadModel(out);
+    expect(m.config).toMatchObject({ arch: "gemma3", headDim: 256, ffnActivation: "gelu", postNorms: true });
+    // 5 local layers to 1 global: layers 5 is global, the others slide over 512 tokens.
+    expect(m.config.layerWindows).toEqual([512, 512, 512, 512, 512, undefined, 512]);
+    expect(m.config.ropeLocal?.freqBase).toBe(10000);
+    expect(m.config.rope.freqBase).toBe(1e6);
+  });
+
+  it("--shape phi3.5-mini writes fused projections and LongRoPE factors", async () => {
+    const out = join(dir, "phi3.gguf");
+    const r = await runCli([
+      "synth-model",
+      "--shape",
+      "phi3.5-mini",
+      "--layers",
+      "1",
+      "--dim",
+      "64",
+      "--heads",
+      "4",
+      "--ffn",
+      "96",
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(0);
+    const g = readGGUF(out);
+    expect(g.tensor("blk.0.attn_qkv.weight").dims).toEqual([64, 192]);
+    expect(g.tensor("blk.0.ffn_up.weight").dims).toEqual([64, 192]);
+    expect(g.tensors.has("blk.0.ffn_gate.weight")).toBe(false);
+    expect(g.tensor("rope_factors_long.weight").dims).toEqual([8]);
+    const m = loadModel(out);
+    expect(m.config.arch).toBe("phi3");
+    expect(m.config.rope.attnFactor).toBeCloseTo(1.19, 2);
+    // Context 131072 > the original 4096: the long factors, as llama.cpp chooses them.
+    const long = g.readTensor("rope_factors_long.weight");
+    expect(Array.from(m.transformer.weights.ropeFreqs!)).toEqual(
+      Array.from(new Float32Array(long.buffer, long.byteOffset, 8)),
+    );
+  });
+
   it("--type Q4_K_M writes llama.cpp's mixture, with its K-quant fallbacks", async () => {
     const out = join(dir, "s15m-q4km.gguf");
     const r = await runCli(["synth-model", "--type", "Q4_K_M", "--layers", "1", "--out", out]);

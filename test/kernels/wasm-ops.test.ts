@@ -524,3 +524,105 @@ describe("the kernels' memory", () => {
     expect(k.owns(plain.layers[0]!.k)).toBe(false);
   });
 });
+
+/**
+ * Attention as Gemma and Phi-3 need it (AttentionOptions): a scale other than 1/sqrt(headDim),
+ * sliding windows, soft-capped scores. The oracle is written out densely here (one sequence, keys in
+ * position order); the reference kernel must match it, and the WebAssembly set must match the
+ * reference (its kernel where no window cuts the context, the reference over its views where one
+ * does or scores are soft-capped).
+ */
+describe("attention options: scale, sliding window, soft-cap", () => {
+  function dense(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    nHeads: number,
+    nKVHeads: number,
+    headDim: number,
+    pos: number,
+    count: number,
+    o: { scale?: number; window?: number; softcap?: number },
+  ): Float64Array {
+    const out = new Float64Array(count * nHeads * headDim);
+    const scale = o.scale ?? 1 / Math.sqrt(headDim);
+    for (let i = 0; i < count; i++) {
+      const p = pos + i;
+      for (let h = 0; h < nHeads; h++) {
+        const kvh = Math.floor(h / (nHeads / nKVHeads));
+        const keys: number[] = [];
+        for (let j = 0; j <= p; j++) if (o.window === undefined || p - j < o.window) keys.push(j);
+        const s = keys.map((j) => {
+          let d = 0;
+          for (let e = 0; e < headDim; e++)
+            d += q[(i * nHeads + h) * headDim + e]! * k[(j * nKVHeads + kvh) * headDim + e]!;
+          d *= scale;
+          return o.softcap === undefined ? d : o.softcap * Math.tanh(d / o.softcap);
+        });
+        const m = Math.max(...s);
+        const e = s.map((x) => Math.exp(x - m));
+        const z = e.reduce((a, b) => a + b, 0);
+        keys.forEach((j, t) => {
+          for (let d = 0; d < headDim; d++)
+            out[(i * nHeads + h) * headDim + d]! += (e[t]! / z) * v[(j * nKVHeads + kvh) * headDim + d]!;
+        });
+      }
+    }
+    return out;
+  }
+
+  const options = [
+    { scale: 0.05 },
+    { window: 5 },
+    { window: 40 }, // wider than every context here: the WebAssembly kernel itself
+    { softcap: 1.5, scale: 0.3 },
+    { window: 7, softcap: 2 },
+  ];
+  for (const o of options) {
+    it(JSON.stringify(o), () => {
+      const rng = new Rng(17);
+      const [nHeads, nKVHeads, headDim, blockSize] = [4, 2, 8, 4];
+      const kvDim = nKVHeads * headDim;
+      const total = 19;
+      const numBlocks = Math.ceil(total / blockSize);
+      const table = Array.from({ length: numBlocks }, (_, i) => numBlocks - 1 - i); // scattered
+      const kv = pools(rng, numBlocks, blockSize, nKVHeads, headDim, true);
+      const k = inWasm(randoms(rng, total * kvDim, 2));
+      const v = inWasm(randoms(rng, total * kvDim));
+      wasm.storeKV(kv, k, v, [{ row: 0, count: total, pos: 0, blockTable: table }]);
+      // A prefill of 12 after 7 cached tokens, then a decode step at 18, as separate calls.
+      for (const [pos, count] of [
+        [7, 12],
+        [18, 1],
+      ] as const) {
+        const q = inWasm(randoms(rng, count * nHeads * headDim, 2));
+        const want = dense(q, k, v, nHeads, nKVHeads, headDim, pos, count, o);
+        const seqs = [{ row: 0, count, pos, blockTable: table }];
+        const ref = new Float32Array(count * nHeads * headDim);
+        referenceKernels.attention(kv, q, nHeads, seqs, ref, o);
+        expect(maxDiff(ref, want), "reference vs dense").toBeLessThan(1e-5);
+        const out = wasm.allocFloat32(count * nHeads * headDim)!;
+        wasm.attention(kv, q, nHeads, seqs, out, o);
+        expect(maxDiff(out, want), "wasm vs dense").toBeLessThan(1e-5);
+      }
+    });
+  }
+
+  it("geglu is tanh-GELU(gate) · up; softcap and scale", () => {
+    const rng = new Rng(3);
+    const g = inWasm(randoms(rng, 64, 6));
+    const u = inWasm(randoms(rng, 64));
+    const out = wasm.allocFloat32(64)!;
+    wasm.geglu(g, u, 64, out);
+    for (let i = 0; i < 64; i++) {
+      const x = g[i]!;
+      const gelu = 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+      expect(out[i]).toBeCloseTo(gelu * u[i]!, 5);
+    }
+    const c = Float32Array.from(g);
+    wasm.softcap(c, 64, 2);
+    for (let i = 0; i < 64; i++) expect(c[i]).toBeCloseTo(2 * Math.tanh(g[i]! / 2), 6);
+    wasm.scale(c, 64, -3);
+    for (let i = 0; i < 64; i++) expect(c[i]).toBeCloseTo(-6 * Math.tanh(g[i]! / 2), 5);
+  });
+});

@@ -2,85 +2,21 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { readGGUF } from "../../src/gguf/reader.js";
 import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../../src/gguf/types.js";
-import { generate } from "../../src/model/generate.js";
 import { loadModel, type Model } from "../../src/model/model.js";
 import { SHAPES, type SynthArch, synthModel } from "../../src/model/synth.js";
-import { Rng } from "../../src/sampling/rng.js";
-import { logitsAfter } from "../helpers/forward.js";
-import { llamaGreedy, llamaNextProbs } from "../helpers/llamacpp.js";
-import { argmax, logSoftmax, maxAbsDiffWhere, top2Margin } from "../helpers/logits.js";
 import { STORIES_260K, testModel, VOCAB_GPT2 } from "../helpers/models.js";
+import { compareWithLlamaCpp, tolerance } from "../helpers/parity.js";
 import { tempDir } from "../helpers/tmp.js";
 
 /**
  * Synthesized models (random weights, real vocabularies) in every supported weight type,
- * compared with llama.cpp by their next-token log-probabilities.
- *
- * Tolerances (max |Δ log p| over tokens llama.cpp gives p > 1e-6):
- * - F32: both sides compute in float32 (llama.cpp with an F32 KV cache here), differing only in
- *   summation order: 1e-4 (measured: 1-7e-6).
- * - F16 / BF16: llama.cpp rounds the activations to F16 / BF16 before each matmul (ggml's
- *   vec_dot for those types takes both operands in the same type); Spindle keeps them in float32.
- *   Rounding to 11 (8) significant bits gives about 5e-4 (4e-3) relative error per product, which
- *   accumulates over layers: 1e-2 / 3e-2 (measured: 1-2e-3 / 8e-3-1.3e-2).
- * - Quantized types: llama.cpp quantizes activations to 8-bit blocks for its integer dot products
- *   (Q8_0, one scale per 32 values, for the legacy types; Q8_K, one scale per 256, for the K-quants);
- *   Spindle uses float activations against the same dequantized weights. An 8-bit step is 1/127 of
- *   the block's max, a few percent of a logit's scale (logits here have std ≈ 1) after two layers:
- *   1e-1 (measured: 3-7e-2). A layout mistake in any type gives differences of order 1.
- * Greedy: llama.cpp generates 16 tokens greedily; at each step, given the same history (its tokens so
- * far), Spindle's argmax must be llama.cpp's token wherever Spindle's top-2 logit margin is above twice
- * the type's tolerance (so the errors above cannot flip it). Random weights give thin margins at some
- * steps; those are skipped, and at least 40% of all steps must have been compared.
+ * compared with llama.cpp by their next-token log-probabilities and greedy steps
+ * (test/helpers/parity.ts says how, and why each type's tolerance is what it is).
  */
 
 const dir = tempDir();
-const rng = new Rng(7);
-const randomPrompt = (n: number, vocab: number, bos: number) => [
-  bos,
-  ...Array.from({ length: n - 1 }, () => 3 + (rng.nextU32() % (vocab - 3))),
-];
-
-const TOLERANCE: Partial<Record<GGMLType, number>> = {
-  [GGMLType.F32]: 1e-4,
-  [GGMLType.F16]: 1e-2,
-  [GGMLType.BF16]: 3e-2,
-};
-const tolerance = (t: GGMLType) => TOLERANCE[t] ?? 1e-1;
-
-/** `type` sets the tolerance; `label` names it in failures. */
-async function compare(model: Model, type: GGMLType, label = typeName(type)) {
-  const V = model.config.vocabSize;
-  const bos = model.tokenizer.bos ?? 1;
-  for (const len of [1, 7, 64]) {
-    const prompt = randomPrompt(len, V, bos);
-    const ours = logSoftmax(logitsAfter(model, prompt));
-    const theirs = (await llamaNextProbs(model.path, prompt, V)).map(Math.log);
-    const diff = maxAbsDiffWhere(ours, theirs, (i) => theirs[i]! > Math.log(1e-6));
-    expect(diff, `${label} prompt of ${len}`).toBeLessThan(tolerance(type));
-  }
-  // Greedy for 16 steps, step by step on llama.cpp's own history.
-  const prompt = randomPrompt(7, V, bos);
-  const theirs = await llamaGreedy(model.path, prompt, 16);
-  let compared = 0;
-  for (let i = 0; i < 16; i++) {
-    const logits = logitsAfter(model, [...prompt, ...theirs.slice(0, i)]);
-    if (top2Margin(logits) < 2 * tolerance(type)) continue;
-    expect(argmax(logits), `${label} greedy step ${i}`).toBe(theirs[i]);
-    compared++;
-  }
-  // Spindle's own greedy run agrees up to the first thin step.
-  const ours = generate(model, prompt, {
-    maxTokens: 16,
-    stopAtEog: false,
-    sampling: { temperature: 0 },
-  }).tokens;
-  for (let i = 0; i < 16; i++) {
-    if (top2Margin(logitsAfter(model, [...prompt, ...ours.slice(0, i)])) < 2 * tolerance(type)) break;
-    expect(ours[i], `${label} own greedy step ${i}`).toBe(theirs[i]);
-  }
-  return compared;
-}
+const compare = async (model: Model, type: GGMLType, label?: string) =>
+  (await compareWithLlamaCpp(model, type, label)).compared;
 
 describe("synthesized llama in every weight type vs llama.cpp", () => {
   const types = SUPPORTED_WEIGHT_TYPES;
