@@ -210,3 +210,36 @@ export function toolGrammar(r: ToolRequest): GrammarSpec | undefined {
 /** Whether the reply is enforced to be calls (and so parsed as the JSON array of `toolGrammar`). */
 export const callsEnforced = (r: ToolRequest | undefined): boolean =>
   r !== undefined && r.choice !== "none" && r.choice !== "auto";
+
+/**
+ * The tool grammar as a request's structured output (the shape of structured-output.ts's
+ * StructuredOutput, with `field` to map the compiler's error paths): errors the compiler finds in
+ * a tool's parameters schema (an unsupported keyword…) name that tool's field, e.g.
+ * `tools[1].function.parameters.properties.when.format`.
+ */
+export interface ToolStructuredOutput {
+  spec: GrammarSpec;
+  param: string;
+  root: string;
+  field: (specField: string) => string;
+}
+
+export function toolStructuredOutput(r: ToolRequest): ToolStructuredOutput | undefined {
+  const spec = toolGrammar(r);
+  if (!spec) return undefined;
+  const chosen = r.choice;
+  const indices = r.tools
+    .map((t, i) => ({ name: t.function.name, i }))
+    .filter((t) => typeof chosen !== "object" || t.name === chosen.name)
+    .map((t) => t.i);
+  return {
+    spec,
+    param: "tools",
+    root: "tools",
+    field: (specField) => {
+      const m = /^schema\.items(?:\.anyOf\[(\d+)\])?\.properties\.arguments(.*)$/.exec(specField);
+      const i = m ? indices[m[1] === undefined ? 0 : Number(m[1])] : undefined;
+      return m && i !== undefined ? `tools[${i}].function.parameters${m[2]}` : "tools";
+    },
+  };
+}

@@ -1,6 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { ApiError } from "../../src/server/errors.js";
-import { callsEnforced, parseToolRequest, toolGrammar } from "../../src/server/tool-request.js";
+import {
+  callsEnforced,
+  parseToolRequest,
+  toolGrammar,
+  toolStructuredOutput,
+} from "../../src/server/tool-request.js";
 
 const weather = {
   type: "function",
@@ -132,5 +137,22 @@ describe("the grammar of an enforced call", () => {
         },
       },
     });
+  });
+
+  it("compiler errors name the tool's field", () => {
+    const r = parseToolRequest({ tools: [weather, time], tool_choice: "required" })!;
+    const so = toolStructuredOutput(r)!;
+    expect(so.field("schema.items.anyOf[1].properties.arguments.properties.x.format")).toBe(
+      "tools[1].function.parameters.properties.x.format",
+    );
+    const named = parseToolRequest({
+      tools: [weather, time],
+      tool_choice: { type: "function", function: { name: "get_time" } },
+    })!;
+    expect(toolStructuredOutput(named)!.field("schema.items.properties.arguments.patternProperties")).toBe(
+      "tools[1].function.parameters.patternProperties",
+    );
+    expect(so.field("schema.minItems")).toBe("tools");
+    expect(toolStructuredOutput(parseToolRequest({ tools: [weather] })!)).toBeUndefined();
   });
 });
