@@ -1,3 +1,4 @@
+import { SYNTH_CHAT_TEMPLATES } from "../chat/hermes-template.js";
 import { SpindleError } from "../errors.js";
 import { GGMLType } from "../gguf/types.js";
 import type { PoolingType } from "../model/pooling.js";
@@ -17,7 +18,7 @@ const TYPES = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K";
 export const SYNTH = command({
   name: "synth-model",
   usage: `spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch ${SYNTH_ARCHS.join("|")}]
-                           [--type T] [--vocab VOCAB.gguf] [--seed N] [--tied] [--pooling P] [--dim N --layers N ...]`,
+                           [--type T] [--vocab VOCAB.gguf] [--seed N] [--tied] [--pooling P] [--chat-template NAME] [--dim N --layers N ...]`,
   summary:
     "Writes a model with deterministic random weights (scaled so logits have a real spread) and the tokenizer of a vocab GGUF: the realistic sizes for tests and benchmarks, without downloading a model. A named shape brings its architecture (phi3-*, gemma2-*, gemma3-*: fused projections, sliding windows, soft-caps, LongRoPE as the real models have them); Gemma models are written with tied embeddings, as the real ones are. Prints the file's path on stdout and its parameter count on stderr.",
   options: {
@@ -53,6 +54,11 @@ export const SYNTH = command({
       description:
         "write <arch>.pooling_type: mean, cls or last (how /v1/embeddings pools; an embedding model's last, as Qwen3's)",
     },
+    "chat-template": {
+      type: "string",
+      arg: "NAME",
+      description: `write a chat template instead of the vocab file's: ${Object.keys(SYNTH_CHAT_TEMPLATES).join(", ")} (Spindle's Hermes-style tool-aware template: tools, <tool_call> calls)`,
+    },
     dim: { type: "string", arg: "N", description: "override the shape's embedding width" },
     layers: { type: "string", arg: "N", description: "override the shape's number of layers" },
     heads: { type: "string", arg: "N", description: "override the shape's attention heads" },
@@ -87,6 +93,13 @@ export function synthModelCommand(args: string[]): number {
     throw new SpindleError(`unknown arch "${arch}" (known: ${SYNTH_ARCHS.join(", ")})`);
   if (values.pooling !== undefined && !["mean", "cls", "last"].includes(values.pooling))
     throw new SpindleError(`unknown pooling "${values.pooling}" (mean, cls or last)`);
+  const templateName = values["chat-template"];
+  const chatTemplate = templateName === undefined ? undefined : SYNTH_CHAT_TEMPLATES[templateName];
+  if (templateName !== undefined && chatTemplate === undefined) {
+    throw new SpindleError(
+      `unknown chat template "${templateName}" (known: ${Object.keys(SYNTH_CHAT_TEMPLATES).join(", ")})`,
+    );
+  }
   const n = (v: string | undefined, d: number) => (v === undefined ? d : Number(v));
   const shape = {
     ...base,
@@ -106,6 +119,7 @@ export function synthModelCommand(args: string[]): number {
     seed: Number(values.seed),
     tied: values.tied || arch === "gemma2" || arch === "gemma3",
     pooling: values.pooling as PoolingType | undefined,
+    chatTemplate,
   });
   process.stdout.write(`${r.path}\n`);
   process.stderr.write(`${(r.parameters / 1e6).toFixed(2)}M parameters\n`);

@@ -165,6 +165,8 @@ export interface SynthOptions {
   /** Tie the LM head to token_embd (no output.weight); gemma2 always is (llama.cpp reads no output.weight). */
   tied?: boolean;
   name?: string;
+  /** A chat template to write as tokenizer.chat_template (instead of the vocab file's, if any). */
+  chatTemplate?: string;
   /** Write `<arch>.pooling_type` (how embeddings pool; left out: llama.cpp's none, Spindle's mean). */
   pooling?: PoolingType;
 }
@@ -346,7 +348,12 @@ export function synthModel(o: SynthOptions): SynthReport {
     );
   }
   if (o.pooling) md.push([`${a}.pooling_type`, meta.u32(LLAMA_POOLING[o.pooling])]);
-  for (const [k, v] of vocab.metadata) if (k.startsWith("tokenizer.")) md.push([k, v]);
+  for (const [k, v] of vocab.metadata) {
+    if (k.startsWith("tokenizer.") && !(o.chatTemplate !== undefined && k === "tokenizer.chat_template")) {
+      md.push([k, v]);
+    }
+  }
+  if (o.chatTemplate !== undefined) md.push(["tokenizer.chat_template", meta.str(o.chatTemplate)]);
   writeGGUF(o.out, md, tensors);
   return { path: o.out, parameters, fallbacks };
 }

@@ -56,7 +56,7 @@ export class StopMatcher {
     }
 
     // Hold back the longest tail of buf that is a proper prefix of some stop string.
-    const hold = this.partialTail(buf);
+    const hold = partialTail(buf, this.stops, this.maxLen);
     this.held = buf.slice(buf.length - hold);
     return { emit: buf.slice(0, buf.length - hold), stopped: false };
   }
@@ -67,15 +67,21 @@ export class StopMatcher {
     this.held = "";
     return out;
   }
-
-  /** Length of the longest suffix of buf that is a proper prefix of a stop string. */
-  private partialTail(buf: string): number {
-    for (let len = Math.min(buf.length, this.maxLen - 1); len > 0; len--) {
-      const tail = buf.slice(buf.length - len);
-      for (const s of this.stops) {
-        if (s.length > len && s.startsWith(tail)) return len;
-      }
-    }
-    return 0;
-  }
 }
+
+/**
+ * Length of the longest suffix of `buf` that is a proper prefix of one of `strings` (`maxLen`: the
+ * longest of them): the text to hold back while it may still become one of them. Shared by stop
+ * strings and the markers of chat output (tool calls, reasoning).
+ */
+export function partialTail(buf: string, strings: readonly string[], maxLen = longest(strings)): number {
+  for (let len = Math.min(buf.length, maxLen - 1); len > 0; len--) {
+    const tail = buf.slice(buf.length - len);
+    for (const s of strings) {
+      if (s.length > len && s.startsWith(tail)) return len;
+    }
+  }
+  return 0;
+}
+
+const longest = (strings: readonly string[]) => strings.reduce((m, s) => Math.max(m, s.length), 0);

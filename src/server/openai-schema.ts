@@ -2,13 +2,14 @@ import type { ChatMessage } from "../chat/template.js";
 import type { SamplingParams } from "../sampling/params.js";
 import { ApiError, badRequest } from "./errors.js";
 import { type StructuredOutput, structuredOutput } from "./structured-output.js";
+import { parseToolRequest, type ToolRequest } from "./tool-request.js";
 
 /**
  * Request validation for /v1/completions and /v1/chat/completions, by hand so that every
  * message names the field and says what it must be ("temperature must be a number between 0
  * and 2"). Each error is a 400 in OpenAI's shape with the field in `param`. Fields OpenAI has and
  * Spindle ignores (user, store, metadata, service_tier, …) are accepted; fields whose meaning
- * Spindle cannot honour (tools, json response formats, suffix, …) are refused by name rather than
+ * Spindle cannot honour (json response formats, suffix, …) are refused by name rather than
  * silently ignored. `null` counts as "not given" everywhere, as in OpenAI's API. /v1/completions also
  * takes vLLM's `return_token_ids` and `return_tokens_as_token_ids`.
  */
@@ -72,6 +73,8 @@ export interface ChatRequest extends CommonRequest {
   topLogprobs: number;
   /** vLLM's chat_template_kwargs: extra template variables. */
   templateVars: Record<string, unknown> | undefined;
+  /** tools, tool_choice, parallel_tool_calls (tool-request.ts); undefined without tools. */
+  toolRequest: ToolRequest | undefined;
 }
 
 type Body = Record<string, unknown>;
@@ -336,6 +339,42 @@ export function parseCompletionRequest(raw: unknown, sc: SchemaContext): Complet
 
 const ROLES = new Set(["system", "user", "assistant", "tool", "developer"]);
 
+/**
+ * A tool result (`role: "tool"`) names the call it answers (`tool_call_id`); an assistant turn's
+ * `tool_calls` are OpenAI's `{id, type: "function", function: {name, arguments}}` with arguments
+ * as JSON text; no other role carries either.
+ */
+function checkToolFields(m: Body, role: string, param: string): void {
+  if (role === "tool" && typeof m.tool_call_id !== "string") {
+    throw badRequest(
+      `${param}.tool_call_id is required for a tool message (the id of the call it answers)`,
+      `${param}.tool_call_id`,
+    );
+  }
+  if (!given(m, "tool_calls")) return;
+  if (role !== "assistant") {
+    throw badRequest(`${param}.tool_calls is only allowed on assistant messages`, `${param}.tool_calls`);
+  }
+  const calls = m.tool_calls;
+  if (!Array.isArray(calls)) throw badRequest(`${param}.tool_calls must be an array`, `${param}.tool_calls`);
+  calls.forEach((c, j) => {
+    const at = `${param}.tool_calls[${j}]`;
+    if (!isObject(c)) throw badRequest(`${at} must be an object {id, type, function}`, at);
+    if (typeof c.id !== "string") throw badRequest(`${at}.id must be a string`, `${at}.id`);
+    if (given(c, "type") && c.type !== "function")
+      throw badRequest(`${at}.type must be "function"`, `${at}.type`);
+    const fn = c.function;
+    if (!isObject(fn))
+      throw badRequest(`${at}.function must be an object {name, arguments}`, `${at}.function`);
+    if (typeof fn.name !== "string" || fn.name.length === 0) {
+      throw badRequest(`${at}.function.name must be a non-empty string`, `${at}.function.name`);
+    }
+    if (typeof fn.arguments !== "string") {
+      throw badRequest(`${at}.function.arguments must be a string (JSON text)`, `${at}.function.arguments`);
+    }
+  });
+}
+
 export function parseMessages(body: Body): ChatMessage[] {
   const list = body.messages;
   if (list === undefined || list === null) throw badRequest("messages is required", "messages");
@@ -374,6 +413,7 @@ export function parseMessages(body: Body): ChatMessage[] {
     if (m.name !== undefined && m.name !== null && typeof m.name !== "string") {
       throw badRequest(`${param}.name must be a string`, `${param}.name`);
     }
+    checkToolFields(m, role, param);
     // Templates rarely know "developer" (OpenAI's newer name for system): render it as system.
     return {
       ...m,
@@ -393,15 +433,19 @@ export function parseChatRequest(raw: unknown, sc: SchemaContext): ChatRequest {
   if (topLogprobs !== undefined && !logprobs) {
     throw badRequest("top_logprobs requires logprobs to be true", "top_logprobs");
   }
-  unsupported(body, "tools", "Spindle does not do tool calling", (v) => Array.isArray(v) && v.length === 0);
-  unsupported(body, "tool_choice", "Spindle does not do tool calling", (v) => v === "none");
+  const toolRequest = parseToolRequest(body);
   unsupported(
     body,
     "functions",
-    "Spindle does not do function calling",
+    "the deprecated functions field is not supported; use tools",
     (v) => Array.isArray(v) && v.length === 0,
   );
-  unsupported(body, "function_call", "Spindle does not do function calling", (v) => v === "none");
+  unsupported(
+    body,
+    "function_call",
+    "the deprecated function_call field is not supported; use tool_choice",
+    (v) => v === "none",
+  );
   unsupported(body, "audio", "Spindle serves text models");
   if (given(body, "modalities")) {
     const m = body.modalities;
@@ -416,5 +460,13 @@ export function parseChatRequest(raw: unknown, sc: SchemaContext): ChatRequest {
     }
     templateVars = body.chat_template_kwargs;
   }
-  return { ...common, maxTokens, messages, logprobs, topLogprobs: topLogprobs ?? 0, templateVars };
+  return {
+    ...common,
+    maxTokens,
+    messages,
+    logprobs,
+    topLogprobs: topLogprobs ?? 0,
+    templateVars,
+    toolRequest,
+  };
 }

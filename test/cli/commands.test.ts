@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { HERMES_TOOL_TEMPLATE } from "../../src/chat/hermes-template.js";
 import { readGGUF } from "../../src/gguf/reader.js";
 import { GGMLType } from "../../src/gguf/types.js";
 import { loadModel } from "../../src/model/model.js";
@@ -196,5 +197,16 @@ describe("spindle synth-model", () => {
     const g = readGGUF(out);
     expect(g.getNumber("general.file_type")).toBe(15);
     expect(g.tensor("blk.0.ffn_down.weight").type).toBe(GGMLType.Q6_K); // layer 0 of 1: more bits; 768 = 3 × 256
+  });
+
+  it("--chat-template hermes writes Spindle's tool-aware template over the vocab file's (phi-3's)", async () => {
+    const out = join(dir, "tiny-hermes.gguf");
+    const args = ["synth-model", "--shape", "tiny", "--vocab", "vocab/ggml-vocab-phi-3.gguf", "--out", out];
+    const r = await runCli([...args, "--chat-template", "hermes"]);
+    expect(r.code).toBe(0);
+    expect(readGGUF(out).metadata.get("tokenizer.chat_template")?.value).toBe(HERMES_TOOL_TEMPLATE);
+    const bad = await runCli([...args, "--chat-template", "chatml"]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/unknown chat template "chatml" \(known: hermes\)/);
   });
 });

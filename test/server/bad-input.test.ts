@@ -56,6 +56,8 @@ const responses = (extra: Json): Json => ({
   ...extra,
 });
 
+const FN_TOOL = { type: "function", function: { name: "f", parameters: { type: "object" } } };
+
 const RESP = "/v1/responses";
 const C = "/v1/completions";
 const LLAMA = "/completion";
@@ -237,10 +239,56 @@ function cases(): Case[] {
       code: "conflicting_fields",
     },
     bad(
-      "tools",
+      "chat: a tool without a name",
       CHAT,
-      chat({ tools: [{ type: "function", function: { name: "f", parameters: { type: "object" } } }] }),
-      "tools",
+      chat({ tools: [{ type: "function", function: { parameters: { type: "object" } } }] }),
+      "tools[0].function.name",
+    ),
+    bad("chat: two tools of one name", CHAT, chat({ tools: [FN_TOOL, FN_TOOL] }), "tools[1].function.name"),
+    bad(
+      "chat: tool_choice names an unknown function",
+      CHAT,
+      chat({ tools: [FN_TOOL], tool_choice: { type: "function", function: { name: "g" } } }),
+      "tool_choice",
+    ),
+    bad("chat: tool_choice without tools", CHAT, chat({ tool_choice: "auto" }), "tool_choice"),
+    bad(
+      "chat: parallel_tool_calls is a string",
+      CHAT,
+      chat({ tools: [FN_TOOL], parallel_tool_calls: "no" }),
+      "parallel_tool_calls",
+    ),
+    bad(
+      "chat: a tool message without tool_call_id",
+      CHAT,
+      chat({
+        messages: [
+          { role: "user", content: "hi" },
+          { role: "tool", content: "42" },
+        ],
+      }),
+      "messages[1].tool_call_id",
+    ),
+    bad(
+      "chat: assistant tool_calls with object arguments",
+      CHAT,
+      chat({
+        messages: [
+          { role: "user", content: "hi" },
+          {
+            role: "assistant",
+            content: null,
+            tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: {} } }],
+          },
+        ],
+      }),
+      "messages[1].tool_calls[0].function.arguments",
+    ),
+    bad(
+      "chat: tool_calls on a user message",
+      CHAT,
+      chat({ messages: [{ role: "user", content: "hi", tool_calls: [] }] }),
+      "messages[0].tool_calls",
     ),
     bad("chat temperature is a string", CHAT, chat({ temperature: "0.5" }), "temperature"),
     bad("chat max_tokens 10^9", CHAT, chat({ max_tokens: 1e9 }), "max_tokens"),

@@ -488,9 +488,9 @@ describe("errors in OpenAI's shape", () => {
     expect((await bad({ response_format: { type: "json_objects" } }, true)).param).toBe(
       "response_format.type",
     );
-    const tools = await bad({ tools: [{ type: "function", function: { name: "f", parameters: {} } }] }, true);
-    expect(tools.param).toBe("tools");
-    expect(tools.message).toContain("not supported");
+    const tools = await bad({ tools: [{ type: "function", function: { name: "", parameters: {} } }] }, true);
+    expect(tools.param).toBe("tools[0].function.name");
+    expect(tools.message).toContain("function.name must be");
     expect((await bad({ top_logprobs: 2 }, true)).param).toBe("top_logprobs");
     expect((await bad({ messages: [] }, true)).param).toBe("messages");
     expect((await bad({ messages: [{ role: "wizard", content: "x" }] }, true)).param).toBe(

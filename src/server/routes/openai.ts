@@ -4,6 +4,7 @@ import type { RequestStream } from "../../protocol/event-stream.js";
 import type { FinishInfo } from "../../protocol/events.js";
 import type { SampleResult } from "../../sampling/sampler.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
+import { ChatChoiceOutput, chatOutputMode } from "../chat-output.js";
 import { chatPrompt } from "../chat-prompt.js";
 import { type Choice, readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
@@ -19,6 +20,7 @@ import {
 } from "../openai-schema.js";
 import { clientOf, clientSignal, tokenString } from "../route-helpers.js";
 import { sendSSE } from "../sse.js";
+import { toolGrammar } from "../tool-request.js";
 
 /**
  * The OpenAI-compatible API: /v1/models, /v1/completions, /v1/chat/completions, so that the
@@ -332,7 +334,20 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
     vocabSize: model.info.vocabSize,
   });
   checkChoiceCount(ctx, r.n);
-  const prompt = chatPrompt(model, r);
+  const tools = r.toolRequest;
+  // With tool_choice "none" the model does not see the tools (as vLLM does).
+  const prompt = chatPrompt(model, {
+    ...r,
+    tools: tools && tools.choice !== "none" ? tools.tools : undefined,
+  });
+  const grammar = tools ? toolGrammar(tools) : undefined;
+  if (grammar) {
+    throw badRequest(
+      `tool_choice ${JSON.stringify(tools!.choice)} is not supported yet: enforcing a tool call needs constrained decoding; use "auto"`,
+      "tool_choice",
+    );
+  }
+  const mode = chatOutputMode(model.chatTemplate, prompt.text, tools);
   if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "messages");
   const maxTokens = r.maxTokens ?? defaultMaxTokens(prompt.ids.length, model.info.contextLength);
   const engineLogprobs = r.logprobs ? Math.max(1, r.topLogprobs) : 0;
@@ -363,6 +378,8 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
   const created = Math.floor(Date.now() / 1000);
   const head = { id, created, model: r.model, system_fingerprint: null };
 
+  const outputs = choices.map(() => new ChatChoiceOutput(mode));
+
   if (!r.stream) {
     const out = await collect(streams, signal);
     return {
@@ -370,9 +387,9 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
       object: "chat.completion",
       choices: choices.map((c, i) => ({
         index: c.index,
-        message: { role: "assistant", content: out.text[i], refusal: null },
+        message: outputs[i]!.message(out.text[i]),
         logprobs: r.logprobs ? chatLogprobs(tok, out.logprobs[i]!, r.topLogprobs) : null,
-        finish_reason: finishReason(out.finish[i]!),
+        finish_reason: outputs[i]!.finishReason(out.finish[i]!),
       })),
       usage: usageOf(choices, out.finish),
     };
@@ -392,7 +409,7 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
         index: choices[i]!.index,
         delta,
         logprobs: r.logprobs && samples ? chatLogprobs(tok, samples, r.topLogprobs) : null,
-        finish_reason: finish ? finishReason(finish) : null,
+        finish_reason: finish ? outputs[i]!.finishReason(finish) : null,
       },
     ],
     ...usageNull,
@@ -405,9 +422,13 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
     },
     onEvent(i, e) {
       const hasLogprobs = r.logprobs && (e.logprobs?.length ?? 0) > 0;
-      if (e.text.length === 0 && !hasLogprobs && !e.finish) return;
-      const delta = e.text.length > 0 || hasLogprobs ? { content: e.text } : {};
-      sendSSE(reply, chunk(i, delta, hasLogprobs ? e.logprobs : undefined, e.finish));
+      const deltas = outputs[i]!.deltas(e.text, e.finish !== undefined);
+      // Logprobs go with the first chunk of the event, the finish with its last.
+      if (deltas.length === 0 && (hasLogprobs || e.finish)) deltas.push(hasLogprobs ? { content: "" } : {});
+      deltas.forEach((delta, k) => {
+        const samples = k === 0 && hasLogprobs ? e.logprobs : undefined;
+        sendSSE(reply, chunk(i, delta, samples, k === deltas.length - 1 ? e.finish : undefined));
+      });
     },
     close(finishes) {
       if (r.includeUsage) {

@@ -5,6 +5,7 @@ import type { ServerContext } from "../context.js";
 import { badRequest } from "../errors.js";
 import { parseMessages } from "../openai-schema.js";
 import { boolField, given, isObject, type Json, textField } from "../route-helpers.js";
+import { parseToolRequest } from "../tool-request.js";
 
 /**
  * vLLM's tokenizer endpoints (which also take llama-server's /tokenize fields), with the model's own
@@ -54,9 +55,15 @@ export function registerTokenizeRoutes(app: FastifyInstance, ctx: ServerContext)
       const vars = body.chat_template_kwargs;
       if (given(vars) && !isObject(vars))
         throw badRequest("chat_template_kwargs must be an object", "chat_template_kwargs");
+      // vLLM's /tokenize takes the chat request's tools too: the count is the chat prompt's.
+      const tools = parseToolRequest(body);
       tokens = chatPrompt(
         m,
-        { messages, templateVars: isObject(vars) ? vars : undefined },
+        {
+          messages,
+          templateVars: isObject(vars) ? vars : undefined,
+          tools: tools && tools.choice !== "none" ? tools.tools : undefined,
+        },
         { addGenerationPrompt },
       ).ids;
     } else {

@@ -1,0 +1,160 @@
+import { describe, expect, it } from "vitest";
+import { tokenizeForBench } from "../../src/bench/grammar-bench.js";
+import { parseJsonCalls } from "../../src/chat/tool-format.js";
+import { type CompiledGrammar, compileGrammar, GrammarError, maskWords } from "../../src/grammar/index.js";
+import { parseToolRequest, toolGrammar } from "../../src/server/tool-request.js";
+import { ajvValidator, allowedTokens, bit, loadVocab, rng } from "../grammar/helpers.js";
+import { VOCAB_GPT2 } from "../helpers/models.js";
+
+/**
+ * The grammar of an enforced tool call (tool-request.ts), compiled by the real grammar engine on the
+ * GPT-2 vocabulary: it takes exactly the JSON arrays of calls whose arguments validate against their
+ * tool's parameters, and every reply a random walk through its masks writes parses (as the chat
+ * route parses it) into calls whose arguments ajv accepts.
+ */
+
+const { tok, vocab } = loadVocab(VOCAB_GPT2);
+const mask = new Uint32Array(maskWords(vocab.vocabSize));
+
+const weather = {
+  type: "function",
+  function: {
+    name: "get_weather",
+    parameters: {
+      type: "object",
+      properties: {
+        city: { type: "string", minLength: 1, maxLength: 12 },
+        unit: { enum: ["celsius", "fahrenheit"] },
+        days: { type: "integer", minimum: 1, maximum: 7 },
+      },
+      required: ["city"],
+      additionalProperties: false,
+    },
+  },
+};
+const tree = {
+  type: "function",
+  function: {
+    name: "plant",
+    parameters: {
+      type: "object",
+      properties: { root: { $ref: "#/$defs/node" } },
+      required: ["root"],
+      additionalProperties: false,
+      $defs: {
+        node: {
+          type: "object",
+          properties: {
+            label: { enum: ["a", "b"] },
+            kids: { type: "array", items: { $ref: "#/$defs/node" }, maxItems: 2 },
+          },
+          required: ["label"],
+          additionalProperties: false,
+        },
+      },
+    },
+  },
+};
+const noParams = { type: "function", function: { name: "ping" } };
+const tools = [weather, tree, noParams];
+const params: Record<string, unknown> = {
+  get_weather: weather.function.parameters,
+  plant: tree.function.parameters,
+  ping: { type: "object", properties: {}, additionalProperties: false },
+};
+
+function grammar(body: Record<string, unknown>): CompiledGrammar {
+  return compileGrammar(toolGrammar(parseToolRequest({ tools, ...body })!)!, vocab);
+}
+
+/** Whether the grammar takes `text` whole, each token checked against its mask. */
+function takes(g: CompiledGrammar, text: string): boolean {
+  const m = g.matcher();
+  for (const id of tokenizeForBench(tok, text)) {
+    m.fillMask(mask);
+    if (!bit(mask, id)) return false;
+    expect(m.accept(id)).toBe(true);
+  }
+  return m.canEnd();
+}
+
+describe("the tool-call grammar, compiled", () => {
+  it("takes calls valid against their tool, and nothing else", () => {
+    const g = grammar({ tool_choice: "required" });
+    expect(takes(g, '[{"name":"get_weather","arguments":{"city":"Paris","days":3}}]')).toBe(true);
+    expect(
+      takes(
+        g,
+        '[{"name":"ping","arguments":{}},{"name":"plant","arguments":{"root":{"label":"a","kids":[{"label":"b"}]}}}]',
+      ),
+    ).toBe(true);
+    expect(takes(g, "[]")).toBe(false);
+    expect(takes(g, '[{"name":"get_weather","arguments":{"days":3}}]')).toBe(false); // city is required
+    expect(takes(g, '[{"name":"get_weather","arguments":{"city":"Paris","days":9}}]')).toBe(false);
+    expect(takes(g, '[{"name":"get_time","arguments":{}}]')).toBe(false);
+    expect(takes(g, '[{"name":"ping","arguments":{"x":1}}]')).toBe(false);
+    expect(takes(g, '[{"name":"plant","arguments":{"root":{"label":"c"}}}]')).toBe(false);
+  });
+
+  it("a named function without parallel calls: one call, to it", () => {
+    const g = grammar({
+      tool_choice: { type: "function", function: { name: "ping" } },
+      parallel_tool_calls: false,
+    });
+    expect(takes(g, '[{"name":"ping","arguments":{}}]')).toBe(true);
+    expect(takes(g, '[{"name":"ping","arguments":{}},{"name":"ping","arguments":{}}]')).toBe(false);
+    expect(takes(g, '[{"name":"get_weather","arguments":{"city":"x"}}]')).toBe(false);
+  });
+
+  it("random walks through its masks: every reply parses into calls whose arguments ajv accepts", () => {
+    const r = rng(19);
+    const eog = [...vocab.eogTokens][0]!;
+    const oneByte = Array.from(
+      { length: vocab.vocabSize },
+      (_, t) => !vocab.isControl(t) && vocab.tokenBytes(t).length === 1,
+    );
+    const validators = Object.fromEntries(Object.entries(params).map(([k, s]) => [k, ajvValidator(s)]));
+    const g = grammar({ tool_choice: "required", parallel_tool_calls: false });
+    let finished = 0;
+    for (let run = 0; run < 40; run++) {
+      const m = g.matcher();
+      const ids: number[] = [];
+      for (let step = 0; step < 300 && !m.isTerminated(); step++) {
+        m.fillMask(mask);
+        const allowed = allowedTokens(mask, vocab.vocabSize);
+        expect(allowed.length).toBeGreaterThan(0);
+        let t: number;
+        if (bit(mask, eog) && r() < 0.7) t = eog;
+        else {
+          const short = allowed.filter((x) => oneByte[x] && x !== eog);
+          const pool = short.length > 0 && r() < 0.8 ? short : allowed.filter((x) => x !== eog);
+          t = pool.length > 0 ? pool[Math.floor(r() * pool.length)]! : eog;
+        }
+        expect(m.accept(t)).toBe(true);
+        if (t !== eog) ids.push(t);
+      }
+      if (!m.isTerminated()) continue;
+      finished++;
+      const text = tok.decode(ids);
+      const calls = parseJsonCalls(text);
+      expect(calls, text).toBeDefined();
+      expect(calls!.length).toBe(1);
+      for (const c of calls!) expect(validators[c.name]!(JSON.parse(c.arguments)), text).toBe(true);
+    }
+    expect(finished).toBeGreaterThan(20);
+  }, 120_000);
+
+  it("a parameters schema it cannot enforce fails to compile, naming the keyword", () => {
+    const odd = {
+      type: "function",
+      function: { name: "odd", parameters: { type: "object", patternProperties: {} } },
+    };
+    const spec = toolGrammar(parseToolRequest({ tools: [odd], tool_choice: "required" })!)!;
+    expect(() => compileGrammar(spec, vocab)).toThrow(GrammarError);
+    try {
+      compileGrammar(spec, vocab);
+    } catch (e) {
+      expect((e as GrammarError).field).toBe("schema.items.properties.arguments.patternProperties");
+    }
+  });
+});
