@@ -38,6 +38,8 @@ export interface StructuredOutput {
   param: string;
   /** Where the spec's payload (its schema, pattern, choices or grammar) is in the request. */
   root: string;
+  /** Maps a compiler error's field to the request's own, where `root` alone cannot (a tool grammar wraps each tool's parameters). */
+  field?: (specField: string) => string;
 }
 
 type Found = StructuredOutput | undefined;
@@ -92,6 +94,7 @@ export function grammarError(err: GrammarError, so: StructuredOutput | undefined
 }
 
 function requestField(specField: string, so: StructuredOutput): string {
+  if (so.field) return so.field(specField);
   if (specField === "") return so.param;
   const cut = specField.search(/[.[]/);
   return cut < 0 ? so.root : so.root + specField.slice(cut);

@@ -253,6 +253,20 @@ function cases(): Case[] {
     ),
     bad("chat: tool_choice without tools", CHAT, chat({ tool_choice: "auto" }), "tool_choice"),
     bad(
+      "chat: a required tool whose parameters the grammar cannot enforce",
+      CHAT,
+      chat({
+        tools: [
+          {
+            type: "function",
+            function: { name: "f", parameters: { type: "object", patternProperties: {} } },
+          },
+        ],
+        tool_choice: "required",
+      }),
+      "tools[0].function.parameters.patternProperties",
+    ),
+    bad(
       "chat: parallel_tool_calls is a string",
       CHAT,
       chat({ tools: [FN_TOOL], parallel_tool_calls: "no" }),

@@ -1,0 +1,285 @@
+import { join } from "node:path";
+import { createOpenAI } from "@ai-sdk/openai";
+import { generateText, isStepCount, jsonSchema, streamText, tool } from "ai";
+import OpenAI from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { HERMES_TOOL_TEMPLATE } from "../../src/chat/hermes-template.js";
+import { GGMLType } from "../../src/gguf/types.js";
+import { SHAPES, synthModel } from "../../src/model/synth.js";
+import { testModel, VOCAB_SPM } from "../helpers/models.js";
+import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
+import { tempDir } from "../helpers/tmp.js";
+
+/**
+ * Enforced tool calls through the official clients, unmodified, against a real server: a model
+ * synthesized with Spindle's Hermes-style tool template and random weights, so every valid call
+ * it makes is the grammar's doing (tool_choice `required` or a named function). The AI SDK
+ * (`.chat(...)`, the chat-completions provider) runs `generateText` with tools over two steps,
+ * feeding the tool's result back; the openai SDK makes the call directly, whole and streamed.
+ */
+
+const MODEL = "hermes-tools";
+let srv: TestServer;
+
+const weatherParams = {
+  type: "object",
+  properties: {
+    city: { type: "string", minLength: 1, maxLength: 20 },
+    unit: { type: "string", enum: ["celsius", "fahrenheit"] },
+  },
+  required: ["city", "unit"],
+  additionalProperties: false,
+} as const;
+const timeParams = {
+  type: "object",
+  properties: { zone: { type: "string", enum: ["UTC", "CET"] }, hour24: { type: "boolean" } },
+  required: ["zone"],
+  additionalProperties: false,
+} as const;
+
+beforeAll(async () => {
+  const path = join(tempDir("spindle-tools-clients-"), "hermes-tiny.gguf");
+  synthModel({
+    arch: "llama",
+    shape: { ...SHAPES.tiny!, contextLength: 2048 },
+    type: GGMLType.F32,
+    vocabPath: testModel(VOCAB_SPM),
+    out: path,
+    chatTemplate: HERMES_TOOL_TEMPLATE,
+  });
+  srv = await startTestServer({ modelName: MODEL, backend: { kind: "local", modelPath: path } });
+});
+afterAll(async () => {
+  await srv?.close();
+});
+
+const provider = () => createOpenAI({ baseURL: `${srv.url}/v1`, apiKey: "x" });
+
+/** A check by hand of what the grammar must guarantee for weatherParams. */
+function validWeather(input: unknown): boolean {
+  const v = input as Record<string, unknown>;
+  return (
+    typeof v === "object" &&
+    v !== null &&
+    Object.keys(v).every((k) => k === "city" || k === "unit") &&
+    typeof v.city === "string" &&
+    v.city.length >= 1 &&
+    v.city.length <= 20 &&
+    (v.unit === "celsius" || v.unit === "fahrenheit")
+  );
+}
+function validTime(input: unknown): boolean {
+  const v = input as Record<string, unknown>;
+  return (
+    typeof v === "object" &&
+    v !== null &&
+    Object.keys(v).every((k) => k === "zone" || k === "hour24") &&
+    (v.zone === "UTC" || v.zone === "CET") &&
+    (v.hour24 === undefined || typeof v.hour24 === "boolean")
+  );
+}
+
+describe("AI SDK generateText with tools (chat completions provider)", () => {
+  it("toolChoice required: a valid call; its result is fed back in a second step", async () => {
+    const executed: unknown[] = [];
+    const result = await generateText({
+      model: provider().chat(MODEL),
+      prompt: "What is the weather in Paris?",
+      tools: {
+        get_weather: tool({
+          description: "Current weather in a city",
+          inputSchema: jsonSchema<{ city: string; unit: string }>(weatherParams),
+          execute: async (input) => {
+            executed.push(input);
+            return { temperature: 21, sky: "sunny" };
+          },
+        }),
+        get_time: tool({
+          description: "The time now",
+          inputSchema: jsonSchema<{ zone: string; hour24?: boolean }>(timeParams),
+          execute: async () => "12:00",
+        }),
+      },
+      toolChoice: "required",
+      providerOptions: { openai: { parallelToolCalls: false } },
+      maxOutputTokens: 64,
+      temperature: 1,
+      seed: 7,
+      // The second step answers with the result in its prompt, without calling again.
+      prepareStep: ({ stepNumber }) => (stepNumber === 1 ? { toolChoice: "none" } : undefined),
+      stopWhen: isStepCount(2),
+      include: { requestBody: true },
+    });
+    expect(result.steps.length).toBe(2);
+    const first = result.steps[0]!;
+    expect(first.finishReason).toBe("tool-calls");
+    expect(first.toolCalls.length).toBeGreaterThanOrEqual(1);
+    for (const c of first.toolCalls) {
+      expect(["get_weather", "get_time"]).toContain(c.toolName);
+      expect(c.toolName === "get_weather" ? validWeather(c.input) : validTime(c.input)).toBe(true);
+    }
+    expect(first.toolResults.length).toBe(first.toolCalls.length);
+    expect(executed.length + first.toolCalls.filter((c) => c.toolName === "get_time").length).toBe(
+      first.toolCalls.length,
+    );
+    const second = result.steps[1]!;
+    expect(second.toolCalls.length).toBe(0);
+    expect(second.finishReason).toBe("length");
+    // The second request carried the assistant's calls and their results, and the server took them.
+    const sent = (
+      typeof second.request.body === "string" ? JSON.parse(second.request.body) : second.request.body
+    ) as {
+      messages: { role: string; tool_call_id?: string; tool_calls?: { id: string }[] }[];
+    };
+    const ids = first.toolCalls.map((c) => c.toolCallId);
+    expect(sent.messages.find((m) => m.role === "assistant")?.tool_calls?.map((c) => c.id)).toEqual(ids);
+    expect(sent.messages.filter((m) => m.role === "tool").map((m) => m.tool_call_id)).toEqual(ids);
+    expect(second.usage.inputTokens!).toBeGreaterThan(0);
+  });
+
+  it("a named tool, streamed: the call is to that tool, and valid", async () => {
+    const result = streamText({
+      model: provider().chat(MODEL),
+      prompt: "What time is it?",
+      tools: {
+        get_weather: tool({ inputSchema: jsonSchema(weatherParams) }),
+        get_time: tool({ inputSchema: jsonSchema(timeParams) }),
+      },
+      toolChoice: { type: "tool", toolName: "get_time" },
+      providerOptions: { openai: { parallelToolCalls: false } },
+      maxOutputTokens: 64,
+      temperature: 1,
+      seed: 3,
+    });
+    const calls = await result.toolCalls;
+    expect(await result.finishReason).toBe("tool-calls");
+    expect(calls.length).toBeGreaterThanOrEqual(1);
+    for (const c of calls) {
+      expect(c.toolName).toBe("get_time");
+      expect(validTime(c.input)).toBe(true);
+    }
+  });
+});
+
+describe("openai SDK tools", () => {
+  const client = () => new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "x" });
+  const tools: OpenAI.Chat.Completions.ChatCompletionTool[] = [
+    { type: "function", function: { name: "get_weather", parameters: weatherParams } },
+    { type: "function", function: { name: "get_time", parameters: timeParams } },
+  ];
+
+  it("tool_choice required, several seeds: every reply is calls with valid arguments, finish_reason tool_calls", async () => {
+    for (let seed = 0; seed < 6; seed++) {
+      const r = await client().chat.completions.create({
+        model: MODEL,
+        messages: [{ role: "user", content: "Weather in Paris, and the time?" }],
+        tools,
+        tool_choice: "required",
+        parallel_tool_calls: seed % 2 === 0,
+        // Random weights: with parallel calls the model may go on adding calls for a while.
+        max_tokens: seed % 2 === 0 ? 400 : 96,
+        temperature: 1,
+        seed,
+      });
+      const c = r.choices[0]!;
+      expect(c.finish_reason).toBe("tool_calls");
+      const calls = c.message.tool_calls ?? [];
+      expect(calls.length).toBeGreaterThanOrEqual(1);
+      if (seed % 2 === 1) expect(calls.length).toBe(1);
+      for (const call of calls) {
+        expect(call.id).toMatch(/^call_/);
+        expect(call.type).toBe("function");
+        if (call.type !== "function") continue;
+        const args = JSON.parse(call.function.arguments);
+        expect(call.function.name === "get_weather" ? validWeather(args) : validTime(args)).toBe(true);
+      }
+    }
+  });
+
+  it("a named function, streamed: tool_calls deltas (index, id and name first, then arguments) join to a valid call", async () => {
+    const stream = await client().chat.completions.create({
+      model: MODEL,
+      messages: [{ role: "user", content: "Weather in Paris?" }],
+      tools,
+      tool_choice: { type: "function", function: { name: "get_weather" } },
+      parallel_tool_calls: false,
+      max_tokens: 96,
+      temperature: 1,
+      seed: 11,
+      stream: true,
+    });
+    const byIndex = new Map<number, { id?: string; name?: string; args: string }>();
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      const ch = chunk.choices[0];
+      if (!ch) continue;
+      for (const d of ch.delta.tool_calls ?? []) {
+        const entry = byIndex.get(d.index) ?? { args: "" };
+        if (!byIndex.has(d.index)) {
+          // The first delta of a call carries its id and name.
+          expect(d.id).toMatch(/^call_/);
+          expect(d.function?.name).toBe("get_weather");
+        }
+        if (d.id) entry.id = d.id;
+        if (d.function?.name) entry.name = d.function.name;
+        entry.args += d.function?.arguments ?? "";
+        byIndex.set(d.index, entry);
+      }
+      if (ch.finish_reason) finish = ch.finish_reason;
+    }
+    expect(finish).toBe("tool_calls");
+    expect(byIndex.size).toBeGreaterThanOrEqual(1);
+    for (const call of byIndex.values()) expect(validWeather(JSON.parse(call.args))).toBe(true);
+    const s = await engineStats(srv);
+    expect(s.running + s.waiting).toBe(0);
+  });
+});
+
+describe("a tool schema the grammar cannot enforce", () => {
+  it("is a 400 naming the tool's field (required or named), fast, and the server goes on", async () => {
+    const post = (body: Record<string, unknown>) =>
+      fetch(`${srv.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          model: MODEL,
+          messages: [{ role: "user", content: "hi" }],
+          max_tokens: 8,
+          ...body,
+        }),
+      });
+    const odd = {
+      type: "function",
+      function: {
+        name: "odd",
+        parameters: {
+          type: "object",
+          properties: { x: { type: "string" } },
+          patternProperties: { "^y": {} },
+        },
+      },
+    };
+    const fine = { type: "function", function: { name: "fine", parameters: weatherParams } };
+    for (const tool_choice of ["required", { type: "function", function: { name: "odd" } }]) {
+      const t0 = performance.now();
+      const res = await post({ tools: [fine, odd], tool_choice });
+      expect(performance.now() - t0).toBeLessThan(2000);
+      expect(res.status).toBe(400);
+      const j = (await res.json()) as { error: { param: string; message: string } };
+      expect(j.error.param).toBe("tools[1].function.parameters.patternProperties");
+      expect(j.error.message).toMatch(/unsupported keyword/);
+    }
+    // With auto nothing is enforced, so nothing is compiled: the same tools are fine.
+    expect((await post({ tools: [fine, odd], tool_choice: "auto" })).status).toBe(200);
+    // A tool grammar and another structured-output field conflict.
+    const both = await post({
+      tools: [fine],
+      tool_choice: "required",
+      response_format: { type: "json_object" },
+    });
+    expect(both.status).toBe(400);
+    expect(((await both.json()) as { error: { param: string } }).error.param).toBe("tool_choice");
+    const s = await engineStats(srv);
+    expect(s.running + s.waiting).toBe(0);
+  });
+});
