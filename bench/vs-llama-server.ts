@@ -7,7 +7,10 @@ import { type BenchConfig, type RunResult, runBench } from "../src/bench/bench.j
 import { percentile } from "../src/bench/metrics.js";
 import { alignTable } from "../src/bench/report.js";
 import type { WorkloadSpec } from "../src/bench/workload.js";
+import { readGGUF } from "../src/gguf/reader.js";
 import { GGMLType } from "../src/gguf/types.js";
+import { configFromGGUF } from "../src/model/config.js";
+import { KVCacheStorage } from "../src/model/kv-cache.js";
 import { cacheDir, resolveModel } from "../src/model/resolve.js";
 import { SHAPES, synthModel } from "../src/model/synth.js";
 import { llamaCppTools } from "./llama-cpp-build.js";
@@ -169,6 +172,8 @@ interface Figures {
   /** Batch-1 decode rate: 1000 / median TPOT. */
   decodeTokS: number;
   failed: number;
+  /** Failure reason → count. */
+  errors: Record<string, number>;
 }
 
 function figuresOf(r: RunResult): Figures {
@@ -181,6 +186,7 @@ function figuresOf(r: RunResult): Figures {
     tpotP99Ms: m.tpot.p99,
     decodeTokS: 1000 / m.tpot.median,
     failed: m.failed,
+    errors: m.errors,
   };
 }
 
@@ -293,7 +299,7 @@ async function main(): Promise<number> {
   const model = o.model ?? defaultModel();
   const llamaServer = o.llamaServer ?? (await llamaCppTools(["llama-server"]))["llama-server"];
   const llamaVersion = await run(llamaServer, ["--version"])
-    .then((r) => `${r.stdout}${r.stderr}`.match(/version: \S+ \([0-9a-f]+\)/)?.[0] ?? "unknown version")
+    .then((r) => `${r.stdout}${r.stderr}`.match(/version: [^\n]+/)?.[0] ?? "unknown version")
     .catch(() => "unknown version");
   const maxC = Math.max(...o.workloads.map((w) => workloadOf(o, w).concurrency));
   const blocks = Math.ceil(o.kvTokens / 16);
@@ -307,8 +313,9 @@ async function main(): Promise<number> {
       model,
       "--threads",
       String(o.threads),
-      "--num-blocks",
-      String(blocks),
+      // Exactly `blocks` blocks of 16 tokens: the budget in bytes of that many tokens.
+      "--kv-cache-memory",
+      String(KVCacheStorage.bytesPerToken(configFromGGUF(readGGUF(model))) * blocks * 16),
       "--max-num-seqs",
       String(Math.max(64, maxC)),
     ]);
@@ -346,7 +353,10 @@ async function main(): Promise<number> {
           workload: spec,
           numPrompts: n,
           maxSeconds: 1800,
-          warmup: 1,
+          // No warm-up requests: runBench gives up on a target whose warm-up all fails, and
+          // llama-server fails some requests on synthesized (random-weight) models' output ("does
+          // not match the expected Content-only format"); failures are counted and shown instead.
+          warmup: 0,
           // The same prompts to both servers within a round, new ones every round (prefix caches).
           seed: o.seed * 1000 + round * 10 + wi,
           ignoreEos: true,
@@ -364,7 +374,7 @@ async function main(): Promise<number> {
         const line = res.runs
           .map((r) => {
             const f = figuresOf(r);
-            return `${r.target}: ${fmt(f.outTokS)} out tok/s, TTFT p50 ${fmt(f.ttftMedianMs)} p99 ${fmt(f.ttftP99Ms)} ms, TPOT p50 ${fmt(f.tpotMedianMs)} p99 ${fmt(f.tpotP99Ms)} ms${f.failed ? `, ${f.failed} FAILED` : ""}`;
+            return `${r.target}: ${fmt(f.outTokS)} out tok/s, TTFT p50 ${fmt(f.ttftMedianMs)} p99 ${fmt(f.ttftP99Ms)} ms, TPOT p50 ${fmt(f.tpotMedianMs)} p99 ${fmt(f.tpotP99Ms)} ms${f.failed ? `, ${f.failed} FAILED (${JSON.stringify(f.errors)})` : ""}`;
           })
           .join("; ");
         console.log(`round ${round + 1} ${w} (c=${concurrency}, ${n} requests): ${line}`);
