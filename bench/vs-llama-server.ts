@@ -42,7 +42,7 @@ import { type StartedServer, startServer, startSpindle } from "./servers.js";
 const USAGE = `usage: npm run bench:vs-llama-server -- [--model FILE.gguf] [--rounds 3] [--requests 64]
            [--threads 2] [--kv-tokens 16384] [--input-len 105] [--output-len 128]
            [--prefix-len 412] [--suffix-len 32] [--groups 4] [--workloads c16,c32,c1,shared]
-           [--llama-server PATH] [--seed 1] [--json OUT]
+           [--llama-server PATH] [--llama-args "--poll 0"] [--seed 1] [--json OUT]
 
 --requests: per run of the 16/32-stream and shared-prefix workloads; the 1-stream run sends a
 quarter of them (at least 2). Small settings for a quick look: --rounds 2 --requests 32 --output-len 32.`;
@@ -65,6 +65,8 @@ interface Options {
   groups: number;
   workloads: WorkloadName[];
   llamaServer: string | undefined;
+  /** More llama-server arguments, e.g. "--poll 0". */
+  llamaArgs: string[];
   seed: number;
   json: string | undefined;
 }
@@ -84,6 +86,7 @@ function parseOptions(): Options | undefined {
       groups: { type: "string", default: "4" },
       workloads: { type: "string", default: WORKLOADS.join(",") },
       "llama-server": { type: "string" },
+      "llama-args": { type: "string" },
       seed: { type: "string", default: "1" },
       json: { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -115,6 +118,7 @@ function parseOptions(): Options | undefined {
     groups: int("groups", values.groups!),
     workloads,
     llamaServer: values["llama-server"],
+    llamaArgs: values["llama-args"]?.split(/\s+/).filter((a) => a.length > 0) ?? [],
     seed: int("seed", values.seed!, 0),
     json: values.json,
   };
@@ -328,6 +332,7 @@ async function main(): Promise<number> {
         ...["-m", model, "--host", "127.0.0.1", "--port", "{port}"],
         ...["-t", String(o.threads), "-tb", String(o.threads)],
         ...["-c", String(blocks * 16), "-kvu", "-np", String(maxC), "--no-webui"],
+        ...o.llamaArgs,
       ],
       { quiet: true },
     );
