@@ -42,7 +42,7 @@ import { type StartedServer, startServer, startSpindle } from "./servers.js";
 const USAGE = `usage: npm run bench:vs-llama-server -- [--model FILE.gguf] [--rounds 3] [--requests 64]
            [--threads 2] [--kv-tokens 16384] [--input-len 105] [--output-len 128]
            [--prefix-len 412] [--suffix-len 32] [--groups 4] [--workloads c16,c32,c1,shared]
-           [--llama-server PATH] [--llama-args "--poll 0"] [--seed 1] [--json OUT]
+           [--llama-server PATH] [--llama-args="--poll 0"] [--seed 1] [--json OUT]
 
 --requests: per run of the 16/32-stream and shared-prefix workloads; the 1-stream run sends a
 quarter of them (at least 2). Small settings for a quick look: --rounds 2 --requests 32 --output-len 32.`;
