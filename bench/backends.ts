@@ -1,8 +1,6 @@
-import { type ChildProcess, spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { benchCommand } from "../src/cli/bench.js";
-import { freePort } from "../src/net.js";
+import { type StartedServer, startSpindle } from "./servers.js";
 
 /**
  * `npm run bench:backends -- --model M`: the same workload through three
@@ -21,38 +19,6 @@ import { freePort } from "../src/net.js";
  *        [--concurrency 1,4,16] [--num-prompts 48] [--input-len 64] [--output-len 32]
  *        [--skip llamacpp]   (any other flag goes to `spindle bench`)
  */
-
-const BIN = fileURLToPath(new URL("../bin/spindle.js", import.meta.url));
-
-async function waitHealthy(url: string, child: ChildProcess, ms = 120_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (child.exitCode !== null) throw new Error(`${url}: the server exited (code ${child.exitCode})`);
-    try {
-      const r = await fetch(`${url}/health`);
-      if (r.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`${url}: not healthy after ${ms / 1000} s`);
-}
-
-async function serve(label: string, args: string[]): Promise<{ url: string; child: ChildProcess }> {
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const child = spawn(
-    process.execPath,
-    [BIN, "serve", "--port", String(port), "--log-level", "warn", ...args],
-    {
-      stdio: ["ignore", "ignore", "inherit"],
-    },
-  );
-  await waitHealthy(url, child);
-  process.stderr.write(`${label}: ${url} (${args.join(" ")})\n`);
-  return { url, child };
-}
 
 async function main(): Promise<number> {
   const { values, tokens } = parseArgs({
@@ -96,14 +62,14 @@ async function main(): Promise<number> {
     "1",
     ...passThrough,
   ];
-  const children: ChildProcess[] = [];
+  const children: StartedServer[] = [];
   try {
     // No prefix caching: the gateway's requests reach this same server, and interleaved rounds send
     // the same prompts to both targets, so a cache would favour whichever target goes second.
-    const local = await serve("local", ["--model", model, "--no-prefix-caching"]);
-    children.push(local.child);
+    const local = await startSpindle("local", ["--model", model, "--no-prefix-caching"]);
+    children.push(local);
     if (!skip.has("openai")) {
-      const gw = await serve("openai→local", [
+      const gw = await startSpindle("openai→local", [
         "--model",
         model,
         "--backend",
@@ -111,7 +77,7 @@ async function main(): Promise<number> {
         "--upstream",
         local.url,
       ]);
-      children.push(gw.child);
+      children.push(gw);
       process.stdout.write("\n## local vs openai→local (the gateway hop)\n\n");
       await benchCommand(["--compare", `local=${local.url},openai-gw=${gw.url}`, ...common], {
         stdout: process.stdout,
@@ -120,8 +86,8 @@ async function main(): Promise<number> {
       });
     }
     if (!skip.has("llamacpp")) {
-      const lc = await serve("llamacpp", ["--model", model, "--backend", "llamacpp"]);
-      children.push(lc.child);
+      const lc = await startSpindle("llamacpp", ["--model", model, "--backend", "llamacpp"]);
+      children.push(lc);
       process.stdout.write("\n## local vs llamacpp (the engines, same control plane)\n\n");
       await benchCommand(["--compare", `local=${local.url},llamacpp=${lc.url}`, ...common], {
         stdout: process.stdout,
@@ -131,7 +97,7 @@ async function main(): Promise<number> {
     }
     return 0;
   } finally {
-    for (const c of children) c.kill("SIGTERM");
+    await Promise.all(children.map((c) => c.stop()));
   }
 }
 

@@ -1,8 +1,7 @@
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { promisify } from "node:util";
 import { percentile } from "../src/bench/metrics.js";
+import { toolsIn } from "./llama-cpp-build.js";
 
 /**
  * Native llama.cpp's own benchmark tools, run on the same model file as Spindle, so that
@@ -10,8 +9,8 @@ import { percentile } from "../src/bench/metrics.js";
  * slow and calm phases then move both sides) rather than only against figures measured once.
  *
  * `dir` holds `llama-bench` and `llama-batched-bench` as built from llama.cpp's sources (CPU,
- * `cmake -DGGML_NATIVE=ON`; node-llama-cpp's npm package carries those sources as a git bundle, see
- * docs/benchmarks.md). Nothing here is needed by the server or the tests.
+ * `cmake -DGGML_NATIVE=ON`; node-llama-cpp's npm package carries those sources as a git bundle:
+ * llama-cpp-build.ts finds or builds them). Nothing here is needed by the server or the tests.
  *
  *  - prompt and batch-1 generation: `llama-bench -p P -n N`, average tok/s of its `repeats` runs;
  *  - N parallel: `llama-batched-bench -npp 16 -ntg T -npl N`: N sequences each prefilled with 16
@@ -41,17 +40,11 @@ export interface NativeFigures {
   par: Map<number, number>;
 }
 
-const TOOLS = ["llama-bench", "llama-batched-bench"] as const;
+export const NATIVE_TOOLS = ["llama-bench", "llama-batched-bench"] as const;
 
 /** The tools' paths in `dir`, or an error naming what is missing. */
-export function nativeTools(dir: string): Record<(typeof TOOLS)[number], string> {
-  const paths = Object.fromEntries(TOOLS.map((t) => [t, join(dir, t)])) as Record<
-    (typeof TOOLS)[number],
-    string
-  >;
-  const missing = TOOLS.filter((t) => !existsSync(paths[t]));
-  if (missing.length > 0) throw new Error(`--native ${dir}: no ${missing.join(" or ")} there`);
-  return paths;
+export function nativeTools(dir: string): Record<(typeof NATIVE_TOOLS)[number], string> {
+  return toolsIn(dir, NATIVE_TOOLS);
 }
 
 interface LlamaBenchEntry {

@@ -1,5 +1,5 @@
 import { writeFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import type { LlamaContext, LlamaModel, Token } from "node-llama-cpp";
 import { percentile } from "../src/bench/metrics.js";
@@ -11,7 +11,8 @@ import { loadModel, type Model } from "../src/model/model.js";
 import { tuneSmallSplits } from "../src/model/tune-splits.js";
 import { Rng } from "../src/sampling/rng.js";
 import { Sampler } from "../src/sampling/sampler.js";
-import { benchNative, type NativeFigures, nativeTools } from "./native-llama.js";
+import { llamaCppTools } from "./llama-cpp-build.js";
+import { benchNative, NATIVE_TOOLS, type NativeFigures } from "./native-llama.js";
 import {
   ANCHOR_SOURCE,
   ANCHORS,
@@ -37,7 +38,7 @@ import {
  *   npx tsx bench/vs-llamacpp.ts --model FILE [--spindle-threads 2] [--threads 1,2]
  *                                [--prompt-tokens 128] [--gen-tokens 128] [--parallel 8,32]
  *                                [--parallel-tokens 32] [--parallel-prompt 16] [--repeats 3] [--json FILE]
- *                                [--native DIR [--native-threads 2]]
+ *                                [--native DIR|auto [--native-threads 2]]
  *
  * Metrics (same definition on both sides):
  *  - prompt tok/s: one forward/evaluation of `--prompt-tokens` random token ids in a fresh sequence;
@@ -50,12 +51,13 @@ import {
 
 const USAGE = `usage: npm run bench:vs-llamacpp -- --model FILE [--spindle-threads 2] [--threads 1,2]
            [--prompt-tokens 128] [--gen-tokens 128] [--parallel 8,32] [--parallel-tokens 32]
-           [--parallel-prompt 16] [--repeats 3] [--seed 1] [--json OUT] [--native DIR [--native-threads N]]
+           [--parallel-prompt 16] [--repeats 3] [--seed 1] [--json OUT] [--native DIR|auto [--native-threads N]]
 
 Spindle (WebAssembly kernels, --spindle-threads) against node-llama-cpp (each of --threads; the
 better counts) on the same GGUF: prompt tok/s, generation tok/s at batch 1 and with N parallel
 sequences, as ratios, then the fast-kernels targets for the model shapes the issue names.
---native DIR: a folder with llama.cpp's llama-bench and llama-batched-bench (built from source);
+--native DIR: a folder with llama.cpp's llama-bench and llama-batched-bench (built from source;
+--native auto: built once from node-llama-cpp's llama.cpp sources into ~/.cache/spindle/llama.cpp);
 they run on the same file with --native-threads (default: --spindle-threads), and the targets
 are judged against that run as well as against the issue's figures.`;
 
@@ -278,7 +280,8 @@ function parseOptions(): Options | undefined {
     repeats: ints(values.repeats!)[0]!,
     seed: Number(values.seed),
     spindleThreads,
-    nativeDir: values.native === undefined ? undefined : resolve(values.native),
+    nativeDir:
+      values.native === undefined ? undefined : values.native === "auto" ? "auto" : resolve(values.native),
     nativeThreads: values["native-threads"] ? ints(values["native-threads"])[0]! : spindleThreads,
     json: values.json,
   };
@@ -494,7 +497,13 @@ function printTable(header: string[], body: string[][]): void {
 async function main(): Promise<void> {
   const o = parseOptions();
   if (o === undefined) return;
-  if (o.nativeDir !== undefined) nativeTools(o.nativeDir); // fail before the long measurements
+  // Found (or built) before the long measurements, so a missing tool fails at once.
+  if (o.nativeDir !== undefined)
+    o.nativeDir = dirname(
+      (await llamaCppTools(NATIVE_TOOLS, { dir: o.nativeDir === "auto" ? undefined : o.nativeDir }))[
+        "llama-bench"
+      ],
+    );
   // The WebAssembly kernels take their thread count from here when the model loads.
   process.env.SPINDLE_THREADS = String(o.spindleThreads);
 

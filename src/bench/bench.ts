@@ -1,6 +1,13 @@
 import { SpindleError } from "../errors.js";
 import { Rng } from "../sampling/rng.js";
-import { type ApiKind, type BenchRequest, type StreamResult, sendStreaming, type Target } from "./client.js";
+import {
+  type ApiKind,
+  type BenchRequest,
+  type SendOptions,
+  type StreamResult,
+  sendStreaming,
+  type Target,
+} from "./client.js";
 import { CUT_OFF, type DriveProgress, describeShape, drive, INTERRUPTED, type LoadShape } from "./load.js";
 import {
   computeMetrics,
@@ -12,6 +19,8 @@ import {
   type Slo,
 } from "./metrics.js";
 import { PromptBuilder } from "./prompts.js";
+import { type Protocol, RpcTarget } from "./rpc-client.js";
+import type { ScenarioName } from "./scenarios.js";
 import {
   diffServer,
   type PollSample,
@@ -19,7 +28,7 @@ import {
   type ServerRunMetrics,
   type ServerSnapshot,
 } from "./server-metrics.js";
-import { detectTokenizer, firstModel, type TokenCounter } from "./target.js";
+import { BenchTargetError, detectTokenizer, firstModel, type TokenCounter } from "./target.js";
 import { type BenchItem, markStructured, planRun, type WorkloadSpec } from "./workload.js";
 
 /**
@@ -38,6 +47,13 @@ export interface BenchTargetSpec {
   endpoint?: string;
   /** Several keys = several tenants, requests assigned round-robin. */
   apiKeys: string[];
+  /**
+   * How generation requests travel: the OpenAI HTTP API with SSE (http, the default), or Spindle's
+   * RPC service's GenerateStream over Connect (HTTP/1.1) or gRPC (HTTP/2), see rpc-client.ts.
+   */
+  protocol?: Protocol;
+  /** Where the RPC service listens (default baseUrl; gRPC needs the server's --grpc-port). */
+  rpcUrl?: string;
 }
 
 export interface BenchConfig {
@@ -62,12 +78,17 @@ export interface BenchConfig {
   tokenize: boolean;
   /** Share of requests that ask for a JSON schema (response_format), 0..1; 0 or undefined = none. */
   structured?: number;
+  /** The named scenario the workload comes from (scenarios.ts), if any. */
+  scenario?: ScenarioName;
 }
 
 export interface TargetInfo {
   label: string;
   baseUrl: string;
   api: ApiKind;
+  protocol: Protocol;
+  /** The RPC service's URL (connect, grpc). */
+  rpcUrl?: string;
   model: string;
   tenants: number;
   /** Engine metrics exported: "spindle", "vllm", or null. */
@@ -108,6 +129,8 @@ export interface RunResult {
   jainFairness?: number;
   /** Prompt tokens served from the prefix cache, as the server's usage reported them. */
   cachedPromptTokens?: number;
+  /** Completed requests whose usage reported prompt tokens from the prefix cache. */
+  cacheHitRequests?: number;
   notSent: number;
   timedOut: boolean;
   interrupted: boolean;
@@ -143,6 +166,9 @@ interface ResolvedTarget {
   target: Target;
   metrics?: ServerMetricsClient;
   info: TargetInfo;
+  /** Sends one timed streaming request over the target's protocol. */
+  send: (r: BenchRequest, o: SendOptions) => Promise<StreamResult>;
+  rpc?: RpcTarget;
 }
 
 function toRequest(cfg: BenchConfig, t: ResolvedTarget, item: BenchItem, index: number): BenchRequest {
@@ -214,7 +240,7 @@ async function sendUnmeasured(
     stop,
     graceMs: 0,
     send: async (item, i, signal) => {
-      const r = await sendStreaming(t.target, toRequest(cfg, t, item, i), { signal });
+      const r = await t.send(toRequest(cfg, t, item, i), { signal });
       out.push(r);
       return r;
     },
@@ -239,43 +265,72 @@ function checkConfig(cfg: BenchConfig): void {
   }
 }
 
-/** Resolves the targets: model, engine metrics, tokenizer. */
+/** Resolves the targets: model, engine metrics, tokenizer (over the target's protocol). */
 async function resolveTargets(cfg: BenchConfig, log: (s: string) => void) {
   const resolved: ResolvedTarget[] = [];
+  const opened: RpcTarget[] = [];
   let counter: TokenCounter | undefined;
-  for (const spec of cfg.targets) {
-    const key = spec.apiKeys[0];
-    const model = spec.model ?? (await firstModel(spec.baseUrl, key));
-    const metrics = cfg.serverMetrics ? await ServerMetricsClient.detect(spec.baseUrl, key) : undefined;
-    let tokenizer = false;
-    if (cfg.tokenize && !counter) {
-      counter = await detectTokenizer(spec.baseUrl, model, key);
-      tokenizer = counter !== undefined;
+  try {
+    for (const spec of cfg.targets) {
+      const key = spec.apiKeys[0];
+      const protocol = spec.protocol ?? "http";
+      const rpc = protocol === "http" ? undefined : RpcTarget.create(protocol, spec.rpcUrl ?? spec.baseUrl);
+      let model = spec.model;
+      if (rpc) {
+        opened.push(rpc);
+        try {
+          if (protocol === "grpc") await RpcTarget.checkHttp2(rpc.url);
+          model ??= await rpc.firstModel(key);
+        } catch (err) {
+          const hint =
+            protocol === "grpc" ? "; gRPC needs HTTP/2: point --rpc-url at the server's --grpc-port" : "";
+          throw new BenchTargetError(
+            `cannot reach the RPC service at ${rpc.url} over ${protocol} (${(err as Error).message})${hint}`,
+          );
+        }
+      } else model ??= await firstModel(spec.baseUrl, key);
+      const metrics = cfg.serverMetrics ? await ServerMetricsClient.detect(spec.baseUrl, key) : undefined;
+      let tokenizer = false;
+      if (cfg.tokenize && !counter) {
+        counter = rpc ? await rpc.tokenCounter(model, key) : await detectTokenizer(spec.baseUrl, model, key);
+        tokenizer = counter !== undefined;
+      }
+      const target: Target = { baseUrl: spec.baseUrl, api: spec.api, model, endpoint: spec.endpoint };
+      const via = rpc ? `${protocol} ${rpc.url}` : spec.baseUrl;
+      log(
+        `${spec.label}: ${via}  model ${model}${metrics ? `  (${metrics.kind} metrics)` : ""}${tokenizer ? `  (exact prompt lengths via ${rpc ? "Tokenize" : "/tokenize"})` : ""}`,
+      );
+      resolved.push({
+        spec,
+        target,
+        metrics,
+        rpc,
+        send: rpc ? (r, o) => rpc.send(target, r, o) : (r, o) => sendStreaming(target, r, o),
+        info: {
+          label: spec.label,
+          baseUrl: spec.baseUrl,
+          api: spec.api,
+          protocol,
+          ...(rpc ? { rpcUrl: rpc.url } : {}),
+          model,
+          tenants: Math.max(1, spec.apiKeys.length),
+          serverMetrics: metrics?.kind ?? null,
+          tokenizer,
+          warmup: { sent: 0, failed: 0 },
+        },
+      });
     }
-    log(
-      `${spec.label}: ${spec.baseUrl}  model ${model}${metrics ? `  (${metrics.kind} metrics)` : ""}${tokenizer ? "  (exact prompt lengths via /tokenize)" : ""}`,
-    );
-    resolved.push({
-      spec,
-      target: { baseUrl: spec.baseUrl, api: spec.api, model, endpoint: spec.endpoint },
-      metrics,
-      info: {
-        label: spec.label,
-        baseUrl: spec.baseUrl,
-        api: spec.api,
-        model,
-        tenants: Math.max(1, spec.apiKeys.length),
-        serverMetrics: metrics?.kind ?? null,
-        tokenizer,
-        warmup: { sent: 0, failed: 0 },
-      },
-    });
+  } catch (err) {
+    for (const rpc of opened) rpc.close();
+    throw err;
   }
   return { resolved, counter };
 }
 
 /** The warm-up prompts: like the workload's, from a seed of their own. */
 function warmupSpec(w: WorkloadSpec): WorkloadSpec {
+  if (w.kind === "mixed-prompt")
+    return { kind: "random", inputLen: w.shortLen, outputLen: w.outputLen, rangeRatio: 0 };
   if (w.kind === "shared-prefix")
     return { kind: "random", inputLen: w.prefixLen + w.suffixLen, outputLen: w.outputLen, rangeRatio: 0 };
   return { kind: "random", inputLen: w.inputLen, outputLen: w.outputLen, rangeRatio: 0 };
@@ -288,6 +343,7 @@ interface Accum {
   timedOut: boolean;
   interrupted: boolean;
   cached: number;
+  cacheHits: number;
   polls: PollSample[];
   before?: ServerSnapshot;
   after?: ServerSnapshot;
@@ -299,6 +355,21 @@ export async function runBench(cfg: BenchConfig, hooks: BenchHooks = {}): Promis
   const log = hooks.log ?? (() => {});
   const startedAt = new Date().toISOString();
   const { resolved, counter } = await resolveTargets(cfg, log);
+  try {
+    return await runResolved(cfg, hooks, resolved, counter, startedAt);
+  } finally {
+    for (const t of resolved) t.rpc?.close();
+  }
+}
+
+async function runResolved(
+  cfg: BenchConfig,
+  hooks: BenchHooks,
+  resolved: ResolvedTarget[],
+  counter: TokenCounter | undefined,
+  startedAt: string,
+): Promise<BenchResult> {
+  const log = hooks.log ?? (() => {});
   const builder = new PromptBuilder(counter);
   const stopped = () => hooks.stop?.aborted === true;
 
@@ -344,6 +415,7 @@ export async function runBench(cfg: BenchConfig, hooks: BenchHooks = {}): Promis
       timedOut: false,
       interrupted: false,
       cached: 0,
+      cacheHits: 0,
       polls: [],
       primed: false,
     }));
@@ -393,7 +465,7 @@ export async function runBench(cfg: BenchConfig, hooks: BenchHooks = {}): Promis
           send: (item, i, signal) => {
             const req = toRequest(cfg, t, item, chunkIndex[r]![i]!);
             reqs.set(i, req);
-            return sendStreaming(t.target, req, { signal });
+            return t.send(req, { signal });
           },
         });
         hooks.onRunEnd?.();
@@ -402,7 +474,10 @@ export async function runBench(cfg: BenchConfig, hooks: BenchHooks = {}): Promis
           const rec = toRecord(reqs.get(s.index)!, s.result, s.sentAtMs + offset);
           acc.records.push(rec);
           acc.details.push(detailOf(rec, s.result));
-          if (s.result.ok && s.result.cachedTokens !== undefined) acc.cached += s.result.cachedTokens;
+          if (s.result.ok && s.result.cachedTokens !== undefined) {
+            acc.cached += s.result.cachedTokens;
+            if (s.result.cachedTokens > 0) acc.cacheHits++;
+          }
         }
         acc.durationMs += res.durationMs;
         acc.timedOut ||= res.timedOut;
@@ -458,6 +533,7 @@ function assemble(
     tenants,
     jainFairness: tenants ? jainIndex(Object.values(tenants).map((g) => g.outputThroughput)) : undefined,
     cachedPromptTokens: acc.details.some((d) => d.cached_tokens !== undefined) ? acc.cached : undefined,
+    cacheHitRequests: acc.details.some((d) => d.cached_tokens !== undefined) ? acc.cacheHits : undefined,
     notSent: Math.max(0, planned - acc.records.length),
     timedOut: acc.timedOut,
     interrupted: acc.interrupted,

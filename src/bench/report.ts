@@ -56,11 +56,73 @@ function workloadLine(w: WorkloadSpec): string {
     return `random prompts: input ${w.inputLen}, output ${w.outputLen} tokens${w.rangeRatio ? `, range ratio ${w.rangeRatio}` : ""}`;
   if (w.kind === "shared-prefix")
     return `shared prefix (${w.scenario}): ${w.groups} groups x ${w.promptsPerGroup} prompts, prefix ${w.prefixLen} + suffix ${w.suffixLen} tokens, output ${w.outputLen}`;
+  if (w.kind === "mixed-prompt")
+    return `mixed prompts: ${Math.round(w.longFraction * 100)}% long (one of ${w.groups} shared prefixes of ${w.prefixLen} + ~${w.suffixLen} tokens), the rest short (~${w.shortLen} tokens, unshared), output ${w.outputLen}`;
   return `priority: backlog of ${w.backlog} (priority ${w.lowPriority}) + arrivals (priority ${w.highPriority}); input ${w.inputLen}, output ${w.outputLen} tokens`;
 }
 
-export function describeWorkload(w: WorkloadSpec): string {
-  return workloadLine(w);
+export function describeWorkload(w: WorkloadSpec, scenario?: string): string {
+  return scenario ? `${scenario}: ${workloadLine(w)}` : workloadLine(w);
+}
+
+/**
+ * What the prefix cache saved in a run: requests that hit it and prompt tokens it served (prefill
+ * saved). From the server's /metrics when it exports them (the run's increments), else from the
+ * requests' own usage (`cached_tokens`).
+ */
+export function prefixSaving(
+  r: RunResult,
+): { hitRequests: number | null; tokensSaved: number; from: "server" | "usage" } | undefined {
+  const p = r.server?.prefixCache;
+  if (p)
+    return { hitRequests: p.hitRequests ?? r.cacheHitRequests ?? null, tokensSaved: p.hits, from: "server" };
+  if (r.cachedPromptTokens !== undefined)
+    return { hitRequests: r.cacheHitRequests ?? null, tokensSaved: r.cachedPromptTokens, from: "usage" };
+  return undefined;
+}
+
+/**
+ * The named scenarios' summary: one line per run with what the scenarios report (throughput, mean
+ * latency, mean TTFT, mean time between tokens, prefix hits and tokens saved), the protocol beside
+ * the target.
+ */
+export function summaryTable(result: BenchResult): string {
+  const protocolOf = new Map(result.targets.map((t) => [t.label, t.protocol]));
+  const head = [
+    "scenario",
+    "target",
+    "protocol",
+    "load",
+    "ok",
+    "fail",
+    "req/s",
+    "out tok/s",
+    "mean lat",
+    "mean TTFT",
+    "mean ITL",
+    "prefix hits",
+    "tokens saved",
+  ];
+  const rows = result.runs.map((r) => {
+    const m = r.metrics;
+    const p = prefixSaving(r);
+    return [
+      result.config.scenario ?? result.config.workload.kind,
+      r.target,
+      protocolOf.get(r.target) ?? "http",
+      r.loadLabel,
+      String(m.completed),
+      String(m.failed),
+      fmt(m.requestThroughput),
+      fmt(m.outputThroughput, 1),
+      fmt(m.e2el.mean, 1),
+      fmt(m.ttft.mean, 1),
+      fmt(m.itl.mean, 1),
+      p?.hitRequests === null || p === undefined ? "-" : String(p.hitRequests),
+      p === undefined ? "-" : `${p.tokensSaved}${p.from === "usage" ? " (usage)" : ""}`,
+    ];
+  });
+  return `${alignTable([head, ...rows])}\n(latencies in ms; ITL: mean time between tokens; prefix hits: requests that found cached blocks)\n`;
 }
 
 function serverLines(s: ServerRunMetrics): string[] {
@@ -152,6 +214,13 @@ export function runTable(r: RunResult, percentiles: number[] = [50, 90, 99]): st
     );
   }
   if (r.server) lines.push(...serverLines(r.server));
+  const saving = prefixSaving(r);
+  if (saving) {
+    const from = saving.from === "server" ? "" : " (usage)";
+    if (saving.hitRequests !== null)
+      lines.push(row(`Prefix cache hits (requests)${from}:`, saving.hitRequests));
+    lines.push(row(`Prefix cache tokens saved${from}:`, saving.tokensSaved));
+  }
   if (r.cachedPromptTokens !== undefined && m.totalInputTokens > 0)
     lines.push(
       row("Prompt tokens from cache (usage, %):", fmt((100 * r.cachedPromptTokens) / m.totalInputTokens)),
@@ -334,7 +403,8 @@ export function jsonResult(result: BenchResult, o: JsonOptions = {}): Record<str
     interrupted: result.interrupted,
     config: {
       workload: cfg.workload,
-      workload_description: describeWorkload(cfg.workload),
+      scenario: cfg.scenario ?? null,
+      workload_description: describeWorkload(cfg.workload, cfg.scenario),
       loads: cfg.shapes.map((s) => describeShape(s)),
       num_prompts: cfg.numPrompts,
       max_seconds: cfg.maxSeconds,
@@ -351,6 +421,8 @@ export function jsonResult(result: BenchResult, o: JsonOptions = {}): Record<str
       label: t.label,
       base_url: t.baseUrl,
       api: t.api,
+      protocol: t.protocol,
+      rpc_url: t.rpcUrl ?? null,
       model: t.model,
       tenants: t.tenants,
       server_metrics: t.serverMetrics,
@@ -369,6 +441,8 @@ export function jsonResult(result: BenchResult, o: JsonOptions = {}): Record<str
       timed_out: r.timedOut,
       interrupted: r.interrupted,
       cached_prompt_tokens: r.cachedPromptTokens ?? null,
+      prefix_hit_requests: prefixSaving(r)?.hitRequests ?? null,
+      prefix_tokens_saved: prefixSaving(r)?.tokensSaved ?? null,
       server: r.server ?? null,
       classes: r.classes ? groupJson(r.classes) : null,
       tenants: r.tenants ? groupJson(r.tenants) : null,
@@ -394,9 +468,9 @@ export function markdownReport(result: BenchResult, charts: ChartRef[], notes: s
   md.push(`- Date: ${result.startedAt}`);
   for (const t of result.targets)
     md.push(
-      `- Target **${t.label}**: ${t.baseUrl} (${t.api}), model \`${t.model}\`${t.serverMetrics ? `, ${t.serverMetrics} engine metrics` : ""}${t.tenants > 1 ? `, ${t.tenants} tenants` : ""}`,
+      `- Target **${t.label}**: ${t.rpcUrl ? `${t.rpcUrl} (${t.protocol} GenerateStream)` : `${t.baseUrl} (${t.api})`}, model \`${t.model}\`${t.serverMetrics ? `, ${t.serverMetrics} engine metrics` : ""}${t.tenants > 1 ? `, ${t.tenants} tenants` : ""}`,
     );
-  md.push(`- Workload: ${describeWorkload(cfg.workload)}`);
+  md.push(`- Workload: ${describeWorkload(cfg.workload, cfg.scenario)}`);
   md.push(
     `- Prompt lengths: ${result.promptLengths === "exact" ? "exact (target's /tokenize)" : "estimated from words"}; ${cfg.ignoreEos ? "exact output lengths (ignore_eos)" : "outputs may stop early at EOS"}`,
   );

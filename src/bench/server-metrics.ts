@@ -140,7 +140,11 @@ export interface ServerRunMetrics {
   batchSize?: { steps: number; mean: number | null; buckets: BucketCount[] };
   /** Tokens per engine step. */
   iterationTokens?: { steps: number; mean: number | null };
-  prefixCache?: { queries: number; hits: number; hitRate: number | null };
+  /**
+   * Prefix cache over the run: prompt tokens looked up (queries) and found (hits: the prefill
+   * tokens saved), and, where the server counts them (Spindle), the lookups that found something.
+   */
+  prefixCache?: { queries: number; hits: number; hitRate: number | null; hitRequests?: number };
   preemptions?: number;
   kvUsage: { peak: number | null; end: number | null };
   peakRunning: number | null;
@@ -182,6 +186,7 @@ export function diffServer(
   const it = hist("iteration_tokens_total");
   const queries = delta(["prefix_cache_queries_total", "prefix_cache_queries"]);
   const hits = delta(["prefix_cache_hits_total", "prefix_cache_hits"]);
+  const hitRequests = delta(["prefix_cache_hit_requests_total"]);
   const kvNames = ["kv_cache_usage_perc", "gpu_cache_usage_perc"];
   const kvEnd = firstOf(a, kvNames);
   const kvs = polls.map((p) => p.kvUsage).filter((x): x is number => x !== undefined);
@@ -200,7 +205,12 @@ export function diffServer(
     iterationTokens: it ? { steps: it.count, mean: it.mean } : undefined,
     prefixCache:
       queries !== undefined && hits !== undefined
-        ? { queries, hits, hitRate: queries > 0 ? hits / queries : null }
+        ? {
+            queries,
+            hits,
+            hitRate: queries > 0 ? hits / queries : null,
+            ...(hitRequests !== undefined ? { hitRequests } : {}),
+          }
         : undefined,
     preemptions: delta(["num_preemptions_total", "num_preemptions"]),
     kvUsage: { peak: kvs.length ? Math.max(...kvs) : null, end: kvEnd ?? null },

@@ -14,6 +14,11 @@ import { mapLimit, type PromptBuilder } from "./prompts.js";
  *             every measured request can be served from the cache;
  *     mixed — half of the groups are primed (class "hit"), the other half's
  *             prompts get prefixes of their own (class "miss").
+ * - mixed-prompt: short and long prompts with partial sharing: a `longFraction` of the requests
+ *   are long (one of `groups` shared prefixes of `prefixLen` tokens, then a suffix of their own,
+ *   about `suffixLen` tokens; class "long"), the rest short prompts of their own of about
+ *   `shortLen` tokens (class "short"). Nothing is primed: the first long prompts of a group fill
+ *   the prefix cache that later ones of the group hit; short ones share nothing.
  * - priority: a backlog of low-priority requests, all sent at the start, plus
  *   high-priority requests that arrive by the run's load shape. `priority` is
  *   sent with each (lower = more urgent, vLLM's convention).
@@ -35,6 +40,16 @@ export type WorkloadSpec =
       suffixLen: number;
       outputLen: number;
       scenario: CacheScenario;
+    }
+  | {
+      kind: "mixed-prompt";
+      groups: number;
+      prefixLen: number;
+      suffixLen: number;
+      shortLen: number;
+      /** Share of long prompts, in [0, 1]. */
+      longFraction: number;
+      outputLen: number;
     }
   | {
       kind: "priority";
@@ -167,6 +182,36 @@ export async function planRun(
         if (low) items[i]!.fixedAtMs = 0;
       }
     }
+    return { prime: [], items };
+  }
+
+  if (spec.kind === "mixed-prompt") {
+    // Lengths vary by half either way, so short and long are each a spread, not one size.
+    const draws = Array.from({ length: n }, () => {
+      const long = rng.next() < spec.longFraction;
+      return {
+        long,
+        group: long ? randInt(rng, 0, spec.groups - 1) : -1,
+        seed: childSeed(),
+        tokens: drawLength(rng, long ? spec.suffixLen : spec.shortLen, 0.5),
+      };
+    });
+    const groupSeeds = Array.from({ length: spec.groups }, () => childSeed());
+    const used = new Set(draws.filter((d) => d.long).map((d) => d.group));
+    const prefixes = await buildSome(
+      groupSeeds.map((s, g) => (used.has(g) ? { seed: s, tokens: spec.prefixLen } : undefined)),
+    );
+    const own = await build(draws);
+    const items: BenchItem[] = draws.map((d, i) => {
+      const p = own[i]!;
+      const prefix = d.long ? prefixes[d.group]! : undefined;
+      return {
+        prompt: prefix ? `${prefix.text}\n${p.text}` : p.text,
+        promptTokens: (prefix?.tokens ?? 0) + p.tokens,
+        maxTokens: spec.outputLen,
+        klass: d.long ? "long" : "short",
+      };
+    });
     return { prime: [], items };
   }
 

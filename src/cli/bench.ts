@@ -13,9 +13,19 @@ import {
   describeWorkload,
   jsonResult,
   runTable,
+  summaryTable,
   sweepTable,
 } from "../bench/report.js";
 import { writeReport } from "../bench/report-dir.js";
+import { PROTOCOLS, type Protocol } from "../bench/rpc-client.js";
+import {
+  isScenario,
+  SCENARIO_CONCURRENCY,
+  SCENARIO_NUM_PROMPTS,
+  SCENARIOS,
+  type ScenarioName,
+  scenarioWorkload,
+} from "../bench/scenarios.js";
 import type { CacheScenario, WorkloadSpec } from "../bench/workload.js";
 import { SpindleError } from "../errors.js";
 
@@ -35,13 +45,18 @@ target
   --compare A=URL,B=URL     the same with two labeled targets
   --labels A,B              names of the base and compare targets (default base,compare)
   --rounds N                split each run into N batches sent A B, B A, ... (default 1, 2 when comparing)
+  --protocol P              http (default: the OpenAI API over SSE) | connect | grpc: Spindle's RPC service
+                            (spindle.v1.InferenceService GenerateStream), Connect over HTTP/1.1 or gRPC
+                            over HTTP/2; model, /tokenize and /metrics as their RPC or --base-url's
+  --rpc-url URL             where the RPC service listens (default --base-url; gRPC needs the server's
+                            --grpc-port, e.g. http://127.0.0.1:8001)
 
 load (every run is bounded by --num-prompts and --max-seconds)
-  --concurrency LIST        closed loop at each concurrency, e.g. 1,2,4,8,16,32 (default 1)
+  --concurrency LIST        closed loop at each concurrency, e.g. 1,2,4,8,16,32 (default 1; 100 with --scenario)
   --request-rate LIST       open loop at each rate in req/s (inf = all at once), instead of --concurrency
   --burstiness B            gamma-distributed arrivals; 1 = Poisson (default 1)
   --max-concurrency N       cap on requests in flight in the open loop
-  --num-prompts N           requests per run (default 100)
+  --num-prompts N           requests per run (default 100; 1000 with --scenario)
   --max-seconds S           time bound per run; in-flight requests are then cut off (default 300)
   --warmup N                unmeasured requests per target before the first run (default 2)
   --seed N                  same seed, same prompts and arrivals (default: a fresh one, printed; a
@@ -49,6 +64,11 @@ load (every run is bounded by --num-prompts and --max-seconds)
   --grace-seconds S         after Ctrl-C, how long in-flight requests may finish (default 5)
 
 workload
+  --scenario NAME           a named scenario (default 1000 requests at concurrency 100):
+                            cache-miss: every prompt its own (--prefix-len + --suffix-len tokens);
+                            cache-hit: one shared --prefix-len prefix (primed) + own suffixes;
+                            mixed-prompt: half long (one of --num-groups shared prefixes + a suffix),
+                            half short (--short-len, unshared); reports prefix hits and tokens saved
   --workload KIND           random (default) | shared-prefix | priority
   --input-len N             prompt tokens (default 128)
   --output-len N            output tokens (default 64); exact: ignore_eos is sent
@@ -64,6 +84,7 @@ workload
   --prefix-len N            shared prefix tokens (default 256)
   --suffix-len N            tokens after the prefix (default 32)
   --cache-scenario S        miss (no sharing) | hit (prefixes primed) | mixed (half primed) (default hit)
+  --short-len N             mixed-prompt scenario: short prompts' tokens (default 32)
   priority:
   --backlog N               low-priority requests sent at the start (default --num-prompts)
   --high-priority P         priority sent with the arrivals (default 0; lower = more urgent)
@@ -114,6 +135,14 @@ function num(
   return n;
 }
 
+function checkUrl(url: string): void {
+  try {
+    new URL(url);
+  } catch {
+    throw new SpindleError(`not a URL: "${url}"`);
+  }
+}
+
 /** "ttft:500,tpot:50" → {ttftMs: 500, tpotMs: 50}. */
 export function parseSlo(s: string): Slo {
   const slo: Slo = {};
@@ -151,16 +180,20 @@ export function parseBenchArgs(args: string[]) {
       compare: { type: "string" },
       labels: { type: "string" },
       rounds: { type: "string" },
+      protocol: { type: "string", default: "http" },
+      "rpc-url": { type: "string" },
+      scenario: { type: "string" },
+      "short-len": { type: "string", default: "32" },
       concurrency: { type: "string", short: "c" },
       "request-rate": { type: "string" },
       burstiness: { type: "string", default: "1" },
       "max-concurrency": { type: "string" },
-      "num-prompts": { type: "string", short: "n", default: "100" },
+      "num-prompts": { type: "string", short: "n" },
       "max-seconds": { type: "string", default: "300" },
       warmup: { type: "string", default: "2" },
       seed: { type: "string" },
       "grace-seconds": { type: "string", default: "5" },
-      workload: { type: "string", default: "random" },
+      workload: { type: "string" },
       "input-len": { type: "string", default: "128" },
       "output-len": { type: "string", default: "64" },
       "range-ratio": { type: "string", default: "0" },
@@ -172,7 +205,7 @@ export function parseBenchArgs(args: string[]) {
       "prompts-per-group": { type: "string", default: "8" },
       "prefix-len": { type: "string", default: "256" },
       "suffix-len": { type: "string", default: "32" },
-      "cache-scenario": { type: "string", default: "hit" },
+      "cache-scenario": { type: "string" },
       backlog: { type: "string" },
       "high-priority": { type: "string", default: "0" },
       "low-priority": { type: "string", default: "10" },
@@ -193,16 +226,37 @@ export function parseBenchArgs(args: string[]) {
   const api = values.api as ApiKind;
   if (api !== "completions" && api !== "chat")
     throw new SpindleError(`--api must be completions or chat, got "${api}"`);
+  const protocol = values.protocol as Protocol;
+  if (!PROTOCOLS.includes(protocol))
+    throw new SpindleError(`--protocol must be ${PROTOCOLS.join(", ")}, got "${values.protocol}"`);
+  let rpcUrl = values["rpc-url"];
+  if (rpcUrl !== undefined) {
+    if (protocol === "http") throw new SpindleError("--rpc-url goes with --protocol connect or grpc");
+    checkUrl(rpcUrl);
+    rpcUrl = rpcUrl.replace(/\/+$/, "");
+  }
+  const scenario = values.scenario;
+  if (scenario !== undefined) {
+    if (!isScenario(scenario))
+      throw new SpindleError(`--scenario must be ${SCENARIOS.join(", ")}, got "${scenario}"`);
+    if (values.workload !== undefined || values["cache-scenario"] !== undefined)
+      throw new SpindleError("--scenario names its own workload: leave out --workload and --cache-scenario");
+  }
   const keys = values["api-key"] ?? [];
   const labels = values.labels ? list(values.labels) : [];
   const targets: BenchTargetSpec[] = [];
   const spec = (label: string, baseUrl: string): BenchTargetSpec => {
-    try {
-      new URL(baseUrl);
-    } catch {
-      throw new SpindleError(`not a URL: "${baseUrl}"`);
-    }
-    return { label, baseUrl, api, model: values.model, endpoint: values.endpoint, apiKeys: keys };
+    checkUrl(baseUrl);
+    return {
+      label,
+      baseUrl,
+      api,
+      model: values.model,
+      endpoint: values.endpoint,
+      apiKeys: keys,
+      protocol,
+      rpcUrl,
+    };
   };
   if (values.compare) {
     const pairs = list(values.compare).map((p) => {
@@ -216,6 +270,10 @@ export function parseBenchArgs(args: string[]) {
     targets.push(spec(labels[0] ?? "base", values["base-url"]));
     if (values["compare-url"]) targets.push(spec(labels[1] ?? "compare", values["compare-url"]));
   }
+  if (targets.length === 2 && rpcUrl !== undefined)
+    throw new SpindleError(
+      "--rpc-url names one RPC service: compare two servers over RPC by their --base-url",
+    );
   if (targets.length === 2 && targets[0]!.label === targets[1]!.label)
     throw new SpindleError("the two targets need different labels (--labels A,B)");
 
@@ -238,33 +296,48 @@ export function parseBenchArgs(args: string[]) {
         maxConcurrency,
       });
   } else {
-    for (const c of list(values.concurrency ?? "1"))
+    for (const c of list(values.concurrency ?? (scenario ? String(SCENARIO_CONCURRENCY) : "1")))
       shapes.push({ kind: "closed", concurrency: num("concurrency", c, { int: true, min: 1 }) });
   }
   if (shapes.length === 0) throw new SpindleError("no load to run: --concurrency or --request-rate is empty");
 
-  const numPrompts = num("num-prompts", values["num-prompts"], { int: true, min: 1 });
+  const numPrompts = num(
+    "num-prompts",
+    values["num-prompts"] ?? String(scenario ? SCENARIO_NUM_PROMPTS : 100),
+    { int: true, min: 1 },
+  );
   const inputLen = num("input-len", values["input-len"], { int: true, min: 1 });
   const outputLen = num("output-len", values["output-len"], { int: true, min: 1 });
   const rangeRatio = num("range-ratio", values["range-ratio"], { min: 0 });
   if (rangeRatio >= 1) throw new SpindleError(`--range-ratio must be below 1, got ${rangeRatio}`);
   let workload: WorkloadSpec;
-  switch (values.workload) {
+  const lengths = () => ({
+    prefixLen: num("prefix-len", values["prefix-len"], { int: true, min: 1 }),
+    suffixLen: num("suffix-len", values["suffix-len"], { int: true, min: 1 }),
+  });
+  switch (scenario ? "scenario" : (values.workload ?? "random")) {
+    case "scenario":
+      workload = scenarioWorkload(scenario as ScenarioName, numPrompts, {
+        ...lengths(),
+        shortLen: num("short-len", values["short-len"], { int: true, min: 1 }),
+        outputLen,
+        groups: num("num-groups", values["num-groups"], { int: true, min: 1 }),
+      });
+      break;
     case "random":
       workload = { kind: "random", inputLen, outputLen, rangeRatio };
       break;
     case "shared-prefix": {
-      const scenario = values["cache-scenario"] as CacheScenario;
-      if (!["miss", "hit", "mixed"].includes(scenario))
-        throw new SpindleError(`--cache-scenario must be miss, hit or mixed, got "${scenario}"`);
+      const cache = (values["cache-scenario"] ?? "hit") as CacheScenario;
+      if (!["miss", "hit", "mixed"].includes(cache))
+        throw new SpindleError(`--cache-scenario must be miss, hit or mixed, got "${cache}"`);
       workload = {
         kind: "shared-prefix",
         groups: num("num-groups", values["num-groups"], { int: true, min: 1 }),
         promptsPerGroup: num("prompts-per-group", values["prompts-per-group"], { int: true, min: 1 }),
-        prefixLen: num("prefix-len", values["prefix-len"], { int: true, min: 1 }),
-        suffixLen: num("suffix-len", values["suffix-len"], { int: true, min: 1 }),
+        ...lengths(),
         outputLen,
-        scenario,
+        scenario: cache,
       };
       break;
     }
@@ -309,6 +382,7 @@ export function parseBenchArgs(args: string[]) {
     serverMetrics: !values["no-server-metrics"],
     tokenize: !values["no-tokenize"],
     structured: structuredShare(values.structured),
+    ...(scenario ? { scenario: scenario as ScenarioName } : {}),
   };
   return {
     help: false as const,
@@ -344,7 +418,7 @@ export async function benchCommand(args: string[], io?: BenchIO): Promise<number
   const handle = io?.handleSigint ?? true;
   if (handle) process.on("SIGINT", onSigint);
 
-  err.write(`workload: ${describeWorkload(config.workload)}; seed ${config.seed}\n`);
+  err.write(`workload: ${describeWorkload(config.workload, config.scenario)}; seed ${config.seed}\n`);
   let bar: BenchProgress | undefined;
   let printed = 0;
   try {
@@ -368,6 +442,7 @@ export async function benchCommand(args: string[], io?: BenchIO): Promise<number
     // Each run's table was printed as its load point finished; then the sweep and the comparisons.
     for (const r of result.runs.slice(printed)) out.write(`${runTable(r)}\n`);
     if (result.runs.length > 1) out.write(sweepTable(result.runs));
+    if (config.scenario) out.write(`\n${summaryTable(result)}`);
     for (const c of compareRuns(result)) out.write(`\n${comparisonTable(c)}`);
     if (result.interrupted)
       out.write("\n(interrupted: the results above are what was measured until Ctrl-C)\n");

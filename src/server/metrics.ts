@@ -107,6 +107,8 @@ export interface MetricsSnapshot {
   jump_forward_tokens_total: number;
   prefix_cache_queries_total: number;
   prefix_cache_hits_total: number;
+  /** Requests (prefix-cache lookups) that found at least one cached block. */
+  prefix_cache_hit_requests_total: number;
   /** hits / queries, null before any query. */
   prefix_cache_hit_rate: number | null;
   rejected_requests_total: Record<string, number>;
@@ -145,6 +147,7 @@ export class Metrics {
   private readonly jumpForwardC: Counter;
   private readonly prefixQueriesC: Counter;
   private readonly prefixHitsC: Counter;
+  private readonly prefixHitRequestsC: Counter;
   private readonly rejectedC: Counter<"reason">;
   private readonly clientAbortsC: Counter;
 
@@ -163,6 +166,7 @@ export class Metrics {
   private readonly preemptDiff = new Diff();
   private readonly queriesDiff = new Diff();
   private readonly hitsDiff = new Diff();
+  private readonly hitRequestsDiff = new Diff();
 
   // Readable values (tests, the JSON snapshot, the engine log line).
   promptTokens = 0;
@@ -173,6 +177,7 @@ export class Metrics {
   jumpForwardTokens = 0;
   prefixQueries = 0;
   prefixHits = 0;
+  prefixHitRequests = 0;
   /** Engine steps seen, and the tokens they computed: prefill (prompt) and decode. */
   steps = 0;
   stepPrefillTokens = 0;
@@ -213,6 +218,10 @@ export class Metrics {
     this.prefixHitsC = counter(
       "prefix_cache_hits_total",
       "Prefix cache hits, in terms of number of cached tokens.",
+    );
+    this.prefixHitRequestsC = counter(
+      "prefix_cache_hit_requests_total",
+      "Prefix cache lookups (one per request scheduled, again after a preemption) that found at least one cached block.",
     );
     this.rejectedC = new Counter({
       name: `${p}rejected_requests_total`,
@@ -356,6 +365,7 @@ export class Metrics {
     const pre = this.preemptDiff.delta(s.totalPreemptions);
     const q = this.queriesDiff.delta(s.prefix.queries);
     const h = this.hitsDiff.delta(s.prefix.hits);
+    const hr = this.hitRequestsDiff.delta(s.prefix.hitRequests);
     if (pre > 0) this.preemptionsC.inc(pre);
     if (s.forcedTokens > 0) {
       this.jumpForwardC.inc(s.forcedTokens);
@@ -363,9 +373,11 @@ export class Metrics {
     }
     if (q > 0) this.prefixQueriesC.inc(q);
     if (h > 0) this.prefixHitsC.inc(h);
+    if (hr > 0) this.prefixHitRequestsC.inc(hr);
     this.preemptions += pre;
     this.prefixQueries += q;
     this.prefixHits += h;
+    this.prefixHitRequests += hr;
     if (s.batchSize > 0) {
       const tokens = s.prefillTokens + s.decodeTokens;
       this.steps++;
@@ -399,6 +411,7 @@ export class Metrics {
       jump_forward_tokens_total: this.jumpForwardTokens,
       prefix_cache_queries_total: this.prefixQueries,
       prefix_cache_hits_total: this.prefixHits,
+      prefix_cache_hit_requests_total: this.prefixHitRequests,
       prefix_cache_hit_rate: this.prefixQueries > 0 ? this.prefixHits / this.prefixQueries : null,
       rejected_requests_total: { ...this.rejectedByReason },
       client_aborts_total: this.clientAborts,

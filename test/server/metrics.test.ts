@@ -59,6 +59,7 @@ const NAMES = [
   "spindle_num_preemptions_total",
   "spindle_prefix_cache_queries_total",
   "spindle_prefix_cache_hits_total",
+  "spindle_prefix_cache_hit_requests_total",
   "spindle_rejected_requests_total",
   "spindle_client_aborts_total",
   "spindle_time_to_first_token_seconds",
@@ -193,6 +194,7 @@ describe("metrics and the request log on a live server", () => {
     const before = await metricsText();
     const hits0 = sample(before, "spindle_prefix_cache_hits_total");
     const queries0 = sample(before, "spindle_prefix_cache_queries_total");
+    const hitReqs0 = sample(before, "spindle_prefix_cache_hit_requests_total");
     const first = await complete(long, 3);
     expect(first.usage.prompt_tokens).toBeGreaterThan(32);
     const second = await complete(long, 3);
@@ -200,6 +202,10 @@ describe("metrics and the request log on a live server", () => {
     const after = await metricsText();
     // The second request finds every full block of the prompt but the last token's.
     expect(sample(after, "spindle_prefix_cache_hits_total") - hits0).toBeGreaterThanOrEqual(32);
+    // Two lookups; the second surely hits (the first may too: earlier tests' prompts share its start).
+    const hitReqs = sample(after, "spindle_prefix_cache_hit_requests_total") - hitReqs0;
+    expect(hitReqs).toBeGreaterThanOrEqual(1);
+    expect(hitReqs).toBeLessThanOrEqual(2);
     expect(sample(after, "spindle_prefix_cache_queries_total") - queries0).toBeGreaterThanOrEqual(
       2 * first.usage.prompt_tokens - 1,
     );
@@ -352,6 +358,7 @@ describe("Metrics (unit)", () => {
     expect(sample(text, "spindle_num_preemptions_total")).toBe(4);
     expect(sample(text, "spindle_prefix_cache_queries_total")).toBe(170);
     expect(sample(text, "spindle_prefix_cache_hits_total")).toBe(64);
+    expect(sample(text, "spindle_prefix_cache_hit_requests_total")).toBe(2);
     expect(sample(text, "spindle_iteration_tokens_total_count")).toBe(3);
     expect(sample(text, "spindle_iteration_tokens_total_sum")).toBe(93);
     expect(sample(text, "spindle_batch_size_sum")).toBe(6);
