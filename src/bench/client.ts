@@ -166,15 +166,21 @@ function chunkText(choice: Record<string, unknown>): string {
 
 const FAILED_FINISH = new Set(["error", "abort", "cancelled", "canceled"]);
 
-function abortReason(signal: AbortSignal | undefined): string {
+export function abortReason(signal: AbortSignal | undefined): string {
   const r = signal?.reason;
   if (typeof r === "string") return r;
   if (r instanceof Error && r.name !== "AbortError") return r.message;
   return "aborted";
 }
 
-/** Sends one streaming request and times it. Never throws: failures come back with ok false. */
-export async function sendStreaming(t: Target, r: BenchRequest, o: SendOptions = {}): Promise<StreamResult> {
+/**
+ * A request's result as it starts (the clock read, nothing received yet) and `fail`, which marks it
+ * failed with a reason and ends its timing: what every client (HTTP + SSE, RPC) begins with.
+ */
+export function startResult(
+  r: BenchRequest,
+  o: SendOptions,
+): { now: () => number; res: StreamResult; fail: (reason: string, detail?: string) => StreamResult } {
   const now = o.now ?? (() => performance.now());
   const res: StreamResult = {
     ok: false,
@@ -194,6 +200,12 @@ export async function sendStreaming(t: Target, r: BenchRequest, o: SendOptions =
     if (res.e2eMs === undefined) res.e2eMs = now() - res.startedAt;
     return res;
   };
+  return { now, res, fail };
+}
+
+/** Sends one streaming request and times it. Never throws: failures come back with ok false. */
+export async function sendStreaming(t: Target, r: BenchRequest, o: SendOptions = {}): Promise<StreamResult> {
+  const { now, res, fail } = startResult(r, o);
   if (o.signal?.aborted) return fail(abortReason(o.signal));
 
   let response: Response;

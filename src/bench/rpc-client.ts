@@ -2,7 +2,14 @@ import { connect as http2Connect } from "node:http2";
 import { type Client, Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { InferenceService } from "../server/rpc/gen/spindle/v1/inference_pb.js";
-import type { BenchRequest, SendOptions, StreamResult, Target } from "./client.js";
+import {
+  abortReason,
+  type BenchRequest,
+  type SendOptions,
+  type StreamResult,
+  startResult,
+  type Target,
+} from "./client.js";
 import type { TokenCounter } from "./target.js";
 
 /**
@@ -135,35 +142,8 @@ export class RpcTarget {
 
   /** One GenerateStream call, timed. Never throws. */
   async send(t: Target, r: BenchRequest, o: SendOptions = {}): Promise<StreamResult> {
-    const now = o.now ?? (() => performance.now());
-    const res: StreamResult = {
-      ok: false,
-      startedAt: now(),
-      chunkTimesMs: [],
-      itlMs: [],
-      outputTokens: 0,
-      outputTokensFrom: "chunks",
-      promptTokens: r.promptTokens,
-      promptTokensFrom: "request",
-      textChars: 0,
-    };
-    const fail = (reason: string, detail = reason): StreamResult => {
-      res.ok = false;
-      res.error = reason;
-      res.errorDetail = detail;
-      if (res.e2eMs === undefined) res.e2eMs = now() - res.startedAt;
-      return res;
-    };
-    const aborted = () => {
-      const why = o.signal?.reason;
-      return fail(
-        typeof why === "string"
-          ? why
-          : why instanceof Error && why.name !== "AbortError"
-            ? why.message
-            : "aborted",
-      );
-    };
+    const { now, res, fail } = startResult(r, o);
+    const aborted = () => fail(abortReason(o.signal));
     if (o.signal?.aborted) return aborted();
 
     let usageTokens: number | undefined;

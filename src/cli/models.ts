@@ -1,7 +1,7 @@
-import { type Dirent, existsSync, readdirSync, rmdirSync, rmSync } from "node:fs";
+import { existsSync, rmdirSync, rmSync } from "node:fs";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { SpindleError } from "../errors.js";
-import { findCachedRef, parseRepoRef, stripHubPrefix } from "../model/hub-ref.js";
+import { filesUnder, findCachedRef, parseRepoRef, stripHubPrefix } from "../model/hub-ref.js";
 import { type ModelFileFacts, modelFileFacts } from "../model/model-facts.js";
 import { cacheDir, findModel, resolveModel } from "../model/resolve.js";
 import { command } from "./options.js";
@@ -48,22 +48,9 @@ export function table(rows: string[][]): string {
 
 /** Every finished .gguf under the cache (not `.part` downloads), sorted by name. */
 export function cachedModels(dir: string = cacheDir()): string[] {
-  const out: string[] = [];
-  const walk = (d: string, depth: number) => {
-    let entries: Dirent[];
-    try {
-      entries = readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      const p = join(d, e.name);
-      if (e.isDirectory() && depth > 0) walk(p, depth - 1);
-      else if (e.isFile() && e.name.toLowerCase().endsWith(".gguf")) out.push(p);
-    }
-  };
-  walk(dir, 6);
-  return out.sort();
+  return filesUnder(dir, 6)
+    .filter((p) => p.toLowerCase().endsWith(".gguf"))
+    .sort();
 }
 
 /** The name `list` shows and `rm` takes: the path under the cache, `/`-separated. */

@@ -157,12 +157,10 @@ export async function resolveRepoRef(ref: RepoRef, opts: ListOptions = {}): Prom
   return spec;
 }
 
-/** A file pulled earlier for this reference (same repository and tag), without the network. */
-export function findCachedRef(ref: RepoRef, dir: string = defaultCacheDir()): string | undefined {
-  const root = join(dir, ref.owner, ref.repo);
-  if (!existsSync(root)) return undefined;
-  const files: string[] = [];
-  const walk = (d: string, depth: number) => {
+/** The paths of the files under `dir`, down to `depth` folders below it (unreadable folders skipped). */
+export function filesUnder(dir: string, depth: number): string[] {
+  const out: string[] = [];
+  const walk = (d: string, left: number) => {
     let entries: Dirent[];
     try {
       entries = readdirSync(d, { withFileTypes: true });
@@ -171,11 +169,19 @@ export function findCachedRef(ref: RepoRef, dir: string = defaultCacheDir()): st
     }
     for (const e of entries) {
       const p = join(d, e.name);
-      if (e.isDirectory() && depth > 0) walk(p, depth - 1);
-      else if (e.isFile()) files.push(relative(root, p).split(sep).join("/"));
+      if (e.isDirectory() && left > 0) walk(p, left - 1);
+      else if (e.isFile()) out.push(p);
     }
   };
-  walk(root, 4);
+  walk(dir, depth);
+  return out;
+}
+
+/** A file pulled earlier for this reference (same repository and tag), without the network. */
+export function findCachedRef(ref: RepoRef, dir: string = defaultCacheDir()): string | undefined {
+  const root = join(dir, ref.owner, ref.repo);
+  if (!existsSync(root)) return undefined;
+  const files = filesUnder(root, 4).map((p) => relative(root, p).split(sep).join("/"));
   try {
     return join(root, ...chooseFile(ref, files).split("/"));
   } catch {
