@@ -15,9 +15,22 @@
 // and fails unless the bytes equal the committed files byte for byte. After changing a kernel
 // source, `npm run build:kernels` rebuilds and records; commit dist-wasm/ with the source.
 //
+//
+// A reproduction costs two -O3 builds (about 7 minutes of a core each; Binaryen's first
+// simplify-globals-optimizing pass, which re-optimizes every function after inlining, is over 90%
+// of it), and it proves something new only once per distinct set of inputs. So a successful
+// `--check --record` writes `verified` into each build's manifest entry: the inputs and .wasm hashes
+// it reproduced. `--check --if-unverified` (CI) checks the hashes in a second (sources against the
+// recorded inputs, committed bytes against the recorded .wasm) and does the full rebuild only when
+// an entry is not verified for exactly these inputs and bytes, i.e. when the kernels changed since
+// the last reproduction. `npm run build:kernels` writes entries without `verified`, so the next CI run
+// reproduces a new build unless someone ran `npm run check:kernels -- --record` on another checkout.
+//
 //   node scripts/build-kernels.mjs            # build what is out of date
 //   node scripts/build-kernels.mjs --force    # build both anyway
 //   node scripts/build-kernels.mjs --check    # rebuild both elsewhere; fail unless byte-identical
+//   node scripts/build-kernels.mjs --check --record          # ... and record the reproduction
+//   node scripts/build-kernels.mjs --check --if-unverified   # hashes only, when already reproduced
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -158,6 +171,36 @@ if (only !== undefined) {
   process.exit(0);
 }
 
+if (flag("--check") && flag("--if-unverified")) {
+  // The hashes, always: the sources are the ones recorded and the committed bytes the recorded ones.
+  const manifest = readManifest();
+  const problems = [];
+  let verified = true;
+  for (const b of builds) {
+    const recorded = manifest.builds[b.name];
+    const inputs = inputsHash(b);
+    const wasm = fileHash(join(outDir, b.file));
+    if (recorded?.inputs !== inputs)
+      problems.push(
+        `dist-wasm/kernels.json's entry for ${b.name} is not for these sources (run npm run build:kernels)`,
+      );
+    if (recorded?.wasm !== wasm)
+      problems.push(`dist-wasm/${b.file} is not the file kernels.json records (run npm run build:kernels)`);
+    if (recorded?.verified?.inputs !== inputs || recorded?.verified?.wasm !== wasm) verified = false;
+  }
+  if (problems.length > 0) {
+    process.stderr.write(`build-kernels --check: FAILED\n  ${problems.join("\n  ")}\n`);
+    process.exit(1);
+  }
+  if (verified) {
+    process.stderr.write(
+      "build-kernels --check: sources and dist-wasm/ are the recorded ones, and both builds were reproduced byte for byte from exactly these inputs before (kernels.json's verified); no rebuild\n",
+    );
+    process.exit(0);
+  }
+  process.stderr.write("build-kernels --check: these kernels were not reproduced yet: rebuilding both\n");
+}
+
 if (flag("--check")) {
   const dir = mkdtempSync(join(tmpdir(), "spindle-kernels-"));
   try {
@@ -184,6 +227,14 @@ if (flag("--check")) {
     process.stderr.write(
       "build-kernels --check: both builds reproduce the committed dist-wasm/ byte for byte\n",
     );
+    if (flag("--record")) {
+      for (const b of builds) {
+        const entry = manifest.builds[b.name];
+        entry.verified = { inputs: entry.inputs, wasm: entry.wasm };
+      }
+      writeFileSync(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
+      process.stderr.write("build-kernels --check: recorded in dist-wasm/kernels.json (verified)\n");
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

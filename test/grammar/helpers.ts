@@ -2,8 +2,9 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import addFormatsModule from "ajv-formats";
+import { expect } from "vitest";
 import { readGGUF } from "../../src/gguf/reader.js";
-import { type GrammarVocab, grammarVocab } from "../../src/grammar/index.js";
+import { type GrammarMatcher, type GrammarVocab, grammarVocab, maskWords } from "../../src/grammar/index.js";
 import { type Tokenizer, tokenizerFromGGUF } from "../../src/tokenizer/index.js";
 import { testModel } from "../helpers/models.js";
 
@@ -65,4 +66,49 @@ export function allowedTokens(mask: Uint32Array, vocabSize: number): number[] {
   const out: number[] = [];
   for (let t = 0; t < vocabSize; t++) if (bit(mask, t)) out.push(t);
   return out;
+}
+
+/**
+ * One random walk through a grammar's masks: prefers ending (70%) once an end token is allowed,
+ * then one-byte tokens (80%), so walks finish; every token taken must be accepted. Returns the
+ * token ids written (the end token left out), or undefined when the walk did not end in `maxSteps`.
+ */
+export function randomWalk(
+  m: GrammarMatcher,
+  vocab: GrammarVocab,
+  r: () => number,
+  maxSteps: number,
+): number[] | undefined {
+  const eog = [...vocab.eogTokens][0]!;
+  const oneByte = oneByteTokens(vocab);
+  const mask = new Uint32Array(maskWords(vocab.vocabSize));
+  const ids: number[] = [];
+  for (let step = 0; step < maxSteps && !m.isTerminated(); step++) {
+    m.fillMask(mask);
+    const allowed = allowedTokens(mask, vocab.vocabSize);
+    expect(allowed.length, "some token allowed").toBeGreaterThan(0);
+    let t: number;
+    if (bit(mask, eog) && r() < 0.7) t = eog;
+    else {
+      const short = allowed.filter((x) => oneByte[x] && x !== eog);
+      const pool = short.length > 0 && r() < 0.8 ? short : allowed.filter((x) => x !== eog);
+      t = pool.length > 0 ? pool[Math.floor(r() * pool.length)]! : eog;
+    }
+    expect(m.accept(t)).toBe(true);
+    if (t !== eog) ids.push(t);
+  }
+  return m.isTerminated() ? ids : undefined;
+}
+
+const oneByteCache = new WeakMap<GrammarVocab, boolean[]>();
+function oneByteTokens(vocab: GrammarVocab): boolean[] {
+  let v = oneByteCache.get(vocab);
+  if (v === undefined) {
+    v = Array.from(
+      { length: vocab.vocabSize },
+      (_, t) => !vocab.isControl(t) && vocab.tokenBytes(t).length === 1,
+    );
+    oneByteCache.set(vocab, v);
+  }
+  return v;
 }

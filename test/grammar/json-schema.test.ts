@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { tokenizeForBench } from "../../src/bench/grammar-bench.js";
 import { compileGrammar, GrammarError, maskWords } from "../../src/grammar/index.js";
 import { VOCAB_GPT2, VOCAB_SPM } from "../helpers/models.js";
-import { ajvValidator, allowedTokens, bit, loadVocab, rng, schemaFiles } from "./helpers.js";
+import { ajvValidator, allowedTokens, bit, loadVocab, randomWalk, rng, schemaFiles } from "./helpers.js";
 
 const UNSUPPORTED: Record<string, string> = {
   "unsupported-multipleof.json": "schema.properties.qty.multipleOf",
@@ -62,11 +62,6 @@ describe.each([VOCAB_GPT2, VOCAB_SPM])("JSON Schema on %s", (vocabName) => {
 
   it("random walks through the masks produce only instances ajv accepts", () => {
     const r = rng(vocabName.length);
-    const eog = [...vocab.eogTokens][0]!;
-    const oneByte = Array.from(
-      { length: vocab.vocabSize },
-      (_, t) => !vocab.isControl(t) && vocab.tokenBytes(t).length === 1,
-    );
     let finished = 0;
     for (const f of schemaFiles()) {
       if (UNSUPPORTED[f.file]) continue;
@@ -74,23 +69,8 @@ describe.each([VOCAB_GPT2, VOCAB_SPM])("JSON Schema on %s", (vocabName) => {
       const g = compileGrammar({ type: "json_schema", schema: f.schema }, vocab);
       for (let run = 0; run < 2; run++) {
         const m = g.matcher();
-        const ids: number[] = [];
-        for (let step = 0; step < 200 && !m.isTerminated(); step++) {
-          m.fillMask(mask);
-          const allowed = allowedTokens(mask, vocab.vocabSize);
-          expect(allowed.length, `${f.file}: some token allowed`).toBeGreaterThan(0);
-          // Prefer ending, then short tokens, so that walks finish.
-          let t: number;
-          if (bit(mask, eog) && r() < 0.7) t = eog;
-          else {
-            const short = allowed.filter((x) => oneByte[x] && x !== eog);
-            const pool = short.length > 0 && r() < 0.8 ? short : allowed.filter((x) => x !== eog);
-            t = pool.length > 0 ? pool[Math.floor(r() * pool.length)]! : eog;
-          }
-          expect(m.accept(t)).toBe(true);
-          if (t !== eog) ids.push(t);
-        }
-        if (!m.isTerminated()) continue;
+        const ids = randomWalk(m, vocab, r, 200);
+        if (ids === undefined) continue;
         finished++;
         const text = tok.decode(ids);
         const data = JSON.parse(text);

@@ -3,7 +3,7 @@ import { tokenizeForBench } from "../../src/bench/grammar-bench.js";
 import { parseJsonCalls } from "../../src/chat/tool-format.js";
 import { type CompiledGrammar, compileGrammar, GrammarError, maskWords } from "../../src/grammar/index.js";
 import { parseToolRequest, toolGrammar } from "../../src/server/tool-request.js";
-import { ajvValidator, allowedTokens, bit, loadVocab, rng } from "../grammar/helpers.js";
+import { ajvValidator, bit, loadVocab, randomWalk, rng } from "../grammar/helpers.js";
 import { VOCAB_GPT2 } from "../helpers/models.js";
 
 /**
@@ -108,32 +108,13 @@ describe("the tool-call grammar, compiled", () => {
 
   it("random walks through its masks: every reply parses into calls whose arguments ajv accepts", () => {
     const r = rng(19);
-    const eog = [...vocab.eogTokens][0]!;
-    const oneByte = Array.from(
-      { length: vocab.vocabSize },
-      (_, t) => !vocab.isControl(t) && vocab.tokenBytes(t).length === 1,
-    );
     const validators = Object.fromEntries(Object.entries(params).map(([k, s]) => [k, ajvValidator(s)]));
     const g = grammar({ tool_choice: "required", parallel_tool_calls: false });
     let finished = 0;
     for (let run = 0; run < 40; run++) {
       const m = g.matcher();
-      const ids: number[] = [];
-      for (let step = 0; step < 300 && !m.isTerminated(); step++) {
-        m.fillMask(mask);
-        const allowed = allowedTokens(mask, vocab.vocabSize);
-        expect(allowed.length).toBeGreaterThan(0);
-        let t: number;
-        if (bit(mask, eog) && r() < 0.7) t = eog;
-        else {
-          const short = allowed.filter((x) => oneByte[x] && x !== eog);
-          const pool = short.length > 0 && r() < 0.8 ? short : allowed.filter((x) => x !== eog);
-          t = pool.length > 0 ? pool[Math.floor(r() * pool.length)]! : eog;
-        }
-        expect(m.accept(t)).toBe(true);
-        if (t !== eog) ids.push(t);
-      }
-      if (!m.isTerminated()) continue;
+      const ids = randomWalk(m, vocab, r, 300);
+      if (ids === undefined) continue;
       finished++;
       const text = tok.decode(ids);
       const calls = parseJsonCalls(text);
