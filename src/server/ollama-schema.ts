@@ -3,6 +3,7 @@ import { SamplingParamError, type SamplingParams, validateSamplingParams } from 
 import { ApiError, badRequest } from "./errors.js";
 import { given, isObject, type Json } from "./route-helpers.js";
 import { type StructuredOutput, structuredOutput } from "./structured-output.js";
+import { parseToolRequest, type ToolRequest } from "./tool-request.js";
 
 /**
  * Request validation for Ollama's /api/generate and /api/chat, by hand so that every message names
@@ -54,6 +55,8 @@ export interface OllamaGenerateRequest extends OllamaCommon {
 
 export interface OllamaChatRequest extends OllamaCommon {
   messages: ChatMessage[];
+  /** `tools` (Ollama's shape is OpenAI's); always `auto`: Ollama has no tool_choice. */
+  tools: ToolRequest | undefined;
 }
 
 export interface OllamaSchemaContext {
@@ -120,11 +123,10 @@ function refuse(body: Json, key: string, why: string, harmless: (v: unknown) => 
 
 const emptyList = (v: unknown) => Array.isArray(v) && v.length === 0;
 
-/** `format`, `tools`, `think`, `logprobs`, `keep_alive`, `stream`, `options`: what both routes share. */
+/** `format`, `think`, `logprobs`, `keep_alive`, `stream`, `options`: what both routes share. */
 function parseCommon(body: Json, sc: OllamaSchemaContext): OllamaCommon {
   const model = parseOllamaModel(body, sc.modelName);
   const structured = structuredOutput(body, "ollama");
-  refuse(body, "tools", "Spindle does not do tool calling yet", emptyList);
   refuse(body, "think", "this model does not think (no reasoning output)", (v) => v === false);
   refuse(body, "logprobs", "logprobs are not available on Ollama's API yet", (v) => v === false);
   refuse(body, "top_logprobs", "logprobs are not available on Ollama's API yet", (v) => v === 0);
@@ -211,6 +213,7 @@ export function parseOllamaGenerate(raw: unknown, sc: OllamaSchemaContext): Olla
   const body = requireObject(raw);
   const common = parseCommon(body, sc);
   const prompt = str(body, "prompt") ?? "";
+  refuse(body, "tools", "tools are for /api/chat", emptyList);
   refuse(body, "suffix", "Spindle does not do fill-in-the-middle", (v) => v === "");
   refuse(body, "images", "Spindle serves text models", emptyList);
   refuse(
@@ -232,7 +235,25 @@ export function parseOllamaGenerate(raw: unknown, sc: OllamaSchemaContext): Olla
   return { ...common, prompt, system: system || undefined, raw: raw_ };
 }
 
-const ROLES = new Set(["system", "user", "assistant"]);
+const ROLES = new Set(["system", "user", "assistant", "tool"]);
+
+/**
+ * An assistant turn's earlier calls, Ollama's `[{function: {name, arguments: {...}}}]` (arguments
+ * an object, not JSON text): passed to the template as they are (tools-prompt.ts reads both forms).
+ */
+function checkToolCalls(calls: unknown, p: string): void {
+  if (!Array.isArray(calls)) throw badRequest(`${p} must be a list of calls`, p);
+  calls.forEach((c, j) => {
+    const at = `${p}[${j}]`;
+    const fn = isObject(c) ? c.function : undefined;
+    if (!isObject(fn))
+      throw badRequest(`${at}.function must be an object {name, arguments}`, `${at}.function`);
+    if (typeof fn.name !== "string" || fn.name.length === 0)
+      throw badRequest(`${at}.function.name must be a non-empty string`, `${at}.function.name`);
+    if (given(fn.arguments) && !isObject(fn.arguments))
+      throw badRequest(`${at}.function.arguments must be an object`, `${at}.function.arguments`);
+  });
+}
 
 function parseMessages(body: Json): ChatMessage[] {
   const list = body.messages;
@@ -242,14 +263,9 @@ function parseMessages(body: Json): ChatMessage[] {
     const p = `messages[${i}]`;
     if (!isObject(m)) throw badRequest(`${p} must be an object with a role and content`, p);
     const role = m.role;
-    if (role === "tool")
-      throw badRequest(
-        `${p}.role "tool" is not supported: Spindle does not do tool calling yet`,
-        `${p}.role`,
-      );
     if (typeof role !== "string" || !ROLES.has(role)) {
       throw badRequest(
-        `${p}.role must be one of system, user, assistant; got ${JSON.stringify(role ?? null)}`,
+        `${p}.role must be one of system, user, assistant, tool; got ${JSON.stringify(role ?? null)}`,
         `${p}.role`,
       );
     }
@@ -257,18 +273,28 @@ function parseMessages(body: Json): ChatMessage[] {
     if (typeof content !== "string") throw badRequest(`${p}.content must be a string`, `${p}.content`);
     if (given(m.images) && !emptyList(m.images))
       throw badRequest(`${p}.images is not supported: Spindle serves text models`, `${p}.images`);
-    if (given(m.tool_calls) && !emptyList(m.tool_calls))
-      throw badRequest(
-        `${p}.tool_calls is not supported: Spindle does not do tool calling yet`,
-        `${p}.tool_calls`,
-      );
+    const out: ChatMessage = { role, content };
+    if (given(m.tool_calls) && !emptyList(m.tool_calls)) {
+      if (role !== "assistant")
+        throw badRequest(`${p}.tool_calls is only allowed on assistant messages`, `${p}.tool_calls`);
+      checkToolCalls(m.tool_calls, `${p}.tool_calls`);
+      out.tool_calls = m.tool_calls;
+    }
+    if (given(m.tool_name)) {
+      if (typeof m.tool_name !== "string")
+        throw badRequest(`${p}.tool_name must be a string`, `${p}.tool_name`);
+      // Templates name a tool result's function `name` (OpenAI's field); Ollama's is tool_name.
+      if (role === "tool") Object.assign(out, { tool_name: m.tool_name, name: m.tool_name });
+    }
     // `thinking` (a reasoning trace of an earlier answer) is not rendered: templates here have no place for it.
-    return { role, content };
+    return out;
   });
 }
 
 export function parseOllamaChat(raw: unknown, sc: OllamaSchemaContext): OllamaChatRequest {
   const body = requireObject(raw);
   const common = parseCommon(body, sc);
-  return { ...common, messages: parseMessages(body) };
+  // Only `tools`: Ollama has no tool_choice, so the model decides (OpenAI's `auto`, not enforced).
+  const tools = parseToolRequest({ tools: body.tools });
+  return { ...common, messages: parseMessages(body), tools };
 }

@@ -733,10 +733,16 @@ function ollamaCases(): OllamaCase[] {
       /messages\[0\]\.role/,
     ),
     bad(
-      "tool role",
+      "a tool without a name",
       OCHAT,
-      ochat({ messages: [{ role: "tool", content: "42" }] }),
-      /messages\[0\]\.role "tool" is not supported/,
+      ochat({ tools: [{ type: "function", function: { parameters: { type: "object" } } }] }),
+      /^tools\[0\]\.function\.name is required/,
+    ),
+    bad(
+      "tools is an object",
+      OCHAT,
+      ochat({ tools: { type: "function", function: { name: "f" } } }),
+      /^tools must be an array/,
     ),
     bad("content is a number", OCHAT, ochat({ messages: [{ role: "user", content: 5 }] }), /content/),
     bad(
@@ -750,10 +756,16 @@ function ollamaCases(): OllamaCase[] {
       OCHAT,
       ochat({
         messages: [
-          { role: "assistant", content: "", tool_calls: [{ function: { name: "f", arguments: {} } }] },
+          { role: "assistant", content: "", tool_calls: [{ function: { name: "f", arguments: "{}" } }] },
         ],
       }),
-      /tool_calls is not supported/,
+      /^messages\[0\]\.tool_calls\[0\]\.function\.arguments must be an object/,
+    ),
+    bad(
+      "tool_calls on a user message",
+      OCHAT,
+      ochat({ messages: [{ role: "user", content: "", tool_calls: [{ function: { name: "f" } }] }] }),
+      /^messages\[0\]\.tool_calls is only allowed on assistant messages/,
     ),
     bad("options is a list", OGEN, gen({ options: [] }), /^options must be an object/),
     bad(
@@ -791,9 +803,9 @@ function ollamaCases(): OllamaCase[] {
       /^format\.dependentSchemas: unsupported keyword/,
     ),
     bad(
-      "tools",
-      OCHAT,
-      ochat({ tools: [{ type: "function", function: { name: "f", parameters: { type: "object" } } }] }),
+      "tools on /api/generate",
+      OGEN,
+      gen({ tools: [{ type: "function", function: { name: "f", parameters: { type: "object" } } }] }),
       /^tools is not supported/,
     ),
     bad("think true", OCHAT, ochat({ think: true }), /^think is not supported/),

@@ -1,11 +1,14 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { templateUsesTools } from "../../chat/tool-format.js";
 import type { RequestStream } from "../../protocol/event-stream.js";
 import type { FinishInfo } from "../../protocol/events.js";
+import { chatOutputMode } from "../chat-output.js";
 import { chatPrompt } from "../chat-prompt.js";
 import { type Choice, readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
 import { badRequest, ollamaErrorBody } from "../errors.js";
 import { defaultMaxTokens } from "../generation.js";
+import { OllamaChatOutput } from "../ollama-chat-output.js";
 import { ollamaModelFacts } from "../ollama-model.js";
 import {
   OLLAMA_DEFAULTS,
@@ -54,11 +57,15 @@ import { spindleVersion } from "./ops.js";
  * - options.num_ctx: above the model's context length is a 400; below it, it is the request's context:
  *   a prompt of num_ctx tokens or more is a 400 naming options.num_ctx (Ollama would truncate the
  *   prompt; Spindle never drops input silently), and generation stops when num_ctx is filled.
- * - format ("json" or a JSON schema) constrains the output (structured-output.ts). tools are refused
- *   with a 400 naming the field: tool calling does not exist yet. think (other than false), logprobs/top_logprobs, suffix, images
+ * - format ("json" or a JSON schema) constrains the output (structured-output.ts).
+ * - /api/chat's tools (OpenAI's function shape, checked by tool-request.ts) reach the model through
+ *   its template (chat-prompt.ts); Ollama has no tool_choice, so the model decides (OpenAI's `auto`,
+ *   not enforced). Calls in the template's format become message.tool_calls
+ *   `[{function: {name, arguments: {...}}}]` (ollama-chat-output.ts), streamed whole in the line of
+ *   the text that completed them; done_reason stays "stop". Role "tool" messages (with `tool_name`)
+ *   and assistant tool_calls render back. tools on /api/generate are a 400. think (other than false), logprobs/top_logprobs, suffix, images
  *   (top-level or in a message), template (a per-request template override), a non-empty `context` (the
- *   deprecated token array; send the conversation to /api/chat instead) and messages with role "tool"
- *   or tool_calls are 400s too. keep_alive is accepted and ignored: the one model stays loaded.
+ *   deprecated token array; send the conversation to /api/chat instead) are 400s too. keep_alive is accepted and ignored: the one model stays loaded.
  * - raw: true tokenizes the prompt as it is (special tokens parsed, BOS added as the model asks;
  *   `system` with raw is a 400, since nothing would render it); otherwise the prompt (and `system`) is rendered as a conversation with the model's chat template,
  *   exactly as /api/chat and /v1/chat/completions render it (chat-prompt.ts).
@@ -70,7 +77,7 @@ import { spindleVersion } from "./ops.js";
  *   string) or "length". The deprecated `context` array is not returned.
  * - /api/show: details and model_info are read from the GGUF's header (ollama-model.ts); `template` is
  *   the GGUF's own chat template (Jinja, not Ollama's Go template syntax); `parameters` lists the
- *   defaults Spindle applies; capabilities is ["completion"].
+ *   defaults Spindle applies; capabilities is ["completion"], with "tools" when the template reads tools.
  * - /api/ps: size is the GGUF's size plus the KV cache's, size_vram 0 (Spindle computes on the CPU),
  *   expires_at far in the future (never unloaded, as Ollama says for keep_alive -1); Spindle adds
  *   `backend` and, for the engine backends, `kv_cache` {bytes, tokens, usage 0..1} (`spindle ps`).
@@ -159,7 +166,7 @@ export function registerOllamaRoutes(app: FastifyInstance, ctx: ServerContext): 
       template: m.chatTemplate ?? "",
       details: details(facts),
       model_info: { "general.architecture": facts.family, ...facts.modelInfo },
-      capabilities: ["completion"],
+      capabilities: templateUsesTools(m.chatTemplate) ? ["completion", "tools"] : ["completion"],
       modified_at: facts.modifiedAt,
     };
   });
@@ -210,8 +217,12 @@ interface Run {
   r: OllamaCommon;
   prompt: { ids: number[]; text: string };
   promptField: string;
-  /** The line's text field: generate's `response`, chat's `message`. */
+  /** The whole reply's text field: generate's `response`, chat's `message`. */
   body(text: string): Record<string, unknown>;
+  /** The stream lines' text fields for the next piece of text (with `finish`, the reply's end). */
+  lines(text: string, finish: boolean): Record<string, unknown>[];
+  /** The last line's text field. */
+  last: Record<string, unknown>;
 }
 
 async function run(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply, model: LoadedModel, x: Run) {
@@ -249,8 +260,9 @@ async function run(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply,
     doneMarker: false,
     open() {},
     onEvent(_i, e) {
-      if (e.text.length > 0) sendSSE(reply, { ...head(), ...x.body(e.text), done: false });
-      if (e.finish) sendSSE(reply, { ...head(), ...x.body(""), done: true, ...ollamaStats(e.finish) });
+      for (const line of x.lines(e.text, e.finish !== undefined))
+        sendSSE(reply, { ...head(), ...line, done: false });
+      if (e.finish) sendSSE(reply, { ...head(), ...x.last, done: true, ...ollamaStats(e.finish) });
     },
     close() {},
     errorEvent: ollamaErrorBody,
@@ -289,6 +301,8 @@ async function generate(ctx: ServerContext, req: FastifyRequest, reply: FastifyR
     prompt,
     promptField: "prompt",
     body: (text) => ({ response: text }),
+    lines: (text) => (text.length > 0 ? [{ response: text }] : []),
+    last: { response: "" },
   });
 }
 
@@ -300,13 +314,18 @@ async function chat(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply
     contextLength: model.info.contextLength,
   });
   if (r.messages.length === 0) return loaded(r.model, { message: { role: "assistant", content: "" } });
-  const prompt = chatPrompt(model, { messages: r.messages });
+  const prompt = chatPrompt(model, { messages: r.messages, tools: r.tools?.tools });
   if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "messages");
+  // Calls in the model's own format become tool_calls; reasoning stays in the content, as before.
+  const mode = chatOutputMode(model.chatTemplate, prompt.text, r.tools);
+  const output = new OllamaChatOutput({ ...mode, reasoning: false, startsThinking: false });
   return run(ctx, req, reply, model, {
     endpoint,
     r,
     prompt,
     promptField: "messages",
-    body: (text) => ({ message: { role: "assistant", content: text } }),
+    body: (text) => ({ message: output.message(text) }),
+    lines: (text, finish) => output.lines(text, finish).map((message) => ({ message })),
+    last: { message: { role: "assistant", content: "" } },
   });
 }
