@@ -20,7 +20,10 @@ export class PositionTables {
   readonly posStacks: Int32Array[] = [];
   readonly posEnd: Uint8Array[] = [];
   private endFlags = new Uint8Array(1024);
+  /** Positions of several stacks, by their sorted ids ("$" when the text may end). */
   private readonly posMap = new Map<string, number>();
+  /** Positions of at most one stack, by stack id * 2 + may-end (-1 * 2 + 1 for the bare end). */
+  private readonly posMap1 = new Map<number, number>();
   /** Positions of one stack that reads a byte, neither ends nor calls: stack id → position. */
   private readonly single = new Map<number, number>();
   /** next[p * 256 + b]: the position after byte b, -1 when b is not allowed, -2 not yet computed. */
@@ -96,13 +99,23 @@ export class PositionTables {
           work.push(this.stack(a.ruleStart(c[i]!), this.stack(c[i + 1]!, parent)));
     }
     if (out.length === 0 && !end) return -1;
-    out.sort((x, y) => x - y);
-    const key = `${out.join(",")}${end ? "$" : ""}`;
-    let id = this.posMap.get(key);
+    // One stack (the common case) is keyed by a number, several by a string.
+    let key: string | undefined;
+    let key1 = 0;
+    let id: number | undefined;
+    if (out.length <= 1) {
+      key1 = (out.length === 0 ? -1 : out[0]!) * 2 + end;
+      id = this.posMap1.get(key1);
+    } else {
+      out.sort((x, y) => x - y);
+      key = `${out.join(",")}${end ? "$" : ""}`;
+      id = this.posMap.get(key);
+    }
     if (id === undefined) {
       id = this.posStacks.length;
       this.posStacks.push(Int32Array.from(out));
-      this.posMap.set(key, id);
+      if (key === undefined) this.posMap1.set(key1, id);
+      else this.posMap.set(key, id);
       if (id >= this.endFlags.length) {
         const f = new Uint8Array(this.endFlags.length * 2);
         f.set(this.endFlags);
@@ -148,7 +161,9 @@ export class PositionTables {
     const run = this.plainRun(p);
     if (run > 0) {
       m = this.vocab.plainUpTo(run).slice();
-      trie = this.vocab.rest;
+      // Plain tokens longer than the run are in neither the mask nor the rest trie: walk them too
+      // unless no plain byte may follow the run (the end of a length-bounded string).
+      trie = run < this.runCap() && this.plainAfter(this.runEnd) ? this.vocab.all : this.vocab.rest;
     } else m = new Uint32Array(maskWords(trie.vocabSize));
     const { byte, depth, skip, tokStart, tokIds } = trie;
     const n = byte.length;
@@ -208,7 +223,7 @@ export class PositionTables {
    * than 1 or not uniform.
    */
   private plainRun(p: number): number {
-    const max = Math.min(PLAIN_RUN, this.vocab.maxPlain);
+    const max = this.runCap();
     let n = 0;
     let cur = p;
     while (n < max) {
@@ -218,7 +233,18 @@ export class PositionTables {
       if (q === cur) return max;
       cur = q;
     }
+    this.runEnd = cur;
     return n;
+  }
+  /** The position at the end of the last run `plainRun` counted short of its cap. */
+  private runEnd = -1;
+  private runCap(): number {
+    return Math.min(PLAIN_RUN, this.vocab.maxPlain);
+  }
+  /** Whether some plain byte may follow `p`. */
+  private plainAfter(p: number): boolean {
+    for (let b = 0x20; b <= 0x7e; b++) if (isPlainByte(b) && this.step(p, b) >= 0) return true;
+    return false;
   }
 
   /** The single byte that may follow `p`, or -1 when there is a choice (or none, or the text may end). */

@@ -62,6 +62,23 @@ describe("regular expressions", () => {
     }
   });
 
+  it("a run of any plain bytes followed by a narrower class: the mask equals accepting each token", () => {
+    // After the two-byte run only letters may follow, so short plain tokens longer than the run
+    // (" abc" no, "abcd" yes) must be walked, not taken from or left out by the plain-token mask.
+    for (const pattern of [".{2}[a-z]+", ".[0-9]+"]) {
+      const g = compileGrammar({ type: "regex", pattern }, vocab);
+      const m = g.matcher();
+      m.fillMask(mask);
+      let allowed = 0;
+      for (let t = 0; t < vocab.vocabSize; t++) {
+        const ok = m.clone().accept(t);
+        if (ok) allowed++;
+        expect(bit(mask, t), `/${pattern}/ token ${t}`).toBe(ok);
+      }
+      expect(allowed).toBeGreaterThan(100);
+    }
+  });
+
   it("a pathological regex fails with a GrammarError (limits), not a stuck compile", () => {
     const spec: GrammarSpec = { type: "regex", pattern: "((a{1,1000}){1,1000}){1,1000}" };
     expect(() => compileGrammar(spec, vocab)).toThrow(GrammarError);
