@@ -461,6 +461,51 @@ describe("tools on the Responses API", () => {
     expect(s.running + s.waiting).toBe(0);
   });
 
+  it("parallel calls, streamed: one function_call item after another, each closed before the next opens", async () => {
+    for (let seed = 0; seed < 3; seed++) {
+      const stream = await client().responses.create({
+        model: MODEL,
+        input: "Weather in Paris, and the time?",
+        tools,
+        tool_choice: "required",
+        max_output_tokens: 400,
+        temperature: 1,
+        stream: true,
+      });
+      const args = new Map<string, string>();
+      let open: string | undefined;
+      let final: OpenAI.Responses.Response | undefined;
+      for await (const e of stream) {
+        if (e.type === "response.output_item.added") {
+          expect(open).toBeUndefined();
+          expect(e.output_index).toBe(args.size);
+          open = e.item.id!;
+          args.set(open, "");
+        }
+        if (e.type === "response.function_call_arguments.delta") {
+          expect(e.item_id).toBe(open);
+          args.set(open!, args.get(open!)! + e.delta);
+        }
+        if (e.type === "response.function_call_arguments.done") expect(e.arguments).toBe(args.get(open!));
+        if (e.type === "response.output_item.done") {
+          expect(e.item.id).toBe(open);
+          open = undefined;
+        }
+        if (e.type === "response.completed" || e.type === "response.incomplete") final = e.response;
+      }
+      expect(open).toBeUndefined();
+      expect(args.size).toBeGreaterThanOrEqual(1);
+      expect(final?.output.map((o) => o.id)).toEqual([...args.keys()]);
+      if (final?.status === "completed") {
+        for (const o of final.output) {
+          if (o.type !== "function_call") throw new Error(`unexpected ${o.type}`);
+          const a = JSON.parse(o.arguments);
+          expect(o.name === "get_weather" ? validWeather(a) : validTime(a)).toBe(true);
+        }
+      }
+    }
+  });
+
   it("tool_choice auto, streamed: the model's text comes as a message item, and matches the whole reply", async () => {
     const stream = await client().responses.create({
       model: MODEL,
