@@ -243,3 +243,21 @@ export function toolStructuredOutput(r: ToolRequest): ToolStructuredOutput | und
     },
   };
 }
+
+/**
+ * What constrains a request's output: its tool grammar (`required` or a named function) or its
+ * structured output (`param` names the field that asked for it), never both: that is a 400.
+ */
+export function outputConstraint<S extends { param: string }>(
+  tools: ToolRequest | undefined,
+  toolOutput: ToolStructuredOutput | undefined,
+  structured: S | undefined,
+): ToolStructuredOutput | S | undefined {
+  if (toolOutput && structured)
+    throw badRequest(
+      `tool_choice ${JSON.stringify(tools?.choice)} constrains the output and so does ${structured.param}: use one`,
+      "tool_choice",
+      "conflicting_fields",
+    );
+  return toolOutput ?? structured;
+}

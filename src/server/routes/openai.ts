@@ -20,7 +20,7 @@ import {
 } from "../openai-schema.js";
 import { clientOf, clientSignal, tokenString } from "../route-helpers.js";
 import { sendSSE } from "../sse.js";
-import { toolStructuredOutput } from "../tool-request.js";
+import { outputConstraint, toolStructuredOutput } from "../tool-request.js";
 
 /**
  * The OpenAI-compatible API: /v1/models, /v1/completions, /v1/chat/completions, so that the
@@ -341,13 +341,7 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
     tools: tools && tools.choice !== "none" ? tools.tools : undefined,
   });
   // tool_choice "required" or a named function: the call is enforced by a grammar (vLLM's form).
-  const toolOutput = tools ? toolStructuredOutput(tools) : undefined;
-  if (toolOutput && r.structured)
-    throw badRequest(
-      `tool_choice ${JSON.stringify(tools!.choice)} constrains the output and so does ${r.structured.param}: use one`,
-      "tool_choice",
-      "conflicting_fields",
-    );
+  const structured = outputConstraint(tools, tools && toolStructuredOutput(tools), r.structured);
   const mode = chatOutputMode(model.chatTemplate, prompt.text, tools);
   if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "messages");
   const maxTokens = r.maxTokens ?? defaultMaxTokens(prompt.ids.length, model.info.contextLength);
@@ -368,7 +362,7 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
         endpoint,
         promptText: prompt.text,
         fields: { prompt: "messages", maxTokens: "max_tokens" },
-        structured: toolOutput ?? r.structured,
+        structured,
       },
     });
   }

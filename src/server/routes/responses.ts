@@ -3,15 +3,18 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { ChatMessage } from "../../chat/template.js";
 import type { FinishInfo } from "../../protocol/events.js";
 import type { SamplingParams } from "../../sampling/params.js";
+import { ChatChoiceOutput, chatOutputMode, type OpenAIToolCall } from "../chat-output.js";
 import { chatPrompt } from "../chat-prompt.js";
 import { type Choice, readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
 import { type ApiError, badRequest, errorBody } from "../errors.js";
 import { defaultMaxTokens } from "../generation.js";
 import { parseModel } from "../openai-schema.js";
+import { parseResponsesTools, responsesToolOutput } from "../responses-tools.js";
 import { boolField, clientOf, clientSignal, given, intField, isObject, type Json } from "../route-helpers.js";
 import { sendSSE, TYPED_SSE } from "../sse.js";
 import { type StructuredOutput, structuredOutput } from "../structured-output.js";
+import { outputConstraint, type ToolRequest } from "../tool-request.js";
 
 /**
  * OpenAI's Responses API, POST /v1/responses, for text generation, so that clients built on it
@@ -22,8 +25,10 @@ import { type StructuredOutput, structuredOutput } from "../structured-output.js
  * What Spindle does:
  * - input: a string (one user message) or a list of message items `{role, content}` (an optional
  *   `type: "message"`), content a string or parts `{type: "input_text", text}` (`output_text` in
- *   assistant turns). Other item or part types (images, files, item_reference, function calls…)
- *   are a 400 naming the field. `instructions` is a system message before the input; "developer"
+ *   assistant turns), and `function_call` `{call_id, name, arguments}` / `function_call_output`
+ *   `{call_id, output}` items, rendered as an assistant turn's tool_calls (consecutive calls join the
+ *   assistant turn before them) and a `tool` message. Other item or part types (images, files,
+ *   item_reference…) are a 400 naming the field. `instructions` is a system message before the input; "developer"
  *   renders as "system". The conversation is rendered with the chat template (chat-prompt.ts)
  *   exactly as /v1/chat/completions renders the same messages.
  * - max_output_tokens: ≥ 1; left out, the room the context leaves after the prompt (as chat).
@@ -31,14 +36,20 @@ import { type StructuredOutput, structuredOutput } from "../structured-output.js
  * - store: Spindle keeps no responses. `store: true` is a 400 (`store`), absent or false is
  *   accepted (the AI SDK sends no `store` unless asked); so `previous_response_id` can name no
  *   response and is a 400 naming it, as are `conversation` and `background: true`.
- * - Refused, never ignored (400 naming the field): tools (non-empty), tool_choice other than
- *   "none"/"auto", reasoning, include (non-empty), top_logprobs > 0,
- *   truncation "auto". metadata, user, service_tier, parallel_tool_calls, prompt_cache_key,
- *   safety_identifier are accepted and have no effect.
+ * - tools: function tools `{type: "function", name, description, parameters, strict}`, tool_choice
+ *   ("none", "auto", "required", `{type: "function", name}`) and parallel_tool_calls, read and
+ *   enforced as on /v1/chat/completions (responses-tools.ts; errors name `tools[i].name`,
+ *   `tool_choice.name`…); a tool grammar with text.format is a 400. Calls become `function_call`
+ *   output items `{id: "fc_…", call_id, name, arguments, status}` after any text's message item;
+ *   streamed, each is output_item.added (arguments ""), function_call_arguments.delta…,
+ *   function_call_arguments.done, output_item.done. Thinking stays in the text (no reasoning items).
+ * - Refused, never ignored (400 naming the field): hosted tools (web_search…), reasoning, include
+ *   (non-empty), top_logprobs > 0, truncation "auto". metadata, user, service_tier,
+ *   prompt_cache_key, safety_identifier are accepted and have no effect.
  * - status: "completed" when generation stopped by itself (end of text or a stop), "incomplete"
  *   with `incomplete_details: {reason: "max_output_tokens"}` when it ran out of tokens.
  * - stream: server-sent events with `event: <type>` lines and a `sequence_number` in each: created,
- *   in_progress, output_item.added, content_part.added, output_text.delta…, output_text.done,
+ *   in_progress, (for text) output_item.added, content_part.added, output_text.delta…, output_text.done,
  *   content_part.done, output_item.done, then response.completed or response.incomplete; no
  *   `[DONE]`. An error before the first token is a plain HTTP error; after it, one `error` event
  *   (`{type: "error", code, message, param}`) ends the stream.
@@ -61,6 +72,10 @@ export interface ResponsesRequest {
   structured: StructuredOutput | undefined;
   /** text.format as the response echoes it. */
   textFormat: unknown;
+  /** tools, tool_choice, parallel_tool_calls in the chat form (responses-tools.ts). */
+  tools: ToolRequest | undefined;
+  /** tools as the response echoes them (the flat form given). */
+  toolsEcho: unknown[];
 }
 
 const ROLES = new Set(["user", "system", "developer", "assistant"]);
@@ -72,46 +87,74 @@ function parseInput(body: Json): ChatMessage[] {
   if (!Array.isArray(input) || input.length === 0) {
     throw badRequest("input must be a string or a non-empty list of message items", "input");
   }
-  return input.map((item, i): ChatMessage => {
+  const messages: ChatMessage[] = [];
+  input.forEach((item, i) => {
     const param = `input[${i}]`;
-    if (!isObject(item)) throw badRequest(`${param} must be a message item {role, content}`, param);
-    if (given(item.type) && item.type !== "message") {
-      throw badRequest(
-        `${param} has type ${JSON.stringify(item.type)}: only message items are supported`,
-        `${param}.type`,
-      );
+    if (isObject(item) && (item.type === "function_call" || item.type === "function_call_output")) {
+      const str = (key: string) => {
+        if (typeof item[key] !== "string")
+          throw badRequest(`${param}.${key} must be a string`, `${param}.${key}`);
+        return item[key] as string;
+      };
+      const callId = str("call_id");
+      if (item.type === "function_call_output") {
+        messages.push({ role: "tool", tool_call_id: callId, content: str("output") });
+        return;
+      }
+      const call = {
+        id: callId,
+        type: "function",
+        function: { name: str("name"), arguments: str("arguments") },
+      };
+      // Calls right after an assistant turn (or another call) are that turn's tool_calls.
+      const last = messages.at(-1);
+      if (last?.role === "assistant") last.tool_calls = [...((last.tool_calls as unknown[]) ?? []), call];
+      else messages.push({ role: "assistant", content: null, tool_calls: [call] });
+      return;
     }
-    const role = item.role;
-    if (typeof role !== "string" || !ROLES.has(role)) {
-      throw badRequest(
-        `${param}.role must be one of user, system, developer, assistant; got ${JSON.stringify(role ?? null)}`,
-        `${param}.role`,
-      );
-    }
-    const content = item.content;
-    const partType = role === "assistant" ? "output_text" : "input_text";
-    let parts: ChatMessage["content"];
-    if (typeof content === "string") parts = content;
-    else if (Array.isArray(content)) {
-      parts = content.map((part, j) => {
-        const type = isObject(part) ? part.type : undefined;
-        if (type !== partType) {
-          throw badRequest(
-            `${param}.content[${j}] has type ${JSON.stringify(type ?? null)}: only "${partType}" parts are supported in ${role} messages`,
-            `${param}.content[${j}].type`,
-          );
-        }
-        const text = (part as Json).text;
-        if (typeof text !== "string") {
-          throw badRequest(`${param}.content[${j}].text must be a string`, `${param}.content[${j}].text`);
-        }
-        return { type: "text" as const, text };
-      });
-    } else {
-      throw badRequest(`${param}.content must be a string or a list of text parts`, `${param}.content`);
-    }
-    return { role: role === "developer" ? "system" : role, content: parts };
+    messages.push(messageItem(item, param));
   });
+  return messages;
+}
+
+function messageItem(item: unknown, param: string): ChatMessage {
+  if (!isObject(item)) throw badRequest(`${param} must be a message item {role, content}`, param);
+  if (given(item.type) && item.type !== "message") {
+    throw badRequest(
+      `${param} has type ${JSON.stringify(item.type)}: only message, function_call and function_call_output items are supported`,
+      `${param}.type`,
+    );
+  }
+  const role = item.role;
+  if (typeof role !== "string" || !ROLES.has(role)) {
+    throw badRequest(
+      `${param}.role must be one of user, system, developer, assistant; got ${JSON.stringify(role ?? null)}`,
+      `${param}.role`,
+    );
+  }
+  const content = item.content;
+  const partType = role === "assistant" ? "output_text" : "input_text";
+  let parts: ChatMessage["content"];
+  if (typeof content === "string") parts = content;
+  else if (Array.isArray(content)) {
+    parts = content.map((part, j) => {
+      const type = isObject(part) ? part.type : undefined;
+      if (type !== partType) {
+        throw badRequest(
+          `${param}.content[${j}] has type ${JSON.stringify(type ?? null)}: only "${partType}" parts are supported in ${role} messages`,
+          `${param}.content[${j}].type`,
+        );
+      }
+      const text = (part as Json).text;
+      if (typeof text !== "string") {
+        throw badRequest(`${param}.content[${j}].text must be a string`, `${param}.content[${j}].text`);
+      }
+      return { type: "text" as const, text };
+    });
+  } else {
+    throw badRequest(`${param}.content must be a string or a list of text parts`, `${param}.content`);
+  }
+  return { role: role === "developer" ? "system" : role, content: parts };
 }
 
 function refuse(body: Json, key: string, why: string, harmless: (v: unknown) => boolean = () => false) {
@@ -132,8 +175,7 @@ export function parseResponsesRequest(raw: unknown, sc: { modelName: string }): 
   refuse(body, "previous_response_id", "Spindle keeps no responses (store is not supported)");
   refuse(body, "conversation", "Spindle keeps no conversations");
   refuse(body, "background", "responses run in the foreground only", (v) => v === false);
-  refuse(body, "tools", "Spindle does not do tool calling", (v) => Array.isArray(v) && v.length === 0);
-  refuse(body, "tool_choice", "Spindle does not do tool calling", (v) => v === "none" || v === "auto");
+  const tools = parseResponsesTools(body);
   refuse(body, "reasoning", "Spindle serves no reasoning options");
   refuse(body, "include", "no extra output fields are available", (v) => Array.isArray(v) && v.length === 0);
   refuse(body, "top_logprobs", "logprobs are not available through this API", (v) => v === 0);
@@ -176,15 +218,44 @@ export function parseResponsesRequest(raw: unknown, sc: { modelName: string }): 
     stream: boolField(body, "stream") ?? false,
     structured,
     textFormat,
+    tools,
+    toolsEcho: tools && Array.isArray(body.tools) ? body.tools : [],
   };
 }
+
+const newId = (prefix: string) => `${prefix}_${randomUUID().replaceAll("-", "")}`;
+
+/** A tool call as a Responses `function_call` output item. */
+const functionCallItem = (id: string, call: OpenAIToolCall, status: string) => ({
+  type: "function_call",
+  id,
+  call_id: call.id,
+  name: call.function.name,
+  arguments: call.function.arguments,
+  status,
+});
 
 async function responses(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply) {
   const endpoint = "/v1/responses";
   const model: LoadedModel = ctx.service.model(endpoint);
   const r = parseResponsesRequest(req.body, { modelName: ctx.opts.modelName });
-  const prompt = chatPrompt(model, { messages: r.messages });
+  const tools = r.tools;
+  // As on /v1/chat/completions: with tool_choice "none" the model does not see the tools, and
+  // "required" or a named function is enforced by the tool grammar.
+  const prompt = chatPrompt(model, {
+    messages: r.messages,
+    tools: tools && tools.choice !== "none" ? tools.tools : undefined,
+  });
+  const structured = outputConstraint(tools, tools && responsesToolOutput(tools), r.structured);
   if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "input");
+  // The reply is split into text and tool calls as chat does; thinking stays in the text (this
+  // route has no reasoning items).
+  const mode = {
+    ...chatOutputMode(model.chatTemplate, prompt.text, tools),
+    reasoning: false,
+    startsThinking: false,
+  };
+  const output = new ChatChoiceOutput(mode);
   const maxTokens = r.maxOutputTokens ?? defaultMaxTokens(prompt.ids.length, model.info.contextLength);
   const choice: Choice = {
     index: 0,
@@ -200,14 +271,13 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
       endpoint,
       promptText: prompt.text,
       fields: { prompt: "input", maxTokens: "max_output_tokens" },
-      structured: r.structured,
+      structured,
     },
   };
 
   const signal = clientSignal(req, reply);
   const streams = await startChoices(ctx, [choice], signal);
-  const id = `resp_${randomUUID().replaceAll("-", "")}`;
-  const msgId = `msg_${randomUUID().replaceAll("-", "")}`;
+  const id = newId("resp");
   const createdAt = Math.floor(Date.now() / 1000);
 
   const usage = (f: FinishInfo) => ({
@@ -219,14 +289,16 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
   });
   const status = (f: FinishInfo) => (f.reason === "stop" ? "completed" : "incomplete");
   const part = (text: string) => ({ type: "output_text", text, annotations: [] as never[] });
-  const message = (text: string, st: string, f?: FinishInfo) => ({
+  const message = (msgId: string, text: string, st: string, done: boolean) => ({
     type: "message",
     id: msgId,
     status: st,
     role: "assistant",
-    content: f ? [part(text)] : [],
+    content: done ? [part(text)] : [],
   });
-  const responseObject = (text: string, f: FinishInfo | undefined) => ({
+  const choiceEcho = (c: ToolRequest["choice"] | undefined) =>
+    c === undefined ? "none" : typeof c === "object" ? { type: "function", name: c.name } : c;
+  const responseObject = (items: Json[], f: FinishInfo | undefined) => ({
     id,
     object: "response",
     created_at: createdAt,
@@ -236,15 +308,15 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
     instructions: r.instructions,
     max_output_tokens: r.maxOutputTokens ?? null,
     model: r.model,
-    output: f ? [message(text, status(f), f)] : [],
-    parallel_tool_calls: false,
+    output: f ? items : [],
+    parallel_tool_calls: tools?.parallel ?? true,
     previous_response_id: null,
     reasoning: { effort: null, summary: null },
     store: false,
     temperature: r.sampling.temperature ?? null,
     text: { format: r.textFormat },
-    tool_choice: "none",
-    tools: [],
+    tool_choice: choiceEcho(tools?.choice),
+    tools: r.toolsEcho,
     top_p: r.sampling.topP ?? null,
     truncation: "disabled",
     usage: f ? usage(f) : null,
@@ -256,13 +328,99 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
     const [finish] = await readChoices(streams, signal, (_i, e) => {
       text += e.text;
     });
-    return responseObject(text, finish!);
+    const f = finish!;
+    const msg = output.message(text);
+    const calls = msg.tool_calls ?? [];
+    const items: Json[] = [];
+    if (calls.length === 0 || (msg.content ?? "").length > 0) {
+      items.push(message(newId("msg"), msg.content ?? "", status(f), true));
+    }
+    for (const c of calls) items.push(functionCallItem(newId("fc"), c, "completed"));
+    return responseObject(items, f);
   }
 
+  // Streamed, each output item in turn: a message item (opened at the first text that is not only
+  // white space before a call), then each function_call item as its name and arguments arrive.
   let seq = 0;
-  let text = "";
   const send = (type: string, fields: Json) => sendSSE(reply, { type, sequence_number: seq++, ...fields });
-  const at = { item_id: msgId, output_index: 0, content_index: 0 };
+  const items: Json[] = [];
+  let msg: { id: string; index: number; text: string } | undefined;
+  let pending = "";
+  let call: { index: number; item: ReturnType<typeof functionCallItem> } | undefined;
+  const openMessage = () => {
+    msg = { id: newId("msg"), index: items.length, text: "" };
+    items.push(message(msg.id, "", "in_progress", false));
+    send("response.output_item.added", { output_index: msg.index, item: items[msg.index] });
+    send("response.content_part.added", {
+      item_id: msg.id,
+      output_index: msg.index,
+      content_index: 0,
+      part: part(""),
+    });
+  };
+  const addText = (t: string) => {
+    if (!msg) openMessage();
+    msg!.text += t;
+    const at = { item_id: msg!.id, output_index: msg!.index, content_index: 0 };
+    send("response.output_text.delta", { ...at, delta: t, logprobs: [] });
+  };
+  const closeMessage = (st: string) => {
+    if (!msg) return;
+    const at = { item_id: msg.id, output_index: msg.index, content_index: 0 };
+    send("response.output_text.done", { ...at, text: msg.text, logprobs: [] });
+    send("response.content_part.done", { ...at, part: part(msg.text) });
+    items[msg.index] = message(msg.id, msg.text, st, true);
+    send("response.output_item.done", { output_index: msg.index, item: items[msg.index] });
+    msg = undefined;
+  };
+  const closeCall = () => {
+    if (!call) return;
+    const { index, item } = call;
+    send("response.function_call_arguments.done", {
+      item_id: item.id,
+      output_index: index,
+      name: item.name,
+      arguments: item.arguments,
+    });
+    items[index] = { ...item, status: "completed" };
+    send("response.output_item.done", { output_index: index, item: items[index] });
+    call = undefined;
+  };
+  const onDelta = (d: Record<string, unknown>) => {
+    if (typeof d.content === "string") {
+      const t = pending + d.content;
+      // White space before (or between) calls is no message of its own.
+      if (!msg && (mode.tools !== undefined || call) && t.trim().length === 0) pending = t;
+      else {
+        pending = "";
+        closeCall();
+        addText(t);
+      }
+    }
+    const [c] = (d.tool_calls as { id?: string; function: { name?: string; arguments: string } }[]) ?? [];
+    if (!c) return;
+    if (c.id !== undefined) {
+      closeMessage("completed");
+      closeCall();
+      pending = "";
+      const item = functionCallItem(
+        newId("fc"),
+        { id: c.id, type: "function", function: { name: c.function.name ?? "", arguments: "" } },
+        "in_progress",
+      );
+      call = { index: items.length, item };
+      items.push(item);
+      send("response.output_item.added", { output_index: call.index, item: { ...item } });
+    }
+    if (call && c.function.arguments) {
+      call.item.arguments += c.function.arguments;
+      send("response.function_call_arguments.delta", {
+        item_id: call.item.id,
+        output_index: call.index,
+        delta: c.function.arguments,
+      });
+    }
+  };
   return streamChoices(ctx, reply, streams, signal, {
     framing: TYPED_SSE,
     doneMarker: false,
@@ -277,22 +435,22 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
       };
     },
     open() {
-      send("response.created", { response: responseObject("", undefined) });
-      send("response.in_progress", { response: responseObject("", undefined) });
-      send("response.output_item.added", { output_index: 0, item: message("", "in_progress") });
-      send("response.content_part.added", { ...at, part: part("") });
+      send("response.created", { response: responseObject([], undefined) });
+      send("response.in_progress", { response: responseObject([], undefined) });
+      if (mode.tools === undefined) openMessage();
     },
     onEvent(_i, e) {
-      if (e.text.length === 0) return;
-      text += e.text;
-      send("response.output_text.delta", { ...at, delta: e.text, logprobs: [] });
+      for (const d of output.deltas(e.text, e.finish !== undefined)) onDelta(d);
     },
     close([f]) {
-      send("response.output_text.done", { ...at, text, logprobs: [] });
-      send("response.content_part.done", { ...at, part: part(text) });
-      send("response.output_item.done", { output_index: 0, item: message(text, status(f!), f) });
+      closeCall();
+      if (items.length === 0) {
+        openMessage();
+        if (pending) addText(pending);
+      }
+      closeMessage(status(f!));
       send(status(f!) === "completed" ? "response.completed" : "response.incomplete", {
-        response: responseObject(text, f),
+        response: responseObject(items, f),
       });
     },
   });
