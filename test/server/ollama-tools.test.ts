@@ -1,16 +1,12 @@
-import { join } from "node:path";
 import { type Message, Ollama } from "ollama";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { HERMES_TOOL_TEMPLATE } from "../../src/chat/hermes-template.js";
-import { GGMLType } from "../../src/gguf/types.js";
-import { SHAPES, synthModel } from "../../src/model/synth.js";
 import { chatOutputMode } from "../../src/server/chat-output.js";
 import { OllamaChatOutput } from "../../src/server/ollama-chat-output.js";
 import { parseToolRequest } from "../../src/server/tool-request.js";
-import { testModel, VOCAB_SPM } from "../helpers/models.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
-import { tempDir } from "../helpers/tmp.js";
+import { hermesToolModel } from "../helpers/tool-models.js";
 
 /**
  * Tools on Ollama's /api/chat. Ollama has no tool_choice (the model decides, not enforced), and a
@@ -38,15 +34,7 @@ const weather = {
 };
 
 beforeAll(async () => {
-  const path = join(tempDir("spindle-ollama-tools-"), "hermes-tiny.gguf");
-  synthModel({
-    arch: "llama",
-    shape: { ...SHAPES.tiny!, contextLength: 2048 },
-    type: GGMLType.F32,
-    vocabPath: testModel(VOCAB_SPM),
-    out: path,
-    chatTemplate: HERMES_TOOL_TEMPLATE,
-  });
+  const path = hermesToolModel(2048);
   srv = await startTestServer({ modelName: MODEL, backend: { kind: "local", modelPath: path } });
   ollama = new Ollama({ host: srv.url });
 });

@@ -1,14 +1,9 @@
-import { join } from "node:path";
 import { createOpenAI } from "@ai-sdk/openai";
 import { generateText, isStepCount, jsonSchema, streamText, tool } from "ai";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { HERMES_TOOL_TEMPLATE } from "../../src/chat/hermes-template.js";
-import { GGMLType } from "../../src/gguf/types.js";
-import { SHAPES, synthModel } from "../../src/model/synth.js";
-import { testModel, VOCAB_SPM } from "../helpers/models.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
-import { tempDir } from "../helpers/tmp.js";
+import { hermesToolModel } from "../helpers/tool-models.js";
 
 /**
  * Enforced tool calls through the official clients, unmodified, against a real server: a model
@@ -38,15 +33,7 @@ const timeParams = {
 } as const;
 
 beforeAll(async () => {
-  const path = join(tempDir("spindle-tools-clients-"), "hermes-tiny.gguf");
-  synthModel({
-    arch: "llama",
-    shape: { ...SHAPES.tiny!, contextLength: 2048 },
-    type: GGMLType.F32,
-    vocabPath: testModel(VOCAB_SPM),
-    out: path,
-    chatTemplate: HERMES_TOOL_TEMPLATE,
-  });
+  const path = hermesToolModel(2048);
   srv = await startTestServer({ modelName: MODEL, backend: { kind: "local", modelPath: path } });
 });
 afterAll(async () => {

@@ -1,12 +1,12 @@
 import { join } from "node:path";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { HERMES_TOOL_TEMPLATE } from "../../src/chat/hermes-template.js";
 import { GGMLType } from "../../src/gguf/types.js";
 import { SHAPES, synthModel } from "../../src/model/synth.js";
 import { testModel, VOCAB_SPM } from "../helpers/models.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
 import { tempDir } from "../helpers/tmp.js";
+import { hermesToolModel } from "../helpers/tool-models.js";
 
 /**
  * Tools on /v1/chat/completions against a real server: a model synthesized with Spindle's
@@ -60,15 +60,7 @@ const weather = {
 const user = [{ role: "user", content: "What is the weather in Paris?" }];
 
 beforeAll(async () => {
-  const path = join(tempDir("spindle-tools-"), "hermes-tiny.gguf");
-  synthModel({
-    arch: "llama",
-    shape: SHAPES.tiny!,
-    type: GGMLType.F32,
-    vocabPath: testModel(VOCAB_SPM),
-    out: path,
-    chatTemplate: HERMES_TOOL_TEMPLATE,
-  });
+  const path = hermesToolModel();
   srv = await startTestServer({ modelName: MODEL, backend: { kind: "local", modelPath: path } });
   plain = await startTestServer({ modelName: "stories260K" });
   const thinker = join(tempDir("spindle-think-"), "think-tiny.gguf");
