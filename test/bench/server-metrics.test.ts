@@ -117,7 +117,13 @@ describe("server metrics, read from a real Spindle server", () => {
     const lines = text.split("\n").filter((l) => l !== "" && !l.startsWith("#"));
     const all = parsePrometheus(text);
     expect(all).toHaveLength(lines.length);
-    expect(all.every((s) => Number.isFinite(s.value) || s.value === Infinity)).toBe(true);
+    // Each sample's value is the number its line ends with (NaN included: Node's event-loop gauges
+    // read NaN before their first sample, and Prometheus text allows it).
+    const values = lines.map((l) => Number(l.slice(l.lastIndexOf(" ") + 1)));
+    expect(all.every((s, i) => Object.is(s.value, values[i]))).toBe(true);
+    expect(
+      all.filter((s) => Number.isNaN(s.value)).every((s) => s.name.includes("nodejs_eventloop_lag")),
+    ).toBe(true);
     expect(parsePrometheus(text, "spindle_")).toHaveLength(
       all.filter((s) => s.name.startsWith("spindle_")).length,
     );
