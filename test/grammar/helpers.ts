@@ -7,6 +7,9 @@ import { readGGUF } from "../../src/gguf/reader.js";
 import { type GrammarMatcher, type GrammarVocab, grammarVocab, maskWords } from "../../src/grammar/index.js";
 import { type Tokenizer, tokenizerFromGGUF } from "../../src/tokenizer/index.js";
 import { testModel } from "../helpers/models.js";
+import { rng } from "../helpers/rng.js";
+
+export { rng };
 
 export interface Vocab {
   name: string;
@@ -46,18 +49,6 @@ export function ajvValidator(schema: unknown): (data: unknown) => boolean {
   addFormats(ajv);
   const v = ajv.compile(schema as object);
   return (d) => v(d) as boolean;
-}
-
-/** A seeded generator (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export const bit = (mask: Uint32Array, t: number): boolean => ((mask[t >>> 5]! >>> (t & 31)) & 1) === 1;

@@ -1,15 +1,7 @@
 /** Seeded test data for the codec tests (no Math.random: failures must reproduce). */
+import { rng } from "../helpers/rng.js";
 
-/** mulberry32: a small, fast, seeded PRNG giving floats in [0, 1). */
-export function rng(seed: number): () => number {
-  let s = seed | 0;
-  return () => {
-    s = (s + 0x6d2b79f5) | 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng };
 
 /** n normal samples with standard deviation sigma (Box-Muller). */
 export function gaussian(n: number, seed: number, sigma = 1): Float32Array {

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { readGGUF } from "../../src/gguf/reader.js";
 import { IncrementalDecoder, type Tokenizer, tokenizerFromGGUF } from "../../src/tokenizer/index.js";
 import { testModel, VOCAB_GPT2, VOCAB_PHI3, VOCAB_SPM } from "../helpers/models.js";
+import { rng } from "../helpers/rng.js";
 
 const spm = tokenizerFromGGUF(readGGUF(testModel(VOCAB_SPM)));
 const gpt2 = tokenizerFromGGUF(readGGUF(testModel(VOCAB_GPT2)));
@@ -16,18 +17,6 @@ function stream(
   const pieces = ids.map((id) => d.push(id));
   pieces.push(d.flush());
   return pieces;
-}
-
-/** Small seeded PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const TEXTS = [
