@@ -31,6 +31,7 @@
 //   node scripts/build-kernels.mjs --check    # rebuild both elsewhere; fail unless byte-identical
 //   node scripts/build-kernels.mjs --check --record          # ... and record the reproduction
 //   node scripts/build-kernels.mjs --check --if-unverified   # hashes only, when already reproduced
+//   node scripts/build-kernels.mjs --only relaxed --out dist-wasm --quick   # -O0, unrecorded: results only
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -50,7 +51,10 @@ const builds = [
 const common = [
   relative(root, entry).replaceAll("\\", "/"),
   "--optimizeLevel",
-  "3",
+  // --quick (with --only and --out, never recorded): AssemblyScript's own inlining, no Binaryen
+  // passes: about 30 s instead of 7 minutes, for checking a kernel change's results; its speed
+  // is not the product's (see docs/benchmarks.md).
+  process.argv.includes("--quick") ? "0" : "3",
   "--shrinkLevel",
   "0",
   "--noAssert",
@@ -163,6 +167,12 @@ async function compileAll(list, dir) {
 }
 
 const only = argValue("--only");
+if (flag("--quick") && (only === undefined || argValue("--out") === undefined)) {
+  process.stderr.write(
+    "build-kernels: --quick needs --only BUILD and --out DIR (a quick build is never recorded)\n",
+  );
+  process.exit(2);
+}
 if (only !== undefined) {
   // A child of compileAll.
   const build = builds.find((b) => b.name === only);
