@@ -7,6 +7,7 @@ import {
   type LocalBackendInit,
 } from "../backends/index.js";
 import type { BatchingMode, Policy } from "../engine/scheduler.js";
+import type { SpeculativeOptions } from "../engine/speculation.js";
 import { SpindleError } from "../errors.js";
 import { defaultKernelsName } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
@@ -46,6 +47,11 @@ and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect 
   --policy fcfs|priority      scheduling policy (default fcfs); --aging P: priority units per second waited
   --batching continuous|static|window   (default continuous); --batch-window-ms MS (default 50)
   --no-prefix-caching         disable automatic prefix caching
+  --speculative ngram         speculative decoding with drafts from the prompt and output so far (prompt
+                              lookup), verified in the batched step; greedy output is unchanged and sampled
+                              output keeps its distribution (default off)
+  --spec-tokens K             the most draft tokens per sequence and step (default 4; adapts per sequence)
+  --spec-max-batch N          speculate only while at most N sequences run (default 4)
   --kernels wasm|reference    compute kernels (default: wasm once built; also $SPINDLE_KERNELS)
   --threads N                 kernel threads a large matmul is split over (default: the cores; also
                               $SPINDLE_THREADS); with --backend llamacpp: llama.cpp's threads
@@ -66,6 +72,26 @@ Backends (what computes the tokens; admission, priorities, metrics and logs appl
   --log-level LEVEL           trace, debug, info, warn or error (default info)
   --version                   print Spindle's version and exit
   --shutdown-timeout-ms MS    on SIGTERM, how long in-flight requests may finish (default 10000)`;
+
+/** `--speculative ngram [--spec-tokens K] [--spec-max-batch N]`; undefined when off. */
+function speculativeOptions(values: {
+  speculative?: string;
+  "spec-tokens"?: string;
+  "spec-max-batch"?: string;
+}): SpeculativeOptions | undefined {
+  const method = values.speculative;
+  if (method === undefined || method === "off") {
+    if (values["spec-tokens"] !== undefined || values["spec-max-batch"] !== undefined)
+      throw new SpindleError("--spec-tokens and --spec-max-batch need --speculative ngram");
+    return undefined;
+  }
+  if (method !== "ngram") throw new SpindleError(`unknown --speculative "${method}" (ngram or off)`);
+  return {
+    method,
+    numTokens: int("spec-tokens", values["spec-tokens"], 1) ?? 4,
+    maxBatch: int("spec-max-batch", values["spec-max-batch"], 1),
+  };
+}
 
 /** "256MiB", "1GiB", "512MB", "1000000" → bytes. */
 export function parseSize(s: string): number {
@@ -112,6 +138,7 @@ function backendInit(
   };
   only(["upstream", "upstream-concurrency", "upstream-model", "upstream-api-key", "spawn"], ["openai"]);
   only(["parallel"], ["llamacpp"]);
+  only(["speculative", "spec-tokens", "spec-max-batch"], ["local", "sim"]);
   only(["threads", "ctx-size"], ["local", "llamacpp"]);
   const ctxSize = int("ctx-size", str("ctx-size"), 1);
   switch (kind) {
@@ -181,6 +208,9 @@ export async function serveCommand(args: string[]): Promise<number> {
       batching: { type: "string" },
       "batch-window-ms": { type: "string" },
       "no-prefix-caching": { type: "boolean", default: false },
+      speculative: { type: "string" },
+      "spec-tokens": { type: "string" },
+      "spec-max-batch": { type: "string" },
       "log-prompts": { type: "boolean", default: false },
       "log-level": { type: "string", default: "info" },
       "log-format": { type: "string", default: "auto" },
@@ -245,6 +275,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     batching,
     batchWindowMs: int("batch-window-ms", values["batch-window-ms"], 0),
     prefixCaching: !values["no-prefix-caching"],
+    speculative: speculativeOptions(values),
   };
   const backend = backendInit(backendKind, modelPath, values, engineOptions);
   // On a terminal, a progress bar on stderr while the weights load (the logs go to stdout).

@@ -163,6 +163,15 @@ export class BlockManager {
     }
   }
 
+  /**
+   * Releases the blocks past the one holding the next position to compute (numComputed): after a
+   * speculative step, the blocks taken for draft tokens that were rejected.
+   */
+  trim(seq: Sequence): void {
+    const keep = this.blocksFor(seq.numComputed + 1);
+    while (seq.blockTable.length > keep) this.unref(seq.blockTable.pop()!);
+  }
+
   /** Releases every block of a sequence (finish, abort, preemption). */
   free(seq: Sequence): void {
     // Free in reverse so the tail of a prefix is evicted before its head.

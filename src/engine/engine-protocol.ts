@@ -9,6 +9,7 @@ import type { PrefixCacheStats } from "./block-manager.js";
 import type { EngineOptions, StepStats } from "./engine.js";
 import type { SchedulerOptions } from "./scheduler.js";
 import type { SimRunnerOptions } from "./sim-runner.js";
+import type { SpecStats } from "./speculation.js";
 
 /**
  * The messages between the main thread (engine-client.ts) and the engine
@@ -113,6 +114,8 @@ export interface StepInfo extends StepStats {
   running: number;
   totalPreemptions: number;
   prefix: PrefixCacheStats;
+  /** Speculative decoding's counters since the engine started; absent when it is off. */
+  spec?: SpecStats;
 }
 
 export interface EngineStats {

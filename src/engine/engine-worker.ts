@@ -226,6 +226,10 @@ class EngineHost {
       running: e.scheduler.running.length,
       totalPreemptions: e.scheduler.totalPreemptions,
       prefix: { ...e.prefixStats },
+      spec: e.speculator && {
+        ...e.speculator.stats,
+        acceptedPerPosition: [...e.speculator.stats.acceptedPerPosition],
+      },
     };
   }
 

@@ -11,6 +11,7 @@ import { type GrammarCompiler, grammarCompiler } from "./grammars.js";
 import type { Runner, RunnerItem } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS, Scheduler, type SchedulerOptions } from "./scheduler.js";
 import { Sequence } from "./sequence.js";
+import { type SpeculativeOptions, Speculator } from "./speculation.js";
 
 /**
  * The engine loop's core: `step()` is one iteration — schedule, run the batch,
@@ -32,6 +33,15 @@ import { Sequence } from "./sequence.js";
  * the next step as a chunk of the running sequence, as it does a prefill chunk. Preemption needs
  * nothing more: it keeps a sequence's tokens and recomputes their K/V, so the matcher, which has
  * accepted exactly those tokens, is already where it must be.
+ *
+ * Speculative decoding (`speculative`): before scheduling, each decoding sequence may get a draft
+ * (Speculator: prompt lookup, an adaptive length per sequence); the scheduler computes it with the
+ * sequence's last token in the same batched forward pass as everything else, and the runner returns
+ * the accepted run (the draft tokens the model chose, then one of its own), which goes through the
+ * same acceptance path token by token — EOS, stop strings and max_tokens end it inside the run. The
+ * K/V of the rejected positions is rolled back: numComputed stops after the last accepted token and
+ * the blocks past it are released (BlockManager.trim). Constrained sequences (a grammar) and
+ * embeddings never draft; penalties, logit bias and logprobs verify through the request's Sampler.
  */
 
 export interface Clock {
@@ -61,6 +71,8 @@ export interface EngineOptions extends Partial<SchedulerOptions> {
   grammars?: GrammarCompiler;
   /** Accept the tokens a grammar forces without sampling them (default true; false to measure what it gains). */
   jumpForward?: boolean;
+  /** Speculative decoding (off when absent). */
+  speculative?: SpeculativeOptions;
 }
 
 export interface StepStats {
@@ -70,6 +82,9 @@ export interface StepStats {
   preempted: number;
   /** Tokens accepted without sampling because the grammar forced them (jump-forward). */
   forcedTokens: number;
+  /** Draft tokens verified this step (speculative decoding), and how many were accepted. */
+  draftTokens: number;
+  acceptedTokens: number;
 }
 
 interface SeqOutput {
@@ -115,7 +130,16 @@ export class EngineCore {
   private readonly tokenizer: Tokenizer | undefined;
   private readonly grammars: GrammarCompiler | undefined;
   private readonly jumpForward: boolean;
-  lastStep: StepStats = { batchSize: 0, prefillTokens: 0, decodeTokens: 0, preempted: 0, forcedTokens: 0 };
+  readonly speculator: Speculator | undefined;
+  lastStep: StepStats = {
+    batchSize: 0,
+    prefillTokens: 0,
+    decodeTokens: 0,
+    preempted: 0,
+    forcedTokens: 0,
+    draftTokens: 0,
+    acceptedTokens: 0,
+  };
   steps = 0;
   /** Tokens accepted without sampling (jump-forward) since the engine started. */
   totalForcedTokens = 0;
@@ -124,7 +148,16 @@ export class EngineCore {
     readonly runner: Runner,
     opts: EngineOptions = {},
   ) {
-    const { prefixCaching = true, clock = realClock, tokenizer, grammars, jumpForward, ...sched } = opts;
+    const {
+      prefixCaching = true,
+      clock = realClock,
+      tokenizer,
+      grammars,
+      jumpForward,
+      speculative,
+      ...sched
+    } = opts;
+    this.speculator = speculative ? new Speculator(speculative) : undefined;
     this.clock = clock;
     this.tokenizer = tokenizer;
     this.grammars = grammars ?? (tokenizer ? grammarCompiler(tokenizer) : undefined);
@@ -230,6 +263,7 @@ export class EngineCore {
   step(): EngineEvent[] {
     let now = this.clock.now();
     this.expireDeadlines(now);
+    this.proposeDrafts();
     const plan = this.scheduler.schedule(now);
     for (const seq of plan.overflowed) {
       this.finish(seq, "length", "the sequence outgrew the KV cache", now);
@@ -243,20 +277,27 @@ export class EngineCore {
       decodeTokens: 0,
       preempted: plan.preempted.length,
       forcedTokens: 0,
+      draftTokens: 0,
+      acceptedTokens: 0,
     };
     if (items.length > 0) {
       const runnerItems: RunnerItem[] = items.map(({ seq, n }) => {
-        if (n === 1 && seq.numComputed >= seq.promptLength) this.lastStep.decodeTokens++;
+        const draft = seq.draft.length > 0 ? seq.draft : undefined;
+        if (n === 1 + seq.draft.length && seq.numComputed >= seq.promptLength)
+          this.lastStep.decodeTokens += n;
         else this.lastStep.prefillTokens += n;
         const out = this.outputs.get(seq.id)!;
-        const ends = seq.numComputed + n === seq.tokens.length;
+        const ends = seq.numComputed + n === seq.tokens.length + seq.draft.length;
         const samples = ends && !out.pooler;
         const matcher = out.output.matcher;
         return {
-          tokens: seq.tokens.slice(seq.numComputed, seq.numComputed + n),
+          tokens: draft
+            ? [seq.tokens[seq.numComputed]!, ...draft]
+            : seq.tokens.slice(seq.numComputed, seq.numComputed + n),
           pos: seq.numComputed,
           blockTable: seq.blockTable,
-          logits: samples ? "last" : "none",
+          logits: !samples ? "none" : draft ? "all" : "last",
+          draft,
           hidden: out.pooler && hiddenRowsFor(out.pooler.pooling, seq.numComputed, n, seq.tokens.length),
           sampler: out.sampler,
           history: seq.tokens,
@@ -269,6 +310,11 @@ export class EngineCore {
       now = this.clock.now();
       this.steps++;
       items.forEach(({ seq, n }, i) => {
+        const sample = result.samples[i];
+        if (seq.draft.length > 0 && Array.isArray(sample)) {
+          this.acceptRun(seq, sample, now);
+          return;
+        }
         seq.numComputed += n;
         this.blocks.commit(seq);
         const pooler = this.outputs.get(seq.id)!.pooler;
@@ -278,9 +324,8 @@ export class EngineCore {
           if (seq.numComputed === seq.tokens.length) this.finishEmbedding(seq, pooler, now);
           return;
         }
-        const sample = result.samples[i];
         if (sample instanceof Error) this.finish(seq, "error", sample.message, now);
-        else if (sample) this.accept(seq, sample, now);
+        else if (sample && !Array.isArray(sample)) this.accept(seq, sample, now);
       });
     }
     return this.takeEvents();
@@ -299,6 +344,55 @@ export class EngineCore {
     const { output } = this.outputs.get(seq.id)!;
     if (output.accept(sample.token, sample, now, this.event(seq))) seq.tokens.push(sample.token);
     if (output.matcher) this.acceptForced(seq, output, now);
+    if (output.done) this.finish(seq, output.done.reason, output.done.message, now);
+  }
+
+  /**
+   * Speculative decoding, before scheduling: a draft for each decoding sequence the Speculator picks
+   * (never a constrained one), as long as max_tokens and the context leave room for it after the
+   * token this step samples anyway.
+   */
+  private proposeDrafts(): void {
+    const spec = this.speculator;
+    const running = this.scheduler.running;
+    const active = spec?.active(running.length) ?? false;
+    for (const seq of running) {
+      seq.draft = [];
+      if (!active || seq.numPending !== 1 || seq.isEmbedding) continue;
+      const { output } = this.outputs.get(seq.id)!;
+      if (output.matcher) continue;
+      const room = Math.min(
+        seq.spec.maxTokens - output.completion - 1,
+        this.runner.contextLength - seq.tokens.length - 1,
+      );
+      if (room > 0) seq.draft = spec!.propose(seq, room);
+    }
+  }
+
+  /**
+   * A verified draft: the last token's K/V is computed, and so is each accepted draft token's; the
+   * run's last token is the model's own (pending, as after a plain decode step). Each token goes
+   * through the one acceptance path, which may end the request inside the run. Then the rejected
+   * positions are rolled back: their K/V is past numComputed, and their blocks go back to the pool.
+   */
+  private acceptRun(seq: Sequence, run: SampleResult[], now: number): void {
+    const proposed = seq.draft.length;
+    const accepted = run.length - 1;
+    seq.draft = [];
+    this.speculator!.record(seq, proposed, accepted);
+    this.lastStep.draftTokens += proposed;
+    this.lastStep.acceptedTokens += accepted;
+    seq.numComputed++;
+    const { output } = this.outputs.get(seq.id)!;
+    const ev = this.event(seq);
+    for (const [j, sample] of run.entries()) {
+      if (!output.accept(sample.token, sample, now, ev)) break;
+      seq.tokens.push(sample.token);
+      if (j < accepted) seq.numComputed++;
+      if (output.done) break;
+    }
+    this.blocks.commit(seq);
+    this.blocks.trim(seq);
     if (output.done) this.finish(seq, output.done.reason, output.done.message, now);
   }
 

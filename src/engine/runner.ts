@@ -4,12 +4,15 @@ import { KVCacheStorage } from "../model/kv-cache.js";
 import type { Model } from "../model/model.js";
 import type { PoolingType } from "../model/pooling.js";
 import type { SampleResult, Sampler } from "../sampling/sampler.js";
+import { verifyDraft } from "../sampling/speculative.js";
 
 /**
  * The model runner: executes one engine step. It gets, for every scheduled
  * sequence, the tokens to compute now, their position and the block table,
  * and returns a sampled token for each sequence whose step ends its pending
- * tokens, and the final hidden rows an embedding request's chunk asks for. Two implementations share this interface: ModelRunner (the real
+ * tokens, and the final hidden rows an embedding request's chunk asks for. A sequence with a draft
+ * (speculative decoding) brings its last token and the draft tokens, and gets back the accepted
+ * run (src/sampling/speculative.ts). Two implementations share this interface: ModelRunner (the real
  * forward pass over the paged KV cache) and SimRunner (a cost model, for
  * scheduler experiments at scale).
  */
@@ -19,8 +22,13 @@ export interface RunnerItem extends BatchSeq {
   /** Tokens whose K/V this step computes; tokens[0] is at position `pos`. */
   tokens: number[];
   blockTable: number[];
-  /** "last": sample the next token after this step (it ends the sequence's pending tokens); "none": a prefill chunk. */
-  logits: "last" | "none";
+  /**
+   * "last": sample the next token after this step (it ends the sequence's pending tokens); "none": a
+   * prefill chunk; "all": verify `draft` (every position's logits).
+   */
+  logits: "last" | "all" | "none";
+  /** Speculative decoding: the draft tokens, which are the last `draft.length` of `tokens`. Never with a grammar. */
+  draft?: number[];
   sampler: Sampler;
   /** Every token of the sequence so far (for penalties). */
   history: number[];
@@ -35,11 +43,12 @@ export interface RunnerItem extends BatchSeq {
 
 export interface RunnerResult {
   /**
-   * One entry per item: the sampled token; undefined when the item did not sample; an Error when
+   * One entry per item: the sampled token; for an item with a draft, the accepted run (the draft
+   * tokens kept, then one of the model's own); undefined when the item did not sample; an Error when
    * sampling failed for that sequence alone (e.g. a logit_bias that bans every token) — the others
    * in the batch are unaffected.
    */
-  samples: (SampleResult | Error | undefined)[];
+  samples: (SampleResult | SampleResult[] | Error | undefined)[];
   /**
    * Per item, the final hidden rows it asked for (`RunnerItem.hidden`), or undefined: views that the
    * next execute overwrites. Absent when no item asked.
@@ -101,7 +110,7 @@ export class ModelRunner implements Runner {
     const work = () => {
       masks = fillMasks(items);
     };
-    const constrained = items.some((it) => it.grammar && it.logits === "last");
+    const constrained = items.some((it) => it.grammar && it.logits !== "none");
     const finish = constrained && this.overlap ? this.overlap(work) : undefined;
     if (constrained && !finish) work();
     // Sampled before the next step: the logits may stay in the kernels' memory (no copy per step).
@@ -119,6 +128,7 @@ export class ModelRunner implements Runner {
         try {
           const m = masks[i];
           if (m instanceof Error) return m;
+          if (it.draft) return verifyDraft(it.sampler, logits[i]!, it.history, it.draft);
           return it.sampler.sample(logits[i]!, it.history, m);
         } catch (e) {
           return e instanceof Error ? e : new Error(String(e));

@@ -14,6 +14,12 @@ import type { Sequence } from "./sequence.js";
  *    prefix and a first prefill chunk (chunked prefill). Nothing is admitted
  *    in a step that had to preempt.
  *
+ * Speculative decoding: a decoding sequence may carry a draft (Sequence.draft); its draft tokens
+ * are computed with its next token, so they count against the budget. They get only what plain work
+ * leaves: drafts are cut (to nothing, when the batch is full) so that every running sequence's
+ * pending tokens fit, and dropped in a step where a waiting sequence could be admitted or where
+ * blocks run short, before anything is preempted.
+ *
  * Urgency: `fcfs` is arrival order. `priority` orders by priority value (lower
  * first) minus an aging credit that grows with time spent waiting, so a low
  * priority request is eventually served. Preemption takes the least urgent,
@@ -127,11 +133,16 @@ export class Scheduler {
     const scheduled = new Map<Sequence, ScheduledItem>();
 
     this.running.sort((a, b) => this.compare(a, b, now));
+    let spare = this.draftBudget(now);
     for (const seq of [...this.running]) {
       if (budget <= 0) break;
       if (seq.state !== "running") continue; // preempted earlier in this step
-      const n = Math.min(seq.numPending, budget);
+      seq.draft.length = seq.numPending === 1 ? Math.min(seq.draft.length, spare) : 0;
+      if (!this.blocks.canAllocate(seq, 1 + seq.draft.length)) seq.draft.length = 0;
+      spare -= seq.draft.length;
+      const n = Math.min(seq.numPending + seq.draft.length, budget);
       if (n <= 0) continue;
+      if (seq.draft.length > 0) seq.draft.length = n - 1;
       while (!this.blocks.canAllocate(seq, n)) {
         const victim = this.pickVictim(now);
         if (victim === seq && this.running.length === 1) {
@@ -159,6 +170,19 @@ export class Scheduler {
 
     if (preempted.length === 0 && this.mayAdmit(now)) this.admit(now, items, budget);
     return { items, preempted, overflowed };
+  }
+
+  /**
+   * Tokens drafts may use this step: the budget left once every running sequence has its pending
+   * tokens, and none while a waiting sequence could be admitted (it needs the budget more).
+   */
+  private draftBudget(now: number): number {
+    const admitting =
+      this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs && this.mayAdmit(now);
+    if (admitting) return 0;
+    let spare = this.opts.maxNumBatchedTokens;
+    for (const seq of this.running) spare -= seq.numPending;
+    return Math.max(0, spare);
   }
 
   private admit(now: number, items: ScheduledItem[], budget: number): void {
@@ -197,6 +221,7 @@ export class Scheduler {
 
   private preempt(seq: Sequence): void {
     this.running.splice(this.running.indexOf(seq), 1);
+    seq.draft = [];
     this.blocks.free(seq);
     seq.numComputed = 0;
     seq.state = "waiting";

@@ -34,6 +34,11 @@ export class Sequence {
   prefixKey = "";
   preemptions = 0;
   /**
+   * Speculative decoding: tokens proposed to follow `tokens` (not part of them), verified in the
+   * step that computes the last token. Set by the engine before scheduling; the scheduler may cut it.
+   */
+  draft: number[] = [];
+  /**
    * Whether admission may take cached prefix blocks. False for an embedding that pools positions a
    * cached block would skip (mean, cls): it computes its whole prompt, and still registers its blocks.
    */

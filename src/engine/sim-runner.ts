@@ -84,8 +84,9 @@ export class SimRunner implements Runner {
 
   execute(items: readonly RunnerItem[]): RunnerResult {
     const masks = fillMasks(items);
-    const samples = items.map((it, i): SampleResult | Error | undefined => {
+    const samples = items.map((it, i): SampleResult | SampleResult[] | Error | undefined => {
       if (it.logits === "none") return undefined;
+      if (it.draft) return this.verify(it, it.draft);
       const mask = masks[i];
       if (mask instanceof Error) return mask;
       const position = it.pos + it.tokens.length;
@@ -96,6 +97,18 @@ export class SimRunner implements Runner {
     });
     const hidden = items.some((it) => it.hidden) ? items.map((it) => this.hiddenRows(it)) : undefined;
     return { samples, hidden, simulatedMs: simStepMs(this.cost, items) };
+  }
+
+  /** The accepted run of a draft: its tokens while they equal the simulator's, then the simulator's own. */
+  private verify(it: RunnerItem, draft: readonly number[]): SampleResult[] {
+    const run: SampleResult[] = [];
+    const first = it.pos + it.tokens.length - draft.length;
+    for (let j = 0; j <= draft.length; j++) {
+      const token = this.avoiding(this.tokenAt(it.seqKey, first + j));
+      run.push({ token, logprob: Number.NaN, topLogprobs: [] });
+      if (token !== draft[j]) break;
+    }
+    return run;
   }
 
   /** The rows an item asked for: each a fixed pseudo-random function of its token. */

@@ -1,5 +1,6 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { StepInfo } from "../engine/engine-protocol.js";
+import type { SpecStats } from "../engine/speculation.js";
 import type { RequestRecord } from "./generation.js";
 
 /**
@@ -105,6 +106,13 @@ export interface MetricsSnapshot {
   request_success_total: Record<string, number>;
   num_preemptions_total: number;
   jump_forward_tokens_total: number;
+  /** Speculative decoding's totals (vLLM's spec_decode_* counters); zeros when it is off. */
+  spec_decode: {
+    num_drafts: number;
+    num_draft_tokens: number;
+    num_accepted_tokens: number;
+    num_accepted_tokens_per_pos: number[];
+  };
   prefix_cache_queries_total: number;
   prefix_cache_hits_total: number;
   /** Requests (prefix-cache lookups) that found at least one cached block. */
@@ -145,6 +153,22 @@ export class Metrics {
   private readonly success: Counter<"finished_reason">;
   private readonly preemptionsC: Counter;
   private readonly jumpForwardC: Counter;
+  private readonly specDraftsC: Counter;
+  private readonly specDraftTokensC: Counter;
+  private readonly specAcceptedC: Counter;
+  private readonly specPerPosC: Counter;
+  private readonly specDiff = {
+    drafts: new Diff(),
+    draftTokens: new Diff(),
+    accepted: new Diff(),
+    perPos: [] as Diff[],
+  };
+  private readonly spec: MetricsSnapshot["spec_decode"] = {
+    num_drafts: 0,
+    num_draft_tokens: 0,
+    num_accepted_tokens: 0,
+    num_accepted_tokens_per_pos: [],
+  };
   private readonly prefixQueriesC: Counter;
   private readonly prefixHitsC: Counter;
   private readonly prefixHitRequestsC: Counter;
@@ -211,6 +235,24 @@ export class Metrics {
       "jump_forward_tokens_total",
       "Tokens of structured outputs accepted without sampling because the grammar forced them (jump-forward).",
     );
+    this.specDraftsC = counter(
+      "spec_decode_num_drafts_total",
+      "Speculative decoding: drafts verified (vLLM's spec_decode_num_drafts).",
+    );
+    this.specDraftTokensC = counter(
+      "spec_decode_num_draft_tokens_total",
+      "Speculative decoding: draft tokens verified (vLLM's spec_decode_num_draft_tokens).",
+    );
+    this.specAcceptedC = counter(
+      "spec_decode_num_accepted_tokens_total",
+      "Speculative decoding: draft tokens accepted (vLLM's spec_decode_num_accepted_tokens).",
+    );
+    this.specPerPosC = new Counter({
+      name: `${p}spec_decode_num_accepted_tokens_per_pos_total`,
+      help: "Speculative decoding: draft tokens accepted, by position in the draft (0 = first).",
+      labelNames: ["position"],
+      registers: [r],
+    });
     this.prefixQueriesC = counter(
       "prefix_cache_queries_total",
       "Prefix cache queries, in terms of number of queried tokens.",
@@ -371,6 +413,7 @@ export class Metrics {
       this.jumpForwardC.inc(s.forcedTokens);
       this.jumpForwardTokens += s.forcedTokens;
     }
+    if (s.spec) this.onSpec(s.spec);
     if (q > 0) this.prefixQueriesC.inc(q);
     if (h > 0) this.prefixHitsC.inc(h);
     if (hr > 0) this.prefixHitRequestsC.inc(hr);
@@ -386,6 +429,26 @@ export class Metrics {
       this.iterTokens.observe(tokens);
       this.batchSize.observe(s.batchSize);
     }
+  }
+
+  /** Speculative decoding's cumulative counters, as increments. */
+  private onSpec(s: SpecStats): void {
+    const d = this.specDiff;
+    const drafts = d.drafts.delta(s.drafts);
+    const draftTokens = d.draftTokens.delta(s.draftTokens);
+    const accepted = d.accepted.delta(s.acceptedTokens);
+    if (drafts > 0) this.specDraftsC.inc(drafts);
+    if (draftTokens > 0) this.specDraftTokensC.inc(draftTokens);
+    if (accepted > 0) this.specAcceptedC.inc(accepted);
+    this.spec.num_drafts += drafts;
+    this.spec.num_draft_tokens += draftTokens;
+    this.spec.num_accepted_tokens += accepted;
+    s.acceptedPerPosition.forEach((n, pos) => {
+      d.perPos[pos] ??= new Diff();
+      const inc = d.perPos[pos]!.delta(n);
+      if (inc > 0) this.specPerPosC.inc({ position: String(pos) }, inc);
+      this.spec.num_accepted_tokens_per_pos[pos] = (this.spec.num_accepted_tokens_per_pos[pos] ?? 0) + inc;
+    });
   }
 
   get contentType(): string {
@@ -409,6 +472,7 @@ export class Metrics {
       request_success_total: { ...this.finishedByReason },
       num_preemptions_total: this.preemptions,
       jump_forward_tokens_total: this.jumpForwardTokens,
+      spec_decode: { ...this.spec, num_accepted_tokens_per_pos: [...this.spec.num_accepted_tokens_per_pos] },
       prefix_cache_queries_total: this.prefixQueries,
       prefix_cache_hits_total: this.prefixHits,
       prefix_cache_hit_requests_total: this.prefixHitRequests,

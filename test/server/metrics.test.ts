@@ -291,6 +291,8 @@ function step(over: Partial<StepInfo> = {}): StepInfo {
     decodeTokens: 1,
     preempted: 0,
     forcedTokens: 0,
+    draftTokens: 0,
+    acceptedTokens: 0,
     step: 1,
     stepMs: 3,
     kvUsage: 0.25,
