@@ -54,6 +54,8 @@ const row = (label: string, value: string | number) => `${label.padEnd(40)} ${va
 function workloadLine(w: WorkloadSpec): string {
   if (w.kind === "random")
     return `random prompts: input ${w.inputLen}, output ${w.outputLen} tokens${w.rangeRatio ? `, range ratio ${w.rangeRatio}` : ""}`;
+  if (w.kind === "copy")
+    return `copy: a passage of ~${Math.round(w.inputLen / w.copies)} tokens written ${w.copies} times (the output copies it), output ${w.outputLen} tokens${w.rangeRatio ? `, range ratio ${w.rangeRatio}` : ""}`;
   if (w.kind === "shared-prefix")
     return `shared prefix (${w.scenario}): ${w.groups} groups x ${w.promptsPerGroup} prompts, prefix ${w.prefixLen} + suffix ${w.suffixLen} tokens, output ${w.outputLen}`;
   if (w.kind === "mixed-prompt")

@@ -19,6 +19,11 @@ import { mapLimit, type PromptBuilder } from "./prompts.js";
  *   about `suffixLen` tokens; class "long"), the rest short prompts of their own of about
  *   `shortLen` tokens (class "short"). Nothing is primed: the first long prompts of a group fill
  *   the prefix cache that later ones of the group hit; short ones share nothing.
+ * - copy: output that copies the input (what an edit, a summary quoting its source or an extraction
+ *   writes, where speculative decoding's prompt lookup pays): a passage of random words written
+ *   `copies` times, one per line, so the natural continuation is the passage once more; lengths as
+ *   for random (the passage is the input length over `copies`). `random` is its counterpart whose
+ *   output copies nothing.
  * - priority: a backlog of low-priority requests, all sent at the start, plus
  *   high-priority requests that arrive by the run's load shape. `priority` is
  *   sent with each (lower = more urgent, vLLM's convention).
@@ -32,6 +37,7 @@ export type CacheScenario = "miss" | "hit" | "mixed";
 
 export type WorkloadSpec =
   | { kind: "random"; inputLen: number; outputLen: number; rangeRatio: number }
+  | { kind: "copy"; inputLen: number; outputLen: number; rangeRatio: number; copies: number }
   | {
       kind: "shared-prefix";
       groups: number;
@@ -161,17 +167,18 @@ export async function planRun(
       x ? builder.build(x.seed, x.tokens) : Promise.resolve(undefined),
     );
 
-  if (spec.kind === "random" || spec.kind === "priority") {
+  if (spec.kind === "random" || spec.kind === "priority" || spec.kind === "copy") {
     const count = spec.kind === "priority" ? spec.backlog + n : n;
+    const copies = spec.kind === "copy" ? spec.copies : 1;
     const lens = Array.from({ length: count }, () => ({
       seed: childSeed(),
-      tokens: drawLength(rng, spec.inputLen, spec.rangeRatio),
+      tokens: Math.max(1, Math.round(drawLength(rng, spec.inputLen, spec.rangeRatio) / copies)),
       out: drawLength(rng, spec.outputLen, spec.rangeRatio),
     }));
     const prompts = await build(lens);
     const items: BenchItem[] = prompts.map((p, i) => ({
-      prompt: p.text,
-      promptTokens: p.tokens,
+      prompt: copies > 1 ? `${Array(copies).fill(p.text).join("\n")}\n` : p.text,
+      promptTokens: p.tokens * copies,
       maxTokens: lens[i]!.out,
     }));
     if (spec.kind === "priority") {

@@ -69,7 +69,9 @@ workload
                             cache-hit: one shared --prefix-len prefix (primed) + own suffixes;
                             mixed-prompt: half long (one of --num-groups shared prefixes + a suffix),
                             half short (--short-len, unshared); reports prefix hits and tokens saved
-  --workload KIND           random (default) | shared-prefix | priority
+  --workload KIND           random (default) | copy | shared-prefix | priority
+                            copy: a passage written --copies times (default 3; --input-len in all),
+                            so the output copies the input (speculative decoding's case); random: it does not
   --input-len N             prompt tokens (default 128)
   --output-len N            output tokens (default 64); exact: ignore_eos is sent
   --range-ratio R           lengths uniform in [L(1-R), L(1+R)] (default 0)
@@ -194,6 +196,7 @@ export function parseBenchArgs(args: string[]) {
       seed: { type: "string" },
       "grace-seconds": { type: "string", default: "5" },
       workload: { type: "string" },
+      copies: { type: "string" },
       "input-len": { type: "string", default: "128" },
       "output-len": { type: "string", default: "64" },
       "range-ratio": { type: "string", default: "0" },
@@ -327,6 +330,15 @@ export function parseBenchArgs(args: string[]) {
     case "random":
       workload = { kind: "random", inputLen, outputLen, rangeRatio };
       break;
+    case "copy":
+      workload = {
+        kind: "copy",
+        inputLen,
+        outputLen,
+        rangeRatio,
+        copies: num("copies", values.copies ?? "3", { int: true, min: 2 }),
+      };
+      break;
     case "shared-prefix": {
       const cache = (values["cache-scenario"] ?? "hit") as CacheScenario;
       if (!["miss", "hit", "mixed"].includes(cache))
@@ -355,7 +367,7 @@ export function parseBenchArgs(args: string[]) {
       break;
     default:
       throw new SpindleError(
-        `--workload must be random, shared-prefix or priority, got "${values.workload}"`,
+        `--workload must be random, copy, shared-prefix or priority, got "${values.workload}"`,
       );
   }
 

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { EngineCore, VirtualClock } from "../../src/engine/engine.js";
 import { proposeNgramDraft } from "../../src/engine/ngram-drafter.js";
 import { ModelRunner } from "../../src/engine/runner.js";
+import { SimRunner } from "../../src/engine/sim-runner.js";
 import type { SpeculativeOptions } from "../../src/engine/speculation.js";
 import { loadModel } from "../../src/model/model.js";
 import type { RequestSpec } from "../../src/protocol/request.js";
@@ -203,5 +204,28 @@ describe("sampled output keeps its distribution under speculation", () => {
     expect(n).toBeGreaterThan(N / 2);
     expect(df).toBeGreaterThanOrEqual(2);
     expect(chi).toBeLessThan(chiSquareCritical(df));
+  });
+});
+
+describe("speculative decoding on the simulated runner", () => {
+  it("gives the simulator's tokens unchanged, in fewer steps when drafts match", () => {
+    // A vocabulary of 6: the simulator's pseudo-random tokens repeat, so drafts are found and some match.
+    const run = (speculative?: SpeculativeOptions) => {
+      const engine = new EngineCore(new SimRunner({ vocabSize: 6, numBlocks: 64 }), {
+        clock: new VirtualClock(),
+        speculative,
+      });
+      const r = drive(
+        engine,
+        [0, 1, 2].map((i) => ({ at: i, spec: spec(`q${i}`, [1, 2, 3, 4, 5, 1, 2, 3], 50) })),
+      );
+      expectNoLeaks(engine);
+      return { r, stats: engine.speculator?.stats };
+    };
+    const a = run();
+    const b = run(ngram);
+    for (const id of ["q0", "q1", "q2"]) expect(b.r.tokens.get(id)).toEqual(a.r.tokens.get(id));
+    expect(b.stats!.acceptedTokens).toBeGreaterThan(0);
+    expect(b.stats!.acceptedTokens).toBeLessThan(b.stats!.draftTokens);
   });
 });
