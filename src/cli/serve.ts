@@ -52,6 +52,8 @@ and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect 
                               output keeps its distribution (default off)
   --spec-tokens K             the most draft tokens per sequence and step (default 4; adapts per sequence)
   --spec-max-batch N          speculate only while at most N sequences run (default 4)
+  --spec-token-cost C         what one more token in a step costs relative to a one-token decode step
+                              (default 0.35); draft lengths are chosen for the most tokens per cost
   --kernels wasm|reference    compute kernels (default: wasm once built; also $SPINDLE_KERNELS)
   --threads N                 kernel threads a large matmul is split over (default: the cores; also
                               $SPINDLE_THREADS); with --backend llamacpp: llama.cpp's threads
@@ -73,23 +75,31 @@ Backends (what computes the tokens; admission, priorities, metrics and logs appl
   --version                   print Spindle's version and exit
   --shutdown-timeout-ms MS    on SIGTERM, how long in-flight requests may finish (default 10000)`;
 
-/** `--speculative ngram [--spec-tokens K] [--spec-max-batch N]`; undefined when off. */
+/** `--speculative ngram [--spec-tokens K] [--spec-max-batch N] [--spec-token-cost C]`; undefined when off. */
 function speculativeOptions(values: {
   speculative?: string;
   "spec-tokens"?: string;
   "spec-max-batch"?: string;
+  "spec-token-cost"?: string;
 }): SpeculativeOptions | undefined {
   const method = values.speculative;
+  const cost = values["spec-token-cost"];
   if (method === undefined || method === "off") {
-    if (values["spec-tokens"] !== undefined || values["spec-max-batch"] !== undefined)
-      throw new SpindleError("--spec-tokens and --spec-max-batch need --speculative ngram");
+    if (values["spec-tokens"] !== undefined || values["spec-max-batch"] !== undefined || cost !== undefined)
+      throw new SpindleError(
+        "--spec-tokens, --spec-max-batch and --spec-token-cost need --speculative ngram",
+      );
     return undefined;
   }
+  const tokenCost = cost === undefined ? undefined : Number(cost);
+  if (tokenCost !== undefined && !(tokenCost >= 0 && tokenCost <= 1))
+    throw new SpindleError(`--spec-token-cost must be a number from 0 to 1, got "${cost}"`);
   if (method !== "ngram") throw new SpindleError(`unknown --speculative "${method}" (ngram or off)`);
   return {
     method,
     numTokens: int("spec-tokens", values["spec-tokens"], 1) ?? 4,
     maxBatch: int("spec-max-batch", values["spec-max-batch"], 1),
+    tokenCost,
   };
 }
 
@@ -138,7 +148,7 @@ function backendInit(
   };
   only(["upstream", "upstream-concurrency", "upstream-model", "upstream-api-key", "spawn"], ["openai"]);
   only(["parallel"], ["llamacpp"]);
-  only(["speculative", "spec-tokens", "spec-max-batch"], ["local", "sim"]);
+  only(["speculative", "spec-tokens", "spec-max-batch", "spec-token-cost"], ["local", "sim"]);
   only(["threads", "ctx-size"], ["local", "llamacpp"]);
   const ctxSize = int("ctx-size", str("ctx-size"), 1);
   switch (kind) {
@@ -211,6 +221,7 @@ export async function serveCommand(args: string[]): Promise<number> {
       speculative: { type: "string" },
       "spec-tokens": { type: "string" },
       "spec-max-batch": { type: "string" },
+      "spec-token-cost": { type: "string" },
       "log-prompts": { type: "boolean", default: false },
       "log-level": { type: "string", default: "info" },
       "log-format": { type: "string", default: "auto" },

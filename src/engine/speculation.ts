@@ -4,14 +4,18 @@ import type { Sequence } from "./sequence.js";
 /**
  * Speculative decoding's policy: which decoding sequence gets a draft this step, and how long.
  *
- * Drafts come from prompt lookup (ngram-drafter.ts). Each sequence keeps its own draft length:
- * it starts at `numTokens`, grows by one after a draft accepted in full, and shrinks to one more
- * than what was accepted after a rejection. A sequence whose drafts keep failing (acceptance below
- * MIN_ACCEPTANCE over its recent drafts) stops drafting for a pause that doubles each time (text
- * that did not copy its input may start to later). The scheduler gives drafts only the token budget
- * plain work leaves, so speculation switches itself off when the batch is full; `maxBatch` also
- * switches it off while more sequences run (past that, batched decode is compute-bound and
- * verifying extra tokens costs more than it saves).
+ * Drafts come from prompt lookup (ngram-drafter.ts). Verifying is not free: each draft token is one
+ * more token in the step's forward pass, which on a CPU costs `tokenCost` of a one-token decode step
+ * (the cost of a step of 1 + k tokens is taken as 1 + tokenCost · k). Each sequence keeps an
+ * estimate of how often its draft tokens are accepted (α, a decaying count with a prior of one
+ * acceptance and one rejection); k drafted tokens then give (1 − α^(k+1)) / (1 − α) tokens per step,
+ * and the sequence drafts the k (at most `numTokens`) that gives the most tokens per unit of cost —
+ * so its draft grows while drafts are accepted and shrinks after rejections. When no k gains
+ * (acceptance too low for the cost) it stops drafting for a pause that doubles each time, then tries
+ * again from the prior (text that did not copy its input may start to later). The scheduler gives
+ * drafts only the token budget plain work leaves, so speculation switches itself off when the batch is
+ * full; `maxBatch` also switches it off while more sequences run (batched decode is compute-bound:
+ * verifying extra tokens then costs nearly as much as decoding them).
  *
  * The counters are vLLM's (spec_decode_num_drafts, _num_draft_tokens, _num_accepted_tokens, and
  * accepted tokens per draft position).
@@ -24,6 +28,8 @@ export interface SpeculativeOptions {
   numTokens: number;
   /** Speculate only while at most this many sequences run (default 4). */
   maxBatch?: number;
+  /** What one more token in a step costs, relative to a one-token decode step (default 0.35). */
+  tokenCost?: number;
 }
 
 export interface SpecStats {
@@ -37,33 +43,42 @@ export interface SpecStats {
   acceptedPerPosition: number[];
 }
 
-/** Below this acceptance rate (over a sequence's recent draft tokens) it pauses drafting. */
-const MIN_ACCEPTANCE = 0.25;
-/** How many recent draft tokens the rate is measured over before it may pause a sequence. */
-const RATE_WINDOW = 16;
+/** How much of its past a sequence's acceptance estimate keeps per verified draft token. */
+const DECAY = 0.95;
 /** The first pause, in steps (it doubles each time the sequence pauses again). */
 const FIRST_PAUSE = 16;
 
 interface SeqSpec {
-  k: number;
-  /** Draft tokens and accepted ones since the last pause decision. */
-  proposed: number;
+  /** Decaying counts of accepted and rejected draft tokens (prior: one each). */
   accepted: number;
+  rejected: number;
   /** Steps left without drafting, and the next pause's length. */
   pausedFor: number;
   nextPause: number;
+}
+
+const prior = (s: SeqSpec) => {
+  s.accepted = 1;
+  s.rejected = 1;
+};
+
+/** Expected tokens from a step that verifies k draft tokens, each accepted with probability a. */
+export function expectedTokens(a: number, k: number): number {
+  return a >= 1 ? k + 1 : (1 - a ** (k + 1)) / (1 - a);
 }
 
 export class Speculator {
   readonly stats: SpecStats;
   private readonly state = new WeakMap<Sequence, SeqSpec>();
   private readonly maxBatch: number;
+  private readonly tokenCost: number;
 
   constructor(readonly opts: SpeculativeOptions) {
     if (!Number.isInteger(opts.numTokens) || opts.numTokens < 1) {
       throw new RangeError(`speculative decoding needs at least one draft token, got ${opts.numTokens}`);
     }
     this.maxBatch = opts.maxBatch ?? 4;
+    this.tokenCost = opts.tokenCost ?? 0.35;
     this.stats = {
       drafts: 0,
       draftTokens: 0,
@@ -84,10 +99,31 @@ export class Speculator {
   propose(seq: Sequence, room: number): number[] {
     const s = this.stateOf(seq);
     if (s.pausedFor > 0) {
-      s.pausedFor--;
+      if (--s.pausedFor === 0) prior(s);
       return [];
     }
-    return proposeNgramDraft(seq.tokens, Math.min(s.k, room));
+    const k = this.draftLength(s);
+    if (k === 0) {
+      s.pausedFor = s.nextPause;
+      s.nextPause *= 2;
+      return [];
+    }
+    return proposeNgramDraft(seq.tokens, Math.min(k, room));
+  }
+
+  /** The draft length with the most expected tokens per unit of step cost; 0 when none gains. */
+  draftLength(s: SeqSpec): number {
+    const a = s.accepted / (s.accepted + s.rejected);
+    let best = 0;
+    let bestGain = 1;
+    for (let k = 1; k <= this.opts.numTokens; k++) {
+      const gain = expectedTokens(a, k) / (1 + this.tokenCost * k);
+      if (gain > bestGain) {
+        best = k;
+        bestGain = gain;
+      }
+    }
+    return best;
   }
 
   /** A draft of `proposed` tokens was verified and its first `accepted` kept. */
@@ -98,24 +134,19 @@ export class Speculator {
     st.draftTokens += proposed;
     st.acceptedTokens += accepted;
     for (let i = 0; i < accepted; i++) st.acceptedPerPosition[i]!++;
+    // Each accepted token is a success; the first rejected one (if any) a failure. Tokens after it
+    // were never tested.
     const s = this.stateOf(seq);
-    s.k = accepted === proposed ? Math.min(this.opts.numTokens, s.k + 1) : accepted + 1;
-    s.proposed += proposed;
-    s.accepted += accepted;
-    if (s.proposed < RATE_WINDOW) return;
-    if (s.accepted < MIN_ACCEPTANCE * s.proposed) {
-      s.pausedFor = s.nextPause;
-      s.nextPause *= 2;
-      s.k = 1;
-    }
-    s.proposed = 0;
-    s.accepted = 0;
+    const tested = accepted + (accepted < proposed ? 1 : 0);
+    const keep = DECAY ** tested;
+    s.accepted = s.accepted * keep + accepted;
+    s.rejected = s.rejected * keep + (tested - accepted);
   }
 
   private stateOf(seq: Sequence): SeqSpec {
     let s = this.state.get(seq);
     if (!s) {
-      s = { k: this.opts.numTokens, proposed: 0, accepted: 0, pausedFor: 0, nextPause: FIRST_PAUSE };
+      s = { accepted: 1, rejected: 1, pausedFor: 0, nextPause: FIRST_PAUSE };
       this.state.set(seq, s);
     }
     return s;

@@ -2,8 +2,9 @@ import { describe, expect, it } from "vitest";
 import { EngineCore, VirtualClock } from "../../src/engine/engine.js";
 import { proposeNgramDraft } from "../../src/engine/ngram-drafter.js";
 import { ModelRunner } from "../../src/engine/runner.js";
+import { Sequence } from "../../src/engine/sequence.js";
 import { SimRunner } from "../../src/engine/sim-runner.js";
-import type { SpeculativeOptions } from "../../src/engine/speculation.js";
+import { expectedTokens, type SpeculativeOptions, Speculator } from "../../src/engine/speculation.js";
 import { loadModel } from "../../src/model/model.js";
 import type { RequestSpec } from "../../src/protocol/request.js";
 import { drive, expectNoLeaks } from "../helpers/engine.js";
@@ -35,6 +36,48 @@ describe("prompt-lookup drafting", () => {
     // A match running into the suffix continues periodically.
     expect(proposeNgramDraft([1, 2, 1, 2], 5)).toEqual([1, 2, 1, 2, 1]);
     expect(proposeNgramDraft([1, 2, 3, 1], 0)).toEqual([]);
+  });
+});
+
+describe("the draft length per sequence", () => {
+  const looping = () => new Sequence({ id: "s", prompt: [1, 2, 3, 1, 2, 3, 1, 2, 3], maxTokens: 100 }, 0);
+
+  it("grows while drafts are accepted, shrinks after rejections, pauses when acceptance stays low", () => {
+    const sp = new Speculator({ method: "ngram", numTokens: 4, tokenCost: 0.35 });
+    const seq = looping();
+    expect(sp.propose(seq, 100)).toHaveLength(1); // the prior (half accepted) pays for one token
+    const lengths: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      const d = sp.propose(seq, 100);
+      lengths.push(d.length);
+      sp.record(seq, d.length, d.length);
+    }
+    expect(lengths[0]).toBeLessThan(4);
+    expect(lengths.at(-1)).toBe(4);
+    expect([...lengths].sort((a, b) => a - b)).toEqual(lengths); // never shrank
+    let rejections = 0;
+    while (sp.propose(seq, 100).length === 4 && rejections < 20) {
+      sp.record(seq, 4, 0);
+      rejections++;
+    }
+    expect(rejections).toBeGreaterThan(0);
+    expect(rejections).toBeLessThanOrEqual(8);
+    let steps = 0;
+    while (sp.propose(seq, 100).length > 0 && steps++ < 50) sp.record(seq, 1, 0);
+    expect(steps).toBeLessThan(50);
+    // Paused: 16 steps without a draft, then it tries again from the prior.
+    const paused = Array.from({ length: 16 }, () => sp.propose(seq, 100).length);
+    expect(paused).toEqual(new Array(16).fill(0));
+    expect(sp.propose(seq, 100)).toHaveLength(1);
+    // The room left (max_tokens, context) caps every draft.
+    expect(new Speculator({ method: "ngram", numTokens: 4 }).propose(looping(), 0)).toEqual([]);
+    expect(sp.stats.acceptedPerPosition[3]).toBeGreaterThan(0);
+  });
+
+  it("expects (1 − a^(k+1)) / (1 − a) tokens from k drafted", () => {
+    expect(expectedTokens(0, 4)).toBe(1);
+    expect(expectedTokens(1, 4)).toBe(5);
+    expect(expectedTokens(0.5, 2)).toBeCloseTo(1.75);
   });
 });
 

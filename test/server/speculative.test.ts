@@ -86,12 +86,13 @@ describe("speculative decoding through the server", () => {
       ["--speculative", "eagle"],
       ["--speculative", "ngram", "--spec-tokens", "0"],
       ["--spec-tokens", "4"],
+      ["--speculative", "ngram", "--spec-token-cost", "2"],
       ["--speculative", "ngram", "--backend", "llamacpp"],
     ];
     for (const args of bad) {
       const r = await runCli(["serve", "-m", model, "--port", "0", ...args]);
       expect(r.code, args.join(" ")).not.toBe(0);
-      expect(r.stderr, args.join(" ")).toMatch(/speculative|spec-tokens/);
+      expect(r.stderr, args.join(" ")).toMatch(/speculative|spec-tokens|spec-token-cost/);
     }
   });
 });
