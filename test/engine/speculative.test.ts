@@ -12,7 +12,8 @@ import { STORIES_260K, testModel } from "../helpers/models.js";
 
 const model = loadModel(testModel(STORIES_260K));
 const tok = model.tokenizer;
-const ngram: SpeculativeOptions = { method: "ngram", numTokens: 4, maxBatch: 64 };
+// Verifying at no cost: drafts as long as they can be, the most work for the rollback paths.
+const ngram: SpeculativeOptions = { method: "ngram", numTokens: 4, maxBatch: 64, tokenCost: 0 };
 
 const engineWith = (speculative?: SpeculativeOptions, numBlocks = 256, maxNumBatchedTokens = 64) =>
   new EngineCore(new ModelRunner(model, numBlocks), {
@@ -170,6 +171,31 @@ describe("speculative decoding in the engine (stories260K)", () => {
     for (const s of specs) expect(r.spec.tokens.get(s.id), s.id).toEqual(r.plain.tokens.get(s.id));
     expect(r.engine.scheduler.totalPreemptions).toBeGreaterThan(0);
     expect(r.stats.acceptedTokens).toBeGreaterThan(0);
+  });
+
+  it("rolls back rejected positions: K/V stops after the last accepted token, their blocks are freed", () => {
+    // Verifying at no cost: every draft is as long as it can be, so rejected ones cross block boundaries.
+    const engine = engineWith({ ...ngram, tokenCost: 0 });
+    const bs = engine.blocks.blockSize;
+    for (const [i, t] of [COPY, FRESH, COPY].entries()) engine.add(spec(`r${i}`, prompt(t), 120));
+    let rejected = 0;
+    while (engine.hasWork()) {
+      engine.step();
+      if (engine.lastStep.acceptedTokens < engine.lastStep.draftTokens) rejected++;
+      let held = 0;
+      for (const seq of engine.scheduler.running) {
+        held += seq.blockTable.length;
+        if (seq.numComputed < seq.promptLength) continue; // still prefilling
+        expect(seq.numComputed).toBe(seq.tokens.length - 1);
+        // No block past the one the next token goes into (a plain step leaves that one to the next).
+        expect(seq.blockTable.length).toBeLessThanOrEqual(Math.ceil((seq.numComputed + 1) / bs));
+        expect(seq.blockTable.length).toBeGreaterThanOrEqual(Math.ceil(seq.numComputed / bs));
+      }
+      // Nothing is held but the running sequences' blocks (shared prefix blocks are counted once).
+      expect(engine.blocks.numBlocks - engine.blocks.numFree).toBeLessThanOrEqual(held);
+    }
+    expect(rejected).toBeGreaterThan(0);
+    expectNoLeaks(engine);
   });
 
   it("an abort in the middle of speculation frees every block", () => {
