@@ -147,6 +147,16 @@ function serverLines(s: ServerRunMetrics): string[] {
       ),
     );
   if (s.preemptions !== undefined) lines.push(row("Preemptions:", s.preemptions));
+  if (s.specDecode) {
+    const d = s.specDecode;
+    lines.push(row("Speculative drafts (tokens):", `${d.drafts} (${d.draftTokens})`));
+    lines.push(
+      row(
+        "Draft acceptance rate (%):",
+        fmt(d.draftTokens > 0 ? (d.acceptedTokens / d.draftTokens) * 100 : NaN),
+      ),
+    );
+  }
   lines.push(row("Peak KV cache usage (%):", s.kvUsage.peak === null ? "nan" : fmt(s.kvUsage.peak * 100)));
   if (s.peakWaiting !== null) lines.push(row("Peak waiting requests:", s.peakWaiting));
   if (s.serverMeanMs.queue !== undefined)

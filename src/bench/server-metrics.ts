@@ -146,6 +146,8 @@ export interface ServerRunMetrics {
    */
   prefixCache?: { queries: number; hits: number; hitRate: number | null; hitRequests?: number };
   preemptions?: number;
+  /** Speculative decoding over the run (vLLM's spec_decode counters), when the server drafts. */
+  specDecode?: { drafts: number; draftTokens: number; acceptedTokens: number };
   kvUsage: { peak: number | null; end: number | null };
   peakRunning: number | null;
   peakWaiting: number | null;
@@ -187,6 +189,9 @@ export function diffServer(
   const queries = delta(["prefix_cache_queries_total", "prefix_cache_queries"]);
   const hits = delta(["prefix_cache_hits_total", "prefix_cache_hits"]);
   const hitRequests = delta(["prefix_cache_hit_requests_total"]);
+  const drafts = delta(["spec_decode_num_drafts_total", "spec_decode_num_drafts"]);
+  const draftTokens = delta(["spec_decode_num_draft_tokens_total", "spec_decode_num_draft_tokens"]);
+  const acceptedTokens = delta(["spec_decode_num_accepted_tokens_total", "spec_decode_num_accepted_tokens"]);
   const kvNames = ["kv_cache_usage_perc", "gpu_cache_usage_perc"];
   const kvEnd = firstOf(a, kvNames);
   const kvs = polls.map((p) => p.kvUsage).filter((x): x is number => x !== undefined);
@@ -213,6 +218,9 @@ export function diffServer(
           }
         : undefined,
     preemptions: delta(["num_preemptions_total", "num_preemptions"]),
+    ...(drafts && draftTokens !== undefined && acceptedTokens !== undefined
+      ? { specDecode: { drafts, draftTokens, acceptedTokens } }
+      : {}),
     kvUsage: { peak: kvs.length ? Math.max(...kvs) : null, end: kvEnd ?? null },
     peakRunning: peak([...polls.map((p) => p.running), firstOf(a, ["num_requests_running"])]),
     peakWaiting: peak([...polls.map((p) => p.waiting), firstOf(a, ["num_requests_waiting"])]),

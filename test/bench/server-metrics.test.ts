@@ -95,6 +95,7 @@ describe("server metrics, read from a real Spindle server", () => {
     expect(run.finished).toEqual(byReason);
     expect(run.rejected).toEqual({});
     expect(run.preemptions).toBe(0);
+    expect(run.specDecode).toBeUndefined(); // this server does not speculate
     // Every step held one sequence: all of them in the first bucket, labelled "1", then "2", "3-4", …
     const steps = run.batchSize!.steps;
     expect(steps).toBeGreaterThanOrEqual(sent.length);

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { diffServer, ServerMetricsClient } from "../../src/bench/server-metrics.js";
 import { runCli } from "../helpers/cli.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
@@ -53,6 +54,8 @@ describe("speculative decoding through the server", () => {
       { prompt: COPY, max_tokens: 30, temperature: 0.8, seed: 11, n: 3 },
       { prompt: "Once upon a time", max_tokens: 50, temperature: 0 },
     ];
+    const client = (await ServerMetricsClient.detect(spec.url))!;
+    const before = await client.scrape();
     for (const body of bodies) {
       const [a, b] = await Promise.all([complete(plain, body), complete(spec, body)]);
       expect(b.choices).toEqual(a.choices);
@@ -66,6 +69,9 @@ describe("speculative decoding through the server", () => {
     expect(accepted).toBeGreaterThan(0);
     expect(accepted).toBeLessThanOrEqual(draftTokens);
     expect(text).toMatch(/spindle_spec_decode_num_accepted_tokens_per_pos_total\{position="0"/);
+    // As `spindle bench` reads them.
+    const run = diffServer("spindle", before, await client.scrape(), []);
+    expect(run.specDecode).toEqual({ drafts, draftTokens, acceptedTokens: accepted });
     const json = (await (await fetch(`${spec.url}/metrics?format=json`)).json()) as {
       spec_decode: { num_drafts: number; num_accepted_tokens: number };
     };
