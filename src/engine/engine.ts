@@ -311,8 +311,9 @@ export class EngineCore {
       this.steps++;
       items.forEach(({ seq, n }, i) => {
         const sample = result.samples[i];
-        if (seq.draft.length > 0 && Array.isArray(sample)) {
-          this.acceptRun(seq, sample, now);
+        if (seq.draft.length > 0) {
+          if (Array.isArray(sample)) this.acceptRun(seq, sample, now);
+          else this.finish(seq, "error", sample instanceof Error ? sample.message : "no draft verified", now);
           return;
         }
         seq.numComputed += n;
