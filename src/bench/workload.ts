@@ -22,8 +22,8 @@ import { mapLimit, type PromptBuilder } from "./prompts.js";
  * - copy: output that copies the input (what an edit, a summary quoting its source or an extraction
  *   writes, where speculative decoding's prompt lookup pays): a passage of random words written
  *   `copies` times, one per line, so the natural continuation is the passage once more; lengths as
- *   for random (the passage is the input length over `copies`). `random` is its counterpart whose
- *   output copies nothing.
+ *   for random (the passage is the input length over `copies`; promptTokens counts the passages, not
+ *   the newlines). `random` is its counterpart whose output copies nothing.
  * - priority: a backlog of low-priority requests, all sent at the start, plus
  *   high-priority requests that arrive by the run's load shape. `priority` is
  *   sent with each (lower = more urgent, vLLM's convention).

@@ -161,6 +161,21 @@ describe("workloads", () => {
     for (const it of est.items) expect(it.prompt.split(" ")).toHaveLength(40);
   });
 
+  it("copy prompts: one passage written `copies` times, a line each, its own per item", async () => {
+    const spec = { kind: "copy" as const, inputLen: 60, outputLen: 16, rangeRatio: 0, copies: 3 };
+    const a = await planRun(spec, new PromptBuilder(counter), 7, 0, 5);
+    expect(new Set(a.items.map((x) => x.prompt)).size).toBe(5);
+    for (const it of a.items) {
+      const lines = it.prompt.split("\n");
+      expect(lines).toHaveLength(4);
+      expect(lines[3]).toBe("");
+      expect(new Set(lines.slice(0, 3)).size).toBe(1);
+      expect(await counter(lines[0]!)).toBe(20);
+      expect(it.promptTokens).toBe(60);
+      expect(it.maxTokens).toBe(16);
+    }
+  });
+
   it("shared prefix: groups share prefixes; hit primes them, miss shares nothing, mixed half", async () => {
     const base = {
       kind: "shared-prefix" as const,
