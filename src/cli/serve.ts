@@ -53,7 +53,7 @@ and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect 
   --spec-tokens K             the most draft tokens per sequence and step (default 4; adapts per sequence)
   --spec-max-batch N          speculate only while at most N sequences run (default 4)
   --spec-token-cost C         what one more token in a step costs relative to a one-token decode step
-                              (default 0.35); draft lengths are chosen for the most tokens per cost
+                              (default 0.6); draft lengths are chosen for the most tokens per cost
   --kernels wasm|reference    compute kernels (default: wasm once built; also $SPINDLE_KERNELS)
   --threads N                 kernel threads a large matmul is split over (default: the cores; also
                               $SPINDLE_THREADS); with --backend llamacpp: llama.cpp's threads

@@ -44,9 +44,9 @@ describe("the draft length per sequence", () => {
   const looping = () => new Sequence({ id: "s", prompt: [1, 2, 3, 1, 2, 3, 1, 2, 3], maxTokens: 100 }, 0);
 
   it("grows while drafts are accepted, shrinks after rejections, pauses when acceptance stays low", () => {
-    const sp = new Speculator({ method: "ngram", numTokens: 4, tokenCost: 0.35 });
+    const sp = new Speculator({ method: "ngram", numTokens: 4, tokenCost: 0.6 });
     const seq = looping();
-    expect(sp.propose(seq, 100)).toHaveLength(1); // the prior (half accepted) pays for one token
+    expect(sp.propose(seq, 100)).toHaveLength(1); // the prior (2 of 3 accepted) pays for one token
     const lengths: number[] = [];
     for (let i = 0; i < 12; i++) {
       const d = sp.propose(seq, 100);
