@@ -19,8 +19,13 @@ export interface StartedServer {
   stop(graceMs?: number): Promise<void>;
 }
 
-/** Polls GET /health until it answers 200; fails when the process exits or `ms` pass. */
-export async function waitHealthy(url: string, child: ChildProcess, ms = 120_000): Promise<void> {
+/** Polls GET /health every `pollMs` until it answers 200; fails when the process exits or `ms` pass. */
+export async function waitHealthy(
+  url: string,
+  child: ChildProcess,
+  ms = 120_000,
+  pollMs = 200,
+): Promise<void> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
     if (child.exitCode !== null || child.signalCode !== null)
@@ -31,7 +36,7 @@ export async function waitHealthy(url: string, child: ChildProcess, ms = 120_000
     } catch {
       // not listening yet
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await new Promise((r) => setTimeout(r, pollMs));
   }
   throw new Error(`${url}: not healthy after ${ms / 1000} s`);
 }
@@ -44,7 +49,7 @@ export async function startServer(
   label: string,
   command: string,
   args: string[],
-  o: { quiet?: boolean; healthMs?: number } = {},
+  o: { quiet?: boolean; healthMs?: number; pollMs?: number } = {},
 ): Promise<StartedServer> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
@@ -60,7 +65,7 @@ export async function startServer(
     }
   };
   try {
-    await waitHealthy(url, child, o.healthMs);
+    await waitHealthy(url, child, o.healthMs, o.pollMs);
   } catch (err) {
     await stop(1_000);
     throw err;
@@ -70,7 +75,7 @@ export async function startServer(
 }
 
 /** `spindle serve` from this checkout (bin/spindle.js, so `npm run build` first) with `args`. */
-export function startSpindle(label: string, args: string[], o: { quiet?: boolean } = {}) {
+export function startSpindle(label: string, args: string[], o: { quiet?: boolean; pollMs?: number } = {}) {
   return startServer(
     label,
     process.execPath,

@@ -118,6 +118,16 @@ interface WasmExports {
   dequantizeRows(type: number, w: number, rowBytes: number, rows: number, colsPad: number, dst: number): void;
   groupBytes(type: number, cols: number): number;
   pack(type: number, src: number, rowBytes: number, nRows: number, cols: number, dst: number): void;
+  packPart(
+    type: number,
+    src: number,
+    rowBytes: number,
+    rows: number,
+    cols: number,
+    dst: number,
+    part: number,
+    parts: number,
+  ): void;
   quantScratchBytes(cols: number, nTokens: number): number;
   matmulQuant(
     type: number,
@@ -363,7 +373,17 @@ interface RopeTable {
 }
 
 /** Kernel exports the thread pool may run. */
-const POOL_FUNCTIONS = ["matmulQuantPart", "matmulPart", "matmulQuantMulti", "attentionPart", "swigluPart"];
+const POOL_FUNCTIONS = [
+  "matmulQuantPart",
+  "matmulPart",
+  "matmulQuantMulti",
+  "attentionPart",
+  "swigluPart",
+  "packPart",
+] as const;
+
+/** Bytes of a quantized weight matrix copied into WebAssembly memory at once, then packed by every thread. */
+const STAGE_BYTES = 16 * 2 ** 20;
 
 class WasmKernelSet implements WasmKernels {
   readonly name = "wasm";
@@ -419,7 +439,7 @@ class WasmKernelSet implements WasmKernels {
       module: this.module,
       memories: this.arenas.map((a) => a.memory),
       exports: this.arenas.map((a) => a.wasm as unknown as Record<string, unknown>),
-      functions: POOL_FUNCTIONS,
+      functions: [...POOL_FUNCTIONS],
     });
     void old?.close();
   }
@@ -488,12 +508,7 @@ class WasmKernelSet implements WasmKernels {
   }
 
   /** Runs a splittable kernel on memory `arena`'s instance in `parts` parts (partsFor), over the threads when more than one. */
-  private run(
-    arena: Arena,
-    name: "matmulQuantPart" | "matmulPart" | "matmulQuantMulti" | "attentionPart" | "swigluPart",
-    args: number[],
-    parts: number,
-  ): void {
+  private run(arena: Arena, name: (typeof POOL_FUNCTIONS)[number], args: number[], parts: number): void {
     if (parts === 1 || this.pool === undefined) (arena.wasm[name] as (...a: number[]) => void)(...args, 0, 1);
     else this.pool.run(name, args, this.arenas.indexOf(arena), parts);
   }
@@ -938,14 +953,15 @@ class WasmKernelSet implements WasmKernels {
     const arena = this.arenaFor(bytes);
     const ptr = this.allocIn(arena, bytes);
     if (packed) {
-      // Quantized: repacked in groups of 4 rows (see pack in the WebAssembly source), 4 rows at a time
-      // through a small staging region.
-      const stage = this.scratchIn(arena, "stage", 4 * w.rowBytes);
-      for (let g = 0; 4 * g < w.rows; g++) {
-        const r0 = 4 * g;
-        const n = Math.min(4, w.rows - r0);
+      // Quantized: repacked in groups of 4 rows (see pack in the WebAssembly source), copied in
+      // through a staging region of up to STAGE_BYTES and packed there by every kernel thread.
+      const chunkRows = Math.max(4, 4 * Math.floor(STAGE_BYTES / (4 * w.rowBytes)));
+      const stage = this.scratchIn(arena, "stage", Math.min(w.rows, chunkRows) * w.rowBytes);
+      for (let r0 = 0; r0 < w.rows; r0 += chunkRows) {
+        const n = Math.min(chunkRows, w.rows - r0);
         arena.u8.set(w.data.subarray(r0 * w.rowBytes, (r0 + n) * w.rowBytes), stage);
-        arena.wasm.pack(w.type, stage, w.rowBytes, n, w.cols, ptr + g * groupBytes);
+        const args = [w.type, stage, w.rowBytes, n, w.cols, ptr + (r0 / 4) * groupBytes];
+        this.run(arena, "packPart", args, this.poolParts(Math.ceil(n / 4)));
       }
     } else if (colsPad !== w.cols) {
       // Float rows are padded with zeros to a multiple of 4 elements, so the kernels need no tails.
