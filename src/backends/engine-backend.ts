@@ -43,6 +43,7 @@ class EngineBackend implements Backend {
         numBlocks: i.numBlocks,
         blockSize: i.blockSize,
         kvCacheBytes: i.kvCacheBytes,
+        ...(i.kvCacheType !== undefined ? { kvCacheType: i.kvCacheType } : {}),
         prefixCaching: i.prefixCaching,
         policy: i.scheduler.policy,
         batching: i.scheduler.batching,

@@ -1,10 +1,11 @@
 import { benchEngine } from "../bench/engine-bench.js";
 import { calibrate } from "../engine/calibrate.js";
+import { kvCacheType } from "../engine/kv-sizing.js";
 import { ModelRunner } from "../engine/runner.js";
 import type { BatchingMode } from "../engine/scheduler.js";
 import { SpindleError } from "../errors.js";
 import { ensureModel } from "../model/default-model.js";
-import { KVCacheStorage } from "../model/kv-cache.js";
+import { DEFAULT_KV_CACHE_TYPE, KVCacheStorage } from "../model/kv-cache.js";
 import { loadModel } from "../model/model.js";
 import { command } from "./options.js";
 
@@ -103,6 +104,12 @@ export const BENCH_ENGINE = command({
       default: "50",
       description: "how long the window mode waits to fill a batch",
     },
+    "kv-cache-type": {
+      type: "string",
+      arg: "LIST",
+      default: DEFAULT_KV_CACHE_TYPE,
+      description: "comma-separated KV cache types to compare (f16, f32), interleaved like the modes",
+    },
   },
 });
 
@@ -122,40 +129,46 @@ export async function benchEngineCommand(args: string[]): Promise<number> {
   const prompt = Number(values["prompt-tokens"]);
   const maxTokens = Number(values["max-tokens"]);
   const maxNumSeqs = Number(values["max-num-seqs"]);
+  const kvTypes = list(values["kv-cache-type"]).map(kvCacheType);
   const blocks = Math.ceil((prompt + maxTokens) / 16) * maxNumSeqs + 16;
+  const kvMiB = kvTypes
+    .map(
+      (t) =>
+        `${((blocks * 16 * KVCacheStorage.bytesPerToken(model.config, t)) / 2 ** 20).toFixed(1)} MiB ${t}`,
+    )
+    .join(", ");
   process.stdout.write(
-    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB), prompt ${prompt}, output ${maxTokens} tokens, KV ${(
-      (blocks * 16 * KVCacheStorage.bytesPerToken(model.config)) / 2 ** 20
-    ).toFixed(1)} MiB\n`,
+    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB), prompt ${prompt}, output ${maxTokens} tokens, KV ${kvMiB}\n`,
   );
   process.stdout.write(
-    "concurrency  mode         requests  out tok/s  vs first  mean TTFT ms  mean latency ms  mean batch\n",
+    "concurrency  mode         kv   requests  out tok/s  vs first  mean TTFT ms  mean latency ms  mean batch\n",
   );
   for (const c of list(values.concurrency).map(Number)) {
     let first: number | undefined;
-    for (const batching of modes) {
-      const r = await benchEngine(
-        new ModelRunner(model, blocks),
-        {
-          batching,
-          maxNumSeqs,
-          maxNumBatchedTokens: Number(values["max-num-batched-tokens"]),
-          batchWindowMs: Number(values["batch-window-ms"]),
-          tokenizer: model.tokenizer,
-        },
-        {
-          concurrency: c,
-          requests: c * Number(values["requests-per-client"]),
-          promptTokens: prompt,
-          maxTokens,
-          vocabSize: model.config.vocabSize,
-        },
-      );
-      first ??= r.outputTokPerSec;
-      process.stdout.write(
-        `${String(c).padStart(11)}  ${batching.padEnd(11)}  ${String(r.requests).padStart(8)}  ${r.outputTokPerSec.toFixed(1).padStart(9)}  ${(r.outputTokPerSec / first).toFixed(2).padStart(7)}x  ${r.meanTtftMs.toFixed(0).padStart(12)}  ${r.meanLatencyMs.toFixed(0).padStart(15)}  ${r.meanBatch.toFixed(1).padStart(10)}\n`,
-      );
-    }
+    for (const batching of modes)
+      for (const kv of kvTypes) {
+        const r = await benchEngine(
+          new ModelRunner(model, blocks, undefined, undefined, kv),
+          {
+            batching,
+            maxNumSeqs,
+            maxNumBatchedTokens: Number(values["max-num-batched-tokens"]),
+            batchWindowMs: Number(values["batch-window-ms"]),
+            tokenizer: model.tokenizer,
+          },
+          {
+            concurrency: c,
+            requests: c * Number(values["requests-per-client"]),
+            promptTokens: prompt,
+            maxTokens,
+            vocabSize: model.config.vocabSize,
+          },
+        );
+        first ??= r.outputTokPerSec;
+        process.stdout.write(
+          `${String(c).padStart(11)}  ${batching.padEnd(11)}  ${kv}  ${String(r.requests).padStart(8)}  ${r.outputTokPerSec.toFixed(1).padStart(9)}  ${(r.outputTokPerSec / first).toFixed(2).padStart(7)}x  ${r.meanTtftMs.toFixed(0).padStart(12)}  ${r.meanLatencyMs.toFixed(0).padStart(15)}  ${r.meanBatch.toFixed(1).padStart(10)}\n`,
+        );
+      }
   }
   return 0;
 }

@@ -1,10 +1,12 @@
 import { basename } from "node:path";
 import { renderChat } from "../chat/template.js";
+import { kvCacheType } from "../engine/kv-sizing.js";
 import { SpindleError } from "../errors.js";
 import { describeKernels } from "../kernels/kernels.js";
 import { defaultKernelsName, type KernelName, selectKernelsSync } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
 import { generate } from "../model/generate.js";
+import { DEFAULT_KV_CACHE_TYPE } from "../model/kv-cache.js";
 import { loadModel, type Model } from "../model/model.js";
 import { tuneSmallSplits } from "../model/tune-splits.js";
 import { ProgressBar } from "../progress.js";
@@ -57,6 +59,12 @@ export const GENERATE = command({
       description: "seed of the sampler's random numbers, for repeatable samples",
     },
     stop: { type: "string", multiple: true, arg: "S", description: "stop before this text (repeatable)" },
+    "kv-cache-type": {
+      type: "string",
+      arg: "T",
+      default: DEFAULT_KV_CACHE_TYPE,
+      description: "the KV cache's element type, f16 or f32 (llama.cpp's --cache-type-k/-v)",
+    },
     kernels: {
       type: "string",
       arg: "K",
@@ -86,6 +94,7 @@ export async function generateCommand(args: string[]): Promise<number> {
       throw new SpindleError(`--threads must be an integer ≥ 1, got "${values.threads}"`);
     process.env.SPINDLE_THREADS = String(t);
   }
+  const kvType = kvCacheType(values["kv-cache-type"]);
   const path = await ensureModel(values.model);
   const t0 = performance.now();
   const bar = process.stderr.isTTY ? new ProgressBar({ label: `loading ${basename(path)}` }) : undefined;
@@ -122,12 +131,13 @@ export async function generateCommand(args: string[]): Promise<number> {
     maxTokens: Number(values["max-tokens"]),
     sampling: Object.fromEntries(Object.entries(sampling).filter(([, v]) => v !== undefined)),
     stop: values.stop,
+    kvCacheType: kvType,
     onText: (s) => process.stdout.write(s),
   });
   process.stdout.write("\n");
   const n = r.tokens.length;
   process.stderr.write(
-    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB) loaded in ${loadMs.toFixed(0)} ms, ${describeKernels(model.transformer.kernels)}\n` +
+    `model ${model.config.name} (${model.config.arch}, ${(model.weightBytes / 2 ** 20).toFixed(1)} MiB) loaded in ${loadMs.toFixed(0)} ms, ${describeKernels(model.transformer.kernels)}, ${kvType} KV cache\n` +
       `prompt: ${r.promptTokens.length} tokens in ${r.promptMs.toFixed(1)} ms (${((r.promptTokens.length * 1000) / r.promptMs).toFixed(1)} tok/s)\n` +
       `generated: ${n} tokens in ${r.generateMs.toFixed(1)} ms (${n > 0 ? ((n * 1000) / r.generateMs).toFixed(1) : "0"} tok/s), finish: ${r.finishReason}\n`,
   );

@@ -5,7 +5,7 @@ import { command } from "./options.js";
 /**
  * `spindle ps`: what a running server has loaded, asked over its HTTP API as Ollama's `ps` asks
  * its server: GET /api/ps (the model, its size with the KV cache, context length, and Spindle's
- * `kv_cache` {bytes, tokens, usage}) and GET /health (requests running and waiting).
+ * `kv_cache` {type, bytes, blocks, tokens, usage}) and GET /health (requests running and waiting).
  */
 
 export const PS = command({
@@ -32,7 +32,7 @@ interface PsModel {
   context_length?: number;
   backend?: string;
   details?: { quantization_level?: string; parameter_size?: string };
-  kv_cache?: { bytes: number; tokens: number; usage: number };
+  kv_cache?: { type?: string; bytes: number; blocks?: number; tokens: number; usage: number };
 }
 
 async function getJson(base: string, path: string, key: string | undefined): Promise<unknown> {
@@ -82,7 +82,9 @@ export async function psCommand(args: string[]): Promise<number> {
       humanSize(m.size),
       m.backend ?? "?",
       String(m.context_length ?? "?"),
-      kv ? `${humanSize(kv.bytes)} (${kv.tokens} tokens)` : "-",
+      kv
+        ? `${humanSize(kv.bytes)}${kv.type ? ` ${kv.type}` : ""} (${kv.blocks !== undefined ? `${kv.blocks} blocks, ` : ""}${kv.tokens} tokens)`
+        : "-",
       kv ? `${(kv.usage * 100).toFixed(1)}%` : "-",
       String(health.running ?? "?"),
       String(health.waiting ?? "?"),

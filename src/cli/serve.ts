@@ -6,6 +6,7 @@ import {
   type BackendKind,
   type LocalBackendInit,
 } from "../backends/index.js";
+import { kvCacheType } from "../engine/kv-sizing.js";
 import type { BatchingMode, Policy } from "../engine/scheduler.js";
 import type { SpeculativeOptions } from "../engine/speculation.js";
 import { SpindleError } from "../errors.js";
@@ -42,6 +43,9 @@ and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect 
                               408 and the connection is closed (default ${DEFAULT_SERVE_OPTIONS.bodyTimeoutMs}; 0 = no limit)
   --body-limit SIZE           largest request body, e.g. 1MiB (default 4MiB)
   --kv-cache-memory SIZE      KV cache budget, e.g. 256MiB, 1GiB (default 256MiB)
+  --kv-cache-type f16|f32     the KV cache's element type (default f16, as llama.cpp's): f16 holds twice the
+                              tokens of f32 in the same memory; llama-server's -ctk/-ctv (--cache-type-k/-v)
+                              are accepted when they name the same type
   --max-num-seqs N            sequences per batch (default 64)
   --max-num-batched-tokens N  token budget per engine step (default 512)
   --policy fcfs|priority      scheduling policy (default fcfs); --aging P: priority units per second waited
@@ -130,6 +134,25 @@ function int(name: string, v: string | undefined, min = 0): number | undefined {
   return n;
 }
 
+/**
+ * `--kv-cache-type`, or llama-server's `--cache-type-k`/`--cache-type-v` (`-ctk`/`-ctv`): Spindle keeps
+ * K and V in one type, so those must agree (with each other and with --kv-cache-type).
+ */
+function kvCacheTypeOption(values: Record<string, string | boolean | string[] | undefined>) {
+  const given = ["kv-cache-type", "cache-type-k", "cache-type-v"].filter((f) => values[f] !== undefined);
+  const types = new Set(given.map((f) => String(values[f]).toLowerCase()));
+  if (types.size > 1) {
+    throw new SpindleError(
+      `${given.map((f) => `--${f} ${String(values[f])}`).join(", ")}: Spindle keeps K and V in one type; give one (f16 or f32)`,
+    );
+  }
+  const [type] = types;
+  return type === undefined ? undefined : kvCacheType(type);
+}
+
+/** llama-server's multi-letter short flags, as their long names (node's parseArgs takes one-letter ones only). */
+const LLAMA_SERVER_FLAGS: Record<string, string> = { "-ctk": "--cache-type-k", "-ctv": "--cache-type-v" };
+
 /** The --backend's init from the command line. */
 function backendInit(
   kind: BackendKind,
@@ -150,6 +173,7 @@ function backendInit(
   only(["parallel"], ["llamacpp"]);
   only(["speculative", "spec-tokens", "spec-max-batch", "spec-token-cost"], ["local", "sim"]);
   only(["threads", "ctx-size"], ["local", "llamacpp"]);
+  only(["kv-cache-type", "cache-type-k", "cache-type-v"], ["local"]);
   const ctxSize = int("ctx-size", str("ctx-size"), 1);
   switch (kind) {
     case "local":
@@ -157,6 +181,7 @@ function backendInit(
         kind,
         modelPath,
         kvCacheBytes: str("kv-cache-memory") ? parseSize(str("kv-cache-memory")!) : undefined,
+        kvCacheType: kvCacheTypeOption(values),
         contextLength: ctxSize,
         options: engineOptions,
       };
@@ -197,7 +222,7 @@ function backendInit(
 
 export async function serveCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
-    args,
+    args: args.map((a) => LLAMA_SERVER_FLAGS[a] ?? a),
     options: {
       model: { type: "string", short: "m" },
       host: { type: "string", default: DEFAULT_SERVE_OPTIONS.host },
@@ -211,6 +236,9 @@ export async function serveCommand(args: string[]): Promise<number> {
       "queue-timeout-ms": { type: "string" },
       "request-timeout-ms": { type: "string" },
       "kv-cache-memory": { type: "string" },
+      "kv-cache-type": { type: "string" },
+      "cache-type-k": { type: "string" },
+      "cache-type-v": { type: "string" },
       "max-num-seqs": { type: "string" },
       "max-num-batched-tokens": { type: "string" },
       policy: { type: "string" },

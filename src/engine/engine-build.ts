@@ -1,13 +1,12 @@
 import { SpindleError } from "../errors.js";
 import { describeKernels } from "../kernels/kernels.js";
-import { KVCacheStorage } from "../model/kv-cache.js";
 import { loadModel, type Model } from "../model/model.js";
 import { readModelCard } from "../model/model-card.js";
 import { tuneSmallSplits } from "../model/tune-splits.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { type Clock, realClock } from "./engine.js";
 import type { EngineInfo, EngineInit } from "./engine-protocol.js";
-import { cappedContext, kvCacheBlocks } from "./kv-sizing.js";
+import { cappedContext, kvCacheBlocks, kvCacheType } from "./kv-sizing.js";
 import { ModelRunner, type Runner } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS } from "./scheduler.js";
 import { SimRunner } from "./sim-runner.js";
@@ -88,7 +87,13 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
   const c = model.config;
   const numBlocks = kvCacheBlocks(c, init, maxNumSeqs);
   const contextLength = cappedContext(c.contextLength, init.contextLength);
-  const runner = new ModelRunner(model, numBlocks, init.blockSize, contextLength);
+  const runner = new ModelRunner(
+    model,
+    numBlocks,
+    init.blockSize,
+    contextLength,
+    kvCacheType(init.kvCacheType),
+  );
   const tok = model.tokenizer;
   const warnings: string[] = [];
   if (init.contextLength !== undefined && init.contextLength > c.contextLength) {
@@ -98,7 +103,7 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
   }
   if (model.transformer.kernels.allocFloat32 && !runner.kv.inKernelMemory) {
     warnings.push(
-      `the KV cache (${((runner.numBlocks * runner.blockSize * KVCacheStorage.bytesPerToken(c)) / 2 ** 20).toFixed(0)} MiB) does not fit in the ${model.transformer.kernels.name} kernels' memory next to the weights (4 GiB at most): it lives in plain arrays and attention runs in the slower reference kernel; lower --kv-cache-memory`,
+      `the KV cache (${(runner.kv.bytes / 2 ** 20).toFixed(0)} MiB) does not fit in the ${model.transformer.kernels.name} kernels' memory next to the weights (4 GiB at most): it lives in plain arrays and attention runs in the slower reference kernel; lower --kv-cache-memory`,
     );
   }
   return {
@@ -126,7 +131,8 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
       kernels: describeKernels(model.transformer.kernels),
       numBlocks: runner.numBlocks,
       blockSize: runner.blockSize,
-      kvCacheBytes: runner.numBlocks * runner.blockSize * KVCacheStorage.bytesPerToken(c),
+      kvCacheBytes: runner.kv.bytes,
+      kvCacheType: runner.kv.type,
       vocabSize: c.vocabSize,
       contextLength,
       bos: tok.bos,

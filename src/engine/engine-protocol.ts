@@ -1,5 +1,6 @@
 import { oneLine, SpindleError } from "../errors.js";
 import { GrammarError } from "../grammar/constraint.js";
+import type { KVCacheType } from "../kernels/kernels.js";
 import type { ModelConfig } from "../model/config.js";
 import type { PoolingType } from "../model/pooling.js";
 import type { EngineEvent } from "../protocol/events.js";
@@ -38,6 +39,8 @@ export interface ModelEngineInit {
   kvCacheBytes?: number;
   /** Tokens per KV block (default 16). */
   blockSize?: number;
+  /** `--kv-cache-type`: the KV cache's element type (default f16); the byte budget holds twice the blocks in f16. */
+  kvCacheType?: KVCacheType;
   /** `--ctx-size`: caps each sequence's context (at most the model's) and sizes the KV pool (kv-sizing.ts). */
   contextLength?: number;
   options?: WorkerEngineOptions;
@@ -76,6 +79,8 @@ export interface EngineInfo {
   blockSize: number;
   /** KV cache memory in bytes (model kind; 0 for the simulator). */
   kvCacheBytes: number;
+  /** The KV cache's element type (model kind). */
+  kvCacheType?: KVCacheType;
   vocabSize: number;
   contextLength: number;
   bos?: number;

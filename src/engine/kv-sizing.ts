@@ -1,10 +1,11 @@
 import { SpindleError } from "../errors.js";
+import { KV_CACHE_TYPES, type KVCacheType } from "../kernels/kernels.js";
 import type { ModelConfig } from "../model/config.js";
-import { DEFAULT_BLOCK_SIZE, KVCacheStorage } from "../model/kv-cache.js";
+import { DEFAULT_BLOCK_SIZE, DEFAULT_KV_CACHE_TYPE, KVCacheStorage } from "../model/kv-cache.js";
 
 /**
  * How big the engine's KV pool is: what `spindle serve --kv-cache-memory / --num-blocks /
- * --block-size / --ctx-size` ask for.
+ * --block-size / --ctx-size / --kv-cache-type` ask for.
  */
 
 /** The default KV cache budget when neither numBlocks nor kvCacheBytes is given. */
@@ -14,6 +15,8 @@ export interface KVSizing {
   numBlocks?: number;
   kvCacheBytes?: number;
   blockSize?: number;
+  /** The element type: a byte budget holds twice as many f16 blocks as f32 ones (default f16). */
+  kvCacheType?: KVCacheType;
   /**
    * `--ctx-size`: each sequence's context is capped to it (at most the model's), and without a
    * budget (numBlocks, kvCacheBytes) the pool holds at least one context of that many tokens.
@@ -30,6 +33,14 @@ export function cappedContext(modelContext: number, ctxSize: number | undefined)
   return Math.min(modelContext, ctxSize);
 }
 
+/** `--kv-cache-type`'s value checked (default DEFAULT_KV_CACHE_TYPE). */
+export function kvCacheType(type: string | undefined): KVCacheType {
+  if (type === undefined) return DEFAULT_KV_CACHE_TYPE;
+  if (!(KV_CACHE_TYPES as readonly string[]).includes(type))
+    throw new SpindleError(`the KV cache type must be one of ${KV_CACHE_TYPES.join(", ")}, got "${type}"`);
+  return type as KVCacheType;
+}
+
 /**
  * Blocks in the KV pool: `numBlocks` if given, else as many as `kvCacheBytes`
  * (default 256 MiB, or one full `contextLength` context when that is more) holds, but no more
@@ -41,6 +52,8 @@ export function kvCacheBlocks(
   maxNumSeqs: number,
 ): number {
   const blockSize = sizing.blockSize ?? DEFAULT_BLOCK_SIZE;
+  const type = kvCacheType(sizing.kvCacheType);
+  const perToken = KVCacheStorage.bytesPerToken(config, type);
   if (!(Number.isInteger(blockSize) && blockSize >= 1)) {
     throw new SpindleError(`the KV block size must be a positive integer, got ${blockSize}`);
   }
@@ -52,15 +65,13 @@ export function kvCacheBlocks(
   }
   const context = cappedContext(config.contextLength, sizing.contextLength);
   const oneContext =
-    sizing.contextLength !== undefined
-      ? Math.ceil(context / blockSize) * blockSize * KVCacheStorage.bytesPerToken(config)
-      : 0;
+    sizing.contextLength !== undefined ? Math.ceil(context / blockSize) * blockSize * perToken : 0;
   const bytes = sizing.kvCacheBytes ?? Math.max(DEFAULT_KV_CACHE_BYTES, oneContext);
-  const fit = KVCacheStorage.blocksForBudget(config, bytes, blockSize);
+  const fit = KVCacheStorage.blocksForBudget(config, bytes, blockSize, type);
   if (!(fit >= 1)) {
-    const block = KVCacheStorage.bytesPerToken(config) * blockSize;
+    const block = perToken * blockSize;
     throw new SpindleError(
-      `a KV cache of ${bytes} bytes holds no block (one block of ${blockSize} tokens takes ${block} bytes); raise --kv-cache-memory`,
+      `a KV cache of ${bytes} bytes holds no block (one ${type} block of ${blockSize} tokens takes ${block} bytes); raise --kv-cache-memory`,
       "kv_cache_too_small",
     );
   }

@@ -1,4 +1,5 @@
 import type { GrammarMatcher } from "../grammar/constraint.js";
+import type { KVCacheType } from "../kernels/kernels.js";
 import type { BatchSeq, Transformer } from "../model/forward.js";
 import { KVCacheStorage } from "../model/kv-cache.js";
 import type { Model } from "../model/model.js";
@@ -83,10 +84,16 @@ export class ModelRunner implements Runner {
   private readonly overlap?: (work: () => void) => () => void;
 
   /** `contextLength` caps a sequence's context below the model's (`--ctx-size`). */
-  constructor(model: Model, numBlocks: number, blockSize?: number, contextLength?: number) {
+  constructor(
+    model: Model,
+    numBlocks: number,
+    blockSize?: number,
+    contextLength?: number,
+    kvCacheType?: KVCacheType,
+  ) {
     this.transformer = model.transformer;
     // The pools go into the kernels' memory now (if they offer it and the pools fit), not at the first step.
-    this.kv = new KVCacheStorage(model.config, numBlocks, blockSize, model.transformer.kernels);
+    this.kv = new KVCacheStorage(model.config, numBlocks, blockSize, model.transformer.kernels, kvCacheType);
     this.vocabSize = model.config.vocabSize;
     this.contextLength = Math.min(model.config.contextLength, contextLength ?? Infinity);
     this.pooling = model.config.pooling;

@@ -45,16 +45,48 @@ export interface WeightMatrix {
 }
 
 /**
+ * The element type of the KV cache (`--kv-cache-type`): f32, or f16 (half the memory; each value
+ * rounded to the nearest f16, ties to even, as llama.cpp's f16 cache stores it).
+ */
+export type KVCacheType = "f32" | "f16";
+
+export const KV_CACHE_TYPES: readonly KVCacheType[] = ["f16", "f32"];
+
+/** Bytes of one cached K or V element. */
+export function kvElementBytes(type: KVCacheType): number {
+  return type === "f16" ? 2 : 4;
+}
+
+/**
  * Paged KV storage seen by the attention kernel: for each layer, K and V pools
  * of `numBlocks` blocks. Within a block, layout is [kvHead][slot][headDim], so
  * one head's keys for a block are contiguous.
  */
-export interface PagedKV {
+export type PagedKV = PagedKVF32 | PagedKVF16;
+
+interface PagedKVShape {
   blockSize: number;
   nKVHeads: number;
   headDim: number;
+}
+
+export interface PagedKVF32 extends PagedKVShape {
+  type?: "f32";
   k: Float32Array;
   v: Float32Array;
+}
+
+/**
+ * f16 pools: k and v hold f16 bit patterns. `special` has one entry per block: 1 when the block
+ * holds an infinity or a NaN, which the fast kernels' widening cannot read (they read that
+ * sequence's blocks exactly then); storeKV sets it, and clears it when it writes a block's slot 0
+ * (a block is filled from slot 0 on).
+ */
+export interface PagedKVF16 extends PagedKVShape {
+  type: "f16";
+  k: Uint16Array;
+  v: Uint16Array;
+  special: Uint16Array;
 }
 
 /** One sequence's slice of a batch, as attention needs it. */
@@ -155,8 +187,10 @@ export interface Kernels {
    * does not fit. The array stays valid until given back with freeFloat32.
    */
   allocFloat32?(n: number): Float32Array | undefined;
-  /** Gives back an array from allocFloat32 (no longer to be used). */
-  freeFloat32?(a: Float32Array): void;
+  /** Optional: the same for n 16-bit elements (an f16 KV cache's pools); offered with allocFloat32. */
+  allocUint16?(n: number): Uint16Array | undefined;
+  /** Gives back an array from allocFloat32 or allocUint16 (no longer to be used). */
+  freeFloat32?(a: Float32Array | Uint16Array): void;
   /**
    * Optional: outs[i] = ws[i] · x for several matrices over the same activations (q, k, v; gate,
    * up), as one call — the same results as separate matmuls, bit for bit, with one hand-off to

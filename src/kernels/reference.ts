@@ -1,5 +1,5 @@
 import { GGMLType } from "../gguf/types.js";
-import { dequantizeRow, dotRow } from "../quant/index.js";
+import { dequantizeRow, dotRow, F16_TO_F32, f32ToF16 } from "../quant/index.js";
 import type { AttentionOptions, Kernels, PagedKV, RopeParams, WeightMatrix } from "./kernels.js";
 
 /**
@@ -28,6 +28,20 @@ function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number
   }
   for (; i < n; i++) s0 += a[ao + i]! * b[bo + i]!;
   return s0 + s1 + s2 + s3;
+}
+
+/**
+ * The f16 table, read once: where the module runs through a CommonJS loader (tsx, vitest) an
+ * imported binding is a getter, which per element made f16 attention 10× slower.
+ */
+const F16 = F16_TO_F32;
+
+let rowScratch = new Float32Array(0);
+/** The f32 values of the n f16 at pool[o ..] (a row of an f16 cache), in a scratch row (at 0) valid until the next call. */
+function widenRow(pool: Uint16Array, o: number, n: number): Float32Array {
+  if (rowScratch.length < n) rowScratch = new Float32Array(n);
+  for (let i = 0; i < n; i++) rowScratch[i] = F16[pool[o + i]!]!;
+  return rowScratch;
 }
 
 /** Offset of (block, head, slot) in a layer's K or V pool. */
@@ -146,6 +160,21 @@ export const referenceKernels: Kernels = {
         if (block === undefined) throw new RangeError(`block table too short for position ${pos}`);
         const slot = pos % blockSize;
         const src = (s.row + i) * kvDim;
+        if (kv.type === "f16") {
+          // Rounded to the nearest f16 (ties to even); the block's flag says whether it holds an inf or NaN.
+          if (slot === 0) kv.special[block] = 0;
+          for (let h = 0; h < nKVHeads; h++) {
+            const dst = kvOffset(kv, block, h, slot);
+            for (let d = 0; d < headDim; d++) {
+              const hk = f32ToF16(k[src + h * headDim + d]!);
+              const hv = f32ToF16(v[src + h * headDim + d]!);
+              kv.k[dst + d] = hk;
+              kv.v[dst + d] = hv;
+              if ((hk & 0x7c00) === 0x7c00 || (hv & 0x7c00) === 0x7c00) kv.special[block] = 1;
+            }
+          }
+          continue;
+        }
         for (let h = 0; h < nKVHeads; h++) {
           const dst = kvOffset(kv, block, h, slot);
           kv.k.set(k.subarray(src + h * headDim, src + (h + 1) * headDim), dst);
@@ -175,7 +204,11 @@ export const referenceKernels: Kernels = {
           let max = -Infinity;
           for (let j = first; j < nCtx; j++) {
             const ko = kvOffset(kv, s.blockTable[Math.floor(j / blockSize)]!, kvh, j % blockSize);
-            let sc = dot(q, qo, kv.k, ko, headDim) * scale;
+            // An f16 cache's key widened to f32 first: the same arithmetic on the stored values.
+            let sc =
+              (kv.type === "f16"
+                ? dot(q, qo, widenRow(kv.k, ko, headDim), 0, headDim)
+                : dot(q, qo, kv.k, ko, headDim)) * scale;
             if (cap !== undefined) sc = cap * Math.tanh(sc / cap);
             scores[j] = sc;
             if (sc > max) max = sc;
@@ -190,7 +223,11 @@ export const referenceKernels: Kernels = {
           for (let j = first; j < nCtx; j++) {
             const w = scores[j]! / sum;
             const vo = kvOffset(kv, s.blockTable[Math.floor(j / blockSize)]!, kvh, j % blockSize);
-            for (let d = 0; d < headDim; d++) out[qo + d]! += w * kv.v[vo + d]!;
+            if (kv.type === "f16") {
+              for (let d = 0; d < headDim; d++) out[qo + d]! += w * F16[kv.v[vo + d]!]!;
+            } else {
+              for (let d = 0; d < headDim; d++) out[qo + d]! += w * kv.v[vo + d]!;
+            }
           }
         }
       }

@@ -72,13 +72,24 @@ export class WasmArena<E> {
 
   /** n zeroed floats in this memory, or undefined when they do not fit. */
   allocFloat32(n: number): Float32Array | undefined {
-    const ptr = this.tryAlloc(Math.max(n, 1) * 4);
+    const ptr = this.allocZeroed(n * 4);
+    return ptr === undefined ? undefined : new Float32Array(this.lastBuffer, ptr, n);
+  }
+
+  /** n zeroed 16-bit elements in this memory (an f16 KV pool), or undefined when they do not fit. */
+  allocUint16(n: number): Uint16Array | undefined {
+    const ptr = this.allocZeroed(n * 2);
+    return ptr === undefined ? undefined : new Uint16Array(this.lastBuffer, ptr, n);
+  }
+
+  private allocZeroed(bytes: number): number | undefined {
+    const ptr = this.tryAlloc(Math.max(bytes, 4));
     if (ptr === undefined) return undefined;
     // Memory above the highest address ever handed out is still zero from the grow (and not yet
     // touched: a large KV pool then costs no resident memory until used).
-    this.u8.fill(0, ptr, Math.min(ptr + n * 4, this.highWater));
-    this.highWater = Math.max(this.highWater, ptr + n * 4);
-    return new Float32Array(this.lastBuffer, ptr, n);
+    this.u8.fill(0, ptr, Math.min(ptr + bytes, this.highWater));
+    this.highWater = Math.max(this.highWater, ptr + bytes);
+    return ptr;
   }
 
   /** A grow-only scratch region of at least `bytes`, reused across calls; undefined when it cannot fit. */

@@ -26,7 +26,8 @@ import { align, MAX_PAGES, WasmArena, type WasmMemory } from "./wasm-arena.js";
  * live in this kernel set's memory (see `allocFloat32`: the forward pass keeps its activations there
  * and KVCacheStorage its pools), the reference kernels' otherwise; getRows and addBias are the
  * reference's. Matmuls and attention are split over the kernel threads (thread-pool.ts) when big
- * enough. Gemma's elementwise ops (geglu, softcap, scale) are, for now, the reference's TypeScript
+ * enough. An f16 KV cache (PagedKVF16) is stored and read in WebAssembly too (attention when headDim
+ * is a multiple of 8), with the f32 cache's arithmetic on the widened values. Gemma's elementwise ops (geglu, softcap, scale) are, for now, the reference's TypeScript
  * run on the views of this memory (O(n) per token, small next to the matmuls); so is attention when
  * it soft-caps its scores or a sliding window cuts a sequence's context (a sequence that fits in its
  * window takes the WebAssembly kernel, which has no mask to apply).
@@ -81,9 +82,10 @@ export interface WasmKernels extends Kernels {
   /** The matrix decoded to floats (rows × cols) by the WebAssembly decoders, as matmul sees it; for tests. */
   dequantize(w: WeightMatrix): Float32Array;
   /** Whether this array lies in this kernel set's memory (so the kernels work on it in place). */
-  owns(a: Float32Array): boolean;
+  owns(a: ArrayBufferView): boolean;
   allocFloat32(n: number): Float32Array | undefined;
-  freeFloat32(a: Float32Array): void;
+  allocUint16(n: number): Uint16Array | undefined;
+  freeFloat32(a: Float32Array | Uint16Array): void;
   argmax(x: Float32Array, n: number): number;
 }
 
@@ -168,6 +170,8 @@ interface WasmExports {
     v: number,
     seqs: number,
     nSeqs: number,
+    f16: number,
+    flags: number,
   ): void;
   attentionPart(...args: number[]): void;
 }
@@ -477,7 +481,7 @@ class WasmKernelSet implements WasmKernels {
     return true;
   }
 
-  owns(a: Float32Array): boolean {
+  owns(a: ArrayBufferView): boolean {
     return this.main.owns(a);
   }
 
@@ -485,7 +489,11 @@ class WasmKernelSet implements WasmKernels {
     return this.main.allocFloat32(n);
   }
 
-  freeFloat32(a: Float32Array): void {
+  allocUint16(n: number): Uint16Array | undefined {
+    return this.main.allocUint16(n);
+  }
+
+  freeFloat32(a: Float32Array | Uint16Array): void {
     if (this.main.owns(a)) this.main.release(a.byteOffset);
   }
 
@@ -706,7 +714,7 @@ class WasmKernelSet implements WasmKernels {
   }
 
   storeKV(kv: PagedKV, k: Float32Array, v: Float32Array, seqs: readonly AttentionSeq[]): void {
-    if (!(this.owns(kv.k) && this.owns(kv.v) && this.owns(k) && this.owns(v))) {
+    if (!(this.ownsPools(kv) && this.owns(k) && this.owns(v))) {
       referenceKernels.storeKV(kv, k, v, seqs);
       return;
     }
@@ -727,7 +735,18 @@ class WasmKernelSet implements WasmKernels {
       v.byteOffset,
       this.seqRecords(kv, live),
       live.length,
+      ...this.poolType(kv),
     );
+  }
+
+  /** Whether the pools (and an f16 cache's block flags) are in this memory. */
+  private ownsPools(kv: PagedKV): boolean {
+    return this.owns(kv.k) && this.owns(kv.v) && (kv.type !== "f16" || this.owns(kv.special));
+  }
+
+  /** storeKV's and attentionPart's last two arguments: f16 (0 or 1) and the address of the block flags. */
+  private poolType(kv: PagedKV): [number, number] {
+    return kv.type === "f16" ? [1, kv.special.byteOffset] : [0, 0];
   }
 
   attention(
@@ -741,7 +760,8 @@ class WasmKernelSet implements WasmKernels {
     const window = opts.window;
     const masked = window !== undefined && seqs.some((s) => s.pos + s.count > window);
     if (
-      !(this.owns(kv.k) && this.owns(kv.v)) ||
+      !this.ownsPools(kv) ||
+      (kv.type === "f16" && kv.headDim % 8 !== 0) ||
       nHeads % kv.nKVHeads !== 0 ||
       opts.softcap !== undefined ||
       masked
@@ -786,6 +806,7 @@ class WasmKernelSet implements WasmKernels {
       scores,
       scoresStride,
       opts.scale ?? 1 / Math.sqrt(kv.headDim),
+      ...this.poolType(kv),
     ];
     this.run(this.main, "attentionPart", args, parts);
     if (!outIn) {
@@ -828,6 +849,8 @@ class WasmKernelSet implements WasmKernels {
     const numBlocks = Math.floor(kv.k.length / (kv.blockSize * kv.nKVHeads * kv.headDim));
     if (kv.v.length < numBlocks * kv.blockSize * kv.nKVHeads * kv.headDim)
       throw new RangeError("the V pool is smaller than the K pool");
+    if (kv.type === "f16" && kv.special.length < numBlocks)
+      throw new RangeError("an f16 KV cache needs one flag per block");
     const i32 = this.main.i32;
     for (let b = 0; b < n; b++) {
       const id = s.blockTable[b];

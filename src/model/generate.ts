@@ -1,4 +1,5 @@
 import { SpindleError } from "../errors.js";
+import type { KVCacheType } from "../kernels/kernels.js";
 import type { EngineEvent } from "../protocol/events.js";
 import { RequestOutput } from "../protocol/output.js";
 import { type SamplingParams, validateSamplingParams } from "../sampling/params.js";
@@ -21,6 +22,8 @@ export interface GenerateOptions {
   onText?: (text: string) => void;
   /** Stop at end-of-generation tokens (default true). */
   stopAtEog?: boolean;
+  /** The KV cache's element type (default DEFAULT_KV_CACHE_TYPE). */
+  kvCacheType?: KVCacheType;
 }
 
 export interface GenerateResult {
@@ -43,7 +46,7 @@ export function generate(model: Model, prompt: string | number[], opts: Generate
     );
   }
   const numBlocks = Math.ceil(total / DEFAULT_BLOCK_SIZE);
-  const kv = new KVCacheStorage(model.config, numBlocks);
+  const kv = new KVCacheStorage(model.config, numBlocks, DEFAULT_BLOCK_SIZE, undefined, opts.kvCacheType);
   const blockTable = Array.from({ length: numBlocks }, (_, i) => i);
   const k = model.transformer.kernels;
   const sampler = new Sampler(

@@ -1,15 +1,18 @@
-import type { Kernels, PagedKV } from "../kernels/kernels.js";
+import { type Kernels, type KVCacheType, kvElementBytes, type PagedKV } from "../kernels/kernels.js";
 import type { ModelConfig } from "./config.js";
 
 /** Default tokens per KV block (vLLM's default too). */
 export const DEFAULT_BLOCK_SIZE = 16;
+
+/** The default KV cache type (llama.cpp's default too): half the memory of f32, no slower. */
+export const DEFAULT_KV_CACHE_TYPE: KVCacheType = "f16";
 
 type KVShape = Pick<ModelConfig, "nLayers" | "nKVHeads" | "headDim">;
 
 /** Pools allocated in a kernel set's memory, and the set to give them back to. */
 interface Owned {
   kernels: Kernels;
-  arrays: Float32Array[];
+  arrays: (Float32Array | Uint16Array)[];
 }
 
 /** Gives a collected storage's pools back to its kernels (when dispose() was not called). */
@@ -19,14 +22,15 @@ const reclaim = new FinalizationRegistry<Owned>((o) => {
 
 /**
  * The KV cache's memory: for every layer, one K pool and one V pool of
- * `numBlocks` fixed-size blocks, allocated once. Which blocks a sequence owns
+ * `numBlocks` fixed-size blocks, allocated once, of f32 or f16 elements (`type`; an f16 cache also
+ * has one flag per block, see PagedKVF16). Which blocks a sequence owns
  * is its block table (a list of block ids, position p lives in block
  * table[p / blockSize], slot p % blockSize); handing blocks out, sharing and
  * freeing them is the engine's block manager's job, not this class's.
  *
  * Where the pools live: in the memory of the kernels that compute with them when those kernels
- * offer `allocFloat32` (the WebAssembly kernels then run storeKV and attention on the pools in
- * place), else in ordinary Float32Arrays. The pools are allocated on first use: by the first
+ * offer `allocFloat32` (and `allocUint16` for f16; the WebAssembly kernels then run storeKV and
+ * attention on the pools in place), else in ordinary typed arrays. The pools are allocated on first use: by the first
  * forward pass (Transformer.forward calls `useKernels`), by the `kernels` given here, or as plain
  * arrays when `layers` is read first. Pools already allocated elsewhere are moved (copied) on
  * `useKernels`. Memory taken from a kernel set is given back by `dispose()`, or when this object is
@@ -43,6 +47,7 @@ export class KVCacheStorage {
     readonly numBlocks: number,
     readonly blockSize = DEFAULT_BLOCK_SIZE,
     kernels?: Kernels,
+    readonly type: KVCacheType = DEFAULT_KV_CACHE_TYPE,
   ) {
     if (kernels) this.useKernels(kernels);
   }
@@ -59,6 +64,7 @@ export class KVCacheStorage {
    */
   useKernels(kernels: Kernels): void {
     if (this.owned?.kernels === kernels || this.refused === kernels || !kernels.allocFloat32) return;
+    if (this.type === "f16" && !kernels.allocUint16) return;
     const pools = this.allocate(kernels);
     if (pools === undefined) {
       this.refused = kernels;
@@ -68,14 +74,15 @@ export class KVCacheStorage {
     const old = this.pools;
     if (old !== undefined) {
       for (let l = 0; l < old.length; l++) {
-        pools[l]!.k.set(old[l]!.k);
-        pools[l]!.v.set(old[l]!.v);
+        for (const [to, from] of arraysOf(pools[l]!).map((a, i) => [a, arraysOf(old[l]!)[i]!] as const))
+          to.set(from);
       }
     }
     this.release();
     this.pools = pools;
-    this.owned = { kernels, arrays: pools.flatMap((p) => [p.k, p.v]) };
-    reclaim.register(this, this.owned, this);
+    const owned = { kernels, arrays: pools.flatMap(arraysOf) };
+    this.owned = owned;
+    reclaim.register(this, owned, this);
   }
 
   /** Whether the pools live in a kernel set's memory (where its attention runs in place). */
@@ -89,14 +96,24 @@ export class KVCacheStorage {
     this.pools = undefined;
   }
 
-  /** Bytes one token takes across all layers (K and V, float32). */
-  static bytesPerToken(config: KVShape): number {
-    return 2 * config.nLayers * config.nKVHeads * config.headDim * 4;
+  /** Bytes one token takes across all layers (K and V, of `type`). */
+  static bytesPerToken(config: KVShape, type: KVCacheType = DEFAULT_KV_CACHE_TYPE): number {
+    return 2 * config.nLayers * config.nKVHeads * config.headDim * kvElementBytes(type);
   }
 
   /** How many blocks fit in a memory budget. */
-  static blocksForBudget(config: KVShape, bytes: number, blockSize = DEFAULT_BLOCK_SIZE): number {
-    return Math.floor(bytes / (KVCacheStorage.bytesPerToken(config) * blockSize));
+  static blocksForBudget(
+    config: KVShape,
+    bytes: number,
+    blockSize = DEFAULT_BLOCK_SIZE,
+    type: KVCacheType = DEFAULT_KV_CACHE_TYPE,
+  ): number {
+    return Math.floor(bytes / (KVCacheStorage.bytesPerToken(config, type) * blockSize));
+  }
+
+  /** The pools' bytes (K and V of every layer; an f16 cache's block flags not counted). */
+  get bytes(): number {
+    return this.numBlocks * this.blockSize * KVCacheStorage.bytesPerToken(this.config, this.type);
   }
 
   get capacityTokens(): number {
@@ -117,23 +134,40 @@ export class KVCacheStorage {
   private allocate(kernels: Kernels | undefined): PagedKV[] | undefined {
     const c = this.config;
     const perLayer = this.numBlocks * this.blockSize * c.nKVHeads * c.headDim;
-    const got: Float32Array[] = [];
-    const make = (): Float32Array | undefined => {
-      if (kernels?.allocFloat32 === undefined) return new Float32Array(perLayer);
-      const a = kernels.allocFloat32(perLayer);
+    const got: (Float32Array | Uint16Array)[] = [];
+    const kept = <T extends Float32Array | Uint16Array>(a: T | undefined): T | undefined => {
       if (a !== undefined) got.push(a);
       return a;
     };
+    const f32 = (n: number) =>
+      kernels?.allocFloat32 === undefined ? new Float32Array(n) : kept(kernels.allocFloat32(n));
+    const u16 = (n: number) =>
+      kernels?.allocUint16 === undefined ? new Uint16Array(n) : kept(kernels.allocUint16(n));
+    const shape = { blockSize: this.blockSize, nKVHeads: c.nKVHeads, headDim: c.headDim };
     const pools: PagedKV[] = [];
     for (let l = 0; l < c.nLayers; l++) {
-      const k = make();
-      const v = k && make();
-      if (k === undefined || v === undefined) {
+      let pool: PagedKV | undefined;
+      if (this.type === "f16") {
+        const k = u16(perLayer);
+        const v = k && u16(perLayer);
+        const special = v && u16(this.numBlocks);
+        if (special !== undefined) pool = { ...shape, type: "f16", k: k!, v: v!, special };
+      } else {
+        const k = f32(perLayer);
+        const v = k && f32(perLayer);
+        if (v !== undefined) pool = { ...shape, k: k!, v };
+      }
+      if (pool === undefined) {
         for (const a of got) kernels?.freeFloat32?.(a);
         return undefined;
       }
-      pools.push({ blockSize: this.blockSize, nKVHeads: c.nKVHeads, headDim: c.headDim, k, v });
+      pools.push(pool);
     }
     return pools;
   }
+}
+
+/** A layer's arrays: K, V and an f16 cache's block flags. */
+function arraysOf(p: PagedKV): (Float32Array | Uint16Array)[] {
+  return p.type === "f16" ? [p.k, p.v, p.special] : [p.k, p.v];
 }

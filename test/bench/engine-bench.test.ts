@@ -129,7 +129,7 @@ describe("benchEngine with the real runner (stories260K)", () => {
 });
 
 describe("spindle bench-engine", () => {
-  it("prints one row per (concurrency, mode) with a ratio to the first mode", async () => {
+  it("prints one row per (concurrency, mode, KV cache type) with a ratio to the first", async () => {
     const r = await runCli([
       "bench-engine",
       "--model",
@@ -140,24 +140,33 @@ describe("spindle bench-engine", () => {
       "1",
       "--max-tokens",
       "8",
+      "--kv-cache-type",
+      "f16,f32",
     ]);
     expect(r.code, r.stderr).toBe(0);
     const lines = r.stdout.trimEnd().split("\n");
-    expect(lines[0]).toMatch(/^model .*prompt 32, output 8 tokens, KV [\d.]+ MiB$/);
-    expect(lines[1]).toMatch(/^concurrency\s+mode\s+requests\s+out tok\/s\s+vs first\s+mean TTFT ms/);
+    const kv = lines[0]!.match(/^model .*prompt 32, output 8 tokens, KV ([\d.]+) MiB f16, ([\d.]+) MiB f32$/);
+    expect(kv, lines[0]).not.toBeNull();
+    expect(Number(kv![2])).toBeCloseTo(2 * Number(kv![1]), 0); // f16: half the bytes of the same blocks
+    expect(lines[1]).toMatch(/^concurrency\s+mode\s+kv\s+requests\s+out tok\/s\s+vs first\s+mean TTFT ms/);
     const rows = lines.slice(2).map((l) => {
-      const m = l.match(/^\s*(\d+)\s+(\w+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)\s+(\d+)\s+([\d.]+)$/);
+      const m = l.match(
+        /^\s*(\d+)\s+(\w+)\s+(f16|f32)\s+(\d+)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)\s+(\d+)\s+([\d.]+)$/,
+      );
       expect(m, l).not.toBeNull();
       return {
         c: Number(m![1]),
         mode: m![2],
-        requests: Number(m![3]),
-        tps: Number(m![4]),
-        ratio: Number(m![5]),
+        kv: m![3],
+        requests: Number(m![4]),
+        tps: Number(m![5]),
+        ratio: Number(m![6]),
       };
     });
-    expect(rows.map((x) => [x.c, x.mode])).toEqual(
-      [1, 4].flatMap((c) => ["continuous", "static", "window"].map((mode) => [c, mode])),
+    expect(rows.map((x) => [x.c, x.mode, x.kv])).toEqual(
+      [1, 4].flatMap((c) =>
+        ["continuous", "static", "window"].flatMap((mode) => ["f16", "f32"].map((kv) => [c, mode, kv])),
+      ),
     );
     for (const c of [1, 4]) {
       const group = rows.filter((x) => x.c === c);

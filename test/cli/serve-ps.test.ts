@@ -1,11 +1,14 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readGGUF } from "../../src/gguf/reader.js";
+import { configFromGGUF } from "../../src/model/config.js";
+import { KVCacheStorage } from "../../src/model/kv-cache.js";
 import { runCli } from "../helpers/cli.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 
 /**
- * `spindle serve --ctx-size` as a real process (from source), its logs piped (so JSON lines), and
+ * `spindle serve --ctx-size -ctk f16` as a real process (from source), its logs piped (so JSON lines), and
  * `spindle ps` asking it over HTTP what it has loaded.
  */
 
@@ -28,6 +31,8 @@ beforeAll(async () => {
       "0",
       "-c",
       "300",
+      "-ctk",
+      "f16",
     ],
     { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
   );
@@ -82,18 +87,49 @@ describe("spindle serve --ctx-size, and spindle ps", () => {
     // stories260K's KV is small: the default budget holds what 64 sequences (--max-num-seqs) of 300
     // tokens (19 blocks of 16) need, and no more: the pool is sized by the context cap.
     const m =
-      /^stories260K:latest\s+\S+ MB\s+local\s+300\s+\S+ (?:KB|MB) \((\d+) tokens\)\s+0\.0%\s+0\s+0$/.exec(
+      /^stories260K:latest\s+\S+ MB\s+local\s+300\s+\S+ (?:KB|MB) f16 \((\d+) blocks, (\d+) tokens\)\s+0\.0%\s+0\s+0$/.exec(
         row!,
       );
     expect(m, row).not.toBeNull();
-    expect(Number(m![1])).toBe(19 * 16 * 64);
+    expect(Number(m![1])).toBe(19 * 64);
+    expect(Number(m![2])).toBe(19 * 16 * 64);
     const json = JSON.parse((await runCli(["ps", "--url", url, "--json"])).stdout) as {
       models: { kv_cache: { bytes: number; tokens: number; usage: number }; context_length: number }[];
     };
+    // f16: 2 bytes per K or V element.
+    const config = configFromGGUF(readGGUF(testModel(STORIES_260K)));
+    expect(KVCacheStorage.bytesPerToken(config, "f16")).toBe(
+      2 * config.nLayers * config.nKVHeads * config.headDim * 2,
+    );
     expect(json.models[0]).toMatchObject({
       context_length: 300,
-      kv_cache: { tokens: Number(m![1]), usage: 0 },
+      kv_cache: {
+        type: "f16",
+        blocks: 19 * 64,
+        tokens: Number(m![2]),
+        bytes: 19 * 16 * 64 * KVCacheStorage.bytesPerToken(config, "f16"),
+        usage: 0,
+      },
     });
+  });
+
+  it("the ready log line names the KV cache's type, blocks and bytes", () => {
+    const ready = stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.msg === "ready");
+    expect(ready).toMatchObject({ kvCacheType: "f16", numBlocks: 19 * 64 });
+  });
+
+  it("a KV cache type other than f16 or f32, or K and V types that differ, is refused before loading", async () => {
+    const model = testModel(STORIES_260K);
+    const bad = await runCli(["serve", "-m", model, "--port", "0", "--kv-cache-type", "q8_0"]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/KV cache type must be one of f16, f32, got "q8_0"/);
+    const mixed = await runCli(["serve", "-m", model, "--port", "0", "-ctk", "f16", "-ctv", "f32"]);
+    expect(mixed.code).toBe(1);
+    expect(mixed.stderr).toMatch(/--cache-type-k f16, --cache-type-v f32: Spindle keeps K and V in one type/);
   });
 
   it("ps without a server is one line naming where it looked", async () => {

@@ -2,7 +2,9 @@ import { describe, expect, it } from "vitest";
 import { EngineCore, VirtualClock } from "../../src/engine/engine.js";
 import { ModelRunner } from "../../src/engine/runner.js";
 import type { BatchingMode } from "../../src/engine/scheduler.js";
+import type { KVCacheType } from "../../src/kernels/kernels.js";
 import { generate } from "../../src/model/generate.js";
+import { DEFAULT_KV_CACHE_TYPE } from "../../src/model/kv-cache.js";
 import { loadModel } from "../../src/model/model.js";
 import { Rng } from "../../src/sampling/rng.js";
 import { type Arrival, drive, expectNoLeaks } from "../helpers/engine.js";
@@ -12,7 +14,7 @@ import { STORIES_260K, testModel } from "../helpers/models.js";
  * Parity: 32 concurrent greedy requests (prompts of 1–300 tokens, half of them sharing a 100-token
  * prefix; max_tokens 1–64; arriving at random steps) each produce exactly the tokens they produce
  * alone, in every batching mode, with prefix caching on and off, and with a KV cache so small that
- * sequences are preempted and recomputed.
+ * sequences are preempted and recomputed; with the default f16 KV cache, and with an f32 one.
  */
 
 const model = loadModel(testModel(STORIES_260K));
@@ -30,16 +32,34 @@ const arrivals: Arrival[] = Array.from({ length: 32 }, (_, i) => {
   };
 });
 
-// Each request alone, through the plain single-sequence path.
-const alone = new Map(
-  arrivals.map(({ spec }) => [
-    spec.id,
-    generate(model, spec.prompt, { maxTokens: spec.maxTokens, sampling: { temperature: 0 } }).tokens,
-  ]),
-);
+// Each request alone, through the plain single-sequence path, per KV cache type.
+const aloneByType = new Map<KVCacheType, Map<string, number[]>>();
+function aloneWith(kvCacheType: KVCacheType): Map<string, number[]> {
+  let m = aloneByType.get(kvCacheType);
+  if (m === undefined) {
+    m = new Map(
+      arrivals.map(({ spec }) => [
+        spec.id,
+        generate(model, spec.prompt, { maxTokens: spec.maxTokens, sampling: { temperature: 0 }, kvCacheType })
+          .tokens,
+      ]),
+    );
+    aloneByType.set(kvCacheType, m);
+  }
+  return m;
+}
+const alone = aloneWith(DEFAULT_KV_CACHE_TYPE);
 
-function run(batching: BatchingMode, prefixCaching: boolean, numBlocks: number) {
-  const engine = new EngineCore(new ModelRunner(model, numBlocks), {
+function run(
+  batching: BatchingMode,
+  prefixCaching: boolean,
+  numBlocks: number,
+  kvCacheType: KVCacheType = DEFAULT_KV_CACHE_TYPE,
+) {
+  const runner = new ModelRunner(model, numBlocks, undefined, undefined, kvCacheType);
+  expect(runner.kv.type).toBe(kvCacheType);
+  const want = aloneWith(kvCacheType);
+  const engine = new EngineCore(runner, {
     batching,
     prefixCaching,
     tokenizer: model.tokenizer,
@@ -49,7 +69,7 @@ function run(batching: BatchingMode, prefixCaching: boolean, numBlocks: number) 
     batchWindowMs: 20,
   });
   const r = drive(engine, arrivals);
-  for (const { spec } of arrivals) expect(r.tokens.get(spec.id), spec.id).toEqual(alone.get(spec.id));
+  for (const { spec } of arrivals) expect(r.tokens.get(spec.id), spec.id).toEqual(want.get(spec.id));
   expectNoLeaks(engine);
   return { engine, r };
 }
@@ -81,4 +101,19 @@ describe("engine parity with requests run alone (stories260K, greedy)", () => {
       expect(engine.scheduler.totalPreemptions).toBeGreaterThan(0);
     });
   }
+
+  it("f32 KV cache: continuous with prefix caching, then with preemptions", () => {
+    const cached = run("continuous", true, 512, "f32");
+    expect(cached.engine.prefixStats.hits).toBeGreaterThanOrEqual(96);
+    const small = run("continuous", true, 30, "f32");
+    expect(small.engine.scheduler.totalPreemptions).toBeGreaterThan(0);
+  });
+
+  it("the runner's KV cache has the type asked for: f16 pools take half the bytes of f32 ones", () => {
+    const f16 = new ModelRunner(model, 4, undefined, undefined, "f16").kv;
+    const f32 = new ModelRunner(model, 4, undefined, undefined, "f32").kv;
+    expect(f16.bytes * 2).toBe(f32.bytes);
+    expect(f16.layers[0]!.k).toBeInstanceOf(Uint16Array);
+    expect(f32.layers[0]!.k).toBeInstanceOf(Float32Array);
+  });
 });

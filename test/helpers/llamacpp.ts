@@ -81,14 +81,19 @@ export async function llamaVocabModel(path: string): Promise<LlamaModel> {
   return m;
 }
 
+/** llama.cpp's KV cache type: F32 (as close to plain float32 as it gets) or F16 (its default). */
+export type LlamaKvType = "F32" | "F16";
+
 /**
- * A context with F32 KV cache and no flash attention, so llama.cpp's arithmetic
- * is as close to plain float32 as it gets (its default F16 cache would add error).
+ * A context with an F32 (or `kvType`) KV cache and no flash attention, so llama.cpp's arithmetic
+ * is as close to plain float32 as it gets (its default F16 cache adds error: the F16 cases compare
+ * Spindle's f16 cache with it).
  */
 async function withSequence<T>(
   path: string,
   contextSize: number,
   fn: (seq: import("node-llama-cpp").LlamaContextSequence) => Promise<T>,
+  kvType: LlamaKvType = "F32",
 ): Promise<T> {
   const model = await llamaModel(path);
   const ctx = await model.createContext({
@@ -96,8 +101,8 @@ async function withSequence<T>(
     batchSize: Math.max(64, contextSize),
     threads: 2,
     flashAttention: false,
-    experimentalKvCacheKeyType: "F32",
-    experimentalKvCacheValueType: "F32",
+    experimentalKvCacheKeyType: kvType,
+    experimentalKvCacheValueType: kvType,
   });
   try {
     return await fn(ctx.getSequence());
@@ -107,15 +112,25 @@ async function withSequence<T>(
 }
 
 /** llama.cpp's greedy continuation of `tokens` (BOS included by the caller): exactly n tokens, EOS not special. */
-export async function llamaGreedy(path: string, tokens: number[], n: number): Promise<number[]> {
-  return withSequence(path, tokens.length + n + 8, async (seq) => {
-    const out: number[] = [];
-    for await (const t of seq.evaluate(tokens as Token[], { temperature: 0 })) {
-      out.push(t);
-      if (out.length >= n) break;
-    }
-    return out;
-  });
+export async function llamaGreedy(
+  path: string,
+  tokens: number[],
+  n: number,
+  kvType: LlamaKvType = "F32",
+): Promise<number[]> {
+  return withSequence(
+    path,
+    tokens.length + n + 8,
+    async (seq) => {
+      const out: number[] = [];
+      for await (const t of seq.evaluate(tokens as Token[], { temperature: 0 })) {
+        out.push(t);
+        if (out.length >= n) break;
+      }
+      return out;
+    },
+    kvType,
+  );
 }
 
 /** llama.cpp's next-token distribution after `tokens`: the softmax of the raw logits, over the whole vocabulary. */
@@ -123,24 +138,30 @@ export async function llamaNextProbs(
   path: string,
   tokens: number[],
   vocabSize: number,
+  kvType: LlamaKvType = "F32",
 ): Promise<Float64Array> {
   // The distribution comes with a sampled token (temperature 1, nothing cut). yieldEogToken: an
   // end-of-generation token is yielded like any other (by default node-llama-cpp ends the
   // evaluation without it; resampling then failed 20 times in a row on a random-weight model whose
   // distribution puts most of its mass there).
-  const probs = await withSequence(path, tokens.length + 8, async (seq) => {
-    const it = seq.evaluateWithMetadata(
-      tokens as Token[],
-      { probabilities: true },
-      { temperature: 1, topK: 0, topP: 1, minP: 0, yieldEogToken: true },
-    );
-    const r = await it.next();
-    await it.return();
-    if (r.done) return undefined;
-    const out = new Float64Array(vocabSize);
-    for (const [t, p] of r.value.probabilities) out[t] = p;
-    return out;
-  });
+  const probs = await withSequence(
+    path,
+    tokens.length + 8,
+    async (seq) => {
+      const it = seq.evaluateWithMetadata(
+        tokens as Token[],
+        { probabilities: true },
+        { temperature: 1, topK: 0, topP: 1, minP: 0, yieldEogToken: true },
+      );
+      const r = await it.next();
+      await it.return();
+      if (r.done) return undefined;
+      const out = new Float64Array(vocabSize);
+      for (const [t, p] of r.value.probabilities) out[t] = p;
+      return out;
+    },
+    kvType,
+  );
   if (!probs) throw new Error("llama.cpp produced no token");
   return probs;
 }

@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { beforeAll, describe, expect, it } from "vitest";
-import type { AttentionSeq, Kernels, PagedKV, RopeParams } from "../../src/kernels/kernels.js";
+import type { AttentionSeq, Kernels, PagedKV, PagedKVF32, RopeParams } from "../../src/kernels/kernels.js";
 import { referenceKernels } from "../../src/kernels/reference.js";
 import { createWasmKernels, WASM_PATH, type WasmKernels } from "../../src/kernels/wasm-kernels.js";
 import { KVCacheStorage } from "../../src/model/kv-cache.js";
@@ -241,7 +241,7 @@ function pools(
   nKVHeads: number,
   headDim: number,
   mine: boolean,
-): PagedKV {
+): PagedKVF32 {
   const n = numBlocks * blockSize * nKVHeads * headDim;
   const k = mine ? wasm.allocFloat32(n)! : new Float32Array(n);
   const v = mine ? wasm.allocFloat32(n)! : new Float32Array(n);
@@ -250,7 +250,7 @@ function pools(
   return { blockSize, nKVHeads, headDim, k, v };
 }
 
-function copyKV(kv: PagedKV): PagedKV {
+function copyKV(kv: PagedKVF32): PagedKVF32 {
   return { ...kv, k: Float32Array.from(kv.k), v: Float32Array.from(kv.v) };
 }
 
@@ -504,11 +504,11 @@ describe("the kernels' memory", () => {
     expect(k.memoryBytes()).toBe(used);
   });
 
-  it("KVCacheStorage puts its pools in the kernels' memory and gives them back", async () => {
+  it("KVCacheStorage (f32) puts its pools in the kernels' memory and gives them back", async () => {
     const k = await createWasmKernels();
     const config = { nLayers: 3, nKVHeads: 2, headDim: 8 };
     const before = k.memoryBytes();
-    const kv = new KVCacheStorage(config, 5);
+    const kv = new KVCacheStorage(config, 5, 16, undefined, "f32");
     // Plain arrays until kernels are named; then moved, contents included.
     kv.layers[1]!.k[3] = 42;
     expect(k.owns(kv.layers[0]!.k)).toBe(false);
@@ -519,7 +519,7 @@ describe("the kernels' memory", () => {
     kv.dispose();
     expect(k.memoryBytes()).toBe(before);
     // Kernels without an allocator (the reference) keep plain arrays.
-    const plain = new KVCacheStorage(config, 2, 16, referenceKernels as Kernels);
+    const plain = new KVCacheStorage(config, 2, 16, referenceKernels as Kernels, "f32");
     expect(plain.layers[0]!.k).toBeInstanceOf(Float32Array);
     expect(k.owns(plain.layers[0]!.k)).toBe(false);
   });

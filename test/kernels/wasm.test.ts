@@ -419,24 +419,29 @@ describe("models with the WebAssembly kernels", () => {
     });
   }
 
-  it("a sequence's logits are bit-identical alone and in a mixed batch", async () => {
-    for (const type of [GGMLType.Q4_K, GGMLType.Q8_0, GGMLType.F32]) {
+  it("a sequence's logits are bit-identical alone and in a mixed batch, with f32 and f16 KV caches", async () => {
+    for (const [type, kvType] of [
+      [GGMLType.Q4_K, "f16"],
+      [GGMLType.Q8_0, "f32"],
+      [GGMLType.F32, "f32"],
+      [GGMLType.F32, "f16"],
+    ] as const) {
       const model = loadModel(synth(type), { kernels: await createWasmKernels() });
       const rng = new Rng(21);
       const V = model.config.vocabSize;
       const toks = (n: number) => [1, ...Array.from({ length: n - 1 }, () => 3 + (rng.nextU32() % (V - 3)))];
       const a = toks(12);
       const b = toks(30);
-      const alone = logitsAfter(model, a);
-      const kv = new KVCacheStorage(model.config, 8);
+      const alone = logitsAfter(model, a, kvType);
+      const kv = new KVCacheStorage(model.config, 8, 16, undefined, kvType);
       const batch: BatchSeq[] = [
         { tokens: b, pos: 0, blockTable: [0, 1], logits: "none" },
         { tokens: a, pos: 0, blockTable: [4] },
         { tokens: toks(3), pos: 0, blockTable: [6] },
       ];
       const together = model.transformer.forward(kv, batch)[1]!;
-      expect(bitsEqual(together, alone), typeName(type)).toBe(true);
+      expect(bitsEqual(together, alone), `${typeName(type)}, ${kvType} KV`).toBe(true);
       kv.dispose();
     }
-  });
+  }, 240_000);
 });

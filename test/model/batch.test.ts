@@ -1,8 +1,9 @@
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { GGMLType } from "../../src/gguf/types.js";
+import type { KVCacheType } from "../../src/kernels/kernels.js";
 import type { BatchSeq } from "../../src/model/forward.js";
-import { KVCacheStorage } from "../../src/model/kv-cache.js";
+import { DEFAULT_KV_CACHE_TYPE, KVCacheStorage } from "../../src/model/kv-cache.js";
 import { loadModel, type Model } from "../../src/model/model.js";
 import { SHAPES, synthModel } from "../../src/model/synth.js";
 import { Rng } from "../../src/sampling/rng.js";
@@ -24,12 +25,12 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
  * batched steps that mix a decode token, a fresh prefill, a second prefill chunk and a long prefill.
  * Each sequence's logits must equal those it gets alone (one forward over its whole history).
  */
-function checkBatch(model: Model) {
+function checkBatch(model: Model, kvType: KVCacheType) {
   const rng = new Rng(3);
   const V = model.config.vocabSize;
   const toks = (n: number) => Array.from({ length: n }, () => 3 + (rng.nextU32() % (V - 3)));
   const hist = { a: [1, ...toks(20)], b: [1, ...toks(36)], c: [1, ...toks(25)], d: [1, ...toks(5)] };
-  const kv = new KVCacheStorage(model.config, 64);
+  const kv = new KVCacheStorage(model.config, 64, 16, undefined, kvType);
   // Scatter blocks: a permutation of 0..63 dealt out to the sequences.
   const perm = Array.from({ length: 64 }, (_, i) => i).sort(() => (rng.nextU32() & 1 ? 1 : -1));
   const tables = { a: perm.slice(0, 4), b: perm.slice(4, 10), c: perm.slice(10, 14), d: perm.slice(14, 16) };
@@ -42,7 +43,7 @@ function checkBatch(model: Model) {
   ];
   const r1 = model.transformer.forward(kv, s1);
   expect(r1[1]).toBeUndefined();
-  expect(maxDiff(r1[0]!, logitsAfter(model, hist.a.slice(0, 20)))).toBeLessThan(1e-4);
+  expect(maxDiff(r1[0]!, logitsAfter(model, hist.a.slice(0, 20), kvType))).toBeLessThan(1e-4);
 
   // Step 2: a decodes one token, b prefills everything, c its second chunk, d decodes.
   const s2: BatchSeq[] = [
@@ -52,17 +53,22 @@ function checkBatch(model: Model) {
     { tokens: hist.d.slice(5), pos: 5, blockTable: tables.d },
   ];
   const r2 = model.transformer.forward(kv, s2);
-  expect(maxDiff(r2[0]!, logitsAfter(model, hist.a))).toBeLessThan(1e-4);
+  expect(maxDiff(r2[0]!, logitsAfter(model, hist.a, kvType))).toBeLessThan(1e-4);
   expect(r2[1]!.length).toBe(hist.b.length * V);
   // "all" gives every position's logits: the last row and a middle row both match.
-  expect(maxDiff(r2[1]!.subarray((hist.b.length - 1) * V), logitsAfter(model, hist.b))).toBeLessThan(1e-4);
-  expect(maxDiff(r2[1]!.subarray(9 * V, 10 * V), logitsAfter(model, hist.b.slice(0, 10)))).toBeLessThan(1e-4);
-  expect(maxDiff(r2[2]!, logitsAfter(model, hist.c))).toBeLessThan(1e-4);
-  expect(maxDiff(r2[3]!, logitsAfter(model, hist.d))).toBeLessThan(1e-4);
+  expect(maxDiff(r2[1]!.subarray((hist.b.length - 1) * V), logitsAfter(model, hist.b, kvType))).toBeLessThan(
+    1e-4,
+  );
+  expect(
+    maxDiff(r2[1]!.subarray(9 * V, 10 * V), logitsAfter(model, hist.b.slice(0, 10), kvType)),
+  ).toBeLessThan(1e-4);
+  expect(maxDiff(r2[2]!, logitsAfter(model, hist.c, kvType))).toBeLessThan(1e-4);
+  expect(maxDiff(r2[3]!, logitsAfter(model, hist.d, kvType))).toBeLessThan(1e-4);
 }
 
 describe("batched forward: a sequence's logits inside a mixed batch equal its logits alone", () => {
-  it("stories260K (F32)", () => checkBatch(loadModel(testModel(STORIES_260K))));
+  it("stories260K (F32), f32 KV cache", () => checkBatch(loadModel(testModel(STORIES_260K)), "f32"));
+  it("stories260K (F32), f16 KV cache", () => checkBatch(loadModel(testModel(STORIES_260K)), "f16"));
 
   it("synthesized Q4_K model", () => {
     const out = join(dir, "batch-q4k.gguf");
@@ -73,7 +79,7 @@ describe("batched forward: a sequence's logits inside a mixed batch equal its lo
       vocabPath: testModel(STORIES_260K),
       out,
     });
-    checkBatch(loadModel(out));
+    checkBatch(loadModel(out), DEFAULT_KV_CACHE_TYPE);
   });
 
   it("transient logits: the same values, in one buffer of the kernels' memory that the next call reuses", () => {

@@ -5,7 +5,7 @@ import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../../src/gguf/types
 import { loadModel, type Model } from "../../src/model/model.js";
 import { SHAPES, type SynthArch, synthModel } from "../../src/model/synth.js";
 import { STORIES_260K, testModel, VOCAB_GPT2 } from "../helpers/models.js";
-import { compareWithLlamaCpp, tolerance } from "../helpers/parity.js";
+import { compareWithLlamaCpp, KV_F16_TOLERANCE, tolerance } from "../helpers/parity.js";
 import { tempDir } from "../helpers/tmp.js";
 
 /**
@@ -57,6 +57,38 @@ describe("other architectures vs llama.cpp", () => {
       expect(model.config.tiedEmbeddings).toBe(c.tied);
       await compare(model, c.type);
     });
+  }
+});
+
+describe("f16 KV cache vs llama.cpp's F16 cache", () => {
+  // The weight type's tolerance, widened by the f16 cache's (KV_F16_TOLERANCE says why).
+  const cases: { arch: SynthArch; type: GGMLType }[] = [
+    { arch: "llama", type: GGMLType.F32 },
+    { arch: "llama", type: GGMLType.Q4_K },
+    { arch: "qwen2", type: GGMLType.Q8_0 },
+  ];
+  for (const c of cases) {
+    const tol = Math.max(tolerance(c.type), KV_F16_TOLERANCE);
+    it(`${c.arch} ${typeName(c.type)}, f16 KV: logits within ${tol}, greedy agrees`, async () => {
+      const out = join(dir, `kvf16-${c.arch}-${typeName(c.type)}.gguf`);
+      // llama: rows of 256 (Q4_K's super-blocks); qwen2: the "other architectures" shape, GPT-2 vocabulary.
+      const llama = c.arch === "llama";
+      const shape = {
+        dim: llama ? 256 : 128,
+        nLayers: 2,
+        nHeads: 4,
+        nKVHeads: 2,
+        ffnDim: 256,
+        contextLength: 256,
+      };
+      const vocab = testModel(llama ? STORIES_260K : VOCAB_GPT2);
+      synthModel({ arch: c.arch, shape, type: c.type, vocabPath: vocab, out });
+      const r = await compareWithLlamaCpp(loadModel(out), c.type, `${typeName(c.type)} f16 KV`, tol, "f16");
+      console.log(
+        `f16 KV ${c.arch} ${typeName(c.type)}: max |Δ log p| ${r.maxDiff.toExponential(2)}, ${r.compared} greedy steps`,
+      );
+      expect(r.compared).toBeGreaterThanOrEqual(4);
+    }, 180_000);
   }
 });
 

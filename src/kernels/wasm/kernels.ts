@@ -133,6 +133,81 @@ function f16Row(src: usize, dst: usize, n: i32): void {
   if (i < n) f16Exact(src + ((<usize>i) << 1), dst + ((<usize>i) << 2), n - i);
 }
 
+/**
+ * The f16 bit pattern nearest to x, as F16C's conversion (ggml's on x86) gives it: ties to even;
+ * above 65504 + half an ulp, infinity; f16 subnormals exact (multiples of 2^-24, rounded by adding
+ * 0.5, whose ulp is 2^-24); a NaN keeps its top 10 payload bits and comes out quiet.
+ */
+function f16Bits(x: f32): u32 {
+  const b = reinterpret<u32>(x);
+  const a = b & 0x7fffffff;
+  const sign = (b >> 16) & 0x8000;
+  if (a >= 0x7f800000) return sign | (a === 0x7f800000 ? 0x7c00 : 0x7e00 | ((a >> 13) & 0x3ff));
+  if (a < 0x38800000) return sign | (reinterpret<u32>(reinterpret<f32>(a) + 0.5) - 0x3f000000);
+  // Rebias the exponent (−112 << 23), add just under half an ulp plus the kept part's last bit, cut.
+  return sign | min<u32>((a + 0xc8000fff + ((a >> 13) & 1)) >> 13, 0x7c00);
+}
+
+/**
+ * f16Bits of four f32 lanes (results in the low halves of u32 lanes), for every lane that is not a
+ * NaN (a NaN lane comes out as infinity: the caller redoes it with f16Bits). Finite values too large
+ * for f16, and infinities, give infinity through the clamp at 0x7c00.
+ */
+// @inline
+function f16x4Bits(x: v128): v128 {
+  const a = v128.and(x, i32x4.splat(0x7fffffff));
+  const odd = v128.and(i32x4.shr_u(a, 13), i32x4.splat(1));
+  const big = i32x4.shr_u(i32x4.add(i32x4.add(a, i32x4.splat(<i32>0xc8000fff)), odd), 13);
+  const normal = i32x4.min_u(big, i32x4.splat(0x7c00));
+  const small = i32x4.sub(f32x4.add(a, f32x4.splat(0.5)), i32x4.splat(0x3f000000));
+  const h = v128.bitselect(small, normal, i32x4.lt_s(a, i32x4.splat(0x38800000)));
+  return v128.or(h, i32x4.shr_u(v128.and(x, i32x4.splat(<i32>0x80000000)), 16));
+}
+
+/**
+ * Stores n floats at src as f16 at dst: four at a time through f16x4Bits, a group with a NaN and the
+ * last n mod 4 through f16Bits. Returns 1 when a stored value is an infinity or a NaN (which
+ * f16Finite cannot read), else 0.
+ */
+function storeRowF16(dst: usize, src: usize, n: i32): i32 {
+  let special = i32x4.splat(0);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const x = v128.load(src + ((<usize>i) << 2));
+    const d = dst + ((<usize>i) << 1);
+    if (v128.any_true(i32x4.gt_s(v128.and(x, i32x4.splat(0x7fffffff)), i32x4.splat(0x7f800000)))) {
+      for (let l = 0; l < 4; l++)
+        store<u16>(d + ((<usize>l) << 1), f16Bits(load<f32>(src + ((<usize>(i + l)) << 2))));
+      special = i32x4.splat(-1);
+      continue;
+    }
+    const h = f16x4Bits(x);
+    special = v128.or(special, i32x4.ge_s(v128.and(h, i32x4.splat(0x7fff)), i32x4.splat(0x7c00)));
+    v128.store64_lane(d, i16x8.narrow_i32x4_u(h, h), 0);
+  }
+  let any = v128.any_true(special) ? 1 : 0;
+  for (; i < n; i++) {
+    const h = f16Bits(load<f32>(src + ((<usize>i) << 2)));
+    store<u16>(dst + ((<usize>i) << 1), h);
+    if ((h & 0x7c00) === 0x7c00) any = 1;
+  }
+  return any;
+}
+
+/**
+ * Elements 0..3 (half 0) or 4..7 (half 1) of 8 f16 bit patterns as f32, exact for every finite
+ * value, subnormals included (an infinity or a NaN comes out finite: an f16 KV cache flags the
+ * blocks that hold one, see storeKV): sign-extended to 32 bits, sign, exponent and mantissa moved
+ * into place as an f32 2^112 times too small, then · 2^112. Unlike the decoders above, an f16
+ * subnormal is an f32 subnormal operand here (slow on x86, exact): rare in a KV cache.
+ */
+// @inline
+function f16Finite(h: v128, half: i32): v128 {
+  const w = half === 0 ? i32x4.extend_low_i16x8_s(h) : i32x4.extend_high_i16x8_s(h);
+  const bits = v128.and(i32x4.shl(w, 13), i32x4.splat(<i32>0x8fffe000));
+  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33)); // 2^112
+}
+
 // ------------------------------------------------------------------ block decoding helpers
 
 /** 6-bit scale j (0..7) of a Q4_K/Q5_K block whose 12 scale bytes start at s. */
@@ -1008,11 +1083,7 @@ function unpackedDot4<T>(
 
 /** x rounded to the nearest f16 value (ties to even), as an f32: llama.cpp stores its Q8_0 scales as f16. */
 function roundF16(x: f32): f32 {
-  const a = abs(x);
-  if (a < 6.103515625e-5) return nearest(x * 16777216) * 5.9604644775390625e-8; // f16 subnormals: multiples of 2^-24
-  const b = reinterpret<u32>(x);
-  const r = (b + 0x0fff + ((b >> 13) & 1)) & 0xffffe000;
-  return a >= 65520 ? copysign<f32>(Infinity, x) : reinterpret<f32>(r); // above 65504 + ulp/2: f16 overflows
+  return f16(f16Bits(x));
 }
 
 /**
@@ -1797,6 +1868,10 @@ function copyRow(dst: usize, src: usize, n: usize): void {
  * are batch rows row.. (nKVHeads × headDim floats each at k and v), and position p goes to block
  * table[p / blockSize] (table: the byte address of its block ids), slot p % blockSize; a block is
  * [kvHead][slot][headDim].
+ *
+ * f16 ≠ 0: the pools hold f16 (storeRowF16), and `flags` one u16 per block: 1 when the block holds
+ * an infinity or a NaN (attention then decodes it exactly), cleared when the block's slot 0 is
+ * written (a block is filled from slot 0 on: the engine never writes into a block it did not fill).
  */
 export function storeKV(
   kPool: usize,
@@ -1808,8 +1883,11 @@ export function storeKV(
   v: usize,
   seqs: usize,
   nSeqs: i32,
+  f16: i32,
+  flags: usize,
 ): void {
   const hb = (<usize>headDim) << 2;
+  const eb: usize = f16 !== 0 ? 1 : 2; // log2 of a cached element's bytes
   for (let s = 0; s < nSeqs; s++) {
     const r = seqs + ((<usize>s) << 4);
     const row = load<i32>(r);
@@ -1821,10 +1899,19 @@ export function storeKV(
       const block = <usize>load<i32>(table + ((<usize>(p / blockSize)) << 2));
       const slot = <usize>(p % blockSize);
       const src = <usize>(row + i) * <usize>nKVHeads * hb;
+      const fp = flags + (block << 1);
+      if (f16 !== 0 && slot === 0) store<u16>(fp, 0);
       for (let h = 0; h < nKVHeads; h++) {
-        const dst = ((block * <usize>nKVHeads + <usize>h) * <usize>blockSize + slot) * hb;
-        copyRow(kPool + dst, k + src + <usize>h * hb, hb);
-        copyRow(vPool + dst, v + src + <usize>h * hb, hb);
+        const dst = (((block * <usize>nKVHeads + <usize>h) * <usize>blockSize + slot) * <usize>headDim) << eb;
+        if (f16 !== 0) {
+          const special =
+            storeRowF16(kPool + dst, k + src + <usize>h * hb, headDim) |
+            storeRowF16(vPool + dst, v + src + <usize>h * hb, headDim);
+          if (special !== 0) store<u16>(fp, 1);
+        } else {
+          copyRow(kPool + dst, k + src + <usize>h * hb, hb);
+          copyRow(vPool + dst, v + src + <usize>h * hb, hb);
+        }
       }
     }
   }
@@ -1845,6 +1932,9 @@ export function storeKV(
  * computes an item changes nothing in its arithmetic: per (query, head), whatever else is in the
  * batch, s_j = (q · k_j) · scale (dotF32's arithmetic), m = max s_j, e_j = exp(s_j − m),
  * out = (Σ_j e_j · v_j, in order of j, four lanes of headDim at a time) · (1 / Σ_j e_j).
+ *
+ * f16 ≠ 0: f16 pools with storeKV's per-block flags at `flags` (headDim a multiple of 8): the keys
+ * and values are widened to f32 in registers and the arithmetic is the f32 pools' (attendHeadF16).
  */
 export function attentionPart(
   kPool: usize,
@@ -1860,6 +1950,8 @@ export function attentionPart(
   scores: usize,
   scoresStride: usize,
   scale: f32,
+  f16: i32,
+  flags: usize,
   part: i32,
   parts: i32,
 ): void {
@@ -1894,6 +1986,24 @@ export function attentionPart(
         if (c < lo || c >= hi) continue;
         for (let h = kvh * group; h < (kvh + 1) * group; h++) {
           const o = <usize>(row + i) * qb + <usize>h * hb;
+          if (f16 !== 0) {
+            attendHeadF16(
+              kPool,
+              vPool,
+              flags,
+              blockSize,
+              nKVHeads,
+              headDim,
+              <usize>kvh,
+              q + o,
+              out + o,
+              table,
+              nCtx,
+              sc,
+              scale,
+            );
+            continue;
+          }
           attendHead(
             kPool,
             vPool,
@@ -1937,6 +2047,31 @@ function dotKeys4(qp: usize, kp: usize, hb: usize): v128 {
   const t0 = f32x4.add(i32x4.shuffle(a0, a1, 0, 4, 2, 6), i32x4.shuffle(a0, a1, 1, 5, 3, 7));
   const t1 = f32x4.add(i32x4.shuffle(a2, a3, 0, 4, 2, 6), i32x4.shuffle(a2, a3, 1, 5, 3, 7));
   return f32x4.add(i32x4.shuffle(t0, t1, 0, 1, 4, 5), i32x4.shuffle(t0, t1, 2, 3, 6, 7));
+}
+
+/**
+ * e_j = exp(s_j − mx) in place over the nCtx scores, and their sum (lanes, then (0+1)+(2+3), then
+ * the tail in order).
+ */
+// @inline
+function expScores(scores: usize, nCtx: i32, mx: f32): f32 {
+  const m4 = f32x4.splat(mx);
+  const n4 = nCtx & ~3;
+  let acc = f32x4.splat(0);
+  for (let j = 0; j < n4; j += 4) {
+    const sp = scores + ((<usize>j) << 2);
+    const e = exp4(f32x4.sub(v128.load(sp), m4));
+    v128.store(sp, e);
+    acc = f32x4.add(acc, e);
+  }
+  let sum = hsum(acc);
+  for (let j = n4; j < nCtx; j++) {
+    const sp = scores + ((<usize>j) << 2);
+    const e = exp1(load<f32>(sp) - mx);
+    store<f32>(sp, e);
+    sum += e;
+  }
+  return sum;
 }
 
 /** One (query, head) of attentionPart: the query at qp over the nCtx first positions of KV head kvh, into op. */
@@ -1986,23 +2121,7 @@ function attendHead(
       max(f32x4.extract_lane(mx4, 2), f32x4.extract_lane(mx4, 3)),
     ),
   );
-  // Exponentials and their sum (lanes, then (0+1)+(2+3), then the tail in order).
-  const m4 = f32x4.splat(mx);
-  const n4 = nCtx & ~3;
-  let acc = f32x4.splat(0);
-  for (let j = 0; j < n4; j += 4) {
-    const sp = scores + ((<usize>j) << 2);
-    const e = exp4(f32x4.sub(v128.load(sp), m4));
-    v128.store(sp, e);
-    acc = f32x4.add(acc, e);
-  }
-  let sum = hsum(acc);
-  for (let j = n4; j < nCtx; j++) {
-    const sp = scores + ((<usize>j) << 2);
-    const e = exp1(load<f32>(sp) - mx);
-    store<f32>(sp, e);
-    sum += e;
-  }
+  const sum = expScores(scores, nCtx, mx);
   // Weighted sum of the values, a slice of headDim at a time with the slice's sums in registers:
   // each output lane sums e_j · v_j[d] over j in order, whatever the slicing.
   const inv = f32x4.splat(<f32>1 / sum);
@@ -2086,6 +2205,213 @@ function attendHead(
       }
     }
     store<f32>(op + dd, a * f32x4.extract_lane(inv, 0));
+  }
+}
+
+// ------------------------------------------------------------------ attention over an f16 KV cache
+// attendHead's arithmetic on the widened values, so an f16 cache gives bit for bit what an f32 cache
+// holding the same (f16-rounded) values gives. Keys and values are widened in registers: by
+// f16Finite where the (query, head)'s blocks hold only finite values (storeKV's flags), else exactly
+// by f16x4. headDim is a multiple of 8 (the JS side uses the reference kernel otherwise).
+
+/** Lanes 0..3 (half 0) or 4..7 (half 1) of 8 f16 as f32: E = i8, f16Finite; E = u8, f16x4 (exact for every value). */
+// @inline
+function widenF16<E>(h: v128, half: i32): v128 {
+  if (isSigned<E>()) return f16Finite(h, half);
+  return f16x4(half === 0 ? i32x4.extend_low_i16x8_u(h) : i32x4.extend_high_i16x8_u(h));
+}
+
+/** dotKeys4 over f16 keys at kp, kp + rb, kp + 2·rb, kp + 3·rb (rb = headDim · 2 bytes): the same sums. */
+// @inline
+function dotKeys4F16<E>(qp: usize, kp: usize, rb: usize): v128 {
+  let a0 = f32x4.splat(0);
+  let a1 = f32x4.splat(0);
+  let a2 = f32x4.splat(0);
+  let a3 = f32x4.splat(0);
+  for (let d: usize = 0; d < rb; d += 16) {
+    const x0 = v128.load(qp + (d << 1));
+    const x1 = v128.load(qp + (d << 1), 16);
+    const k = kp + d;
+    const h0 = v128.load(k);
+    const h1 = v128.load(k + rb);
+    const h2 = v128.load(k + 2 * rb);
+    const h3 = v128.load(k + 3 * rb);
+    a0 = f32x4.add(f32x4.add(a0, f32x4.mul(x0, widenF16<E>(h0, 0))), f32x4.mul(x1, widenF16<E>(h0, 1)));
+    a1 = f32x4.add(f32x4.add(a1, f32x4.mul(x0, widenF16<E>(h1, 0))), f32x4.mul(x1, widenF16<E>(h1, 1)));
+    a2 = f32x4.add(f32x4.add(a2, f32x4.mul(x0, widenF16<E>(h2, 0))), f32x4.mul(x1, widenF16<E>(h2, 1)));
+    a3 = f32x4.add(f32x4.add(a3, f32x4.mul(x0, widenF16<E>(h3, 0))), f32x4.mul(x1, widenF16<E>(h3, 1)));
+  }
+  const t0 = f32x4.add(i32x4.shuffle(a0, a1, 0, 4, 2, 6), i32x4.shuffle(a0, a1, 1, 5, 3, 7));
+  const t1 = f32x4.add(i32x4.shuffle(a2, a3, 0, 4, 2, 6), i32x4.shuffle(a2, a3, 1, 5, 3, 7));
+  return f32x4.add(i32x4.shuffle(t0, t1, 0, 1, 4, 5), i32x4.shuffle(t0, t1, 2, 3, 6, 7));
+}
+
+/** dotF32 of the query at qp with one f16 key at kp (rb = headDim · 2 bytes): the same sum. */
+// @inline
+function dotF16<E>(qp: usize, kp: usize, rb: usize): f32 {
+  let acc = f32x4.splat(0);
+  for (let d: usize = 0; d < rb; d += 16) {
+    const h = v128.load(kp + d);
+    acc = f32x4.add(
+      f32x4.add(acc, f32x4.mul(v128.load(qp + (d << 1)), widenF16<E>(h, 0))),
+      f32x4.mul(v128.load(qp + (d << 1), 16), widenF16<E>(h, 1)),
+    );
+  }
+  return hsum(acc);
+}
+
+/** attendHead over f16 pools: exact widening when any of the context's blocks is flagged, else f16Finite. */
+function attendHeadF16(
+  kPool: usize,
+  vPool: usize,
+  flags: usize,
+  blockSize: i32,
+  nKVHeads: i32,
+  headDim: i32,
+  kvh: usize,
+  qp: usize,
+  op: usize,
+  table: usize,
+  nCtx: i32,
+  scores: usize,
+  scale: f32,
+): void {
+  const nBlocks = (nCtx + blockSize - 1) / blockSize;
+  let special: u32 = 0;
+  for (let b = 0; b < nBlocks; b++)
+    special |= load<u16>(flags + ((<usize>load<i32>(table + ((<usize>b) << 2))) << 1));
+  if (special !== 0)
+    attendF16<u8>(kPool, vPool, blockSize, nKVHeads, headDim, kvh, qp, op, table, nCtx, scores, scale);
+  else attendF16<i8>(kPool, vPool, blockSize, nKVHeads, headDim, kvh, qp, op, table, nCtx, scores, scale);
+}
+
+function attendF16<E>(
+  kPool: usize,
+  vPool: usize,
+  blockSize: i32,
+  nKVHeads: i32,
+  headDim: i32,
+  kvh: usize,
+  qp: usize,
+  op: usize,
+  table: usize,
+  nCtx: i32,
+  scores: usize,
+  scale: f32,
+): void {
+  const rb = (<usize>headDim) << 1;
+  const blockBytes = <usize>blockSize * rb; // one KV head's slots in one block
+  const nBlocks = (nCtx + blockSize - 1) / blockSize;
+  const scale4 = f32x4.splat(scale);
+  let mx4 = f32x4.splat(-Infinity);
+  let mx: f32 = -Infinity;
+  for (let b = 0, j = 0; b < nBlocks; b++) {
+    const block = <usize>load<i32>(table + ((<usize>b) << 2));
+    let kp = kPool + (block * <usize>nKVHeads + kvh) * blockBytes;
+    const end = min(nCtx, j + blockSize);
+    for (; j + 4 <= end; j += 4, kp += rb << 2) {
+      const s = f32x4.mul(dotKeys4F16<E>(qp, kp, rb), scale4);
+      v128.store(scores + ((<usize>j) << 2), s);
+      mx4 = f32x4.max(mx4, s);
+    }
+    for (; j < end; j++, kp += rb) {
+      const s = dotF16<E>(qp, kp, rb) * scale;
+      store<f32>(scores + ((<usize>j) << 2), s);
+      mx = max(mx, s);
+    }
+  }
+  mx = max(
+    mx,
+    max(
+      max(f32x4.extract_lane(mx4, 0), f32x4.extract_lane(mx4, 1)),
+      max(f32x4.extract_lane(mx4, 2), f32x4.extract_lane(mx4, 3)),
+    ),
+  );
+  const sum = expScores(scores, nCtx, mx);
+  // Weighted sum of the values, 32, 16 or 8 of headDim at a time (each lane sums e_j · v_j[d] over j in order).
+  const inv = f32x4.splat(<f32>1 / sum);
+  let d = 0;
+  for (; d + 32 <= headDim; d += 32) {
+    let a0 = f32x4.splat(0);
+    let a1 = f32x4.splat(0);
+    let a2 = f32x4.splat(0);
+    let a3 = f32x4.splat(0);
+    let a4 = f32x4.splat(0);
+    let a5 = f32x4.splat(0);
+    let a6 = f32x4.splat(0);
+    let a7 = f32x4.splat(0);
+    const dd = (<usize>d) << 1;
+    for (let b = 0, j = 0; b < nBlocks; b++) {
+      const block = <usize>load<i32>(table + ((<usize>b) << 2));
+      const end = min(nCtx, j + blockSize);
+      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += rb) {
+        const e = v128.load32_splat(scores + ((<usize>j) << 2));
+        const h0 = v128.load(vp);
+        const h1 = v128.load(vp, 16);
+        const h2 = v128.load(vp, 32);
+        const h3 = v128.load(vp, 48);
+        a0 = f32x4.add(a0, f32x4.mul(e, widenF16<E>(h0, 0)));
+        a1 = f32x4.add(a1, f32x4.mul(e, widenF16<E>(h0, 1)));
+        a2 = f32x4.add(a2, f32x4.mul(e, widenF16<E>(h1, 0)));
+        a3 = f32x4.add(a3, f32x4.mul(e, widenF16<E>(h1, 1)));
+        a4 = f32x4.add(a4, f32x4.mul(e, widenF16<E>(h2, 0)));
+        a5 = f32x4.add(a5, f32x4.mul(e, widenF16<E>(h2, 1)));
+        a6 = f32x4.add(a6, f32x4.mul(e, widenF16<E>(h3, 0)));
+        a7 = f32x4.add(a7, f32x4.mul(e, widenF16<E>(h3, 1)));
+      }
+    }
+    const o = op + ((<usize>d) << 2);
+    v128.store(o, f32x4.mul(a0, inv));
+    v128.store(o, f32x4.mul(a1, inv), 16);
+    v128.store(o, f32x4.mul(a2, inv), 32);
+    v128.store(o, f32x4.mul(a3, inv), 48);
+    v128.store(o, f32x4.mul(a4, inv), 64);
+    v128.store(o, f32x4.mul(a5, inv), 80);
+    v128.store(o, f32x4.mul(a6, inv), 96);
+    v128.store(o, f32x4.mul(a7, inv), 112);
+  }
+  for (; d + 16 <= headDim; d += 16) {
+    let a0 = f32x4.splat(0);
+    let a1 = f32x4.splat(0);
+    let a2 = f32x4.splat(0);
+    let a3 = f32x4.splat(0);
+    const dd = (<usize>d) << 1;
+    for (let b = 0, j = 0; b < nBlocks; b++) {
+      const block = <usize>load<i32>(table + ((<usize>b) << 2));
+      const end = min(nCtx, j + blockSize);
+      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += rb) {
+        const e = v128.load32_splat(scores + ((<usize>j) << 2));
+        const h0 = v128.load(vp);
+        const h1 = v128.load(vp, 16);
+        a0 = f32x4.add(a0, f32x4.mul(e, widenF16<E>(h0, 0)));
+        a1 = f32x4.add(a1, f32x4.mul(e, widenF16<E>(h0, 1)));
+        a2 = f32x4.add(a2, f32x4.mul(e, widenF16<E>(h1, 0)));
+        a3 = f32x4.add(a3, f32x4.mul(e, widenF16<E>(h1, 1)));
+      }
+    }
+    const o = op + ((<usize>d) << 2);
+    v128.store(o, f32x4.mul(a0, inv));
+    v128.store(o, f32x4.mul(a1, inv), 16);
+    v128.store(o, f32x4.mul(a2, inv), 32);
+    v128.store(o, f32x4.mul(a3, inv), 48);
+  }
+  for (; d + 8 <= headDim; d += 8) {
+    let a0 = f32x4.splat(0);
+    let a1 = f32x4.splat(0);
+    const dd = (<usize>d) << 1;
+    for (let b = 0, j = 0; b < nBlocks; b++) {
+      const block = <usize>load<i32>(table + ((<usize>b) << 2));
+      const end = min(nCtx, j + blockSize);
+      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += rb) {
+        const e = v128.load32_splat(scores + ((<usize>j) << 2));
+        const h = v128.load(vp);
+        a0 = f32x4.add(a0, f32x4.mul(e, widenF16<E>(h, 0)));
+        a1 = f32x4.add(a1, f32x4.mul(e, widenF16<E>(h, 1)));
+      }
+    }
+    const o = op + ((<usize>d) << 2);
+    v128.store(o, f32x4.mul(a0, inv));
+    v128.store(o, f32x4.mul(a1, inv), 16);
   }
 }
 

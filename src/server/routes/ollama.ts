@@ -80,7 +80,7 @@ import { spindleVersion } from "./ops.js";
  *   defaults Spindle applies; capabilities is ["completion"], with "tools" when the template reads tools.
  * - /api/ps: size is the GGUF's size plus the KV cache's, size_vram 0 (Spindle computes on the CPU),
  *   expires_at far in the future (never unloaded, as Ollama says for keep_alive -1); Spindle adds
- *   `backend` and, for the engine backends, `kv_cache` {bytes, tokens, usage 0..1} (`spindle ps`).
+ *   `backend` and, for the engine backends, `kv_cache` {type, bytes, blocks, tokens, usage 0..1} (`spindle ps`).
  */
 
 /** The model as tags and ps list it: its name with Ollama's default tag unless it has one. */
@@ -131,7 +131,9 @@ export function registerOllamaRoutes(app: FastifyInstance, ctx: ServerContext): 
           ...(typeof kv === "number"
             ? {
                 kv_cache: {
+                  ...(typeof d.kvCacheType === "string" ? { type: d.kvCacheType } : {}),
                   bytes: kv,
+                  blocks: Number(d.numBlocks),
                   tokens: Number(d.numBlocks) * Number(d.blockSize),
                   usage: ctx.metrics.kvCacheUsage,
                 },
