@@ -136,7 +136,10 @@ describe("weights over several WebAssembly memories", () => {
   it("loadModel hands every multiplied matrix to the kernels and drops its bytes; the embedding table keeps them", () => {
     const model = loadModel(testModel(STORIES_260K), { kernels: kernels({ threads: 1 }) });
     const w = model.transformer.weights;
-    const adopted = [w.output, ...w.layers.flatMap((l) => [l.wq, l.wk, l.wv, l.wo, l.wGate, l.wUp, l.wDown])];
+    const adopted = [
+      w.output,
+      ...w.layers.flatMap((l) => [l.wq, l.wk, l.wv, l.wo, l.wGate!, l.wUp!, l.wDown!]),
+    ];
     expect(adopted.map((m) => m.data.length)).toEqual(adopted.map(() => 0));
     expect(w.tokenEmbd.data.length).toBe(w.tokenEmbd.rows * w.tokenEmbd.rowBytes);
     // The reference kernels keep the file's bytes (nothing to adopt them).
