@@ -8,7 +8,9 @@ import {
   SYNTH_ARCHS,
   SYNTH_MIXTURES,
   type SynthArch,
+  type SynthExperts,
   type SynthMixture,
+  type SynthShape,
   synthModel,
 } from "../model/synth.js";
 import { command } from "./options.js";
@@ -18,9 +20,10 @@ const TYPES = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K";
 export const SYNTH = command({
   name: "synth-model",
   usage: `spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch ${SYNTH_ARCHS.join("|")}]
-                           [--type T] [--vocab VOCAB.gguf] [--seed N] [--tied] [--pooling P] [--chat-template NAME] [--dim N --layers N ...]`,
+                           [--type T] [--vocab VOCAB.gguf] [--seed N] [--tied] [--pooling P] [--chat-template NAME] [--dim N --layers N ...]
+                           [--experts N --experts-used K --expert-ffn N]`,
   summary:
-    "Writes a model with deterministic random weights (scaled so logits have a real spread) and the tokenizer of a vocab GGUF: the realistic sizes for tests and benchmarks, without downloading a model. A named shape brings its architecture (phi3-*, gemma2-*, gemma3-*: fused projections, sliding windows, soft-caps, LongRoPE as the real models have them); Gemma models are written with tied embeddings, as the real ones are. Prints the file's path on stdout and its parameter count on stderr.",
+    "Writes a model with deterministic random weights (scaled so logits have a real spread) and the tokenizer of a vocab GGUF: the realistic sizes for tests and benchmarks, without downloading a model. A named shape brings its architecture (phi3-*, gemma2-*, gemma3-*: fused projections, sliding windows, soft-caps, LongRoPE as the real models have them; qwen3-30b-a3b, qwen1.5-moe-a2.7b, mixtral-8x7b, tiny-moe: mixtures of experts); Gemma models are written with tied embeddings, as the real ones are. Prints the file's path on stdout and its parameter count on stderr.",
   options: {
     out: { type: "string", short: "o", arg: "FILE", description: "the .gguf file to write (required)" },
     shape: {
@@ -69,8 +72,51 @@ export const SYNTH = command({
     },
     ffn: { type: "string", arg: "N", description: "override the shape's feed-forward width" },
     context: { type: "string", arg: "N", description: "override the shape's context length" },
+    experts: {
+      type: "string",
+      arg: "N",
+      description:
+        "a mixture of experts with N experts per layer (a llama model becomes Mixtral-style; qwen2moe/qwen3moe shapes have theirs)",
+    },
+    "experts-used": {
+      type: "string",
+      arg: "K",
+      description: "experts each token runs (the router's top-k; default: the shape's, else 2)",
+    },
+    "expert-ffn": {
+      type: "string",
+      arg: "N",
+      description: "each expert's feed-forward width (default: the shape's, else --ffn)",
+    },
   },
 });
+
+/** The shape's experts with the flags' overrides; undefined for a dense model. */
+function expertsOf(
+  values: { experts?: string; "experts-used"?: string; "expert-ffn"?: string; ffn?: string },
+  base: SynthShape,
+): SynthExperts | undefined {
+  const count = values.experts ?? base.experts?.count;
+  if (count === undefined) {
+    if (values["experts-used"] !== undefined || values["expert-ffn"] !== undefined)
+      throw new SpindleError(
+        "--experts-used and --expert-ffn need --experts (or a mixture-of-experts shape)",
+      );
+    return undefined;
+  }
+  const int = (v: string | number, flag: string) => {
+    const x = Number(v);
+    if (!Number.isInteger(x) || x < 1)
+      throw new SpindleError(`${flag} must be a positive integer, got "${v}"`);
+    return x;
+  };
+  return {
+    ...base.experts,
+    count: int(count, "--experts"),
+    used: int(values["experts-used"] ?? base.experts?.used ?? 2, "--experts-used"),
+    ffnDim: int(values["expert-ffn"] ?? base.experts?.ffnDim ?? values.ffn ?? base.ffnDim, "--expert-ffn"),
+  };
+}
 
 export function synthModelCommand(args: string[]): number {
   const parsed = SYNTH.parse(args);
@@ -109,6 +155,7 @@ export function synthModelCommand(args: string[]): number {
     nKVHeads: n(values["kv-heads"], n(values.heads, base.nKVHeads)),
     ffnDim: n(values.ffn, base.ffnDim),
     contextLength: n(values.context, base.contextLength),
+    experts: expertsOf(values, base),
   };
   const r = synthModel({
     arch: arch as SynthArch,

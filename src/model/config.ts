@@ -3,9 +3,42 @@ import type { GGUFFile } from "../gguf/reader.js";
 import type { RopeParams } from "../kernels/kernels.js";
 import { type PoolingType, poolingFromGGUF } from "./pooling.js";
 
-/** Architectures the forward pass implements: the Llama family, Phi-3, Gemma 2 and Gemma 3 (text). */
-export const SUPPORTED_ARCHITECTURES = ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"] as const;
+/**
+ * Architectures the forward pass implements: the Llama family (Mixtral-style experts under `llama`
+ * included), Qwen2-MoE and Qwen3-MoE, Phi-3, Gemma 2 and Gemma 3 (text).
+ */
+export const SUPPORTED_ARCHITECTURES = [
+  "llama",
+  "qwen2",
+  "qwen3",
+  "qwen2moe",
+  "qwen3moe",
+  "phi3",
+  "gemma2",
+  "gemma3",
+] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
+
+/**
+ * A mixture-of-experts feed-forward block (llama.cpp's build_moe_ffn with softmax gating): the
+ * router's logits are softmaxed over all experts, the `nUsed` most probable experts run, and their
+ * outputs are summed weighted by their probabilities, which are first divided by their sum when
+ * `normalize` (Mixtral, Qwen3-MoE; Qwen2-MoE keeps the raw probabilities).
+ */
+export interface MoEConfig {
+  /** expert_count: experts per layer. */
+  nExperts: number;
+  /** expert_used_count: experts each token runs (top-k). */
+  nUsed: number;
+  /** Each expert's feed-forward width (qwen*moe: expert_feed_forward_length; llama: feed_forward_length). */
+  expertFfnDim: number;
+  normalize: boolean;
+  /**
+   * Qwen2-MoE's shared expert, run by every token and weighted by sigmoid(x · ffn_gate_inp_shexp):
+   * its feed-forward width (expert_shared_feed_forward_length); undefined without one.
+   */
+  sharedFfnDim?: number;
+}
 
 export interface ModelConfig {
   arch: Architecture;
@@ -17,7 +50,10 @@ export interface ModelConfig {
   nHeads: number;
   nKVHeads: number;
   headDim: number;
+  /** The dense feed-forward width (of a mixture-of-experts model: as the file says, unused). */
   ffnDim: number;
+  /** Mixture of experts in every layer's feed-forward block; undefined for a dense model. */
+  moe?: MoEConfig;
   contextLength: number;
   rmsEps: number;
   rope: RopeParams;
@@ -114,7 +150,11 @@ export function configFromGGUF(g: GGUFFile): ModelConfig {
     nHeads,
     nKVHeads,
     headDim,
-    ffnDim: g.getNumber(k("feed_forward_length")),
+    // Optional in a Qwen MoE file (its experts have a width of their own).
+    ffnDim:
+      a === "qwen2moe" || a === "qwen3moe"
+        ? g.getNumber(k("feed_forward_length"), 0)
+        : g.getNumber(k("feed_forward_length")),
     contextLength,
     rmsEps: g.getNumber(k("attention.layer_norm_rms_epsilon"), 1e-5),
     rope,
@@ -151,9 +191,34 @@ export function configFromGGUF(g: GGUFFile): ModelConfig {
       config.ropeLocal = { ...rope, freqBase: g.getNumber(k("rope.freq_base_swa"), 10000), freqScale: 1 };
     }
   }
+  config.moe = moeConfig(g, a, config.ffnDim);
   // phi3's attention.sliding_window is ignored: llama.cpp disables Phi-3's sliding window (its
   // converters fill it inconsistently), and Spindle computes what llama.cpp computes.
   return config;
+}
+
+/**
+ * The experts of a mixture-of-experts file, as llama.cpp reads them: `expert_count` (a llama file
+ * with more than one is Mixtral-style), `expert_used_count`, and for qwen2moe/qwen3moe the experts'
+ * own width (`expert_feed_forward_length`, else feed_forward_length / expert_used_count) and
+ * qwen2moe's shared expert. Undefined for a dense model.
+ */
+function moeConfig(g: GGUFFile, a: Architecture, ffnDim: number): MoEConfig | undefined {
+  const k = (key: string) => `${a}.${key}`;
+  const qwenMoE = a === "qwen2moe" || a === "qwen3moe";
+  const nExperts = g.getNumber(k("expert_count"), 0);
+  if (!qwenMoE && nExperts <= 1) return undefined;
+  const nUsed = g.getNumber(k("expert_used_count"), 0);
+  if (nExperts <= 1 || nUsed < 1 || nUsed > nExperts)
+    throw new ModelFileError(g.path, `bad mixture of experts: ${nUsed} used of ${nExperts} experts`);
+  if (a !== "llama" && !qwenMoE)
+    throw new ModelFileError(g.path, `experts in a ${a} model are not supported`);
+  const expertFfnDim = qwenMoE
+    ? g.getNumber(k("expert_feed_forward_length"), Math.floor(ffnDim / nUsed))
+    : ffnDim;
+  const moe: MoEConfig = { nExperts, nUsed, expertFfnDim, normalize: a !== "qwen2moe" };
+  if (a === "qwen2moe") moe.sharedFfnDim = g.getNumber(k("expert_shared_feed_forward_length"), ffnDim);
+  return moe;
 }
 
 /**

@@ -1,13 +1,15 @@
 import type { AttentionOptions, AttentionSeq, Kernels, RopeParams } from "../kernels/kernels.js";
 import type { ModelConfig } from "./config.js";
 import type { KVCacheStorage } from "./kv-cache.js";
+import { moeFFN } from "./moe.js";
 import type { HiddenRows } from "./pooling.js";
 import type { ModelWeights } from "./weights.js";
 
 /**
  * The batched forward pass of a Llama-family transformer (llama, qwen2, qwen3, phi3 — whose fused
  * projections weights.ts splits — and gemma2/gemma3: embedding scale, GeGLU, post-norms, soft-caps,
- * sliding-window layers with their own RoPE; see ModelConfig).
+ * sliding-window layers with their own RoPE; see ModelConfig), and mixture-of-experts
+ * feed-forward blocks (Mixtral-style llama, qwen2moe, qwen3moe: moe.ts).
  *
  * One call computes many sequences at once. Each brings its own new tokens
  * (a prefill chunk of many tokens, or one decode token), the position where
@@ -73,6 +75,7 @@ const TRANSIENT_MAX_ROWS = 64;
 
 export class Transformer {
   private scratch: Scratch;
+  private scratchOf = (name: string, n: number) => this.scratch.get(name, n);
   /** Per layer: its RoPE and how its attention weighs the scores (scale, window, soft-cap). */
   private layerRope: RopeParams[];
   private layerAttn: AttentionOptions[];
@@ -141,8 +144,6 @@ export class Transformer {
     const vv = this.scratch.get("v", n * kvDim);
     const att = this.scratch.get("att", n * qDim);
     const proj = this.scratch.get("proj", n * c.dim);
-    const gate = this.scratch.get("gate", n * c.ffnDim);
-    const up = this.scratch.get("up", n * c.ffnDim);
 
     k.getRows(w.tokenEmbd, ids, x);
     if (c.embedScale !== 1) k.scale(x, n * c.dim, c.embedScale);
@@ -170,16 +171,22 @@ export class Transformer {
       k.matmul(L.wo, att, n, proj);
       if (L.attnPostNorm) k.rmsnorm(proj, L.attnPostNorm, n, c.dim, c.rmsEps, proj);
       k.addInPlace(x, proj, n * c.dim);
-      // Feed-forward block (SwiGLU, or GeGLU for Gemma).
+      // Feed-forward block (SwiGLU, or GeGLU for Gemma; a mixture of experts: see moe.ts).
       k.rmsnorm(x, L.ffnNorm, n, c.dim, c.rmsEps, xn);
-      if (k.matmulShared) k.matmulShared([L.wGate, L.wUp], xn, n, [gate, up]);
+      if (L.moe) moeFFN(k, this.scratchOf, c.moe!, L.moe, xn, n, c.dim, proj);
       else {
-        k.matmul(L.wGate, xn, n, gate);
-        k.matmul(L.wUp, xn, n, up);
+        const [wGate, wUp, wDown] = [L.wGate!, L.wUp!, L.wDown!];
+        const gate = this.scratch.get("gate", n * c.ffnDim);
+        const up = this.scratch.get("up", n * c.ffnDim);
+        if (k.matmulShared) k.matmulShared([wGate, wUp], xn, n, [gate, up]);
+        else {
+          k.matmul(wGate, xn, n, gate);
+          k.matmul(wUp, xn, n, up);
+        }
+        if (c.ffnActivation === "gelu") k.geglu(gate, up, n * c.ffnDim, gate);
+        else k.swiglu(gate, up, n * c.ffnDim, gate);
+        k.matmul(wDown, gate, n, proj);
       }
-      if (c.ffnActivation === "gelu") k.geglu(gate, up, n * c.ffnDim, gate);
-      else k.swiglu(gate, up, n * c.ffnDim, gate);
-      k.matmul(L.wDown, gate, n, proj);
       if (L.ffnPostNorm) k.rmsnorm(proj, L.ffnPostNorm, n, c.dim, c.rmsEps, proj);
       k.addInPlace(x, proj, n * c.dim);
     }

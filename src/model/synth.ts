@@ -8,7 +8,8 @@ import { Rng } from "../sampling/rng.js";
 import { LLAMA_POOLING, type PoolingType } from "./pooling.js";
 
 /**
- * `spindle synth-model`: writes a Llama-, Qwen-, Phi-3- or Gemma-shaped GGUF of any size with
+ * `spindle synth-model`: writes a Llama-, Qwen-, Phi-3- or Gemma-shaped GGUF (or a mixture of
+ * experts: Mixtral-style llama, qwen2moe, qwen3moe) of any size with
  * deterministic random weights and a real tokenizer copied from a vocab GGUF.
  * Only one small trained model is reachable here; realistic sizes for tests
  * and benchmarks come from this.
@@ -18,7 +19,16 @@ import { LLAMA_POOLING, type PoolingType } from "./pooling.js";
  * real spread instead of a flat distribution, so greedy choices are stable.
  */
 
-export const SYNTH_ARCHS = ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"] as const;
+export const SYNTH_ARCHS = [
+  "llama",
+  "qwen2",
+  "qwen3",
+  "qwen2moe",
+  "qwen3moe",
+  "phi3",
+  "gemma2",
+  "gemma3",
+] as const;
 export type SynthArch = (typeof SYNTH_ARCHS)[number];
 
 export interface SynthShape {
@@ -52,6 +62,20 @@ export interface SynthShape {
    * rope.scaling.original_context_length and rope.scaling.attn_factor.
    */
   longRope?: { originalContext: number; attnFactor: number };
+  /**
+   * A mixture of experts in every layer (required for qwen2moe/qwen3moe; a llama model with it is
+   * Mixtral-style): expert_count, expert_used_count, each expert's feed-forward width (a llama file
+   * writes it as feed_forward_length, Qwen's as expert_feed_forward_length), and qwen2moe's shared
+   * expert's width (default ffnDim).
+   */
+  experts?: SynthExperts;
+}
+
+export interface SynthExperts {
+  count: number;
+  used: number;
+  ffnDim: number;
+  sharedFfnDim?: number;
 }
 
 /** Named shapes of real models, for realistic sizes. */
@@ -147,6 +171,56 @@ export const SHAPES: Record<string, SynthShape> = {
     ropeScalingLinear: 8,
     slidingWindow: 1024,
   },
+  // Mixtures of experts.
+  /** Qwen3-30B-A3B: 128 experts of width 768, 8 used, head size 128. */
+  "qwen3-30b-a3b": {
+    arch: "qwen3moe",
+    dim: 2048,
+    nLayers: 48,
+    nHeads: 32,
+    nKVHeads: 4,
+    headDim: 128,
+    ffnDim: 6144,
+    contextLength: 40960,
+    rmsEps: 1e-6,
+    ropeFreqBase: 1e6,
+    experts: { count: 128, used: 8, ffnDim: 768 },
+  },
+  /** Qwen1.5-MoE-A2.7B: 60 experts of width 1408, 4 used, and a shared expert of width 5632. */
+  "qwen1.5-moe-a2.7b": {
+    arch: "qwen2moe",
+    dim: 2048,
+    nLayers: 24,
+    nHeads: 16,
+    nKVHeads: 16,
+    ffnDim: 5632,
+    contextLength: 8192,
+    rmsEps: 1e-6,
+    ropeFreqBase: 1e6,
+    experts: { count: 60, used: 4, ffnDim: 1408, sharedFfnDim: 5632 },
+  },
+  /** Mixtral-8x7B: llama with 8 experts of width 14336, 2 used. */
+  "mixtral-8x7b": {
+    arch: "llama",
+    dim: 4096,
+    nLayers: 32,
+    nHeads: 32,
+    nKVHeads: 8,
+    ffnDim: 14336,
+    contextLength: 32768,
+    ropeFreqBase: 1e6,
+    experts: { count: 8, used: 2, ffnDim: 14336 },
+  },
+  /** A small Mixtral-style model: 8 experts, 2 used. */
+  "tiny-moe": {
+    dim: 64,
+    nLayers: 2,
+    nHeads: 4,
+    nKVHeads: 2,
+    ffnDim: 128,
+    contextLength: 512,
+    experts: { count: 8, used: 2, ffnDim: 128 },
+  },
 };
 
 /** Per-tensor type mixtures, named as llama.cpp's quantize names its file types. */
@@ -229,6 +303,15 @@ export function synthModel(o: SynthOptions): SynthReport {
     throw new SpindleError(
       "the Q4_K_M mixture is not implemented for phi3 (its fused attn_qkv has a recipe of its own)",
     );
+  const moeArch = o.arch === "qwen2moe" || o.arch === "qwen3moe";
+  const x = s.experts;
+  if (moeArch && !x) throw new SpindleError(`a ${o.arch} model needs experts (count, used, width)`);
+  if (x && o.arch !== "llama" && !moeArch)
+    throw new SpindleError(`experts are written for llama, qwen2moe and qwen3moe, not ${o.arch}`);
+  if (x && (x.count < 2 || x.used < 1 || x.used > x.count))
+    throw new SpindleError(`bad experts: ${x.used} used of ${x.count}`);
+  if (x && typeof o.type === "string")
+    throw new SpindleError("the Q4_K_M mixture is not implemented for mixtures of experts");
   const ropeDim = s.ropeDim ?? headDim;
   if (ropeDim % 2 !== 0 || ropeDim > headDim) throw new SpindleError(`bad RoPE dimension ${ropeDim}`);
   const tied = o.tied === true || o.arch === "gemma2";
@@ -256,6 +339,25 @@ export function synthModel(o: SynthOptions): SynthReport {
     tensors.push({ name, dims: [cols, rows], type, data: quantize(type, uniform(rows * cols, std), cols) });
     parameters += rows * cols;
   };
+  /** n matrices stacked in one 3-D tensor (dims [cols, rows, n]), as llama.cpp stores experts. */
+  const stack = (name: string, n: number, rows: number, cols: number) => {
+    const type = typeFor(o.type as GGMLType, cols);
+    if (type !== o.type) fallbacks.push({ tensor: name, type: typeName(type) });
+    const data = quantize(type, uniform(n * rows * cols, 1 / Math.sqrt(cols)), cols);
+    tensors.push({ name, dims: [cols, rows, n], type, data });
+    parameters += n * rows * cols;
+  };
+  /** A matrix kept in F32 whatever the type (llama.cpp's quantize leaves the router unquantized). */
+  const f32 = (name: string, rows: number, cols: number) => {
+    const v = uniform(rows * cols, 1 / Math.sqrt(cols));
+    tensors.push({
+      name,
+      dims: rows === 1 ? [cols] : [cols, rows],
+      type: GGMLType.F32,
+      data: new Uint8Array(v.buffer),
+    });
+    parameters += rows * cols;
+  };
   const vec = (name: string, n: number, std: number, mean: number) => {
     const v = uniform(n, std, mean);
     tensors.push({ name, dims: [n], type: GGMLType.F32, data: new Uint8Array(v.buffer) });
@@ -278,12 +380,12 @@ export function synthModel(o: SynthOptions): SynthReport {
       mat(`${p}attn_k.weight`, kvDim, s.dim);
       mat(`${p}attn_v.weight`, kvDim, s.dim);
     }
-    if (o.arch === "qwen2") {
+    if (o.arch === "qwen2" || o.arch === "qwen2moe") {
       vec(`${p}attn_q.bias`, qDim, 0.1, 0);
       vec(`${p}attn_k.bias`, kvDim, 0.1, 0);
       vec(`${p}attn_v.bias`, kvDim, 0.1, 0);
     }
-    if (o.arch === "qwen3" || o.arch === "gemma3") {
+    if (o.arch === "qwen3" || o.arch === "qwen3moe" || o.arch === "gemma3") {
       vec(`${p}attn_q_norm.weight`, headDim, 0.1, 1);
       vec(`${p}attn_k_norm.weight`, headDim, 0.1, 1);
     }
@@ -291,14 +393,27 @@ export function synthModel(o: SynthOptions): SynthReport {
     // Gemma's norm weights are stored as llama.cpp's converter writes them, with the 1 added.
     if (gemma) vec(`${p}post_attention_norm.weight`, s.dim, 0.1, 1);
     vec(`${p}ffn_norm.weight`, s.dim, 0.1, 1);
-    if (o.arch === "phi3") {
+    if (x) {
+      // The router, then each kind of expert matrix stacked over the experts.
+      f32(`${p}ffn_gate_inp.weight`, x.count, s.dim);
+      stack(`${p}ffn_gate_exps.weight`, x.count, x.ffnDim, s.dim);
+      stack(`${p}ffn_up_exps.weight`, x.count, x.ffnDim, s.dim);
+      stack(`${p}ffn_down_exps.weight`, x.count, s.dim, x.ffnDim);
+      if (o.arch === "qwen2moe") {
+        const sf = x.sharedFfnDim ?? s.ffnDim;
+        f32(`${p}ffn_gate_inp_shexp.weight`, 1, s.dim);
+        mat(`${p}ffn_gate_shexp.weight`, sf, s.dim);
+        mat(`${p}ffn_up_shexp.weight`, sf, s.dim);
+        mat(`${p}ffn_down_shexp.weight`, s.dim, sf);
+      }
+    } else if (o.arch === "phi3") {
       // Gate and up in one ffn_up of 2·ffnDim rows, the gate's first.
       mat(`${p}ffn_up.weight`, 2 * s.ffnDim, s.dim);
     } else {
       mat(`${p}ffn_gate.weight`, s.ffnDim, s.dim);
       mat(`${p}ffn_up.weight`, s.ffnDim, s.dim);
     }
-    mat(`${p}ffn_down.weight`, s.dim, s.ffnDim);
+    if (!x) mat(`${p}ffn_down.weight`, s.dim, s.ffnDim);
     if (gemma) vec(`${p}post_ffw_norm.weight`, s.dim, 0.1, 1);
   }
   vec("output_norm.weight", s.dim, 0.1, 1);
@@ -317,13 +432,20 @@ export function synthModel(o: SynthOptions): SynthReport {
     [`${a}.context_length`, meta.u32(s.contextLength)],
     [`${a}.embedding_length`, meta.u32(s.dim)],
     [`${a}.block_count`, meta.u32(s.nLayers)],
-    [`${a}.feed_forward_length`, meta.u32(s.ffnDim)],
+    // A Mixtral-style llama file's feed_forward_length is its experts' width.
+    [`${a}.feed_forward_length`, meta.u32(x && !moeArch ? x.ffnDim : s.ffnDim)],
     [`${a}.attention.head_count`, meta.u32(s.nHeads)],
     [`${a}.attention.head_count_kv`, meta.u32(s.nKVHeads)],
     [`${a}.attention.layer_norm_rms_epsilon`, meta.f32(s.rmsEps ?? 1e-5)],
     [`${a}.rope.dimension_count`, meta.u32(ropeDim)],
     [`${a}.rope.freq_base`, meta.f32(s.ropeFreqBase ?? 10000)],
   ];
+  if (x) {
+    md.push([`${a}.expert_count`, meta.u32(x.count)], [`${a}.expert_used_count`, meta.u32(x.used)]);
+    if (moeArch) md.push([`${a}.expert_feed_forward_length`, meta.u32(x.ffnDim)]);
+    if (a === "qwen2moe")
+      md.push([`${a}.expert_shared_feed_forward_length`, meta.u32(x.sharedFfnDim ?? s.ffnDim)]);
+  }
   if (s.slidingWindow !== undefined) md.push([`${a}.attention.sliding_window`, meta.u32(s.slidingWindow)]);
   if (s.swaPattern !== undefined) md.push([`${a}.attention.sliding_window_pattern`, meta.u32(s.swaPattern)]);
   if (s.ropeFreqBaseSwa !== undefined) md.push([`${a}.rope.freq_base_swa`, meta.f32(s.ropeFreqBaseSwa)]);

@@ -1,6 +1,6 @@
 import { ModelFileError } from "../errors.js";
 import type { GGUFFile } from "../gguf/reader.js";
-import { SUPPORTED_WEIGHT_TYPES, typeName } from "../gguf/types.js";
+import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../gguf/types.js";
 import type { WeightMatrix } from "../kernels/kernels.js";
 import { dequantize, isSupportedType, rowBytes } from "../quant/index.js";
 import type { ModelConfig } from "./config.js";
@@ -18,12 +18,32 @@ export interface LayerWeights {
   qNorm?: Float32Array;
   kNorm?: Float32Array;
   ffnNorm: Float32Array;
-  wGate: WeightMatrix;
-  wUp: WeightMatrix;
-  wDown: WeightMatrix;
+  /** The dense feed-forward block; absent in a mixture-of-experts layer, which has `moe`. */
+  wGate?: WeightMatrix;
+  wUp?: WeightMatrix;
+  wDown?: WeightMatrix;
+  moe?: ExpertWeights;
   /** Gemma 2/3: RMS norms on the attention and feed-forward outputs. */
   attnPostNorm?: Float32Array;
   ffnPostNorm?: Float32Array;
+}
+
+/**
+ * A mixture-of-experts block's weights. The file stacks the experts' matrices in 3-D tensors
+ * (ffn_gate_exps, ffn_up_exps: [dim, expertFfn, nExperts]; ffn_down_exps: [expertFfn, dim,
+ * nExperts]); expert e's matrix is the e-th contiguous run of rows, so each becomes a matrix of its
+ * own here (sharing the tensor's bytes until the kernels adopt it) and the kernels multiply it as
+ * any other.
+ */
+export interface ExpertWeights {
+  /** ffn_gate_inp: nExperts × dim, the router's logits. */
+  router: WeightMatrix;
+  /** Per expert: gate and up (expertFfn × dim), down (dim × expertFfn). */
+  gate: WeightMatrix[];
+  up: WeightMatrix[];
+  down: WeightMatrix[];
+  /** Qwen2-MoE's shared expert and its gate (ffn_gate_inp_shexp: 1 × dim, sigmoid of its output). */
+  shared?: { gate: WeightMatrix; up: WeightMatrix; down: WeightMatrix; gateInp: WeightMatrix };
 }
 
 export interface ModelWeights {
@@ -58,17 +78,32 @@ class ReadBuffer {
 
 function matrix(g: GGUFFile, name: string, rows: number, cols: number, into?: ReadBuffer): WeightMatrix {
   const t = g.tensor(name);
-  if (!isSupportedType(t.type)) {
-    throw new ModelFileError(
-      g.path,
-      `tensor ${name} has type ${typeName(t.type)}, which Spindle does not support (supported: ${SUPPORTED_WEIGHT_TYPES.map(typeName).join(", ")})`,
-    );
-  }
   if (t.dims.length !== 2 || t.dims[0] !== cols || t.dims[1] !== rows) {
     throw new ModelFileError(g.path, `tensor ${name} has shape [${t.dims}], expected [${cols}, ${rows}]`);
   }
-  const data = g.readTensor(name, into?.take(t.nbytes));
-  return { name, type: t.type, rows, cols, data, rowBytes: rowBytes(t.type, cols) };
+  return matrixOf(g, name, t.type, rows, cols, into);
+}
+
+/**
+ * The tensor's bytes as a rows × cols matrix of its type, once the type is checked; read into
+ * `into` when given (see ReadBuffer).
+ */
+function matrixOf(
+  g: GGUFFile,
+  name: string,
+  type: GGMLType,
+  rows: number,
+  cols: number,
+  into?: ReadBuffer,
+): WeightMatrix {
+  if (!isSupportedType(type)) {
+    throw new ModelFileError(
+      g.path,
+      `tensor ${name} has type ${typeName(type)}, which Spindle does not support (supported: ${SUPPORTED_WEIGHT_TYPES.map(typeName).join(", ")})`,
+    );
+  }
+  const data = g.readTensor(name, into?.take(g.tensor(name).nbytes));
+  return { name, type, rows, cols, data, rowBytes: rowBytes(type, cols) };
 }
 
 function vector(g: GGUFFile, name: string, n: number): Float32Array {
@@ -88,6 +123,29 @@ function vector(g: GGUFFile, name: string, n: number): Float32Array {
 function rowSlice(w: WeightMatrix, name: string, from: number, rows: number): WeightMatrix {
   const data = w.data.subarray(from * w.rowBytes, (from + rows) * w.rowBytes);
   return { name, type: w.type, rows, cols: w.cols, data, rowBytes: w.rowBytes };
+}
+
+/**
+ * A stacked 3-D tensor of `n` matrices (dims [cols, rows, n]) as n matrices, each a view of its
+ * rows of the tensor's bytes.
+ */
+function stacked(
+  g: GGUFFile,
+  name: string,
+  n: number,
+  rows: number,
+  cols: number,
+  into?: ReadBuffer,
+): WeightMatrix[] {
+  const t = g.tensor(name);
+  if (t.dims.length !== 3 || t.dims[0] !== cols || t.dims[1] !== rows || t.dims[2] !== n) {
+    throw new ModelFileError(
+      g.path,
+      `tensor ${name} has shape [${t.dims}], expected [${cols}, ${rows}, ${n}]`,
+    );
+  }
+  const all = matrixOf(g, name, t.type, n * rows, cols, into);
+  return Array.from({ length: n }, (_, e) => rowSlice(all, `${name}[${e}]`, e * rows, rows));
 }
 
 function optionalVector(g: GGUFFile, name: string, n: number): Float32Array | undefined {
@@ -150,20 +208,7 @@ export function loadWeights(
       bk = optionalVector(g, `${p}attn_k.bias`, kvDim);
       bv = optionalVector(g, `${p}attn_v.bias`, kvDim);
     }
-    // Gate and up: separate, or both in ffn_up (Phi-3: 2·ffnDim rows, the gate's first, as
-    // llama.cpp's swiglu of the fused product takes them) and split here.
-    let wGate: WeightMatrix;
-    let wUp: WeightMatrix;
-    if (!g.tensors.has(`${p}ffn_gate.weight`) && g.tensors.has(`${p}ffn_up.weight`)) {
-      const fused = matrix(g, `${p}ffn_up.weight`, 2 * c.ffnDim, c.dim, buffer);
-      wGate = rowSlice(fused, `${p}ffn_up.weight[gate]`, 0, c.ffnDim);
-      wUp = rowSlice(fused, `${p}ffn_up.weight[up]`, c.ffnDim, c.ffnDim);
-      offer(wGate);
-      offer(wUp);
-    } else {
-      wGate = mat(`${p}ffn_gate.weight`, c.ffnDim, c.dim);
-      wUp = mat(`${p}ffn_up.weight`, c.ffnDim, c.dim);
-    }
+    const ffn = c.moe ? { moe: experts(g, c, p, mat, offer, buffer) } : denseFFN(g, c, p, mat, offer, buffer);
     layers.push({
       attnNorm: vector(g, `${p}attn_norm.weight`, c.dim),
       wq,
@@ -176,9 +221,7 @@ export function loadWeights(
       qNorm: optionalVector(g, `${p}attn_q_norm.weight`, c.headDim),
       kNorm: optionalVector(g, `${p}attn_k_norm.weight`, c.headDim),
       ffnNorm: vector(g, `${p}ffn_norm.weight`, c.dim),
-      wGate,
-      wUp,
-      wDown: mat(`${p}ffn_down.weight`, c.dim, c.ffnDim),
+      ...ffn,
       attnPostNorm: c.postNorms ? vector(g, `${p}post_attention_norm.weight`, c.dim) : undefined,
       ffnPostNorm: c.postNorms ? vector(g, `${p}post_ffw_norm.weight`, c.dim) : undefined,
     });
@@ -191,6 +234,79 @@ export function loadWeights(
     output: c.tiedEmbeddings ? tokenEmbd : mat("output.weight", c.vocabSize, c.dim),
     ropeFreqs: ropeFactors(g, c),
   };
+}
+
+type Mat = (name: string, rows: number, cols: number) => WeightMatrix;
+
+/**
+ * A dense feed-forward block. Gate and up: separate, or both in ffn_up (Phi-3: 2·ffnDim rows, the
+ * gate's first, as llama.cpp's swiglu of the fused product takes them) and split here.
+ */
+function denseFFN(
+  g: GGUFFile,
+  c: ModelConfig,
+  p: string,
+  mat: Mat,
+  offer: (w: WeightMatrix) => void,
+  buffer: ReadBuffer | undefined,
+): Pick<LayerWeights, "wGate" | "wUp" | "wDown"> {
+  let wGate: WeightMatrix;
+  let wUp: WeightMatrix;
+  if (!g.tensors.has(`${p}ffn_gate.weight`) && g.tensors.has(`${p}ffn_up.weight`)) {
+    const fused = matrix(g, `${p}ffn_up.weight`, 2 * c.ffnDim, c.dim, buffer);
+    wGate = rowSlice(fused, `${p}ffn_up.weight[gate]`, 0, c.ffnDim);
+    wUp = rowSlice(fused, `${p}ffn_up.weight[up]`, c.ffnDim, c.ffnDim);
+    offer(wGate);
+    offer(wUp);
+  } else {
+    wGate = mat(`${p}ffn_gate.weight`, c.ffnDim, c.dim);
+    wUp = mat(`${p}ffn_up.weight`, c.ffnDim, c.dim);
+  }
+  return { wGate, wUp, wDown: mat(`${p}ffn_down.weight`, c.dim, c.ffnDim) };
+}
+
+/** A mixture-of-experts block: the router, each expert's matrices (adopted one by one), the shared expert. */
+function experts(
+  g: GGUFFile,
+  c: ModelConfig,
+  p: string,
+  mat: Mat,
+  offer: (w: WeightMatrix) => void,
+  buffer: ReadBuffer | undefined,
+): ExpertWeights {
+  const m = c.moe!;
+  const ff = m.expertFfnDim;
+  const split = (name: string, rows: number, cols: number) => {
+    const ws = stacked(g, `${p}${name}.weight`, m.nExperts, rows, cols, buffer);
+    for (const w of ws) offer(w);
+    return ws;
+  };
+  const e: ExpertWeights = {
+    router: mat(`${p}ffn_gate_inp.weight`, m.nExperts, c.dim),
+    gate: split("ffn_gate_exps", ff, c.dim),
+    up: split("ffn_up_exps", ff, c.dim),
+    down: split("ffn_down_exps", c.dim, ff),
+  };
+  if (m.sharedFfnDim !== undefined) {
+    const sf = m.sharedFfnDim;
+    const v = vector(g, `${p}ffn_gate_inp_shexp.weight`, c.dim);
+    const gateInp: WeightMatrix = {
+      name: `${p}ffn_gate_inp_shexp.weight`,
+      type: GGMLType.F32,
+      rows: 1,
+      cols: c.dim,
+      data: new Uint8Array(v.buffer, v.byteOffset, v.byteLength),
+      rowBytes: 4 * c.dim,
+    };
+    offer(gateInp);
+    e.shared = {
+      gate: mat(`${p}ffn_gate_shexp.weight`, sf, c.dim),
+      up: mat(`${p}ffn_up_shexp.weight`, sf, c.dim),
+      down: mat(`${p}ffn_down_shexp.weight`, c.dim, sf),
+      gateInp,
+    };
+  }
+  return e;
 }
 
 /**

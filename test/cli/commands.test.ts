@@ -188,6 +188,63 @@ describe("spindle synth-model", () => {
     );
   });
 
+  it("--shape qwen3-30b-a3b writes llama.cpp's qwen3moe experts: stacked 3-D tensors, an F32 router", async () => {
+    const out = join(dir, "qwen3moe.gguf");
+    const args = ["--shape", "qwen3-30b-a3b", "--type", "Q8_0", "--layers", "1", "--dim", "64"];
+    const r = await runCli([
+      "synth-model",
+      ...args,
+      "--heads",
+      "4",
+      "--experts",
+      "16",
+      "--expert-ffn",
+      "32",
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(0);
+    const g = readGGUF(out);
+    expect(g.getString("general.architecture")).toBe("qwen3moe");
+    expect(g.getNumber("qwen3moe.expert_count")).toBe(16);
+    expect(g.getNumber("qwen3moe.expert_used_count")).toBe(8);
+    expect(g.getNumber("qwen3moe.expert_feed_forward_length")).toBe(32);
+    expect(g.tensor("blk.0.ffn_gate_inp.weight")).toMatchObject({ dims: [64, 16], type: GGMLType.F32 });
+    expect(g.tensor("blk.0.ffn_gate_exps.weight")).toMatchObject({ dims: [64, 32, 16], type: GGMLType.Q8_0 });
+    expect(g.tensor("blk.0.ffn_up_exps.weight").dims).toEqual([64, 32, 16]);
+    expect(g.tensor("blk.0.ffn_down_exps.weight").dims).toEqual([32, 64, 16]);
+    expect(g.tensors.has("blk.0.ffn_gate.weight")).toBe(false);
+    const m = loadModel(out);
+    expect(m.config.moe).toEqual({ nExperts: 16, nUsed: 8, expertFfnDim: 32, normalize: true });
+    expect(m.transformer.weights.layers[0]!.moe!.down.map((w) => [w.rows, w.cols])).toEqual(
+      Array.from({ length: 16 }, () => [64, 32]),
+    );
+  });
+
+  it("--experts makes a llama model Mixtral-style; --experts-used without experts is refused", async () => {
+    const out = join(dir, "mixtral.gguf");
+    const r = await runCli([
+      "synth-model",
+      "--layers",
+      "1",
+      "--experts",
+      "4",
+      "--expert-ffn",
+      "64",
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(0);
+    const g = readGGUF(out);
+    expect(g.getNumber("llama.expert_count")).toBe(4);
+    expect(g.getNumber("llama.expert_used_count")).toBe(2);
+    expect(g.getNumber("llama.feed_forward_length")).toBe(64); // a Mixtral file's is its experts' width
+    expect(loadModel(out).config.moe).toEqual({ nExperts: 4, nUsed: 2, expertFfnDim: 64, normalize: true });
+    const bad = await runCli(["synth-model", "--experts-used", "2", "--out", join(dir, "bad.gguf")]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/--experts-used and --expert-ffn need --experts/);
+  });
+
   it("--type Q4_K_M writes llama.cpp's mixture, with its K-quant fallbacks", async () => {
     const out = join(dir, "s15m-q4km.gguf");
     const r = await runCli(["synth-model", "--type", "Q4_K_M", "--layers", "1", "--out", out]);

@@ -133,10 +133,30 @@ describe("weights over several WebAssembly memories", () => {
     expect([a.owns(before), a.owns(after), other.owns(after)]).toEqual([true, true, false]);
   });
 
+  it("a mixture of experts: each expert's slice of the stacked tensors is adopted, the router and the shared expert too", () => {
+    const out = join(dir, "moe-adopt.gguf");
+    const shape = { ...SHAPES["tiny-moe"]!, experts: { count: 4, used: 2, ffnDim: 64, sharedFfnDim: 96 } };
+    synthModel({ arch: "qwen2moe", shape, type: GGMLType.Q8_0, vocabPath: testModel(STORIES_260K), out });
+    const w = loadModel(out, { kernels: kernels({ threads: 1 }) }).transformer.weights;
+    const moe = w.layers.map((l) => l.moe!);
+    const adopted = moe.flatMap((m) => [
+      m.router,
+      ...m.gate,
+      ...m.up,
+      ...m.down,
+      ...Object.values(m.shared!),
+    ]);
+    expect(adopted).toHaveLength(2 * (1 + 3 * 4 + 4));
+    expect(adopted.map((m) => m.data.length)).toEqual(adopted.map(() => 0));
+  });
+
   it("loadModel hands every multiplied matrix to the kernels and drops its bytes; the embedding table keeps them", () => {
     const model = loadModel(testModel(STORIES_260K), { kernels: kernels({ threads: 1 }) });
     const w = model.transformer.weights;
-    const adopted = [w.output, ...w.layers.flatMap((l) => [l.wq, l.wk, l.wv, l.wo, l.wGate, l.wUp, l.wDown])];
+    const adopted = [
+      w.output,
+      ...w.layers.flatMap((l) => [l.wq, l.wk, l.wv, l.wo, l.wGate!, l.wUp!, l.wDown!]),
+    ];
     expect(adopted.map((m) => m.data.length)).toEqual(adopted.map(() => 0));
     expect(w.tokenEmbd.data.length).toBe(w.tokenEmbd.rows * w.tokenEmbd.rowBytes);
     // The reference kernels keep the file's bytes (nothing to adopt them).

@@ -82,6 +82,13 @@ describe("batched forward: a sequence's logits inside a mixed batch equal its lo
     checkBatch(loadModel(out), DEFAULT_KV_CACHE_TYPE);
   });
 
+  it("synthesized mixture of experts (qwen3moe Q8_0, top-4 of 16): tokens grouped by expert across sequences", () => {
+    const out = join(dir, "batch-moe.gguf");
+    const shape = { ...SHAPES.k256!, experts: { count: 16, used: 4, ffnDim: 128 } };
+    synthModel({ arch: "qwen3moe", shape, type: GGMLType.Q8_0, vocabPath: testModel(STORIES_260K), out });
+    checkBatch(loadModel(out), DEFAULT_KV_CACHE_TYPE);
+  });
+
   it("transient logits: the same values, in one buffer of the kernels' memory that the next call reuses", () => {
     const model = loadModel(testModel(STORIES_260K));
     const V = model.config.vocabSize;
