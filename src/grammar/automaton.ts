@@ -203,6 +203,8 @@ export function buildAutomaton(g: Grammar, field: string, limits: CompileLimits 
           n.items.reduce((a, it) => a + 4 + size(it.x, depth + 1) + size(n.sep, depth + 1), 1) +
           (n.extra ? size(n.extra, depth + 1) + size(n.sep, depth + 1) : 0)
         );
+      case "avoid":
+        return n.text.length + 2;
     }
   };
   const isCall = (name: string) => {
@@ -321,6 +323,8 @@ export function buildAutomaton(g: Grammar, field: string, limits: CompileLimits 
         nfa.eps[lane1]!.push(end);
         return end;
       }
+      case "avoid":
+        return buildAvoid(nfa, n.text, from);
     }
   };
 
@@ -335,6 +339,45 @@ export function buildAutomaton(g: Grammar, field: string, limits: CompileLimits 
   const a = new LazyDfa(nfa, nfaStart, isEnd, ruleNames);
   checkLeftRecursion(a, field);
   return a;
+}
+
+/**
+ * Any bytes that do not hold `text`: the string-matching automaton of `text` (state i: the last i
+ * bytes read are its first i), every state accepting, without the edges that would complete it.
+ */
+function buildAvoid(nfa: NFA, text: Uint8Array, from: number): number {
+  const n = text.length;
+  const end = nfa.add();
+  if (n === 0) return end; // everything holds the empty string: nothing may be written
+  const st: number[] = [];
+  for (let i = 0; i < n; i++) st.push(nfa.add());
+  nfa.eps[from]!.push(st[0]!);
+  // fail[i]: the longest proper border of text[0..i)
+  const fail = new Int32Array(n + 1);
+  for (let i = 2, k = 0; i <= n; i++) {
+    while (k > 0 && text[k] !== text[i - 1]) k = fail[k]!;
+    if (text[k] === text[i - 1]) k++;
+    fail[i] = k;
+  }
+  const target = (i: number, b: number): number => {
+    let k = i;
+    while (k > 0 && text[k] !== b) k = fail[k]!;
+    return text[k] === b ? k + 1 : 0;
+  };
+  for (let i = 0; i < n; i++) {
+    let lo = 0;
+    let t = target(i, 0);
+    for (let b = 1; b <= 256; b++) {
+      const u = b < 256 ? target(i, b) : -1;
+      if (u !== t) {
+        if (t < n) nfa.bytes[st[i]!]!.push([lo, b - 1, st[t]!]);
+        lo = b;
+        t = u;
+      }
+    }
+    nfa.eps[st[i]!]!.push(end);
+  }
+  return end;
 }
 
 /** Subset construction on demand. */
