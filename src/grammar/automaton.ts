@@ -1,4 +1,5 @@
 import { GrammarError } from "./constraint.js";
+import { IntStack, SeqMap } from "./int-tables.js";
 import type { Grammar, Node } from "./ir.js";
 
 /**
@@ -202,6 +203,8 @@ export function buildAutomaton(g: Grammar, field: string, limits: CompileLimits 
           n.items.reduce((a, it) => a + 4 + size(it.x, depth + 1) + size(n.sep, depth + 1), 1) +
           (n.extra ? size(n.extra, depth + 1) + size(n.sep, depth + 1) : 0)
         );
+      case "avoid":
+        return n.text.length + 2;
     }
   };
   const isCall = (name: string) => {
@@ -320,6 +323,8 @@ export function buildAutomaton(g: Grammar, field: string, limits: CompileLimits 
         nfa.eps[lane1]!.push(end);
         return end;
       }
+      case "avoid":
+        return buildAvoid(nfa, n.text, from);
     }
   };
 
@@ -336,10 +341,49 @@ export function buildAutomaton(g: Grammar, field: string, limits: CompileLimits 
   return a;
 }
 
+/**
+ * Any bytes that do not hold `text`: the string-matching automaton of `text` (state i: the last i
+ * bytes read are its first i), every state accepting, without the edges that would complete it.
+ */
+function buildAvoid(nfa: NFA, text: Uint8Array, from: number): number {
+  const n = text.length;
+  const end = nfa.add();
+  if (n === 0) return end; // everything holds the empty string: nothing may be written
+  const st: number[] = [];
+  for (let i = 0; i < n; i++) st.push(nfa.add());
+  nfa.eps[from]!.push(st[0]!);
+  // fail[i]: the longest proper border of text[0..i)
+  const fail = new Int32Array(n + 1);
+  for (let i = 2, k = 0; i <= n; i++) {
+    while (k > 0 && text[k] !== text[i - 1]) k = fail[k]!;
+    if (text[k] === text[i - 1]) k++;
+    fail[i] = k;
+  }
+  const target = (i: number, b: number): number => {
+    let k = i;
+    while (k > 0 && text[k] !== b) k = fail[k]!;
+    return text[k] === b ? k + 1 : 0;
+  };
+  for (let i = 0; i < n; i++) {
+    let lo = 0;
+    let t = target(i, 0);
+    for (let b = 1; b <= 256; b++) {
+      const u = b < 256 ? target(i, b) : -1;
+      if (u !== t) {
+        if (t < n) nfa.bytes[st[i]!]!.push([lo, b - 1, st[t]!]);
+        lo = b;
+        t = u;
+      }
+    }
+    nfa.eps[st[i]!]!.push(end);
+  }
+  return end;
+}
+
 /** Subset construction on demand. */
 class LazyDfa implements Automaton {
   private readonly sets: Int32Array[] = [];
-  private readonly ids = new Map<string, number>();
+  private readonly ids = new SeqMap();
   private trans = new Int32Array(256 * 256);
   private flags = new Uint8Array(256); // 1 expanded, 2 accepts, 4 has bytes
   private readonly callList: (Int32Array | undefined)[] = [];
@@ -347,6 +391,14 @@ class LazyDfa implements Automaton {
   private readonly endOf: Uint8Array;
   private readonly mark: Int32Array;
   private stamp = 0;
+  // Scratch reused by every expansion: the closure being built, the edges out of a set (lo, hi,
+  // to), the targets of one byte range and of the range before it, and the range bounds.
+  private readonly cl = new IntStack();
+  private readonly work = new IntStack();
+  private readonly edges = new IntStack();
+  private readonly targets = new IntStack();
+  private readonly prevTargets = new IntStack();
+  private readonly bound = new Uint8Array(257);
 
   constructor(
     private readonly nfa: NFA,
@@ -357,37 +409,50 @@ class LazyDfa implements Automaton {
     this.endOf = new Uint8Array(nfa.eps.length);
     for (const e of ends) this.endOf[e] = 1;
     this.mark = new Int32Array(nfa.eps.length);
-    this.starts = Int32Array.from(nfaStart, (s) => this.intern(this.closure([s])));
+    this.starts = Int32Array.from(nfaStart, (s) => {
+      this.targets.n = 0;
+      this.targets.push(s);
+      return this.intern(this.targets);
+    });
   }
 
   get states(): number {
     return this.sets.length;
   }
 
-  private closure(seeds: number[]): number[] {
+  /** The DFA state of the epsilon closure of `seeds` (read, not changed). */
+  private intern(seeds: IntStack): number {
     const stamp = ++this.stamp;
-    const out: number[] = [];
-    const work = seeds.slice();
-    for (const s of work) this.mark[s] = stamp;
-    while (work.length > 0) {
-      const s = work.pop()!;
+    const out = this.cl;
+    const work = this.work;
+    out.n = 0;
+    work.n = 0;
+    for (let i = 0; i < seeds.n; i++) {
+      const s = seeds.buf[i]!;
+      if (this.mark[s] !== stamp) {
+        this.mark[s] = stamp;
+        work.push(s);
+      }
+    }
+    while (work.n > 0) {
+      const s = work.pop();
       out.push(s);
-      for (const t of this.nfa.eps[s]!)
+      const eps = this.nfa.eps[s]!;
+      for (let i = 0; i < eps.length; i++) {
+        const t = eps[i]!;
         if (this.mark[t] !== stamp) {
           this.mark[t] = stamp;
           work.push(t);
         }
+      }
     }
-    return out.sort((x, y) => x - y);
-  }
-
-  private intern(set: number[]): number {
-    const key = set.join(",");
-    let id = this.ids.get(key);
-    if (id === undefined) {
+    out.sort();
+    let id = this.ids.get(out.buf, out.n);
+    if (id < 0) {
       id = this.sets.length;
-      this.sets.push(Int32Array.from(set));
-      this.ids.set(key, id);
+      const set = out.buf.slice(0, out.n);
+      this.sets.push(set);
+      this.ids.set(set, id);
       if (id >= this.flags.length) {
         const f = new Uint8Array(this.flags.length * 2);
         f.set(this.flags);
@@ -402,12 +467,21 @@ class LazyDfa implements Automaton {
 
   private expand(d: number): void {
     const set = this.sets[d]!;
-    const edges: Array<[number, number, number]> = [];
+    const edges = this.edges;
+    const bound = this.bound;
+    edges.n = 0;
     let callMap: Map<number, number[]> | undefined;
     let f = 1;
-    for (const s of set) {
+    for (let i = 0; i < set.length; i++) {
+      const s = set[i]!;
       if (this.endOf[s]) f |= 2;
-      for (const e of this.nfa.bytes[s]!) edges.push(e);
+      for (const [lo, hi, to] of this.nfa.bytes[s]!) {
+        edges.push(lo);
+        edges.push(hi);
+        edges.push(to);
+        bound[lo] = 1;
+        bound[hi + 1] = 1;
+      }
       for (const [rule, to] of this.nfa.calls[s]!) {
         callMap ??= new Map();
         const l = callMap.get(rule);
@@ -415,29 +489,46 @@ class LazyDfa implements Automaton {
         else callMap.set(rule, [to]);
       }
     }
-    const row = new Int32Array(256).fill(-1);
-    if (edges.length > 0) {
+    const row = d * 256;
+    this.trans.fill(-1, row, row + 256);
+    if (edges.n > 0) {
       f |= 4;
-      const bounds = new Set<number>([0, 256]);
-      for (const [lo, hi] of edges) {
-        bounds.add(lo);
-        bounds.add(hi + 1);
+      bound[0] = 1;
+      const e = edges.buf;
+      const targets = this.targets;
+      const prev = this.prevTargets;
+      prev.n = -1;
+      let prevId = -1;
+      for (let lo = 0; lo < 256; ) {
+        let hi = lo + 1;
+        while (hi < 256 && !bound[hi]) hi++;
+        targets.n = 0;
+        for (let k = 0; k < edges.n; k += 3) if (e[k]! <= lo && lo <= e[k + 1]!) targets.push(e[k + 2]!);
+        if (targets.n > 0) {
+          // Neighbouring ranges often lead to the same NFA states: one closure for them.
+          let same = targets.n === prev.n;
+          for (let k = 0; same && k < targets.n; k++) same = targets.buf[k] === prev.buf[k];
+          if (!same) {
+            prevId = this.intern(targets);
+            prev.n = 0;
+            for (let k = 0; k < targets.n; k++) prev.push(targets.buf[k]!);
+          }
+          this.trans.fill(prevId, row + lo, row + hi);
+        }
+        lo = hi;
       }
-      const bs = [...bounds].sort((x, y) => x - y);
-      for (let i = 0; i + 1 < bs.length; i++) {
-        const b = bs[i]!;
-        const targets: number[] = [];
-        for (const [lo, hi, to] of edges) if (lo <= b && b <= hi) targets.push(to);
-        if (targets.length > 0) row.fill(this.intern(this.closure(targets)), b, bs[i + 1]!);
-      }
+      bound.fill(0);
     }
     let calls: Int32Array | undefined;
     if (callMap) {
       const flat: number[] = [];
-      for (const [rule, tos] of callMap) flat.push(rule, this.intern(this.closure(tos)));
+      for (const [rule, tos] of callMap) {
+        this.targets.n = 0;
+        for (const t of tos) this.targets.push(t);
+        flat.push(rule, this.intern(this.targets));
+      }
       calls = Int32Array.from(flat);
     }
-    this.trans.set(row, d * 256);
     this.callList[d] = calls;
     this.flags[d] = f;
   }

@@ -23,7 +23,14 @@ export type GrammarSpec =
   /** A context-free grammar in llama.cpp's GBNF (start symbol `root`). */
   | { type: "gbnf"; grammar: string }
   /** A context-free grammar in Lark's EBNF form (start symbol `start`). */
-  | { type: "lark"; grammar: string };
+  | { type: "lark"; grammar: string }
+  /**
+   * Free text in which the grammar engages at a trigger: wherever `trigger` is written, compact JSON
+   * valid against `schema` must follow (after at most a few whitespace bytes), then `end`, then free
+   * text again; at most `maxSegments` such segments (default: any number). The text itself is any
+   * bytes that do not hold `trigger`. Tool calls under tool_choice `auto` (Hermes: `<tool_call>`).
+   */
+  | { type: "triggered"; trigger: string; end: string; schema: unknown; maxSegments?: number };
 
 /** The vocabulary facts a grammar is compiled against. */
 export interface GrammarVocab {

@@ -7,7 +7,7 @@
 import { type Automaton, buildAutomaton, type CompileLimits } from "./automaton.js";
 import { type CompiledGrammar, GrammarError, type GrammarSpec, type GrammarVocab } from "./constraint.js";
 import { gbnfGrammar } from "./gbnf.js";
-import { alt, type Grammar, lit } from "./ir.js";
+import { alt, type Grammar, lit, type Node, ref, rep, seq } from "./ir.js";
 import { jsonObjectGrammar, jsonSchemaGrammar } from "./json-schema.js";
 import { larkGrammar } from "./lark.js";
 import { Compiled } from "./matcher.js";
@@ -60,11 +60,48 @@ export function specGrammar(spec: GrammarSpec): { grammar: Grammar; field: strin
       return { grammar: gbnfGrammar(checkSource(spec.grammar, "grammar"), "grammar"), field: "grammar" };
     case "lark":
       return { grammar: larkGrammar(checkSource(spec.grammar, "grammar"), "grammar"), field: "grammar" };
+    case "triggered":
+      return triggeredGrammar(spec, checkSource);
   }
   throw new GrammarError(
     "grammar",
     `unknown grammar type ${JSON.stringify((spec as { type?: unknown }).type)}`,
   );
+}
+
+/** The start rule of a triggered grammar (a name no front end gives a rule). */
+const TRIGGERED = "%triggered";
+/** JSON whitespace, a few bytes of which may surround a triggered segment's JSON. */
+const SEGMENT_WS = rep(
+  {
+    k: "bytes",
+    ranges: [
+      [0x09, 0x0a],
+      [0x0d, 0x0d],
+      [0x20, 0x20],
+    ],
+  },
+  0,
+  4,
+);
+
+/** Free text, then segments of `trigger` JSON `end` each followed by free text (see GrammarSpec). */
+function triggeredGrammar(
+  spec: Extract<GrammarSpec, { type: "triggered" }>,
+  checkSource: (s: unknown, field: string) => string,
+): { grammar: Grammar; field: string } {
+  const trigger = checkSource(spec.trigger, "trigger");
+  const end = checkSource(spec.end, "end");
+  if (trigger.length === 0) throw new GrammarError("trigger", "must not be empty");
+  const max = spec.maxSegments ?? Number.POSITIVE_INFINITY;
+  if (!(max >= 0)) throw new GrammarError("maxSegments", "must be a number of segments, 0 or more");
+  if (JSON.stringify(spec.schema ?? null).length > MAX_SOURCE)
+    throw new GrammarError("schema", `longer than ${MAX_SOURCE} characters`);
+  const inner = jsonSchemaGrammar(spec.schema, "schema");
+  const text: Node = { k: "avoid", text: new TextEncoder().encode(trigger) };
+  const segment = seq(lit(trigger), SEGMENT_WS, ref(inner.start), SEGMENT_WS, lit(end), text);
+  inner.rules.set(TRIGGERED, seq(text, rep(segment, 0, max)));
+  return { grammar: { rules: inner.rules, start: TRIGGERED }, field: "schema" };
 }
 
 /** The automaton of a spec (vocabulary-independent). */
@@ -101,6 +138,10 @@ export function specKey(spec: GrammarSpec): string {
   // Property order is meaningful in a schema (it is the output order), so keep it: sort only the
   // spec's own keys, and keep the schema's objects as written.
   if (spec.type === "json_schema") return JSON.stringify({ schema: spec.schema, type: spec.type });
+  if (spec.type === "triggered") {
+    const { end, maxSegments, schema, trigger, type } = spec;
+    return JSON.stringify({ end, maxSegments, schema, trigger, type });
+  }
   return JSON.stringify(canon(spec));
 }
 

@@ -20,7 +20,9 @@ export type Node =
    * Items in order, each present or (when `opt`) skipped, the present ones joined by `sep`;
    * then, when `extra` is given, any number of `extra` items, joined the same way.
    */
-  | { k: "props"; items: { x: Node; opt: boolean }[]; sep: Node; extra?: Node };
+  | { k: "props"; items: { x: Node; opt: boolean }[]; sep: Node; extra?: Node }
+  /** Any bytes (none included) that do not hold `text` anywhere: the free text of a triggered grammar. */
+  | { k: "avoid"; text: Uint8Array };
 
 export interface Grammar {
   rules: Map<string, Node>;

@@ -1,5 +1,6 @@
 import type { Automaton } from "./automaton.js";
 import { type CompiledGrammar, type GrammarMatcher, type GrammarVocab, maskWords } from "./constraint.js";
+import { growInt32, IntStack, PairMap, SeqMap } from "./int-tables.js";
 import { isPlainByte, PLAIN_RUN, type TokenTrie, type VocabIndex } from "./token-trie.js";
 
 /**
@@ -13,22 +14,40 @@ import { isPlainByte, PLAIN_RUN, type TokenTrie, type VocabIndex } from "./token
  */
 export class PositionTables {
   // stacks: (state, parent stack) pairs
-  private readonly stState: number[] = [];
-  private readonly stParent: number[] = [];
-  private readonly stMap = new Map<number, number>();
+  private stState = new Int32Array(1024);
+  private stParent = new Int32Array(1024);
+  private stacks = 0;
+  private readonly stMap = new PairMap();
   // positions: sorted stack ids whose top reads a byte, and whether the text may end here
   readonly posStacks: Int32Array[] = [];
-  readonly posEnd: Uint8Array[] = [];
-  private endFlags = new Uint8Array(1024);
-  /** Positions of several stacks, by their sorted ids ("$" when the text may end). */
-  private readonly posMap = new Map<string, number>();
-  /** Positions of at most one stack, by stack id * 2 + may-end (-1 * 2 + 1 for the bare end). */
-  private readonly posMap1 = new Map<number, number>();
-  /** Positions of one stack that reads a byte, neither ends nor calls: stack id → position. */
-  private readonly single = new Map<number, number>();
+  private endFlags = new Uint8Array(64);
+  /** Positions of several stacks, by their sorted ids (then -1 when the text may end). */
+  private readonly posMap = new SeqMap();
+  /** Positions of at most one stack, by (stack id or -1, may-end). */
+  private readonly posMap1 = new PairMap();
+  /** Positions of one stack that reads a byte, neither ends nor calls: stack id → position + 1. */
+  private single = new Int32Array(1024);
   /** next[p * 256 + b]: the position after byte b, -1 when b is not allowed, -2 not yet computed. */
-  next = new Int32Array(256 * 1024).fill(-2);
-  private readonly masks = new Map<number, Uint32Array>();
+  next = new Int32Array(256 * 64).fill(-2);
+  // Scratch for `close` and `step`, reused: computing a position allocates only what it keeps.
+  private readonly work = new IntStack();
+  private readonly out = new IntStack();
+  private seen = new Int32Array(1024);
+  private stamp = 0;
+  // The mask cache: a pool of mask buffers (kept, reused once the cache is full), `slotOf[p]` is
+  // position p's slot + 1 (0: none).
+  private readonly words: number;
+  private readonly pool: Uint32Array[] = [];
+  private slotOf = new Int32Array(64);
+  private readonly slotPos: Int32Array;
+  private slots = 0;
+  private readonly at: Int32Array;
+  /**
+   * The bytes that leave position p where it is (8 words a position), for positions of one stack
+   * (the bytes its DFA state loops on); starKnown[p]: 0 not computed, 1 none, 2 some.
+   */
+  private star = new Int32Array(64 * 8);
+  private starKnown = new Uint8Array(64);
   readonly start: number;
   readonly trie: TokenTrie;
 
@@ -39,7 +58,11 @@ export class PositionTables {
     private readonly maxMasks = 1024,
   ) {
     this.trie = vocab.all;
-    this.start = this.close([this.stack(a.ruleStart(0), -1)]);
+    this.words = maskWords(this.trie.vocabSize);
+    this.slotPos = new Int32Array(maxMasks);
+    this.at = new Int32Array(this.trie.maxDepth + 1);
+    this.work.push(this.stack(a.ruleStart(0), -1));
+    this.start = this.close();
   }
 
   get positions(): number {
@@ -55,37 +78,46 @@ export class PositionTables {
   }
 
   private stack(state: number, parent: number): number {
-    const key = (parent + 1) * 0x4000_0000 + state;
-    let id = this.stMap.get(key);
-    if (id === undefined) {
-      id = this.stState.length;
-      this.stState.push(state);
-      this.stParent.push(parent);
-      this.stMap.set(key, id);
+    let id = this.stMap.get(state, parent);
+    if (id < 0) {
+      id = this.stacks++;
+      if (id >= this.stState.length) {
+        this.stState = growInt32(this.stState, id + 1, 0);
+        this.stParent = growInt32(this.stParent, id + 1, 0);
+        this.seen = growInt32(this.seen, id + 1, 0);
+        this.single = growInt32(this.single, id + 1, 0);
+      }
+      this.stState[id] = state;
+      this.stParent[id] = parent;
+      this.stMap.set(state, parent, id);
     }
     return id;
   }
 
-  /** The position made of these stacks after following calls and returns that read no byte. */
-  private close(seeds: number[]): number {
+  /**
+   * The position made of the stacks in `this.work` (consumed) after following calls and returns
+   * that read no byte; -1 when nothing is left.
+   */
+  private close(): number {
     const a = this.a;
-    if (seeds.length === 1) {
+    const work = this.work;
+    if (work.n === 1) {
       // The common case: one stack whose top reads a byte and neither ends nor calls.
-      const st = seeds[0]!;
-      const s = this.stState[st]!;
-      if (a.hasBytes(s) && !a.accepts(s) && a.calls(s) === undefined) {
-        const id = this.single.get(st);
-        if (id !== undefined) return id;
+      const id = this.single[work.buf[0]!]! - 1;
+      if (id >= 0) {
+        work.n = 0;
+        return id;
       }
     }
-    const seen = new Set<number>();
-    const out: number[] = [];
+    const stamp = ++this.stamp;
+    const seen = this.seen;
+    const out = this.out;
+    out.n = 0;
     let end = 0;
-    const work = seeds;
-    while (work.length > 0) {
-      const st = work.pop()!;
-      if (seen.has(st)) continue;
-      seen.add(st);
+    while (work.n > 0) {
+      const st = work.pop();
+      if (seen[st] === stamp) continue;
+      seen[st] = stamp;
       const s = this.stState[st]!;
       const parent = this.stParent[st]!;
       if (a.hasBytes(s)) out.push(st);
@@ -98,36 +130,41 @@ export class PositionTables {
         for (let i = 0; i < c.length; i += 2)
           work.push(this.stack(a.ruleStart(c[i]!), this.stack(c[i + 1]!, parent)));
     }
-    if (out.length === 0 && !end) return -1;
-    // One stack (the common case) is keyed by a number, several by a string.
-    let key: string | undefined;
-    let key1 = 0;
-    let id: number | undefined;
-    if (out.length <= 1) {
-      key1 = (out.length === 0 ? -1 : out[0]!) * 2 + end;
-      id = this.posMap1.get(key1);
-    } else {
-      out.sort((x, y) => x - y);
-      key = `${out.join(",")}${end ? "$" : ""}`;
-      id = this.posMap.get(key);
+    if (out.n === 0 && !end) return -1;
+    // One stack (the common case) is keyed by a pair of numbers, several by the sorted list.
+    let id: number;
+    if (out.n <= 1) id = this.posMap1.get(out.n === 0 ? -1 : out.buf[0]!, end);
+    else {
+      out.sort();
+      if (end) out.push(-1);
+      id = this.posMap.get(out.buf, out.n);
     }
-    if (id === undefined) {
+    if (id < 0) {
       id = this.posStacks.length;
-      this.posStacks.push(Int32Array.from(out));
-      if (key === undefined) this.posMap1.set(key1, id);
-      else this.posMap.set(key, id);
+      if (out.n <= 1) {
+        this.posStacks.push(out.buf.slice(0, out.n));
+        this.posMap1.set(out.n === 0 ? -1 : out.buf[0]!, end, id);
+      } else {
+        const key = out.buf.slice(0, out.n);
+        this.posStacks.push(end ? key.subarray(0, out.n - 1) : key);
+        this.posMap.set(key, id);
+      }
       if (id >= this.endFlags.length) {
         const f = new Uint8Array(this.endFlags.length * 2);
         f.set(this.endFlags);
         this.endFlags = f;
-        const n = new Int32Array(this.next.length * 2).fill(-2);
-        n.set(this.next);
-        this.next = n;
+        this.next = growInt32(this.next, f.length * 256, -2);
+        this.slotOf = growInt32(this.slotOf, f.length, 0);
+        this.star = growInt32(this.star, f.length * 8, 0);
+        const k = new Uint8Array(f.length);
+        k.set(this.starKnown);
+        this.starKnown = k;
       }
       this.endFlags[id] = end;
-      if (out.length === 1 && !end) {
-        const s = this.stState[out[0]!]!;
-        if (!a.accepts(s) && a.calls(s) === undefined) this.single.set(out[0]!, id);
+      if (out.n === 1 && !end) {
+        const st = out.buf[0]!;
+        const s = this.stState[st]!;
+        if (!a.accepts(s) && a.calls(s) === undefined) this.single[st] = id + 1;
       }
     }
     return id;
@@ -137,12 +174,15 @@ export class PositionTables {
   step(p: number, b: number): number {
     const v = this.next[p * 256 + b]!;
     if (v !== -2) return v;
-    const seeds: number[] = [];
-    for (const st of this.posStacks[p]!) {
+    const work = this.work;
+    work.n = 0;
+    const stacks = this.posStacks[p]!;
+    for (let i = 0; i < stacks.length; i++) {
+      const st = stacks[i]!;
       const t = this.a.step(this.stState[st]!, b);
-      if (t >= 0) seeds.push(this.stack(t, this.stParent[st]!));
+      if (t >= 0) work.push(this.stack(t, this.stParent[st]!));
     }
-    const r = seeds.length === 0 ? -1 : this.close(seeds);
+    const r = work.n === 0 ? -1 : this.close();
     this.next[p * 256 + b] = r;
     return r;
   }
@@ -153,21 +193,35 @@ export class PositionTables {
     return p;
   }
 
-  /** The allowed-token mask at position `p` (shared: do not modify). */
-  mask(p: number): Uint32Array {
-    let m = this.masks.get(p);
-    if (m) return m;
+  /** Writes the allowed-token mask at position `p` into `out`. */
+  fillMask(p: number, out: Uint32Array): void {
+    let slot = this.slotOf[p]! - 1;
+    if (slot < 0) slot = this.computeMask(p);
+    out.set(this.pool[slot]!);
+  }
+
+  /** Computes position `p`'s mask into a free slot of the cache; returns the slot. */
+  private computeMask(p: number): number {
+    const w = this.words;
+    if (this.slots >= this.maxMasks) {
+      // Full: forget every cached mask (generations revisit few positions; they come back).
+      for (let i = 0; i < this.slots; i++) this.slotOf[this.slotPos[i]!] = 0;
+      this.slots = 0;
+    }
+    const slot = this.slots++;
+    if (slot === this.pool.length) this.pool.push(new Uint32Array(w));
+    const m = this.pool[slot]!;
     let trie = this.vocab.all;
     const run = this.plainRun(p);
     if (run > 0) {
-      m = this.vocab.plainUpTo(run).slice();
+      m.set(this.vocab.plainUpTo(run));
       // Plain tokens longer than the run are in neither the mask nor the rest trie: walk them too
       // unless no plain byte may follow the run (the end of a length-bounded string).
       trie = run < this.runCap() && this.plainAfter(this.runEnd) ? this.vocab.all : this.vocab.rest;
-    } else m = new Uint32Array(maskWords(trie.vocabSize));
-    const { byte, depth, skip, tokStart, tokIds } = trie;
+    } else m.fill(0);
+    const { byte, depth, skip, tokStart, tokIds, below } = trie;
     const n = byte.length;
-    const at = new Int32Array(trie.maxDepth + 1);
+    const at = this.at;
     at[0] = p;
     let next = this.next;
     let i = 0;
@@ -183,6 +237,25 @@ export class PositionTables {
         i = skip[i]!;
         continue;
       }
+      let known = this.starKnown[q]!;
+      if (known === 0) {
+        known = this.starOf(q);
+        next = this.next;
+      }
+      if (known === 2 && skip[i]! > i + 1) {
+        // Every byte under this node leaves q unchanged: the whole subtree is allowed.
+        const star = this.star;
+        let all = true;
+        for (let w = 0; w < 8 && all; w++) all = (below[i * 8 + w]! & ~star[q * 8 + w]!) === 0;
+        if (all) {
+          for (let k = tokStart[i]!, e = tokStart[skip[i]!]!; k < e; k++) {
+            const t = tokIds[k]!;
+            m[t >>> 5]! |= 1 << (t & 31);
+          }
+          i = skip[i]!;
+          continue;
+        }
+      }
       at[d] = q;
       for (let k = tokStart[i]!, e = tokStart[i + 1]!; k < e; k++) {
         const t = tokIds[k]!;
@@ -190,10 +263,32 @@ export class PositionTables {
       }
       i++;
     }
-    if (this.canEnd(p)) for (const t of this.eog) m[t >>> 5]! |= 1 << (t & 31);
-    if (this.masks.size >= this.maxMasks) this.masks.clear();
-    this.masks.set(p, m);
-    return m;
+    if (this.canEnd(p))
+      for (let k = 0; k < this.eog.length; k++) {
+        const t = this.eog[k]!;
+        m[t >>> 5]! |= 1 << (t & 31);
+      }
+    this.slotPos[slot] = p;
+    this.slotOf[p] = slot + 1;
+    return slot;
+  }
+
+  /** Computes the bytes that leave `p` unchanged (see `star`); returns starKnown[p]. */
+  private starOf(p: number): number {
+    let known = 1;
+    const stacks = this.posStacks[p]!;
+    if (stacks.length === 1) {
+      // Bytes the top state loops on, where the position they lead to is p itself (the same stack
+      // closes to the same position unless p's end flag came from elsewhere).
+      const s = this.stState[stacks[0]!]!;
+      for (let b = 0; b < 256; b++)
+        if (this.a.step(s, b) === s && this.step(p, b) === p) {
+          this.star[p * 8 + (b >>> 5)]! |= 1 << (b & 31);
+          known = 2;
+        }
+    }
+    this.starKnown[p] = known;
+    return known;
   }
 
   /** Whether every plain byte leads from `p` to one position; that position, or -1. */
@@ -298,7 +393,7 @@ export class Matcher implements GrammarMatcher {
 
   fillMask(mask: Uint32Array): void {
     if (this.ended) mask.fill(0);
-    else mask.set(this.t.mask(this.pos));
+    else this.t.fillMask(this.pos, mask);
   }
 
   accept(token: number): boolean {

@@ -5,7 +5,9 @@ import type { GrammarVocab } from "./constraint.js";
  * `byte[i]` at depth `depth[i]` (1 = first byte), its subtree is nodes i+1 … skip[i]-1, and the
  * tokens whose bytes end there are tokIds[tokStart[i] … tokStart[i+1]-1]. A mask walks it once,
  * skipping every subtree the automaton rejects at its root. Control tokens and tokens without
- * bytes are left out (they are never allowed inside a grammar).
+ * bytes are left out (they are never allowed inside a grammar). `below` holds, for each node, the
+ * bytes that occur anywhere under it (8 words of 32 bits a node), so a walk that stands in a
+ * position every such byte leaves unchanged takes the whole subtree at once.
  */
 export class TokenTrie {
   readonly byte: Uint8Array;
@@ -13,6 +15,7 @@ export class TokenTrie {
   readonly skip: Int32Array;
   readonly tokStart: Int32Array;
   readonly tokIds: Int32Array;
+  readonly below: Int32Array;
   readonly maxDepth: number;
   /** Every token's bytes (empty for control tokens). */
   readonly bytes: Uint8Array[];
@@ -63,6 +66,15 @@ export class TokenTrie {
     const tokIds = new Int32Array(ids.length);
     for (let k = 0; k < ids.length; k++) tokIds[fill[tokAt[k]!]!++] = ids[k]!;
     this.tokIds = tokIds;
+    // Bytes under each node: its children's bytes and what lies under them (children follow their
+    // parent in depth-first order, so a reverse pass sees every child first).
+    const below = new Int32Array(n * 8);
+    for (let i = n - 1; i >= 0; i--)
+      for (let c = i + 1; c < skip[i]!; c = skip[c]!) {
+        below[i * 8 + (this.byte[c]! >>> 5)]! |= 1 << (this.byte[c]! & 31);
+        for (let w = 0; w < 8; w++) below[i * 8 + w]! |= below[c * 8 + w]!;
+      }
+    this.below = below;
   }
 
   get nodes(): number {

@@ -1,3 +1,4 @@
+import type { ToolFormat } from "../chat/tool-format.js";
 import { ApiError } from "./errors.js";
 import {
   parseToolRequest,
@@ -55,7 +56,7 @@ export function parseResponsesTools(body: Body): ToolRequest | undefined {
 }
 
 /** toolStructuredOutput with the compiler's error paths in the Responses form. */
-export function responsesToolOutput(r: ToolRequest): ToolStructuredOutput | undefined {
-  const out = toolStructuredOutput(r);
+export function responsesToolOutput(r: ToolRequest, auto?: ToolFormat): ToolStructuredOutput | undefined {
+  const out = toolStructuredOutput(r, auto);
   return out && { ...out, field: (specField) => flatten(out.field(specField)) };
 }

@@ -1,4 +1,6 @@
-import type { GrammarSpec } from "../grammar/constraint.js";
+import { HERMES_CLOSE, HERMES_OPEN, MISTRAL_TOOL_CALLS, type ToolFormat } from "../chat/tool-format.js";
+import { GrammarError, type GrammarSpec, specGrammar } from "../grammar/index.js";
+import type { Tokenizer } from "../tokenizer/index.js";
 import { badRequest } from "./errors.js";
 
 /**
@@ -15,7 +17,9 @@ import { badRequest } from "./errors.js";
  *   each valid against its tool's parameters, parsed into `tool_calls` (the `json` format of
  *   src/chat/tool-format.ts).
  * - `auto` lets the model write what it wants; calls in its own format (read from the chat template)
- *   become `tool_calls`, anything else is content.
+ *   become `tool_calls`, anything else is content. Where the format starts a call with a trigger
+ *   written as text (Hermes `<tool_call>`, Mistral `[TOOL_CALLS]`), a triggered grammar engages
+ *   there (`autoToolFormat`): the text stays free, and every call written is valid.
  */
 
 export interface FunctionTool {
@@ -170,12 +174,15 @@ function rebaseRefs(v: unknown, base: string): unknown {
 }
 
 /**
- * The grammar of a reply that must call tools (`required`, or a named function): a JSON array of
- * `{"name": <one of the tools>, "arguments": <valid against that tool's parameters>}`, at least
- * one, at most one without parallel calls. Undefined for `none` and `auto` (the model writes freely).
+ * The grammar of the tool calls: for a reply that must call tools (`required`, or a named function)
+ * a JSON array of `{"name": <one of the tools>, "arguments": <valid against that tool's
+ * parameters>}`, at least one, at most one without parallel calls. For `auto` with a format that
+ * has a text trigger (`auto`, from `autoToolFormat`), free text in which each call the model starts
+ * is that format's call, valid. Undefined for `none`, and for `auto` without such a format.
  */
-export function toolGrammar(r: ToolRequest): GrammarSpec | undefined {
-  if (r.choice === "none" || r.choice === "auto") return undefined;
+export function toolGrammar(r: ToolRequest, auto?: ToolFormat): GrammarSpec | undefined {
+  if (r.choice === "none") return undefined;
+  if (r.choice === "auto" && auto !== "hermes" && auto !== "mistral") return undefined;
   const chosen = r.choice;
   const tools = typeof chosen === "object" ? r.tools.filter((t) => t.function.name === chosen.name) : r.tools;
   // A parameters schema with references keeps its own root: it moves under $defs, its references rebased.
@@ -194,17 +201,43 @@ export function toolGrammar(r: ToolRequest): GrammarSpec | undefined {
       additionalProperties: false,
     };
   });
-  const items = calls.length === 1 ? calls[0] : { anyOf: calls };
-  return {
-    type: "json_schema",
-    schema: {
-      type: "array",
-      items,
-      minItems: 1,
-      ...(r.parallel ? {} : { maxItems: 1 }),
-      ...(Object.keys(defs).length > 0 ? { $defs: defs } : {}),
-    },
+  const item = calls.length === 1 ? calls[0]! : { anyOf: calls };
+  const $defs = Object.keys(defs).length > 0 ? { $defs: defs } : {};
+  const array = {
+    type: "array",
+    items: item,
+    minItems: 1,
+    ...(r.parallel ? {} : { maxItems: 1 }),
+    ...$defs,
   };
+  if (r.choice === "auto" && auto === "hermes") {
+    // One call object per `<tool_call>…</tool_call>`.
+    return {
+      type: "triggered",
+      trigger: HERMES_OPEN,
+      end: HERMES_CLOSE,
+      schema: { ...item, ...$defs },
+      ...(r.parallel ? {} : { maxSegments: 1 }),
+    };
+  }
+  if (r.choice === "auto") {
+    // Mistral: `[TOOL_CALLS]` then a JSON array of calls.
+    return { type: "triggered", trigger: MISTRAL_TOOL_CALLS, end: "", schema: array, maxSegments: 1 };
+  }
+  return { type: "json_schema", schema: array };
+}
+
+/**
+ * The format `auto` engages a tool grammar for: the reply's own format (ChatOutputMode.tools) when
+ * it starts a call with a trigger the vocabulary writes as text. A trigger that is a control token
+ * (as `[TOOL_CALLS]` is in Mistral's newer vocabularies) cannot be part of a grammar's text, so
+ * there `auto` stays free, as without a trigger (Llama 3, the generic JSON form).
+ */
+export function autoToolFormat(format: ToolFormat | undefined, tok: Tokenizer): ToolFormat | undefined {
+  const trigger = format === "hermes" ? HERMES_OPEN : format === "mistral" ? MISTRAL_TOOL_CALLS : undefined;
+  if (trigger === undefined) return undefined;
+  const ids = tok.encode(trigger, { addSpecial: false, parseSpecial: true });
+  return ids.some((id) => tok.isControl(id)) ? undefined : format;
 }
 
 /** Whether the reply is enforced to be calls (and so parsed as the JSON array of `toolGrammar`). */
@@ -224,9 +257,19 @@ export interface ToolStructuredOutput {
   field: (specField: string) => string;
 }
 
-export function toolStructuredOutput(r: ToolRequest): ToolStructuredOutput | undefined {
-  const spec = toolGrammar(r);
+export function toolStructuredOutput(r: ToolRequest, auto?: ToolFormat): ToolStructuredOutput | undefined {
+  const spec = toolGrammar(r, auto);
   if (!spec) return undefined;
+  if (r.choice === "auto") {
+    // `auto` asks for no grammar: where the tools' parameters hold what the compiler refuses (a
+    // keyword it does not support), the reply stays free rather than the request failing.
+    try {
+      specGrammar(spec);
+    } catch (err) {
+      if (err instanceof GrammarError) return undefined;
+      throw err;
+    }
+  }
   const chosen = r.choice;
   const indices = r.tools
     .map((t, i) => ({ name: t.function.name, i }))
@@ -237,7 +280,7 @@ export function toolStructuredOutput(r: ToolRequest): ToolStructuredOutput | und
     param: "tools",
     root: "tools",
     field: (specField) => {
-      const m = /^schema\.items(?:\.anyOf\[(\d+)\])?\.properties\.arguments(.*)$/.exec(specField);
+      const m = /^schema(?:\.items)?(?:\.anyOf\[(\d+)\])?\.properties\.arguments(.*)$/.exec(specField);
       const i = m ? indices[m[1] === undefined ? 0 : Number(m[1])] : undefined;
       return m && i !== undefined ? `tools[${i}].function.parameters${m[2]}` : "tools";
     },
@@ -246,13 +289,16 @@ export function toolStructuredOutput(r: ToolRequest): ToolStructuredOutput | und
 
 /**
  * What constrains a request's output: its tool grammar (`required` or a named function) or its
- * structured output (`param` names the field that asked for it), never both: that is a 400.
+ * structured output (`param` names the field that asked for it), never both: that is a 400. With
+ * `auto`, a structured output wins over the triggered tool grammar (the tools stay free, as before
+ * `auto` had a grammar).
  */
 export function outputConstraint<S extends { param: string }>(
   tools: ToolRequest | undefined,
   toolOutput: ToolStructuredOutput | undefined,
   structured: S | undefined,
 ): ToolStructuredOutput | S | undefined {
+  if (!callsEnforced(tools)) return structured ?? toolOutput;
   if (toolOutput && structured)
     throw badRequest(
       `tool_choice ${JSON.stringify(tools?.choice)} constrains the output and so does ${structured.param}: use one`,

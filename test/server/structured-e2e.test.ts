@@ -2,6 +2,7 @@ import { Ajv2020 } from "ajv/dist/2020.js";
 import addFormats from "ajv-formats";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { schemaFiles } from "../grammar/helpers.js";
 import { TINY_RANDOM, testModel } from "../helpers/models.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
 
@@ -10,7 +11,8 @@ import { engineStats, startTestServer, type TestServer } from "../helpers/server
  * random-weight model (llama-2-tiny-random: on its own it writes noise, so every valid output is the
  * grammar's doing): every output that finishes with `stop` validates against its schema (ajv), for
  * varied schemas, greedy and sampled, n > 1, 16 requests at once, with preemption forced by a small KV
- * cache, and with aborts; the other dialects (regex, choice, GBNF, TGI, Ollama, llama-server, the
+ * cache, and with aborts; waves of 32 mixed requests over 50+ schemas (the benchmark's, the ones
+ * below, generated ones), constrained and free, streamed and whole, required tool calls, aborts; the other dialects (regex, choice, GBNF, TGI, Ollama, llama-server, the
  * Responses API); nothing leaks.
  */
 
@@ -86,6 +88,33 @@ const SCHEMAS: Json[] = [
   { type: ["integer", "null"], minimum: 0, maximum: 100 },
   { enum: ["yes", "no", "maybe"] },
 ];
+
+/** The grammar benchmark's schemas (bench/grammar-schemas): API payloads, configs, function calls. */
+function benchSchemas(): Json[] {
+  return schemaFiles().map((f) => f.schema as Json);
+}
+
+/** `n` generated object schemas, each a different mix of bounded types. */
+function generatedSchemas(n: number): Json[] {
+  const kinds: ((i: number) => Json)[] = [
+    (i) => ({ type: "integer", minimum: -i, maximum: i * 7 + 3 }),
+    (i) => ({ enum: [`a${i}`, `b${i}`, i, null] }),
+    (i) => ({ type: "string", minLength: 1, maxLength: 3 + (i % 9) }),
+    (i) => ({ type: "array", items: { type: "boolean" }, maxItems: 1 + (i % 3) }),
+    (i) => ({ type: "number", minimum: 0, maximum: 10 + i }),
+    (i) => ({ type: "string", format: ["date", "uuid", "ipv4"][i % 3] }),
+  ];
+  return Array.from({ length: n }, (_, i) => {
+    const properties: Json = {};
+    for (let p = 0; p < 1 + (i % 4); p++) properties[`f${p}`] = kinds[(i + p) % kinds.length]!(i + p);
+    return {
+      type: "object",
+      properties,
+      required: Object.keys(properties).slice(0, 1 + (i % 2)),
+      additionalProperties: false,
+    };
+  });
+}
 
 let srv: TestServer;
 let model: string;
@@ -268,6 +297,119 @@ describe("structured output end to end (real compiler, random weights)", () => {
     expect(c.finish_reason).toBe("length");
     expect(c.text.startsWith('{"user":')).toBe(true);
   });
+
+  it("32 mixed requests at once over 50+ schemas: constrained and free, streamed and whole, tools, aborts, preemption", async () => {
+    const before = (await engineStats(srv)).totalPreemptions;
+    // The benchmark's real-world-like schemas, the bounded ones above, and generated ones.
+    const schemas: Json[] = [...SCHEMAS, ...benchSchemas(), ...generatedSchemas(12)];
+    expect(schemas.length).toBeGreaterThanOrEqual(50);
+    const weather = {
+      type: "function",
+      function: { name: "get_weather", parameters: SCHEMAS[4] },
+    };
+    let validated = 0;
+    let refused = 0;
+    let aborted = 0;
+    /** One request; its outputs that end with stop (or tool_calls) are checked against their schema. */
+    const one = async (k: number): Promise<void> => {
+      const schema = schemas[k % schemas.length]!;
+      const kind = k % 8 === 5 ? "free" : k % 8 === 6 ? "tools" : "schema";
+      const stream = k % 3 === 0;
+      const ac = new AbortController();
+      const abortMe = k % 8 === 7;
+      if (abortMe) setTimeout(() => ac.abort(), 30 + (k % 5) * 20);
+      const body: Json = {
+        model,
+        messages: [{ role: "user", content: `Request ${k}.` }],
+        max_tokens: 96,
+        temperature: k % 2 === 0 ? 0 : 1,
+        seed: k,
+        stream,
+        ...(kind === "schema"
+          ? { response_format: { type: "json_schema", json_schema: { name: `s${k}`, schema } } }
+          : {}),
+        ...(kind === "tools" ? { tools: [weather], tool_choice: "required" } : {}),
+      };
+      let res: Response;
+      try {
+        res = await fetch(`${srv.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(body),
+          signal: ac.signal,
+        });
+      } catch {
+        aborted++;
+        return;
+      }
+      let content = "";
+      let finish: string | null = null;
+      const calls: string[] = [];
+      try {
+        if (res.status === 400) {
+          // A schema the compiler refuses (a keyword it does not support): a 400 naming the field.
+          const err = (await res.json()) as { error: { param: string; code: string } };
+          expect(err.error.code, JSON.stringify(err)).toBe("invalid_grammar");
+          expect(err.error.param).toMatch(/^response_format/);
+          refused++;
+          return;
+        }
+        expect(res.status).toBe(200);
+        if (stream) {
+          for (const line of (await res.text()).split("\n")) {
+            if (!line.startsWith("data: {")) continue;
+            const c = (
+              JSON.parse(line.slice(6)) as {
+                choices: {
+                  delta: {
+                    content?: string;
+                    tool_calls?: { index: number; function: { arguments?: string } }[];
+                  };
+                  finish_reason: string | null;
+                }[];
+              }
+            ).choices[0];
+            content += c?.delta.content ?? "";
+            for (const d of c?.delta.tool_calls ?? [])
+              calls[d.index] = (calls[d.index] ?? "") + (d.function.arguments ?? "");
+            finish = c?.finish_reason ?? finish;
+          }
+        } else {
+          const c = ((await res.json()) as Json).choices as {
+            message: { content: string | null; tool_calls?: { function: { arguments: string } }[] };
+            finish_reason: string;
+          }[];
+          content = c[0]!.message.content ?? "";
+          for (const t of c[0]!.message.tool_calls ?? []) calls.push(t.function.arguments);
+          finish = c[0]!.finish_reason;
+        }
+      } catch (err) {
+        if (abortMe) {
+          aborted++;
+          return;
+        }
+        throw err;
+      }
+      if (kind === "schema" && finish === "stop") {
+        expectValid(schema, content, `request ${k} (schema ${k % schemas.length})`);
+        validated++;
+      }
+      if (kind === "tools" && finish === "tool_calls") {
+        expect(calls.length).toBeGreaterThan(0);
+        for (const a of calls) expectValid(SCHEMAS[4]!, a, `request ${k} (tool call)`);
+        validated++;
+      }
+    };
+    // Waves of 32 concurrent requests until every schema has been asked for.
+    const total = Math.ceil(schemas.length / 24) * 32;
+    for (let wave = 0; wave * 32 < total; wave++)
+      await Promise.all(Array.from({ length: 32 }, (_, i) => one(wave * 32 + i)));
+    expect(validated).toBeGreaterThan(total / 4);
+    expect(refused).toBeLessThan(6);
+    expect(aborted).toBeGreaterThan(0);
+    expect((await engineStats(srv)).totalPreemptions).toBeGreaterThan(before);
+    await expectNothingLeft();
+  }, 120_000);
 
   it("aborted constrained requests free everything", async () => {
     const controllers = Array.from({ length: 6 }, () => new AbortController());

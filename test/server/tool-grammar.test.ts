@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { tokenizeForBench } from "../../src/bench/grammar-bench.js";
 import { parseJsonCalls } from "../../src/chat/tool-format.js";
 import { type CompiledGrammar, compileGrammar, GrammarError, maskWords } from "../../src/grammar/index.js";
-import { parseToolRequest, toolGrammar } from "../../src/server/tool-request.js";
+import { parseToolRequest, toolGrammar, toolStructuredOutput } from "../../src/server/tool-request.js";
 import { ajvValidator, bit, loadVocab, randomWalk, rng } from "../grammar/helpers.js";
 import { VOCAB_GPT2 } from "../helpers/models.js";
 
@@ -137,5 +137,41 @@ describe("the tool-call grammar, compiled", () => {
     } catch (e) {
       expect((e as GrammarError).field).toBe("schema.items.properties.arguments.patternProperties");
     }
+  });
+});
+
+describe("tool_choice auto: the triggered tool grammar", () => {
+  const auto = (body: Record<string, unknown> = {}) => parseToolRequest({ tools, ...body })!;
+
+  it("engages at the format's trigger (Hermes, Mistral), not for formats without one", () => {
+    expect(toolGrammar(auto(), "hermes")).toMatchObject({
+      type: "triggered",
+      trigger: "<tool_call>",
+      end: "</tool_call>",
+    });
+    expect(toolGrammar(auto({ parallel_tool_calls: false }), "hermes")).toMatchObject({ maxSegments: 1 });
+    expect(toolGrammar(auto(), "mistral")).toMatchObject({ type: "triggered", trigger: "[TOOL_CALLS]" });
+    expect(toolGrammar(auto(), "llama3")).toBeUndefined();
+    expect(toolGrammar(auto(), "json")).toBeUndefined();
+    expect(toolGrammar(auto(), undefined)).toBeUndefined();
+  });
+
+  it("compiles: free text, then calls valid against their tool", () => {
+    const g = compileGrammar(toolGrammar(auto(), "hermes")!, vocab);
+    expect(takes(g, 'Sure. <tool_call>\n{"name":"ping","arguments":{}}\n</tool_call>')).toBe(true);
+    expect(
+      takes(g, '<tool_call>{"name":"get_weather","arguments":{"city":"Paris","days":9}}</tool_call>'),
+    ).toBe(false);
+    expect(takes(g, "no call at all")).toBe(true);
+  });
+
+  it("a parameters schema the compiler refuses leaves auto free instead of failing the request", () => {
+    const odd = {
+      type: "function",
+      function: { name: "odd", parameters: { type: "object", patternProperties: {} } },
+    };
+    const r = parseToolRequest({ tools: [odd] })!;
+    expect(toolStructuredOutput(r, "hermes")).toBeUndefined();
+    expect(toolStructuredOutput(parseToolRequest({ tools })!, "hermes")?.spec.type).toBe("triggered");
   });
 });

@@ -3,10 +3,11 @@ import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GGMLType } from "../../src/gguf/types.js";
 import { SHAPES, synthModel } from "../../src/model/synth.js";
+import { ajvValidator } from "../grammar/helpers.js";
 import { testModel, VOCAB_SPM } from "../helpers/models.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
 import { tempDir } from "../helpers/tmp.js";
-import { hermesToolModel } from "../helpers/tool-models.js";
+import { CALL_TOKENS, hermesCallTokenModel, hermesToolModel } from "../helpers/tool-models.js";
 
 /**
  * Tools on /v1/chat/completions against a real server: a model synthesized with Spindle's
@@ -233,6 +234,94 @@ describe("tools reach the model through its chat template", () => {
     const s = await engineStats(srv);
     expect(s.running + s.waiting).toBe(0);
   });
+});
+
+describe("tool_choice auto: the tool grammar engages where a call starts", () => {
+  // Bounded arguments, so that a call the (biased) random model starts must end.
+  const forecast = {
+    type: "function",
+    function: {
+      name: "forecast",
+      parameters: {
+        type: "object",
+        properties: {
+          city: { type: "string", minLength: 1, maxLength: 6 },
+          unit: { enum: ["c", "f"] },
+          days: { type: "integer", minimum: 1, maximum: 7 },
+        },
+        required: ["city", "days"],
+        additionalProperties: false,
+      },
+    },
+  };
+  const weatherBounded = {
+    ...weather,
+    function: { ...weather.function, parameters: forecast.function.parameters },
+  };
+  const valid = ajvValidator(forecast.function.parameters);
+
+  // A Hermes model whose vocabulary has `<tool_call>` as one token (as Qwen's has): a logit bias on it
+  // makes the random model start calls, which the grammar must then make valid.
+  let qwenish: TestServer;
+  beforeAll(async () => {
+    qwenish = await startTestServer({
+      modelName: "hermes-tok",
+      backend: { kind: "local", modelPath: hermesCallTokenModel() },
+    });
+  });
+  afterAll(async () => {
+    await qwenish?.close();
+  });
+  const biased = (parallel: boolean, seed: number, tools: unknown[] = [forecast, weatherBounded]) => ({
+    messages: user,
+    tools,
+    parallel_tool_calls: parallel,
+    n: 8,
+    seed,
+    temperature: 1,
+    max_tokens: 96,
+    logit_bias: { [String(CALL_TOKENS.open)]: 6 },
+  });
+
+  it("random weights, biased towards <tool_call>: every call written validates (ajv), whole and streamed", async () => {
+    let calls = 0;
+    for (const parallel of [true, false]) {
+      const res = await chat(biased(parallel, parallel ? 7 : 8), qwenish);
+      expect(res.status, JSON.stringify(res.json.error)).toBe(200);
+      for (const c of res.json.choices) {
+        const tc = c.message.tool_calls ?? [];
+        if (c.finish_reason === "tool_calls") expect(tc.length).toBeGreaterThan(0);
+        if (!parallel) expect(tc.length).toBeLessThanOrEqual(1);
+        for (const call of tc) {
+          calls++;
+          expect(["get_weather", "forecast"]).toContain(call.function.name);
+          expect(valid(JSON.parse(call.function.arguments)), call.function.arguments).toBe(true);
+        }
+        // The trigger is left in the content only as the start of a call cut off by max_tokens.
+        if ((c.message.content ?? "").includes("<tool_call>")) expect(c.finish_reason).toBe("length");
+      }
+    }
+    expect(calls).toBeGreaterThan(4);
+    // Streamed: the calls' deltas put together validate too.
+    const events = await chatStream(biased(true, 9), qwenish);
+    const args = new Map<string, string>();
+    for (const e of events)
+      for (const d of e.choices[0]?.delta.tool_calls ?? []) {
+        const key = `${(e.choices[0] as { index?: number }).index ?? 0}:${d.index}`;
+        args.set(key, (args.get(key) ?? "") + d.function.arguments);
+      }
+    for (const a of args.values()) expect(valid(JSON.parse(a)), a).toBe(true);
+  }, 120_000);
+
+  it("the same biased requests without tools write the trigger freely, and without a grammar after it", async () => {
+    const res = await chat({ ...biased(true, 7), tools: undefined, parallel_tool_calls: undefined }, qwenish);
+    expect(res.status).toBe(200);
+    const texts = res.json.choices.map((c) => c.message.content ?? "");
+    expect(texts.join("")).toContain("<tool_call>");
+    // Random weights write no valid call on their own.
+    const bodies = texts.flatMap((t) => t.split("<tool_call>").slice(1));
+    expect(bodies.some((b) => !/^\s*\{"name":/.test(b))).toBe(true);
+  }, 120_000);
 });
 
 describe("reasoning: a template whose prompt opens <think>", () => {

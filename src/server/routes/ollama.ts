@@ -19,6 +19,8 @@ import {
 } from "../ollama-schema.js";
 import { clientOf, clientSignal, isObject } from "../route-helpers.js";
 import { NDJSON, sendSSE } from "../sse.js";
+import type { StructuredOutput } from "../structured-output.js";
+import { autoToolFormat, outputConstraint, toolStructuredOutput } from "../tool-request.js";
 import { spindleVersion } from "./ops.js";
 
 /**
@@ -225,6 +227,8 @@ interface Run {
   lines(text: string, finish: boolean): Record<string, unknown>[];
   /** The last line's text field. */
   last: Record<string, unknown>;
+  /** What constrains the output, where it is not the request's `format` alone (chat's tools). */
+  structured?: StructuredOutput;
 }
 
 async function run(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply, model: LoadedModel, x: Run) {
@@ -243,7 +247,7 @@ async function run(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply,
       endpoint: x.endpoint,
       promptText: prompt.text,
       fields: { prompt: x.promptField, maxTokens: "options.num_predict" },
-      structured: r.structured,
+      structured: "structured" in x ? x.structured : r.structured,
     },
   };
   const signal = clientSignal(req, reply);
@@ -321,11 +325,20 @@ async function chat(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply
   // Calls in the model's own format become tool_calls; reasoning stays in the content, as before.
   const mode = chatOutputMode(model.chatTemplate, prompt.text, r.tools);
   const output = new OllamaChatOutput({ ...mode, reasoning: false, startsThinking: false });
+  // Ollama's tools are always `auto`: a grammar engages where a call starts (formats with a text
+  // trigger); a `format` wins over it.
+  const tools = r.tools;
+  const structured = outputConstraint(
+    tools,
+    tools && toolStructuredOutput(tools, autoToolFormat(mode.tools, model.tokenizer)),
+    r.structured,
+  );
   return run(ctx, req, reply, model, {
     endpoint,
     r,
     prompt,
     promptField: "messages",
+    structured,
     body: (text) => ({ message: output.message(text) }),
     lines: (text, finish) => output.lines(text, finish).map((message) => ({ message })),
     last: { message: { role: "assistant", content: "" } },

@@ -20,7 +20,7 @@ import {
 } from "../openai-schema.js";
 import { clientOf, clientSignal, tokenString } from "../route-helpers.js";
 import { sendSSE } from "../sse.js";
-import { outputConstraint, toolStructuredOutput } from "../tool-request.js";
+import { autoToolFormat, outputConstraint, toolStructuredOutput } from "../tool-request.js";
 
 /**
  * The OpenAI-compatible API: /v1/models, /v1/completions, /v1/chat/completions, so that the
@@ -340,9 +340,14 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
     ...r,
     tools: tools && tools.choice !== "none" ? tools.tools : undefined,
   });
-  // tool_choice "required" or a named function: the call is enforced by a grammar (vLLM's form).
-  const structured = outputConstraint(tools, tools && toolStructuredOutput(tools), r.structured);
   const mode = chatOutputMode(model.chatTemplate, prompt.text, tools);
+  // tool_choice "required" or a named function: the call is enforced by a grammar (vLLM's form);
+  // "auto": a grammar engages where a call starts, in formats with a text trigger.
+  const structured = outputConstraint(
+    tools,
+    tools && toolStructuredOutput(tools, autoToolFormat(mode.tools, tok)),
+    r.structured,
+  );
   if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "messages");
   const maxTokens = r.maxTokens ?? defaultMaxTokens(prompt.ids.length, model.info.contextLength);
   const engineLogprobs = r.logprobs ? Math.max(1, r.topLogprobs) : 0;

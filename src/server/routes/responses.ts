@@ -14,7 +14,7 @@ import { parseResponsesTools, responsesToolOutput } from "../responses-tools.js"
 import { boolField, clientOf, clientSignal, given, intField, isObject, type Json } from "../route-helpers.js";
 import { sendSSE, TYPED_SSE } from "../sse.js";
 import { type StructuredOutput, structuredOutput } from "../structured-output.js";
-import { outputConstraint, type ToolRequest } from "../tool-request.js";
+import { autoToolFormat, outputConstraint, type ToolRequest } from "../tool-request.js";
 
 /**
  * OpenAI's Responses API, POST /v1/responses, for text generation, so that clients built on it
@@ -246,8 +246,6 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
     messages: r.messages,
     tools: tools && tools.choice !== "none" ? tools.tools : undefined,
   });
-  const structured = outputConstraint(tools, tools && responsesToolOutput(tools), r.structured);
-  if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "input");
   // The reply is split into text and tool calls as chat does; thinking stays in the text (this
   // route has no reasoning items).
   const mode = {
@@ -255,6 +253,12 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
     reasoning: false,
     startsThinking: false,
   };
+  const structured = outputConstraint(
+    tools,
+    tools && responsesToolOutput(tools, autoToolFormat(mode.tools, model.tokenizer)),
+    r.structured,
+  );
+  if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "input");
   const output = new ChatChoiceOutput(mode);
   const maxTokens = r.maxOutputTokens ?? defaultMaxTokens(prompt.ids.length, model.info.contextLength);
   const choice: Choice = {
