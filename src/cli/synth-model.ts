@@ -1,6 +1,6 @@
 import { SYNTH_CHAT_TEMPLATES } from "../chat/hermes-template.js";
 import { SpindleError } from "../errors.js";
-import { GGMLType } from "../gguf/types.js";
+import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../gguf/types.js";
 import type { PoolingType } from "../model/pooling.js";
 import { resolveModel } from "../model/resolve.js";
 import {
@@ -15,12 +15,14 @@ import {
 } from "../model/synth.js";
 import { command } from "./options.js";
 
-const TYPES = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K";
+const TYPES = SUPPORTED_WEIGHT_TYPES.map(typeName).join(", ");
+/** Mixtures --type takes too: those whose name is no weight type's. */
+const TYPE_MIXTURES = SYNTH_MIXTURES.filter((m) => !(m in GGMLType));
 
 export const SYNTH = command({
   name: "synth-model",
   usage: `spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch ${SYNTH_ARCHS.join("|")}]
-                           [--type T] [--vocab VOCAB.gguf] [--seed N] [--tied] [--pooling P] [--chat-template NAME] [--dim N --layers N ...]
+                           [--type T | --ftype F] [--vocab VOCAB.gguf] [--seed N] [--tied] [--pooling P] [--chat-template NAME] [--dim N --layers N ...]
                            [--experts N --experts-used K --expert-ffn N]`,
   summary:
     "Writes a model with deterministic random weights (scaled so logits have a real spread) and the tokenizer of a vocab GGUF: the realistic sizes for tests and benchmarks, without downloading a model. A named shape brings its architecture (phi3-*, gemma2-*, gemma3-*: fused projections, sliding windows, soft-caps, LongRoPE as the real models have them; qwen3-30b-a3b, qwen1.5-moe-a2.7b, mixtral-8x7b, tiny-moe: mixtures of experts); Gemma models are written with tied embeddings, as the real ones are. Prints the file's path on stdout and its parameter count on stderr.",
@@ -41,7 +43,12 @@ export const SYNTH = command({
       type: "string",
       arg: "T",
       default: "F32",
-      description: `weight type: ${TYPES}, or Q4_K_M (llama.cpp's mixture: Q4_K, with Q6_K for the LM head and some attn_v/ffn_down)`,
+      description: `every matrix's weight type (llama-quantize --pure): ${TYPES}; or the mixture ${TYPE_MIXTURES.join(" or ")} (as --ftype)`,
+    },
+    ftype: {
+      type: "string",
+      arg: "F",
+      description: `llama.cpp's per-tensor mixture of a file type, as llama-quantize assigns it: ${SYNTH_MIXTURES.join(", ")} (e.g. Q4_K_M: Q4_K, with Q6_K for the LM head and some attn_v/ffn_down; Q2_K: Q2_K with Q3_K/Q4_K for attn_v, attn_output, ffn_down)`,
     },
     vocab: {
       type: "string",
@@ -129,11 +136,22 @@ export function synthModelCommand(args: string[]): number {
   const base = SHAPES[values.shape];
   if (!base)
     throw new SpindleError(`unknown shape "${values.shape}" (known: ${Object.keys(SHAPES).join(", ")})`);
-  const name = values.type.toUpperCase();
-  const type = (SYNTH_MIXTURES as readonly string[]).includes(name)
-    ? (name as SynthMixture)
-    : GGMLType[name as keyof typeof GGMLType];
-  if (type === undefined) throw new SpindleError(`unknown weight type "${values.type}"`);
+  let type: GGMLType | SynthMixture;
+  if (values.ftype !== undefined) {
+    const f = values.ftype.toUpperCase();
+    if (!(SYNTH_MIXTURES as readonly string[]).includes(f))
+      throw new SpindleError(`unknown file type "${values.ftype}" (known: ${SYNTH_MIXTURES.join(", ")})`);
+    type = f as SynthMixture;
+  } else {
+    const name = values.type.toUpperCase();
+    const t = GGMLType[name as keyof typeof GGMLType];
+    if ((TYPE_MIXTURES as readonly string[]).includes(name)) type = name as SynthMixture;
+    else if (t !== undefined && SUPPORTED_WEIGHT_TYPES.includes(t)) type = t;
+    else
+      throw new SpindleError(
+        `unknown weight type "${values.type}" (known: ${TYPES}, ${TYPE_MIXTURES.join(", ")})`,
+      );
+  }
   const arch = values.arch ?? base.arch ?? "llama";
   if (!(SYNTH_ARCHS as readonly string[]).includes(arch))
     throw new SpindleError(`unknown arch "${arch}" (known: ${SYNTH_ARCHS.join(", ")})`);

@@ -86,6 +86,10 @@ export const SUPPORTED_WEIGHT_TYPES: readonly GGMLType[] = [
   GGMLType.Q4_K,
   GGMLType.Q5_K,
   GGMLType.Q6_K,
+  GGMLType.Q2_K,
+  GGMLType.Q3_K,
+  GGMLType.IQ4_NL,
+  GGMLType.IQ4_XS,
 ];
 
 export function typeName(type: number): string {

@@ -223,8 +223,13 @@ export const SHAPES: Record<string, SynthShape> = {
   },
 };
 
-/** Per-tensor type mixtures, named as llama.cpp's quantize names its file types. */
-export const SYNTH_MIXTURES = ["Q4_K_M"] as const;
+/**
+ * Per-tensor type mixtures, named as llama.cpp's quantize names its file types (`llama-quantize
+ * in.gguf out.gguf Q3_K_M`). As a `type`, a string names the mixture and a GGMLType the pure type:
+ * "Q2_K" is llama.cpp's Q2_K file type (Q2_K with Q3_K/Q4_K/Q6_K where it matters), GGMLType.Q2_K
+ * every matrix in Q2_K (llama-quantize's --pure).
+ */
+export const SYNTH_MIXTURES = ["Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS"] as const;
 export type SynthMixture = (typeof SYNTH_MIXTURES)[number];
 
 export interface SynthOptions {
@@ -260,8 +265,30 @@ function typeFor(requested: GGMLType, cols: number): GGMLType {
   return GGMLType.F32;
 }
 
-/** llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_K_M, the general.file_type of a Q4_K_M file. */
-const FTYPE_MOSTLY_Q4_K_M = 15;
+/** llama.cpp's llama_ftype numbers (general.file_type) of the mixtures. */
+const MIXTURE_FTYPE: Record<SynthMixture, number> = { Q4_K_M: 15, Q3_K_M: 12, Q2_K: 10, IQ4_XS: 30 };
+
+/**
+ * llama.cpp's llama_ftype (general.file_type) of a file whose matrices are all `type`: the file type
+ * llama-quantize names after that type (the _S variant for the K-quants that have one).
+ */
+const PURE_FTYPE: Partial<Record<GGMLType, number>> = {
+  [GGMLType.F32]: 0,
+  [GGMLType.F16]: 1,
+  [GGMLType.Q4_0]: 2,
+  [GGMLType.Q4_1]: 3,
+  [GGMLType.Q8_0]: 7,
+  [GGMLType.Q5_0]: 8,
+  [GGMLType.Q5_1]: 9,
+  [GGMLType.Q2_K]: 10,
+  [GGMLType.Q3_K]: 11,
+  [GGMLType.Q4_K]: 14,
+  [GGMLType.Q5_K]: 16,
+  [GGMLType.Q6_K]: 18,
+  [GGMLType.IQ4_NL]: 25,
+  [GGMLType.IQ4_XS]: 30,
+  [GGMLType.BF16]: 32,
+};
 
 /** The layers llama.cpp's K-quant mixtures give more bits: the first and last eighth, and every third one between. */
 function useMoreBits(layer: number, nLayers: number): boolean {
@@ -269,22 +296,64 @@ function useMoreBits(layer: number, nLayers: number): boolean {
   return layer < eighth || layer >= Math.floor((7 * nLayers) / 8) || (layer - eighth) % 3 === 2;
 }
 
-/**
- * The type llama.cpp's Q4_K_M recipe asks for (before fallbacks): Q6_K for the LM head (token_embd
- * when tied), Q6_K for attn_v and ffn_down on the use-more-bits layers, Q4_K for everything else.
- */
-function q4kmType(name: string, nLayers: number, tied: boolean): GGMLType {
-  if (name === "output.weight" || (tied && name === "token_embd.weight")) return GGMLType.Q6_K;
-  const m = /^blk\.(\d+)\.(attn_v|ffn_down)\.weight$/.exec(name);
-  if (m && useMoreBits(Number(m[1]), nLayers)) return GGMLType.Q6_K;
-  return GGMLType.Q4_K;
+/** What a mixture's recipe needs to know about the model. */
+interface RecipeModel {
+  nLayers: number;
+  /** Query heads per KV head (llama.cpp's n_gqa). */
+  gqa: number;
+  tied: boolean;
 }
 
-/** llama.cpp's fallback for a K-quant whose 256-block does not divide the row, then F16 if still needed. */
+/**
+ * The type llama.cpp's quantize gives a matrix in each mixture (llama_tensor_get_type, for a dense
+ * model without an importance matrix, not Falcon, not 70B; before the fallbacks of kQuantFor):
+ * - every mixture: Q6_K for the LM head (token_embd when tied).
+ * - Q4_K_M: Q4_K; Q6_K for attn_v and ffn_down on the use-more-bits layers.
+ * - Q3_K_M: Q3_K; attn_v Q5_K on layers 0 and 1, else Q4_K; ffn_down Q5_K on the first
+ *   sixteenth of the layers, else Q4_K; attn_output Q4_K.
+ * - Q2_K: Q2_K; attn_v Q4_K with 4 or more query heads per KV head, else Q3_K; ffn_down and
+ *   attn_output Q3_K.
+ * - IQ4_XS: IQ4_XS; attn_v Q5_K with 4 or more query heads per KV head; ffn_down Q5_K on the first
+ *   eighth of the layers.
+ * The untied token_embd keeps the mixture's base type.
+ */
+function mixtureType(mix: SynthMixture, name: string, m: RecipeModel): GGMLType {
+  if (name === "output.weight" || (m.tied && name === "token_embd.weight")) return GGMLType.Q6_K;
+  const layerOf = /^blk\.(\d+)\.(\w+)\.weight$/.exec(name);
+  const layer = layerOf ? Number(layerOf[1]) : -1;
+  const role = layerOf?.[2] ?? "";
+  const n = m.nLayers;
+  switch (mix) {
+    case "Q4_K_M":
+      if ((role === "attn_v" || role === "ffn_down") && useMoreBits(layer, n)) return GGMLType.Q6_K;
+      return GGMLType.Q4_K;
+    case "Q3_K_M":
+      if (role === "attn_v") return layer < 2 ? GGMLType.Q5_K : GGMLType.Q4_K;
+      if (role === "ffn_down") return layer < Math.floor(n / 16) ? GGMLType.Q5_K : GGMLType.Q4_K;
+      if (role === "attn_output") return GGMLType.Q4_K;
+      return GGMLType.Q3_K;
+    case "Q2_K":
+      if (role === "attn_v") return m.gqa >= 4 ? GGMLType.Q4_K : GGMLType.Q3_K;
+      if (role === "ffn_down" || role === "attn_output") return GGMLType.Q3_K;
+      return GGMLType.Q2_K;
+    case "IQ4_XS":
+      if (role === "attn_v" && m.gqa >= 4) return GGMLType.Q5_K;
+      if (role === "ffn_down" && layer < Math.floor(n / 8)) return GGMLType.Q5_K;
+      return GGMLType.IQ4_XS;
+  }
+}
+
+/**
+ * llama.cpp's fallback for a type whose block does not divide the row (tensor_type_fallback), then
+ * F16 if still needed.
+ */
 const K_FALLBACK: Partial<Record<GGMLType, GGMLType>> = {
+  [GGMLType.Q2_K]: GGMLType.Q4_0,
+  [GGMLType.Q3_K]: GGMLType.Q4_0,
   [GGMLType.Q4_K]: GGMLType.Q5_0,
   [GGMLType.Q5_K]: GGMLType.Q5_1,
   [GGMLType.Q6_K]: GGMLType.Q8_0,
+  [GGMLType.IQ4_XS]: GGMLType.IQ4_NL,
 };
 function kQuantFor(requested: GGMLType, cols: number): GGMLType {
   const fits = (t: GGMLType) => cols % TYPE_GEOMETRY[t]!.blockSize === 0;
@@ -301,7 +370,7 @@ export function synthModel(o: SynthOptions): SynthReport {
   }
   if (o.arch === "phi3" && typeof o.type === "string")
     throw new SpindleError(
-      "the Q4_K_M mixture is not implemented for phi3 (its fused attn_qkv has a recipe of its own)",
+      `the ${o.type} mixture is not implemented for phi3 (its fused attn_qkv has a recipe of its own)`,
     );
   const moeArch = o.arch === "qwen2moe" || o.arch === "qwen3moe";
   const x = s.experts;
@@ -331,9 +400,10 @@ export function synthModel(o: SynthOptions): SynthReport {
   const tensors: TensorToWrite[] = [];
   const fallbacks: SynthReport["fallbacks"] = [];
   let parameters = 0;
-  const mixture = typeof o.type === "string"; // Q4_K_M, the one mixture
+  const mixture = typeof o.type === "string" ? o.type : undefined;
+  const recipe: RecipeModel = { nLayers: s.nLayers, gqa: s.nHeads / s.nKVHeads, tied };
   const mat = (name: string, rows: number, cols: number, std = 1 / Math.sqrt(cols)) => {
-    const wanted = mixture ? q4kmType(name, s.nLayers, tied) : (o.type as GGMLType);
+    const wanted = mixture ? mixtureType(mixture, name, recipe) : (o.type as GGMLType);
     const type = mixture ? kQuantFor(wanted, cols) : typeFor(wanted, cols);
     if (type !== wanted) fallbacks.push({ tensor: name, type: typeName(type) });
     tensors.push({ name, dims: [cols, rows], type, data: quantize(type, uniform(rows * cols, std), cols) });
@@ -428,7 +498,7 @@ export function synthModel(o: SynthOptions): SynthReport {
   const md: [string, GGUFMetaValue][] = [
     ["general.architecture", meta.str(a)],
     ["general.name", meta.str(o.name ?? `spindle-synth-${a}-${s.dim}x${s.nLayers}`)],
-    ["general.file_type", meta.u32(mixture ? FTYPE_MOSTLY_Q4_K_M : (o.type as GGMLType))],
+    ["general.file_type", meta.u32(mixture ? MIXTURE_FTYPE[mixture] : (PURE_FTYPE[o.type as GGMLType] ?? 0))],
     [`${a}.context_length`, meta.u32(s.contextLength)],
     [`${a}.embedding_length`, meta.u32(s.dim)],
     [`${a}.block_count`, meta.u32(s.nLayers)],

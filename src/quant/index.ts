@@ -2,12 +2,15 @@ import { SpindleError } from "../errors.js";
 import { type GGMLType, SUPPORTED_WEIGHT_TYPES, TYPE_GEOMETRY, typeName } from "../gguf/types.js";
 import type { RowCodec } from "./codec.js";
 import { BF16_CODEC, F16_CODEC, F32_CODEC } from "./float.js";
+import { IQUANT_CODECS } from "./iquants.js";
 import { KQUANT_CODECS } from "./kquants.js";
+import { LOW_KQUANT_CODECS } from "./kquants-low.js";
 import { LEGACY_CODECS } from "./legacy.js";
 
 /**
  * ggml weight-type codecs: row-wise dequantize, quantize and fused dot product
- * for F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K, with
+ * for F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and
+ * IQ4_XS, with
  * ggml's exact byte layouts. Offsets are in bytes on the quantized side and in
  * elements on the float side.
  */
@@ -15,7 +18,16 @@ import { LEGACY_CODECS } from "./legacy.js";
 export { bf16ToF32, F16_TO_F32, f16ToF32, f32ToBF16, f32ToF16, readF16, writeF16 } from "./fp16.js";
 
 const CODECS: (RowCodec | undefined)[] = [];
-for (const c of [F32_CODEC, F16_CODEC, BF16_CODEC, ...LEGACY_CODECS, ...KQUANT_CODECS]) CODECS[c.type] = c;
+for (const c of [
+  F32_CODEC,
+  F16_CODEC,
+  BF16_CODEC,
+  ...LEGACY_CODECS,
+  ...KQUANT_CODECS,
+  ...LOW_KQUANT_CODECS,
+  ...IQUANT_CODECS,
+])
+  CODECS[c.type] = c;
 
 const SUPPORTED_NAMES = SUPPORTED_WEIGHT_TYPES.map((t) => typeName(t)).join(", ");
 

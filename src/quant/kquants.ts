@@ -64,15 +64,18 @@ function packScaleMin(b: Uint8Array, o: number, sc: Uint8Array, m: Uint8Array): 
 
 // ------------------------------------------------------------ quantizer scratch
 
-const levels = new Uint8Array(256);
-const signedLevels = new Int8Array(256);
-const weights = new Float64Array(32 * 16); // per sub-block weights, kept for the final pass
+/** Levels of the super-block last quantized (affine: 0..nmax; symmetric: -nmax..nmax-1), element e at e. */
+export const levels = new Uint8Array(256);
+export const signedLevels = new Int8Array(256);
+const weights = new Float64Array(256); // per sub-block weights, kept for the final pass
 const subScale = new Float64Array(16);
-const subMin = new Float64Array(8);
+const subMin = new Float64Array(16);
 const scaleImportance = new Float64Array(16);
-const minImportance = new Float64Array(8);
-const scCode = new Uint8Array(8);
-const mCode = new Uint8Array(8);
+const minImportance = new Float64Array(16);
+/** Sub-block scale and min codes of the super-block last quantized. */
+export const scCode = new Uint8Array(16);
+export const mCode = new Uint8Array(16);
+export const signedCode = new Int8Array(16);
 
 /** Nearest code for value / unit in [lo, hi] (0 when unit is 0). */
 function codeFor(value: number, unit: number, lo: number, hi: number): number {
@@ -85,10 +88,12 @@ function codeFor(value: number, unit: number, lo: number, hi: number): number {
  * neighbours each way, keeping the one whose codes reproduce the values with the
  * least importance-weighted squared error. The neighbours matter where f16 is
  * coarse: for small weights d falls in the f16 subnormal range, where plain
- * rounding can be percents off and the largest code would clip. Returns the f16
- * bit pattern.
+ * rounding can be percents off and the largest code would clip. There (a
+ * subnormal `ideal`, a few significant bits) every step up to twice `ideal` is
+ * tried: a larger d with smaller codes can land closer. Returns the f16 bit
+ * pattern.
  */
-function chooseF16Factor(
+export function chooseF16Factor(
   ideal: number,
   values: Float64Array,
   importance: Float64Array,
@@ -100,7 +105,8 @@ function chooseF16Factor(
   if ((h0 & 0x7fff) === 0) return h0;
   let best = h0;
   let bestErr = Infinity;
-  for (let k = -3; k <= 3; k++) {
+  const up = (h0 & 0x7c00) === 0 ? (h0 & 0x3ff) + 3 : 3;
+  for (let k = -3; k <= up; k++) {
     const h = h0 + k;
     // Stay on the same side of zero and below infinity.
     if ((h & ~0x7fff) !== (h0 & ~0x7fff) || (h & 0x7fff) === 0 || (h & 0x7c00) === 0x7c00) continue;
@@ -118,7 +124,7 @@ function chooseF16Factor(
   return best;
 }
 
-function putU16(b: Uint8Array, o: number, v: number): void {
+export function putU16(b: Uint8Array, o: number, v: number): void {
   b[o] = v & 0xff;
   b[o + 1] = v >>> 8;
 }
@@ -138,50 +144,63 @@ function weightSum(w: Float64Array, wo: number, n: number): number {
 }
 
 /**
- * Quantizes one 256-element super-block into sub-block scales/mins and levels
- * (Q4_K with nmax 15, Q5_K with nmax 31): fits every sub-block, picks f16 d
- * and dmin so the scales and mins code well as 6-bit multiples of them, then for
- * each sub-block tries the neighbouring (sc, m) codes and keeps the pair with
- * the least error, re-assigning levels for the scale that is actually stored. Writes d, dmin and
- * the 12 scale bytes at `o`; levels end up in `levels`.
+ * Quantizes one 256-element super-block into `nSub` sub-blocks of `subLen` with integer scales and
+ * mins in [0, codeMax], x = d*sc*q - dmin*m, q in [0, nmax] (Q4_K: 8 × 32, codes < 64, nmax 15;
+ * Q5_K: nmax 31; Q2_K: 16 × 16, codes < 16, nmax 3): fits every sub-block, picks f16 d and dmin so
+ * the scales and mins code well as multiples of them, then for each sub-block tries the
+ * neighbouring (sc, m) codes and keeps the pair with the least error, re-assigning levels for the
+ * scale that is actually stored. Writes d and dmin (f16) at bytes dOff and dOff + 2 of dst; the codes
+ * end up in `scCode`/`mCode`, the levels in `levels`.
  */
-function quantizeAffineSuperBlock(
+export function quantizeAffineSuperBlock(
   src: Float32Array,
   si: number,
   nmax: number,
+  nSub: number,
+  codeMax: number,
   dst: Uint8Array,
-  o: number,
+  dOff: number,
 ): void {
+  const subLen = 256 / nSub;
   let maxScale = 0;
   let maxMin = 0;
-  for (let j = 0; j < 8; j++) {
-    importanceWeights(src, si + 32 * j, 32, weights, 32 * j);
-    fitAffine(src, si + 32 * j, 32, weights, 32 * j, nmax, levels, 32 * j);
+  for (let j = 0; j < nSub; j++) {
+    importanceWeights(src, si + subLen * j, subLen, weights, subLen * j);
+    fitAffine(src, si + subLen * j, subLen, weights, subLen * j, nmax, levels, subLen * j);
     subScale[j] = fit.scale;
     subMin[j] = -fit.offset;
-    scaleImportance[j] = levelEnergy(weights, 32 * j, levels, 32 * j, 32);
-    minImportance[j] = weightSum(weights, 32 * j, 32);
+    scaleImportance[j] = levelEnergy(weights, subLen * j, levels, subLen * j, subLen);
+    minImportance[j] = weightSum(weights, subLen * j, subLen);
     if (fit.scale > maxScale) maxScale = fit.scale;
     if (-fit.offset > maxMin) maxMin = -fit.offset;
   }
-  const hd = chooseF16Factor(maxScale / 63, subScale, scaleImportance, 8, 0, 63);
-  const hmin = chooseF16Factor(maxMin / 63, subMin, minImportance, 8, 0, 63);
-  putU16(dst, o, hd);
-  putU16(dst, o + 2, hmin);
+  const hd = chooseF16Factor(maxScale / codeMax, subScale, scaleImportance, nSub, 0, codeMax);
+  const hmin = chooseF16Factor(maxMin / codeMax, subMin, minImportance, nSub, 0, codeMax);
+  putU16(dst, dOff, hd);
+  putU16(dst, dOff + 2, hmin);
   const d = F16[hd]!;
   const dmin = F16[hmin]!;
 
-  for (let j = 0; j < 8; j++) {
-    const xo = si + 32 * j;
-    const wo = 32 * j;
-    const sc0 = codeFor(subScale[j]!, d, 0, 63);
-    const m0 = codeFor(subMin[j]!, dmin, 0, 63);
+  for (let j = 0; j < nSub; j++) {
+    const xo = si + subLen * j;
+    const wo = subLen * j;
+    const sc0 = codeFor(subScale[j]!, d, 0, codeMax);
+    const m0 = codeFor(subMin[j]!, dmin, 0, codeMax);
     let bestSc = sc0;
     let bestM = m0;
     let bestErr = Infinity;
-    for (let sc = Math.max(0, sc0 - 1); sc <= Math.min(63, sc0 + 1); sc++) {
-      for (let m = Math.max(0, m0 - 1); m <= Math.min(63, m0 + 1); m++) {
-        const err = affineError(src, xo, 32, weights, wo, nmax, Math.fround(d * sc), -Math.fround(dmin * m));
+    for (let sc = Math.max(0, sc0 - 1); sc <= Math.min(codeMax, sc0 + 1); sc++) {
+      for (let m = Math.max(0, m0 - 1); m <= Math.min(codeMax, m0 + 1); m++) {
+        const err = affineError(
+          src,
+          xo,
+          subLen,
+          weights,
+          wo,
+          nmax,
+          Math.fround(d * sc),
+          -Math.fround(dmin * m),
+        );
         if (err < bestErr) {
           bestErr = err;
           bestSc = sc;
@@ -194,17 +213,16 @@ function quantizeAffineSuperBlock(
     affineError(
       src,
       xo,
-      32,
+      subLen,
       weights,
       wo,
       nmax,
       Math.fround(d * bestSc),
       -Math.fround(dmin * bestM),
       levels,
-      32 * j,
+      subLen * j,
     );
   }
-  packScaleMin(dst, o + 4, scCode, mCode);
 }
 
 // ------------------------------------------------------------ Q4_K
@@ -266,7 +284,8 @@ const Q4_K: RowCodec = {
   },
   quantize(src, si, nb, dst, o) {
     for (let b = 0; b < nb; b++, si += 256, o += 144) {
-      quantizeAffineSuperBlock(src, si, 15, dst, o);
+      quantizeAffineSuperBlock(src, si, 15, 8, 63, dst, o);
+      packScaleMin(dst, o + 4, scCode, mCode);
       for (let c = 0; c < 4; c++) {
         const q = o + 16 + 32 * c;
         for (let l = 0; l < 32; l++) dst[q + l] = levels[64 * c + l]! | (levels[64 * c + 32 + l]! << 4);
@@ -342,7 +361,8 @@ const Q5_K: RowCodec = {
   },
   quantize(src, si, nb, dst, o) {
     for (let b = 0; b < nb; b++, si += 256, o += 176) {
-      quantizeAffineSuperBlock(src, si, 31, dst, o);
+      quantizeAffineSuperBlock(src, si, 31, 8, 63, dst, o);
+      packScaleMin(dst, o + 4, scCode, mCode);
       const qh = o + 16;
       dst.fill(0, qh, qh + 32);
       for (let c = 0; c < 4; c++) {
@@ -430,12 +450,24 @@ const Q6_K: RowCodec = {
   },
 };
 
-function quantizeQ6KSuperBlock(src: Float32Array, si: number, dst: Uint8Array, o: number): void {
+/**
+ * Quantizes one 256-element super-block into 16 sub-blocks of 16 with signed integer scales in
+ * [codeLo, codeHi], x = d*sc*q, q in [-nmax, nmax - 1] (Q6_K: i8 scales, nmax 32; Q3_K: 6-bit
+ * scales, nmax 4). Returns d's f16 bits (0 for an all-zero block: codes and levels all 0); the codes
+ * end up in `signedCode`, the levels in `signedLevels`.
+ */
+export function quantizeSymmetricSuperBlock(
+  src: Float32Array,
+  si: number,
+  nmax: number,
+  codeLo: number,
+  codeHi: number,
+): number {
   let maxAbs = 0;
   let maxScale = 0;
   for (let j = 0; j < 16; j++) {
     importanceWeights(src, si + 16 * j, 16, weights, 16 * j);
-    fitSymmetric(src, si + 16 * j, 16, weights, 16 * j, 32, signedLevels, 16 * j);
+    fitSymmetric(src, si + 16 * j, 16, weights, 16 * j, nmax, signedLevels, 16 * j);
     subScale[j] = fit.scale;
     scaleImportance[j] = levelEnergy(weights, 16 * j, signedLevels, 16 * j, 16);
     if (Math.abs(fit.scale) > maxAbs) {
@@ -443,28 +475,37 @@ function quantizeQ6KSuperBlock(src: Float32Array, si: number, dst: Uint8Array, o
       maxScale = fit.scale;
     }
   }
-  dst.fill(0, o, o + 210);
-  if (!(maxAbs > 1e-30)) return; // all zero: d = 0, every level at the zero point below
-  // The largest scale maps to -128, the end of the i8 range with one more step.
-  const hd = chooseF16Factor(maxScale / -128, subScale, scaleImportance, 16, -128, 127);
-  putU16(dst, o + 208, hd);
+  signedCode.fill(0);
+  if (!(maxAbs > 1e-30)) {
+    signedLevels.fill(0); // all zero: d = 0, every level at the zero point
+    return 0;
+  }
+  // The largest scale maps to codeLo, the end of the code range with one more step.
+  const hd = chooseF16Factor(maxScale / codeLo, subScale, scaleImportance, 16, codeLo, codeHi);
   const d = F16[hd]!;
   for (let j = 0; j < 16; j++) {
     const xo = si + 16 * j;
     const wo = 16 * j;
-    const c0 = codeFor(subScale[j]!, d, -128, 127);
+    const c0 = codeFor(subScale[j]!, d, codeLo, codeHi);
     let best = c0;
     let bestErr = Infinity;
-    for (let c = Math.max(-128, c0 - 1); c <= Math.min(127, c0 + 1); c++) {
-      const err = symmetricError(src, xo, 16, weights, wo, 32, Math.fround(d * c));
+    for (let c = Math.max(codeLo, c0 - 1); c <= Math.min(codeHi, c0 + 1); c++) {
+      const err = symmetricError(src, xo, 16, weights, wo, nmax, Math.fround(d * c));
       if (err < bestErr) {
         bestErr = err;
         best = c;
       }
     }
-    dst[o + 192 + j] = best & 0xff;
-    symmetricError(src, xo, 16, weights, wo, 32, Math.fround(d * best), signedLevels, 16 * j);
+    signedCode[j] = best;
+    symmetricError(src, xo, 16, weights, wo, nmax, Math.fround(d * best), signedLevels, 16 * j);
   }
+  return hd;
+}
+
+function quantizeQ6KSuperBlock(src: Float32Array, si: number, dst: Uint8Array, o: number): void {
+  const hd = quantizeSymmetricSuperBlock(src, si, 32, -128, 127);
+  putU16(dst, o + 208, hd);
+  for (let j = 0; j < 16; j++) dst[o + 192 + j] = signedCode[j]! & 0xff;
   for (let h = 0; h < 2; h++) {
     const ql = o + 64 * h;
     const qh = o + 128 + 32 * h;

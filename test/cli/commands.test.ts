@@ -256,6 +256,27 @@ describe("spindle synth-model", () => {
     expect(g.tensor("blk.0.ffn_down.weight").type).toBe(GGMLType.Q6_K); // layer 0 of 1: more bits; 768 = 3 × 256
   });
 
+  it("--ftype Q2_K writes llama.cpp's Q2_K mixture; --type Q2_K every matrix in Q2_K", async () => {
+    const mix = join(dir, "s15m-q2k-mix.gguf");
+    const args = ["synth-model", "--dim", "256", "--heads", "4", "--ffn", "512", "--layers", "1"];
+    const r = await runCli([...args, "--ftype", "q2_k", "--out", mix]);
+    expect(r.code).toBe(0);
+    const g = readGGUF(mix);
+    expect(g.getNumber("general.file_type")).toBe(10);
+    expect(g.tensor("blk.0.attn_q.weight").type).toBe(GGMLType.Q2_K);
+    expect(g.tensor("blk.0.attn_v.weight").type).toBe(GGMLType.Q3_K); // 1 query head per KV head
+    expect(g.tensor("blk.0.ffn_down.weight").type).toBe(GGMLType.Q3_K);
+    expect(g.tensor("output.weight").type).toBe(GGMLType.Q6_K);
+    const pure = join(dir, "s15m-q2k.gguf");
+    expect((await runCli([...args, "--type", "Q2_K", "--out", pure])).code).toBe(0);
+    const p = readGGUF(pure);
+    for (const t of ["blk.0.attn_v.weight", "blk.0.ffn_down.weight", "output.weight"])
+      expect(p.tensor(t).type, t).toBe(GGMLType.Q2_K);
+    const bad = await runCli([...args, "--ftype", "Q5_K_S", "--out", pure]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/unknown file type "Q5_K_S" \(known: Q4_K_M, Q3_K_M, Q2_K, IQ4_XS\)/);
+  });
+
   it("--chat-template hermes writes Spindle's tool-aware template over the vocab file's (phi-3's)", async () => {
     const out = join(dir, "tiny-hermes.gguf");
     const args = ["synth-model", "--shape", "tiny", "--vocab", "vocab/ggml-vocab-phi-3.gguf", "--out", out];

@@ -30,6 +30,15 @@ export function isKQuant(type: GGMLType): boolean {
   return type === GGMLType.Q4_K || type === GGMLType.Q5_K || type === GGMLType.Q6_K;
 }
 
+/**
+ * Whether llama.cpp quantizes the activations of this type's dot products to Q8_K (one f32 scale
+ * per 256: the K-quants and IQ4_XS) rather than Q8_0/Q8_1 (one f16 scale per 32: the legacy types
+ * and IQ4_NL).
+ */
+export function usesQ8K(type: GGMLType): boolean {
+  return isKQuant(type) || type === GGMLType.Q2_K || type === GGMLType.Q3_K || type === GGMLType.IQ4_XS;
+}
+
 export interface QuantizedX {
   /** x̂ = d·q per element (exact in double). */
   xhat: Float64Array;
@@ -43,7 +52,8 @@ export interface QuantizedX {
 
 /**
  * nTokens rows of cols floats quantized as the kernels do for weights of this type: Q8_0/Q8_1
- * (scale per 32, stored as f16) for the legacy types, Q8_K (one f32 scale per 256) for the K-quants.
+ * (scale per 32, stored as f16) for the legacy types and IQ4_NL, Q8_K (one f32 scale per 256) for the
+ * K-quants and IQ4_XS.
  */
 export function quantizeActivations(
   x: Float32Array,
@@ -52,7 +62,8 @@ export function quantizeActivations(
   type: GGMLType,
 ): QuantizedX {
   const n = nTokens * cols;
-  const span = isKQuant(type) ? 256 : 32;
+  const k = usesQ8K(type);
+  const span = k ? 256 : 32;
   const xhat = new Float64Array(n);
   const xs = new Float64Array(n / 32);
   const xb = new Float64Array(n / 32);
@@ -61,10 +72,10 @@ export function quantizeActivations(
     let amax = 0;
     for (let i = 0; i < span; i++) amax = Math.max(amax, Math.abs(x[s + i]!));
     const id = amax !== 0 ? f(127 / amax) : 0;
-    const d = isKQuant(type) ? (amax !== 0 ? f(1 / id) : 0) : f(amax / 127);
+    const d = k ? (amax !== 0 ? f(1 / id) : 0) : f(amax / 127);
     for (let b = s; b < s + span; b += 32) {
       let q = 0;
-      const scale = isKQuant(type) ? d : f16Round(d);
+      const scale = k ? d : f16Round(d);
       for (let i = b; i < b + 32; i++) {
         const v = rintEven(f(x[i]! * id));
         q += v;
@@ -72,7 +83,7 @@ export function quantizeActivations(
       }
       xs[b / 32] = scale;
       sum[b / 32] = q;
-      xb[b / 32] = isKQuant(type) ? f(d * q) : f16Round(f(d * q));
+      xb[b / 32] = k ? f(d * q) : f16Round(f(d * q));
     }
   }
   return { xhat, xs, xb, sum };
@@ -92,6 +103,7 @@ export function blockMins(w: WeightMatrix): Float64Array {
     [GGMLType.Q5_1]: [24, 4, 24],
     [GGMLType.Q4_K]: [144, 16, 144],
     [GGMLType.Q5_K]: [176, 16, 176],
+    [GGMLType.Q2_K]: [84, 16, 80],
   };
   const geo = quants[w.type];
   if (geo === undefined) return out;
@@ -100,8 +112,14 @@ export function blockMins(w: WeightMatrix): Float64Array {
   for (let o = 0; o < data.length; o += bytes) data.fill(0, o + a, o + b);
   const dq = dequantize(w.type, data, w.rows * w.cols, w.cols);
   const sign = isKQuant(w.type) ? -1 : 1;
-  for (let r = 0; r < w.rows; r++)
-    for (let j = 0; j < nb; j++) out[r * nb + j] = sign * dq[r * w.cols + j * 32]!;
+  for (let r = 0; r < w.rows; r++) {
+    for (let j = 0; j < nb; j++) {
+      // Q2_K has a minimum per 16: the larger one (only |M| is used for it).
+      const o = r * w.cols + j * 32;
+      out[r * nb + j] =
+        w.type === GGMLType.Q2_K ? Math.max(Math.abs(dq[o]!), Math.abs(dq[o + 16]!)) : sign * dq[o]!;
+    }
+  }
   return out;
 }
 

@@ -3,7 +3,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { beforeAll, describe, expect, it } from "vitest";
-import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../../src/gguf/types.js";
+import { GGMLType, SUPPORTED_WEIGHT_TYPES, TYPE_GEOMETRY, typeName } from "../../src/gguf/types.js";
 import type { WeightMatrix } from "../../src/kernels/kernels.js";
 import { referenceKernels } from "../../src/kernels/reference.js";
 import { selectKernels } from "../../src/kernels/select.js";
@@ -49,12 +49,10 @@ const F32_EPS = 2 ** -24;
 const BUILD_SCRIPT = new URL("../../scripts/build-kernels.mjs", import.meta.url);
 
 const TYPES: GGMLType[] = [...SUPPORTED_WEIGHT_TYPES];
-const FLOAT_TYPES = new Set([GGMLType.F32, GGMLType.F16, GGMLType.BF16]);
 
 /** Element counts per block (1 for float types). */
 function blockOf(type: GGMLType): number {
-  if (FLOAT_TYPES.has(type)) return 1;
-  return type === GGMLType.Q4_K || type === GGMLType.Q5_K || type === GGMLType.Q6_K ? 256 : 32;
+  return TYPE_GEOMETRY[type]!.blockSize;
 }
 
 function randoms(rng: Rng, n: number, scale = 1): Float32Array {

@@ -116,3 +116,56 @@ describe("Q4_K_M mixture (llama.cpp's recipe) vs llama.cpp", () => {
     await compare(loadModel(out), GGMLType.Q4_K, "Q4_K_M");
   });
 });
+
+describe("Q3_K_M, Q2_K and IQ4_XS mixtures (llama.cpp's recipes) vs llama.cpp", () => {
+  // 8 layers: IQ4_XS's first eighth is layer 0 (Q3_K_M's first sixteenth is none; synth.ts' rule);
+  // 8 query heads on 2 KV heads: llama.cpp's n_gqa = 4, which sends Q2_K's and IQ4_XS's attn_v up.
+  const shape = { dim: 256, nLayers: 8, nHeads: 8, nKVHeads: 2, ffnDim: 512, contextLength: 256 };
+  const recipes = {
+    Q3_K_M: {
+      ftype: 12,
+      base: "Q3_K",
+      per: (l: number): Record<string, string> => ({
+        attn_v: l < 2 ? "Q5_K" : "Q4_K",
+        ffn_down: "Q4_K",
+        attn_output: "Q4_K",
+      }),
+    },
+    Q2_K: {
+      ftype: 10,
+      base: "Q2_K",
+      per: (): Record<string, string> => ({ attn_v: "Q4_K", ffn_down: "Q3_K", attn_output: "Q3_K" }),
+    },
+    IQ4_XS: {
+      ftype: 30,
+      base: "IQ4_XS",
+      per: (l: number): Record<string, string> => ({ attn_v: "Q5_K", ffn_down: l < 1 ? "Q5_K" : "IQ4_XS" }),
+    },
+  } as const;
+  for (const [mix, r] of Object.entries(recipes)) {
+    it(`${mix}: per-tensor types as llama-quantize assigns them; logits within 1e-1, greedy agrees`, async () => {
+      const out = join(dir, `llama-${mix}.gguf`);
+      const rep = synthModel({
+        arch: "llama",
+        shape,
+        type: mix as "Q3_K_M" | "Q2_K" | "IQ4_XS",
+        vocabPath: testModel(STORIES_260K),
+        out,
+      });
+      expect(rep.fallbacks).toEqual([]);
+      const g = readGGUF(out);
+      const type = (name: string) => typeName(g.tensor(name).type);
+      expect(g.getNumber("general.file_type")).toBe(r.ftype);
+      expect(type("output.weight")).toBe("Q6_K");
+      expect(type("token_embd.weight")).toBe(r.base);
+      for (let l = 0; l < shape.nLayers; l++) {
+        const special = r.per(l);
+        for (const t of ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"])
+          expect(type(`blk.${l}.${t}.weight`), `blk.${l}.${t}`).toBe(special[t] ?? r.base);
+      }
+      g.close();
+      const base = GGMLType[r.base as keyof typeof GGMLType];
+      await compare(loadModel(out), base, mix);
+    });
+  }
+});

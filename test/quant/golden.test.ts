@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { GGMLType } from "../../src/gguf/types.js";
+import { GGMLType, TYPE_GEOMETRY } from "../../src/gguf/types.js";
 import { dequantize, quantize } from "../../src/quant/index.js";
 import { fromHex, hex, relRmsError } from "./data.js";
 
@@ -97,6 +97,97 @@ const KQUANT: Record<string, { bytes: string; dequantSha256: string; relError: n
   },
 };
 
+/**
+ * The low-bit types (issue 21), produced the same way (quantize_row_q2_K_ref, quantize_row_q3_K_ref,
+ * quantize_row_iq4_nl_ref, quantize_row_iq4_xs_ref and the matching dequantize_row_* of the
+ * libggml-base.so in @node-llama-cpp/linux-x64, called through Python's ctypes on the input above).
+ * randomSha256: ggml's dequantization of 1024 elements of arbitrary bytes (randomBlocks below), so
+ * every scale and quant bit pattern is decoded, not only those a quantizer writes.
+ */
+const LOW_BIT: Record<
+  string,
+  { bytes: string; dequantSha256: string; relError: number; randomSha256: string }
+> = {
+  Q2_K: {
+    bytes:
+      "ffccdeabdeedcdddcddddedcddcdddcd02060a1b2b6fafbebef9e9e4e4909041410106171b6f6f7fbffefdf8f4e09090f9f8" +
+      "e4e49090404102061a1b6b6fbebebef9e9e4a49080410105060b1f1f6fbff1286c2becddecdddceddceddcffdceddceddbfd" +
+      "070b1f2f7fbffffef9f9e4d49050414106061b1b6f6fbebefaf9f8e4e0908040f8e4e0d080400102070b1f2f7fbffefdf9f5" +
+      "e4d49090414106061b5b6f6fbefe4d0eed12",
+    dequantSha256: "6c449d2f894c55dcfff701b84dbcdd6c1de24c21ca9b30328b61af7912e4c608",
+    relError: 0.229324,
+    randomSha256: "ee299ec5c5fc2af87cb344b2c6b5ef3703ff1b00aa300a34b34307882cbb0083",
+  },
+  Q3_K: {
+    bytes:
+      "ddfdffffbfbb3b33332322024444c4cc32332323014545cdcddddcfcfefebabaf8fdf2d78b7b2fdd884413318cc8e5368f48" +
+      "19636b87e333b2f5f7fee5ddbd2df9f2e6cbbb2fee9d9857227d88d5227789542671b8d5e176b7f8fee3db8f6f1fa676b075" +
+      "49a869a73cc03cc3a6a0c1c1838307070f0e1e1c3c387870e0e0c0c181830307070f0e1e1c3c387870f0181d217585d51457" +
+      "525d49742490914247182d61b689d81453524d483420d1814c443010c0410207081d217586d51b665e5d7924e49182460b18" +
+      "2d61b585d414520352045121542000000000ab86",
+    dequantSha256: "9fa9494b8ada22b31f13f4302b8f7f8bed03c5d06315e71749ff99bd6ba835f6",
+    relError: 0.120843,
+    randomSha256: "870034ba4068cd68e5f3b0e54c3369850dc59cefe27eb11026dfc02f28592993",
+  },
+  IQ4_NL: {
+    bytes:
+      "1f1f497cbdeeffffeeecd9a75421201012032d1f2235497bbdeeffffeeebd9a7542120100c9fffffeedac694431110101214" +
+      "3769bcdf189fcefeffffeddac6854311101012143679349f6b9ddefeffffeddac785431110111215369f33476b9ddeffffff" +
+      "eddac78533211011509f011133486b9ddeffffefedd9b77533211d9f2101011133486baddeffffefedd9b7757006587a9aba" +
+      "cbaa9875634211000011122487062346597aaabbcbaa9774633211001011650601112346597aaabbbbaa9774633211009506" +
+      "110101112346597aaacbbbaa97846332840631201101011133465979aacbbbaa9784c006654331211101011234465989aabb" +
+      "bba9c006b998654331211101011234475889babbd506abbab998654331211101012234475889",
+    dequantSha256: "a605f7753374f77a13ccdc086dd0fe765e090e211b6146ac82c60661f9dd9fcb",
+    relError: 0.066534,
+    randomSha256: "ff23a5d1c0e23b56464bb26d6a8e7edf6ab077522d12a91427f643e010184c70",
+  },
+  IQ4_XS: {
+    bytes:
+      "878bf0ff00eeeeef497bbdeeffefeeebd9a75432202112132235497bbdeeffefeeebd9a754322021ffffeedac69443111010" +
+      "12143769bcdfcefeffffeedac68543111010121436796b9ddeffffffeddac78533111010121423476b9ddeffffffeddac785" +
+      "33111011011133486b9ddeffffefedd9b77533212101011133486baddeffffefedd9b7753880000033131101587a9abbcbaa" +
+      "987463321100001012142345597aaacbcbaa977463321100001101112346597aaacbcbaa977463321100110101123346597a" +
+      "aabbbbaa9784633231211101011233465979aabbbbaa9784654331211101011234465989aabbbba9b9986543312111010112" +
+      "34475889aabbabbab998654331211101112234475889",
+    dequantSha256: "4f1ede68e0383abfe6ef93e01a306d909c3d9343eaf1281897d2d4a24827edb5",
+    relError: 0.063624,
+    randomSha256: "6728b9ebc3eccb729ebb355985df5e12e4f86927d8c299429a77b00b6674a493",
+  },
+};
+
+/** The f16 scales written into randomBlocks: normal, small, negative and subnormal values. */
+const RANDOM_D = [0x3c00, 0x1234, 0xb555, 0x0003];
+const RANDOM_DMIN = [0x2e66, 0x8123, 0x3000, 0x0200];
+
+/**
+ * 1024 elements of blocks of `type` filled with bytes from a 31-bit LCG (x = x·1103515245 + 12345,
+ * byte = bits 16..23), then the f16 scales overwritten with RANDOM_D / RANDOM_DMIN (block b takes
+ * entry b % 4) so no scale is infinite or NaN.
+ */
+function randomBlocks(type: GGMLType): Uint8Array {
+  const { blockSize, typeSize } = TYPE_GEOMETRY[type]!;
+  const nb = 1024 / blockSize;
+  const b = new Uint8Array(nb * typeSize);
+  let s = 12345;
+  for (let i = 0; i < b.length; i++) {
+    s = (Math.imul(s, 1103515245) + 12345) & 0x7fffffff;
+    b[i] = (s >>> 16) & 255;
+  }
+  const put = (o: number, v: number) => {
+    b[o] = v & 255;
+    b[o + 1] = v >>> 8;
+  };
+  for (let k = 0; k < nb; k++) {
+    const o = k * typeSize;
+    if (type === GGMLType.Q2_K) {
+      put(o + 80, RANDOM_D[k % 4]!);
+      put(o + 82, RANDOM_DMIN[k % 4]!);
+    } else if (type === GGMLType.Q3_K) put(o + 108, RANDOM_D[k % 4]!);
+    else put(o, RANDOM_D[k % 4]!);
+  }
+  return b;
+}
+
 const F16_SHA256 = "394d4b39d6e76c3a4e673502a81d7e3e11d2ce591e1460f117141a2343b45826";
 const BF16_SHA256 = "dab5f94a4ddbfa393b821a823e3b05e6a7daf1b3b34718a3d209b7d52376d756";
 
@@ -120,6 +211,22 @@ describe("agreement with llama.cpp (golden outputs of ggml)", () => {
       const theirs = dequantize(type, fromHex(g.bytes), 512, 256);
       expect(sha256(theirs)).toBe(g.dequantSha256);
       expect(relRmsError(theirs, x)).toBeCloseTo(g.relError, 5);
+      // Our own search need not pick the same codes, but must be at least about as accurate.
+      const ours = dequantize(type, quantize(type, x, 256), 512, 256);
+      expect(relRmsError(ours, x)).toBeLessThan(g.relError * 1.05);
+    },
+  );
+
+  it.each(Object.keys(LOW_BIT))(
+    "%s decodes ggml's blocks and arbitrary bytes exactly as ggml does, and quantizes about as well",
+    (name) => {
+      const type = GGMLType[name as keyof typeof GGMLType];
+      const g = LOW_BIT[name]!;
+      const bs = TYPE_GEOMETRY[type]!.blockSize;
+      const theirs = dequantize(type, fromHex(g.bytes), 512, bs);
+      expect(sha256(theirs)).toBe(g.dequantSha256);
+      expect(relRmsError(theirs, x)).toBeCloseTo(g.relError, 5);
+      expect(sha256(dequantize(type, randomBlocks(type), 1024, 1024))).toBe(g.randomSha256);
       // Our own search need not pick the same codes, but must be at least about as accurate.
       const ours = dequantize(type, quantize(type, x, 256), 512, 256);
       expect(relRmsError(ours, x)).toBeLessThan(g.relError * 1.05);

@@ -43,6 +43,17 @@ const Q5_K: i32 = 13;
 const Q6_K: i32 = 14;
 const BF16: i32 = 30;
 
+import {
+  isLowBit,
+  lowBitDequantizeGroup,
+  lowBitGroupBytes,
+  lowBitMatmulPart,
+  lowBitPack,
+  lowBitPartBytes,
+  lowBitQuantize,
+  lowBitScratchBytes,
+} from "./low-bit";
+
 /** First free byte after this module's static data: the JS allocator starts above it. */
 export function heapBase(): usize {
   return __heap_base;
@@ -51,7 +62,7 @@ export function heapBase(): usize {
 /** Whether matmul handles this type: 2 packed (quantized, matmulQuant), 1 float (matmul), 0 not. */
 export function supports(type: i32): i32 {
   if (type === F32 || type === F16 || type === BF16) return 1;
-  return groupStride(type) !== 0 ? 2 : 0;
+  return groupStride(type) !== 0 || isLowBit(type) ? 2 : 0;
 }
 
 // ------------------------------------------------------------------ f16
@@ -282,6 +293,7 @@ function groupStride(type: i32): usize {
 
 /** Bytes of one packed group of 4 rows of `cols` elements (0: not a packed type). */
 export function groupBytes(type: i32, cols: i32): usize {
+  if (isLowBit(type)) return lowBitGroupBytes(type, cols); // Q2_K, Q3_K, IQ4_NL, IQ4_XS: low-bit.ts
   return groupStride(type) * <usize>(cols / superBlock(type));
 }
 
@@ -353,6 +365,10 @@ export function packPart(
  * (groupBytes(type, cols) bytes; rows nRows..3 are zeros).
  */
 export function pack(type: i32, src: usize, rowBytes: usize, nRows: i32, cols: i32, dst: usize): void {
+  if (isLowBit(type)) {
+    lowBitPack(type, src, rowBytes, nRows, cols, dst);
+    return;
+  }
   const stride = groupStride(type);
   const n = cols / superBlock(type);
   if (nRows < 4) memory.fill(dst, 0, stride * <usize>n);
@@ -1345,6 +1361,10 @@ function partStart(rows: i32, part: i32, parts: i32): i32 {
 
 /** Quantizes the activations for matmulQuantPart into scratch (the layout matmulQuant uses). */
 export function quantizeActivations(type: i32, x: usize, nTokens: i32, cols: i32, scratch: usize): void {
+  if (isLowBit(type)) {
+    lowBitQuantize(type, x, nTokens, cols, scratch);
+    return;
+  }
   const nb = <usize>(cols >> 5);
   const xq = scratch;
   const xs = xq + ((<usize>nTokens * nb) << 6);
@@ -1370,6 +1390,11 @@ export function matmulQuantPart(
   part: i32,
   parts: i32,
 ): void {
+  if (isLowBit(type)) {
+    const own = partScratch + <usize>part * <usize>partBytes;
+    lowBitMatmulPart(type, w, rows, cols, nTokens, scratch, out, own, part, parts);
+    return;
+  }
   const r0 = partStart(rows, part, parts);
   const r1 = min(rows, partStart(rows, part + 1, parts));
   if (r0 >= r1) return;
@@ -1428,17 +1453,21 @@ export function matmulQuantMulti(
 /** Scratch bytes of one thread's share of matmulQuant (unpacked weights, scales, sink). */
 export function quantPartBytes(cols: i32): usize {
   const nb = <usize>(cols >> 5);
-  return nb * 288 + 64;
+  return max(nb * 288 + 64, lowBitPartBytes(cols));
 }
 
 /** Scratch bytes matmulQuant needs. */
 export function quantScratchBytes(cols: i32, nTokens: i32): usize {
   const nb = <usize>(cols >> 5);
-  return <usize>nTokens * nb * 76 + nb * 288 + 64;
+  return max(<usize>nTokens * nb * 76 + nb * 288 + 64, lowBitScratchBytes(cols, nTokens));
 }
 
 /** Decodes a packed group (4 rows) into 4 rows of cols f32 at dst, exactly as ggml dequantizes. */
 export function dequantizeGroup(type: i32, g: usize, cols: i32, dst: usize): void {
+  if (isLowBit(type)) {
+    lowBitDequantizeGroup(type, g, cols, dst);
+    return;
+  }
   if (type === Q8_0) dequantizeGroupT<i8>(g, cols, dst);
   else if (type === Q4_0) dequantizeGroupT<u8>(g, cols, dst);
   else if (type === Q4_1) dequantizeGroupT<i16>(g, cols, dst);
