@@ -3,6 +3,7 @@
  * CPU binary from npm). Tests ask it for tokenizations, greedy continuations and
  * next-token distributions in the same run, instead of pasting expected values.
  */
+import { statSync } from "node:fs";
 import type { Llama, LlamaModel, Token } from "node-llama-cpp";
 
 let llamaPromise: Promise<Llama> | undefined;
@@ -15,9 +16,14 @@ export async function llama(): Promise<Llama> {
   return llamaPromise;
 }
 
-/** Loads (once per path) a model; `vocabOnly` for tokenizer-only files. */
+/**
+ * Loads (once per file version) a model; `vocabOnly` for tokenizer-only files. The key carries the
+ * file's size and modification time: a test that writes a new model where an earlier one was gets
+ * the new one, not the old one cached under the same path.
+ */
 export async function llamaModel(path: string, vocabOnly = false): Promise<LlamaModel> {
-  const key = `${path}|${vocabOnly}`;
+  const st = statSync(path);
+  const key = `${path}|${st.size}|${st.mtimeMs}|${vocabOnly}`;
   let m = models.get(key);
   if (!m) {
     m = llama().then((l) => l.loadModel({ modelPath: path, vocabOnly, gpuLayers: 0 }));
@@ -123,7 +129,9 @@ export async function llamaGreedy(
     tokens.length + n + 8,
     async (seq) => {
       const out: number[] = [];
-      for await (const t of seq.evaluate(tokens as Token[], { temperature: 0 })) {
+      // yieldEogToken: an end-of-generation token is a greedy step like any other (by default the
+      // evaluation ends without it, and a shorter list than asked for comes back).
+      for await (const t of seq.evaluate(tokens as Token[], { temperature: 0, yieldEogToken: true })) {
         out.push(t);
         if (out.length >= n) break;
       }

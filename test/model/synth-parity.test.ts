@@ -144,7 +144,7 @@ describe("Q3_K_M, Q2_K and IQ4_XS mixtures (llama.cpp's recipes) vs llama.cpp", 
   } as const;
   for (const [mix, r] of Object.entries(recipes)) {
     it(`${mix}: per-tensor types as llama-quantize assigns them; logits within 1e-1, greedy agrees`, async () => {
-      const out = join(dir, `llama-${mix}.gguf`);
+      const out = join(dir, `llama-mix-${mix}.gguf`);
       const rep = synthModel({
         arch: "llama",
         shape,
