@@ -62,6 +62,29 @@ export interface ChatMessageOut {
   tool_calls?: OpenAIToolCall[];
 }
 
+/**
+ * One piece of a reply as it streams, typed: `ChatChoiceOutput.deltas` writes each as an OpenAI
+ * chunk's delta, the RPC service (rpc/service.ts) as its stream messages' text and tool call deltas.
+ * A call's `call` part (its id and name) comes before any of its `arguments` parts.
+ */
+export type ChatPart =
+  | { kind: "reasoning"; text: string }
+  | { kind: "content"; text: string }
+  | { kind: "call"; index: number; id: string; name: string }
+  | { kind: "arguments"; index: number; text: string };
+
+/** A part as an OpenAI chat chunk's delta. */
+function openAIDelta(p: ChatPart): Record<string, unknown> {
+  if (p.kind === "reasoning") return { reasoning_content: p.text };
+  if (p.kind === "content") return { content: p.text };
+  if (p.kind === "call") {
+    return {
+      tool_calls: [{ index: p.index, id: p.id, type: "function", function: { name: p.name, arguments: "" } }],
+    };
+  }
+  return { tool_calls: [{ index: p.index, function: { arguments: p.text } }] };
+}
+
 export class ChatChoiceOutput {
   private readonly parser: AssistantOutput;
   private readonly calls: OpenAIToolCall[] = [];
@@ -77,27 +100,26 @@ export class ChatChoiceOutput {
     });
   }
 
-  /** Stream deltas for the next piece of text (and, with `finish`, for the end of the reply). */
-  deltas(text: string, finish: boolean): Record<string, unknown>[] {
-    const out: Record<string, unknown>[] = [];
+  /** The parts of the reply the next piece of text settles (and, with `finish`, the end of the reply's). */
+  parts(text: string, finish: boolean): ChatPart[] {
+    const out: ChatPart[] = [];
     const add = (d: AssistantDelta) => {
-      if (d.reasoning) out.push({ reasoning_content: d.reasoning });
-      if (d.content) out.push({ content: d.content });
+      if (d.reasoning) out.push({ kind: "reasoning", text: d.reasoning });
+      if (d.content) out.push({ kind: "content", text: d.content });
       for (const c of d.calls) {
         const call = this.record(c);
-        if (c.name !== undefined) {
-          out.push({
-            tool_calls: [
-              { index: c.index, id: call.id, type: "function", function: { name: c.name, arguments: "" } },
-            ],
-          });
-        }
-        if (c.arguments) out.push({ tool_calls: [{ index: c.index, function: { arguments: c.arguments } }] });
+        if (c.name !== undefined) out.push({ kind: "call", index: c.index, id: call.id, name: c.name });
+        if (c.arguments) out.push({ kind: "arguments", index: c.index, text: c.arguments });
       }
     };
     if (text) add(this.parser.push(text));
     if (finish) add(this.parser.finish());
     return out;
+  }
+
+  /** Stream deltas (OpenAI's chunk shape) for the next piece of text (and, with `finish`, for the end of the reply). */
+  deltas(text: string, finish: boolean): Record<string, unknown>[] {
+    return this.parts(text, finish).map(openAIDelta);
   }
 
   /** The whole message once the reply is complete (after `deltas(…, true)`, or from the whole text). */

@@ -4,8 +4,8 @@ import type { RequestStream } from "../../protocol/event-stream.js";
 import type { FinishInfo } from "../../protocol/events.js";
 import type { SampleResult } from "../../sampling/sampler.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
-import { ChatChoiceOutput, chatOutputMode } from "../chat-output.js";
-import { chatPrompt } from "../chat-prompt.js";
+import { ChatChoiceOutput } from "../chat-output.js";
+import { chatSetup } from "../chat-request.js";
 import { type Choice, readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
 import { ApiError, badRequest, errorBody } from "../errors.js";
@@ -20,7 +20,6 @@ import {
 } from "../openai-schema.js";
 import { clientOf, clientSignal, tokenString } from "../route-helpers.js";
 import { sendSSE } from "../sse.js";
-import { autoToolFormat, outputConstraint, toolStructuredOutput } from "../tool-request.js";
 
 /**
  * The OpenAI-compatible API: /v1/models, /v1/completions, /v1/chat/completions, so that the
@@ -334,21 +333,8 @@ async function chatCompletions(ctx: ServerContext, req: FastifyRequest, reply: F
     vocabSize: model.info.vocabSize,
   });
   checkChoiceCount(ctx, r.n);
-  const tools = r.toolRequest;
-  // With tool_choice "none" the model does not see the tools (as vLLM does).
-  const prompt = chatPrompt(model, {
-    ...r,
-    tools: tools && tools.choice !== "none" ? tools.tools : undefined,
-  });
-  const mode = chatOutputMode(model.chatTemplate, prompt.text, tools);
-  // tool_choice "required" or a named function: the call is enforced by a grammar (vLLM's form);
-  // "auto": a grammar engages where a call starts, in formats with a text trigger.
-  const structured = outputConstraint(
-    tools,
-    tools && toolStructuredOutput(tools, autoToolFormat(mode.tools, tok)),
-    r.structured,
-  );
-  if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "messages");
+  // The prompt with the tools, how replies are read, the tool grammar or structured output.
+  const { prompt, mode, structured } = chatSetup(model, r, r.structured);
   const maxTokens = r.maxTokens ?? defaultMaxTokens(prompt.ids.length, model.info.contextLength);
   const engineLogprobs = r.logprobs ? Math.max(1, r.topLogprobs) : 0;
   const choices: Choice[] = [];

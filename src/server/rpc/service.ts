@@ -11,7 +11,8 @@ import type { FinishInfo } from "../../protocol/events.js";
 import type { SampleResult } from "../../sampling/sampler.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
 import { admissionOf } from "../admission.js";
-import { chatPrompt } from "../chat-prompt.js";
+import { ChatChoiceOutput, type ChatOutputMode, type ChatPart } from "../chat-output.js";
+import { chatSetup } from "../chat-request.js";
 import { type Choice, choiceEvents, readChoices, startChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
 import { embeddingModel, embeddingPrompt, embedPrompts } from "../embeddings.js";
@@ -31,10 +32,14 @@ import { tokenString } from "../route-helpers.js";
 import { spindleVersion } from "../routes/ops.js";
 import { structuredOutput } from "../structured-output.js";
 import {
+  type ChatMessage,
   type GenerateRequest,
   type GenerateResponseSchema,
   InferenceService,
   type TokenLogprobSchema,
+  type Tool,
+  type ToolCallDeltaSchema,
+  type ToolChoice,
 } from "./gen/spindle/v1/inference_pb.js";
 
 /**
@@ -49,6 +54,15 @@ import {
  * - prompt: tokenized with BOS as /v1/completions does; token_ids: as given; messages: the chat
  *   template (chat-prompt.ts). max_tokens defaults as there: 16, or the context's room for messages.
  * - response_format (structured output) goes through structured-output.ts like every route's field.
+ * - Tools (messages only): tools, tool_choice, parallel_tool_calls and the history's tool_calls and
+ *   tool_call_id become OpenAI's JSON (the proto keeps its shape and names; a tool's parameters are
+ *   JSON text, parsed here), then go where /v1/chat/completions' go: tool-request.ts's checks, and
+ *   chat-request.ts's chatSetup (the template with the tools, the tool grammar for required or a named
+ *   function, the triggered one for auto). Every chat reply is read through chat-output.ts's
+ *   ChatChoiceOutput, as the route's: its content is `text`, its calls `tool_calls` (streamed as
+ *   ChatChoiceOutput.parts: a call's id and name, then its arguments' text), finish_reason
+ *   "tool_calls" when it called tools. Reasoning stays in the text (the proto has no field for it),
+ *   so a reply without tools is the model's text as before.
  * - Embed: the inputs checked by /v1/embeddings' schema (the proto keeps its field names) and embedded
  *   through embeddings.ts, as the HTTP route does.
  * - The client's cancel (or deadline) is HandlerContext.signal, the request's abort signal: the
@@ -145,7 +159,7 @@ function inferenceService(ctx: ServerContext): ServiceImpl<typeof InferenceServi
   return {
     generate(req, hc) {
       return call(hc, { generation: true }, async (client, endpoint) => {
-        const { choice, streams, tok, wantLogprobs } = await start(req, hc, client, endpoint);
+        const { choice, streams, tok, wantLogprobs, mode } = await start(req, hc, client, endpoint);
         let text = "";
         const tokenIds: number[] = [];
         const samples: SampleResult[] = [];
@@ -154,9 +168,15 @@ function inferenceService(ctx: ServerContext): ServiceImpl<typeof InferenceServi
           tokenIds.push(...e.tokens);
           if (e.logprobs) samples.push(...e.logprobs);
         });
+        const output = mode && new ChatChoiceOutput(mode);
+        const message = output?.message(text);
         const out: MessageInitShape<typeof GenerateResponseSchema> = {
-          text,
-          finishReason: finishReason(finish!),
+          text: message ? (message.content ?? "") : text,
+          toolCalls: (message?.tool_calls ?? []).map((c) => ({
+            id: c.id,
+            function: { name: c.function.name, arguments: c.function.arguments },
+          })),
+          finishReason: output ? output.finishReason(finish!) : finishReason(finish!),
           tokenIds,
           logprobs: wantLogprobs ? logprobsOf(tok, samples, wantLogprobs) : [],
           usage: usageOf(choice, finish!),
@@ -170,16 +190,26 @@ function inferenceService(ctx: ServerContext): ServiceImpl<typeof InferenceServi
     async *generateStream(req, hc) {
       const endpoint = endpointOf(hc);
       const started = await call(hc, { generation: true }, (client) => start(req, hc, client, endpoint));
-      const { choice, streams, tok, wantLogprobs } = started;
+      const { choice, streams, tok, wantLogprobs, mode } = started;
+      const output = mode && new ChatChoiceOutput(mode);
       try {
         for await (const [, e] of choiceEvents(streams, hc.signal)) {
           const samples = wantLogprobs && e.logprobs ? e.logprobs : [];
-          if (e.text.length > 0 || e.tokens.length > 0 || samples.length > 0) {
-            yield { text: e.text, tokenIds: e.tokens, logprobs: logprobsOf(tok, samples, wantLogprobs) };
+          // A chat reply: its content and tool call deltas, as /v1/chat/completions streams them.
+          const parts = output?.parts(e.text, e.finish !== undefined);
+          const text = parts ? contentOf(parts) : e.text;
+          const toolCalls = parts ? toolCallDeltas(parts) : [];
+          if (text.length > 0 || toolCalls.length > 0 || e.tokens.length > 0 || samples.length > 0) {
+            yield {
+              text,
+              toolCalls,
+              tokenIds: e.tokens,
+              logprobs: logprobsOf(tok, samples, wantLogprobs),
+            };
           }
           if (e.finish) {
             yield {
-              finishReason: finishReason(e.finish),
+              finishReason: output ? output.finishReason(e.finish) : finishReason(e.finish),
               usage: usageOf(choice, e.finish),
               timings: timingsOf(e.finish),
             };
@@ -270,7 +300,7 @@ function choiceOf(
   req: GenerateRequest,
   client: string,
   endpoint: string,
-): { choice: Choice; wantLogprobs: number | undefined } {
+): { choice: Choice; wantLogprobs: number | undefined; mode?: ChatOutputMode } {
   const inputs = [
     req.prompt !== undefined ? "prompt" : undefined,
     req.tokenIds.length > 0 ? "token_ids" : undefined,
@@ -283,6 +313,14 @@ function choiceOf(
         : `give only one of prompt, token_ids, messages (got ${inputs.join(", ")})`,
       inputs[1] ?? "prompt",
     );
+  }
+  const toolField = [
+    req.tools.length > 0 ? "tools" : undefined,
+    req.toolChoice !== undefined ? "tool_choice" : undefined,
+    req.parallelToolCalls !== undefined ? "parallel_tool_calls" : undefined,
+  ].find((x) => x !== undefined);
+  if (toolField !== undefined && inputs[0] !== "messages") {
+    throw badRequest(`${toolField} is only allowed with messages (tools are for chats)`, toolField);
   }
   const body: Record<string, unknown> = {
     model: req.model || ctx.opts.modelName,
@@ -310,20 +348,18 @@ function choiceOf(
     const r = parseChatRequest(
       {
         ...body,
-        messages: req.messages.map((m) => ({
-          role: m.role,
-          content: m.content,
-          ...(m.name !== undefined ? { name: m.name } : {}),
-        })),
+        messages: req.messages.map(messageJson),
+        ...toolsJson(req),
         logprobs: req.logprobs !== undefined,
         top_logprobs: req.logprobs,
       },
       sc,
     );
-    const prompt = chatPrompt(model, r);
-    if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "messages");
+    const chat = chatSetup(model, r, structured);
+    const prompt = chat.prompt;
     const params = {
       ...base,
+      structured: chat.structured,
       prompt: prompt.ids,
       maxTokens: r.maxTokens ?? defaultMaxTokens(prompt.ids.length, model.info.contextLength),
       sampling: samplingFor(r, 0, r.logprobs ? Math.max(1, r.topLogprobs) : 0),
@@ -332,7 +368,13 @@ function choiceOf(
       promptText: prompt.text,
       fields: { prompt: "messages", maxTokens: "max_tokens" },
     };
-    return { choice: { index: 0, prompt: 0, params }, wantLogprobs: r.logprobs ? r.topLogprobs : undefined };
+    // Thinking stays in the text (the proto has no reasoning field), as before tools.
+    const mode = { ...chat.mode, reasoning: false, startsThinking: false };
+    return {
+      choice: { index: 0, prompt: 0, params },
+      wantLogprobs: r.logprobs ? r.topLogprobs : undefined,
+      mode,
+    };
   }
 
   if (inputs[0] === "prompt" && req.prompt === "") throw badRequest("prompt is empty", "prompt");
@@ -356,6 +398,87 @@ function choiceOf(
     fields: { prompt: inputs[0]!, maxTokens: "max_tokens" },
   };
   return { choice: { index: 0, prompt: 0, params }, wantLogprobs: r.logprobs };
+}
+
+/** A ChatMessage as OpenAI's JSON message (parseMessages checks it, naming the proto's fields). */
+function messageJson(m: ChatMessage): Record<string, unknown> {
+  const calls = m.toolCalls;
+  return {
+    role: m.role,
+    // An assistant turn that only calls tools has no content (OpenAI's null): proto3 sends "".
+    content: m.role === "assistant" && calls.length > 0 && m.content === "" ? null : m.content,
+    ...(m.name !== undefined ? { name: m.name } : {}),
+    ...(calls.length > 0
+      ? {
+          tool_calls: calls.map((c) => ({
+            id: c.id,
+            type: "function",
+            function: c.function && { name: c.function.name, arguments: c.function.arguments },
+          })),
+        }
+      : {}),
+    ...(m.toolCallId !== undefined ? { tool_call_id: m.toolCallId } : {}),
+  };
+}
+
+/** The request's tool fields as OpenAI's JSON, for tool-request.ts's checks (same field names). */
+function toolsJson(req: GenerateRequest): Record<string, unknown> {
+  return {
+    ...(req.tools.length > 0 ? { tools: req.tools.map(toolJson) } : {}),
+    ...(req.toolChoice !== undefined ? { tool_choice: toolChoiceJson(req.toolChoice) } : {}),
+    ...(req.parallelToolCalls !== undefined ? { parallel_tool_calls: req.parallelToolCalls } : {}),
+  };
+}
+
+function toolJson(t: Tool, i: number): Record<string, unknown> {
+  const f = t.function;
+  if (f === undefined) return { type: "function" };
+  const param = `tools[${i}].function.parameters`;
+  let parameters: unknown;
+  if (f.parameters !== undefined) {
+    try {
+      parameters = JSON.parse(f.parameters);
+    } catch {
+      throw badRequest(`${param} is not valid JSON: give a JSON Schema object as JSON text`, param);
+    }
+  }
+  return {
+    type: "function",
+    function: {
+      // proto3's empty name is a name not given.
+      ...(f.name !== "" ? { name: f.name } : {}),
+      ...(f.description !== undefined ? { description: f.description } : {}),
+      ...(f.parameters !== undefined ? { parameters } : {}),
+      ...(f.strict !== undefined ? { strict: f.strict } : {}),
+    },
+  };
+}
+
+function toolChoiceJson(c: ToolChoice): unknown {
+  if (c.choice.case === "mode") {
+    const mode = c.choice.value;
+    if (mode !== "none" && mode !== "auto" && mode !== "required") {
+      throw badRequest(
+        `tool_choice.mode must be "none", "auto" or "required" (or give tool_choice.function); got ${JSON.stringify(mode)}`,
+        "tool_choice.mode",
+      );
+    }
+    return mode;
+  }
+  if (c.choice.case === "function") return { type: "function", function: { name: c.choice.value.name } };
+  return {};
+}
+
+/** A chat chunk's content. */
+const contentOf = (parts: ChatPart[]) => parts.map((p) => (p.kind === "content" ? p.text : "")).join("");
+
+/** A chat chunk's tool call deltas: a call's id and name first, then its arguments' text. */
+function toolCallDeltas(parts: ChatPart[]): MessageInitShape<typeof ToolCallDeltaSchema>[] {
+  return parts.flatMap((p) => {
+    if (p.kind === "call") return [{ index: p.index, id: p.id, function: { name: p.name, arguments: "" } }];
+    if (p.kind === "arguments") return [{ index: p.index, function: { name: "", arguments: p.text } }];
+    return [];
+  });
 }
 
 /** A proto field's JSON name (jsonSchema) as its proto name (json_schema). */

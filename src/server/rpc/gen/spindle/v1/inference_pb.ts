@@ -32,7 +32,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spindle/v1/inference.proto.
  */
 export const file_spindle_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("ChpzcGluZGxlL3YxL2luZmVyZW5jZS5wcm90bxIKc3BpbmRsZS52MSJICgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEQoEbmFtZRgDIAEoCUgAiAEBQgcKBV9uYW1lIo4FCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSEwoGcHJvbXB0GAIgASgJSACIAQESEQoJdG9rZW5faWRzGAMgAygNEikKCG1lc3NhZ2VzGAQgAygLMhcuc3BpbmRsZS52MS5DaGF0TWVzc2FnZRIXCgptYXhfdG9rZW5zGAUgASgNSAGIAQESGAoLdGVtcGVyYXR1cmUYBiABKAFIAogBARISCgV0b3BfcBgHIAEoAUgDiAEBEhIKBXRvcF9rGAggASgFSASIAQESEgoFbWluX3AYCSABKAFIBYgBARIRCgRzZWVkGAogASgDSAaIAQESDAoEc3RvcBgLIAMoCRIfChJyZXBldGl0aW9uX3BlbmFsdHkYDCABKAFIB4gBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgNIAEoAUgIiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYDiABKAFICYgBARIVCghsb2dwcm9icxgPIAEoDUgKiAEBEhAKCHByaW9yaXR5GBAgASgFEhIKCmlnbm9yZV9lb3MYESABKAgSOAoPcmVzcG9uc2VfZm9ybWF0GBIgASgLMhouc3BpbmRsZS52MS5SZXNwb25zZUZvcm1hdEgLiAEBQgkKB19wcm9tcHRCDQoLX21heF90b2tlbnNCDgoMX3RlbXBlcmF0dXJlQggKBl90b3BfcEIICgZfdG9wX2tCCAoGX21pbl9wQgcKBV9zZWVkQhUKE19yZXBldGl0aW9uX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5QhMKEV9wcmVzZW5jZV9wZW5hbHR5QgsKCV9sb2dwcm9ic0ISChBfcmVzcG9uc2VfZm9ybWF0IqABCg5SZXNwb25zZUZvcm1hdBIVCgtqc29uX3NjaGVtYRgBIAEoCUgAEhUKC2pzb25fb2JqZWN0GAIgASgISAASDwoFcmVnZXgYAyABKAlIABIlCgZjaG9pY2UYBCABKAsyEy5zcGluZGxlLnYxLkNob2ljZXNIABIOCgRnYm5mGAUgASgJSAASDgoEbGFyaxgGIAEoCUgAQggKBmZvcm1hdCIaCgdDaG9pY2VzEg8KB2Nob2ljZXMYASADKAkiPgoKVG9wTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgBIm4KDFRva2VuTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgBEiwKDHRvcF9sb2dwcm9icxgEIAMoCzIWLnNwaW5kbGUudjEuVG9wTG9ncHJvYiJQCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgNEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgNEhUKDWNhY2hlZF90b2tlbnMYAyABKA0iRAoHVGltaW5ncxIVCg1xdWV1ZV93YWl0X21zGAEgASgBEg8KB3R0ZnRfbXMYAiABKAESEQoJZGVjb2RlX21zGAMgASgBIs0BChBHZW5lcmF0ZVJlc3BvbnNlEgwKBHRleHQYASABKAkSFQoNZmluaXNoX3JlYXNvbhgCIAEoCRIRCgl0b2tlbl9pZHMYAyADKA0SKgoIbG9ncHJvYnMYBCADKAsyGC5zcGluZGxlLnYxLlRva2VuTG9ncHJvYhIgCgV1c2FnZRgFIAEoCzIRLnNwaW5kbGUudjEuVXNhZ2USJAoHdGltaW5ncxgGIAEoCzITLnNwaW5kbGUudjEuVGltaW5ncxINCgVtb2RlbBgHIAEoCSLEAQoWR2VuZXJhdGVTdHJlYW1SZXNwb25zZRIMCgR0ZXh0GAEgASgJEhEKCXRva2VuX2lkcxgCIAMoDRIqCghsb2dwcm9icxgDIAMoCzIYLnNwaW5kbGUudjEuVG9rZW5Mb2dwcm9iEhUKDWZpbmlzaF9yZWFzb24YBCABKAkSIAoFdXNhZ2UYBSABKAsyES5zcGluZGxlLnYxLlVzYWdlEiQKB3RpbWluZ3MYBiABKAsyEy5zcGluZGxlLnYxLlRpbWluZ3MiZgoPVG9rZW5pemVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEgwKBHRleHQYAiABKAkSHwoSYWRkX3NwZWNpYWxfdG9rZW5zGAMgASgISACIAQFCFQoTX2FkZF9zcGVjaWFsX3Rva2VucyJLChBUb2tlbml6ZVJlc3BvbnNlEhEKCXRva2VuX2lkcxgBIAMoDRINCgVjb3VudBgCIAEoDRIVCg1tYXhfbW9kZWxfbGVuGAMgASgNIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IjwKBU1vZGVsEgoKAmlkGAEgASgJEhAKCG93bmVkX2J5GAIgASgJEhUKDW1heF9tb2RlbF9sZW4YAyABKA0iNwoSTGlzdE1vZGVsc1Jlc3BvbnNlEiEKBm1vZGVscxgBIAMoCzIRLnNwaW5kbGUudjEuTW9kZWwiDwoNSGVhbHRoUmVxdWVzdCK1AQoOSGVhbHRoUmVzcG9uc2USDgoGc3RhdHVzGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHdmVyc2lvbhgEIAEoCRIPCgdydW5uaW5nGAUgASgNEg8KB3dhaXRpbmcYBiABKA0SEQoJaW5fZmxpZ2h0GAcgASgNEhYKDmt2X2NhY2hlX3VzYWdlGAggASgBEhUKDW1heF9tb2RlbF9sZW4YCSABKA0iVAoMRW1iZWRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg0KBWlucHV0GAIgAygJEhcKCmRpbWVuc2lvbnMYAyABKA1IAIgBAUINCgtfZGltZW5zaW9ucyItCglFbWJlZGRpbmcSDQoFaW5kZXgYASABKA0SEQoJZW1iZWRkaW5nGAIgAygCImUKDUVtYmVkUmVzcG9uc2USIwoEZGF0YRgBIAMoCzIVLnNwaW5kbGUudjEuRW1iZWRkaW5nEg0KBW1vZGVsGAIgASgJEiAKBXVzYWdlGAMgASgLMhEuc3BpbmRsZS52MS5Vc2FnZTLBAwoQSW5mZXJlbmNlU2VydmljZRJFCghHZW5lcmF0ZRIbLnNwaW5kbGUudjEuR2VuZXJhdGVSZXF1ZXN0Ghwuc3BpbmRsZS52MS5HZW5lcmF0ZVJlc3BvbnNlElMKDkdlbmVyYXRlU3RyZWFtEhsuc3BpbmRsZS52MS5HZW5lcmF0ZVJlcXVlc3QaIi5zcGluZGxlLnYxLkdlbmVyYXRlU3RyZWFtUmVzcG9uc2UwARJFCghUb2tlbml6ZRIbLnNwaW5kbGUudjEuVG9rZW5pemVSZXF1ZXN0Ghwuc3BpbmRsZS52MS5Ub2tlbml6ZVJlc3BvbnNlEksKCkxpc3RNb2RlbHMSHS5zcGluZGxlLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh4uc3BpbmRsZS52MS5MaXN0TW9kZWxzUmVzcG9uc2USPwoGSGVhbHRoEhkuc3BpbmRsZS52MS5IZWFsdGhSZXF1ZXN0Ghouc3BpbmRsZS52MS5IZWFsdGhSZXNwb25zZRI8CgVFbWJlZBIYLnNwaW5kbGUudjEuRW1iZWRSZXF1ZXN0Ghkuc3BpbmRsZS52MS5FbWJlZFJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChpzcGluZGxlL3YxL2luZmVyZW5jZS5wcm90bxIKc3BpbmRsZS52MSKeAQoLQ2hhdE1lc3NhZ2USDAoEcm9sZRgBIAEoCRIPCgdjb250ZW50GAIgASgJEhEKBG5hbWUYAyABKAlIAIgBARIoCgp0b29sX2NhbGxzGAQgAygLMhQuc3BpbmRsZS52MS5Ub29sQ2FsbBIZCgx0b29sX2NhbGxfaWQYBSABKAlIAYgBAUIHCgVfbmFtZUIPCg1fdG9vbF9jYWxsX2lkIjgKBFRvb2wSMAoIZnVuY3Rpb24YASABKAsyHi5zcGluZGxlLnYxLkZ1bmN0aW9uRGVmaW5pdGlvbiKUAQoSRnVuY3Rpb25EZWZpbml0aW9uEgwKBG5hbWUYASABKAkSGAoLZGVzY3JpcHRpb24YAiABKAlIAIgBARIXCgpwYXJhbWV0ZXJzGAMgASgJSAGIAQESEwoGc3RyaWN0GAQgASgISAKIAQFCDgoMX2Rlc2NyaXB0aW9uQg0KC19wYXJhbWV0ZXJzQgkKB19zdHJpY3QiWgoKVG9vbENob2ljZRIOCgRtb2RlGAEgASgJSAASMgoIZnVuY3Rpb24YAiABKAsyHi5zcGluZGxlLnYxLlRvb2xDaG9pY2VGdW5jdGlvbkgAQggKBmNob2ljZSIiChJUb29sQ2hvaWNlRnVuY3Rpb24SDAoEbmFtZRgBIAEoCSJCCghUb29sQ2FsbBIKCgJpZBgBIAEoCRIqCghmdW5jdGlvbhgCIAEoCzIYLnNwaW5kbGUudjEuRnVuY3Rpb25DYWxsIi8KDEZ1bmN0aW9uQ2FsbBIMCgRuYW1lGAEgASgJEhEKCWFyZ3VtZW50cxgCIAEoCSJWCg1Ub29sQ2FsbERlbHRhEg0KBWluZGV4GAEgASgNEgoKAmlkGAIgASgJEioKCGZ1bmN0aW9uGAMgASgLMhguc3BpbmRsZS52MS5GdW5jdGlvbkNhbGwiqwYKD0dlbmVyYXRlUmVxdWVzdBINCgVtb2RlbBgBIAEoCRITCgZwcm9tcHQYAiABKAlIAIgBARIRCgl0b2tlbl9pZHMYAyADKA0SKQoIbWVzc2FnZXMYBCADKAsyFy5zcGluZGxlLnYxLkNoYXRNZXNzYWdlEhcKCm1heF90b2tlbnMYBSABKA1IAYgBARIYCgt0ZW1wZXJhdHVyZRgGIAEoAUgCiAEBEhIKBXRvcF9wGAcgASgBSAOIAQESEgoFdG9wX2sYCCABKAVIBIgBARISCgVtaW5fcBgJIAEoAUgFiAEBEhEKBHNlZWQYCiABKANIBogBARIMCgRzdG9wGAsgAygJEh8KEnJlcGV0aXRpb25fcGVuYWx0eRgMIAEoAUgHiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GA0gASgBSAiIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgOIAEoAUgJiAEBEhUKCGxvZ3Byb2JzGA8gASgNSAqIAQESEAoIcHJpb3JpdHkYECABKAUSEgoKaWdub3JlX2VvcxgRIAEoCBI4Cg9yZXNwb25zZV9mb3JtYXQYEiABKAsyGi5zcGluZGxlLnYxLlJlc3BvbnNlRm9ybWF0SAuIAQESHwoFdG9vbHMYEyADKAsyEC5zcGluZGxlLnYxLlRvb2wSMAoLdG9vbF9jaG9pY2UYFCABKAsyFi5zcGluZGxlLnYxLlRvb2xDaG9pY2VIDIgBARIgChNwYXJhbGxlbF90b29sX2NhbGxzGBUgASgISA2IAQFCCQoHX3Byb21wdEINCgtfbWF4X3Rva2Vuc0IOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3Bfa0IICgZfbWluX3BCBwoFX3NlZWRCFQoTX3JlcGV0aXRpb25fcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHlCEwoRX3ByZXNlbmNlX3BlbmFsdHlCCwoJX2xvZ3Byb2JzQhIKEF9yZXNwb25zZV9mb3JtYXRCDgoMX3Rvb2xfY2hvaWNlQhYKFF9wYXJhbGxlbF90b29sX2NhbGxzIqABCg5SZXNwb25zZUZvcm1hdBIVCgtqc29uX3NjaGVtYRgBIAEoCUgAEhUKC2pzb25fb2JqZWN0GAIgASgISAASDwoFcmVnZXgYAyABKAlIABIlCgZjaG9pY2UYBCABKAsyEy5zcGluZGxlLnYxLkNob2ljZXNIABIOCgRnYm5mGAUgASgJSAASDgoEbGFyaxgGIAEoCUgAQggKBmZvcm1hdCIaCgdDaG9pY2VzEg8KB2Nob2ljZXMYASADKAkiPgoKVG9wTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgBIm4KDFRva2VuTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgBEiwKDHRvcF9sb2dwcm9icxgEIAMoCzIWLnNwaW5kbGUudjEuVG9wTG9ncHJvYiJQCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgNEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgNEhUKDWNhY2hlZF90b2tlbnMYAyABKA0iRAoHVGltaW5ncxIVCg1xdWV1ZV93YWl0X21zGAEgASgBEg8KB3R0ZnRfbXMYAiABKAESEQoJZGVjb2RlX21zGAMgASgBIvcBChBHZW5lcmF0ZVJlc3BvbnNlEgwKBHRleHQYASABKAkSFQoNZmluaXNoX3JlYXNvbhgCIAEoCRIRCgl0b2tlbl9pZHMYAyADKA0SKgoIbG9ncHJvYnMYBCADKAsyGC5zcGluZGxlLnYxLlRva2VuTG9ncHJvYhIgCgV1c2FnZRgFIAEoCzIRLnNwaW5kbGUudjEuVXNhZ2USJAoHdGltaW5ncxgGIAEoCzITLnNwaW5kbGUudjEuVGltaW5ncxINCgVtb2RlbBgHIAEoCRIoCgp0b29sX2NhbGxzGAggAygLMhQuc3BpbmRsZS52MS5Ub29sQ2FsbCLzAQoWR2VuZXJhdGVTdHJlYW1SZXNwb25zZRIMCgR0ZXh0GAEgASgJEhEKCXRva2VuX2lkcxgCIAMoDRIqCghsb2dwcm9icxgDIAMoCzIYLnNwaW5kbGUudjEuVG9rZW5Mb2dwcm9iEhUKDWZpbmlzaF9yZWFzb24YBCABKAkSIAoFdXNhZ2UYBSABKAsyES5zcGluZGxlLnYxLlVzYWdlEiQKB3RpbWluZ3MYBiABKAsyEy5zcGluZGxlLnYxLlRpbWluZ3MSLQoKdG9vbF9jYWxscxgHIAMoCzIZLnNwaW5kbGUudjEuVG9vbENhbGxEZWx0YSJmCg9Ub2tlbml6ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSDAoEdGV4dBgCIAEoCRIfChJhZGRfc3BlY2lhbF90b2tlbnMYAyABKAhIAIgBAUIVChNfYWRkX3NwZWNpYWxfdG9rZW5zIksKEFRva2VuaXplUmVzcG9uc2USEQoJdG9rZW5faWRzGAEgAygNEg0KBWNvdW50GAIgASgNEhUKDW1heF9tb2RlbF9sZW4YAyABKA0iEwoRTGlzdE1vZGVsc1JlcXVlc3QiPAoFTW9kZWwSCgoCaWQYASABKAkSEAoIb3duZWRfYnkYAiABKAkSFQoNbWF4X21vZGVsX2xlbhgDIAEoDSI3ChJMaXN0TW9kZWxzUmVzcG9uc2USIQoGbW9kZWxzGAEgAygLMhEuc3BpbmRsZS52MS5Nb2RlbCIPCg1IZWFsdGhSZXF1ZXN0IrUBCg5IZWFsdGhSZXNwb25zZRIOCgZzdGF0dXMYASABKAkSDQoFbW9kZWwYAiABKAkSDwoHYmFja2VuZBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEg8KB3J1bm5pbmcYBSABKA0SDwoHd2FpdGluZxgGIAEoDRIRCglpbl9mbGlnaHQYByABKA0SFgoOa3ZfY2FjaGVfdXNhZ2UYCCABKAESFQoNbWF4X21vZGVsX2xlbhgJIAEoDSJUCgxFbWJlZFJlcXVlc3QSDQoFbW9kZWwYASABKAkSDQoFaW5wdXQYAiADKAkSFwoKZGltZW5zaW9ucxgDIAEoDUgAiAEBQg0KC19kaW1lbnNpb25zIi0KCUVtYmVkZGluZxINCgVpbmRleBgBIAEoDRIRCgllbWJlZGRpbmcYAiADKAIiZQoNRW1iZWRSZXNwb25zZRIjCgRkYXRhGAEgAygLMhUuc3BpbmRsZS52MS5FbWJlZGRpbmcSDQoFbW9kZWwYAiABKAkSIAoFdXNhZ2UYAyABKAsyES5zcGluZGxlLnYxLlVzYWdlMsEDChBJbmZlcmVuY2VTZXJ2aWNlEkUKCEdlbmVyYXRlEhsuc3BpbmRsZS52MS5HZW5lcmF0ZVJlcXVlc3QaHC5zcGluZGxlLnYxLkdlbmVyYXRlUmVzcG9uc2USUwoOR2VuZXJhdGVTdHJlYW0SGy5zcGluZGxlLnYxLkdlbmVyYXRlUmVxdWVzdBoiLnNwaW5kbGUudjEuR2VuZXJhdGVTdHJlYW1SZXNwb25zZTABEkUKCFRva2VuaXplEhsuc3BpbmRsZS52MS5Ub2tlbml6ZVJlcXVlc3QaHC5zcGluZGxlLnYxLlRva2VuaXplUmVzcG9uc2USSwoKTGlzdE1vZGVscxIdLnNwaW5kbGUudjEuTGlzdE1vZGVsc1JlcXVlc3QaHi5zcGluZGxlLnYxLkxpc3RNb2RlbHNSZXNwb25zZRI/CgZIZWFsdGgSGS5zcGluZGxlLnYxLkhlYWx0aFJlcXVlc3QaGi5zcGluZGxlLnYxLkhlYWx0aFJlc3BvbnNlEjwKBUVtYmVkEhguc3BpbmRsZS52MS5FbWJlZFJlcXVlc3QaGS5zcGluZGxlLnYxLkVtYmVkUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * @generated from message spindle.v1.ChatMessage
@@ -46,6 +46,8 @@ export type ChatMessage = Message<"spindle.v1.ChatMessage"> & {
   role: string;
 
   /**
+   * The text. An assistant message with tool_calls may leave it empty (OpenAI's null).
+   *
    * @generated from field: string content = 2;
    */
   content: string;
@@ -54,6 +56,20 @@ export type ChatMessage = Message<"spindle.v1.ChatMessage"> & {
    * @generated from field: optional string name = 3;
    */
   name?: string | undefined;
+
+  /**
+   * Assistant messages only: the calls it made (a reply's tool_calls, given back as they came).
+   *
+   * @generated from field: repeated spindle.v1.ToolCall tool_calls = 4;
+   */
+  toolCalls: ToolCall[];
+
+  /**
+   * Tool messages only, and required there: the id of the call whose result `content` is.
+   *
+   * @generated from field: optional string tool_call_id = 5;
+   */
+  toolCallId?: string | undefined;
 };
 
 /**
@@ -62,6 +78,209 @@ export type ChatMessage = Message<"spindle.v1.ChatMessage"> & {
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
   messageDesc(file_spindle_v1_inference, 0);
+
+/**
+ * Tools (OpenAI's function tools, field for field, so a bad one is INVALID_ARGUMENT naming the same
+ * path as /v1/chat/completions names it, e.g. "tools[0].function.name").
+ *
+ * A function the model may call (OpenAI's {"type": "function", "function": {...}}).
+ *
+ * @generated from message spindle.v1.Tool
+ */
+export type Tool = Message<"spindle.v1.Tool"> & {
+  /**
+   * @generated from field: spindle.v1.FunctionDefinition function = 1;
+   */
+  function?: FunctionDefinition | undefined;
+};
+
+/**
+ * Describes the message spindle.v1.Tool.
+ * Use `create(ToolSchema)` to create a new message.
+ */
+export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 1);
+
+/**
+ * @generated from message spindle.v1.FunctionDefinition
+ */
+export type FunctionDefinition = Message<"spindle.v1.FunctionDefinition"> & {
+  /**
+   * Required: 1 to 64 letters, digits, underscores, dots or dashes; unique among the tools.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: optional string description = 2;
+   */
+  description?: string | undefined;
+
+  /**
+   * The arguments' JSON Schema, as JSON text (as response_format.json_schema is): an object.
+   * Absent: the function takes no arguments ({}). Text, not google.protobuf.Struct, so that the schema
+   * reaches the chat template exactly as written (a Struct's keys may come in another order from other
+   * languages' runtimes, and its numbers are all doubles), the same JSON as /v1/chat/completions takes.
+   *
+   * @generated from field: optional string parameters = 3;
+   */
+  parameters?: string | undefined;
+
+  /**
+   * Accepted as OpenAI's field; an enforced call (tool_choice "required" or a function) is always
+   * valid against its parameters.
+   *
+   * @generated from field: optional bool strict = 4;
+   */
+  strict?: boolean | undefined;
+};
+
+/**
+ * Describes the message spindle.v1.FunctionDefinition.
+ * Use `create(FunctionDefinitionSchema)` to create a new message.
+ */
+export const FunctionDefinitionSchema: GenMessage<FunctionDefinition> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 2);
+
+/**
+ * Which tools the model may or must call. Not set: "auto" with tools, "none" without.
+ *
+ * @generated from message spindle.v1.ToolChoice
+ */
+export type ToolChoice = Message<"spindle.v1.ToolChoice"> & {
+  /**
+   * @generated from oneof spindle.v1.ToolChoice.choice
+   */
+  choice: {
+    /**
+     * "none" (the model does not see the tools), "auto" (it may call them; a call it starts is held
+     * to its parameters where the template's format starts calls with a text trigger, as Hermes'
+     * <tool_call>), or "required" (the reply is one or more calls, enforced by a grammar).
+     *
+     * @generated from field: string mode = 1;
+     */
+    value: string;
+    case: "mode";
+  } | {
+    /**
+     * The reply is a call to this function (one of `tools`), enforced by a grammar.
+     *
+     * @generated from field: spindle.v1.ToolChoiceFunction function = 2;
+     */
+    value: ToolChoiceFunction;
+    case: "function";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message spindle.v1.ToolChoice.
+ * Use `create(ToolChoiceSchema)` to create a new message.
+ */
+export const ToolChoiceSchema: GenMessage<ToolChoice> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 3);
+
+/**
+ * @generated from message spindle.v1.ToolChoiceFunction
+ */
+export type ToolChoiceFunction = Message<"spindle.v1.ToolChoiceFunction"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message spindle.v1.ToolChoiceFunction.
+ * Use `create(ToolChoiceFunctionSchema)` to create a new message.
+ */
+export const ToolChoiceFunctionSchema: GenMessage<ToolChoiceFunction> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 4);
+
+/**
+ * A tool call: on a reply (GenerateResponse.tool_calls) and in the history (ChatMessage.tool_calls).
+ *
+ * @generated from message spindle.v1.ToolCall
+ */
+export type ToolCall = Message<"spindle.v1.ToolCall"> & {
+  /**
+   * "call_…" (or the form the model's template accepts back); a tool message answers it by this id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: spindle.v1.FunctionCall function = 2;
+   */
+  function?: FunctionCall | undefined;
+};
+
+/**
+ * Describes the message spindle.v1.ToolCall.
+ * Use `create(ToolCallSchema)` to create a new message.
+ */
+export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 5);
+
+/**
+ * @generated from message spindle.v1.FunctionCall
+ */
+export type FunctionCall = Message<"spindle.v1.FunctionCall"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The arguments, as JSON text (an object valid against the tool's parameters when the call was
+   * enforced; cut short only when max_tokens ended the reply, finish_reason "length").
+   *
+   * @generated from field: string arguments = 2;
+   */
+  arguments: string;
+};
+
+/**
+ * Describes the message spindle.v1.FunctionCall.
+ * Use `create(FunctionCallSchema)` to create a new message.
+ */
+export const FunctionCallSchema: GenMessage<FunctionCall> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 6);
+
+/**
+ * Part of a streamed tool call: a call's first delta has its id and function.name (arguments
+ * empty); the later deltas of the same index carry more of its arguments' text, to be appended.
+ *
+ * @generated from message spindle.v1.ToolCallDelta
+ */
+export type ToolCallDelta = Message<"spindle.v1.ToolCallDelta"> & {
+  /**
+   * The call's position among the reply's calls.
+   *
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * First delta of a call only.
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * @generated from field: spindle.v1.FunctionCall function = 3;
+   */
+  function?: FunctionCall | undefined;
+};
+
+/**
+ * Describes the message spindle.v1.ToolCallDelta.
+ * Use `create(ToolCallDeltaSchema)` to create a new message.
+ */
+export const ToolCallDeltaSchema: GenMessage<ToolCallDelta> = /*@__PURE__*/
+  messageDesc(file_spindle_v1_inference, 7);
 
 /**
  * @generated from message spindle.v1.GenerateRequest
@@ -194,6 +413,28 @@ export type GenerateRequest = Message<"spindle.v1.GenerateRequest"> & {
    * @generated from field: optional spindle.v1.ResponseFormat response_format = 18;
    */
   responseFormat?: ResponseFormat | undefined;
+
+  /**
+   * Tool calling, as /v1/chat/completions has it (messages only; with prompt or token_ids it is
+   * INVALID_ARGUMENT). The tools reach the model through its chat template; the reply's calls, in the
+   * template's format (Hermes/Qwen, Llama 3.x, Mistral or plain JSON), come back as tool_calls with
+   * finish_reason "tool_calls". At most 128 tools.
+   *
+   * @generated from field: repeated spindle.v1.Tool tools = 19;
+   */
+  tools: Tool[];
+
+  /**
+   * @generated from field: optional spindle.v1.ToolChoice tool_choice = 20;
+   */
+  toolChoice?: ToolChoice | undefined;
+
+  /**
+   * Whether the reply may hold several calls (default true). False: at most one.
+   *
+   * @generated from field: optional bool parallel_tool_calls = 21;
+   */
+  parallelToolCalls?: boolean | undefined;
 };
 
 /**
@@ -201,7 +442,7 @@ export type GenerateRequest = Message<"spindle.v1.GenerateRequest"> & {
  * Use `create(GenerateRequestSchema)` to create a new message.
  */
 export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 1);
+  messageDesc(file_spindle_v1_inference, 8);
 
 /**
  * One kind of constraint on the output.
@@ -268,7 +509,7 @@ export type ResponseFormat = Message<"spindle.v1.ResponseFormat"> & {
  * Use `create(ResponseFormatSchema)` to create a new message.
  */
 export const ResponseFormatSchema: GenMessage<ResponseFormat> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 2);
+  messageDesc(file_spindle_v1_inference, 9);
 
 /**
  * @generated from message spindle.v1.Choices
@@ -285,7 +526,7 @@ export type Choices = Message<"spindle.v1.Choices"> & {
  * Use `create(ChoicesSchema)` to create a new message.
  */
 export const ChoicesSchema: GenMessage<Choices> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 3);
+  messageDesc(file_spindle_v1_inference, 10);
 
 /**
  * @generated from message spindle.v1.TopLogprob
@@ -312,7 +553,7 @@ export type TopLogprob = Message<"spindle.v1.TopLogprob"> & {
  * Use `create(TopLogprobSchema)` to create a new message.
  */
 export const TopLogprobSchema: GenMessage<TopLogprob> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 4);
+  messageDesc(file_spindle_v1_inference, 11);
 
 /**
  * @generated from message spindle.v1.TokenLogprob
@@ -346,7 +587,7 @@ export type TokenLogprob = Message<"spindle.v1.TokenLogprob"> & {
  * Use `create(TokenLogprobSchema)` to create a new message.
  */
 export const TokenLogprobSchema: GenMessage<TokenLogprob> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 5);
+  messageDesc(file_spindle_v1_inference, 12);
 
 /**
  * @generated from message spindle.v1.Usage
@@ -375,7 +616,7 @@ export type Usage = Message<"spindle.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 6);
+  messageDesc(file_spindle_v1_inference, 13);
 
 /**
  * Milliseconds, measured by the engine.
@@ -410,21 +651,22 @@ export type Timings = Message<"spindle.v1.Timings"> & {
  * Use `create(TimingsSchema)` to create a new message.
  */
 export const TimingsSchema: GenMessage<Timings> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 7);
+  messageDesc(file_spindle_v1_inference, 14);
 
 /**
  * @generated from message spindle.v1.GenerateResponse
  */
 export type GenerateResponse = Message<"spindle.v1.GenerateResponse"> & {
   /**
-   * The whole completion.
+   * The whole completion (for messages with tools: the reply's content, without its tool calls).
    *
    * @generated from field: string text = 1;
    */
   text: string;
 
   /**
-   * "stop" (end of generation or a stop string) or "length" (max_tokens).
+   * "stop" (end of generation or a stop string), "length" (max_tokens), or "tool_calls" (the reply
+   * called tools and ended on its own).
    *
    * @generated from field: string finish_reason = 2;
    */
@@ -456,6 +698,13 @@ export type GenerateResponse = Message<"spindle.v1.GenerateResponse"> & {
    * @generated from field: string model = 7;
    */
   model: string;
+
+  /**
+   * The calls the reply made (messages with tools).
+   *
+   * @generated from field: repeated spindle.v1.ToolCall tool_calls = 8;
+   */
+  toolCalls: ToolCall[];
 };
 
 /**
@@ -463,14 +712,15 @@ export type GenerateResponse = Message<"spindle.v1.GenerateResponse"> & {
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 8);
+  messageDesc(file_spindle_v1_inference, 15);
 
 /**
  * @generated from message spindle.v1.GenerateStreamResponse
  */
 export type GenerateStreamResponse = Message<"spindle.v1.GenerateStreamResponse"> & {
   /**
-   * The new text of this chunk (may be empty when a step's text is held back, e.g. by a stop string).
+   * The new text of this chunk (may be empty when a step's text is held back, e.g. by a stop string,
+   * or by text that may still become a tool call).
    *
    * @generated from field: string text = 1;
    */
@@ -489,7 +739,7 @@ export type GenerateStreamResponse = Message<"spindle.v1.GenerateStreamResponse"
   logprobs: TokenLogprob[];
 
   /**
-   * Set on the final message only (which carries no text): "stop" or "length".
+   * Set on the final message only (which carries no text): "stop", "length" or "tool_calls".
    *
    * @generated from field: string finish_reason = 4;
    */
@@ -508,6 +758,14 @@ export type GenerateStreamResponse = Message<"spindle.v1.GenerateStreamResponse"
    * @generated from field: spindle.v1.Timings timings = 6;
    */
   timings?: Timings | undefined;
+
+  /**
+   * This chunk's tool call deltas, in order (messages with tools). Put together by index they make
+   * GenerateResponse.tool_calls.
+   *
+   * @generated from field: repeated spindle.v1.ToolCallDelta tool_calls = 7;
+   */
+  toolCalls: ToolCallDelta[];
 };
 
 /**
@@ -515,7 +773,7 @@ export type GenerateStreamResponse = Message<"spindle.v1.GenerateStreamResponse"
  * Use `create(GenerateStreamResponseSchema)` to create a new message.
  */
 export const GenerateStreamResponseSchema: GenMessage<GenerateStreamResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 9);
+  messageDesc(file_spindle_v1_inference, 16);
 
 /**
  * @generated from message spindle.v1.TokenizeRequest
@@ -544,7 +802,7 @@ export type TokenizeRequest = Message<"spindle.v1.TokenizeRequest"> & {
  * Use `create(TokenizeRequestSchema)` to create a new message.
  */
 export const TokenizeRequestSchema: GenMessage<TokenizeRequest> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 10);
+  messageDesc(file_spindle_v1_inference, 17);
 
 /**
  * @generated from message spindle.v1.TokenizeResponse
@@ -571,7 +829,7 @@ export type TokenizeResponse = Message<"spindle.v1.TokenizeResponse"> & {
  * Use `create(TokenizeResponseSchema)` to create a new message.
  */
 export const TokenizeResponseSchema: GenMessage<TokenizeResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 11);
+  messageDesc(file_spindle_v1_inference, 18);
 
 /**
  * @generated from message spindle.v1.ListModelsRequest
@@ -584,7 +842,7 @@ export type ListModelsRequest = Message<"spindle.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 12);
+  messageDesc(file_spindle_v1_inference, 19);
 
 /**
  * @generated from message spindle.v1.Model
@@ -613,7 +871,7 @@ export type Model = Message<"spindle.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 13);
+  messageDesc(file_spindle_v1_inference, 20);
 
 /**
  * @generated from message spindle.v1.ListModelsResponse
@@ -630,7 +888,7 @@ export type ListModelsResponse = Message<"spindle.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 14);
+  messageDesc(file_spindle_v1_inference, 21);
 
 /**
  * @generated from message spindle.v1.HealthRequest
@@ -643,7 +901,7 @@ export type HealthRequest = Message<"spindle.v1.HealthRequest"> & {
  * Use `create(HealthRequestSchema)` to create a new message.
  */
 export const HealthRequestSchema: GenMessage<HealthRequest> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 15);
+  messageDesc(file_spindle_v1_inference, 22);
 
 /**
  * @generated from message spindle.v1.HealthResponse
@@ -702,7 +960,7 @@ export type HealthResponse = Message<"spindle.v1.HealthResponse"> & {
  * Use `create(HealthResponseSchema)` to create a new message.
  */
 export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 16);
+  messageDesc(file_spindle_v1_inference, 23);
 
 /**
  * @generated from message spindle.v1.EmbedRequest
@@ -735,7 +993,7 @@ export type EmbedRequest = Message<"spindle.v1.EmbedRequest"> & {
  * Use `create(EmbedRequestSchema)` to create a new message.
  */
 export const EmbedRequestSchema: GenMessage<EmbedRequest> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 17);
+  messageDesc(file_spindle_v1_inference, 24);
 
 /**
  * @generated from message spindle.v1.Embedding
@@ -759,7 +1017,7 @@ export type Embedding = Message<"spindle.v1.Embedding"> & {
  * Use `create(EmbeddingSchema)` to create a new message.
  */
 export const EmbeddingSchema: GenMessage<Embedding> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 18);
+  messageDesc(file_spindle_v1_inference, 25);
 
 /**
  * @generated from message spindle.v1.EmbedResponse
@@ -788,7 +1046,7 @@ export type EmbedResponse = Message<"spindle.v1.EmbedResponse"> & {
  * Use `create(EmbedResponseSchema)` to create a new message.
  */
 export const EmbedResponseSchema: GenMessage<EmbedResponse> = /*@__PURE__*/
-  messageDesc(file_spindle_v1_inference, 19);
+  messageDesc(file_spindle_v1_inference, 26);
 
 /**
  * @generated from service spindle.v1.InferenceService
@@ -805,7 +1063,8 @@ export const InferenceService: GenService<{
     output: typeof GenerateResponseSchema;
   },
   /**
-   * One message per decoded text chunk, then a final message with finish_reason, usage and timings.
+   * One message per decoded chunk (text and tool call deltas), then a final message with
+   * finish_reason, usage and timings.
    *
    * @generated from rpc spindle.v1.InferenceService.GenerateStream
    */
