@@ -227,15 +227,28 @@ export class GGUFFile {
     const t = this.tensor(name);
     const out = dest ?? new Uint8Array(t.nbytes);
     if (out.byteLength < t.nbytes) throw new Error(`destination for ${name} is too small`);
+    this.readTensorRange(name, 0, out.subarray(0, t.nbytes));
+    return out.byteLength === t.nbytes ? out : out.subarray(0, t.nbytes);
+  }
+
+  /**
+   * Reads bytes [from, from + dest.length) of a tensor into `dest` (any view, a WebAssembly
+   * memory's included), straight from the file.
+   */
+  readTensorRange(name: string, from: number, dest: Uint8Array): void {
+    const t = this.tensor(name);
+    if (from < 0 || from + dest.byteLength > t.nbytes)
+      throw new RangeError(
+        `bytes ${from}..${from + dest.byteLength} are outside tensor ${name} (${t.nbytes} bytes)`,
+      );
     this.fd ??= openSync(this.path, "r");
     let done = 0;
-    while (done < t.nbytes) {
-      const chunk = Math.min(t.nbytes - done, 1 << 30);
-      const got = readSync(this.fd, out, done, chunk, t.offset + done);
+    while (done < dest.byteLength) {
+      const chunk = Math.min(dest.byteLength - done, 1 << 30);
+      const got = readSync(this.fd, dest, done, chunk, t.offset + from + done);
       if (got <= 0) throw new ModelFileError(this.path, `truncated file: tensor ${name} could not be read`);
       done += got;
     }
-    return out.byteLength === t.nbytes ? out : out.subarray(0, t.nbytes);
   }
 
   close(): void {

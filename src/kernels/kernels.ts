@@ -44,6 +44,9 @@ export interface WeightMatrix {
   rowBytes: number;
 }
 
+/** Reads bytes [from, from + dst.length) of a matrix's rows × rowBytes bytes into dst. */
+export type MatrixSource = (dst: Uint8Array, from: number) => void;
+
 /**
  * The element type of the KV cache (`--kv-cache-type`): f32, or f16 (half the memory; each value
  * rounded to the nearest f16, ties to even, as llama.cpp's f16 cache stores it).
@@ -205,9 +208,11 @@ export interface Kernels {
   /**
    * Optional: takes a matrix that will only ever be multiplied into the kernels' own memory now and
    * drops the caller's copy of its bytes (`w.data` becomes empty), so a model's weights are held
-   * once. Returns false (and keeps `w` as it is) when these kernels cannot multiply its type.
+   * once. With `source`, w.data is not read: the kernels read the bytes from the source straight
+   * into their memory (a model's file, with no copy in between). Returns false (and keeps `w` as
+   * it is, its bytes unread when a source was given) when these kernels cannot multiply its type.
    */
-  adopt?(w: WeightMatrix): boolean;
+  adopt?(w: WeightMatrix, source?: MatrixSource): boolean;
   /**
    * Stops the kernels' threads, if they have any (calls after it run on the calling thread). The
    * owner of a kernel set calls it when dropping the set: loadModel does for the set it made when

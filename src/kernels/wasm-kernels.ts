@@ -7,6 +7,7 @@ import type {
   AttentionOptions,
   AttentionSeq,
   Kernels,
+  MatrixSource,
   PagedKV,
   RopeParams,
   WeightMatrix,
@@ -473,9 +474,9 @@ class WasmKernelSet implements WasmKernels {
     for (const w of weights) if (this.supports(w.type)) this.place(w);
   }
 
-  adopt(w: WeightMatrix): boolean {
+  adopt(w: WeightMatrix, source?: MatrixSource): boolean {
     if (!this.supports(w.type)) return false;
-    const p = this.place(w);
+    const p = this.place(w, source);
     p.data = ADOPTED;
     w.data = ADOPTED;
     return true;
@@ -957,8 +958,11 @@ class WasmKernelSet implements WasmKernels {
     return a;
   }
 
-  /** The matrix's copy in WebAssembly memory, made on first use. */
-  private place(w: WeightMatrix): Placed {
+  /**
+   * The matrix's copy in WebAssembly memory, made on first use: from w.data, or read from `source`
+   * (adopt) straight into the memory.
+   */
+  private place(w: WeightMatrix, source?: MatrixSource): Placed {
     const known = this.placed.get(w);
     if (known !== undefined && known.data === w.data) return known;
     if (known !== undefined) {
@@ -966,8 +970,11 @@ class WasmKernelSet implements WasmKernels {
       known.arena.weightBytes -= known.bytes;
     }
     const floatBytes = FLOAT_BYTES[w.type];
-    if (w.data.length < w.rows * w.rowBytes)
+    if (source === undefined && w.data.length < w.rows * w.rowBytes)
       throw new RangeError(`weight ${w.name}: ${w.data.length} bytes, need ${w.rows} rows of ${w.rowBytes}`);
+    /** Bytes [from, from + dst.length) of the matrix into dst (a view of this memory). */
+    const fill =
+      source ?? ((dst: Uint8Array, from: number) => dst.set(w.data.subarray(from, from + dst.length)));
     const packed = this.supported[w.type] === 2;
     const groupBytes = packed ? this.main.wasm.groupBytes(w.type, w.cols) : 0;
     const colsPad = !packed && floatBytes !== undefined ? (w.cols + 3) & ~3 : w.cols;
@@ -976,25 +983,39 @@ class WasmKernelSet implements WasmKernels {
     const arena = this.arenaFor(bytes);
     const ptr = this.allocIn(arena, bytes);
     if (packed) {
-      // Quantized: repacked in groups of 4 rows (see pack in the WebAssembly source), copied in
-      // through a staging region of up to STAGE_BYTES and packed there by every kernel thread.
+      // Quantized: repacked in groups of 4 rows (see pack in the WebAssembly source), brought in
+      // through two staging regions of up to STAGE_BYTES: while the kernel threads pack one, the
+      // caller fills the other (reads the file into it), then joins the packing.
       const chunkRows = Math.max(4, 4 * Math.floor(STAGE_BYTES / (4 * w.rowBytes)));
-      const stage = this.scratchIn(arena, "stage", Math.min(w.rows, chunkRows) * w.rowBytes);
-      for (let r0 = 0; r0 < w.rows; r0 += chunkRows) {
+      const stageBytes = Math.min(w.rows, chunkRows) * w.rowBytes;
+      const stages = [this.scratchIn(arena, "stage0", stageBytes), 0];
+      const fillStage = (r0: number, stage: number) => {
         const n = Math.min(chunkRows, w.rows - r0);
-        arena.u8.set(w.data.subarray(r0 * w.rowBytes, (r0 + n) * w.rowBytes), stage);
-        const args = [w.type, stage, w.rowBytes, n, w.cols, ptr + (r0 / 4) * groupBytes];
+        fill(arena.u8.subarray(stage, stage + n * w.rowBytes), r0 * w.rowBytes);
+      };
+      fillStage(0, stages[0]!);
+      for (let r0 = 0, k = 0; r0 < w.rows; r0 += chunkRows, k ^= 1) {
+        const n = Math.min(chunkRows, w.rows - r0);
+        const next = r0 + chunkRows;
+        let finish: (() => void) | undefined;
+        if (next < w.rows) {
+          stages[k ^ 1] ||= this.scratchIn(arena, "stage1", stageBytes);
+          const stage = stages[k ^ 1]!;
+          finish = this.pool ? this.pool.overlap(() => fillStage(next, stage)) : () => fillStage(next, stage);
+        }
+        const args = [w.type, stages[k]!, w.rowBytes, n, w.cols, ptr + (r0 / 4) * groupBytes];
         this.run(arena, "packPart", args, this.poolParts(Math.ceil(n / 4)));
+        finish?.();
       }
     } else if (colsPad !== w.cols) {
       // Float rows are padded with zeros to a multiple of 4 elements, so the kernels need no tails.
       const u8 = arena.u8;
       for (let r = 0; r < w.rows; r++) {
-        u8.set(w.data.subarray(r * w.rowBytes, (r + 1) * w.rowBytes), ptr + r * rowBytes);
+        fill(u8.subarray(ptr + r * rowBytes, ptr + r * rowBytes + w.rowBytes), r * w.rowBytes);
         u8.fill(0, ptr + r * rowBytes + w.rowBytes, ptr + (r + 1) * rowBytes);
       }
     } else {
-      arena.u8.set(w.data.subarray(0, bytes), ptr);
+      fill(arena.u8.subarray(ptr, ptr + bytes), 0);
     }
     arena.weightBytes += bytes;
     const p: Placed = { arena, data: w.data, ptr, bytes, rowBytes, colsPad, packed };

@@ -1,7 +1,7 @@
 import { ModelFileError } from "../errors.js";
 import type { GGUFFile } from "../gguf/reader.js";
 import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../gguf/types.js";
-import type { WeightMatrix } from "../kernels/kernels.js";
+import type { MatrixSource, WeightMatrix } from "../kernels/kernels.js";
 import { dequantize, isSupportedType, rowBytes } from "../quant/index.js";
 import type { ModelConfig } from "./config.js";
 
@@ -32,8 +32,8 @@ export interface LayerWeights {
  * A mixture-of-experts block's weights. The file stacks the experts' matrices in 3-D tensors
  * (ffn_gate_exps, ffn_up_exps: [dim, expertFfn, nExperts]; ffn_down_exps: [expertFfn, dim,
  * nExperts]); expert e's matrix is the e-th contiguous run of rows, so each becomes a matrix of its
- * own here (sharing the tensor's bytes until the kernels adopt it) and the kernels multiply it as
- * any other.
+ * own here (each read from its rows of the tensor, straight into the kernels' memory when they
+ * adopt it) and the kernels multiply it as any other.
  */
 export interface ExpertWeights {
   /** ffn_gate_inp: nExperts × dim, the router's logits. */
@@ -57,53 +57,49 @@ export interface ModelWeights {
 }
 
 /**
- * Where matrices offered to the kernels' adopt are read: one grow-only buffer, reused from matrix to
- * matrix, since an adopted matrix's bytes are copied into the kernels' memory at once. A fresh
- * buffer per tensor cost a page fault per 4 KiB and the collector's time (about a quarter of
- * loading a 1B-parameter 8-bit model). A matrix not adopted gets a copy of its own (keep).
+ * A matrix whose bytes are not read yet: its shape, and where its bytes are in the file. Offered to
+ * the kernels' adopt with its source, the bytes go from the file straight into the kernels' memory
+ * (no buffer in JS between them: a 1B-parameter 8-bit model's load spent about a quarter of its
+ * time on page faults and the collector when each tensor had a fresh buffer, and a reused one
+ * still cost a copy and its size in resident memory). Not adopted, it is read into an array of its own.
  */
-class ReadBuffer {
-  private buf = new Uint8Array(0);
-
-  take(nbytes: number): Uint8Array {
-    if (this.buf.length < nbytes) this.buf = new Uint8Array(nbytes);
-    return this.buf;
-  }
-
-  /** w's bytes as its own array when they still live in this buffer (not adopted). */
-  keep(w: WeightMatrix): void {
-    if (w.data.buffer === this.buf.buffer) w.data = w.data.slice();
-  }
+interface PendingMatrix {
+  w: WeightMatrix;
+  read: MatrixSource;
 }
 
-function matrix(g: GGUFFile, name: string, rows: number, cols: number, into?: ReadBuffer): WeightMatrix {
+const UNREAD = new Uint8Array(0);
+
+function matrix(g: GGUFFile, name: string, rows: number, cols: number): WeightMatrix {
+  return readNow(pending(g, name, rows, cols));
+}
+
+function pending(g: GGUFFile, name: string, rows: number, cols: number): PendingMatrix {
   const t = g.tensor(name);
   if (t.dims.length !== 2 || t.dims[0] !== cols || t.dims[1] !== rows) {
     throw new ModelFileError(g.path, `tensor ${name} has shape [${t.dims}], expected [${cols}, ${rows}]`);
   }
-  return matrixOf(g, name, t.type, rows, cols, into);
+  return pendingOf(g, name, t.type, rows, cols);
 }
 
-/**
- * The tensor's bytes as a rows × cols matrix of its type, once the type is checked; read into
- * `into` when given (see ReadBuffer).
- */
-function matrixOf(
-  g: GGUFFile,
-  name: string,
-  type: GGMLType,
-  rows: number,
-  cols: number,
-  into?: ReadBuffer,
-): WeightMatrix {
+/** The tensor as a pending rows × cols matrix of its type, once the type is checked. */
+function pendingOf(g: GGUFFile, name: string, type: GGMLType, rows: number, cols: number): PendingMatrix {
   if (!isSupportedType(type)) {
     throw new ModelFileError(
       g.path,
       `tensor ${name} has type ${typeName(type)}, which Spindle does not support (supported: ${SUPPORTED_WEIGHT_TYPES.map(typeName).join(", ")})`,
     );
   }
-  const data = g.readTensor(name, into?.take(g.tensor(name).nbytes));
-  return { name, type, rows, cols, data, rowBytes: rowBytes(type, cols) };
+  const w: WeightMatrix = { name, type, rows, cols, data: UNREAD, rowBytes: rowBytes(type, cols) };
+  return { w, read: (dst, from) => g.readTensorRange(name, from, dst) };
+}
+
+/** The matrix with its bytes read into an array of its own. */
+function readNow(p: PendingMatrix): WeightMatrix {
+  const data = new Uint8Array(p.w.rows * p.w.rowBytes);
+  p.read(data, 0);
+  p.w.data = data;
+  return p.w;
 }
 
 function vector(g: GGUFFile, name: string, n: number): Float32Array {
@@ -116,27 +112,24 @@ function vector(g: GGUFFile, name: string, n: number): Float32Array {
 }
 
 /**
- * Rows [from, from + rows) of a matrix as a matrix of their own, sharing its bytes: how a fused
+ * Rows [from, from + rows) of a pending matrix as a pending matrix of their own: how a fused
  * projection (Phi-3's attn_qkv, its ffn_up holding gate and up) becomes the separate matrices the
  * forward pass multiplies. Row r of the result is row from + r of the file's tensor.
  */
-function rowSlice(w: WeightMatrix, name: string, from: number, rows: number): WeightMatrix {
-  const data = w.data.subarray(from * w.rowBytes, (from + rows) * w.rowBytes);
-  return { name, type: w.type, rows, cols: w.cols, data, rowBytes: w.rowBytes };
+function rowSlice(p: PendingMatrix, name: string, from: number, rows: number): PendingMatrix {
+  const { w, read } = p;
+  const start = from * w.rowBytes;
+  return {
+    w: { name, type: w.type, rows, cols: w.cols, data: UNREAD, rowBytes: w.rowBytes },
+    read: (dst, at) => read(dst, start + at),
+  };
 }
 
 /**
- * A stacked 3-D tensor of `n` matrices (dims [cols, rows, n]) as n matrices, each a view of its
- * rows of the tensor's bytes.
+ * A stacked 3-D tensor of `n` matrices (dims [cols, rows, n]) as n pending matrices, each its run
+ * of rows of the tensor.
  */
-function stacked(
-  g: GGUFFile,
-  name: string,
-  n: number,
-  rows: number,
-  cols: number,
-  into?: ReadBuffer,
-): WeightMatrix[] {
+function stacked(g: GGUFFile, name: string, n: number, rows: number, cols: number): PendingMatrix[] {
   const t = g.tensor(name);
   if (t.dims.length !== 3 || t.dims[0] !== cols || t.dims[1] !== rows || t.dims[2] !== n) {
     throw new ModelFileError(
@@ -144,7 +137,7 @@ function stacked(
       `tensor ${name} has shape [${t.dims}], expected [${cols}, ${rows}, ${n}]`,
     );
   }
-  const all = matrixOf(g, name, t.type, n * rows, cols, into);
+  const all = pendingOf(g, name, t.type, n * rows, cols);
   return Array.from({ length: n }, (_, e) => rowSlice(all, `${name}[${e}]`, e * rows, rows));
 }
 
@@ -154,32 +147,24 @@ function optionalVector(g: GGUFFile, name: string, n: number): Float32Array | un
 
 /**
  * Reads every weight the forward pass needs, checking names, shapes and types against the config.
- * `adopt` (the kernels' adopt) is offered each matrix that is only multiplied, as soon as it is
- * read, so the kernels can take it into their memory and the file's bytes need not stay in JS
- * memory as well: the embedding table is not offered (its rows are looked up in JS), nor, when
- * tied, the LM head that shares it.
+ * `adopt` (the kernels' adopt) is offered each matrix that is only multiplied, with its source in
+ * the file, so the kernels read it into their memory and its bytes never live in JS memory: the
+ * embedding table is not offered (its rows are looked up in JS), nor, when tied, the LM head that
+ * shares it. `onLayer(done, total)` is called after each layer is read (and adopted): a load
+ * progress bar's ticks.
  */
-/** `onLayer(done, total)` is called after each layer is read (and adopted): a load progress bar's ticks. */
 export function loadWeights(
   g: GGUFFile,
   c: ModelConfig,
-  adopt?: (w: WeightMatrix) => unknown,
+  adopt?: (w: WeightMatrix, source?: MatrixSource) => boolean,
   onLayer?: (done: number, total: number) => void,
 ): ModelWeights {
   const qDim = c.nHeads * c.headDim;
   const kvDim = c.nKVHeads * c.headDim;
   const tokenEmbd = matrix(g, "token_embd.weight", c.vocabSize, c.dim);
-  const buffer = adopt && new ReadBuffer();
-  /** Offers w to the kernels; its bytes stay readable in JS (a copy of their own) if not taken. */
-  const offer = (w: WeightMatrix): void => {
-    adopt?.(w);
-    buffer?.keep(w);
-  };
-  const mat = (name: string, rows: number, cols: number): WeightMatrix => {
-    const w = matrix(g, name, rows, cols, buffer);
-    offer(w);
-    return w;
-  };
+  /** Offers the pending matrix to the kernels; read into an array of its own if they do not take it. */
+  const offer = (p: PendingMatrix): WeightMatrix => (adopt?.(p.w, p.read) ? p.w : readNow(p));
+  const mat = (name: string, rows: number, cols: number): WeightMatrix => offer(pending(g, name, rows, cols));
   const layers: LayerWeights[] = [];
   for (let l = 0; l < c.nLayers; l++) {
     const p = `blk.${l}.`;
@@ -191,11 +176,10 @@ export function loadWeights(
     let bk: Float32Array | undefined;
     let bv: Float32Array | undefined;
     if (g.tensors.has(`${p}attn_qkv.weight`)) {
-      const qkv = matrix(g, `${p}attn_qkv.weight`, qDim + 2 * kvDim, c.dim, buffer);
-      wq = rowSlice(qkv, `${p}attn_qkv.weight[q]`, 0, qDim);
-      wk = rowSlice(qkv, `${p}attn_qkv.weight[k]`, qDim, kvDim);
-      wv = rowSlice(qkv, `${p}attn_qkv.weight[v]`, qDim + kvDim, kvDim);
-      for (const w of [wq, wk, wv]) offer(w);
+      const qkv = pending(g, `${p}attn_qkv.weight`, qDim + 2 * kvDim, c.dim);
+      wq = offer(rowSlice(qkv, `${p}attn_qkv.weight[q]`, 0, qDim));
+      wk = offer(rowSlice(qkv, `${p}attn_qkv.weight[k]`, qDim, kvDim));
+      wv = offer(rowSlice(qkv, `${p}attn_qkv.weight[v]`, qDim + kvDim, kvDim));
       const b = optionalVector(g, `${p}attn_qkv.bias`, qDim + 2 * kvDim);
       bq = b?.subarray(0, qDim);
       bk = b?.subarray(qDim, qDim + kvDim);
@@ -208,7 +192,7 @@ export function loadWeights(
       bk = optionalVector(g, `${p}attn_k.bias`, kvDim);
       bv = optionalVector(g, `${p}attn_v.bias`, kvDim);
     }
-    const ffn = c.moe ? { moe: experts(g, c, p, mat, offer, buffer) } : denseFFN(g, c, p, mat, offer, buffer);
+    const ffn = c.moe ? { moe: experts(g, c, p, mat, offer) } : denseFFN(g, c, p, mat, offer);
     layers.push({
       attnNorm: vector(g, `${p}attn_norm.weight`, c.dim),
       wq,
@@ -237,6 +221,7 @@ export function loadWeights(
 }
 
 type Mat = (name: string, rows: number, cols: number) => WeightMatrix;
+type Offer = (p: PendingMatrix) => WeightMatrix;
 
 /**
  * A dense feed-forward block. Gate and up: separate, or both in ffn_up (Phi-3: 2·ffnDim rows, the
@@ -247,17 +232,14 @@ function denseFFN(
   c: ModelConfig,
   p: string,
   mat: Mat,
-  offer: (w: WeightMatrix) => void,
-  buffer: ReadBuffer | undefined,
+  offer: Offer,
 ): Pick<LayerWeights, "wGate" | "wUp" | "wDown"> {
   let wGate: WeightMatrix;
   let wUp: WeightMatrix;
   if (!g.tensors.has(`${p}ffn_gate.weight`) && g.tensors.has(`${p}ffn_up.weight`)) {
-    const fused = matrix(g, `${p}ffn_up.weight`, 2 * c.ffnDim, c.dim, buffer);
-    wGate = rowSlice(fused, `${p}ffn_up.weight[gate]`, 0, c.ffnDim);
-    wUp = rowSlice(fused, `${p}ffn_up.weight[up]`, c.ffnDim, c.ffnDim);
-    offer(wGate);
-    offer(wUp);
+    const fused = pending(g, `${p}ffn_up.weight`, 2 * c.ffnDim, c.dim);
+    wGate = offer(rowSlice(fused, `${p}ffn_up.weight[gate]`, 0, c.ffnDim));
+    wUp = offer(rowSlice(fused, `${p}ffn_up.weight[up]`, c.ffnDim, c.ffnDim));
   } else {
     wGate = mat(`${p}ffn_gate.weight`, c.ffnDim, c.dim);
     wUp = mat(`${p}ffn_up.weight`, c.ffnDim, c.dim);
@@ -266,21 +248,11 @@ function denseFFN(
 }
 
 /** A mixture-of-experts block: the router, each expert's matrices (adopted one by one), the shared expert. */
-function experts(
-  g: GGUFFile,
-  c: ModelConfig,
-  p: string,
-  mat: Mat,
-  offer: (w: WeightMatrix) => void,
-  buffer: ReadBuffer | undefined,
-): ExpertWeights {
+function experts(g: GGUFFile, c: ModelConfig, p: string, mat: Mat, offer: Offer): ExpertWeights {
   const m = c.moe!;
   const ff = m.expertFfnDim;
-  const split = (name: string, rows: number, cols: number) => {
-    const ws = stacked(g, `${p}${name}.weight`, m.nExperts, rows, cols, buffer);
-    for (const w of ws) offer(w);
-    return ws;
-  };
+  const split = (name: string, rows: number, cols: number) =>
+    stacked(g, `${p}${name}.weight`, m.nExperts, rows, cols).map(offer);
   const e: ExpertWeights = {
     router: mat(`${p}ffn_gate_inp.weight`, m.nExperts, c.dim),
     gate: split("ffn_gate_exps", ff, c.dim),
@@ -290,15 +262,17 @@ function experts(
   if (m.sharedFfnDim !== undefined) {
     const sf = m.sharedFfnDim;
     const v = vector(g, `${p}ffn_gate_inp_shexp.weight`, c.dim);
-    const gateInp: WeightMatrix = {
-      name: `${p}ffn_gate_inp_shexp.weight`,
-      type: GGMLType.F32,
-      rows: 1,
-      cols: c.dim,
-      data: new Uint8Array(v.buffer, v.byteOffset, v.byteLength),
-      rowBytes: 4 * c.dim,
-    };
-    offer(gateInp);
+    const gateInp = offer({
+      w: {
+        name: `${p}ffn_gate_inp_shexp.weight`,
+        type: GGMLType.F32,
+        rows: 1,
+        cols: c.dim,
+        data: UNREAD,
+        rowBytes: 4 * c.dim,
+      },
+      read: (dst, from) => dst.set(new Uint8Array(v.buffer, v.byteOffset + from, dst.length)),
+    });
     e.shared = {
       gate: mat(`${p}ffn_gate_shexp.weight`, sf, c.dim),
       up: mat(`${p}ffn_up_shexp.weight`, sf, c.dim),
