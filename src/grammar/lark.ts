@@ -354,7 +354,10 @@ class LarkParser {
         this.i += m[0].length - 1;
       } else if (c === "{") {
         const m = /^\{\s*(\d*)\s*(,\s*(\d*)\s*)?\}/.exec(this.s.slice(this.i));
-        if (!m || (m[1] === "" && m[2] === undefined)) this.fail("templates are not supported");
+        if (!m || (m[1] === "" && m[2] === undefined)) {
+          const brace = /^\{[^}\n]{0,20}\}?/.exec(this.s.slice(this.i))![0];
+          this.fail(`${brace} is not a repetition count {m,n} (templates are not supported)`);
+        }
         const min = m[1] === "" ? 0 : Number(m[1]);
         const max = m[2] === undefined ? min : m[3] === "" ? Number.POSITIVE_INFINITY : Number(m[3]);
         atom = this.counted(atom, min, max);
