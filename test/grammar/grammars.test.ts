@@ -140,6 +140,7 @@ factor ::= [0-9]+ | "(" expr ")"   # recursion through parentheses
       'root ::= a\na ::= b "x"\nb ::= a | "y"',
       'root ::= ("a"',
       'expr ::= "a"',
+      `root ::= ${"(".repeat(100_000)}"a"${")".repeat(100_000)}`, // a GrammarError, not a stack overflow
     ];
     for (const grammar of bad) {
       expect(() => compileGrammar({ type: "gbnf", grammar }, vocab), grammar).toThrow(GrammarError);
