@@ -18,11 +18,14 @@ function caseClasses(): number[][] {
   const byKey = new Map<number, number[]>();
   for (let cp = 0; cp < CASED_END; cp++) {
     if (cp >= 0xd800 && cp <= 0xdfff) continue;
-    const up = String.fromCodePoint(cp).toUpperCase();
-    if ([...up].length !== 1) continue;
+    const ch = String.fromCodePoint(cp);
+    const up = ch.toUpperCase();
+    if (up === ch && ch.toLowerCase() === ch) continue; // no case
+    const u = up.codePointAt(0)!;
+    if (up.length !== (u > 0xffff ? 2 : 1)) continue;
     const low = up.toLowerCase();
-    if ([...low].length !== 1) continue;
     const key = low.codePointAt(0)!;
+    if (low.length !== (key > 0xffff ? 2 : 1)) continue;
     let c = byKey.get(key);
     if (!c) {
       c = [];

@@ -48,6 +48,9 @@ export function larkGrammar(src: string, field = "grammar"): Grammar {
 /** Largest count `~ n..m` may name, as for GBNF's {m,n}. */
 const MAX_REPEAT = 1000;
 
+/** Deepest nesting of ( ) and [ ] accepted. */
+const MAX_DEPTH = 100;
+
 /** The start rule when %ignore adds trailing ignored text (a name Lark cannot write). */
 const START = "%start";
 /** The ignored terminals, any number of them. */
@@ -383,6 +386,7 @@ class LarkParser {
     const at = this.i;
     const c = this.s[this.i]!;
     if (c === "(" || c === "[") {
+      if (depth >= MAX_DEPTH) this.fail(`( and [ nested deeper than ${MAX_DEPTH}`);
       this.i++;
       this.skip(true);
       const inner = this.expansions(depth + 1, ctx);

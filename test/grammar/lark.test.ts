@@ -446,6 +446,7 @@ describe("Lark: what is not supported is refused by name, with its position", ()
     ['start: ""', /empty string/],
     ['start: "a" %json {}', /%json is not supported inside a rule/],
     ['?START: "a"\nstart: START', /cannot take a \? or ! prefix/],
+    [`start: ${"(".repeat(5000)}"a"${")".repeat(5000)}`, /nested deeper than 100 \(line 1, column 108\)/],
   ];
   for (const [grammar, message] of cases) {
     it(JSON.stringify(grammar), () => {
