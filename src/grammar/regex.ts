@@ -51,6 +51,8 @@ const DOT: CharSet = complement([
 
 /** Largest count a `{n,m}` may name (bigger ones are refused: they would build huge automata). */
 const MAX_REPEAT = 1000;
+/** Deepest nesting of groups accepted (deeper would exhaust the parser's stack). */
+const MAX_DEPTH = 100;
 
 /** How a pattern is read where the dialects differ (Lark's regexes are Python's). */
 export interface RegexOptions {
@@ -72,6 +74,7 @@ interface Parsed {
 
 class RegexParser {
   private i = 0;
+  private depth = 0;
   constructor(
     private readonly src: string,
     private readonly field: string,
@@ -171,6 +174,7 @@ class RegexParser {
   private parseAtom(): Node {
     const c = this.peek();
     if (c === "(") {
+      if (++this.depth > MAX_DEPTH) this.fail(`groups nested deeper than ${MAX_DEPTH}`);
       this.i++;
       if (this.peek() === "?") {
         const rest = this.src.slice(this.i);
@@ -181,6 +185,7 @@ class RegexParser {
       const inner = this.parseAlt();
       if (this.peek() !== ")") this.fail("missing )");
       this.i++;
+      this.depth--;
       return inner;
     }
     if (c === ")") this.fail("unbalanced )");

@@ -52,7 +52,17 @@ describe("regular expressions", () => {
   }
 
   it("refuses what is not regular or not understood, naming the field", () => {
-    for (const pattern of ["(a)\\1", "(?=a)b", "\\bword", "a{2001}", "(unclosed", "[z-a]", "*a", "\\p{L}"]) {
+    for (const pattern of [
+      "(a)\\1",
+      "(?=a)b",
+      "\\bword",
+      "a{2001}",
+      "(unclosed",
+      "[z-a]",
+      "*a",
+      "\\p{L}",
+      `${"(".repeat(100_000)}a${")".repeat(100_000)}`,
+    ]) {
       expect(() => compileGrammar({ type: "regex", pattern }, vocab), pattern).toThrow(GrammarError);
       try {
         compileGrammar({ type: "regex", pattern }, vocab);
