@@ -56,7 +56,7 @@ const START = "%start";
 /** The ignored terminals, any number of them. */
 const IGNORE = "%ignore";
 
-const NAME = /^[_a-zA-Z][_a-zA-Z0-9]*/;
+const NAME = /[_a-zA-Z][_a-zA-Z0-9]*/y;
 const isTerminalName = (name: string) => /^_*[A-Z]/.test(name);
 
 const digit: CharSet = [[0x30, 0x39]];
@@ -136,6 +136,12 @@ class LarkParser {
     private readonly field: string,
   ) {}
 
+  /** `re` (sticky) matched where the parser stands, without copying the rest of the source. */
+  private at(re: RegExp): RegExpExecArray | null {
+    re.lastIndex = this.i;
+    return re.exec(this.s);
+  }
+
   private where(at: number): string {
     const before = this.s.slice(0, at);
     const line = before.split("\n").length;
@@ -195,7 +201,7 @@ class LarkParser {
   }
 
   private name(): string {
-    const m = NAME.exec(this.s.slice(this.i));
+    const m = this.at(NAME);
     if (!m) this.fail("expected a name");
     this.i += m[0].length;
     return m[0];
@@ -215,7 +221,7 @@ class LarkParser {
     if (this.s[this.i] === "{") this.fail(`templates (${name}{...}) are not supported`);
     if (this.s[this.i] === ".") {
       // A priority picks among parses or tokens; the language read here is the same either way.
-      const m = /^\.-?\d+/.exec(this.s.slice(this.i));
+      const m = this.at(/\.-?\d+/y);
       if (!m) this.fail("expected a priority number after .");
       this.i += m[0].length;
     }
@@ -237,7 +243,7 @@ class LarkParser {
   private directive(): void {
     const at = this.i;
     this.i++;
-    const m = /^[a-z_]+/.exec(this.s.slice(this.i));
+    const m = this.at(/[a-z_]+/y);
     const word = m?.[0] ?? "";
     this.i += word.length;
     if (word === "ignore") {
@@ -258,7 +264,7 @@ class LarkParser {
   private importDirective(): void {
     this.skip(false);
     const modAt = this.i;
-    const m = /^[_a-zA-Z0-9.]+/.exec(this.s.slice(this.i));
+    const m = this.at(/[_a-zA-Z0-9.]+/y);
     if (!m) this.fail("expected a module after %import");
     this.i += m[0].length;
     const path = m[0].split(".");
@@ -351,14 +357,14 @@ class LarkParser {
       else if (c === "*") atom = star(atom);
       else if (c === "+") atom = plus(atom);
       else if (c === "~") {
-        const m = /^~\s*(\d+)(\s*\.\.\s*(\d+))?/.exec(this.s.slice(this.i));
+        const m = this.at(/~\s*(\d+)(\s*\.\.\s*(\d+))?/y);
         if (!m) this.fail("expected a count after ~");
         atom = this.counted(atom, Number(m[1]), m[3] === undefined ? Number(m[1]) : Number(m[3]));
         this.i += m[0].length - 1;
       } else if (c === "{") {
-        const m = /^\{\s*(\d*)\s*(,\s*(\d*)\s*)?\}/.exec(this.s.slice(this.i));
+        const m = this.at(/\{\s*(\d*)\s*(,\s*(\d*)\s*)?\}/y);
         if (!m || (m[1] === "" && m[2] === undefined)) {
-          const brace = /^\{[^}\n]{0,20}\}?/.exec(this.s.slice(this.i))![0];
+          const brace = this.at(/\{[^}\n]{0,20}\}?/y)![0];
           this.fail(`${brace} is not a repetition count {m,n} (templates are not supported)`);
         }
         const min = m[1] === "" ? 0 : Number(m[1]);
@@ -423,12 +429,12 @@ class LarkParser {
     }
     if (c === "/" && this.s[this.i + 1] !== "/") return this.token(this.regex(), ctx);
     if (c === "%") {
-      const m = /^%[a-z_]*/.exec(this.s.slice(this.i))!;
+      const m = this.at(/%[a-z_]*/y)!;
       this.fail(`${m[0]} is not supported inside a rule`);
     }
-    if (NAME.test(this.s.slice(this.i, this.i + 1))) {
+    if (/[_a-zA-Z]/.test(c)) {
       const name = this.name();
-      if (this.s[this.i] === "{" && !/^\{\s*\d*\s*(,\s*\d*\s*)?\}/.test(this.s.slice(this.i)))
+      if (this.s[this.i] === "{" && !this.at(/\{\s*\d*\s*(,\s*\d*\s*)?\}/y))
         this.fail(`templates (${name}{...}) are not supported`, at);
       if (!this.used.has(name)) this.used.set(name, at);
       if (isTerminalName(name)) {
@@ -516,7 +522,7 @@ class LarkParser {
       this.i++;
     }
     this.i++;
-    const flags = /^[a-zA-Z]*/.exec(this.s.slice(this.i))![0];
+    const flags = this.at(/[a-zA-Z]*/y)![0];
     this.i += flags.length;
     const opts: RegexOptions = { dot: PY_DOT, noAnchors: true, pythonBraces: true };
     for (const f of flags) {
