@@ -24,9 +24,11 @@ import { type RegexOptions, regexToNode } from "./regex.js";
  * Lark's EBNF (the grammars vLLM's `structured_outputs.grammar` / `guided_grammar` take when no rule
  * is written `::=`), lowered to the grammar IR. The start symbol is the rule `start`.
  *
- * Read: rules `name: alternatives` (with `?` / `!` prefixes, `.priority` and `-> alias`, which shape
- * Lark's tree and not the language), terminals `NAME: ...`, "strings" (with escapes and the `i` flag),
- * /regexes/ (Python's syntax through regex.ts; flags i, s, m, u), "a".."z" ranges, ( ) groups,
+ * Read: rules `name: alternatives` (with `?` / `!` prefixes and `-> alias`, which shape Lark's tree,
+ * and `.priority`, which picks among the parses of an ambiguous text: none of them changes which
+ * texts are in the language), terminals `NAME: ...`, "strings" (with escapes and the `i` flag),
+ * /regexes/ (Python's syntax through regex.ts; flags i, s, m, u; \d \w are ASCII there, so a
+ * pattern takes a subset of what Python's Unicode classes take, never more), "a".."z" ranges, ( ) groups,
  * [ ] and ? optional, * + repetition, `~ n` and `~ n..m` (and `{n}`, `{m,n}` as llguidance writes
  * them), `%import common.X` for the common terminals (defined below by hand), and `%ignore`.
  *
