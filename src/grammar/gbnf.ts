@@ -30,6 +30,8 @@ export function gbnfGrammar(src: string, field = "grammar"): Grammar {
 }
 
 const NAME = /^[a-zA-Z0-9_-]+/;
+/** Deepest nesting of ( ) accepted (deeper would exhaust the parser's stack: a RangeError, not a GrammarError). */
+const MAX_DEPTH = 100;
 
 class GbnfParser {
   private i = 0;
@@ -159,6 +161,7 @@ class GbnfParser {
       return charClass(ANY_CHAR);
     }
     if (c === "(") {
+      if (depth >= MAX_DEPTH) this.fail(`( nested deeper than ${MAX_DEPTH}`);
       this.i++;
       this.ws(true);
       const inner = this.alternatives(depth + 1);

@@ -1,3 +1,4 @@
+import { caseFold } from "./case-fold.js";
 import { GrammarError } from "./constraint.js";
 import {
   ANY_CHAR,
@@ -50,6 +51,20 @@ const DOT: CharSet = complement([
 
 /** Largest count a `{n,m}` may name (bigger ones are refused: they would build huge automata). */
 const MAX_REPEAT = 1000;
+/** Deepest nesting of groups accepted (deeper would exhaust the parser's stack). */
+const MAX_DEPTH = 100;
+
+/** How a pattern is read where the dialects differ (Lark's regexes are Python's). */
+export interface RegexOptions {
+  /** What `.` matches (default: anything but \n, \r, U+2028, U+2029, as in ECMAScript). */
+  dot?: CharSet;
+  /** Refuse ^ and $ (they are no-ops at the ends of a whole-text regex, not inside a grammar). */
+  noAnchors?: boolean;
+  /** Case-insensitive: literal characters and classes match their whole case class. */
+  ignoreCase?: boolean;
+  /** Python's `{,n}` (0 to n); elsewhere it is literal text. */
+  pythonBraces?: boolean;
+}
 
 interface Parsed {
   node: Node;
@@ -59,11 +74,18 @@ interface Parsed {
 
 class RegexParser {
   private i = 0;
+  private depth = 0;
   constructor(
     private readonly src: string,
     private readonly field: string,
     private readonly chars: CharMapper,
+    private readonly opts: RegexOptions = {},
   ) {}
+
+  /** A set of characters written literally (a character or a class): folded under ignoreCase. */
+  private fold(set: CharSet): CharSet {
+    return this.opts.ignoreCase ? caseFold(set) : set;
+  }
 
   private fail(reason: string): never {
     throw new GrammarError(this.field, `${reason} at offset ${this.i} of /${this.src}/`);
@@ -84,6 +106,7 @@ class RegexParser {
     for (;;) {
       let anchoredStart = false;
       if (this.peek() === "^") {
+        if (this.opts.noAnchors) this.fail("anchors (^) are not supported here");
         this.i++;
         anchoredStart = true;
       }
@@ -91,6 +114,7 @@ class RegexParser {
       let anchoredEnd = false;
       while (this.i < this.src.length && this.peek() !== "|") {
         if (this.peek() === "$") {
+          if (this.opts.noAnchors) this.fail("anchors ($) are not supported here");
           this.i++;
           if (this.i < this.src.length && this.peek() !== "|") this.fail("$ is supported only at the end");
           anchoredEnd = true;
@@ -130,9 +154,11 @@ class RegexParser {
       else if (c === "+") [min, max] = [1, Number.POSITIVE_INFINITY];
       else if (c === "?") [min, max] = [0, 1];
       else if (c === "{") {
-        const m = /^\{(\d+)(,(\d*))?\}/.exec(this.src.slice(this.i));
-        if (!m) return atom; // a literal "{" as in ECMAScript's annex B
-        min = Number(m[1]);
+        const m = (this.opts.pythonBraces ? /^\{(\d*)(,(\d*))?\}/ : /^\{(\d+)(,(\d*))?\}/).exec(
+          this.src.slice(this.i),
+        );
+        if (!m || (m[1] === "" && m[2] === undefined)) return atom; // a literal "{" as in ECMAScript's annex B
+        min = m[1] === "" ? 0 : Number(m[1]);
         max = m[2] === undefined ? min : m[3] === "" ? Number.POSITIVE_INFINITY : Number(m[3]);
         if (min > max) this.fail("{n,m} with n > m");
         if (min > MAX_REPEAT || (max !== Number.POSITIVE_INFINITY && max > MAX_REPEAT))
@@ -148,6 +174,7 @@ class RegexParser {
   private parseAtom(): Node {
     const c = this.peek();
     if (c === "(") {
+      if (++this.depth > MAX_DEPTH) this.fail(`groups nested deeper than ${MAX_DEPTH}`);
       this.i++;
       if (this.peek() === "?") {
         const rest = this.src.slice(this.i);
@@ -158,6 +185,7 @@ class RegexParser {
       const inner = this.parseAlt();
       if (this.peek() !== ")") this.fail("missing )");
       this.i++;
+      this.depth--;
       return inner;
     }
     if (c === ")") this.fail("unbalanced )");
@@ -166,11 +194,16 @@ class RegexParser {
     if (c === "[") return this.chars(this.parseClass());
     if (c === ".") {
       this.i++;
-      return this.chars(DOT);
+      return this.chars(this.opts.dot ?? DOT);
     }
-    if (c === "\\") return this.chars(this.parseEscape(false));
+    if (c === "\\") return this.chars(this.foldOne(this.parseEscape(false)));
     const cp = this.cp();
-    return this.chars([[cp, cp]]);
+    return this.chars(this.fold([[cp, cp]]));
+  }
+
+  /** An escape's set, folded when it is one character (\x41), not a class (\w, \D). */
+  private foldOne(set: CharSet): CharSet {
+    return set.length === 1 && set[0]![0] === set[0]![1] ? this.fold(set) : set;
   }
 
   /** After a backslash: a class (\d) or one character. */
@@ -285,14 +318,20 @@ class RegexParser {
         set.push([a, b]);
       } else set.push(...lo);
     }
-    const n = normalize(set);
+    // Folded before negation, as Python does: [^a] under the i flag matches neither a nor A.
+    const n = this.fold(normalize(set));
     return negate ? complement(n) : n;
   }
 }
 
 /** A whole-text regex (`regex` specs): anchors at the ends are allowed and change nothing. */
-export function regexToNode(pattern: string, field: string, chars: CharMapper = charClass): Node {
-  const alts = new RegexParser(pattern, field, chars).parseTop();
+export function regexToNode(
+  pattern: string,
+  field: string,
+  chars: CharMapper = charClass,
+  opts: RegexOptions = {},
+): Node {
+  const alts = new RegexParser(pattern, field, chars, opts).parseTop();
   return nAlt(...alts.map((a) => a.node));
 }
 

@@ -24,7 +24,7 @@ import { given, isObject, type Json } from "./route-helpers.js";
  *
  * A JSON schema may come as an object (or a boolean schema) or, where vLLM allows it, as a JSON
  * string. A grammar (vLLM's guided_grammar / structured_outputs.grammar) is GBNF when it has a
- * `::=` rule, else Lark's EBNF (which the compiler refuses for now, by name); llama-server's
+ * `::=` rule, else Lark's EBNF (src/grammar/lark.ts); llama-server's
  * `grammar` is GBNF. The spec's own problems (a schema
  * keyword not supported, a bad regex) are found by the compiler in the engine and come back as a
  * GrammarError, which `grammarError` turns into a 400 naming the request's field.
@@ -142,9 +142,14 @@ function choices(v: unknown, param: string): string[] {
   return v as string[];
 }
 
-/** vLLM's grammars: GBNF (llama.cpp's, and xgrammar's EBNF) when a rule is written `::=`, else Lark. */
+/**
+ * vLLM's grammars: GBNF (llama.cpp's, and xgrammar's EBNF) when a line, its `#` or `//` comment left
+ * out, writes a rule `::=` (or the text is empty), else Lark — vLLM's own test (grammar_is_likely_lark).
+ */
 function grammarSpec(text: string): GrammarSpec {
-  return /::=/.test(text) ? { type: "gbnf", grammar: text } : { type: "lark", grammar: text };
+  const gbnf =
+    text === "" || text.split("\n").some((line) => line.replace(/(#|\/\/).*$/, "").includes("::="));
+  return gbnf ? { type: "gbnf", grammar: text } : { type: "lark", grammar: text };
 }
 
 /** OpenAI's response_format (also llama-server's on its OpenAI routes). */

@@ -212,13 +212,23 @@ function cases(): Case[] {
     },
     {
       ...bad(
-        "structured_outputs.grammar: Lark",
+        "structured_outputs.grammar: Lark with an unsupported directive",
         CHAT,
-        chat({ structured_outputs: { grammar: 'start: "a"' } }),
+        chat({ structured_outputs: { grammar: 'start: "a" X\n%declare X' } }),
         "structured_outputs.grammar",
       ),
       code: "invalid_grammar",
-      message: /Lark/,
+      message: /%declare is not supported \(line 2, column 1\)/,
+    },
+    {
+      ...bad(
+        "guided_grammar: Lark using an undefined rule",
+        C,
+        completion({ guided_grammar: "start: item+\nitem: NAME\n%import common.CNAME" }),
+        "guided_grammar",
+      ),
+      code: "invalid_grammar",
+      message: /terminal NAME is used but not defined/,
     },
     {
       ...bad(

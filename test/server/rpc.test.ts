@@ -203,6 +203,19 @@ describe("the RPC service", () => {
     });
   }
 
+  it("a Lark grammar in response_format holds the output to its language", async () => {
+    const client = createClient(InferenceService, createGrpcTransport({ baseUrl: srv.server.grpcUrl! }));
+    const lark = '?start: answer "!"\nanswer: "yes" | "no" | "maybe" DIGIT\n%import common.DIGIT';
+    const r = await client.generate({
+      prompt: PROMPT,
+      maxTokens: 20,
+      temperature: 0,
+      responseFormat: { format: { case: "lark", value: lark } },
+    });
+    expect(r.finishReason).toBe("stop");
+    expect(r.text).toMatch(/^(yes|no|maybe[0-9])!$/);
+  });
+
   it("invalid arguments are INVALID_ARGUMENT naming the field", async () => {
     const client = createClient(InferenceService, createGrpcTransport({ baseUrl: srv.server.grpcUrl! }));
     const cases: [Parameters<typeof client.generate>[0], string][] = [
@@ -223,6 +236,10 @@ describe("the RPC service", () => {
       [
         { prompt: PROMPT, responseFormat: { format: { case: "regex", value: "([a-z]+" } } },
         "response_format",
+      ],
+      [
+        { prompt: PROMPT, responseFormat: { format: { case: "lark", value: "start: x\n%declare x" } } },
+        "response_format.lark: %declare is not supported (line 2, column 1)",
       ],
     ];
     for (const [req, field] of cases) {

@@ -42,6 +42,13 @@ describe("structuredOutput: request fields → GrammarSpec", () => {
     expect(so({ choice: ["yes", "no"] })).toEqual({ type: "choice", choices: ["yes", "no"] });
     expect(so({ grammar: 'root ::= "a" | "b"' })).toEqual({ type: "gbnf", grammar: 'root ::= "a" | "b"' });
     expect(so({ grammar: 'start: "a" | "b"' })).toEqual({ type: "lark", grammar: 'start: "a" | "b"' });
+    // vLLM's test: a `::=` only in a comment (# or //) does not make a grammar GBNF
+    const commented = 'start: "a" // not root ::= "b"\n# x ::= y';
+    expect(so({ grammar: commented })).toEqual({ type: "lark", grammar: commented });
+    expect(so({ grammar: '# Lark\nroot ::= "a"' })).toEqual({
+      type: "gbnf",
+      grammar: '# Lark\nroot ::= "a"',
+    });
     expect(so({ json_object: true })).toEqual({ type: "json_object" });
     expect(so({ regex: "a", backend: "xgrammar" })).toEqual({ type: "regex", pattern: "a" });
     const g = (body: Record<string, unknown>) => structuredOutput(body, "openai");

@@ -495,7 +495,7 @@ export type ResponseFormat = Message<"spindle.v1.ResponseFormat"> & {
     case: "gbnf";
   } | {
     /**
-     * A context-free grammar in Lark's EBNF (start symbol `start`): not supported yet (INVALID_ARGUMENT).
+     * A context-free grammar in Lark's EBNF (start symbol `start`; the subset src/grammar/lark.ts reads).
      *
      * @generated from field: string lark = 6;
      */
