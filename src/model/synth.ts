@@ -5,6 +5,7 @@ import { GGMLType, TYPE_GEOMETRY, typeName } from "../gguf/types.js";
 import { meta, type TensorToWrite, writeGGUF } from "../gguf/writer.js";
 import { quantize } from "../quant/index.js";
 import { Rng } from "../sampling/rng.js";
+import { type Architecture, SUPPORTED_ARCHITECTURES } from "./config.js";
 import { LLAMA_POOLING, type PoolingType } from "./pooling.js";
 
 /**
@@ -19,17 +20,9 @@ import { LLAMA_POOLING, type PoolingType } from "./pooling.js";
  * real spread instead of a flat distribution, so greedy choices are stable.
  */
 
-export const SYNTH_ARCHS = [
-  "llama",
-  "qwen2",
-  "qwen3",
-  "qwen2moe",
-  "qwen3moe",
-  "phi3",
-  "gemma2",
-  "gemma3",
-] as const;
-export type SynthArch = (typeof SYNTH_ARCHS)[number];
+/** synth-model writes every architecture the forward pass runs. */
+export const SYNTH_ARCHS = SUPPORTED_ARCHITECTURES;
+export type SynthArch = Architecture;
 
 export interface SynthShape {
   dim: number;
