@@ -1,12 +1,15 @@
-import { proposeNgramDraft } from "./ngram-drafter.js";
+import type { Drafter } from "./drafter.js";
+import { NgramDrafter } from "./ngram-drafter.js";
 import type { Sequence } from "./sequence.js";
 
 /**
  * Speculative decoding's policy: which decoding sequence gets a draft this step, and how long.
  *
- * Drafts come from prompt lookup (ngram-drafter.ts). Verifying is not free: each draft token is one
- * more token in the step's forward pass, which on a CPU costs `tokenCost` of a one-token decode step
- * (the cost of a step of 1 + k tokens is taken as 1 + tokenCost · k). Each sequence keeps an
+ * Drafts come from a Drafter (drafter.ts): prompt lookup (ngram-drafter.ts) or a draft model
+ * (model-drafter.ts). Verifying is not free: each draft token is one more token in the step's
+ * forward pass, which on a CPU costs `tokenCost` of a one-token decode step; making it costs the
+ * drafter's own `draftTokenCost` (0 for prompt lookup, a draft model's forward pass for a model), so
+ * the cost of a step of 1 + k tokens is taken as 1 + (tokenCost + draftTokenCost) · k. Each sequence keeps an
  * estimate of how often its draft tokens are accepted (α, decaying counts with a prior of two
  * acceptances and one rejection, enough to try one token); k drafted tokens then give (1 − α^(k+1)) / (1 − α) tokens per step,
  * and the sequence drafts the k (at most `numTokens`) that gives the most tokens per unit of cost —
@@ -22,8 +25,18 @@ import type { Sequence } from "./sequence.js";
  */
 
 export interface SpeculativeOptions {
-  /** Where drafts come from: "ngram" (prompt lookup: n-grams of the prompt and the output so far). */
-  method: "ngram";
+  /**
+   * Where drafts come from: "ngram" (prompt lookup: n-grams of the prompt and the output so far) or
+   * "draft" (a draft model with the target's vocabulary: `draftModel`, proposing greedily).
+   */
+  method: "ngram" | "draft";
+  /** method "draft": the draft model's GGUF (`--draft-model`); the engine worker loads it. */
+  draftModel?: string;
+  /**
+   * What drafting one token costs relative to a one-token decode step of the target; default: the
+   * drafter's own figure (0 for prompt lookup; a draft model's is measured at load).
+   */
+  draftTokenCost?: number;
   /** The most draft tokens per sequence and step (`--spec-tokens`). */
   numTokens: number;
   /** Speculate only while at most this many sequences run (default 4). */
@@ -72,22 +85,37 @@ export function expectedTokens(a: number, k: number): number {
 
 export class Speculator {
   readonly stats: SpecStats;
+  readonly drafter: Drafter;
   private readonly state = new WeakMap<Sequence, SeqSpec>();
   private readonly maxBatch: number;
-  private readonly tokenCost: number;
+  private readonly verifyCost: number;
 
-  constructor(readonly opts: SpeculativeOptions) {
+  /** `drafter`: required for method "draft" (the worker builds it from `draftModel`); prompt lookup otherwise. */
+  constructor(
+    readonly opts: SpeculativeOptions,
+    drafter?: Drafter,
+  ) {
     if (!Number.isInteger(opts.numTokens) || opts.numTokens < 1) {
       throw new RangeError(`speculative decoding needs at least one draft token, got ${opts.numTokens}`);
     }
+    if (opts.method === "draft" && !drafter) {
+      throw new RangeError("speculative decoding with a draft model needs the model (a ModelDrafter)");
+    }
+    this.drafter = opts.method === "draft" ? drafter! : new NgramDrafter();
+    this.drafter.reset();
     this.maxBatch = opts.maxBatch ?? 4;
-    this.tokenCost = opts.tokenCost ?? 0.6;
+    this.verifyCost = opts.tokenCost ?? 0.6;
     this.stats = {
       drafts: 0,
       draftTokens: 0,
       acceptedTokens: 0,
       acceptedPerPosition: new Array(opts.numTokens).fill(0),
     };
+  }
+
+  /** What one draft token costs a step: verifying it, plus making it (a draft model's cost is measured after start). */
+  get tokenCost(): number {
+    return this.verifyCost + (this.opts.draftTokenCost ?? this.drafter.tokenCost);
   }
 
   /** Whether drafts are worth making with this many sequences running. */
@@ -100,18 +128,47 @@ export class Speculator {
    * leave after the token the step samples anyway); empty when it pauses or nothing matches.
    */
   propose(seq: Sequence, room: number): number[] {
+    return this.proposeAll([{ seq, room }])[0]!;
+  }
+
+  /**
+   * The drafts of all the decoding sequences of a step, made together (a draft model runs them as
+   * one batch): per request, its draft.
+   */
+  proposeAll(requests: readonly { seq: Sequence; room: number }[]): number[][] {
+    const drafts: number[][] = requests.map(() => []);
+    const asked: number[] = [];
+    const asks = [];
+    for (const [i, { seq, room }] of requests.entries()) {
+      const k = Math.min(this.lengthFor(seq), room);
+      if (k <= 0) continue;
+      asked.push(i);
+      asks.push({ seq, k });
+    }
+    if (asks.length === 0) return drafts;
+    const made = this.drafter.draft(asks);
+    for (const [j, i] of asked.entries()) drafts[i] = made[j]!;
+    return drafts;
+  }
+
+  /** The sequence is done drafting for now (finished, aborted or preempted): its drafter frees its state. */
+  release(seq: Sequence): void {
+    this.drafter.release(seq);
+  }
+
+  /** This step's draft length for the sequence: 0 while it pauses (and when it starts a pause). */
+  private lengthFor(seq: Sequence): number {
     const s = this.stateOf(seq);
     if (s.pausedFor > 0) {
       if (--s.pausedFor === 0) prior(s);
-      return [];
+      return 0;
     }
     const k = this.draftLength(s);
     if (k === 0) {
       s.pausedFor = s.nextPause;
       s.nextPause *= 2;
-      return [];
     }
-    return proposeNgramDraft(seq.tokens, Math.min(k, room));
+    return k;
   }
 
   /** The draft length with the most expected tokens per unit of step cost; 0 when none gains. */
