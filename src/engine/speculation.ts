@@ -15,7 +15,9 @@ import type { Sequence } from "./sequence.js";
  * and the sequence drafts the k (at most `numTokens`) that gives the most tokens per unit of cost —
  * so its draft grows while drafts are accepted and shrinks after rejections. When no k gains
  * (acceptance too low for the cost) it stops drafting for a pause that doubles each time, then tries
- * again from the prior (text that did not copy its input may start to later). The scheduler gives
+ * again from the prior (text that did not copy its input may start to later) — but only once it has
+ * tested a few draft tokens (PROBES, one a step) since it started or last resumed, so a costly
+ * drafter (a draft model) gets to show that its drafts are accepted. The scheduler gives
  * drafts only the token budget plain work leaves, so speculation switches itself off when the batch is
  * full; `maxBatch` also switches it off while more sequences run (batched decode is compute-bound:
  * verifying extra tokens then costs nearly as much as decoding them).
@@ -63,6 +65,13 @@ export interface SpecStats {
 const DECAY = 0.95;
 /** The first pause, in steps (it doubles each time the sequence pauses again). */
 const FIRST_PAUSE = 16;
+/**
+ * Draft tokens a sequence tests (one a step) before its estimate may pause it, at the start and
+ * after each pause: the prior alone (2 of 3 accepted) does not pay for a token that costs more than
+ * 2/3 of a step (a draft model's forward plus verifying it), so without probes such a drafter would
+ * never learn that its drafts are accepted.
+ */
+const PROBES = 4;
 
 interface SeqSpec {
   /** Decaying counts of accepted and rejected draft tokens (prior: 2 and 1). */
@@ -71,11 +80,14 @@ interface SeqSpec {
   /** Steps left without drafting, and the next pause's length. */
   pausedFor: number;
   nextPause: number;
+  /** Draft tokens still to test before the estimate may pause drafting (PROBES). */
+  probes: number;
 }
 
 const prior = (s: SeqSpec) => {
   s.accepted = 2;
   s.rejected = 1;
+  s.probes = PROBES;
 };
 
 /** Expected tokens from a step that verifies k draft tokens, each accepted with probability a. */
@@ -164,11 +176,11 @@ export class Speculator {
       return 0;
     }
     const k = this.draftLength(s);
-    if (k === 0) {
-      s.pausedFor = s.nextPause;
-      s.nextPause *= 2;
-    }
-    return k;
+    if (k > 0) return k;
+    if (s.probes > 0) return 1;
+    s.pausedFor = s.nextPause;
+    s.nextPause *= 2;
+    return 0;
   }
 
   /** The draft length with the most expected tokens per unit of step cost; 0 when none gains. */
@@ -201,12 +213,13 @@ export class Speculator {
     const keep = DECAY ** tested;
     s.accepted = s.accepted * keep + accepted;
     s.rejected = s.rejected * keep + (tested - accepted);
+    s.probes = Math.max(0, s.probes - tested);
   }
 
   private stateOf(seq: Sequence): SeqSpec {
     let s = this.state.get(seq);
     if (!s) {
-      s = { accepted: 2, rejected: 1, pausedFor: 0, nextPause: FIRST_PAUSE };
+      s = { accepted: 2, rejected: 1, pausedFor: 0, nextPause: FIRST_PAUSE, probes: PROBES };
       this.state.set(seq, s);
     }
     return s;

@@ -181,7 +181,7 @@ describe("drafts from a draft model (target stories260K)", () => {
     expectDrafterEmpty(drafter);
   });
 
-  it("its token cost comes from the policy: a draft model as slow as the target drafts nothing", () => {
+  it("its token cost joins the policy's: a draft model as slow as the target only probes, then pauses", () => {
     const drafter = drafterOf(selfDraft);
     const engine = new EngineCore(new ModelRunner(model, 256), {
       tokenizer: tok,
@@ -190,8 +190,13 @@ describe("drafts from a draft model (target stories260K)", () => {
       speculative: { method: "draft", numTokens: 4 },
       drafter,
     });
-    drive(engine, [{ at: 0, spec: spec("c", prompt(COPY), 30) }]);
-    expect(engine.speculator!.stats.drafts).toBe(0);
+    drive(engine, [{ at: 0, spec: spec("c", prompt(COPY), 60) }]);
+    // Every draft accepted, yet not worth its cost (0.6 + 1 per token): one-token probes, 4 at the
+    // start and 4 after the 16-step pause, then a 32-step pause.
+    const s = engine.speculator!.stats;
+    expect(s.drafts).toBe(8);
+    expect(s.draftTokens).toBe(8);
+    expect(s.acceptedTokens).toBe(8);
     expect(measureDecodeMs(random)).toBeGreaterThan(0);
   });
 });
