@@ -124,12 +124,12 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
   const built: Built = {
     runner,
     drafter: drafter?.drafter,
-    // Kernel threads up, and whether decode-sized matmuls are split over them measured; then what a
-    // draft model's token costs against the target's (unless --spec-draft-cost says).
+    // Kernel threads up, and whether decode-sized matmuls are split over them measured (for the
+    // target: the choice is the kernel set's, which a draft model shares); then what a draft
+    // model's token costs against the target's (unless --spec-draft-cost says).
     ready: async () => {
       await tuneSmallSplits(model);
       if (drafter) {
-        await tuneSmallSplits(drafter.drafter.model);
         drafter.measure();
         if (built.info.draftModel) built.info.draftModel.tokenCost = drafter.drafter.tokenCost;
       }
