@@ -116,6 +116,31 @@ describe("drafts from a draft model (target stories260K)", () => {
     expect(r.steps[1]! * 2).toBeLessThan(r.steps[0]!);
   });
 
+  it("catches up only on what it has not computed: each position's K/V once, plus the rejected", () => {
+    for (const draft of [selfDraft, random]) {
+      const fed: number[] = [];
+      const forward = draft.transformer.forward.bind(draft.transformer);
+      draft.transformer.forward = (kv, batch, opts) => {
+        for (const b of batch) fed.push(b.tokens.length);
+        return forward(kv, batch, opts);
+      };
+      try {
+        const p = prompt(COPY);
+        const r = both(drafterOf(draft), [spec("c", p, 40)]);
+        const total = p.length + r.spec.tokens.get("c")!.length;
+        const s = r.stats;
+        // The first chunk is the prompt and the token sampled after it; then every fed token is a
+        // sequence token (each once) or a rejected draft token (its position computed again).
+        expect(fed[0]).toBe(p.length + 1);
+        const sum = fed.reduce((a, b) => a + b, 0);
+        expect(sum).toBeLessThanOrEqual(total + (s.draftTokens - s.acceptedTokens));
+        expect(sum).toBeGreaterThanOrEqual(p.length + s.acceptedTokens);
+      } finally {
+        draft.transformer.forward = forward;
+      }
+    }
+  });
+
   it("with a random draft model of the same vocabulary: few accepted, the same tokens", () => {
     const specs = [spec("copy", prompt(COPY), 40), spec("fresh", prompt(FRESH), 40)];
     const r = both(drafterOf(random), specs);
