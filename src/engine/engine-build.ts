@@ -105,6 +105,7 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
       `--ctx-size ${init.contextLength} is more than the model was trained for; using its context length, ${c.contextLength}`,
     );
   }
+  if (drafter) warnings.push(...drafter.warnings);
   if (model.transformer.kernels.allocFloat32 && !runner.kv.inKernelMemory) {
     warnings.push(
       `the KV cache (${(runner.kv.bytes / 2 ** 20).toFixed(0)} MiB) does not fit in the ${model.transformer.kernels.name} kernels' memory next to the weights (4 GiB at most): it lives in plain arrays and attention runs in the slower reference kernel; lower --kv-cache-memory`,
@@ -184,8 +185,15 @@ function draftModel(target: Model, runner: ModelRunner, init: ModelEngineInit) {
     kvCacheType: runner.kv.type,
     tokenCost: spec.draftTokenCost ?? 1,
   });
+  const warnings =
+    target.transformer.kernels.allocFloat32 && !drafter.kv.inKernelMemory
+      ? [
+          `the draft model's KV cache (${(drafter.kv.bytes / 2 ** 20).toFixed(0)} MiB, as many tokens as the model's) does not fit in the kernels' memory: it lives in plain arrays and its attention runs in the slower reference kernel; lower --kv-cache-memory`,
+        ]
+      : [];
   return {
     drafter,
+    warnings,
     measure: () => {
       if (spec.draftTokenCost !== undefined) return;
       const ratio = measureDecodeMs(model) / measureDecodeMs(target);
