@@ -47,6 +47,9 @@ class EngineBackend implements Backend {
         prefixCaching: i.prefixCaching,
         policy: i.scheduler.policy,
         batching: i.scheduler.batching,
+        ...(i.draftModel !== undefined
+          ? { draftModel: i.draftModel.path, draftTokenCost: Number(i.draftModel.tokenCost.toFixed(3)) }
+          : {}),
       },
       warnings: i.warnings,
     };

@@ -51,13 +51,18 @@ and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect 
   --policy fcfs|priority      scheduling policy (default fcfs); --aging P: priority units per second waited
   --batching continuous|static|window   (default continuous); --batch-window-ms MS (default 50)
   --no-prefix-caching         disable automatic prefix caching
-  --speculative ngram         speculative decoding with drafts from the prompt and output so far (prompt
-                              lookup), verified in the batched step; greedy output is unchanged and sampled
-                              output keeps its distribution (default off)
+  --speculative ngram|draft   speculative decoding with drafts from the prompt and output so far (ngram:
+                              prompt lookup) or from --draft-model (draft), verified in the batched step;
+                              greedy output is unchanged and sampled output keeps its distribution (default off)
   --spec-tokens K             the most draft tokens per sequence and step (default 4; adapts per sequence)
   --spec-max-batch N          speculate only while at most N sequences run (default 4)
   --spec-token-cost C         what one more token in a step costs relative to a one-token decode step
                               (default 0.6); draft lengths are chosen for the most tokens per cost
+  --draft-model PATH          speculative decoding with drafts from a small model with the same vocabulary
+                              (llama-server's -md/--model-draft, accepted too; vLLM's draft model): implies
+                              --speculative draft; it runs greedily in the engine worker with its own KV cache
+  --spec-draft-cost D         what drafting one token with --draft-model costs relative to a one-token decode
+                              step of the model (default: measured at start, the two models' decode steps)
   --kernels wasm|reference    compute kernels (default: wasm once built; also $SPINDLE_KERNELS)
   --threads N                 kernel threads a large matmul is split over (default: the cores; also
                               $SPINDLE_THREADS); with --backend llamacpp: llama.cpp's threads
@@ -79,31 +84,57 @@ Backends (what computes the tokens; admission, priorities, metrics and logs appl
   --version                   print Spindle's version and exit
   --shutdown-timeout-ms MS    on SIGTERM, how long in-flight requests may finish (default 10000)`;
 
-/** `--speculative ngram [--spec-tokens K] [--spec-max-batch N] [--spec-token-cost C]`; undefined when off. */
-function speculativeOptions(values: {
-  speculative?: string;
-  "spec-tokens"?: string;
-  "spec-max-batch"?: string;
-  "spec-token-cost"?: string;
-}): SpeculativeOptions | undefined {
-  const method = values.speculative;
+/**
+ * `--speculative ngram|draft [--spec-tokens K] [--spec-max-batch N] [--spec-token-cost C]`, or
+ * `--draft-model PATH [--spec-draft-cost D]` (which implies `--speculative draft`, as llama-server's
+ * -md and vLLM's draft model need no method of their own); undefined when off. `draftModel` is the
+ * resolved path.
+ */
+function speculativeOptions(
+  values: {
+    speculative?: string;
+    "spec-tokens"?: string;
+    "spec-max-batch"?: string;
+    "spec-token-cost"?: string;
+    "spec-draft-cost"?: string;
+  },
+  draftModel: string | undefined,
+): SpeculativeOptions | undefined {
+  const method = values.speculative ?? (draftModel !== undefined ? "draft" : undefined);
   const cost = values["spec-token-cost"];
+  const draftCost = values["spec-draft-cost"];
   if (method === undefined || method === "off") {
     if (values["spec-tokens"] !== undefined || values["spec-max-batch"] !== undefined || cost !== undefined)
       throw new SpindleError(
-        "--spec-tokens, --spec-max-batch and --spec-token-cost need --speculative ngram",
+        "--spec-tokens, --spec-max-batch and --spec-token-cost need --speculative ngram|draft (or --draft-model)",
       );
+    if (draftModel !== undefined)
+      throw new SpindleError("--draft-model needs speculative decoding: not --speculative off");
+    if (draftCost !== undefined) throw new SpindleError("--spec-draft-cost needs --draft-model");
     return undefined;
   }
   const tokenCost = cost === undefined ? undefined : Number(cost);
   if (tokenCost !== undefined && !(tokenCost >= 0 && tokenCost <= 1))
     throw new SpindleError(`--spec-token-cost must be a number from 0 to 1, got "${cost}"`);
-  if (method !== "ngram") throw new SpindleError(`unknown --speculative "${method}" (ngram or off)`);
+  if (method !== "ngram" && method !== "draft")
+    throw new SpindleError(`unknown --speculative "${method}" (ngram, draft or off)`);
+  if (method === "draft" && draftModel === undefined)
+    throw new SpindleError("--speculative draft needs --draft-model PATH (the draft model's GGUF)");
+  if (method === "ngram" && draftModel !== undefined)
+    throw new SpindleError(
+      "--draft-model drafts with a model: use --speculative draft (or leave it out), not ngram",
+    );
+  if (method === "ngram" && draftCost !== undefined)
+    throw new SpindleError("--spec-draft-cost needs --draft-model");
+  const draftTokenCost = draftCost === undefined ? undefined : Number(draftCost);
+  if (draftTokenCost !== undefined && !(draftTokenCost >= 0 && draftTokenCost <= 4))
+    throw new SpindleError(`--spec-draft-cost must be a number from 0 to 4, got "${draftCost}"`);
   return {
     method,
     numTokens: int("spec-tokens", values["spec-tokens"], 1) ?? 4,
     maxBatch: int("spec-max-batch", values["spec-max-batch"], 1),
     tokenCost,
+    ...(method === "draft" ? { draftModel, draftTokenCost } : {}),
   };
 }
 
@@ -151,7 +182,12 @@ function kvCacheTypeOption(values: Record<string, string | boolean | string[] | 
 }
 
 /** llama-server's multi-letter short flags, as their long names (node's parseArgs takes one-letter ones only). */
-const LLAMA_SERVER_FLAGS: Record<string, string> = { "-ctk": "--cache-type-k", "-ctv": "--cache-type-v" };
+const LLAMA_SERVER_FLAGS: Record<string, string> = {
+  "-ctk": "--cache-type-k",
+  "-ctv": "--cache-type-v",
+  "-md": "--draft-model",
+  "--model-draft": "--draft-model",
+};
 
 /** The --backend's init from the command line. */
 function backendInit(
@@ -172,6 +208,9 @@ function backendInit(
   only(["upstream", "upstream-concurrency", "upstream-model", "upstream-api-key", "spawn"], ["openai"]);
   only(["parallel"], ["llamacpp"]);
   only(["speculative", "spec-tokens", "spec-max-batch", "spec-token-cost"], ["local", "sim"]);
+  only(["draft-model", "spec-draft-cost"], ["local"]);
+  if (kind === "sim" && values.speculative === "draft")
+    throw new SpindleError("--speculative draft needs --backend local (the sim backend runs no model)");
   only(["threads", "ctx-size"], ["local", "llamacpp"]);
   only(["kv-cache-type", "cache-type-k", "cache-type-v"], ["local"]);
   const ctxSize = int("ctx-size", str("ctx-size"), 1);
@@ -250,6 +289,8 @@ export async function serveCommand(args: string[]): Promise<number> {
       "spec-tokens": { type: "string" },
       "spec-max-batch": { type: "string" },
       "spec-token-cost": { type: "string" },
+      "draft-model": { type: "string" },
+      "spec-draft-cost": { type: "string" },
       "log-prompts": { type: "boolean", default: false },
       "log-level": { type: "string", default: "info" },
       "log-format": { type: "string", default: "auto" },
@@ -306,6 +347,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     throw new SpindleError(`unknown --backend "${values.backend}" (one of ${BACKEND_KINDS.join(", ")})`);
   }
   const modelPath = await ensureModel(values.model);
+  const draftModel =
+    values["draft-model"] === undefined ? undefined : await ensureModel(values["draft-model"]);
   const engineOptions = {
     maxNumSeqs: int("max-num-seqs", values["max-num-seqs"], 1),
     maxNumBatchedTokens: int("max-num-batched-tokens", values["max-num-batched-tokens"], 1),
@@ -314,7 +357,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     batching,
     batchWindowMs: int("batch-window-ms", values["batch-window-ms"], 0),
     prefixCaching: !values["no-prefix-caching"],
-    speculative: speculativeOptions(values),
+    speculative: speculativeOptions(values, draftModel),
   };
   const backend = backendInit(backendKind, modelPath, values, engineOptions);
   // On a terminal, a progress bar on stderr while the weights load (the logs go to stdout).

@@ -5,8 +5,9 @@ import { readModelCard } from "../model/model-card.js";
 import { tuneSmallSplits } from "../model/tune-splits.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { type Clock, realClock } from "./engine.js";
-import type { EngineInfo, EngineInit } from "./engine-protocol.js";
+import type { EngineInfo, EngineInit, ModelEngineInit } from "./engine-protocol.js";
 import { cappedContext, kvCacheBlocks, kvCacheType } from "./kv-sizing.js";
+import { checkSameVocabulary, ModelDrafter, measureDecodeMs } from "./model-drafter.js";
 import { ModelRunner, type Runner } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS } from "./scheduler.js";
 import { SimRunner } from "./sim-runner.js";
@@ -30,6 +31,8 @@ function pacedClock(): Clock {
 
 export interface Built {
   runner: Runner;
+  /** Speculative method "draft": the draft model's drafter. */
+  drafter?: ModelDrafter;
   /** Resolves when the compute is ready (kernel threads started). */
   ready?: () => Promise<void>;
   tokenizer: Tokenizer | undefined;
@@ -94,6 +97,7 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
     contextLength,
     kvCacheType(init.kvCacheType),
   );
+  const drafter = draftModel(model, runner, init);
   const tok = model.tokenizer;
   const warnings: string[] = [];
   if (init.contextLength !== undefined && init.contextLength > c.contextLength) {
@@ -101,32 +105,47 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
       `--ctx-size ${init.contextLength} is more than the model was trained for; using its context length, ${c.contextLength}`,
     );
   }
+  if (drafter) warnings.push(...drafter.warnings);
   if (model.transformer.kernels.allocFloat32 && !runner.kv.inKernelMemory) {
     warnings.push(
       `the KV cache (${(runner.kv.bytes / 2 ** 20).toFixed(0)} MiB) does not fit in the ${model.transformer.kernels.name} kernels' memory next to the weights (4 GiB at most): it lives in plain arrays and attention runs in the slower reference kernel; lower --kv-cache-memory`,
     );
   }
-  return {
+  const summary = (m: Model) => ({
+    arch: m.config.arch,
+    name: m.config.name,
+    dim: m.config.dim,
+    nLayers: m.config.nLayers,
+    nHeads: m.config.nHeads,
+    nKVHeads: m.config.nKVHeads,
+    headDim: m.config.headDim,
+    ffnDim: m.config.ffnDim,
+    weightBytes: m.weightBytes,
+  });
+  const built: Built = {
     runner,
-    // Kernel threads up, and whether decode-sized matmuls are split over them measured.
+    drafter: drafter?.drafter,
+    // Kernel threads up, and whether decode-sized matmuls are split over them measured (for the
+    // target: the choice is the kernel set's, which a draft model shares); then what a draft
+    // model's token costs against the target's (unless --spec-draft-cost says).
     ready: async () => {
       await tuneSmallSplits(model);
+      if (drafter) {
+        drafter.measure();
+        if (built.info.draftModel) built.info.draftModel.tokenCost = drafter.drafter.tokenCost;
+      }
     },
     tokenizer: tok,
     clock: realClock,
     info: {
       kind: "model",
       modelPath: init.modelPath,
-      model: {
-        arch: c.arch,
-        name: c.name,
-        dim: c.dim,
-        nLayers: c.nLayers,
-        nHeads: c.nHeads,
-        nKVHeads: c.nKVHeads,
-        headDim: c.headDim,
-        ffnDim: c.ffnDim,
-        weightBytes: model.weightBytes,
+      model: summary(model),
+      draftModel: drafter && {
+        path: drafter.drafter.model.path,
+        model: summary(drafter.drafter.model),
+        tokenCost: drafter.drafter.tokenCost,
+        kvCacheBytes: drafter.drafter.kv.bytes,
       },
       kernels: describeKernels(model.transformer.kernels),
       numBlocks: runner.numBlocks,
@@ -143,6 +162,42 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
       embeddings: c.pooling ? { length: c.dim, pooling: c.pooling } : undefined,
       warnings,
       ...base,
+    },
+  };
+  return built;
+}
+
+/**
+ * `--draft-model`: loaded into the target's kernels, refused unless its vocabulary is the target's,
+ * with a KV pool of its own that holds as many tokens as the target's. Its token cost is measured
+ * once the kernel threads are up (`measure`): its one-token decode step over the target's.
+ */
+function draftModel(target: Model, runner: ModelRunner, init: ModelEngineInit) {
+  const spec = init.options?.speculative;
+  if (spec?.method !== "draft") return undefined;
+  if (spec.draftModel === undefined) throw new SpindleError("--speculative draft needs --draft-model PATH");
+  const model = loadModel(spec.draftModel, { kernels: target.transformer.kernels });
+  checkSameVocabulary(target, model);
+  const blockSize = runner.blockSize;
+  const drafter = new ModelDrafter(model, {
+    numBlocks: runner.numBlocks,
+    blockSize,
+    kvCacheType: runner.kv.type,
+    tokenCost: spec.draftTokenCost ?? 1,
+  });
+  const warnings =
+    target.transformer.kernels.allocFloat32 && !drafter.kv.inKernelMemory
+      ? [
+          `the draft model's KV cache (${(drafter.kv.bytes / 2 ** 20).toFixed(0)} MiB, as many tokens as the model's) does not fit in the kernels' memory: it lives in plain arrays and its attention runs in the slower reference kernel; lower --kv-cache-memory`,
+        ]
+      : [];
+  return {
+    drafter,
+    warnings,
+    measure: () => {
+      if (spec.draftTokenCost !== undefined) return;
+      const ratio = measureDecodeMs(model) / measureDecodeMs(target);
+      drafter.tokenCost = Math.min(2, Math.max(0.01, ratio));
     },
   };
 }

@@ -27,8 +27,11 @@ import type { SpecStats } from "./speculation.js";
  * into wall-clock time (or EngineClient.clockOffsetMs into the main thread's).
  */
 
-/** Engine options that can cross to the worker (no clock, no tokenizer: the worker supplies those). */
-export type WorkerEngineOptions = Omit<EngineOptions, "clock" | "tokenizer">;
+/**
+ * Engine options that can cross to the worker (no clock, no tokenizer, no drafter: the worker supplies
+ * those, the drafter from `speculative.draftModel`).
+ */
+export type WorkerEngineOptions = Omit<EngineOptions, "clock" | "tokenizer" | "drafter">;
 
 export interface ModelEngineInit {
   kind: "model";
@@ -95,6 +98,8 @@ export interface EngineInfo {
   prefixCaching: boolean;
   /** The worker's performance.timeOrigin: engine times + timeOrigin = Unix ms. */
   timeOrigin: number;
+  /** Speculative decoding with a draft model: its file, shape, and the measured cost of a draft token. */
+  draftModel?: { path: string; model: ModelSummary; tokenCost: number; kvCacheBytes: number };
   /** Things an operator should know (logged at start), e.g. a KV cache that did not fit kernel memory. */
   warnings?: string[];
 }
@@ -136,6 +141,8 @@ export interface EngineStats {
   prefix: PrefixCacheStats;
   /** Steps that threw (their requests were finished with reason "error"). */
   stepFailures: number;
+  /** Speculative decoding with a draft model: its own KV pool (blocks, free blocks) and the sequences holding some. */
+  draftCache?: { numBlocks: number; freeBlocks: number; sequences: number };
   lastStep?: StepInfo;
 }
 

@@ -77,7 +77,12 @@ class EngineHost {
     if (this.started) return;
     try {
       this.built = build(init, (loaded, total) => this.post({ type: "loading", loaded, total }));
-      this.engineOptions = { ...init.options, tokenizer: this.built.tokenizer, clock: this.built.clock };
+      this.engineOptions = {
+        ...init.options,
+        tokenizer: this.built.tokenizer,
+        clock: this.built.clock,
+        drafter: this.built.drafter,
+      };
       this.engine = new EngineCore(this.built.runner, this.engineOptions);
       // Kernel threads start in the background; the first step should not wait for them.
       await this.built.ready?.();
@@ -235,6 +240,7 @@ class EngineHost {
 
   private stats(): EngineStats {
     const e = this.engine;
+    const d = this.built.drafter;
     return {
       steps: e.steps,
       waiting: e.scheduler.waiting.length,
@@ -247,6 +253,7 @@ class EngineHost {
       prefix: { ...e.prefixStats },
       stepFailures: this.stepFailures,
       lastStep: this.lastStats,
+      draftCache: d && { numBlocks: d.numBlocks, freeBlocks: d.numFreeBlocks, sequences: d.numSequences },
     };
   }
 }

@@ -7,6 +7,7 @@ import { type FinishReason, type RequestSpec, requestProblem } from "../protocol
 import { type SampleResult, Sampler } from "../sampling/sampler.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { BlockManager, type PrefixCacheStats } from "./block-manager.js";
+import type { Drafter } from "./drafter.js";
 import { type GrammarCompiler, grammarCompiler } from "./grammars.js";
 import type { Runner, RunnerItem } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS, Scheduler, type SchedulerOptions } from "./scheduler.js";
@@ -35,7 +36,8 @@ import { type SpeculativeOptions, Speculator } from "./speculation.js";
  * accepted exactly those tokens, is already where it must be.
  *
  * Speculative decoding (`speculative`): before scheduling, each decoding sequence may get a draft
- * (Speculator: prompt lookup, an adaptive length per sequence); the scheduler computes it with the
+ * (Speculator: prompt lookup or a draft model — `drafter`, whose per-sequence cache is released
+ * when the sequence finishes or is preempted —, an adaptive length per sequence); the scheduler computes it with the
  * sequence's last token in the same batched forward pass as everything else, and the runner returns
  * the accepted run (the draft tokens the model chose, then one of its own), which goes through the
  * same acceptance path token by token — EOS, stop strings and max_tokens end it inside the run. The
@@ -73,6 +75,8 @@ export interface EngineOptions extends Partial<SchedulerOptions> {
   jumpForward?: boolean;
   /** Speculative decoding (off when absent). */
   speculative?: SpeculativeOptions;
+  /** Speculative method "draft": the draft model's drafter (the worker builds it from `speculative.draftModel`). */
+  drafter?: Drafter;
 }
 
 export interface StepStats {
@@ -155,9 +159,10 @@ export class EngineCore {
       grammars,
       jumpForward,
       speculative,
+      drafter,
       ...sched
     } = opts;
-    this.speculator = speculative ? new Speculator(speculative) : undefined;
+    this.speculator = speculative ? new Speculator(speculative, drafter) : undefined;
     this.clock = clock;
     this.tokenizer = tokenizer;
     this.grammars = grammars ?? (tokenizer ? grammarCompiler(tokenizer) : undefined);
@@ -268,8 +273,12 @@ export class EngineCore {
     for (const seq of plan.overflowed) {
       this.finish(seq, "length", "the sequence outgrew the KV cache", now);
     }
-    // A preempted embedding computes its whole prompt again: what it pooled so far goes.
-    for (const seq of plan.preempted) this.outputs.get(seq.id)?.pooler?.reset();
+    // A preempted embedding computes its whole prompt again: what it pooled so far goes. A preempted
+    // sequence's draft-model cache goes too (it catches up again when it drafts next).
+    for (const seq of plan.preempted) {
+      this.outputs.get(seq.id)?.pooler?.reset();
+      this.speculator?.release(seq);
+    }
     const items = plan.items.filter((it) => !it.seq.isFinished);
     this.lastStep = {
       batchSize: items.length,
@@ -357,6 +366,7 @@ export class EngineCore {
     const spec = this.speculator;
     const running = this.scheduler.running;
     const active = spec?.active(running.length) ?? false;
+    const asks: { seq: Sequence; room: number }[] = [];
     for (const seq of running) {
       seq.draft = [];
       if (!active || seq.numPending !== 1 || seq.isEmbedding) continue;
@@ -366,8 +376,12 @@ export class EngineCore {
         seq.spec.maxTokens - output.completion - 1,
         this.runner.contextLength - seq.tokens.length - 1,
       );
-      if (room > 0) seq.draft = spec!.propose(seq, room);
+      if (room > 0) asks.push({ seq, room });
     }
+    if (asks.length === 0) return;
+    // All together: a draft model drafts for them in one batch.
+    const drafts = spec!.proposeAll(asks);
+    for (const [i, { seq }] of asks.entries()) seq.draft = drafts[i]!;
   }
 
   /**
@@ -432,6 +446,7 @@ export class EngineCore {
     if (seq.isFinished) return;
     const { output } = this.outputs.get(seq.id)!;
     seq.state = "finished";
+    this.speculator?.release(seq);
     this.scheduler.remove(seq);
     this.seqs.delete(seq.id);
     this.outputs.delete(seq.id);

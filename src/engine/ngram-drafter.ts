@@ -1,3 +1,5 @@
+import type { Drafter, DraftRequest } from "./drafter.js";
+
 /**
  * Prompt-lookup drafting (speculative decoding without a second model): text that copies its input —
  * an edit, a summary quoting its source, code — repeats n-grams of the prompt and of the output so
@@ -43,4 +45,15 @@ export function proposeNgramDraft(
     }
   }
   return [];
+}
+
+/** Prompt lookup behind the Drafter interface: no model, no state, no cost of its own. */
+export class NgramDrafter implements Drafter {
+  readonly tokenCost = 0;
+  constructor(private readonly opts: NgramOptions = DEFAULT_NGRAM_OPTIONS) {}
+  draft(requests: readonly DraftRequest[]): number[][] {
+    return requests.map(({ seq, k }) => proposeNgramDraft(seq.tokens, k, this.opts));
+  }
+  release(): void {}
+  reset(): void {}
 }

@@ -1,18 +1,23 @@
-import { proposeNgramDraft } from "./ngram-drafter.js";
+import type { Drafter } from "./drafter.js";
+import { NgramDrafter } from "./ngram-drafter.js";
 import type { Sequence } from "./sequence.js";
 
 /**
  * Speculative decoding's policy: which decoding sequence gets a draft this step, and how long.
  *
- * Drafts come from prompt lookup (ngram-drafter.ts). Verifying is not free: each draft token is one
- * more token in the step's forward pass, which on a CPU costs `tokenCost` of a one-token decode step
- * (the cost of a step of 1 + k tokens is taken as 1 + tokenCost · k). Each sequence keeps an
+ * Drafts come from a Drafter (drafter.ts): prompt lookup (ngram-drafter.ts) or a draft model
+ * (model-drafter.ts). Verifying is not free: each draft token is one more token in the step's
+ * forward pass, which on a CPU costs `tokenCost` of a one-token decode step; making it costs the
+ * drafter's own `draftTokenCost` (0 for prompt lookup, a draft model's forward pass for a model), so
+ * the cost of a step of 1 + k tokens is taken as 1 + (tokenCost + draftTokenCost) · k. Each sequence keeps an
  * estimate of how often its draft tokens are accepted (α, decaying counts with a prior of two
  * acceptances and one rejection, enough to try one token); k drafted tokens then give (1 − α^(k+1)) / (1 − α) tokens per step,
  * and the sequence drafts the k (at most `numTokens`) that gives the most tokens per unit of cost —
  * so its draft grows while drafts are accepted and shrinks after rejections. When no k gains
  * (acceptance too low for the cost) it stops drafting for a pause that doubles each time, then tries
- * again from the prior (text that did not copy its input may start to later). The scheduler gives
+ * again from the prior (text that did not copy its input may start to later) — but only once it has
+ * tested a few draft tokens (PROBES, one a step) since it started or last resumed, so a costly
+ * drafter (a draft model) gets to show that its drafts are accepted. The scheduler gives
  * drafts only the token budget plain work leaves, so speculation switches itself off when the batch is
  * full; `maxBatch` also switches it off while more sequences run (batched decode is compute-bound:
  * verifying extra tokens then costs nearly as much as decoding them).
@@ -22,8 +27,18 @@ import type { Sequence } from "./sequence.js";
  */
 
 export interface SpeculativeOptions {
-  /** Where drafts come from: "ngram" (prompt lookup: n-grams of the prompt and the output so far). */
-  method: "ngram";
+  /**
+   * Where drafts come from: "ngram" (prompt lookup: n-grams of the prompt and the output so far) or
+   * "draft" (a draft model with the target's vocabulary: `draftModel`, proposing greedily).
+   */
+  method: "ngram" | "draft";
+  /** method "draft": the draft model's GGUF (`--draft-model`); the engine worker loads it. */
+  draftModel?: string;
+  /**
+   * What drafting one token costs relative to a one-token decode step of the target; default: the
+   * drafter's own figure (0 for prompt lookup; a draft model's is measured at load).
+   */
+  draftTokenCost?: number;
   /** The most draft tokens per sequence and step (`--spec-tokens`). */
   numTokens: number;
   /** Speculate only while at most this many sequences run (default 4). */
@@ -50,6 +65,13 @@ export interface SpecStats {
 const DECAY = 0.95;
 /** The first pause, in steps (it doubles each time the sequence pauses again). */
 const FIRST_PAUSE = 16;
+/**
+ * Draft tokens a sequence tests (one a step) before its estimate may pause it, at the start and
+ * after each pause: the prior alone (2 of 3 accepted) does not pay for a token that costs more than
+ * 2/3 of a step (a draft model's forward plus verifying it), so without probes such a drafter would
+ * never learn that its drafts are accepted.
+ */
+const PROBES = 4;
 
 interface SeqSpec {
   /** Decaying counts of accepted and rejected draft tokens (prior: 2 and 1). */
@@ -58,11 +80,14 @@ interface SeqSpec {
   /** Steps left without drafting, and the next pause's length. */
   pausedFor: number;
   nextPause: number;
+  /** Draft tokens still to test before the estimate may pause drafting (PROBES). */
+  probes: number;
 }
 
 const prior = (s: SeqSpec) => {
   s.accepted = 2;
   s.rejected = 1;
+  s.probes = PROBES;
 };
 
 /** Expected tokens from a step that verifies k draft tokens, each accepted with probability a. */
@@ -72,22 +97,37 @@ export function expectedTokens(a: number, k: number): number {
 
 export class Speculator {
   readonly stats: SpecStats;
+  readonly drafter: Drafter;
   private readonly state = new WeakMap<Sequence, SeqSpec>();
   private readonly maxBatch: number;
-  private readonly tokenCost: number;
+  private readonly verifyCost: number;
 
-  constructor(readonly opts: SpeculativeOptions) {
+  /** `drafter`: required for method "draft" (the worker builds it from `draftModel`); prompt lookup otherwise. */
+  constructor(
+    readonly opts: SpeculativeOptions,
+    drafter?: Drafter,
+  ) {
     if (!Number.isInteger(opts.numTokens) || opts.numTokens < 1) {
       throw new RangeError(`speculative decoding needs at least one draft token, got ${opts.numTokens}`);
     }
+    if (opts.method === "draft" && !drafter) {
+      throw new RangeError("speculative decoding with a draft model needs the model (a ModelDrafter)");
+    }
+    this.drafter = opts.method === "draft" ? drafter! : new NgramDrafter();
+    this.drafter.reset();
     this.maxBatch = opts.maxBatch ?? 4;
-    this.tokenCost = opts.tokenCost ?? 0.6;
+    this.verifyCost = opts.tokenCost ?? 0.6;
     this.stats = {
       drafts: 0,
       draftTokens: 0,
       acceptedTokens: 0,
       acceptedPerPosition: new Array(opts.numTokens).fill(0),
     };
+  }
+
+  /** What one draft token costs a step: verifying it, plus making it (a draft model's cost is measured after start). */
+  get tokenCost(): number {
+    return this.verifyCost + (this.opts.draftTokenCost ?? this.drafter.tokenCost);
   }
 
   /** Whether drafts are worth making with this many sequences running. */
@@ -100,18 +140,47 @@ export class Speculator {
    * leave after the token the step samples anyway); empty when it pauses or nothing matches.
    */
   propose(seq: Sequence, room: number): number[] {
+    return this.proposeAll([{ seq, room }])[0]!;
+  }
+
+  /**
+   * The drafts of all the decoding sequences of a step, made together (a draft model runs them as
+   * one batch): per request, its draft.
+   */
+  proposeAll(requests: readonly { seq: Sequence; room: number }[]): number[][] {
+    const drafts: number[][] = requests.map(() => []);
+    const asked: number[] = [];
+    const asks = [];
+    for (const [i, { seq, room }] of requests.entries()) {
+      const k = Math.min(this.lengthFor(seq), room);
+      if (k <= 0) continue;
+      asked.push(i);
+      asks.push({ seq, k });
+    }
+    if (asks.length === 0) return drafts;
+    const made = this.drafter.draft(asks);
+    for (const [j, i] of asked.entries()) drafts[i] = made[j]!;
+    return drafts;
+  }
+
+  /** The sequence is done drafting for now (finished, aborted or preempted): its drafter frees its state. */
+  release(seq: Sequence): void {
+    this.drafter.release(seq);
+  }
+
+  /** This step's draft length for the sequence: 0 while it pauses (and when it starts a pause). */
+  private lengthFor(seq: Sequence): number {
     const s = this.stateOf(seq);
     if (s.pausedFor > 0) {
       if (--s.pausedFor === 0) prior(s);
-      return [];
+      return 0;
     }
     const k = this.draftLength(s);
-    if (k === 0) {
-      s.pausedFor = s.nextPause;
-      s.nextPause *= 2;
-      return [];
-    }
-    return proposeNgramDraft(seq.tokens, Math.min(k, room));
+    if (k > 0) return k;
+    if (s.probes > 0) return 1;
+    s.pausedFor = s.nextPause;
+    s.nextPause *= 2;
+    return 0;
   }
 
   /** The draft length with the most expected tokens per unit of step cost; 0 when none gains. */
@@ -144,12 +213,13 @@ export class Speculator {
     const keep = DECAY ** tested;
     s.accepted = s.accepted * keep + accepted;
     s.rejected = s.rejected * keep + (tested - accepted);
+    s.probes = Math.max(0, s.probes - tested);
   }
 
   private stateOf(seq: Sequence): SeqSpec {
     let s = this.state.get(seq);
     if (!s) {
-      s = { accepted: 2, rejected: 1, pausedFor: 0, nextPause: FIRST_PAUSE };
+      s = { accepted: 2, rejected: 1, pausedFor: 0, nextPause: FIRST_PAUSE, probes: PROBES };
       this.state.set(seq, s);
     }
     return s;

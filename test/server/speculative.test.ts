@@ -1,18 +1,34 @@
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { diffServer, ServerMetricsClient } from "../../src/bench/server-metrics.js";
+import { GGMLType } from "../../src/gguf/types.js";
+import { SHAPES, synthModel } from "../../src/model/synth.js";
 import { runCli } from "../helpers/cli.js";
-import { STORIES_260K, testModel } from "../helpers/models.js";
+import { STORIES_260K, testModel, VOCAB_SPM } from "../helpers/models.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
+import { tempDir } from "../helpers/tmp.js";
+import { waitFor } from "../helpers/wait.js";
 
 /**
  * Speculative decoding behind a real server: the same completions as a server without it, vLLM's
- * spec_decode counters on /metrics, and its flags checked at the command line.
+ * spec_decode counters on /metrics, and its flags checked at the command line. Drafts from prompt
+ * lookup, and from a draft model (`--draft-model`): stories260K itself (every draft accepted) and a
+ * random tiny model with its vocabulary (few accepted).
  */
 
 const COPY = "Tom has a red ball. Tom has a red ball. Tom has a red ball. Tom has a red ball. Tom has";
 
 let plain: TestServer;
 let spec: TestServer;
+let selfDraft: TestServer;
+let randomDraft: TestServer;
+const dir = tempDir("spindle-spec-");
+/** A random tiny llama with the vocabulary of `vocab`. */
+const synthDraft = (name: string, vocab: string) => {
+  const out = join(dir, name);
+  synthModel({ arch: "llama", shape: SHAPES.tiny!, type: GGMLType.F32, vocabPath: vocab, out, seed: 3 });
+  return out;
+};
 
 beforeAll(async () => {
   const modelPath = testModel(STORIES_260K);
@@ -20,10 +36,25 @@ beforeAll(async () => {
   spec = await startTestServer({
     backend: { kind: "local", modelPath, options: { speculative: { method: "ngram", numTokens: 4 } } },
   });
+  // Drafting at no cost, so the draft model drafts whatever its acceptance.
+  const draftServer = (draftModel: string) =>
+    startTestServer({
+      backend: {
+        kind: "local",
+        modelPath,
+        options: {
+          speculative: { method: "draft", draftModel, numTokens: 4, tokenCost: 0, draftTokenCost: 0 },
+        },
+      },
+    });
+  selfDraft = await draftServer(modelPath);
+  randomDraft = await draftServer(synthDraft("random-draft.gguf", modelPath));
 });
 afterAll(async () => {
   await plain?.close();
   await spec?.close();
+  await selfDraft?.close();
+  await randomDraft?.close();
 });
 
 async function complete(srv: TestServer, body: Record<string, unknown>) {
@@ -94,11 +125,124 @@ describe("speculative decoding through the server", () => {
       ["--spec-tokens", "4"],
       ["--speculative", "ngram", "--spec-token-cost", "2"],
       ["--speculative", "ngram", "--backend", "llamacpp"],
+      ["--speculative", "draft"],
+      ["--speculative", "ngram", "--draft-model", model],
+      ["--speculative", "off", "--draft-model", model],
+      ["--speculative", "ngram", "--spec-draft-cost", "0.1"],
+      ["--draft-model", model, "--spec-draft-cost", "-1"],
+      ["--draft-model", model, "--backend", "sim"],
+      ["--speculative", "draft", "--backend", "sim"],
     ];
     for (const args of bad) {
       const r = await runCli(["serve", "-m", model, "--port", "0", ...args]);
       expect(r.code, args.join(" ")).not.toBe(0);
-      expect(r.stderr, args.join(" ")).toMatch(/speculative|spec-tokens|spec-token-cost/);
+      expect(r.stderr, args.join(" ")).toMatch(
+        /speculative|spec-tokens|spec-token-cost|draft-model|spec-draft-cost/,
+      );
+    }
+  });
+
+  it("refuses a draft model whose vocabulary is not the model's, naming both files", async () => {
+    const model = testModel(STORIES_260K);
+    const other = synthDraft("spm-draft.gguf", testModel(VOCAB_SPM));
+    const r = await runCli(["serve", "-m", model, "--port", "0", "--log-level", "error", "-md", other]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr + r.stdout).toMatch(
+      /the draft model \S*spm-draft\.gguf does not share the vocabulary of the model \S*stories260K\.gguf: 32000 tokens against 512/,
+    );
+  });
+});
+
+describe("speculative decoding with a draft model through the server", () => {
+  const bodies = [
+    { prompt: COPY, max_tokens: 60, temperature: 0 },
+    { prompt: "Once upon a time", max_tokens: 50, temperature: 0, logprobs: 2 },
+    { prompt: COPY, max_tokens: 30, temperature: 0.8, seed: 11, n: 3 },
+    { prompt: "Lily saw a big dog", max_tokens: 40, temperature: 0, stop: ["dog."] },
+  ];
+
+  async function counters(srv: TestServer) {
+    const text = await (await fetch(`${srv.url}/metrics`)).text();
+    return {
+      drafts: metric(text, "spec_decode_num_drafts_total")!,
+      draftTokens: metric(text, "spec_decode_num_draft_tokens_total")!,
+      accepted: metric(text, "spec_decode_num_accepted_tokens_total")!,
+    };
+  }
+
+  it("the model itself as the draft: the same completions, every greedy draft token accepted", async () => {
+    // Greedy first: the draft model proposes exactly the model's own argmax.
+    const greedy = bodies.filter((b) => b.temperature === 0);
+    for (const body of greedy) {
+      const [a, b] = await Promise.all([complete(plain, body), complete(selfDraft, body)]);
+      expect(b.choices, JSON.stringify(body)).toEqual(a.choices);
+      expect(b.usage.completion_tokens).toBe(a.usage.completion_tokens);
+    }
+    const c = await counters(selfDraft);
+    expect(c.drafts).toBeGreaterThan(0);
+    expect(c.accepted).toBe(c.draftTokens);
+    // Sampled: the greedy draft is sometimes rejected, the seeded output is the same all the same.
+    for (const body of bodies.filter((b) => b.temperature !== 0)) {
+      const [a, b] = await Promise.all([complete(plain, body), complete(selfDraft, body)]);
+      expect(b.choices, JSON.stringify(body)).toEqual(a.choices);
+    }
+    const after = await counters(selfDraft);
+    expect(after.accepted).toBeGreaterThan(c.accepted);
+    const stats = await engineStats(selfDraft);
+    expect(stats.unfinished).toBe(0);
+    expect(stats.freeBlocks).toBe(stats.numBlocks);
+    expect(stats.draftCache).toEqual({
+      numBlocks: stats.numBlocks,
+      freeBlocks: stats.numBlocks,
+      sequences: 0,
+    });
+  });
+
+  it("a random draft model with the same vocabulary: few accepted, the same completions", async () => {
+    for (const body of bodies) {
+      const [a, b] = await Promise.all([complete(plain, body), complete(randomDraft, body)]);
+      expect(b.choices, JSON.stringify(body)).toEqual(a.choices);
+    }
+    const c = await counters(randomDraft);
+    expect(c.drafts).toBeGreaterThan(0);
+    expect(c.accepted).toBeLessThan(c.draftTokens / 2);
+  });
+
+  it("a client that drops its stream mid-draft leaves no KV block and no draft cache behind", async () => {
+    for (const srv of [selfDraft, randomDraft]) {
+      const before = (await counters(srv)).drafts;
+      const controller = new AbortController();
+      const res = await fetch(`${srv.url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          prompt: COPY,
+          max_tokens: 300,
+          temperature: 0,
+          stream: true,
+          ignore_eos: true,
+        }),
+        signal: controller.signal,
+      });
+      const reader = res.body!.getReader();
+      let events = 0;
+      while (events < 6) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        events += new TextDecoder().decode(value).split("data:").length - 1;
+      }
+      const mid = await engineStats(srv);
+      controller.abort();
+      expect(mid.draftCache!.sequences).toBe(1);
+      expect((await counters(srv)).drafts).toBeGreaterThan(before);
+      const idle = async () => {
+        const s = await engineStats(srv);
+        return s.unfinished === 0 && s.draftCache!.sequences === 0;
+      };
+      expect(await waitFor(idle, 3000)).toBe(true);
+      const s = await engineStats(srv);
+      expect(s.freeBlocks).toBe(s.numBlocks);
+      expect(s.draftCache!.freeBlocks).toBe(s.draftCache!.numBlocks);
     }
   });
 });
