@@ -43,9 +43,9 @@ and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect 
                               408 and the connection is closed (default ${DEFAULT_SERVE_OPTIONS.bodyTimeoutMs}; 0 = no limit)
   --body-limit SIZE           largest request body, e.g. 1MiB (default 4MiB)
   --kv-cache-memory SIZE      KV cache budget, e.g. 256MiB, 1GiB (default 256MiB)
-  --kv-cache-type f16|f32     the KV cache's element type (default f16, as llama.cpp's): f16 holds twice the
-                              tokens of f32 in the same memory; llama-server's -ctk/-ctv (--cache-type-k/-v)
-                              are accepted when they name the same type
+  --kv-cache-type f16|f32     the KV cache's element type (default f32; llama.cpp's is f16): f16 holds twice
+                              the tokens of f32 in the same memory, and decodes 5-18% slower; llama-server's
+                              -ctk/-ctv (--cache-type-k/-v) are accepted when they name the same type
   --max-num-seqs N            sequences per batch (default 64)
   --max-num-batched-tokens N  token budget per engine step (default 512)
   --policy fcfs|priority      scheduling policy (default fcfs); --aging P: priority units per second waited

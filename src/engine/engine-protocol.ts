@@ -42,7 +42,7 @@ export interface ModelEngineInit {
   kvCacheBytes?: number;
   /** Tokens per KV block (default 16). */
   blockSize?: number;
-  /** `--kv-cache-type`: the KV cache's element type (default f16); the byte budget holds twice the blocks in f16. */
+  /** `--kv-cache-type`: the KV cache's element type (default f32); the byte budget holds twice the blocks in f16. */
   kvCacheType?: KVCacheType;
   /** `--ctx-size`: caps each sequence's context (at most the model's) and sizes the KV pool (kv-sizing.ts). */
   contextLength?: number;

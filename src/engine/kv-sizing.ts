@@ -15,7 +15,7 @@ export interface KVSizing {
   numBlocks?: number;
   kvCacheBytes?: number;
   blockSize?: number;
-  /** The element type: a byte budget holds twice as many f16 blocks as f32 ones (default f16). */
+  /** The element type: a byte budget holds twice as many f16 blocks as f32 ones (default f32). */
   kvCacheType?: KVCacheType;
   /**
    * `--ctx-size`: each sequence's context is capped to it (at most the model's), and without a

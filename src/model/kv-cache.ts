@@ -4,8 +4,12 @@ import type { ModelConfig } from "./config.js";
 /** Default tokens per KV block (vLLM's default too). */
 export const DEFAULT_BLOCK_SIZE = 16;
 
-/** The default KV cache type (llama.cpp's default too): half the memory of f32, no slower. */
-export const DEFAULT_KV_CACHE_TYPE: KVCacheType = "f16";
+/**
+ * The default KV cache type: f32. f16 (llama.cpp's default) holds twice the tokens in the same
+ * memory but decodes 5% (1 stream) to 18% (16 streams) slower here (docs/benchmarks.md, "f16 or
+ * f32 KV cache"): each key and value is widened in the attention loop.
+ */
+export const DEFAULT_KV_CACHE_TYPE: KVCacheType = "f32";
 
 type KVShape = Pick<ModelConfig, "nLayers" | "nKVHeads" | "headDim">;
 
