@@ -476,7 +476,7 @@ describe("structured output end to end (real compiler, random weights)", () => {
     }
   });
 
-  it("LangChain's withStructuredOutput: jsonSchema and jsonMode", async () => {
+  it("LangChain's withStructuredOutput: jsonSchema, functionCalling and jsonMode", async () => {
     const { ChatOpenAI } = await import("@langchain/openai");
     const llm = new ChatOpenAI({
       model,
@@ -495,6 +495,9 @@ describe("structured output end to end (real compiler, random weights)", () => {
     };
     const viaSchema = await llm.withStructuredOutput(schema, { method: "jsonSchema" }).invoke("judge");
     expectValid(schema, JSON.stringify(viaSchema), "langchain jsonSchema");
+    // functionCalling: the schema as a tool that tool_choice names, so the tool grammar enforces it.
+    const viaTool = await llm.withStructuredOutput(schema, { method: "functionCalling" }).invoke("judge");
+    expectValid(schema, JSON.stringify(viaTool), "langchain functionCalling");
     // jsonMode asks for any JSON object (json_object): a random model's strings may never close, so a
     // logit_bias toward "}" (which the mask composes with) ends the object soon.
     const close = closingTokens();
