@@ -276,7 +276,13 @@ interface EngineTotals {
   invalidation_errors: number;
   masks: number;
   mask_us: Percentiles;
+  /** Over the steps where both computed a mask (compared_steps). */
+  common_mask_us: Percentiles;
+  mask_total_ms: number;
   compile_ms: Percentiles;
+  /** Over the schemas both compile. */
+  common_compile_ms: Percentiles;
+  compile_total_ms: number;
 }
 
 interface Report {
@@ -387,6 +393,8 @@ async function main(): Promise<void> {
     .filter((f) => f.endsWith(".json"))
     .sort();
   const maskUs: Record<Engine, number[]> = { spindle: [], xgrammar: [] };
+  // The masks both engines computed at the same step of the same test (the same text before them).
+  const commonUs: Record<Engine, number[]> = { spindle: [], xgrammar: [] };
   const compileMs: Record<Engine, number[]> = { spindle: [], xgrammar: [] };
   const schemas: Report["schemas"] = [];
   const disagreements: Disagreement[] = [];
@@ -467,20 +475,24 @@ async function main(): Promise<void> {
       for (let k = 0; k < ids.length && (at.spindle === -2 || at.xgrammar === -2); k++) {
         const id = ids[k]!;
         let xmask: Int32Array | undefined;
+        const stepUs: Record<Engine, number> = { spindle: 0, xgrammar: 0 };
         for (const engine of order) {
           if (at[engine] !== -2) continue;
           if (engine === "spindle") {
             const a = performance.now();
             sm!.fillMask(mask);
-            maskUs.spindle.push((performance.now() - a) * 1000);
+            stepUs.spindle = (performance.now() - a) * 1000;
+            maskUs.spindle.push(stepUs.spindle);
           } else {
             const a = performance.now();
             xmask = await xm!.getNextTokenBitmask();
-            maskUs.xgrammar.push((performance.now() - a) * 1000);
+            stepUs.xgrammar = (performance.now() - a) * 1000;
+            maskUs.xgrammar.push(stepUs.xgrammar);
           }
         }
         if (at.spindle === -2 && at.xgrammar === -2 && xmask) {
           comparedSteps++;
+          for (const e of ENGINES) commonUs[e].push(stepUs[e]);
           const onlyS: number[] = [];
           const onlyX: number[] = [];
           for (let w = 0; w < words; w++) {
@@ -551,7 +563,15 @@ async function main(): Promise<void> {
       invalidation_errors: rs.reduce((a, r) => a + r.invalidationErrors, 0),
       masks: maskUs[engine].length,
       mask_us: percentiles(maskUs[engine]),
+      common_mask_us: percentiles(commonUs[engine]),
+      mask_total_ms: maskUs[engine].reduce((a, b) => a + b, 0) / 1000,
       compile_ms: percentiles(compileMs[engine]),
+      common_compile_ms: percentiles(
+        schemas
+          .filter((r) => r.spindle.compileMs !== undefined && r.xgrammar.compileMs !== undefined)
+          .map((r) => r[engine].compileMs!),
+      ),
+      compile_total_ms: compileMs[engine].reduce((a, b) => a + b, 0),
     };
   };
   const report: Report = {
@@ -581,9 +601,10 @@ function format(r: Report): string {
   const v = r.vocab_check;
   const cell = (a: string | number, b: string | number) =>
     `${String(a).padStart(14)}${String(b).padStart(14)}`;
-  const pct = (name: string, k: keyof Percentiles, unit: "us" | "ms") => {
-    const p = (t: EngineTotals) => (unit === "us" ? t.mask_us : t.compile_ms)[k];
-    const d = unit === "us" ? 1 : 2;
+  type Which = "mask_us" | "common_mask_us" | "compile_ms" | "common_compile_ms";
+  const pct = (name: string, k: keyof Percentiles, which: Which) => {
+    const p = (t: EngineTotals) => t[which][k];
+    const d = which.endsWith("us") ? 1 : 2;
     return `${name.padEnd(22)}${cell(p(s).toFixed(d), p(x).toFixed(d))}`;
   };
   const lines = [
@@ -597,16 +618,25 @@ function format(r: Report): string {
     `${"validation errors".padEnd(22)}${cell(s.validation_errors, x.validation_errors)}`,
     `${"invalidation errors".padEnd(22)}${cell(s.invalidation_errors, x.invalidation_errors)}`,
     `${"masks".padEnd(22)}${cell(s.masks, x.masks)}`,
-    pct("mask µs p50", "p50", "us"),
-    pct("mask µs p75", "p75", "us"),
-    pct("mask µs p90", "p90", "us"),
-    pct("mask µs p99", "p99", "us"),
-    pct("mask µs max", "max", "us"),
-    pct("compile ms p50", "p50", "ms"),
-    pct("compile ms p75", "p75", "ms"),
-    pct("compile ms p90", "p90", "ms"),
-    pct("compile ms p99", "p99", "ms"),
-    pct("compile ms max", "max", "ms"),
+    pct("mask µs p50", "p50", "mask_us"),
+    pct("mask µs p75", "p75", "mask_us"),
+    pct("mask µs p90", "p90", "mask_us"),
+    pct("mask µs p99", "p99", "mask_us"),
+    pct("mask µs max", "max", "mask_us"),
+    pct("compile ms p50", "p50", "compile_ms"),
+    pct("compile ms p75", "p75", "compile_ms"),
+    pct("compile ms p90", "p90", "compile_ms"),
+    pct("compile ms p99", "p99", "compile_ms"),
+    pct("compile ms max", "max", "compile_ms"),
+    `${"sum of masks, ms".padEnd(22)}${cell(s.mask_total_ms.toFixed(1), x.mask_total_ms.toFixed(1))}`,
+    `${"sum of compiles, ms".padEnd(22)}${cell(s.compile_total_ms.toFixed(1), x.compile_total_ms.toFixed(1))}`,
+    `on the same ground: the ${r.compared_steps} steps where both computed a mask, the ${r.schemas.filter((c) => c.spindle.compileMs !== undefined && c.xgrammar.compileMs !== undefined).length} schemas both compile`,
+    pct("  mask µs p50", "p50", "common_mask_us"),
+    pct("  mask µs p99", "p99", "common_mask_us"),
+    pct("  mask µs max", "max", "common_mask_us"),
+    pct("  compile ms p50", "p50", "common_compile_ms"),
+    pct("  compile ms p90", "p90", "common_compile_ms"),
+    pct("  compile ms max", "max", "common_compile_ms"),
     `(xgrammar's masks include its async wrapper and the copy out of WebAssembly memory: ${r.wrapper_overhead_us.toFixed(2)} µs by themselves)`,
     "",
     "per schema (S = spindle, X = xgrammar: compile ms, validation/invalidation errors; mask steps that differ: in whole tokens / in all):",
