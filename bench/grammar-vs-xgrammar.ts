@@ -283,6 +283,14 @@ interface EngineTotals {
   /** Over the schemas both compile. */
   common_compile_ms: Percentiles;
   compile_total_ms: number;
+  slowest_mask: Slowest;
+}
+
+interface Slowest {
+  us: number;
+  file: string;
+  test: number;
+  step: number;
 }
 
 interface Report {
@@ -395,6 +403,10 @@ async function main(): Promise<void> {
   const maskUs: Record<Engine, number[]> = { spindle: [], xgrammar: [] };
   // The masks both engines computed at the same step of the same test (the same text before them).
   const commonUs: Record<Engine, number[]> = { spindle: [], xgrammar: [] };
+  const slowest: Record<Engine, Slowest> = {
+    spindle: { us: 0, file: "", test: 0, step: 0 },
+    xgrammar: { us: 0, file: "", test: 0, step: 0 },
+  };
   const compileMs: Record<Engine, number[]> = { spindle: [], xgrammar: [] };
   const schemas: Report["schemas"] = [];
   const disagreements: Disagreement[] = [];
@@ -478,16 +490,22 @@ async function main(): Promise<void> {
         const stepUs: Record<Engine, number> = { spindle: 0, xgrammar: 0 };
         for (const engine of order) {
           if (at[engine] !== -2) continue;
+          const note = () => {
+            if (stepUs[engine] > slowest[engine].us)
+              slowest[engine] = { us: stepUs[engine], file, test: ti, step: k };
+          };
           if (engine === "spindle") {
             const a = performance.now();
             sm!.fillMask(mask);
             stepUs.spindle = (performance.now() - a) * 1000;
             maskUs.spindle.push(stepUs.spindle);
+            note();
           } else {
             const a = performance.now();
             xmask = await xm!.getNextTokenBitmask();
             stepUs.xgrammar = (performance.now() - a) * 1000;
             maskUs.xgrammar.push(stepUs.xgrammar);
+            note();
           }
         }
         if (at.spindle === -2 && at.xgrammar === -2 && xmask) {
@@ -572,6 +590,7 @@ async function main(): Promise<void> {
           .map((r) => r[engine].compileMs!),
       ),
       compile_total_ms: compileMs[engine].reduce((a, b) => a + b, 0),
+      slowest_mask: slowest[engine],
     };
   };
   const report: Report = {
@@ -637,6 +656,7 @@ function format(r: Report): string {
     pct("  compile ms p50", "p50", "common_compile_ms"),
     pct("  compile ms p90", "p90", "common_compile_ms"),
     pct("  compile ms max", "max", "common_compile_ms"),
+    `slowest mask: spindle ${s.slowest_mask.file} test ${s.slowest_mask.test} token ${s.slowest_mask.step}; xgrammar ${x.slowest_mask.file} test ${x.slowest_mask.test} token ${x.slowest_mask.step}`,
     `(xgrammar's masks include its async wrapper and the copy out of WebAssembly memory: ${r.wrapper_overhead_us.toFixed(2)} µs by themselves)`,
     "",
     "per schema (S = spindle, X = xgrammar: compile ms, validation/invalidation errors; mask steps that differ: in whole tokens / in all):",
