@@ -249,6 +249,8 @@ const ENGINES: Engine[] = ["spindle", "xgrammar"];
 interface EngineSchema {
   compileMs?: number;
   error?: string;
+  /** An exception from the engine while matching (the test counts as rejected there). */
+  runtimeError?: string;
   validationErrors: number;
   invalidationErrors: number;
 }
@@ -297,7 +299,9 @@ interface Report {
   xgrammar_version: string;
   xgrammar_options: Record<string, unknown>;
   vocab: string;
-  vocab_check: VocabCheck;
+  vocab_check?: VocabCheck;
+  /** Why xgrammar did not run at all (then only Spindle's column has figures). */
+  xgrammar_unavailable?: string;
   tests: number;
   wrapper_overhead_us: number;
   spindle: EngineTotals;
@@ -350,34 +354,45 @@ async function main(): Promise<void> {
   const vocab = grammarVocab(tok);
   const words = maskWords(vocab.vocabSize);
 
-  const { xgr, dir } = loadXgrammar();
-  process.stderr.write(`web-xgrammar ${XGRAMMAR_VERSION} from ${dir}\n`);
-  const encoded: string[] = [];
   const stops: number[] = [];
-  for (let id = 0; id < tok.vocabSize; id++) {
-    if (tok.isEog(id)) stops.push(id);
-    encoded.push(tok.isControl(id) && !tok.isEog(id) ? "" : tok.tokenText(id));
+  for (let id = 0; id < tok.vocabSize; id++) if (tok.isEog(id)) stops.push(id);
+  // xgrammar, or why it does not run here: then Spindle is measured alone and the report says why.
+  let xgr: Xgrammar;
+  let info: XgrTokenizerInfo | undefined;
+  let compiler: XgrCompiler | undefined;
+  let vocabCheck: VocabCheck | undefined;
+  let unavailable: string | undefined;
+  try {
+    const loaded = loadXgrammar();
+    xgr = loaded.xgr;
+    process.stderr.write(`web-xgrammar ${XGRAMMAR_VERSION} from ${loaded.dir}\n`);
+    const encoded: string[] = [];
+    for (let id = 0; id < tok.vocabSize; id++)
+      encoded.push(tok.isControl(id) && !tok.isEog(id) ? "" : tok.tokenText(id));
+    info = await xgr.TokenizerInfo.createTokenizerInfo(
+      encoded,
+      tok.kind === "bpe" ? "byte_level" : "byte_fallback",
+      tok.kind === "spm",
+      tok.vocabSize,
+      stops,
+    );
+    vocabCheck = checkVocab(tok, info);
+    if (vocabCheck.byteLevelDifferent > 0 || vocabCheck.xgrDifferent > 0)
+      throw new Error(`the two engines decode the vocabulary differently: ${vocabCheck.examples.join("; ")}`);
+    compiler = await xgr.GrammarCompiler.createGrammarCompiler(info, false);
+  } catch (err) {
+    unavailable = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`xgrammar does not run here, measuring Spindle alone: ${unavailable}\n`);
   }
-  const info = await xgr.TokenizerInfo.createTokenizerInfo(
-    encoded,
-    tok.kind === "bpe" ? "byte_level" : "byte_fallback",
-    tok.kind === "spm",
-    tok.vocabSize,
-    stops,
-  );
-  const vocabCheck = checkVocab(tok, info);
-  if (vocabCheck.byteLevelDifferent > 0 || vocabCheck.xgrDifferent > 0)
-    throw new Error(`the two engines decode the vocabulary differently: ${vocabCheck.examples.join("; ")}`);
-  const compiler = await xgr.GrammarCompiler.createGrammarCompiler(info, false);
 
   // Warm both before timing: Spindle builds its per-vocabulary index; xgrammar's code gets compiled
   // by V8 and its per-vocabulary tables built, with the built-in JSON grammar.
   const mask = new Uint32Array(words);
   const lastWordBits = vocab.vocabSize % 32 === 0 ? -1 : (1 << (vocab.vocabSize % 32)) - 1;
   compileGrammar({ type: "json_object" }, vocab).matcher().fillMask(mask);
-  {
+  if (compiler) {
     const g = await compiler.compileBuiltinJSONGrammar();
-    const m = await xgr.GrammarMatcher.createGrammarMatcher(g);
+    const m = await xgr!.GrammarMatcher.createGrammarMatcher(g);
     for (const id of tokenizeForBench(tok, '{"a":[1,2.5,"x"],"b":null}')) {
       await m.getNextTokenBitmask();
       m.acceptToken(id);
@@ -456,6 +471,7 @@ async function main(): Promise<void> {
           spindle = compileGrammar({ type: "json_schema", schema: doc.schema }, vocab);
           spindle.matcher().fillMask(mask);
         } else {
+          if (!compiler) throw new Error(`not run: ${unavailable}`);
           xg = await compiler.compileJSONSchema(
             schemaText,
             xgrOptions.anyWhitespace,
@@ -463,7 +479,7 @@ async function main(): Promise<void> {
             xgrOptions.separators,
             xgrOptions.strictMode,
           );
-          const m = await xgr.GrammarMatcher.createGrammarMatcher(xg);
+          const m = await xgr!.GrammarMatcher.createGrammarMatcher(xg);
           await m.getNextTokenBitmask();
           m.dispose();
         }
@@ -480,7 +496,7 @@ async function main(): Promise<void> {
       tests++;
       const ids = tokenizeForBench(tok, JSON.stringify(t.data));
       const sm = spindle?.matcher();
-      const xm = xg ? await xgr.GrammarMatcher.createGrammarMatcher(xg) : undefined;
+      const xm = xg ? await xgr!.GrammarMatcher.createGrammarMatcher(xg) : undefined;
       // -2: still going; -1: took every token; k: rejected token k.
       const at: Record<Engine, number> = { spindle: sm ? -2 : 0, xgrammar: xm ? -2 : 0 };
       let firstDiff: Disagreement["firstMaskDiff"];
@@ -502,7 +518,14 @@ async function main(): Promise<void> {
             note();
           } else {
             const a = performance.now();
-            xmask = await xm!.getNextTokenBitmask();
+            try {
+              xmask = await xm!.getNextTokenBitmask();
+            } catch (err) {
+              // A failure inside xgrammar: its verdict for this test is a rejection, and the schema fails.
+              res.xgrammar.runtimeError ??= `test ${ti} token ${k}: ${err instanceof Error ? err.message : String(err)}`;
+              at.xgrammar = k;
+              continue;
+            }
             stepUs.xgrammar = (performance.now() - a) * 1000;
             maskUs.xgrammar.push(stepUs.xgrammar);
             note();
@@ -574,8 +597,10 @@ async function main(): Promise<void> {
     const rs = schemas.map((s) => s[engine]);
     return {
       schemas: rs.length,
-      passing: rs.filter((r) => r.compileMs !== undefined && r.validationErrors + r.invalidationErrors === 0)
-        .length,
+      passing: rs.filter(
+        (r) =>
+          r.compileMs !== undefined && !r.runtimeError && r.validationErrors + r.invalidationErrors === 0,
+      ).length,
       compile_errors: rs.filter((r) => r.compileMs === undefined).length,
       validation_errors: rs.reduce((a, r) => a + r.validationErrors, 0),
       invalidation_errors: rs.reduce((a, r) => a + r.invalidationErrors, 0),
@@ -598,6 +623,7 @@ async function main(): Promise<void> {
     xgrammar_options: xgrOptions,
     vocab: values.vocab,
     vocab_check: vocabCheck,
+    xgrammar_unavailable: unavailable,
     tests,
     wrapper_overhead_us: wrapperUs,
     spindle: totals("spindle"),
@@ -608,8 +634,8 @@ async function main(): Promise<void> {
     partial_only_diff_steps: partialOnlySteps,
     compared_steps: comparedSteps,
   };
-  compiler.dispose();
-  info.dispose();
+  compiler?.dispose();
+  info?.dispose();
   if (values.json) writeFileSync(values.json, `${JSON.stringify(report, null, 1)}\n`);
   process.stdout.write(`${format(report)}\n`);
 }
@@ -628,7 +654,10 @@ function format(r: Report): string {
   };
   const lines = [
     `web-xgrammar ${r.xgrammar_version}: compileJSONSchema(schema, anyWhitespace=${r.xgrammar_options.anyWhitespace}, indent=${r.xgrammar_options.indent}, separators=${JSON.stringify(r.xgrammar_options.separators)}, strictMode=${r.xgrammar_options.strictMode})`,
-    `vocabulary ${r.vocab}: ${v.tokens} tokens, ${v.control} control; byte-level strings → Spindle's bytes ${v.byteLevelSame} same, ${v.byteLevelDifferent} different, ${v.notByteLevel} not byte-level; xgrammar's decoded vocabulary ${v.xgrSame} same, ${v.xgrDifferent} different, ${v.partialUtf8} partial UTF-8 (not comparable through embind)`,
+    ...(r.xgrammar_unavailable ? [`XGRAMMAR DID NOT RUN (Spindle alone): ${r.xgrammar_unavailable}`] : []),
+    v
+      ? `vocabulary ${r.vocab}: ${v.tokens} tokens, ${v.control} control; byte-level strings → Spindle's bytes ${v.byteLevelSame} same, ${v.byteLevelDifferent} different, ${v.notByteLevel} not byte-level; xgrammar's decoded vocabulary ${v.xgrSame} same, ${v.xgrDifferent} different, ${v.partialUtf8} partial UTF-8 (not comparable through embind)`
+      : `vocabulary ${r.vocab}`,
     `${r.spindle.schemas} schemas, ${r.tests} tests; masks compared at ${r.compared_steps} steps, differing at ${r.mask_diff_steps} (${r.partial_only_diff_steps} of them only in tokens that are parts of a UTF-8 character, shown in hex)`,
     "",
     `${"".padEnd(22)}${cell("spindle", "xgrammar")}`,
@@ -657,7 +686,7 @@ function format(r: Report): string {
     pct("  compile ms p90", "p90", "common_compile_ms"),
     pct("  compile ms max", "max", "common_compile_ms"),
     `slowest mask: spindle ${s.slowest_mask.file} test ${s.slowest_mask.test} token ${s.slowest_mask.step}; xgrammar ${x.slowest_mask.file} test ${x.slowest_mask.test} token ${x.slowest_mask.step}`,
-    `(xgrammar's masks include its async wrapper and the copy out of WebAssembly memory: ${r.wrapper_overhead_us.toFixed(2)} µs by themselves)`,
+    `(web-xgrammar has no fillNextTokenBitmask: its masks are getNextTokenBitmask(), async, returning a copy out of WebAssembly memory; that wrapper and copy cost ${r.wrapper_overhead_us.toFixed(2)} µs by themselves)`,
     "",
     "per schema (S = spindle, X = xgrammar: compile ms, validation/invalidation errors; mask steps that differ: in whole tokens / in all):",
   ];
@@ -669,7 +698,10 @@ function format(r: Report): string {
     lines.push(
       `  ${sc.file.padEnd(36)} S ${eng(sc.spindle)} X ${eng(sc.xgrammar)} ${sc.maskDiffSteps ? `${sc.wholeDiffSteps}/${sc.maskDiffSteps}` : ""}`,
     );
-    for (const e of ENGINES) if (sc[e].error) lines.push(`      ${e}: ${sc[e].error}`);
+    for (const e of ENGINES) {
+      if (sc[e].error) lines.push(`      ${e}: ${sc[e].error}`);
+      if (sc[e].runtimeError) lines.push(`      ${e}: failed while matching: ${sc[e].runtimeError}`);
+    }
   }
   lines.push(
     "",
