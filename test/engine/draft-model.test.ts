@@ -10,7 +10,7 @@ import { meta, withMetadata, writeGGUF } from "../../src/gguf/writer.js";
 import { loadModel, type Model } from "../../src/model/model.js";
 import { SHAPES, synthModel } from "../../src/model/synth.js";
 import type { RequestSpec } from "../../src/protocol/request.js";
-import { drive, expectNoLeaks } from "../helpers/engine.js";
+import { drive, expectNoLeaks, withAndWithoutSpeculation } from "../helpers/engine.js";
 import { STORIES_260K, testModel, VOCAB_SPM } from "../helpers/models.js";
 import { tempDir } from "../helpers/tmp.js";
 
@@ -79,21 +79,15 @@ function both(
   specs: RequestSpec[],
   opts: { numBlocks?: number; budget?: number; at?: number[] } = {},
 ) {
-  const arrivals = specs.map((s, i) => ({ at: opts.at?.[i] ?? 0, spec: s }));
   const plain = engineWith(undefined, opts.numBlocks, opts.budget);
-  const fast = engineWith(drafter, opts.numBlocks, opts.budget);
-  const a = drive(
+  const r = withAndWithoutSpeculation(
     plain,
-    arrivals.map((x) => ({ ...x, spec: { ...x.spec } })),
+    engineWith(drafter, opts.numBlocks, opts.budget),
+    specs,
+    opts.at,
   );
-  const b = drive(
-    fast,
-    arrivals.map((x) => ({ ...x, spec: { ...x.spec } })),
-  );
-  expectNoLeaks(plain);
-  expectNoLeaks(fast);
   expectDrafterEmpty(drafter);
-  return { plain: a, spec: b, stats: fast.speculator!.stats, steps: [a.steps, b.steps], engine: fast };
+  return r;
 }
 
 describe("drafts from a draft model (target stories260K)", () => {

@@ -7,7 +7,7 @@ import { SimRunner } from "../../src/engine/sim-runner.js";
 import { expectedTokens, type SpeculativeOptions, Speculator } from "../../src/engine/speculation.js";
 import { loadModel } from "../../src/model/model.js";
 import type { RequestSpec } from "../../src/protocol/request.js";
-import { drive, expectNoLeaks } from "../helpers/engine.js";
+import { drive, expectNoLeaks, withAndWithoutSpeculation } from "../helpers/engine.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 
 const model = loadModel(testModel(STORIES_260K));
@@ -92,20 +92,8 @@ const spec = (id: string, p: number[], maxTokens: number, over: Partial<RequestS
 
 /** Runs the requests to the end with and without speculation; both engines end with nothing leaked. */
 function both(specs: RequestSpec[], opts: { numBlocks?: number; budget?: number; at?: number[] } = {}) {
-  const arrivals = specs.map((s, i) => ({ at: opts.at?.[i] ?? 0, spec: s }));
   const plain = engineWith(undefined, opts.numBlocks, opts.budget);
-  const fast = engineWith(ngram, opts.numBlocks, opts.budget);
-  const a = drive(
-    plain,
-    arrivals.map((x) => ({ ...x, spec: { ...x.spec } })),
-  );
-  const b = drive(
-    fast,
-    arrivals.map((x) => ({ ...x, spec: { ...x.spec } })),
-  );
-  expectNoLeaks(plain);
-  expectNoLeaks(fast);
-  return { plain: a, spec: b, stats: fast.speculator!.stats, steps: [a.steps, b.steps], engine: fast };
+  return withAndWithoutSpeculation(plain, engineWith(ngram, opts.numBlocks, opts.budget), specs, opts.at);
 }
 
 describe("speculative decoding in the engine (stories260K)", () => {

@@ -69,3 +69,21 @@ export function expectNoLeaks(engine: EngineCore): void {
   expect(engine.scheduler.running).toHaveLength(0);
   expect(engine.blocks.allFree()).toBe(true);
 }
+
+/**
+ * Runs the same requests (each engine its own copy of every spec, arriving at step `at[i]`, default
+ * 0) through an engine without speculation and one with it; both must end with nothing leaked.
+ */
+export function withAndWithoutSpeculation(
+  plain: EngineCore,
+  fast: EngineCore,
+  specs: RequestSpec[],
+  at?: number[],
+) {
+  const arrivals = (): Arrival[] => specs.map((s, i) => ({ at: at?.[i] ?? 0, spec: { ...s } }));
+  const a = drive(plain, arrivals());
+  const b = drive(fast, arrivals());
+  expectNoLeaks(plain);
+  expectNoLeaks(fast);
+  return { plain: a, spec: b, stats: fast.speculator!.stats, steps: [a.steps, b.steps], engine: fast };
+}
