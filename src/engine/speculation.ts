@@ -219,7 +219,8 @@ export class Speculator {
   private stateOf(seq: Sequence): SeqSpec {
     let s = this.state.get(seq);
     if (!s) {
-      s = { accepted: 2, rejected: 1, pausedFor: 0, nextPause: FIRST_PAUSE, probes: PROBES };
+      s = { accepted: 0, rejected: 0, pausedFor: 0, nextPause: FIRST_PAUSE, probes: 0 };
+      prior(s);
       this.state.set(seq, s);
     }
     return s;

@@ -7,7 +7,7 @@ import { SimRunner } from "../../src/engine/sim-runner.js";
 import { expectedTokens, type SpeculativeOptions, Speculator } from "../../src/engine/speculation.js";
 import { loadModel } from "../../src/model/model.js";
 import type { RequestSpec } from "../../src/protocol/request.js";
-import { drive, expectNoLeaks, withAndWithoutSpeculation } from "../helpers/engine.js";
+import { drive, expectNoLeaks, stepUntilDrafted, withAndWithoutSpeculation } from "../helpers/engine.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 
 const model = loadModel(testModel(STORIES_260K));
@@ -190,12 +190,7 @@ describe("speculative decoding in the engine (stories260K)", () => {
     const engine = engineWith(ngram);
     engine.add(spec("a", prompt(COPY), 200));
     engine.add(spec("b", prompt(COPY), 200));
-    let drafted = 0;
-    for (let i = 0; i < 40 && drafted === 0; i++) {
-      engine.step();
-      drafted = engine.lastStep.draftTokens;
-    }
-    expect(drafted).toBeGreaterThan(0);
+    expect(stepUntilDrafted(engine)).toBeGreaterThan(0);
     engine.abort("a");
     engine.abort("b");
     engine.step();

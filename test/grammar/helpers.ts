@@ -3,8 +3,15 @@ import { join } from "node:path";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import addFormatsModule from "ajv-formats";
 import { expect } from "vitest";
+import { tokenizeForBench } from "../../src/bench/grammar-bench.js";
 import { readGGUF } from "../../src/gguf/reader.js";
-import { type GrammarMatcher, type GrammarVocab, grammarVocab, maskWords } from "../../src/grammar/index.js";
+import {
+  type CompiledGrammar,
+  type GrammarMatcher,
+  type GrammarVocab,
+  grammarVocab,
+  maskWords,
+} from "../../src/grammar/index.js";
 import { type Tokenizer, tokenizerFromGGUF } from "../../src/tokenizer/index.js";
 import { testModel } from "../helpers/models.js";
 import { rng } from "../helpers/rng.js";
@@ -102,4 +109,20 @@ function oneByteTokens(vocab: GrammarVocab): boolean[] {
     oneByteCache.set(vocab, v);
   }
   return v;
+}
+
+/**
+ * Whether the grammar takes `text` (tokenized by `tok`) whole, each token checked against the mask
+ * computed before it: a token the mask allows must be accepted, and one it forbids refused.
+ */
+export function takesText(g: CompiledGrammar, tok: Tokenizer, text: string): boolean {
+  const mask = new Uint32Array(maskWords(tok.vocabSize));
+  const m = g.matcher();
+  for (const id of tokenizeForBench(tok, text)) {
+    m.fillMask(mask);
+    const allowed = bit(mask, id);
+    expect(m.accept(id)).toBe(allowed);
+    if (!allowed) return false;
+  }
+  return m.canEnd();
 }

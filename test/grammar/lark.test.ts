@@ -1,8 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { tokenizeForBench } from "../../src/bench/grammar-bench.js";
-import { type CompiledGrammar, compileGrammar, GrammarError, maskWords } from "../../src/grammar/index.js";
+import { type CompiledGrammar, compileGrammar, GrammarError } from "../../src/grammar/index.js";
 import { VOCAB_GPT2 } from "../helpers/models.js";
-import { bit, loadVocab, randomWalk, rng } from "./helpers.js";
+import { loadVocab, randomWalk, rng, takesText } from "./helpers.js";
 
 /**
  * Lark grammars (src/grammar/lark.ts): each grammar's accepted and rejected strings agree with an
@@ -14,21 +13,11 @@ import { bit, loadVocab, randomWalk, rng } from "./helpers.js";
  */
 
 const { tok, vocab } = loadVocab(VOCAB_GPT2);
-const mask = new Uint32Array(maskWords(vocab.vocabSize));
 const lark = (grammar: string) => compileGrammar({ type: "lark", grammar }, vocab);
 const gbnf = (grammar: string) => compileGrammar({ type: "gbnf", grammar }, vocab);
 
 /** Whether the grammar takes `text` whole, each token checked against its mask. */
-function takes(g: CompiledGrammar, text: string): boolean {
-  const m = g.matcher();
-  for (const id of tokenizeForBench(tok, text)) {
-    m.fillMask(mask);
-    const allowed = bit(mask, id);
-    expect(m.accept(id)).toBe(allowed);
-    if (!allowed) return false;
-  }
-  return m.canEnd();
-}
+const takes = (g: CompiledGrammar, text: string): boolean => takesText(g, tok, text);
 
 const decoder = new TextDecoder();
 /** Texts of random walks through `g` (those that ended). */

@@ -87,3 +87,12 @@ export function withAndWithoutSpeculation(
   expectNoLeaks(fast);
   return { plain: a, spec: b, stats: fast.speculator!.stats, steps: [a.steps, b.steps], engine: fast };
 }
+
+/** Steps the engine until a step verifies draft tokens (at most `maxSteps`); how many it verified. */
+export function stepUntilDrafted(engine: EngineCore, maxSteps = 40): number {
+  for (let i = 0; i < maxSteps; i++) {
+    engine.step();
+    if (engine.lastStep.draftTokens > 0) return engine.lastStep.draftTokens;
+  }
+  return 0;
+}

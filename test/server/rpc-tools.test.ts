@@ -1,5 +1,5 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
+import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -9,6 +9,7 @@ import {
   InferenceService,
 } from "../../src/server/rpc/gen/spindle/v1/inference_pb.js";
 import { ajvValidator } from "../grammar/helpers.js";
+import { expectInvalidArgument } from "../helpers/rpc.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
 import { hermesToolModel } from "../helpers/tool-models.js";
 import { waitFor } from "../helpers/wait.js";
@@ -81,16 +82,6 @@ async function httpChat(body: Record<string, unknown>) {
 }
 
 /** The ConnectError a call fails with (fails the test if it succeeds). */
-async function failure(p: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConnectError);
-    return err as ConnectError;
-  }
-  throw new Error("the call succeeded");
-}
-
 /** A stream's calls put together by index (id and name from the first delta, arguments appended). */
 function assemble(messages: GenerateStreamResponse[]) {
   const calls: { id: string; name: string; arguments: string }[] = [];
@@ -347,19 +338,7 @@ describe("tool calls over the RPC", () => {
     ];
     for (const [, transport] of transports(srv).slice(0, 2)) {
       const client = createClient(InferenceService, transport);
-      for (const [req, field] of cases) {
-        const err = await failure(client.generate(req));
-        expect(err.code, `${field}: ${err.rawMessage}`).toBe(Code.InvalidArgument);
-        expect(err.rawMessage).toContain(field);
-        const streamErr = await failure(
-          (async () => {
-            for await (const _ of client.generateStream(req)) {
-            }
-          })(),
-        );
-        expect(streamErr.code).toBe(Code.InvalidArgument);
-        expect(streamErr.rawMessage).toContain(field);
-      }
+      for (const [req, field] of cases) await expectInvalidArgument(client, req, field);
       const idle = async () => {
         const s = await engineStats(srv);
         return s.running === 0 && s.waiting === 0 && s.unfinished === 0 && s.kvUsage === 0;

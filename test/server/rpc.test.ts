@@ -10,6 +10,7 @@ import {
   type GenerateStreamResponse,
   InferenceService,
 } from "../../src/server/rpc/gen/spindle/v1/inference_pb.js";
+import { expectInvalidArgument, failure } from "../helpers/rpc.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -48,16 +49,6 @@ function transports(s: TestServer): [string, Transport][] {
 }
 
 /** The ConnectError a call fails with (fails the test if it succeeds). */
-async function failure(p: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConnectError);
-    return err as ConnectError;
-  }
-  throw new Error("the call succeeded");
-}
-
 describe("the RPC service", () => {
   let srv: TestServer;
   let greedy: Awaited<ReturnType<typeof completion>>;
@@ -242,20 +233,8 @@ describe("the RPC service", () => {
         "response_format.lark: %declare is not supported (line 2, column 1)",
       ],
     ];
-    for (const [req, field] of cases) {
-      const err = await failure(client.generate(req));
-      expect(err.code, JSON.stringify(req)).toBe(Code.InvalidArgument);
-      expect(err.rawMessage).toContain(field);
-      // A stream is refused before its first message, alike.
-      const streamErr = await failure(
-        (async () => {
-          for await (const _ of client.generateStream(req)) {
-          }
-        })(),
-      );
-      expect(streamErr.code).toBe(Code.InvalidArgument);
-      expect(streamErr.rawMessage).toContain(field);
-    }
+    // A stream is refused before its first message, alike.
+    for (const [req, field] of cases) await expectInvalidArgument(client, req, field);
     const notFound = await failure(client.generate({ model: "no-such-model", prompt: PROMPT }));
     expect(notFound.code).toBe(Code.NotFound);
   });
