@@ -5,7 +5,7 @@ import { loadModel } from "../src/model/model.js";
 
 /**
  * What jump-forward gains: the same constrained requests through the engine with and without it
- * (EngineOptions.jumpForward), interleaved, reporting wall time, engine steps, output tokens and
+ * (EngineOptions.jumpForwardMaxBatch: always against never), interleaved, reporting wall time, engine steps, output tokens and
  * the tokens accepted without sampling.
  *
  *   npm run bench:jump-forward -- MODEL.gguf [--requests 16] [--schema forced|story] [--rounds 2]
@@ -50,7 +50,10 @@ const model = loadModel(path);
 const tok = model.tokenizer;
 
 function run(jumpForward: boolean, seed: number) {
-  const engine = new EngineCore(new ModelRunner(model, 2048), { tokenizer: tok, jumpForward });
+  const engine = new EngineCore(new ModelRunner(model, 2048), {
+    tokenizer: tok,
+    jumpForwardMaxBatch: jumpForward ? Infinity : 0,
+  });
   for (let i = 0; i < N; i++) {
     const prompt = [
       tok.bos!,

@@ -51,6 +51,9 @@ and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect 
   --policy fcfs|priority      scheduling policy (default fcfs); --aging P: priority units per second waited
   --batching continuous|static|window   (default continuous); --batch-window-ms MS (default 50)
   --no-prefix-caching         disable automatic prefix caching
+  --jump-forward-max-batch N  structured output: accept the tokens a grammar forces without sampling them
+                              and compute them in one step, while at most N requests are unfinished (default
+                              4; 0 = never): in a larger batch that would slow every other stream's step
   --speculative ngram|draft   speculative decoding with drafts from the prompt and output so far (ngram:
                               prompt lookup) or from --draft-model (draft), verified in the batched step;
                               greedy output is unchanged and sampled output keeps its distribution (default off)
@@ -207,7 +210,10 @@ function backendInit(
   };
   only(["upstream", "upstream-concurrency", "upstream-model", "upstream-api-key", "spawn"], ["openai"]);
   only(["parallel"], ["llamacpp"]);
-  only(["speculative", "spec-tokens", "spec-max-batch", "spec-token-cost"], ["local", "sim"]);
+  only(
+    ["speculative", "spec-tokens", "spec-max-batch", "spec-token-cost", "jump-forward-max-batch"],
+    ["local", "sim"],
+  );
   only(["draft-model", "spec-draft-cost"], ["local"]);
   if (kind === "sim" && values.speculative === "draft")
     throw new SpindleError("--speculative draft needs --backend local (the sim backend runs no model)");
@@ -285,6 +291,7 @@ export async function serveCommand(args: string[]): Promise<number> {
       batching: { type: "string" },
       "batch-window-ms": { type: "string" },
       "no-prefix-caching": { type: "boolean", default: false },
+      "jump-forward-max-batch": { type: "string" },
       speculative: { type: "string" },
       "spec-tokens": { type: "string" },
       "spec-max-batch": { type: "string" },
@@ -357,6 +364,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     batching,
     batchWindowMs: int("batch-window-ms", values["batch-window-ms"], 0),
     prefixCaching: !values["no-prefix-caching"],
+    jumpForwardMaxBatch: int("jump-forward-max-batch", values["jump-forward-max-batch"], 0),
     speculative: speculativeOptions(values, draftModel),
   };
   const backend = backendInit(backendKind, modelPath, values, engineOptions);

@@ -12,7 +12,7 @@ import { type GrammarCompiler, grammarCompiler } from "./grammars.js";
 import type { Runner, RunnerItem } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS, Scheduler, type SchedulerOptions } from "./scheduler.js";
 import { Sequence } from "./sequence.js";
-import { type SpeculativeOptions, Speculator } from "./speculation.js";
+import { DEFAULT_MAX_BATCH, type SpeculativeOptions, Speculator } from "./speculation.js";
 
 /**
  * The engine loop's core: `step()` is one iteration — schedule, run the batch,
@@ -30,8 +30,9 @@ import { type SpeculativeOptions, Speculator } from "./speculation.js";
  * its RunnerItem carry the matcher and a mask buffer: the runner fills the mask and the sampler
  * applies it, so unconstrained sequences never pay for masks. After each accepted token, the
  * tokens the grammar forces (GrammarMatcher.forcedTokens) are accepted at once, without sampling
- * (jump-forward): they join the sequence as pending tokens, and the scheduler computes them all in
- * the next step as a chunk of the running sequence, as it does a prefill chunk. Preemption needs
+ * (jump-forward, while the batch is small: acceptForced): they join the sequence as pending tokens,
+ * and the scheduler computes them all in the next step as a chunk of the running sequence, as it
+ * does a prefill chunk. Preemption needs
  * nothing more: it keeps a sequence's tokens and recomputes their K/V, so the matcher, which has
  * accepted exactly those tokens, is already where it must be.
  *
@@ -71,8 +72,12 @@ export interface EngineOptions extends Partial<SchedulerOptions> {
   tokenizer?: Tokenizer;
   /** Compiles request grammars; default: grammarCompiler(tokenizer), and none without a tokenizer (grammars refused). */
   grammars?: GrammarCompiler;
-  /** Accept the tokens a grammar forces without sampling them (default true; false to measure what it gains). */
-  jumpForward?: boolean;
+  /**
+   * Jump-forward (accepting the tokens a grammar forces without sampling them) while at most this many
+   * requests are unfinished (running or waiting): default DEFAULT_MAX_BATCH (4), as speculation; 0
+   * never, Infinity always.
+   */
+  jumpForwardMaxBatch?: number;
   /** Speculative decoding (off when absent). */
   speculative?: SpeculativeOptions;
   /** Speculative method "draft": the draft model's drafter (the worker builds it from `speculative.draftModel`). */
@@ -133,7 +138,7 @@ export class EngineCore {
   private pending: EngineEvent[] = [];
   private readonly tokenizer: Tokenizer | undefined;
   private readonly grammars: GrammarCompiler | undefined;
-  private readonly jumpForward: boolean;
+  private readonly jumpForwardMaxBatch: number;
   readonly speculator: Speculator | undefined;
   lastStep: StepStats = {
     batchSize: 0,
@@ -157,7 +162,7 @@ export class EngineCore {
       clock = realClock,
       tokenizer,
       grammars,
-      jumpForward,
+      jumpForwardMaxBatch,
       speculative,
       drafter,
       ...sched
@@ -166,7 +171,7 @@ export class EngineCore {
     this.clock = clock;
     this.tokenizer = tokenizer;
     this.grammars = grammars ?? (tokenizer ? grammarCompiler(tokenizer) : undefined);
-    this.jumpForward = jumpForward ?? true;
+    this.jumpForwardMaxBatch = jumpForwardMaxBatch ?? DEFAULT_MAX_BATCH;
     this.blocks = new BlockManager(runner.numBlocks, runner.blockSize, prefixCaching);
     const defined = Object.fromEntries(Object.entries(sched).filter(([, v]) => v !== undefined));
     this.scheduler = new Scheduler(this.blocks, { ...DEFAULT_SCHEDULER_OPTIONS, ...defined });
@@ -415,9 +420,14 @@ export class EngineCore {
    * Jump-forward: the tokens the grammar forces from here go through the same acceptance path as
    * sampled ones (with logprob 0 and themselves as the only top logprob when logprobs are asked
    * for: under the grammar's mask they were certain), and join the sequence's pending tokens.
+   * Only while the batch is small (jumpForwardMaxBatch, counting the waiting requests, which the
+   * next step may admit): in a larger one, computing a sequence's
+   * forced tokens together makes the shared step longer for every other sequence by what they cost
+   * (DEFAULT_MAX_BATCH), so there each forced token takes its own step, sampled under a mask that
+   * allows only it, and every sequence gets one token a step.
    */
   private acceptForced(seq: Sequence, output: RequestOutput, now: number): void {
-    if (!this.jumpForward || output.done) return;
+    if (output.done || this.seqs.size > this.jumpForwardMaxBatch) return;
     const room = Math.min(MAX_FORCED, seq.spec.maxTokens - output.completion);
     if (room <= 0) return;
     const forced = output.matcher!.forcedTokens(room);

@@ -41,7 +41,7 @@ export interface SpeculativeOptions {
   draftTokenCost?: number;
   /** The most draft tokens per sequence and step (`--spec-tokens`). */
   numTokens: number;
-  /** Speculate only while at most this many sequences run (default 4). */
+  /** Speculate only while at most this many sequences run (default DEFAULT_MAX_BATCH, 4). */
   maxBatch?: number;
   /**
    * What one more token in a step costs, relative to a one-token decode step (default 0.6: measured
@@ -60,6 +60,15 @@ export interface SpecStats {
   /** Per draft position (0 = first draft token): how many times it was accepted. */
   acceptedPerPosition: number[];
 }
+
+/**
+ * The most running sequences for which a step takes extra tokens of one sequence (draft tokens here,
+ * a grammar's forced tokens in the engine's jump-forward). Above it a CPU's batched step is
+ * compute-bound, its time proportional to its tokens (135M shape, 2 cores: 32 one-token rows take
+ * 169 ms, 16 one-token and 16 three-token rows 305 ms, 64 one-token rows 318 ms), so a sequence's
+ * extra tokens make every other sequence's step longer by what they cost.
+ */
+export const DEFAULT_MAX_BATCH = 4;
 
 /** How much of its past a sequence's acceptance estimate keeps per verified draft token. */
 const DECAY = 0.95;
@@ -115,7 +124,7 @@ export class Speculator {
     }
     this.drafter = opts.method === "draft" ? drafter! : new NgramDrafter();
     this.drafter.reset();
-    this.maxBatch = opts.maxBatch ?? 4;
+    this.maxBatch = opts.maxBatch ?? DEFAULT_MAX_BATCH;
     this.verifyCost = opts.tokenCost ?? 0.6;
     this.stats = {
       drafts: 0,

@@ -168,13 +168,15 @@ const grammar: GrammarSpec = { type: "choice", choices: CHOICES };
 const bos = tok.bos!;
 const prompt = (i: number) => [bos, ...tok.encode(`Story number ${i}: `, { addSpecial: false })];
 
-function engineWith(o: { numBlocks?: number; jumpForward?: boolean; compiled?: ChoiceGrammar[] } = {}) {
+function engineWith(
+  o: { numBlocks?: number; jumpForwardMaxBatch?: number; compiled?: ChoiceGrammar[] } = {},
+) {
   return new EngineCore(new ModelRunner(model, o.numBlocks ?? 256), {
     tokenizer: tok,
     clock: new VirtualClock(),
     maxNumBatchedTokens: 128,
     grammars: choiceCompiler(o.compiled),
-    jumpForward: o.jumpForward,
+    jumpForwardMaxBatch: o.jumpForwardMaxBatch,
   });
 }
 
@@ -259,7 +261,7 @@ describe("constrained decoding in the engine (test-double choice grammar, storie
   });
 
   it("max_tokens ends a constrained request with length and the partial output", () => {
-    const engine = engineWith({ jumpForward: false });
+    const engine = engineWith({ jumpForwardMaxBatch: 0 });
     const r = drive(engine, [
       {
         at: 0,
@@ -280,7 +282,7 @@ describe("constrained decoding in the engine (test-double choice grammar, storie
       sampling: { temperature: 0 },
       grammar: { type: "choice", choices: [CHOICES[0]!, CHOICES[1]!] } as GrammarSpec,
     });
-    const slow = engineWith({ jumpForward: false });
+    const slow = engineWith({ jumpForwardMaxBatch: 0 });
     const a = drive(slow, [{ at: 0, spec: spec("a") }]);
     const fast = engineWith();
     const b = drive(fast, [{ at: 0, spec: spec("b") }]);
@@ -294,6 +296,37 @@ describe("constrained decoding in the engine (test-double choice grammar, storie
     // With one token sampled (the branch) and the rest forced, the whole answer takes about 3 steps.
     expect(fast.steps).toBeLessThanOrEqual(4);
     expectNoLeaks(fast);
+  });
+
+  it("jump-forward only while the batch is small: above jumpForwardMaxBatch each forced token takes its own step", () => {
+    const arrivals: Arrival[] = [0, 1].map((i) => ({
+      at: 0,
+      spec: { id: `s${i}`, prompt: prompt(5 + i), maxTokens: 64, sampling: { temperature: 0 }, grammar },
+    }));
+    const run = (jumpForwardMaxBatch: number) => {
+      const engine = engineWith({ jumpForwardMaxBatch });
+      const decodeRows: number[] = [];
+      const execute = engine.runner.execute.bind(engine.runner);
+      engine.runner.execute = (items) => {
+        for (const it of items) if (it.pos > 0) decodeRows.push(it.tokens.length); // prompts are one chunk
+        return execute(items);
+      };
+      const r = drive(engine, arrivals);
+      expectNoLeaks(engine);
+      return { engine, r, decodeRows };
+    };
+    const gated = run(1);
+    const open = run(2);
+    // (The first request, added alone, takes its forced start with its prompt either way.)
+    expect(open.engine.totalForcedTokens).toBeGreaterThan(gated.engine.totalForcedTokens + 5);
+    // Gated, every step past the prompts computes one token per sequence.
+    expect(Math.max(...gated.decodeRows)).toBe(1);
+    expect(Math.max(...open.decodeRows)).toBeGreaterThan(1);
+    for (const { spec } of arrivals) {
+      expect(gated.r.text.get(spec.id)).toBe(open.r.text.get(spec.id));
+      expect(gated.r.finish.get(spec.id)!.reason).toBe("stop");
+    }
+    expect(gated.engine.steps).toBeGreaterThan(open.engine.steps);
   });
 
   it("preemption with recompute: the same greedy outputs with a KV cache that forces preemptions", () => {
@@ -310,8 +343,8 @@ describe("constrained decoding in the engine (test-double choice grammar, storie
         grammar,
       },
     }));
-    const roomy = drive(engineWith({ jumpForward: false }), arrivals);
-    const small = engineWith({ numBlocks: 14, jumpForward: false });
+    const roomy = drive(engineWith({ jumpForwardMaxBatch: 0 }), arrivals);
+    const small = engineWith({ numBlocks: 14, jumpForwardMaxBatch: 0 });
     const tight = drive(small, arrivals);
     expect(small.scheduler.totalPreemptions).toBeGreaterThan(0);
     for (const { spec } of arrivals) {
@@ -328,7 +361,7 @@ describe("constrained decoding in the engine (test-double choice grammar, storie
   });
 
   it("aborts of constrained requests free everything; stop strings still apply", () => {
-    const engine = engineWith({ jumpForward: false });
+    const engine = engineWith({ jumpForwardMaxBatch: 0 });
     for (let i = 0; i < 4; i++) {
       engine.add({ id: `x${i}`, prompt: prompt(i), maxTokens: 64, sampling: { temperature: 0 }, grammar });
     }
@@ -418,7 +451,7 @@ describe("constrained decoding in the engine (test-double choice grammar, storie
   it("the simulated runner honours the mask too", () => {
     const engine = new EngineCore(
       new SimRunner({ numBlocks: 64, vocabSize: model.config.vocabSize, avoid: tok.eogTokens }),
-      { tokenizer: tok, clock: new VirtualClock(), grammars: choiceCompiler(), jumpForward: false },
+      { tokenizer: tok, clock: new VirtualClock(), grammars: choiceCompiler(), jumpForwardMaxBatch: 0 },
     );
     const arrivals: Arrival[] = Array.from({ length: 6 }, (_, i) => ({
       at: i,
