@@ -9,18 +9,21 @@ import { DEFAULT_KV_CACHE_TYPE, KVCacheStorage } from "../model/kv-cache.js";
 import { loadModel } from "../model/model.js";
 import { command } from "./options.js";
 
+/** `--model`, as both commands take it. */
+const MODEL_OPTION = {
+  type: "string",
+  short: "m",
+  arg: "M",
+  description: "a .gguf path or a model name (default: the default model, pulled on first use)",
+} as const;
+
 export const CALIBRATE = command({
   name: "calibrate",
   usage: "spindle calibrate [--model M] [--repeats N]",
   summary:
     "Fits the simulated runner's step-cost model (what `serve --backend sim` uses) to a real model on this machine: times prefill and decode steps of several shapes, prints each point and the fit on stderr, and the fitted cost model as JSON on stdout.",
   options: {
-    model: {
-      type: "string",
-      short: "m",
-      arg: "M",
-      description: "a .gguf path or a model name (default: the default model, pulled on first use)",
-    },
+    model: MODEL_OPTION,
     repeats: {
       type: "string",
       arg: "N",
@@ -60,12 +63,7 @@ export const BENCH_ENGINE = command({
   summary:
     "Closed-loop throughput of the engine alone (no HTTP): for each concurrency, every batching mode runs the same synthetic workload in turn (interleaved, so machine noise hits all alike) and one line per run reports output tok/s, mean TTFT, latency and batch size.",
   options: {
-    model: {
-      type: "string",
-      short: "m",
-      arg: "M",
-      description: "a .gguf path or a model name (default: the default model, pulled on first use)",
-    },
+    model: MODEL_OPTION,
     concurrency: {
       type: "string",
       arg: "LIST",

@@ -1,6 +1,14 @@
 import type { SampleResult } from "../sampling/sampler.js";
 import type { FinishReason, SeqTimes } from "./request.js";
 
+/**
+ * The finish reason the OpenAI, Ollama and TGI-simple protocols know: "stop" when the output ended
+ * on its own (EOS, a stop string, a completed grammar), "length" otherwise (max tokens, the context).
+ * Aborted and failed requests end with an error instead, so they never reach a finish_reason.
+ */
+export const stopOrLength = (f: { reason: FinishReason }): "stop" | "length" =>
+  f.reason === "stop" ? "stop" : "length";
+
 /** How a request ended, with its counts and times: what responses, metrics and logs are made of. */
 export interface FinishInfo {
   reason: FinishReason;

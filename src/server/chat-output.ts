@@ -7,6 +7,7 @@ import {
   toolCallId,
 } from "../chat/tool-format.js";
 import type { FinishInfo } from "../protocol/events.js";
+import { stopOrLength } from "../protocol/events.js";
 import { callsEnforced, type ToolRequest } from "./tool-request.js";
 
 /**
@@ -144,8 +145,7 @@ export class ChatChoiceOutput {
 
   /** OpenAI's finish_reason: `tool_calls` when the reply called tools and ended on its own. */
   finishReason(f: FinishInfo): "stop" | "length" | "tool_calls" {
-    if (f.reason !== "stop") return "length";
-    return this.calls.length > 0 ? "tool_calls" : "stop";
+    return f.reason === "stop" && this.calls.length > 0 ? "tool_calls" : stopOrLength(f);
   }
 
   /** Adds a delta to the whole message's calls; returns its call. */

@@ -15,8 +15,8 @@ import {
 /**
  * An OpenAI-shaped chat request (checked by openai-schema.ts) made ready to generate: its prompt,
  * rendered with the tools the model may see, how its replies are read (chat-output.ts), and what
- * constrains them. The one place /v1/chat/completions and the RPC's `messages` (rpc/service.ts) do
- * this, so tools behave the same on both:
+ * constrains them. The one place /v1/chat/completions, the RPC's `messages` (rpc/service.ts),
+ * /v1/responses and Ollama's /api/chat do this, so tools behave the same on all of them:
  * - tool_choice "none": the model does not see the tools (as vLLM does), and its reply is content;
  * - "required" or a named function: the calls are enforced by the tool grammar (vLLM's form);
  * - "auto": a grammar engages where a call starts, in formats with a text trigger;
@@ -29,6 +29,14 @@ export interface ChatSetup {
   structured: ToolStructuredOutput | StructuredOutput | undefined;
 }
 
+/** Where a route's own shape differs: the field an empty conversation is blamed on, and tool errors' paths. */
+export interface ChatForm {
+  messagesField: string;
+  toolOutput: typeof toolStructuredOutput;
+}
+
+const CHAT_FORM: ChatForm = { messagesField: "messages", toolOutput: toolStructuredOutput };
+
 export function chatSetup(
   model: LoadedModel,
   r: {
@@ -37,6 +45,7 @@ export function chatSetup(
     toolRequest: ToolRequest | undefined;
   },
   structured: StructuredOutput | undefined,
+  form: ChatForm = CHAT_FORM,
 ): ChatSetup {
   const tools = r.toolRequest;
   const prompt = chatPrompt(model, {
@@ -47,9 +56,9 @@ export function chatSetup(
   const mode = chatOutputMode(model.chatTemplate, prompt.text, tools);
   const constraint = outputConstraint(
     tools,
-    tools && toolStructuredOutput(tools, autoToolFormat(mode.tools, model.tokenizer)),
+    tools && form.toolOutput(tools, autoToolFormat(mode.tools, model.tokenizer)),
     structured,
   );
-  if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "messages");
+  if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", form.messagesField);
   return { prompt, mode, structured: constraint };
 }

@@ -2,8 +2,9 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { templateUsesTools } from "../../chat/tool-format.js";
 import type { RequestStream } from "../../protocol/event-stream.js";
 import type { FinishInfo } from "../../protocol/events.js";
-import { chatOutputMode } from "../chat-output.js";
+import { stopOrLength } from "../../protocol/events.js";
 import { chatPrompt } from "../chat-prompt.js";
+import { chatSetup } from "../chat-request.js";
 import { type Choice, readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
 import { badRequest, ollamaErrorBody } from "../errors.js";
@@ -20,7 +21,6 @@ import {
 import { clientOf, clientSignal, isObject } from "../route-helpers.js";
 import { NDJSON, sendSSE } from "../sse.js";
 import type { StructuredOutput } from "../structured-output.js";
-import { autoToolFormat, outputConstraint, toolStructuredOutput } from "../tool-request.js";
 import { spindleVersion } from "./ops.js";
 
 /**
@@ -95,7 +95,7 @@ const ns = (from: number | undefined, to: number | undefined) =>
 export function ollamaStats(f: FinishInfo) {
   const t = f.times;
   return {
-    done_reason: f.reason === "stop" ? "stop" : "length",
+    done_reason: stopOrLength(f),
     total_duration: ns(t.arrival, t.finished ?? t.lastToken),
     load_duration: 0,
     prompt_eval_count: f.promptTokens,
@@ -320,19 +320,15 @@ async function chat(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply
     contextLength: model.info.contextLength,
   });
   if (r.messages.length === 0) return loaded(r.model, { message: { role: "assistant", content: "" } });
-  const prompt = chatPrompt(model, { messages: r.messages, tools: r.tools?.tools });
-  if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "messages");
-  // Calls in the model's own format become tool_calls; reasoning stays in the content, as before.
-  const mode = chatOutputMode(model.chatTemplate, prompt.text, r.tools);
-  const output = new OllamaChatOutput({ ...mode, reasoning: false, startsThinking: false });
-  // Ollama's tools are always `auto`: a grammar engages where a call starts (formats with a text
-  // trigger); a `format` wins over it.
-  const tools = r.tools;
-  const structured = outputConstraint(
-    tools,
-    tools && toolStructuredOutput(tools, autoToolFormat(mode.tools, model.tokenizer)),
+  // Ollama's tools are always `auto`: calls in the model's own format become tool_calls, a grammar
+  // engaging where a call starts (formats with a text trigger); a `format` wins over it. Reasoning
+  // stays in the content, as before.
+  const { prompt, mode, structured } = chatSetup(
+    model,
+    { messages: r.messages, toolRequest: r.tools },
     r.structured,
   );
+  const output = new OllamaChatOutput({ ...mode, reasoning: false, startsThinking: false });
   return run(ctx, req, reply, model, {
     endpoint,
     r,

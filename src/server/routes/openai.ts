@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { RequestStream } from "../../protocol/event-stream.js";
 import type { FinishInfo } from "../../protocol/events.js";
+import { stopOrLength } from "../../protocol/events.js";
 import type { SampleResult } from "../../sampling/sampler.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
 import { ChatChoiceOutput } from "../chat-output.js";
@@ -135,8 +136,6 @@ function usageOf(choices: Choice[], finishes: (FinishInfo | undefined)[]): Usage
   };
 }
 
-const finishReason = (f: FinishInfo) => (f.reason === "stop" ? "stop" : "length");
-
 const tokenDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
 // ---------------------------------------------------------------------------------------------
@@ -242,7 +241,7 @@ async function completions(ctx: ServerContext, req: FastifyRequest, reply: Fasti
         logprobs: wantLogprobs
           ? completionLogprobs(tok, out.logprobs[i]!, r.logprobs!, { at: 0 }, r.tokensAsIds)
           : null,
-        finish_reason: finishReason(out.finish[i]!),
+        finish_reason: stopOrLength(out.finish[i]!),
         ...(r.returnTokenIds ? { prompt_token_ids: prompts[c.prompt]!.ids, token_ids: out.tokens[i] } : {}),
       })),
       usage: usageOf(choices, out.finish),
@@ -275,7 +274,7 @@ async function completions(ctx: ServerContext, req: FastifyRequest, reply: Fasti
           logprobs: wantLogprobs
             ? completionLogprobs(tok, samples ?? [], r.logprobs!, offsets[i]!, r.tokensAsIds)
             : null,
-          finish_reason: finish ? finishReason(finish) : null,
+          finish_reason: finish ? stopOrLength(finish) : null,
           ...ids,
         },
       ],

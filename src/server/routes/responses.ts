@@ -3,8 +3,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { ChatMessage } from "../../chat/template.js";
 import type { FinishInfo } from "../../protocol/events.js";
 import type { SamplingParams } from "../../sampling/params.js";
-import { ChatChoiceOutput, chatOutputMode, type OpenAIToolCall } from "../chat-output.js";
-import { chatPrompt } from "../chat-prompt.js";
+import { ChatChoiceOutput, type OpenAIToolCall } from "../chat-output.js";
+import { chatSetup } from "../chat-request.js";
 import { type Choice, readChoices, startChoices, streamChoices } from "../choices.js";
 import type { LoadedModel, ServerContext } from "../context.js";
 import { type ApiError, badRequest, errorBody } from "../errors.js";
@@ -14,7 +14,7 @@ import { parseResponsesTools, responsesToolOutput } from "../responses-tools.js"
 import { boolField, clientOf, clientSignal, given, intField, isObject, type Json } from "../route-helpers.js";
 import { sendSSE, TYPED_SSE } from "../sse.js";
 import { type StructuredOutput, structuredOutput } from "../structured-output.js";
-import { autoToolFormat, outputConstraint, type ToolRequest } from "../tool-request.js";
+import type { ToolRequest } from "../tool-request.js";
 
 /**
  * OpenAI's Responses API, POST /v1/responses, for text generation, so that clients built on it
@@ -239,26 +239,14 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
   const endpoint = "/v1/responses";
   const model: LoadedModel = ctx.service.model(endpoint);
   const r = parseResponsesRequest(req.body, { modelName: ctx.opts.modelName });
-  const tools = r.tools;
-  // As on /v1/chat/completions: with tool_choice "none" the model does not see the tools, and
-  // "required" or a named function is enforced by the tool grammar.
-  const prompt = chatPrompt(model, {
-    messages: r.messages,
-    tools: tools && tools.choice !== "none" ? tools.tools : undefined,
+  // As on /v1/chat/completions; the reply is split into text and tool calls as chat does, and
+  // thinking stays in the text (this route has no reasoning items).
+  const setup = chatSetup(model, { messages: r.messages, toolRequest: r.tools }, r.structured, {
+    messagesField: "input",
+    toolOutput: responsesToolOutput,
   });
-  // The reply is split into text and tool calls as chat does; thinking stays in the text (this
-  // route has no reasoning items).
-  const mode = {
-    ...chatOutputMode(model.chatTemplate, prompt.text, tools),
-    reasoning: false,
-    startsThinking: false,
-  };
-  const structured = outputConstraint(
-    tools,
-    tools && responsesToolOutput(tools, autoToolFormat(mode.tools, model.tokenizer)),
-    r.structured,
-  );
-  if (prompt.ids.length === 0) throw badRequest("the rendered conversation is empty", "input");
+  const { prompt, structured } = setup;
+  const mode = { ...setup.mode, reasoning: false, startsThinking: false };
   const output = new ChatChoiceOutput(mode);
   const maxTokens = r.maxOutputTokens ?? defaultMaxTokens(prompt.ids.length, model.info.contextLength);
   const choice: Choice = {
@@ -313,13 +301,13 @@ async function responses(ctx: ServerContext, req: FastifyRequest, reply: Fastify
     max_output_tokens: r.maxOutputTokens ?? null,
     model: r.model,
     output: f ? items : [],
-    parallel_tool_calls: tools?.parallel ?? true,
+    parallel_tool_calls: r.tools?.parallel ?? true,
     previous_response_id: null,
     reasoning: { effort: null, summary: null },
     store: false,
     temperature: r.sampling.temperature ?? null,
     text: { format: r.textFormat },
-    tool_choice: choiceEcho(tools?.choice),
+    tool_choice: choiceEcho(r.tools?.choice),
     tools: r.toolsEcho,
     top_p: r.sampling.topP ?? null,
     truncation: "disabled",

@@ -1,6 +1,7 @@
 import { randomInt } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { EngineEvent, FinishInfo } from "../../protocol/events.js";
+import { stopOrLength } from "../../protocol/events.js";
 import { SamplingParamError, type SamplingParams, validateSamplingParams } from "../../sampling/params.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
 import { readChoices, startChoices, streamChoices } from "../choices.js";
@@ -321,7 +322,7 @@ async function simpleGenerate(
   const streams = await startChoices(ctx, [{ index: 0, prompt: 0, params }], signal);
   let text = "";
   const end = (f: FinishInfo) => ({
-    finish_reason: f.reason === "stop" ? "stop" : "length",
+    finish_reason: stopOrLength(f),
     generated_text: text,
     usage: {
       prompt_tokens: r.ids.length,
@@ -349,17 +350,20 @@ async function simpleGenerate(
 }
 
 export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
-  app.post("/generate", async (req, reply) => {
-    const endpoint = "/generate";
-    if (simpleGenerateField(req.body) !== undefined) return simpleGenerate(ctx, req, reply, endpoint, false);
+  /** A TGI request (`inputs` + `parameters`) checked and admitted: its one choice, started. */
+  const start = async (req: FastifyRequest, reply: FastifyReply, endpoint: string) => {
     const m = ctx.service.model(endpoint);
     const r = parseTgiRequest(req.body, m.tokenizer, m.info.contextLength);
     const signal = clientSignal(req, reply);
-    const streams = await startChoices(
-      ctx,
-      [{ index: 0, prompt: 0, params: generationParams(r, req, endpoint) }],
-      signal,
-    );
+    const params = generationParams(r, req, endpoint);
+    const streams = await startChoices(ctx, [{ index: 0, prompt: 0, params }], signal);
+    return { m, r, signal, streams };
+  };
+
+  app.post("/generate", async (req, reply) => {
+    const endpoint = "/generate";
+    if (simpleGenerateField(req.body) !== undefined) return simpleGenerate(ctx, req, reply, endpoint, false);
+    const { m, r, signal, streams } = await start(req, reply, endpoint);
     const tokens: TokenWithTop[] = [];
     let text = "";
     const [finish] = await readChoices(streams, signal, (_i, e) => {
@@ -393,14 +397,7 @@ export function registerTgiRoutes(app: FastifyInstance, ctx: ServerContext): voi
   app.post("/generate_stream", async (req, reply) => {
     const endpoint = "/generate_stream";
     if (simpleGenerateField(req.body) !== undefined) return simpleGenerate(ctx, req, reply, endpoint, true);
-    const m = ctx.service.model(endpoint);
-    const r = parseTgiRequest(req.body, m.tokenizer, m.info.contextLength);
-    const signal = clientSignal(req, reply);
-    const streams = await startChoices(
-      ctx,
-      [{ index: 0, prompt: 0, params: generationParams(r, req, endpoint) }],
-      signal,
-    );
+    const { m, r, signal, streams } = await start(req, reply, endpoint);
     let index = 0;
     let text = "";
     const event = (token: TgiToken, top: TgiToken[] | undefined, final?: Json) => {

@@ -8,6 +8,7 @@ import {
   type ServiceImpl,
 } from "@connectrpc/connect";
 import type { FinishInfo } from "../../protocol/events.js";
+import { stopOrLength } from "../../protocol/events.js";
 import type { SampleResult } from "../../sampling/sampler.js";
 import type { Tokenizer } from "../../tokenizer/index.js";
 import { admissionOf } from "../admission.js";
@@ -176,7 +177,7 @@ function inferenceService(ctx: ServerContext): ServiceImpl<typeof InferenceServi
             id: c.id,
             function: { name: c.function.name, arguments: c.function.arguments },
           })),
-          finishReason: output ? output.finishReason(finish!) : finishReason(finish!),
+          finishReason: output ? output.finishReason(finish!) : stopOrLength(finish!),
           tokenIds,
           logprobs: wantLogprobs ? logprobsOf(tok, samples, wantLogprobs) : [],
           usage: usageOf(choice, finish!),
@@ -209,7 +210,7 @@ function inferenceService(ctx: ServerContext): ServiceImpl<typeof InferenceServi
           }
           if (e.finish) {
             yield {
-              finishReason: output ? output.finishReason(e.finish) : finishReason(e.finish),
+              finishReason: output ? output.finishReason(e.finish) : stopOrLength(e.finish),
               usage: usageOf(choice, e.finish),
               timings: timingsOf(e.finish),
             };
@@ -483,8 +484,6 @@ function toolCallDeltas(parts: ChatPart[]): MessageInitShape<typeof ToolCallDelt
 
 /** A proto field's JSON name (jsonSchema) as its proto name (json_schema). */
 const snake = (s: string) => s.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
-
-const finishReason = (f: FinishInfo) => (f.reason === "stop" ? "stop" : "length");
 
 function usageOf(c: Choice, f: FinishInfo) {
   return {
