@@ -152,6 +152,8 @@ export class EngineCore {
   steps = 0;
   /** Tokens accepted without sampling (jump-forward) since the engine started. */
   totalForcedTokens = 0;
+  /** Those not yet in a step's stats (lastStep.forcedTokens). */
+  private forcedSinceStep = 0;
 
   constructor(
     readonly runner: Runner,
@@ -343,6 +345,9 @@ export class EngineCore {
         else if (sample && !Array.isArray(sample)) this.accept(seq, sample, now);
       });
     }
+    // Forced tokens of this step, and of requests added since the last one (a forced start).
+    this.lastStep.forcedTokens = this.forcedSinceStep;
+    this.forcedSinceStep = 0;
     return this.takeEvents();
   }
 
@@ -438,7 +443,7 @@ export class EngineCore {
         ? { token: t, logprob: 0, topLogprobs: [{ token: t, logprob: 0 }] }
         : undefined;
       if (output.accept(t, sample, now, ev)) seq.tokens.push(t);
-      this.lastStep.forcedTokens++;
+      this.forcedSinceStep++;
       this.totalForcedTokens++;
       if (output.done) break;
     }

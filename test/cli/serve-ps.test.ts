@@ -8,7 +8,7 @@ import { runCli } from "../helpers/cli.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 
 /**
- * `spindle serve --ctx-size -ctk f16` as a real process (from source), its logs piped (so JSON lines), and
+ * `spindle serve --ctx-size -ctk f16 --jump-forward-max-batch 0` as a real process (from source), its logs piped (so JSON lines), and
  * `spindle ps` asking it over HTTP what it has loaded.
  */
 
@@ -33,6 +33,8 @@ beforeAll(async () => {
       "300",
       "-ctk",
       "f16",
+      "--jump-forward-max-batch",
+      "0",
     ],
     { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
   );
@@ -120,6 +122,29 @@ describe("spindle serve --ctx-size, and spindle ps", () => {
       .map((l) => JSON.parse(l) as Record<string, unknown>)
       .find((l) => l.msg === "ready");
     expect(ready).toMatchObject({ kvCacheType: "f16", numBlocks: 19 * 64 });
+  });
+
+  it("--jump-forward-max-batch 0: a constrained request is sampled token by token, none jumped", async () => {
+    const res = await fetch(`${url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        prompt: "Once upon a time",
+        max_tokens: 40,
+        response_format: {
+          type: "json_schema",
+          json_schema: { name: "t", schema: { enum: ["a long forced answer"] } },
+        },
+      }),
+    });
+    const body = (await res.json()) as { choices: { text: string; finish_reason: string }[] };
+    // The only value the schema allows, every token of it forced, and still none jumped.
+    expect(body.choices[0]).toMatchObject({ text: '"a long forced answer"', finish_reason: "stop" });
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    expect(metrics).toMatch(/jump_forward_tokens_total(\{[^}]*\})? 0\n/);
+    const bad = await runCli(["serve", "-m", testModel(STORIES_260K), "--jump-forward-max-batch", "1.5"]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/--jump-forward-max-batch must be an integer ≥ 0, got "1.5"/);
   });
 
   it("a KV cache type other than f16 or f32, or K and V types that differ, is refused before loading", async () => {

@@ -285,12 +285,21 @@ describe("constrained decoding in the engine (test-double choice grammar, storie
     const slow = engineWith({ jumpForwardMaxBatch: 0 });
     const a = drive(slow, [{ at: 0, spec: spec("a") }]);
     const fast = engineWith();
+    let reported = 0;
+    const step = fast.step.bind(fast);
+    fast.step = () => {
+      const events = step();
+      reported += fast.lastStep.forcedTokens;
+      return events;
+    };
     const b = drive(fast, [{ at: 0, spec: spec("b") }]);
     expect([CHOICES[0], CHOICES[1]]).toContain(a.text.get("a"));
     expect([CHOICES[0], CHOICES[1]]).toContain(b.text.get("b"));
     expect(slow.totalForcedTokens).toBe(0);
     // "Once upon a time, there was a " is forced from the start, "little dog." or "big cat." after the choice.
     expect(fast.totalForcedTokens).toBeGreaterThan(5);
+    // Every forced token shows in a step's stats (what the metrics count), the start's too.
+    expect(reported).toBe(fast.totalForcedTokens);
     expect(b.finish.get("b")!.completionTokens).toBe(b.tokens.get("b")!.length);
     expect(fast.steps).toBeLessThan(slow.steps);
     // With one token sampled (the branch) and the rest forced, the whole answer takes about 3 steps.
