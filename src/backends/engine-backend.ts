@@ -44,6 +44,15 @@ class EngineBackend implements Backend {
         blockSize: i.blockSize,
         kvCacheBytes: i.kvCacheBytes,
         ...(i.kvCacheType !== undefined ? { kvCacheType: i.kvCacheType } : {}),
+        ...(i.decodeSplits !== undefined
+          ? {
+              decodeSplits: i.decodeSplits.smallSplits,
+              decodeStepMs: {
+                split: Number(i.decodeSplits.splitMs.toFixed(2)),
+                oneThread: Number(i.decodeSplits.singleMs.toFixed(2)),
+              },
+            }
+          : {}),
         prefixCaching: i.prefixCaching,
         policy: i.scheduler.policy,
         batching: i.scheduler.batching,

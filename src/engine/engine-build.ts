@@ -129,7 +129,8 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
     // target: the choice is the kernel set's, which a draft model shares); then what a draft
     // model's token costs against the target's (unless --spec-draft-cost says).
     ready: async () => {
-      await tuneSmallSplits(model);
+      const splits = await tuneSmallSplits(model);
+      if (splits) built.info.decodeSplits = splits;
       if (drafter) {
         drafter.measure();
         if (built.info.draftModel) built.info.draftModel.tokenCost = drafter.drafter.tokenCost;

@@ -3,6 +3,7 @@ import { GrammarError } from "../grammar/constraint.js";
 import type { KVCacheType } from "../kernels/kernels.js";
 import type { ModelConfig } from "../model/config.js";
 import type { PoolingType } from "../model/pooling.js";
+import type { SplitChoice } from "../model/tune-splits.js";
 import type { EngineEvent } from "../protocol/events.js";
 import type { RequestSpec } from "../protocol/request.js";
 import { SamplingParamError } from "../sampling/params.js";
@@ -98,6 +99,12 @@ export interface EngineInfo {
   prefixCaching: boolean;
   /** The worker's performance.timeOrigin: engine times + timeOrigin = Unix ms. */
   timeOrigin: number;
+  /**
+   * Whether decode-sized matmuls are split over the kernel threads, as measured at start
+   * (tuneSmallSplits: a decode step each way); absent with one thread. Logged, because a machine
+   * busy during that measurement can make it choose the slower way.
+   */
+  decodeSplits?: SplitChoice;
   /** Speculative decoding with a draft model: its file, shape, and the measured cost of a draft token. */
   draftModel?: { path: string; model: ModelSummary; tokenCost: number; kvCacheBytes: number };
   /** Things an operator should know (logged at start), e.g. a KV cache that did not fit kernel memory. */

@@ -8,7 +8,7 @@ import { runCli } from "../helpers/cli.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 
 /**
- * `spindle serve --ctx-size -ctk f16 --jump-forward-max-batch 0` as a real process (from source), its logs piped (so JSON lines), and
+ * `spindle serve --ctx-size -ctk f16 --jump-forward-max-batch 0 --threads 2` as a real process (from source), its logs piped (so JSON lines), and
  * `spindle ps` asking it over HTTP what it has loaded.
  */
 
@@ -35,6 +35,8 @@ beforeAll(async () => {
       "f16",
       "--jump-forward-max-batch",
       "0",
+      "--threads",
+      "2",
     ],
     { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
   );
@@ -115,13 +117,22 @@ describe("spindle serve --ctx-size, and spindle ps", () => {
     });
   });
 
-  it("the ready log line names the KV cache's type, blocks and bytes", () => {
+  it("the ready log line names the KV cache's type, blocks and bytes, and the decode split measured at start", () => {
     const ready = stdout
       .trim()
       .split("\n")
       .map((l) => JSON.parse(l) as Record<string, unknown>)
       .find((l) => l.msg === "ready");
     expect(ready).toMatchObject({ kvCacheType: "f16", numBlocks: 19 * 64 });
+    // Two kernel threads: whether decode splits over them, chosen by the faster of two timed ways.
+    const { decodeSplits, decodeStepMs } = ready as {
+      decodeSplits: boolean;
+      decodeStepMs: Record<string, number>;
+    };
+    expect(decodeStepMs.split).toBeGreaterThan(0);
+    expect(decodeStepMs.oneThread).toBeGreaterThan(0);
+    if (decodeStepMs.split !== decodeStepMs.oneThread)
+      expect(decodeSplits).toBe(decodeStepMs.split < decodeStepMs.oneThread);
   });
 
   it("--jump-forward-max-batch 0: a constrained request is sampled token by token, none jumped", async () => {
