@@ -2,7 +2,7 @@ import { SpindleError } from "../errors.js";
 import { describeKernels } from "../kernels/kernels.js";
 import { loadModel, type Model } from "../model/model.js";
 import { readModelCard } from "../model/model-card.js";
-import { tuneSmallSplits } from "../model/tune-splits.js";
+import { type SplitChoice, tuneSmallSplits } from "../model/tune-splits.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { type Clock, realClock } from "./engine.js";
 import type { EngineInfo, EngineInit, ModelEngineInit } from "./engine-protocol.js";
@@ -35,6 +35,11 @@ export interface Built {
   drafter?: ModelDrafter;
   /** Resolves when the compute is ready (kernel threads started). */
   ready?: () => Promise<void>;
+  /**
+   * Measures again whether decode splits over the kernel threads (tuneSmallSplits, the choice and
+   * info.decodeSplits updated), unless `stop` says to give up; undefined then, or with one thread.
+   */
+  retune?: (stop: () => Promise<boolean>) => Promise<SplitChoice | undefined>;
   tokenizer: Tokenizer | undefined;
   clock: Clock;
   info: EngineInfo;
@@ -129,12 +134,16 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
     // target: the choice is the kernel set's, which a draft model shares); then what a draft
     // model's token costs against the target's (unless --spec-draft-cost says).
     ready: async () => {
-      const splits = await tuneSmallSplits(model);
-      if (splits) built.info.decodeSplits = splits;
+      await built.retune!(async () => false);
       if (drafter) {
         drafter.measure();
         if (built.info.draftModel) built.info.draftModel.tokenCost = drafter.drafter.tokenCost;
       }
+    },
+    retune: async (stop) => {
+      const splits = await tuneSmallSplits(model, stop);
+      if (splits) built.info.decodeSplits = splits;
+      return splits;
     },
     tokenizer: tok,
     clock: realClock,

@@ -48,6 +48,8 @@ export interface ModelEngineInit {
   /** `--ctx-size`: caps each sequence's context (at most the model's) and sizes the KV pool (kv-sizing.ts). */
   contextLength?: number;
   options?: WorkerEngineOptions;
+  /** When the decode split is measured again (engine-worker.ts DEFAULT_RETUNE); tests shorten it. */
+  retune?: { idleMs?: number; everyMs?: number };
 }
 
 export interface SimEngineInit {
@@ -150,6 +152,8 @@ export interface EngineStats {
   stepFailures: number;
   /** Speculative decoding with a draft model: its own KV pool (blocks, free blocks) and the sequences holding some. */
   draftCache?: { numBlocks: number; freeBlocks: number; sequences: number };
+  /** Several kernel threads: the decode split now in use, its timings, and how often it was re-measured since start. */
+  decodeSplits?: SplitChoice & { retunes: number };
   lastStep?: StepInfo;
 }
 

@@ -32,6 +32,14 @@ const IDLE_RETRY_MS = 5;
 
 const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/**
+ * Re-measuring the decode split (tuneSmallSplits): the measurement at start can be wrong when the
+ * machine was busy then (another server loading beside it chose the way 1.5× slower at decode), so
+ * it is taken again once the engine has served and then been idle `idleMs`, and after that at most
+ * every `everyMs`. A request arriving meanwhile stops it within one decode step (the choice stays).
+ */
+export const DEFAULT_RETUNE = { idleMs: 2000, everyMs: 600_000 };
+
 class EngineHost {
   private engine!: EngineCore;
   private built!: Built;
@@ -43,6 +51,11 @@ class EngineHost {
   private stopping = false;
   private stepFailures = 0;
   private lastStats: StepInfo | undefined;
+  private retuneAt = { idleMs: DEFAULT_RETUNE.idleMs, everyMs: DEFAULT_RETUNE.everyMs };
+  /** When a step last did something, and when the decode split was last measured (ready, re-tunes). */
+  private lastBusy = 0;
+  private lastTuned = 0;
+  private retunes = 0;
 
   constructor(private readonly port: MessagePort) {
     port.on("message", (msg: ToWorker) => this.onMessage(msg));
@@ -86,6 +99,8 @@ class EngineHost {
       this.engine = new EngineCore(this.built.runner, this.engineOptions);
       // Kernel threads start in the background; the first step should not wait for them.
       await this.built.ready?.();
+      this.lastTuned = performance.now();
+      if (init.kind === "model") this.retuneAt = { ...this.retuneAt, ...init.retune };
     } catch (err) {
       this.post({ type: "error", error: toWireError(err, "engine_start_failed") });
       return;
@@ -127,7 +142,9 @@ class EngineHost {
   private async loop(): Promise<void> {
     while (!this.stopping) {
       if (!this.engine.hasWork()) {
-        await this.waitForMessage();
+        const retuneIn = this.retuneDueIn();
+        if (retuneIn !== undefined && retuneIn <= 0) await this.retune();
+        else await this.waitForMessage(retuneIn);
         // Let the rest of a burst of messages in before the first step, so it is batched.
         await yieldToEventLoop();
         continue;
@@ -144,6 +161,26 @@ class EngineHost {
     }
   }
 
+  /** Milliseconds until the decode split is due to be measured again (DEFAULT_RETUNE); undefined: not due. */
+  private retuneDueIn(): number | undefined {
+    const nothingToChoose = !this.built.retune || this.built.info.decodeSplits === undefined;
+    if (nothingToChoose || this.lastBusy <= this.lastTuned) return undefined;
+    const { idleMs, everyMs } = this.retuneAt;
+    const due = Math.max(this.lastBusy + idleMs, this.retunes > 0 ? this.lastTuned + everyMs : 0);
+    return due - performance.now();
+  }
+
+  private async retune(): Promise<void> {
+    const stop = async () => {
+      await yieldToEventLoop();
+      return this.stopping || this.engine.hasWork();
+    };
+    const choice = await this.built.retune!(stop);
+    if (choice === undefined) return; // stopped by a request: due again after the next idle spell
+    this.retunes++;
+    this.lastTuned = performance.now();
+  }
+
   /** One engine step and its message. False if the step had nothing to do. */
   private runStep(): boolean {
     const t0 = performance.now();
@@ -157,6 +194,7 @@ class EngineHost {
     for (const e of events) if (e.finish) this.inflight.delete(e.id);
     const batchSize = this.engine.lastStep.batchSize;
     if (events.length === 0 && batchSize === 0) return false;
+    this.lastBusy = performance.now();
     this.lastStats = this.stepInfo(stepMs);
     this.post({ type: "step", events, stats: this.lastStats });
     return true;
@@ -251,6 +289,9 @@ class EngineHost {
       numBlocks: e.blocks.numBlocks,
       totalPreemptions: e.scheduler.totalPreemptions,
       prefix: { ...e.prefixStats },
+      ...(this.built.info.decodeSplits !== undefined
+        ? { decodeSplits: { ...this.built.info.decodeSplits, retunes: this.retunes } }
+        : {}),
       stepFailures: this.stepFailures,
       lastStep: this.lastStats,
       draftCache: d && { numBlocks: d.numBlocks, freeBlocks: d.numFreeBlocks, sequences: d.numSequences },

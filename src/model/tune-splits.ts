@@ -47,23 +47,33 @@ function median(xs: number[]): number {
 }
 
 /**
+ * `stop`, when given, is awaited before every step (the engine worker's: it yields to the event loop
+ * and says whether requests came in); when it says so the measurement ends, the previous choice
+ * stays, and the result is undefined.
+ *
  * Waits for the model's kernel threads, then, when there are several, times decode steps of a
  * throwaway sequence with decode-sized splits off and on (alternating phases, ROUNDS of each, the
  * first step of every phase untimed, split phases after WARM_MS of untimed split steps), keeping
  * the faster. Results do not depend on the choice, only speed. Returns what it measured, or
  * undefined when there is nothing to choose (one thread, or kernels without threads).
  */
-export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undefined> {
+export async function tuneSmallSplits(
+  model: Model,
+  stop?: () => Promise<boolean>,
+): Promise<SplitChoice | undefined> {
   const k = model.transformer.kernels as Partial<SplittableKernels>;
   await k.ready?.();
   if (k.smallSplits === undefined || (k.threads ?? 1) <= 1) return undefined;
   const kernels = k as SplittableKernels;
+  const before = kernels.smallSplits;
   const c = model.config;
   const window = Math.min(c.contextLength, WINDOW);
   const kv = new KVCacheStorage(c, Math.ceil(window / 16));
   const blockTable = Array.from({ length: kv.numBlocks }, (_, i) => i);
   let pos = 0;
-  const step = (): number => {
+  const stopped = new Error("stopped");
+  const step = async (): Promise<number> => {
+    if (stop && (await stop())) throw stopped;
     const t0 = performance.now();
     const token = 3 + ((pos * 7919) % Math.max(1, c.vocabSize - 3));
     // As the engine's runner calls it: logits left in the kernels' memory.
@@ -73,7 +83,7 @@ export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undef
   };
   try {
     kernels.smallSplits = true;
-    const first = Math.max(step(), step());
+    const first = Math.max(await step(), await step());
     // Big models (a step past 100 ms) get no warm-up beyond that and one round of two timed steps
     // each way: a few seconds.
     const big = first > 100;
@@ -83,9 +93,10 @@ export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undef
     for (let r = 0; r < rounds; r++) {
       for (const split of [false, true]) {
         kernels.smallSplits = split;
-        step(); // the threads settle into this way of working
-        if (split && !big) for (const t0 = performance.now(); performance.now() - t0 < WARM_MS; ) step();
-        for (let i = 1; i < perPhase; i++) times[split ? 1 : 0].push(step());
+        await step(); // the threads settle into this way of working
+        if (split && !big)
+          for (const t0 = performance.now(); performance.now() - t0 < WARM_MS; ) await step();
+        for (let i = 1; i < perPhase; i++) times[split ? 1 : 0].push(await step());
       }
     }
     const [single, split] = times;
@@ -96,6 +107,10 @@ export async function tuneSmallSplits(model: Model): Promise<SplitChoice | undef
     };
     kernels.smallSplits = choice.smallSplits;
     return choice;
+  } catch (e) {
+    if (e !== stopped) throw e;
+    kernels.smallSplits = before;
+    return undefined;
   } finally {
     kv.dispose();
   }

@@ -54,6 +54,52 @@ function percentile(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
 }
 
+describe("the decode split, measured again once the engine has served and gone idle", () => {
+  it("is re-measured after an idle spell, not before serving; requests arriving during it get their own tokens", async () => {
+    // Two kernel threads in the worker (vitest runs with one): it reads the variable at start.
+    const threads = process.env.SPINDLE_THREADS;
+    process.env.SPINDLE_THREADS = "2";
+    const started = EngineClient.start({
+      kind: "model",
+      modelPath,
+      kvCacheBytes: 8 << 20,
+      retune: { idleMs: 50, everyMs: 0 },
+    });
+    process.env.SPINDLE_THREADS = threads;
+    const c = await started;
+    try {
+      expect(c.info.kernels).toBe("wasm kernels (relaxed build), 2 threads");
+      expect((await c.stats()).decodeSplits).toMatchObject({ retunes: 0 });
+      // Nothing served yet: an idle engine measures nothing more.
+      await new Promise((r) => setTimeout(r, 300));
+      expect((await c.stats()).decodeSplits!.retunes).toBe(0);
+      const spec = (id: string): RequestSpec => ({
+        id,
+        prompt: model.tokenizer.encode("Once upon a time", { addSpecial: true }),
+        maxTokens: 24,
+        sampling: greedy,
+      });
+      const alone = generate(model, spec("x").prompt, { maxTokens: 24, sampling: greedy }).tokens;
+      expect((await collect(c.submit(spec("first")))).tokens).toEqual(alone);
+      // Requests every 150 ms while the engine re-measures whenever it has been idle 50 ms: some
+      // arrive during a measurement and stop it.
+      for (let i = 0; i < 8; i++) {
+        await new Promise((r) => setTimeout(r, 150));
+        expect((await collect(c.submit(spec(`r${i}`)))).tokens).toEqual(alone);
+      }
+      const deadline = Date.now() + 15_000;
+      while ((await c.stats()).decodeSplits!.retunes === 0 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 100));
+      const s = (await c.stats()).decodeSplits!;
+      expect(s.retunes).toBeGreaterThan(0);
+      expect(s.smallSplits).toBe(s.splitMs < s.singleMs);
+      expect((await collect(c.submit(spec("last")))).tokens).toEqual(alone);
+    } finally {
+      await c.close();
+    }
+  }, 30_000);
+});
+
 describe("engine worker with stories260K", () => {
   let client: Client;
   const kvBytes = 8 << 20;
