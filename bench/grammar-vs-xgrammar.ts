@@ -4,7 +4,12 @@ import { createRequire } from "node:module";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { type Percentiles, percentiles, tokenizeForBench } from "../src/bench/grammar-bench.js";
+import {
+  PERCENTILE_KEYS,
+  type Percentiles,
+  percentiles,
+  tokenizeForBench,
+} from "../src/bench/grammar-bench.js";
 import { readGGUF } from "../src/gguf/reader.js";
 import { compileGrammar, GrammarError, grammarVocab, maskWords } from "../src/grammar/index.js";
 import { type Tokenizer, tokenizerFromGGUF } from "../src/tokenizer/index.js";
@@ -666,25 +671,13 @@ function format(r: Report): string {
     `${"validation errors".padEnd(22)}${cell(s.validation_errors, x.validation_errors)}`,
     `${"invalidation errors".padEnd(22)}${cell(s.invalidation_errors, x.invalidation_errors)}`,
     `${"masks".padEnd(22)}${cell(s.masks, x.masks)}`,
-    pct("mask µs p50", "p50", "mask_us"),
-    pct("mask µs p75", "p75", "mask_us"),
-    pct("mask µs p90", "p90", "mask_us"),
-    pct("mask µs p99", "p99", "mask_us"),
-    pct("mask µs max", "max", "mask_us"),
-    pct("compile ms p50", "p50", "compile_ms"),
-    pct("compile ms p75", "p75", "compile_ms"),
-    pct("compile ms p90", "p90", "compile_ms"),
-    pct("compile ms p99", "p99", "compile_ms"),
-    pct("compile ms max", "max", "compile_ms"),
+    ...PERCENTILE_KEYS.map((p) => pct(`mask µs ${p}`, p, "mask_us")),
+    ...PERCENTILE_KEYS.map((p) => pct(`compile ms ${p}`, p, "compile_ms")),
     `${"sum of masks, ms".padEnd(22)}${cell(s.mask_total_ms.toFixed(1), x.mask_total_ms.toFixed(1))}`,
     `${"sum of compiles, ms".padEnd(22)}${cell(s.compile_total_ms.toFixed(1), x.compile_total_ms.toFixed(1))}`,
     `on the same ground: the ${r.compared_steps} steps where both computed a mask, the ${r.schemas.filter((c) => c.spindle.compileMs !== undefined && c.xgrammar.compileMs !== undefined).length} schemas both compile`,
-    pct("  mask µs p50", "p50", "common_mask_us"),
-    pct("  mask µs p99", "p99", "common_mask_us"),
-    pct("  mask µs max", "max", "common_mask_us"),
-    pct("  compile ms p50", "p50", "common_compile_ms"),
-    pct("  compile ms p90", "p90", "common_compile_ms"),
-    pct("  compile ms max", "max", "common_compile_ms"),
+    ...(["p50", "p99", "max"] as const).map((p) => pct(`  mask µs ${p}`, p, "common_mask_us")),
+    ...(["p50", "p90", "max"] as const).map((p) => pct(`  compile ms ${p}`, p, "common_compile_ms")),
     `slowest mask: spindle ${s.slowest_mask.file} test ${s.slowest_mask.test} token ${s.slowest_mask.step}; xgrammar ${x.slowest_mask.file} test ${x.slowest_mask.test} token ${x.slowest_mask.step}`,
     `(web-xgrammar has no fillNextTokenBitmask: its masks are getNextTokenBitmask(), async, returning a copy out of WebAssembly memory; that wrapper and copy cost ${r.wrapper_overhead_us.toFixed(2)} µs by themselves)`,
     "",

@@ -1,3 +1,4 @@
+import { parseArgs } from "node:util";
 import { STRUCTURED_SCHEMA } from "../src/bench/workload.js";
 import { EngineCore } from "../src/engine/engine.js";
 import { ModelRunner } from "../src/engine/runner.js";
@@ -16,21 +17,25 @@ import { loadModel } from "../src/model/model.js";
  *   npm run bench:structured-mix -- MODEL.gguf [--concurrency 16] [--requests 48] [--rounds 2] [--varied]
  */
 
-const args = process.argv.slice(2);
-const opt = (name: string, def: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1]! : def;
-};
-const path = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    concurrency: { type: "string", default: "16" },
+    requests: { type: "string", default: "48" },
+    rounds: { type: "string", default: "2" },
+    varied: { type: "boolean", default: false },
+  },
+});
+const path = positionals[0];
 if (!path) {
   throw new Error(
     "usage: bench/structured-mix.ts MODEL.gguf [--concurrency N] [--requests N] [--rounds N] [--varied]",
   );
 }
-const concurrency = Number(opt("concurrency", "16"));
-const requests = Number(opt("requests", "48"));
-const rounds = Number(opt("rounds", "2"));
-const varied = args.includes("--varied");
+const concurrency = Number(values.concurrency);
+const requests = Number(values.requests);
+const rounds = Number(values.rounds);
+const varied = values.varied;
 const model = loadModel(path);
 
 const MODES = ["base", "gated", "always", "never"] as const;

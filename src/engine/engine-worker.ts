@@ -51,7 +51,7 @@ class EngineHost {
   private stopping = false;
   private stepFailures = 0;
   private lastStats: StepInfo | undefined;
-  private retuneAt = { idleMs: DEFAULT_RETUNE.idleMs, everyMs: DEFAULT_RETUNE.everyMs };
+  private retuneAt = { ...DEFAULT_RETUNE };
   /** When a step last did something, and when the decode split was last measured (ready, re-tunes). */
   private lastBusy = 0;
   private lastTuned = 0;

@@ -10,7 +10,13 @@ import { meta, withMetadata, writeGGUF } from "../../src/gguf/writer.js";
 import { loadModel, type Model } from "../../src/model/model.js";
 import { SHAPES, synthModel } from "../../src/model/synth.js";
 import type { RequestSpec } from "../../src/protocol/request.js";
-import { drive, expectNoLeaks, stepUntilDrafted, withAndWithoutSpeculation } from "../helpers/engine.js";
+import {
+  drive,
+  expectNoLeaks,
+  greedySpec as spec,
+  stepUntilDrafted,
+  withAndWithoutSpeculation,
+} from "../helpers/engine.js";
 import { STORIES_260K, testModel, VOCAB_SPM } from "../helpers/models.js";
 import { tempDir } from "../helpers/tmp.js";
 
@@ -59,14 +65,6 @@ const engineWith = (drafter?: ModelDrafter, numBlocks = 256, maxNumBatchedTokens
 const prompt = (text: string) => [tok.bos!, ...tok.encode(text)];
 const COPY = "Tom has a red ball. Tom has a red ball. Tom has a red ball. Tom has";
 const FRESH = "Once upon a time, in a big forest, there lived a little bird named";
-
-const spec = (id: string, p: number[], maxTokens: number, over: Partial<RequestSpec> = {}): RequestSpec => ({
-  id,
-  prompt: p,
-  maxTokens,
-  sampling: { temperature: 0 },
-  ...over,
-});
 
 function expectDrafterEmpty(d: ModelDrafter): void {
   expect(d.numSequences).toBe(0);

@@ -7,7 +7,13 @@ import { SimRunner } from "../../src/engine/sim-runner.js";
 import { expectedTokens, type SpeculativeOptions, Speculator } from "../../src/engine/speculation.js";
 import { loadModel } from "../../src/model/model.js";
 import type { RequestSpec } from "../../src/protocol/request.js";
-import { drive, expectNoLeaks, stepUntilDrafted, withAndWithoutSpeculation } from "../helpers/engine.js";
+import {
+  drive,
+  expectNoLeaks,
+  greedySpec as spec,
+  stepUntilDrafted,
+  withAndWithoutSpeculation,
+} from "../helpers/engine.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 
 const model = loadModel(testModel(STORIES_260K));
@@ -80,14 +86,6 @@ describe("the draft length per sequence", () => {
     expect(expectedTokens(1, 4)).toBe(5);
     expect(expectedTokens(0.5, 2)).toBeCloseTo(1.75);
   });
-});
-
-const spec = (id: string, p: number[], maxTokens: number, over: Partial<RequestSpec> = {}): RequestSpec => ({
-  id,
-  prompt: p,
-  maxTokens,
-  sampling: { temperature: 0 },
-  ...over,
 });
 
 /** Runs the requests to the end with and without speculation; both engines end with nothing leaked. */

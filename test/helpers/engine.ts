@@ -96,3 +96,11 @@ export function stepUntilDrafted(engine: EngineCore, maxSteps = 40): number {
   }
   return 0;
 }
+
+/** A greedy request (the speculation tests' requests), with any other fields overridden. */
+export const greedySpec = (
+  id: string,
+  prompt: number[],
+  maxTokens: number,
+  over: Partial<RequestSpec> = {},
+): RequestSpec => ({ id, prompt, maxTokens, sampling: { temperature: 0 }, ...over });
