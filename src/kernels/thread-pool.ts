@@ -59,7 +59,7 @@ const JOB_MASK = (1 << (31 - CHUNK_BITS)) - 1;
 /** The most chunks one job may have. */
 export const MAX_CHUNKS = (1 << CHUNK_BITS) - 1;
 /** Float64 argument slots after the control cells. */
-const MAX_ARGS = 16;
+const MAX_ARGS = 24;
 
 /** How long a worker spins for the next job, and the caller for the workers, before sleeping. */
 export const SPIN_NS = 100_000;

@@ -28,10 +28,10 @@ import { align, MAX_PAGES, WasmArena, type WasmMemory } from "./wasm-arena.js";
  * and KVCacheStorage its pools), the reference kernels' otherwise; getRows and addBias are the
  * reference's. Matmuls and attention are split over the kernel threads (thread-pool.ts) when big
  * enough. An f16 KV cache (PagedKVF16) is stored and read in WebAssembly too (attention when headDim
- * is a multiple of 8), with the f32 cache's arithmetic on the widened values. Gemma's elementwise ops (geglu, softcap, scale) are, for now, the reference's TypeScript
- * run on the views of this memory (O(n) per token, small next to the matmuls); so is attention when
- * it soft-caps its scores or a sliding window cuts a sequence's context (a sequence that fits in its
- * window takes the WebAssembly kernel, which has no mask to apply).
+ * is a multiple of 8), with the f32 cache's arithmetic on the widened values; so are Gemma's sliding
+ * windows and soft-capped scores. Gemma's elementwise ops (geglu, softcap of the logits, scale) are,
+ * for now, the reference's TypeScript run on the views of this memory (O(n) per token, small next to
+ * the matmuls).
  *
  * Memory: shared WebAssembly.Memory objects (up to 4 GiB each), owned here. Being shared, their
  * buffers are SharedArrayBuffers that are never detached, so Float32Array views handed out by
@@ -734,7 +734,7 @@ class WasmKernelSet implements WasmKernels {
       kv.headDim,
       k.byteOffset,
       v.byteOffset,
-      this.seqRecords(kv, live),
+      this.seqRecords(kv, live, 1),
       live.length,
       ...this.poolType(kv),
     );
@@ -758,15 +758,7 @@ class WasmKernelSet implements WasmKernels {
     out: Float32Array,
     opts: AttentionOptions = {},
   ): void {
-    const window = opts.window;
-    const masked = window !== undefined && seqs.some((s) => s.pos + s.count > window);
-    if (
-      !this.ownsPools(kv) ||
-      (kv.type === "f16" && kv.headDim % 8 !== 0) ||
-      nHeads % kv.nKVHeads !== 0 ||
-      opts.softcap !== undefined ||
-      masked
-    ) {
+    if (!this.ownsPools(kv) || (kv.type === "f16" && kv.headDim % 8 !== 0) || nHeads % kv.nKVHeads !== 0) {
       referenceKernels.attention(kv, q, nHeads, seqs, out, opts);
       return;
     }
@@ -784,12 +776,14 @@ class WasmKernelSet implements WasmKernels {
     let maxCtx = 0;
     let macs = 0;
     let items = 0;
+    const window = opts.window ?? 0;
     for (const s of live) {
       items += s.count * kv.nKVHeads;
       maxCtx = Math.max(maxCtx, s.pos + s.count);
-      macs += s.count * (s.pos + (s.count + 1) / 2) * qDim * 2;
+      const keys = s.count * (s.pos + (s.count + 1) / 2);
+      macs += (window > 0 ? Math.min(keys, s.count * window) : keys) * qDim * 2;
     }
-    const desc = this.seqRecords(kv, live);
+    const desc = this.seqRecords(kv, live, window);
     const parts = this.partsFor(macs, rows, items);
     const scoresStride = align(maxCtx * 4);
     const scores = this.scratch("scores", parts * scoresStride);
@@ -808,6 +802,8 @@ class WasmKernelSet implements WasmKernels {
       scoresStride,
       opts.scale ?? 1 / Math.sqrt(kv.headDim),
       ...this.poolType(kv),
+      window,
+      opts.softcap ?? 0,
     ];
     this.run(this.main, "attentionPart", args, parts);
     if (!outIn) {
@@ -823,8 +819,11 @@ class WasmKernelSet implements WasmKernels {
   /**
    * The records storeKV and attentionPart read, in scratch: per sequence four i32 (row, count, pos,
    * byte address of its block table), then the block tables, checked. Returns the records' address.
+   * With a sliding `window` (attention's), blocks wholly before the first key any of the step's
+   * queries sees are never read: their entries are written as block 0 unchecked (a sequence of a
+   * sliding-window pool has given them back). storeKV writes at pos.. only: `window` 1.
    */
-  private seqRecords(kv: PagedKV, live: readonly AttentionSeq[]): number {
+  private seqRecords(kv: PagedKV, live: readonly AttentionSeq[], window: number): number {
     let tableInts = 0;
     for (const s of live) tableInts += Math.ceil((s.pos + s.count) / kv.blockSize);
     const desc = this.scratch("seqs", (live.length * 4 + tableInts) * 4);
@@ -836,7 +835,7 @@ class WasmKernelSet implements WasmKernels {
       i32[r + 1] = s.count;
       i32[r + 2] = s.pos;
       i32[r + 3] = t * 4;
-      t += this.writeBlockTable(kv, s, t);
+      t += this.writeBlockTable(kv, s, t, window);
     }
     return desc;
   }
@@ -845,7 +844,7 @@ class WasmKernelSet implements WasmKernels {
    * Writes the sequence's block ids covering positions 0 .. pos + count − 1 at main-memory i32 index
    * `at`, checking that each is a block of this pool; returns how many.
    */
-  private writeBlockTable(kv: PagedKV, s: AttentionSeq, at: number): number {
+  private writeBlockTable(kv: PagedKV, s: AttentionSeq, at: number, window: number): number {
     const n = Math.ceil((s.pos + s.count) / kv.blockSize);
     const numBlocks = Math.floor(kv.k.length / (kv.blockSize * kv.nKVHeads * kv.headDim));
     if (kv.v.length < numBlocks * kv.blockSize * kv.nKVHeads * kv.headDim)
@@ -853,7 +852,9 @@ class WasmKernelSet implements WasmKernels {
     if (kv.type === "f16" && kv.special.length < numBlocks)
       throw new RangeError("an f16 KV cache needs one flag per block");
     const i32 = this.main.i32;
-    for (let b = 0; b < n; b++) {
+    const unread = window > 0 ? Math.floor(Math.max(0, s.pos + 1 - window) / kv.blockSize) : 0;
+    i32.fill(0, at, at + unread);
+    for (let b = unread; b < n; b++) {
       const id = s.blockTable[b];
       if (id === undefined) throw new RangeError(`block table too short for position ${b * kv.blockSize}`);
       if (!(Number.isInteger(id) && id >= 0 && id < numBlocks))

@@ -455,9 +455,13 @@ describe("paged attention in WebAssembly", () => {
         q.set(qValues);
         const out = k.allocFloat32(n * qDim)!;
         k.attention(kv, q, nHeads, seqs, out);
-        return Float32Array.from(out);
+        const plain = Float32Array.from(out);
+        // Gemma's sliding window and soft-cap: the split weighs each query by the keys it sees.
+        k.attention(kv, q, nHeads, seqs, out, { window: 24, softcap: 3 });
+        return [plain, Float32Array.from(out)];
       });
-      expect(bitsEqual(a!, b!), `${lens.length} sequences`).toBe(true);
+      expect(bitsEqual(a![0]!, b![0]!), `${lens.length} sequences`).toBe(true);
+      expect(bitsEqual(a![1]!, b![1]!), `${lens.length} sequences, window and soft-cap`).toBe(true);
     }
   });
 
@@ -528,9 +532,9 @@ describe("the kernels' memory", () => {
 /**
  * Attention as Gemma and Phi-3 need it (AttentionOptions): a scale other than 1/sqrt(headDim),
  * sliding windows, soft-capped scores. The oracle is written out densely here (one sequence, keys in
- * position order); the reference kernel must match it, and the WebAssembly set must match the
- * reference (its kernel where no window cuts the context, the reference over its views where one
- * does or scores are soft-capped).
+ * position order); the reference kernel and the WebAssembly kernel must both match it. With a window,
+ * both run again on a block table whose blocks wholly before the step's first window are -1 (given
+ * back, as a sliding-window pool's sequence does): they must not read them.
  */
 describe("attention options: scale, sliding window, soft-cap", () => {
   function dense(
@@ -574,7 +578,7 @@ describe("attention options: scale, sliding window, soft-cap", () => {
   const options = [
     { scale: 0.05 },
     { window: 5 },
-    { window: 40 }, // wider than every context here: the WebAssembly kernel itself
+    { window: 40 }, // wider than every context here
     { softcap: 1.5, scale: 0.3 },
     { window: 7, softcap: 2 },
   ];
@@ -604,6 +608,15 @@ describe("attention options: scale, sliding window, soft-cap", () => {
         const out = wasm.allocFloat32(count * nHeads * headDim)!;
         wasm.attention(kv, q, nHeads, seqs, out, o);
         expect(maxDiff(out, want), "wasm vs dense").toBeLessThan(1e-5);
+        if (o.window === undefined) continue;
+        const unread = Math.floor(Math.max(0, pos + 1 - o.window) / blockSize);
+        const holed = [{ row: 0, count, pos, blockTable: table.map((b, i) => (i < unread ? -1 : b)) }];
+        const refHoled = new Float32Array(count * nHeads * headDim);
+        referenceKernels.attention(kv, q, nHeads, holed, refHoled, o);
+        expect(maxDiff(refHoled, want), "reference, blocks before the window given back").toBeLessThan(1e-5);
+        out.fill(Number.NaN);
+        wasm.attention(kv, q, nHeads, holed, out, o);
+        expect(maxDiff(out, want), "wasm, blocks before the window given back").toBeLessThan(1e-5);
       }
     });
   }

@@ -1953,9 +1953,11 @@ export function storeKV(
  * headDim floats each at q, results at out likewise), query i (position pos + i) attends to
  * positions 0 .. pos + i, and `table` is the byte address of its block ids. Head h reads KV head
  * h / (nHeads / nKVHeads). scores: `parts` regions of scoresStride bytes, each room for the longest
- * context's floats; part p uses region p.
+ * context's floats; part p uses region p. window > 0: a sliding window (query at p sees keys
+ * p − window + 1 .. p only, and no block of the table before that is read: a sequence may have given
+ * those back). softcap ≠ 0: scores are soft-capped, cap · tanh(s / cap), before the softmax.
  *
- * The work items are (sequence, query, KV head) in that order, each costing its context length;
+ * The work items are (sequence, query, KV head) in that order, each costing the keys it sees;
  * part p takes the items whose cost prefix starts in [p·total/parts, (p+1)·total/parts), so the
  * parts are balanced whether the batch is one long prefill or many short decodes. Which part
  * computes an item changes nothing in its arithmetic: per (query, head), whatever else is in the
@@ -1981,17 +1983,19 @@ export function attentionPart(
   scale: f32,
   f16: i32,
   flags: usize,
+  window: i32,
+  softcap: f32,
   part: i32,
   parts: i32,
 ): void {
   const group = nHeads / nKVHeads;
+  const w = window > 0 ? window : i32.MAX_VALUE;
   const hb = (<usize>headDim) << 2;
   const qb = <usize>nHeads * hb;
   let total: i64 = 0;
   for (let s = 0; s < nSeqs; s++) {
     const r = seqs + ((<usize>s) << 4);
-    const count = <i64>load<i32>(r, 4);
-    total += (count * <i64>load<i32>(r, 8) + (count * (count + 1)) / 2) * <i64>nKVHeads;
+    total += keysSeen(load<i32>(r, 8), load<i32>(r, 4), w) * <i64>nKVHeads;
   }
   const lo = (total * <i64>part) / <i64>parts;
   const hi = (total * <i64>(part + 1)) / <i64>parts;
@@ -2003,15 +2007,15 @@ export function attentionPart(
     const count = load<i32>(r, 4);
     const pos = load<i32>(r, 8);
     const table = <usize>load<i32>(r, 12);
-    const c64 = <i64>count;
-    const seqCost = (c64 * <i64>pos + (c64 * (c64 + 1)) / 2) * <i64>nKVHeads;
+    const seqCost = keysSeen(pos, count, w) * <i64>nKVHeads;
     if (c + seqCost <= lo) {
       c += seqCost;
       continue;
     }
     for (let i = 0; i < count && c < hi; i++) {
       const nCtx = pos + i + 1;
-      for (let kvh = 0; kvh < nKVHeads; kvh++, c += <i64>nCtx) {
+      const first = max(0, nCtx - w);
+      for (let kvh = 0; kvh < nKVHeads; kvh++, c += <i64>(nCtx - first)) {
         if (c < lo || c >= hi) continue;
         for (let h = kvh * group; h < (kvh + 1) * group; h++) {
           const o = <usize>(row + i) * qb + <usize>h * hb;
@@ -2028,8 +2032,10 @@ export function attentionPart(
               out + o,
               table,
               nCtx,
+              first,
               sc,
               scale,
+              softcap,
             );
             continue;
           }
@@ -2044,13 +2050,38 @@ export function attentionPart(
             out + o,
             table,
             nCtx,
+            first,
             sc,
             scale,
+            softcap,
           );
         }
       }
     }
   }
+}
+
+/** Keys the queries at pos .. pos + count − 1 see in all: Σ min(p + 1, window) (the split's cost). */
+// @inline
+function keysSeen(pos: i32, count: i32, window: i32): i64 {
+  const a = <i64>pos + 1; // the first query's context
+  const b = <i64>pos + <i64>count; // the last query's
+  const w = <i64>window;
+  if (b <= w) return ((a + b) * <i64>count) / 2;
+  if (a >= w) return w * <i64>count;
+  return ((a + w) * (w - a + 1)) / 2 + (b - w) * w;
+}
+
+/**
+ * Gemma 2's soft-cap of the scaled scores first .. nCtx − 1, cap · tanh(s / cap), in place; returns
+ * the capped maximum (tanh is monotonic: the same score stays the largest).
+ */
+function capScores(scores: usize, first: i32, nCtx: i32, cap: f32, mx: f32): f32 {
+  for (let j = first; j < nCtx; j++) {
+    const p = scores + ((<usize>j) << 2);
+    store<f32>(p, cap * Mathf.tanh(load<f32>(p) / cap));
+  }
+  return cap * Mathf.tanh(mx / cap);
 }
 
 /**
@@ -2103,7 +2134,7 @@ function expScores(scores: usize, nCtx: i32, mx: f32): f32 {
   return sum;
 }
 
-/** One (query, head) of attentionPart: the query at qp over the nCtx first positions of KV head kvh, into op. */
+/** One (query, head) of attentionPart: the query at qp over positions first .. nCtx − 1 of KV head kvh, into op. */
 function attendHead(
   kPool: usize,
   vPool: usize,
@@ -2115,21 +2146,24 @@ function attendHead(
   op: usize,
   table: usize,
   nCtx: i32,
+  first: i32,
   scores: usize,
   scale: f32,
+  softcap: f32,
 ): void {
   const hb = (<usize>headDim) << 2;
   const blockBytes = <usize>blockSize * hb; // one KV head's slots in one block
   const nBlocks = (nCtx + blockSize - 1) / blockSize;
+  const b0 = first / blockSize;
   const by4 = (headDim & 3) === 0;
   const scale4 = f32x4.splat(scale);
   // Scores, four keys of a block at a time where the block has them.
   let mx4 = f32x4.splat(-Infinity);
   let mx: f32 = -Infinity;
-  for (let b = 0, j = 0; b < nBlocks; b++) {
+  for (let b = b0, j = first; b < nBlocks; b++) {
     const block = <usize>load<i32>(table + ((<usize>b) << 2));
-    let kp = kPool + (block * <usize>nKVHeads + kvh) * blockBytes;
-    const end = min(nCtx, j + blockSize);
+    let kp = kPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * hb;
+    const end = min(nCtx, (b + 1) * blockSize);
     if (by4) {
       for (; j + 4 <= end; j += 4, kp += hb << 2) {
         const s = f32x4.mul(dotKeys4(qp, kp, hb), scale4);
@@ -2150,7 +2184,8 @@ function attendHead(
       max(f32x4.extract_lane(mx4, 2), f32x4.extract_lane(mx4, 3)),
     ),
   );
-  const sum = expScores(scores, nCtx, mx);
+  if (softcap !== 0) mx = capScores(scores, first, nCtx, softcap, mx);
+  const sum = expScores(scores + ((<usize>first) << 2), nCtx - first, mx);
   // Weighted sum of the values, a slice of headDim at a time with the slice's sums in registers:
   // each output lane sums e_j · v_j[d] over j in order, whatever the slicing.
   const inv = f32x4.splat(<f32>1 / sum);
@@ -2165,10 +2200,14 @@ function attendHead(
     let a6 = f32x4.splat(0);
     let a7 = f32x4.splat(0);
     const dd = (<usize>d) << 2;
-    for (let b = 0, j = 0; b < nBlocks; b++) {
+    for (let b = b0, j = first; b < nBlocks; b++) {
       const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, j + blockSize);
-      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+      const end = min(nCtx, (b + 1) * blockSize);
+      for (
+        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * hb + dd;
+        j < end;
+        j++, vp += hb
+      ) {
         const e = v128.load32_splat(scores + ((<usize>j) << 2));
         a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
         a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
@@ -2195,10 +2234,14 @@ function attendHead(
     let a2 = f32x4.splat(0);
     let a3 = f32x4.splat(0);
     const dd = (<usize>d) << 2;
-    for (let b = 0, j = 0; b < nBlocks; b++) {
+    for (let b = b0, j = first; b < nBlocks; b++) {
       const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, j + blockSize);
-      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+      const end = min(nCtx, (b + 1) * blockSize);
+      for (
+        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * hb + dd;
+        j < end;
+        j++, vp += hb
+      ) {
         const e = v128.load32_splat(scores + ((<usize>j) << 2));
         a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
         a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
@@ -2214,10 +2257,14 @@ function attendHead(
   for (; d + 4 <= headDim; d += 4) {
     let a0 = f32x4.splat(0);
     const dd = (<usize>d) << 2;
-    for (let b = 0, j = 0; b < nBlocks; b++) {
+    for (let b = b0, j = first; b < nBlocks; b++) {
       const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, j + blockSize);
-      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+      const end = min(nCtx, (b + 1) * blockSize);
+      for (
+        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * hb + dd;
+        j < end;
+        j++, vp += hb
+      ) {
         a0 = f32x4.add(a0, f32x4.mul(v128.load32_splat(scores + ((<usize>j) << 2)), v128.load(vp)));
       }
     }
@@ -2226,10 +2273,14 @@ function attendHead(
   for (; d < headDim; d++) {
     let a: f32 = 0;
     const dd = (<usize>d) << 2;
-    for (let b = 0, j = 0; b < nBlocks; b++) {
+    for (let b = b0, j = first; b < nBlocks; b++) {
       const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, j + blockSize);
-      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += hb) {
+      const end = min(nCtx, (b + 1) * blockSize);
+      for (
+        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * hb + dd;
+        j < end;
+        j++, vp += hb
+      ) {
         a += load<f32>(scores + ((<usize>j) << 2)) * load<f32>(vp);
       }
     }
@@ -2302,16 +2353,50 @@ function attendHeadF16(
   op: usize,
   table: usize,
   nCtx: i32,
+  first: i32,
   scores: usize,
   scale: f32,
+  softcap: f32,
 ): void {
   const nBlocks = (nCtx + blockSize - 1) / blockSize;
+  const b0 = first / blockSize;
   let special: u32 = 0;
-  for (let b = 0; b < nBlocks; b++)
+  for (let b = b0; b < nBlocks; b++)
     special |= load<u16>(flags + ((<usize>load<i32>(table + ((<usize>b) << 2))) << 1));
   if (special !== 0)
-    attendF16<u8>(kPool, vPool, blockSize, nKVHeads, headDim, kvh, qp, op, table, nCtx, scores, scale);
-  else attendF16<i8>(kPool, vPool, blockSize, nKVHeads, headDim, kvh, qp, op, table, nCtx, scores, scale);
+    attendF16<u8>(
+      kPool,
+      vPool,
+      blockSize,
+      nKVHeads,
+      headDim,
+      kvh,
+      qp,
+      op,
+      table,
+      nCtx,
+      first,
+      scores,
+      scale,
+      softcap,
+    );
+  else
+    attendF16<i8>(
+      kPool,
+      vPool,
+      blockSize,
+      nKVHeads,
+      headDim,
+      kvh,
+      qp,
+      op,
+      table,
+      nCtx,
+      first,
+      scores,
+      scale,
+      softcap,
+    );
 }
 
 function attendF16<E>(
@@ -2325,19 +2410,22 @@ function attendF16<E>(
   op: usize,
   table: usize,
   nCtx: i32,
+  first: i32,
   scores: usize,
   scale: f32,
+  softcap: f32,
 ): void {
   const rb = (<usize>headDim) << 1;
   const blockBytes = <usize>blockSize * rb; // one KV head's slots in one block
   const nBlocks = (nCtx + blockSize - 1) / blockSize;
+  const b0 = first / blockSize;
   const scale4 = f32x4.splat(scale);
   let mx4 = f32x4.splat(-Infinity);
   let mx: f32 = -Infinity;
-  for (let b = 0, j = 0; b < nBlocks; b++) {
+  for (let b = b0, j = first; b < nBlocks; b++) {
     const block = <usize>load<i32>(table + ((<usize>b) << 2));
-    let kp = kPool + (block * <usize>nKVHeads + kvh) * blockBytes;
-    const end = min(nCtx, j + blockSize);
+    let kp = kPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * rb;
+    const end = min(nCtx, (b + 1) * blockSize);
     for (; j + 4 <= end; j += 4, kp += rb << 2) {
       const s = f32x4.mul(dotKeys4F16<E>(qp, kp, rb), scale4);
       v128.store(scores + ((<usize>j) << 2), s);
@@ -2356,7 +2444,8 @@ function attendF16<E>(
       max(f32x4.extract_lane(mx4, 2), f32x4.extract_lane(mx4, 3)),
     ),
   );
-  const sum = expScores(scores, nCtx, mx);
+  if (softcap !== 0) mx = capScores(scores, first, nCtx, softcap, mx);
+  const sum = expScores(scores + ((<usize>first) << 2), nCtx - first, mx);
   // Weighted sum of the values, 32, 16 or 8 of headDim at a time (each lane sums e_j · v_j[d] over j in order).
   const inv = f32x4.splat(<f32>1 / sum);
   let d = 0;
@@ -2370,10 +2459,14 @@ function attendF16<E>(
     let a6 = f32x4.splat(0);
     let a7 = f32x4.splat(0);
     const dd = (<usize>d) << 1;
-    for (let b = 0, j = 0; b < nBlocks; b++) {
+    for (let b = b0, j = first; b < nBlocks; b++) {
       const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, j + blockSize);
-      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += rb) {
+      const end = min(nCtx, (b + 1) * blockSize);
+      for (
+        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * rb + dd;
+        j < end;
+        j++, vp += rb
+      ) {
         const e = v128.load32_splat(scores + ((<usize>j) << 2));
         const h0 = v128.load(vp);
         const h1 = v128.load(vp, 16);
@@ -2405,10 +2498,14 @@ function attendF16<E>(
     let a2 = f32x4.splat(0);
     let a3 = f32x4.splat(0);
     const dd = (<usize>d) << 1;
-    for (let b = 0, j = 0; b < nBlocks; b++) {
+    for (let b = b0, j = first; b < nBlocks; b++) {
       const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, j + blockSize);
-      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += rb) {
+      const end = min(nCtx, (b + 1) * blockSize);
+      for (
+        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * rb + dd;
+        j < end;
+        j++, vp += rb
+      ) {
         const e = v128.load32_splat(scores + ((<usize>j) << 2));
         const h0 = v128.load(vp);
         const h1 = v128.load(vp, 16);
@@ -2428,10 +2525,14 @@ function attendF16<E>(
     let a0 = f32x4.splat(0);
     let a1 = f32x4.splat(0);
     const dd = (<usize>d) << 1;
-    for (let b = 0, j = 0; b < nBlocks; b++) {
+    for (let b = b0, j = first; b < nBlocks; b++) {
       const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, j + blockSize);
-      for (let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + dd; j < end; j++, vp += rb) {
+      const end = min(nCtx, (b + 1) * blockSize);
+      for (
+        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * rb + dd;
+        j < end;
+        j++, vp += rb
+      ) {
         const e = v128.load32_splat(scores + ((<usize>j) << 2));
         const h = v128.load(vp);
         a0 = f32x4.add(a0, f32x4.mul(e, widenF16<E>(h, 0)));
