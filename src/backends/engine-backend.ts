@@ -41,6 +41,9 @@ class EngineBackend implements Backend {
       details: {
         ...(i.kernels !== undefined ? { kernels: i.kernels } : {}),
         numBlocks: i.numBlocks,
+        ...(i.windowPool !== undefined
+          ? { slidingWindow: i.windowPool.window, windowBlocks: i.windowPool.numBlocks }
+          : {}),
         blockSize: i.blockSize,
         kvCacheBytes: i.kvCacheBytes,
         ...(i.kvCacheType !== undefined ? { kvCacheType: i.kvCacheType } : {}),

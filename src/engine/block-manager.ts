@@ -1,3 +1,4 @@
+import { BlockPool } from "./block-pool.js";
 import type { Sequence } from "./sequence.js";
 
 /**
@@ -17,7 +18,21 @@ import type { Sequence } from "./sequence.js";
  *   first (LRU eviction). Uncached free blocks are handed out before any cached one.
  * - Shared blocks are always full and never written: a sequence only writes
  *   positions at or after numComputed, which lie in blocks it alone holds.
+ * - A model whose layers mix full and sliding-window attention (Gemma 2 and 3) has a second pool
+ *   for its sliding-window layers (`WindowPool`), and each sequence a second table over it
+ *   (Sequence.windowTable). A sliding-window layer never reads a key older than its window, so a
+ *   sequence gives back, after every step, the window-pool blocks wholly before the window of the
+ *   next position it computes (their entries become -1; registered ones stay findable in the cache
+ *   until evicted). A long sequence then holds about window + one step's tokens there, whatever
+ *   its length. Admission takes a cached prefix only as long as the window pool also holds the
+ *   blocks that prefix's window covers, so both tables agree on numComputed.
  */
+
+/** The sliding-window layers' own pool: the window (tokens) and its blocks. */
+export interface WindowPool {
+  window: number;
+  numBlocks: number;
+}
 
 export interface PrefixCacheStats {
   /** Prompt tokens looked up in the prefix cache. */
@@ -47,38 +62,52 @@ function blockKey(parent: string, tokens: ArrayLike<number>, start: number, end:
 }
 
 export class BlockManager {
-  private readonly refCount: Int32Array;
-  /** Key of a registered block, its parent's key and its tokens (checked on every hit: no false sharing on collision). */
-  private readonly keyOf: (string | undefined)[];
-  private readonly parentOf: (string | undefined)[];
-  private readonly tokensOf: (number[] | undefined)[];
-  private readonly cache = new Map<string, number>();
-  private readonly freeUncached: number[] = [];
-  /** Free blocks that are still in the cache, oldest first. */
-  private readonly evictable = new Map<number, true>();
-  readonly stats: PrefixCacheStats = { queries: 0, hits: 0, hitRequests: 0, evictions: 0 };
+  private readonly full: BlockPool;
+  /** The sliding-window layers' pool, when the model has one (WindowPool). */
+  private readonly sliding: BlockPool | undefined;
+  private readonly window: number;
+  readonly stats: PrefixCacheStats;
 
   constructor(
-    readonly numBlocks: number,
+    numBlocks: number,
     readonly blockSize: number,
     readonly prefixCaching: boolean,
+    windowPool?: WindowPool,
   ) {
-    if (numBlocks < 1) throw new Error("the KV cache needs at least one block");
-    this.refCount = new Int32Array(numBlocks);
-    this.keyOf = new Array(numBlocks);
-    this.parentOf = new Array(numBlocks);
-    this.tokensOf = new Array(numBlocks);
-    for (let b = numBlocks - 1; b >= 0; b--) this.freeUncached.push(b);
+    this.full = new BlockPool(numBlocks);
+    this.sliding = windowPool && new BlockPool(windowPool.numBlocks);
+    this.window = windowPool?.window ?? Number.POSITIVE_INFINITY;
+    const pools = [this.full, this.sliding];
+    this.stats = {
+      queries: 0,
+      hits: 0,
+      hitRequests: 0,
+      get evictions() {
+        return pools.reduce((n, p) => n + (p?.evictions ?? 0), 0);
+      },
+    };
   }
 
-  /** Blocks that can be handed out now (free, cached or not). */
+  /** Blocks of the (full-attention layers') pool: what bounds a sequence's context. */
+  get numBlocks(): number {
+    return this.full.numBlocks;
+  }
+
+  /** Blocks of that pool that can be handed out now (free, cached or not). */
   get numFree(): number {
-    return this.freeUncached.length + this.evictable.size;
+    return this.full.numFree;
   }
 
-  /** Fraction of blocks held by sequences (cached-but-free blocks count as free). */
+  /** The sliding-window layers' pool, when there is one: its size and free blocks. */
+  get windowPool(): { window: number; numBlocks: number; numFree: number } | undefined {
+    const p = this.sliding;
+    return p && { window: this.window, numBlocks: p.numBlocks, numFree: p.numFree };
+  }
+
+  /** Fraction of blocks held by sequences (cached-but-free blocks count as free), in the fuller pool. */
   get usage(): number {
-    return 1 - this.numFree / this.numBlocks;
+    const used = (p: BlockPool | undefined) => (p ? 1 - p.numFree / p.numBlocks : 0);
+    return Math.max(used(this.full), used(this.sliding));
   }
 
   blocksFor(tokens: number): number {
@@ -97,23 +126,33 @@ export class BlockManager {
     seq.numHashedBlocks = 0;
     seq.prefixKey = "";
     seq.cachedTokens = 0;
+    seq.windowTable = [];
     if (!this.prefixCaching || !seq.reusePrefix) return 0;
     const bs = this.blockSize;
     const maxBlocks = Math.floor((seq.tokens.length - 1) / bs);
     this.stats.queries += seq.tokens.length;
-    let parent = "";
+    const keys: string[] = [];
     const hit: number[] = [];
     for (let i = 0; i < maxBlocks; i++) {
+      const parent = keys[i - 1] ?? "";
       const key = blockKey(parent, seq.tokens, i * bs, (i + 1) * bs);
-      const b = this.cache.get(key);
-      if (b === undefined || !this.sameBlock(b, parent, seq.tokens, i * bs)) break;
+      const b = this.full.lookup(key, parent, seq.tokens, i * bs);
+      if (b === undefined) break;
       hit.push(b);
-      parent = key;
+      keys.push(key);
     }
-    for (const b of hit) this.ref(b);
+    let windowHit: number[] | undefined = [];
+    if (this.sliding) {
+      // The longest prefix whose window the sliding pool holds too.
+      while (hit.length > 0 && (windowHit = this.windowHit(seq.tokens, keys, hit.length)) === undefined)
+        hit.pop();
+    }
+    for (const b of hit) this.full.ref(b);
+    for (const b of windowHit ?? []) if (b >= 0) this.sliding!.ref(b);
     seq.blockTable = hit;
+    seq.windowTable = this.sliding ? (windowHit ?? []) : [];
     seq.numHashedBlocks = hit.length;
-    seq.prefixKey = parent;
+    seq.prefixKey = keys[hit.length - 1] ?? "";
     seq.numComputed = hit.length * bs;
     seq.cachedTokens = seq.numComputed;
     this.stats.hits += seq.numComputed;
@@ -121,40 +160,79 @@ export class BlockManager {
     return seq.numComputed;
   }
 
-  /** Extra blocks a sequence needs to hold `n` more tokens beyond numComputed. */
+  /**
+   * The sliding pool's table for a prefix of `n` cached blocks (-1 before its window), or undefined
+   * when it lacks a block that window covers.
+   */
+  private windowHit(tokens: readonly number[], keys: readonly string[], n: number): number[] | undefined {
+    const first = this.firstInWindow(n * this.blockSize);
+    const table = new Array<number>(first).fill(-1);
+    for (let i = first; i < n; i++) {
+      const b = this.sliding!.lookup(keys[i]!, keys[i - 1] ?? "", tokens, i * this.blockSize);
+      if (b === undefined) return undefined;
+      table.push(b);
+    }
+    return table;
+  }
+
+  /** The first block the window of the query at position `pos` reads (0 without a window pool). */
+  private firstInWindow(pos: number): number {
+    return Math.floor(Math.max(0, pos + 1 - this.window) / this.blockSize);
+  }
+
+  /** Extra blocks a sequence needs (in the pool that needs more) to hold `n` more tokens beyond numComputed. */
   blocksNeeded(seq: Sequence, n: number): number {
-    return Math.max(0, this.blocksFor(seq.numComputed + n) - seq.blockTable.length);
+    return Math.max(...this.needs(seq, n));
+  }
+
+  /** Per pool, the blocks to take for `n` more tokens (the sliding pool's 0 when there is none). */
+  private needs(seq: Sequence, n: number): [number, number] {
+    const end = this.blocksFor(seq.numComputed + n);
+    return [
+      Math.max(0, end - seq.blockTable.length),
+      this.sliding ? Math.max(0, end - seq.windowTable.length) : 0,
+    ];
   }
 
   canAllocate(seq: Sequence, n: number): boolean {
-    return this.blocksNeeded(seq, n) <= this.numFree;
+    const [full, sliding] = this.needs(seq, n);
+    return full <= this.full.numFree && sliding <= (this.sliding?.numFree ?? 0);
   }
 
-  /** Grows the block table to cover numComputed + n tokens. All or nothing: false if blocks ran out. */
+  /** Grows the block tables to cover numComputed + n tokens. All or nothing: false if blocks ran out. */
   allocate(seq: Sequence, n: number): boolean {
-    const need = this.blocksNeeded(seq, n);
-    if (need > this.numFree) return false;
-    for (let i = 0; i < need; i++) seq.blockTable.push(this.take());
+    if (!this.canAllocate(seq, n)) return false;
+    const [full, sliding] = this.needs(seq, n);
+    for (let i = 0; i < full; i++) seq.blockTable.push(this.full.take());
+    for (let i = 0; i < sliding; i++) seq.windowTable.push(this.sliding!.take());
     return true;
   }
 
-  /** After a step computed tokens up to seq.numComputed: registers the blocks that became full. */
+  /**
+   * After a step computed tokens up to seq.numComputed: registers the blocks that became full, and
+   * gives back the sliding pool's blocks the window has left behind.
+   */
   commit(seq: Sequence): void {
-    if (!this.prefixCaching) return;
+    if (this.prefixCaching) this.register(seq);
+    const table = seq.windowTable;
+    for (let i = this.firstInWindow(seq.numComputed) - 1; i >= 0 && table[i]! >= 0; i--) {
+      this.sliding!.unref(table[i]!);
+      table[i] = -1;
+    }
+  }
+
+  private register(seq: Sequence): void {
     const bs = this.blockSize;
     const full = Math.floor(seq.numComputed / bs);
     let parent = seq.prefixKey;
     for (let i = seq.numHashedBlocks; i < full; i++) {
-      const b = seq.blockTable[i]!;
       const key = blockKey(parent, seq.tokens, i * bs, (i + 1) * bs);
-      if (!this.cache.has(key) && this.keyOf[b] === undefined) {
-        this.cache.set(key, b);
-        this.keyOf[b] = key;
-        this.parentOf[b] = parent;
-        this.tokensOf[b] = seq.tokens.slice(i * bs, (i + 1) * bs);
-      }
-      // Another block may already hold this content: this one then stays private and uncached,
-      // and the chain goes on with the key, which depends on content only.
+      const tokens = seq.tokens.slice(i * bs, (i + 1) * bs);
+      this.full.register(seq.blockTable[i]!, key, parent, tokens);
+      const w = seq.windowTable[i];
+      if (this.sliding && w !== undefined && w >= 0) this.sliding.register(w, key, parent, tokens);
+      // A block not registered (its content is cached already) stays private, and the chain goes
+      // on with the key, which depends on content only.
       parent = key;
     }
     if (full > seq.numHashedBlocks) {
@@ -169,56 +247,24 @@ export class BlockManager {
    */
   trim(seq: Sequence): void {
     const keep = this.blocksFor(seq.numComputed + 1);
-    while (seq.blockTable.length > keep) this.unref(seq.blockTable.pop()!);
+    while (seq.blockTable.length > keep) this.full.unref(seq.blockTable.pop()!);
+    while (seq.windowTable.length > keep) this.sliding!.unref(seq.windowTable.pop()!);
   }
 
   /** Releases every block of a sequence (finish, abort, preemption). */
   free(seq: Sequence): void {
     // Free in reverse so the tail of a prefix is evicted before its head.
-    for (let i = seq.blockTable.length - 1; i >= 0; i--) this.unref(seq.blockTable[i]!);
+    for (let i = seq.blockTable.length - 1; i >= 0; i--) this.full.unref(seq.blockTable[i]!);
+    for (let i = seq.windowTable.length - 1; i >= 0 && seq.windowTable[i]! >= 0; i--)
+      this.sliding!.unref(seq.windowTable[i]!);
     seq.blockTable = [];
+    seq.windowTable = [];
     seq.numHashedBlocks = 0;
     seq.prefixKey = "";
   }
 
   /** True when no sequence holds any block: everything is free or cached-and-evictable. */
   allFree(): boolean {
-    return this.numFree === this.numBlocks && this.refCount.every((r) => r === 0);
-  }
-
-  private sameBlock(b: number, parent: string, tokens: number[], start: number): boolean {
-    const t = this.tokensOf[b];
-    if (!t || this.parentOf[b] !== parent) return false;
-    for (let i = 0; i < t.length; i++) if (t[i] !== tokens[start + i]) return false;
-    return true;
-  }
-
-  private ref(b: number): void {
-    if (this.refCount[b] === 0) this.evictable.delete(b);
-    this.refCount[b]!++;
-  }
-
-  private unref(b: number): void {
-    if (this.refCount[b]! <= 0) throw new Error(`block ${b} freed twice`);
-    if (--this.refCount[b]! > 0) return;
-    if (this.keyOf[b] !== undefined) this.evictable.set(b, true);
-    else this.freeUncached.push(b);
-  }
-
-  private take(): number {
-    let b = this.freeUncached.pop();
-    if (b === undefined) {
-      const oldest = this.evictable.keys().next();
-      if (oldest.done) throw new Error("no free KV block");
-      b = oldest.value;
-      this.evictable.delete(b);
-      this.cache.delete(this.keyOf[b]!);
-      this.keyOf[b] = undefined;
-      this.parentOf[b] = undefined;
-      this.tokensOf[b] = undefined;
-      this.stats.evictions++;
-    }
-    this.refCount[b] = 1;
-    return b;
+    return this.full.allFree() && (this.sliding?.allFree() ?? true);
   }
 }

@@ -6,7 +6,7 @@ import { type SplitChoice, tuneSmallSplits } from "../model/tune-splits.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { type Clock, realClock } from "./engine.js";
 import type { EngineInfo, EngineInit, ModelEngineInit } from "./engine-protocol.js";
-import { cappedContext, kvCacheBlocks, kvCacheType } from "./kv-sizing.js";
+import { cappedContext, kvCachePools, kvCacheType } from "./kv-sizing.js";
 import { checkSameVocabulary, ModelDrafter, measureDecodeMs } from "./model-drafter.js";
 import { ModelRunner, type Runner } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS } from "./scheduler.js";
@@ -93,7 +93,7 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
     throw new SpindleError(`unknown engine kind ${String((init as { kind: unknown }).kind)}`);
   const model: Model = loadModel(init.modelPath, { onProgress: onLoadProgress });
   const c = model.config;
-  const numBlocks = kvCacheBlocks(c, init, maxNumSeqs);
+  const { numBlocks, windowBlocks } = kvCachePools(c, init, maxNumSeqs, base.scheduler.maxNumBatchedTokens);
   const contextLength = cappedContext(c.contextLength, init.contextLength);
   const runner = new ModelRunner(
     model,
@@ -101,6 +101,7 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
     init.blockSize,
     contextLength,
     kvCacheType(init.kvCacheType),
+    windowBlocks,
   );
   const drafter = draftModel(model, runner, init);
   const tok = model.tokenizer;
@@ -159,6 +160,7 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
       },
       kernels: describeKernels(model.transformer.kernels),
       numBlocks: runner.numBlocks,
+      windowPool: runner.windowPool,
       blockSize: runner.blockSize,
       kvCacheBytes: runner.kv.bytes,
       kvCacheType: runner.kv.type,

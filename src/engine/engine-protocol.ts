@@ -7,7 +7,7 @@ import type { SplitChoice } from "../model/tune-splits.js";
 import type { EngineEvent } from "../protocol/events.js";
 import type { RequestSpec } from "../protocol/request.js";
 import { SamplingParamError } from "../sampling/params.js";
-import type { PrefixCacheStats } from "./block-manager.js";
+import type { PrefixCacheStats, WindowPool } from "./block-manager.js";
 import type { EngineOptions, StepStats } from "./engine.js";
 import type { SchedulerOptions } from "./scheduler.js";
 import type { SimRunnerOptions } from "./sim-runner.js";
@@ -82,6 +82,8 @@ export interface EngineInfo {
   /** Model kind only: the compute kernels, e.g. "wasm kernels (relaxed build), 2 threads". */
   kernels?: string;
   numBlocks: number;
+  /** A Gemma model's sliding-window layers' own KV pool: their window and its blocks. */
+  windowPool?: WindowPool;
   blockSize: number;
   /** KV cache memory in bytes (model kind; 0 for the simulator). */
   kvCacheBytes: number;
@@ -148,6 +150,8 @@ export interface EngineStats {
   numBlocks: number;
   totalPreemptions: number;
   prefix: PrefixCacheStats;
+  /** A Gemma model's sliding-window layers' own KV pool (numBlocks, freeBlocks are the other layers'). */
+  windowPool?: { window: number; numBlocks: number; freeBlocks: number };
   /** Steps that threw (their requests were finished with reason "error"). */
   stepFailures: number;
   /** Speculative decoding with a draft model: its own KV pool (blocks, free blocks) and the sequences holding some. */

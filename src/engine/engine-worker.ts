@@ -279,6 +279,7 @@ class EngineHost {
   private stats(): EngineStats {
     const e = this.engine;
     const d = this.built.drafter;
+    const w = e.blocks.windowPool;
     return {
       steps: e.steps,
       waiting: e.scheduler.waiting.length,
@@ -289,6 +290,7 @@ class EngineHost {
       numBlocks: e.blocks.numBlocks,
       totalPreemptions: e.scheduler.totalPreemptions,
       prefix: { ...e.prefixStats },
+      windowPool: w && { window: w.window, numBlocks: w.numBlocks, freeBlocks: w.numFree },
       ...(this.built.info.decodeSplits !== undefined
         ? { decodeSplits: { ...this.built.info.decodeSplits, retunes: this.retunes } }
         : {}),

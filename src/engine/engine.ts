@@ -174,7 +174,7 @@ export class EngineCore {
     this.tokenizer = tokenizer;
     this.grammars = grammars ?? (tokenizer ? grammarCompiler(tokenizer) : undefined);
     this.jumpForwardMaxBatch = jumpForwardMaxBatch ?? DEFAULT_MAX_BATCH;
-    this.blocks = new BlockManager(runner.numBlocks, runner.blockSize, prefixCaching);
+    this.blocks = new BlockManager(runner.numBlocks, runner.blockSize, prefixCaching, runner.windowPool);
     const defined = Object.fromEntries(Object.entries(sched).filter(([, v]) => v !== undefined));
     this.scheduler = new Scheduler(this.blocks, { ...DEFAULT_SCHEDULER_OPTIONS, ...defined });
   }
@@ -312,6 +312,7 @@ export class EngineCore {
             : seq.tokens.slice(seq.numComputed, seq.numComputed + n),
           pos: seq.numComputed,
           blockTable: seq.blockTable,
+          windowTable: this.runner.windowPool && seq.windowTable,
           logits: !samples ? "none" : draft ? "all" : "last",
           draft,
           hidden: out.pooler && hiddenRowsFor(out.pooler.pooling, seq.numComputed, n, seq.tokens.length),

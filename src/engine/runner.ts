@@ -1,11 +1,12 @@
 import type { GrammarMatcher } from "../grammar/constraint.js";
 import type { KVCacheType } from "../kernels/kernels.js";
 import type { BatchSeq, Transformer } from "../model/forward.js";
-import { KVCacheStorage } from "../model/kv-cache.js";
+import { KVCacheStorage, slidingWindowOf } from "../model/kv-cache.js";
 import type { Model } from "../model/model.js";
 import type { PoolingType } from "../model/pooling.js";
 import type { SampleResult, Sampler } from "../sampling/sampler.js";
 import { verifyDraft } from "../sampling/speculative.js";
+import type { WindowPool } from "./block-manager.js";
 
 /**
  * The model runner: executes one engine step. It gets, for every scheduled
@@ -64,6 +65,8 @@ export interface Runner {
   readonly contextLength: number;
   readonly numBlocks: number;
   readonly blockSize: number;
+  /** The sliding-window layers' own KV pool, when the model has one (Gemma 2 and 3: see slidingWindowOf). */
+  readonly windowPool?: WindowPool;
   /** The kernels' argmax for plain greedy sampling (Sampler's third argument), where they have one. */
   readonly argmax?: (x: Float32Array, n: number) => number;
   /** How embeddings pool, and their length; undefined pooling: the model computes none. */
@@ -75,6 +78,7 @@ export interface Runner {
 /** The real runner: one batched forward pass of the model, then sampling. */
 export class ModelRunner implements Runner {
   readonly kv: KVCacheStorage;
+  readonly windowPool?: WindowPool;
   readonly vocabSize: number;
   readonly contextLength: number;
   readonly argmax?: (x: Float32Array, n: number) => number;
@@ -83,17 +87,30 @@ export class ModelRunner implements Runner {
   private readonly transformer: Transformer;
   private readonly overlap?: (work: () => void) => () => void;
 
-  /** `contextLength` caps a sequence's context below the model's (`--ctx-size`). */
+  /**
+   * `contextLength` caps a sequence's context below the model's (`--ctx-size`); `windowBlocks` sizes
+   * the sliding-window layers' pools of a model that has them (default numBlocks).
+   */
   constructor(
     model: Model,
     numBlocks: number,
     blockSize?: number,
     contextLength?: number,
     kvCacheType?: KVCacheType,
+    windowBlocks?: number,
   ) {
     this.transformer = model.transformer;
     // The pools go into the kernels' memory now (if they offer it and the pools fit), not at the first step.
-    this.kv = new KVCacheStorage(model.config, numBlocks, blockSize, model.transformer.kernels, kvCacheType);
+    this.kv = new KVCacheStorage(
+      model.config,
+      numBlocks,
+      blockSize,
+      model.transformer.kernels,
+      kvCacheType,
+      windowBlocks,
+    );
+    const window = slidingWindowOf(model.config);
+    if (window !== undefined) this.windowPool = { window, numBlocks: this.kv.windowBlocks };
     this.vocabSize = model.config.vocabSize;
     this.contextLength = Math.min(model.config.contextLength, contextLength ?? Infinity);
     this.pooling = model.config.pooling;

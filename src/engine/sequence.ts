@@ -28,6 +28,11 @@ export class Sequence {
   cachedTokens = 0;
   /** Block ids covering positions 0 .. numComputed (+ tokens being computed). */
   blockTable: number[] = [];
+  /**
+   * The sliding-window layers' block ids, when their pool is separate (BlockManager's WindowPool):
+   * -1 for the blocks the window has left behind, which the sequence gave back.
+   */
+  windowTable: number[] = [];
   /** How many leading blocks of blockTable have had their prefix key computed (and registered if new). */
   numHashedBlocks = 0;
   /** Prefix-cache key of the last of those blocks ("" before the first). */

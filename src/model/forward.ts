@@ -1,6 +1,6 @@
 import type { AttentionOptions, AttentionSeq, Kernels, RopeParams } from "../kernels/kernels.js";
 import type { ModelConfig } from "./config.js";
-import type { KVCacheStorage } from "./kv-cache.js";
+import { inWindowPool, type KVCacheStorage } from "./kv-cache.js";
 import { moeFFN } from "./moe.js";
 import type { HiddenRows } from "./pooling.js";
 import type { ModelWeights } from "./weights.js";
@@ -25,6 +25,12 @@ export interface BatchSeq {
   pos: number;
   /** Block ids covering positions 0 .. pos + tokens.length - 1. */
   blockTable: ArrayLike<number>;
+  /**
+   * The sliding-window layers' block ids when their pools are the sequence's own (KVCacheStorage's
+   * windowBlocks; a Gemma model in the engine), else they use blockTable. Entries before the first
+   * key the window shows are never read (the sequence may have given those blocks back).
+   */
+  windowTable?: ArrayLike<number>;
   /** Which new tokens need logits: the last (default), all (e.g. prompt logprobs), or none (a prefill chunk). */
   logits?: "last" | "all" | "none";
   /**
@@ -79,6 +85,8 @@ export class Transformer {
   /** Per layer: its RoPE and how its attention weighs the scores (scale, window, soft-cap). */
   private layerRope: RopeParams[];
   private layerAttn: AttentionOptions[];
+  /** Per layer: whether its K/V lives in a sliding-window pool (and attends with BatchSeq.windowTable). */
+  private inWindowPool: boolean[];
 
   constructor(
     readonly config: ModelConfig,
@@ -90,6 +98,7 @@ export class Transformer {
     this.layerRope = config.layerWindows.map((w) =>
       w !== undefined && config.ropeLocal ? config.ropeLocal : global,
     );
+    this.inWindowPool = config.layerWindows.map((_, l) => inWindowPool(config, l));
     this.layerAttn = config.layerWindows.map((window) => {
       const o: AttentionOptions = {};
       if (config.attnScale !== 1 / Math.sqrt(config.headDim)) o.scale = config.attnScale;
@@ -117,14 +126,17 @@ export class Transformer {
     const kvDim = c.nKVHeads * c.headDim;
 
     const seqs: AttentionSeq[] = [];
+    // The sliding-window layers' view of the batch: the same rows, their own block tables.
+    const windowSeqs: AttentionSeq[] = [];
     let n = 0;
     for (const s of batch) {
-      if (s.pos + s.tokens.length > s.blockTable.length * kv.blockSize) {
-        throw new RangeError(
-          `block table of ${s.blockTable.length} blocks cannot hold ${s.pos + s.tokens.length} tokens`,
-        );
+      const end = s.pos + s.tokens.length;
+      for (const table of [s.blockTable, s.windowTable ?? s.blockTable]) {
+        if (end > table.length * kv.blockSize)
+          throw new RangeError(`block table of ${table.length} blocks cannot hold ${end} tokens`);
       }
       seqs.push({ row: n, count: s.tokens.length, pos: s.pos, blockTable: s.blockTable });
+      windowSeqs.push({ ...seqs[seqs.length - 1]!, blockTable: s.windowTable ?? s.blockTable });
       n += s.tokens.length;
     }
     const ids = new Int32Array(n);
@@ -166,8 +178,9 @@ export class Transformer {
       if (L.kNorm) k.rmsnorm(kk, L.kNorm, n * c.nKVHeads, c.headDim, c.rmsEps, kk);
       k.rope(q, n, c.nHeads, c.headDim, positions, rope);
       k.rope(kk, n, c.nKVHeads, c.headDim, positions, rope);
-      k.storeKV(cache, kk, vv, seqs);
-      k.attention(cache, q, c.nHeads, seqs, att, this.layerAttn[l]);
+      const layerSeqs = this.inWindowPool[l] ? windowSeqs : seqs;
+      k.storeKV(cache, kk, vv, layerSeqs);
+      k.attention(cache, q, c.nHeads, layerSeqs, att, this.layerAttn[l]);
       k.matmul(L.wo, att, n, proj);
       if (L.attnPostNorm) k.rmsnorm(proj, L.attnPostNorm, n, c.dim, c.rmsEps, proj);
       k.addInPlace(x, proj, n * c.dim);

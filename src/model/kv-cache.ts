@@ -11,7 +11,32 @@ export const DEFAULT_BLOCK_SIZE = 16;
  */
 export const DEFAULT_KV_CACHE_TYPE: KVCacheType = "f32";
 
-type KVShape = Pick<ModelConfig, "nLayers" | "nKVHeads" | "headDim">;
+type KVShape = Pick<ModelConfig, "nLayers" | "nKVHeads" | "headDim"> &
+  Partial<Pick<ModelConfig, "layerWindows">>;
+
+/**
+ * The sliding window of a model whose layers mix sliding-window and full attention (Gemma 2 and 3;
+ * the largest, should they differ), undefined for any other model. Such a model's sliding-window
+ * layers have pools of their own (KVCacheStorage's `windowBlocks`), in which a sequence holds only
+ * the blocks its window still covers (the engine's BlockManager gives the others back).
+ */
+export function slidingWindowOf(config: KVShape): number | undefined {
+  const windows = (config.layerWindows ?? []).filter((w) => w !== undefined);
+  if (windows.length === 0 || windows.length === config.nLayers) return undefined;
+  return Math.max(...windows);
+}
+
+/** Whether layer l keeps its K/V in a sliding-window pool (see slidingWindowOf). */
+export function inWindowPool(config: KVShape, l: number): boolean {
+  return slidingWindowOf(config) !== undefined && config.layerWindows?.[l] !== undefined;
+}
+
+/** How many layers keep their K/V in sliding-window pools. */
+export function windowLayerCount(config: KVShape): number {
+  let n = 0;
+  for (let l = 0; l < config.nLayers; l++) if (inWindowPool(config, l)) n++;
+  return n;
+}
 
 /** Pools allocated in a kernel set's memory, and the set to give them back to. */
 interface Owned {
@@ -26,7 +51,8 @@ const reclaim = new FinalizationRegistry<Owned>((o) => {
 
 /**
  * The KV cache's memory: for every layer, one K pool and one V pool of
- * `numBlocks` fixed-size blocks, allocated once, of f32 or f16 elements (`type`; an f16 cache also
+ * `numBlocks` fixed-size blocks (`windowBlocks` for a sliding-window layer of a model that mixes
+ * both kinds: see slidingWindowOf), allocated once, of f32 or f16 elements (`type`; an f16 cache also
  * has one flag per block, see PagedKVF16). Which blocks a sequence owns
  * is its block table (a list of block ids, position p lives in block
  * table[p / blockSize], slot p % blockSize); handing blocks out, sharing and
@@ -52,6 +78,7 @@ export class KVCacheStorage {
     readonly blockSize = DEFAULT_BLOCK_SIZE,
     kernels?: Kernels,
     readonly type: KVCacheType = DEFAULT_KV_CACHE_TYPE,
+    readonly windowBlocks = numBlocks,
   ) {
     if (kernels) this.useKernels(kernels);
   }
@@ -102,7 +129,12 @@ export class KVCacheStorage {
 
   /** Bytes one token takes across all layers (K and V, of `type`). */
   static bytesPerToken(config: KVShape, type: KVCacheType = DEFAULT_KV_CACHE_TYPE): number {
-    return 2 * config.nLayers * config.nKVHeads * config.headDim * kvElementBytes(type);
+    return config.nLayers * KVCacheStorage.layerBytesPerToken(config, type);
+  }
+
+  /** Bytes one token takes in one layer (K and V). */
+  static layerBytesPerToken(config: KVShape, type: KVCacheType = DEFAULT_KV_CACHE_TYPE): number {
+    return 2 * config.nKVHeads * config.headDim * kvElementBytes(type);
   }
 
   /** How many blocks fit in a memory budget. */
@@ -117,7 +149,10 @@ export class KVCacheStorage {
 
   /** The pools' bytes (K and V of every layer; an f16 cache's block flags not counted). */
   get bytes(): number {
-    return this.numBlocks * this.blockSize * KVCacheStorage.bytesPerToken(this.config, this.type);
+    const windowed = windowLayerCount(this.config);
+    const blockTokens =
+      (this.numBlocks * (this.config.nLayers - windowed) + this.windowBlocks * windowed) * this.blockSize;
+    return blockTokens * KVCacheStorage.layerBytesPerToken(this.config, this.type);
   }
 
   get capacityTokens(): number {
@@ -137,7 +172,6 @@ export class KVCacheStorage {
   private allocate(kernels: Kernels | undefined): PagedKV[] | undefined;
   private allocate(kernels: Kernels | undefined): PagedKV[] | undefined {
     const c = this.config;
-    const perLayer = this.numBlocks * this.blockSize * c.nKVHeads * c.headDim;
     const got: (Float32Array | Uint16Array)[] = [];
     const kept = <T extends Float32Array | Uint16Array>(a: T | undefined): T | undefined => {
       if (a !== undefined) got.push(a);
@@ -151,10 +185,12 @@ export class KVCacheStorage {
     const pools: PagedKV[] = [];
     for (let l = 0; l < c.nLayers; l++) {
       let pool: PagedKV | undefined;
+      const blocks = inWindowPool(c, l) ? this.windowBlocks : this.numBlocks;
+      const perLayer = blocks * this.blockSize * c.nKVHeads * c.headDim;
       if (this.type === "f16") {
         const k = u16(perLayer);
         const v = k && u16(perLayer);
-        const special = v && u16(this.numBlocks);
+        const special = v && u16(blocks);
         if (special !== undefined) pool = { ...shape, type: "f16", k: k!, v: v!, special };
       } else {
         const k = f32(perLayer);

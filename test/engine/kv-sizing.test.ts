@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { cappedContext, kvCacheBlocks, kvCacheType } from "../../src/engine/kv-sizing.js";
+import { cappedContext, kvCachePools, kvCacheType } from "../../src/engine/kv-sizing.js";
 import { SpindleError } from "../../src/errors.js";
 import { DEFAULT_KV_CACHE_TYPE, KVCacheStorage } from "../../src/model/kv-cache.js";
 
@@ -19,15 +19,15 @@ describe("--ctx-size: the context cap and the KV pool it sizes", () => {
     const perBlock = KVCacheStorage.bytesPerToken(LLAMA_1B) * 16;
     const defaultFit = Math.floor((256 << 20) / perBlock);
     // No --ctx-size: the 256 MiB default, far less than one 128K context.
-    expect(kvCacheBlocks(LLAMA_1B, {}, 64)).toBe(defaultFit);
+    expect(kvCachePools(LLAMA_1B, {}, 64).numBlocks).toBe(defaultFit);
     // 32K context for one sequence: more than the default budget, so the pool grows to hold it.
-    expect(kvCacheBlocks(LLAMA_1B, { contextLength: 32768 }, 1)).toBe(2048);
-    expect(kvCacheBlocks(LLAMA_1B, { contextLength: 32768 }, 8)).toBe(2048);
+    expect(kvCachePools(LLAMA_1B, { contextLength: 32768 }, 1).numBlocks).toBe(2048);
+    expect(kvCachePools(LLAMA_1B, { contextLength: 32768 }, 8).numBlocks).toBe(2048);
     // A small context: the default budget, capped at what maxNumSeqs contexts of it need.
-    expect(kvCacheBlocks(LLAMA_1B, { contextLength: 1000 }, 1)).toBe(63);
-    expect(kvCacheBlocks(LLAMA_1B, { contextLength: 1024 }, 64)).toBe(Math.min(defaultFit, 64 * 64));
+    expect(kvCachePools(LLAMA_1B, { contextLength: 1000 }, 1).numBlocks).toBe(63);
+    expect(kvCachePools(LLAMA_1B, { contextLength: 1024 }, 64).numBlocks).toBe(Math.min(defaultFit, 64 * 64));
     // An explicit budget wins over the one-context minimum.
-    expect(kvCacheBlocks(LLAMA_1B, { contextLength: 32768, kvCacheBytes: 64 << 20 }, 1)).toBe(
+    expect(kvCachePools(LLAMA_1B, { contextLength: 32768, kvCacheBytes: 64 << 20 }, 1).numBlocks).toBe(
       Math.floor((64 << 20) / perBlock),
     );
   });
@@ -41,19 +41,19 @@ describe("--kv-cache-type: the same bytes hold twice the f16 blocks", () => {
     expect(KVCacheStorage.bytesPerToken(LLAMA_1B)).toBe(
       KVCacheStorage.bytesPerToken(LLAMA_1B, DEFAULT_KV_CACHE_TYPE),
     );
-    const f32 = kvCacheBlocks(LLAMA_1B, { kvCacheBytes: 256 << 20, kvCacheType: "f32" }, 64);
-    const f16 = kvCacheBlocks(LLAMA_1B, { kvCacheBytes: 256 << 20, kvCacheType: "f16" }, 64);
+    const f32 = kvCachePools(LLAMA_1B, { kvCacheBytes: 256 << 20, kvCacheType: "f32" }, 64).numBlocks;
+    const f16 = kvCachePools(LLAMA_1B, { kvCacheBytes: 256 << 20, kvCacheType: "f16" }, 64).numBlocks;
     expect(f32).toBe(256);
     expect(f16).toBe(512);
-    expect(kvCacheBlocks(LLAMA_1B, { kvCacheBytes: 256 << 20 }, 64)).toBe(
+    expect(kvCachePools(LLAMA_1B, { kvCacheBytes: 256 << 20 }, 64).numBlocks).toBe(
       DEFAULT_KV_CACHE_TYPE === "f16" ? f16 : f32,
     );
     // One full context with --ctx-size and no budget: 32768 tokens are 2048 blocks of either type.
-    expect(kvCacheBlocks(LLAMA_1B, { contextLength: 32768, kvCacheType: "f32" }, 1)).toBe(2048);
+    expect(kvCachePools(LLAMA_1B, { contextLength: 32768, kvCacheType: "f32" }, 1).numBlocks).toBe(2048);
     // The smallest budget: one f16 block fits where no f32 block does.
     const f16Block = 16 * 32768;
-    expect(kvCacheBlocks(LLAMA_1B, { kvCacheBytes: f16Block, kvCacheType: "f16" }, 1)).toBe(1);
-    expect(() => kvCacheBlocks(LLAMA_1B, { kvCacheBytes: f16Block, kvCacheType: "f32" }, 1)).toThrow(
+    expect(kvCachePools(LLAMA_1B, { kvCacheBytes: f16Block, kvCacheType: "f16" }, 1).numBlocks).toBe(1);
+    expect(() => kvCachePools(LLAMA_1B, { kvCacheBytes: f16Block, kvCacheType: "f32" }, 1).numBlocks).toThrow(
       /one f32 block of 16 tokens takes 1048576 bytes/,
     );
   });
@@ -62,5 +62,53 @@ describe("--kv-cache-type: the same bytes hold twice the f16 blocks", () => {
     expect(kvCacheType(undefined)).toBe(DEFAULT_KV_CACHE_TYPE);
     expect(kvCacheType("f32")).toBe("f32");
     expect(() => kvCacheType("q8_0")).toThrow(/one of f16, f32, got "q8_0"/);
+  });
+});
+
+/**
+ * Gemma-3-1B's attention shape: 26 layers of 1 KV head of 256, every 6th global (4 layers), the
+ * other 22 sliding over 512 tokens; 2048 bytes per token and layer in f32, 32 KiB per 16-token block.
+ */
+const GEMMA3_1B = {
+  nLayers: 26,
+  nKVHeads: 1,
+  headDim: 256,
+  contextLength: 32768,
+  layerWindows: Array.from({ length: 26 }, (_, l) => (l % 6 < 5 ? 512 : undefined)),
+};
+
+describe("a Gemma model's sliding-window pool", () => {
+  const layerBlock = KVCacheStorage.layerBytesPerToken(GEMMA3_1B) * 16;
+  const budget = (p: { numBlocks: number; windowBlocks?: number }) =>
+    (p.numBlocks * 4 + p.windowBlocks! * 22) * layerBlock;
+
+  it("holds a window per sequence and a step; the other layers get the rest of the budget", () => {
+    // 4 sequences: (⌈511/16⌉ + 2) blocks each, and a 512-token step (32 blocks).
+    const p = kvCachePools(GEMMA3_1B, {}, 4, 512);
+    expect(p.windowBlocks).toBe(4 * 34 + 32);
+    expect(p.numBlocks).toBe(Math.floor(((256 << 20) - 168 * 22 * layerBlock) / (4 * layerBlock)));
+    // 3.6 times the context of an even split, in the same bytes.
+    const even = KVCacheStorage.blocksForBudget(GEMMA3_1B, 256 << 20);
+    expect(p.numBlocks / even).toBeGreaterThan(3.5);
+    expect(budget(p)).toBeLessThanOrEqual(256 << 20);
+  });
+
+  it("never fewer blocks than an even split: a small budget for many sequences is one", () => {
+    const even = KVCacheStorage.blocksForBudget(GEMMA3_1B, 256 << 20);
+    // 64 sequences would need 2208 window blocks: more than the budget's 315 of each.
+    expect(kvCachePools(GEMMA3_1B, {}, 64, 512)).toEqual({ numBlocks: even, windowBlocks: even });
+    const big = kvCachePools(GEMMA3_1B, { kvCacheBytes: 4 * 2 ** 30 }, 64, 512);
+    expect(big.windowBlocks).toBe(64 * 34 + 32);
+    expect(big.numBlocks).toBeGreaterThan(4 * KVCacheStorage.blocksForBudget(GEMMA3_1B, 4 * 2 ** 30));
+    expect(budget(big)).toBeLessThanOrEqual(4 * 2 ** 30);
+  });
+
+  it("with --num-blocks, the window pool has at most that many; other models have none", () => {
+    expect(kvCachePools(GEMMA3_1B, { numBlocks: 100 }, 1, 512)).toEqual({
+      numBlocks: 100,
+      windowBlocks: 34 + 32,
+    });
+    expect(kvCachePools(GEMMA3_1B, { numBlocks: 40 }, 1, 512)).toEqual({ numBlocks: 40, windowBlocks: 40 });
+    expect(kvCachePools(LLAMA_1B, { numBlocks: 40 }, 1, 512)).toEqual({ numBlocks: 40 });
   });
 });

@@ -4,7 +4,7 @@ import type { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type EngineClient as Client, EngineClient } from "../../src/engine/engine-client.js";
 import type { EngineInit } from "../../src/engine/engine-protocol.js";
-import { kvCacheBlocks } from "../../src/engine/kv-sizing.js";
+import { kvCachePools } from "../../src/engine/kv-sizing.js";
 import { SpindleError } from "../../src/errors.js";
 import { GGMLType } from "../../src/gguf/types.js";
 import { generate } from "../../src/model/generate.js";
@@ -389,13 +389,17 @@ describe("engine worker with the simulated runner", () => {
 describe("engine worker: start, close and failures", () => {
   it("sizes the KV pool: numBlocks, else the budget capped at maxNumSeqs full contexts", () => {
     const c = model.config;
-    expect(kvCacheBlocks(c, { numBlocks: 7 }, 64)).toBe(7);
-    expect(kvCacheBlocks(c, {}, 64)).toBe(Math.min(KVCacheStorage.blocksForBudget(c, 256 << 20), 128 * 64));
-    expect(kvCacheBlocks(c, { kvCacheBytes: 1 << 20 }, 64)).toBe(KVCacheStorage.blocksForBudget(c, 1 << 20));
-    expect(kvCacheBlocks(c, { kvCacheBytes: 1 << 30 }, 2)).toBe(256);
-    expect(kvCacheBlocks(c, { kvCacheBytes: 1 << 30, blockSize: 32 }, 2)).toBe(128);
-    expect(() => kvCacheBlocks(c, { kvCacheBytes: 100 }, 64)).toThrow(/holds no block/);
-    expect(() => kvCacheBlocks(c, { numBlocks: 0 }, 64)).toThrow(SpindleError);
+    expect(kvCachePools(c, { numBlocks: 7 }, 64).numBlocks).toBe(7);
+    expect(kvCachePools(c, {}, 64).numBlocks).toBe(
+      Math.min(KVCacheStorage.blocksForBudget(c, 256 << 20), 128 * 64),
+    );
+    expect(kvCachePools(c, { kvCacheBytes: 1 << 20 }, 64).numBlocks).toBe(
+      KVCacheStorage.blocksForBudget(c, 1 << 20),
+    );
+    expect(kvCachePools(c, { kvCacheBytes: 1 << 30 }, 2).numBlocks).toBe(256);
+    expect(kvCachePools(c, { kvCacheBytes: 1 << 30, blockSize: 32 }, 2).numBlocks).toBe(128);
+    expect(() => kvCachePools(c, { kvCacheBytes: 100 }, 64).numBlocks).toThrow(/holds no block/);
+    expect(() => kvCachePools(c, { numBlocks: 0 }, 64).numBlocks).toThrow(SpindleError);
   });
 
   it("a model that cannot load makes start() throw the worker's one-line error", async () => {

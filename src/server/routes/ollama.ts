@@ -137,6 +137,10 @@ export function registerOllamaRoutes(app: FastifyInstance, ctx: ServerContext): 
                   bytes: kv,
                   blocks: Number(d.numBlocks),
                   tokens: Number(d.numBlocks) * Number(d.blockSize),
+                  // A Gemma model's sliding-window layers' own pool: each sequence holds its window there.
+                  ...(typeof d.windowBlocks === "number"
+                    ? { sliding_window: { window: d.slidingWindow, blocks: d.windowBlocks } }
+                    : {}),
                   usage: ctx.metrics.kvCacheUsage,
                 },
               }
