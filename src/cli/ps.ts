@@ -32,7 +32,15 @@ interface PsModel {
   context_length?: number;
   backend?: string;
   details?: { quantization_level?: string; parameter_size?: string };
-  kv_cache?: { type?: string; bytes: number; blocks?: number; tokens: number; usage: number };
+  kv_cache?: {
+    type?: string;
+    bytes: number;
+    blocks?: number;
+    tokens: number;
+    usage: number;
+    /** A Gemma model's sliding-window layers' own pool. */
+    sliding_window?: { window: number; blocks: number };
+  };
 }
 
 async function getJson(base: string, path: string, key: string | undefined): Promise<unknown> {
@@ -83,7 +91,7 @@ export async function psCommand(args: string[]): Promise<number> {
       m.backend ?? "?",
       String(m.context_length ?? "?"),
       kv
-        ? `${humanSize(kv.bytes)}${kv.type ? ` ${kv.type}` : ""} (${kv.blocks !== undefined ? `${kv.blocks} blocks, ` : ""}${kv.tokens} tokens)`
+        ? `${humanSize(kv.bytes)}${kv.type ? ` ${kv.type}` : ""} (${kv.blocks !== undefined ? `${kv.blocks} blocks, ` : ""}${kv.tokens} tokens${kv.sliding_window ? `; window ${kv.sliding_window.window}: ${kv.sliding_window.blocks} blocks` : ""})`
         : "-",
       kv ? `${(kv.usage * 100).toFixed(1)}%` : "-",
       String(health.running ?? "?"),

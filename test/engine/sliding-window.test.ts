@@ -8,10 +8,12 @@ import { generate } from "../../src/model/generate.js";
 import { slidingWindowOf } from "../../src/model/kv-cache.js";
 import { loadModel } from "../../src/model/model.js";
 import { synthModel } from "../../src/model/synth.js";
+import { runCli } from "../helpers/cli.js";
 import { drive, expectNoLeaks, greedySpec, withAndWithoutSpeculation } from "../helpers/engine.js";
 import { llamaNextProbs } from "../helpers/llamacpp.js";
 import { testModel, VOCAB_SPM } from "../helpers/models.js";
 import { randomPrompt, tolerance } from "../helpers/parity.js";
+import { engineStats, startTestServer } from "../helpers/server.js";
 import { tempDir } from "../helpers/tmp.js";
 
 /**
@@ -140,5 +142,44 @@ describe("sliding-window layers' KV pool (Gemma)", () => {
     expect(r.stats.draftTokens).toBeGreaterThan(0);
     expect(r.spec.tokens.get("p")).toEqual(r.plain.tokens.get("p"));
     expect(r.plain.tokens.get("p")).toEqual(alone(prompt, 40));
+  });
+
+  it("served: /api/ps shows both pools, and a request that crosses windows leaves no block held", async () => {
+    const srv = await startTestServer({
+      backend: {
+        kind: "local",
+        modelPath: path,
+        numBlocks: 64,
+        blockSize: BLOCK,
+        options: { maxNumSeqs: 2, maxNumBatchedTokens: 8 },
+      },
+    });
+    try {
+      const ps = (await (await fetch(`${srv.url}/api/ps`)).json()) as {
+        models: { kv_cache: { blocks: number; sliding_window?: { window: number; blocks: number } } }[];
+      };
+      // 2 sequences: (⌈15/4⌉ + 2) blocks each, and an 8-token step (2 blocks).
+      expect(ps.models[0]!.kv_cache).toMatchObject({
+        blocks: 64,
+        sliding_window: { window: 16, blocks: 14 },
+      });
+      const ps2 = await runCli(["ps", "--url", srv.url]);
+      expect(ps2.stdout).toMatch(/\(64 blocks, 256 tokens; window 16: 14 blocks\)/);
+      // 90 tokens are 23 blocks: more than the 14 of the window pool.
+      const res = await fetch(`${srv.url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ prompt: randomPrompt(60, V, bos), max_tokens: 30, ignore_eos: true }),
+      });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(
+        30,
+      );
+      const stats = await engineStats(srv);
+      expect(stats.windowPool).toEqual({ window: 16, numBlocks: 14, freeBlocks: 14 });
+      expect(stats.kvUsage).toBe(0);
+    } finally {
+      await srv.close();
+    }
   });
 });
