@@ -11,7 +11,7 @@ import { synthModel } from "../../src/model/synth.js";
 import { runCli } from "../helpers/cli.js";
 import { drive, expectNoLeaks, greedySpec, withAndWithoutSpeculation } from "../helpers/engine.js";
 import { llamaNextProbs } from "../helpers/llamacpp.js";
-import { testModel, VOCAB_SPM } from "../helpers/models.js";
+import { GEMMA_TEST_SHAPE, testModel, VOCAB_SPM } from "../helpers/models.js";
 import { randomPrompt, tolerance } from "../helpers/parity.js";
 import { engineStats, startTestServer } from "../helpers/server.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -28,18 +28,7 @@ const dir = tempDir();
 const path = join(dir, "gemma3-window16.gguf");
 synthModel({
   arch: "gemma3",
-  shape: {
-    dim: 128,
-    nLayers: 6,
-    nHeads: 4,
-    nKVHeads: 2,
-    headDim: 64,
-    ffnDim: 256,
-    contextLength: 256,
-    rmsEps: 1e-6,
-    slidingWindow: 16,
-    ropeFreqBase: 1e6,
-  },
+  shape: { ...GEMMA_TEST_SHAPE, nLayers: 6, ropeFreqBase: 1e6 },
   type: GGMLType.F32,
   vocabPath: testModel(VOCAB_SPM),
   out: path,

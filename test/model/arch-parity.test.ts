@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { GGMLType } from "../../src/gguf/types.js";
 import { loadModel } from "../../src/model/model.js";
 import { type SynthArch, type SynthShape, synthModel } from "../../src/model/synth.js";
-import { testModel, VOCAB_PHI3, VOCAB_SPM } from "../helpers/models.js";
+import { GEMMA_TEST_SHAPE as gemmaBase, testModel, VOCAB_PHI3, VOCAB_SPM } from "../helpers/models.js";
 import { compareWithLlamaCpp, tolerance } from "../helpers/parity.js";
 import { tempDir } from "../helpers/tmp.js";
 
@@ -52,22 +52,6 @@ const cases: Case[] = [
     vocab: VOCAB_PHI3,
   },
 ];
-
-/**
- * Gemma: head size 64 with 4 heads (q width 256 ≠ dim 128, as Gemma's 256-wide heads are), windows
- * of 16 tokens so the 64-token prompt and the greedy steps (7 + 16 tokens) cross them.
- */
-const gemmaBase: SynthShape = {
-  dim: 128,
-  nLayers: 2,
-  nHeads: 4,
-  nKVHeads: 2,
-  headDim: 64,
-  ffnDim: 256,
-  contextLength: 256,
-  rmsEps: 1e-6,
-  slidingWindow: 16,
-};
 
 /**
  * llama.cpp's GeGLU (ggml_vec_geglu_f32) looks GELU up in a table indexed by the input rounded to
