@@ -1,3 +1,4 @@
+import { parseArgs } from "node:util";
 import { STRUCTURED_SCHEMA } from "../src/bench/workload.js";
 import { EngineCore } from "../src/engine/engine.js";
 import { ModelRunner } from "../src/engine/runner.js";
@@ -14,18 +15,21 @@ import { loadModel } from "../src/model/model.js";
  * the text is forced; `story`: `spindle bench --structured`'s schema (free strings, mostly sampled).
  */
 
-const args = process.argv.slice(2);
-const opt = (name: string, def: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1]! : def;
-};
-const path = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    requests: { type: "string", default: "16" },
+    schema: { type: "string", default: "forced" },
+    rounds: { type: "string", default: "2" },
+  },
+});
+const path = positionals[0];
 if (!path)
   throw new Error(
     "usage: bench/jump-forward.ts MODEL.gguf [--requests N] [--schema forced|story] [--rounds N]",
   );
-const N = Number(opt("requests", "16"));
-const rounds = Number(opt("rounds", "2"));
+const N = Number(values.requests);
+const rounds = Number(values.rounds);
 const FORCED = {
   type: "object",
   properties: {
@@ -44,7 +48,7 @@ const FORCED = {
   ],
   additionalProperties: false,
 };
-const schema = opt("schema", "forced") === "story" ? STRUCTURED_SCHEMA : FORCED;
+const schema = values.schema === "story" ? STRUCTURED_SCHEMA : FORCED;
 
 const model = loadModel(path);
 const tok = model.tokenizer;

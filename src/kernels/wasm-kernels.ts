@@ -23,15 +23,15 @@ import { align, MAX_PAGES, WasmArena, type WasmMemory } from "./wasm-arena.js";
  * twice (see WasmBuild): dist-wasm/kernels.wasm (SIMD128) and dist-wasm/kernels-relaxed.wasm (plus
  * relaxed SIMD: fused multiply-adds in the float matmuls), the latter chosen at start-up where Node
  * runs it (chooseBuild). In WebAssembly: matmul for F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
- * Q4_K, Q5_K and Q6_K; rmsnorm, rope, swiglu, addInPlace, storeKV and attention when their arrays
+ * Q4_K, Q5_K and Q6_K; rmsnorm, rope, swiglu, geglu, addInPlace, storeKV and attention when their arrays
  * live in this kernel set's memory (see `allocFloat32`: the forward pass keeps its activations there
  * and KVCacheStorage its pools), the reference kernels' otherwise; getRows and addBias are the
  * reference's. Matmuls and attention are split over the kernel threads (thread-pool.ts) when big
  * enough. An f16 KV cache (PagedKVF16) is stored and read in WebAssembly too (attention when headDim
  * is a multiple of 8), with the f32 cache's arithmetic on the widened values; so are Gemma's sliding
- * windows and soft-capped scores. Gemma's elementwise ops (geglu, softcap of the logits, scale) are,
- * for now, the reference's TypeScript run on the views of this memory (O(n) per token, small next to
- * the matmuls).
+ * windows and soft-capped scores. Gemma's other elementwise ops (softcap of the logits, scale) are
+ * the reference's TypeScript run on the views of this memory (O(n) per token, small next to the
+ * matmuls).
  *
  * Memory: shared WebAssembly.Memory objects (up to 4 GiB each), owned here. Being shared, their
  * buffers are SharedArrayBuffers that are never detached, so Float32Array views handed out by
@@ -149,7 +149,7 @@ interface WasmExports {
   matmulQuantPart(...args: number[]): void;
   matmulPart(...args: number[]): void;
   rmsnorm(x: number, w: number, nRows: number, dim: number, eps: number, out: number): void;
-  swigluPart(gate: number, up: number, n: number, out: number, part: number, parts: number): void;
+  gluPart(gate: number, up: number, n: number, out: number, gelu: number, part: number, parts: number): void;
   addInPlace(a: number, b: number, n: number): void;
   argmaxF32(x: number, n: number): number;
   rope(
@@ -314,8 +314,8 @@ const GiB = 2 ** 30;
 /** Matmuls with fewer multiply-adds than this run on one thread: a hand-off costs a few µs (measured: a 288 × 288 Q8_0 matvec is slower split, 768 × 288 faster). */
 const PARALLEL_MIN_MACS = 131_072;
 
-/** swiglu is split over the threads from this many elements on (about 30 µs on one thread). */
-const SWIGLU_SPLIT_MIN = 16_384;
+/** swiglu and geglu are split over the threads from this many elements on (about 30 µs on one thread). */
+const GLU_SPLIT_MIN = 16_384;
 
 /** The default thread count: $SPINDLE_THREADS, else the cores this process may use. */
 export function defaultThreads(): number {
@@ -383,7 +383,7 @@ const POOL_FUNCTIONS = [
   "matmulPart",
   "matmulQuantMulti",
   "attentionPart",
-  "swigluPart",
+  "gluPart",
   "packPart",
 ] as const;
 
@@ -673,18 +673,24 @@ class WasmKernelSet implements WasmKernels {
   }
 
   swiglu(gate: Float32Array, up: Float32Array, n: number, out: Float32Array): void {
-    if (!(this.owns(gate) && this.owns(up) && this.owns(out))) {
-      referenceKernels.swiglu(gate, up, n, out);
-      return;
-    }
-    if (gate.length < n || up.length < n || out.length < n) throw new RangeError("swiglu: arrays too short");
-    // An exponential per element: worth the threads from a few tokens of a feed-forward layer on.
-    const parts = n >= SWIGLU_SPLIT_MIN ? this.poolParts(Math.ceil(n / 4)) : 1;
-    this.run(this.main, "swigluPart", [gate.byteOffset, up.byteOffset, n, out.byteOffset], parts);
+    this.glu("swiglu", gate, up, n, out);
   }
 
   geglu(gate: Float32Array, up: Float32Array, n: number, out: Float32Array): void {
-    referenceKernels.geglu(gate, up, n, out);
+    this.glu("geglu", gate, up, n, out);
+  }
+
+  /** swiglu and geglu: one WebAssembly kernel (gluPart), its activation by name. */
+  private glu(op: "swiglu" | "geglu", gate: Float32Array, up: Float32Array, n: number, out: Float32Array) {
+    if (!(this.owns(gate) && this.owns(up) && this.owns(out))) {
+      referenceKernels[op](gate, up, n, out);
+      return;
+    }
+    if (gate.length < n || up.length < n || out.length < n) throw new RangeError(`${op}: arrays too short`);
+    // An exponential per element: worth the threads from a few tokens of a feed-forward layer on.
+    const parts = n >= GLU_SPLIT_MIN ? this.poolParts(Math.ceil(n / 4)) : 1;
+    const args = [gate.byteOffset, up.byteOffset, n, out.byteOffset, op === "geglu" ? 1 : 0];
+    this.run(this.main, "gluPart", args, parts);
   }
 
   softcap(x: Float32Array, n: number, cap: number): void {

@@ -3,7 +3,7 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { beforeAll, describe, expect, it } from "vitest";
 import type { AttentionSeq, Kernels, PagedKV, PagedKVF32, RopeParams } from "../../src/kernels/kernels.js";
-import { referenceKernels } from "../../src/kernels/reference.js";
+import { geluTanh, referenceKernels } from "../../src/kernels/reference.js";
 import { createWasmKernels, WASM_PATH, type WasmKernels } from "../../src/kernels/wasm-kernels.js";
 import { KVCacheStorage } from "../../src/model/kv-cache.js";
 import { Rng } from "../../src/sampling/rng.js";
@@ -631,6 +631,16 @@ describe("attention options: scale, sliding window, soft-cap", () => {
       const x = g[i]!;
       const gelu = 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
       expect(out[i]).toBeCloseTo(gelu * u[i]!, 5);
+    }
+    // Large enough to be split into parts, with a tail; gates far out in both directions.
+    const n = 20_003;
+    const gb = inWasm(randoms(rng, n, 40));
+    const ub = inWasm(randoms(rng, n));
+    const ob = wasm.allocFloat32(n)!;
+    wasm.geglu(gb, ub, n, ob);
+    for (let i = 0; i < n; i++) {
+      const want = geluTanh(gb[i]!) * ub[i]!;
+      expect(Math.abs(ob[i]! - want), `${i}`).toBeLessThanOrEqual(1e-6 * (1 + Math.abs(want)));
     }
     const c = Float32Array.from(g);
     wasm.softcap(c, 64, 2);

@@ -1726,26 +1726,44 @@ export function rmsnorm(x: usize, w: usize, nRows: i32, dim: i32, eps: f32, out:
   }
 }
 
+/** sqrt(2/π), GELU's tanh-approximation constant. */
+const SQRT_2_OVER_PI: f32 = 0.7978845608;
+
 /**
- * out[i] = silu(gate[i]) · up[i] = gate[i] / (1 + e^−gate[i]) · up[i] for i < n, the share `part`
- * of `parts` (whole vectors of 4, the tail with the last part); out may be gate or up.
+ * The gate's activation, four lanes: silu(g) = g / (1 + e^−g), or (gelu ≠ 0) tanh-GELU
+ * 0.5·g·(1 + tanh(y)) = g / (1 + e^−2y), y = sqrt(2/π)·g·(1 + 0.044715·g²).
  */
-export function swigluPart(gate: usize, up: usize, n: i32, out: usize, part: i32, parts: i32): void {
+// @inline
+function gate4(g: v128, gelu: i32): v128 {
+  let z = f32x4.neg(g);
+  if (gelu !== 0) {
+    const y = f32x4.mul(
+      f32x4.mul(g, f32x4.splat(SQRT_2_OVER_PI)),
+      f32x4.add(f32x4.splat(1), f32x4.mul(f32x4.splat(0.044715), f32x4.mul(g, g))),
+    );
+    z = f32x4.mul(y, f32x4.splat(-2));
+  }
+  return f32x4.div(g, f32x4.add(f32x4.splat(1), exp4(z)));
+}
+
+/**
+ * out[i] = act(gate[i]) · up[i] for i < n, act silu (SwiGLU) or, gelu ≠ 0, tanh-GELU (Gemma's
+ * GeGLU; see gate4), the share `part` of `parts` (whole vectors of 4, the tail with the last part);
+ * out may be gate or up.
+ */
+export function gluPart(gate: usize, up: usize, n: i32, out: usize, gelu: i32, part: i32, parts: i32): void {
   const v = n >> 2;
   const i0 = ((v * part) / parts) << 2;
   const i1 = part === parts - 1 ? n : ((v * (part + 1)) / parts) << 2;
   const n4 = i1 & ~3;
-  const one = f32x4.splat(1);
   for (let i = i0; i < n4; i += 4) {
     const o = (<usize>i) << 2;
-    const g = v128.load(gate + o);
-    const e = exp4(f32x4.neg(g));
-    v128.store(out + o, f32x4.mul(f32x4.div(g, f32x4.add(one, e)), v128.load(up + o)));
+    v128.store(out + o, f32x4.mul(gate4(v128.load(gate + o), gelu), v128.load(up + o)));
   }
   for (let i = max(i0, n4); i < i1; i++) {
     const o = (<usize>i) << 2;
-    const g = load<f32>(gate + o);
-    store<f32>(out + o, (g / (1 + exp1(-g))) * load<f32>(up + o));
+    const g = f32x4.splat(load<f32>(gate + o));
+    store<f32>(out + o, f32x4.extract_lane(gate4(g, gelu), 0) * load<f32>(up + o));
   }
 }
 
