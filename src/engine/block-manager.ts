@@ -195,14 +195,18 @@ export class BlockManager {
   }
 
   canAllocate(seq: Sequence, n: number): boolean {
-    const [full, sliding] = this.needs(seq, n);
+    return this.fits(this.needs(seq, n));
+  }
+
+  private fits([full, sliding]: [number, number]): boolean {
     return full <= this.full.numFree && sliding <= (this.sliding?.numFree ?? 0);
   }
 
   /** Grows the block tables to cover numComputed + n tokens. All or nothing: false if blocks ran out. */
   allocate(seq: Sequence, n: number): boolean {
-    if (!this.canAllocate(seq, n)) return false;
-    const [full, sliding] = this.needs(seq, n);
+    const need = this.needs(seq, n);
+    if (!this.fits(need)) return false;
+    const [full, sliding] = need;
     for (let i = 0; i < full; i++) seq.blockTable.push(this.full.take());
     for (let i = 0; i < sliding; i++) seq.windowTable.push(this.sliding!.take());
     return true;
