@@ -24,7 +24,7 @@ import { SlotBackend, type SlotOutcome, type SlotRun } from "./slot-backend.js";
  * is a slot of the SlotBackend (which queues, times out, aborts, detokenizes
  * and applies stop strings / EOG / max_tokens exactly as the engine does).
  * Sequences evaluating at the same time are batched by node-llama-cpp into one
- * llama_decode. Tokenizing and chat templates stay Spindle's (from the GGUF),
+ * llama_decode, and sampled one after another (serializeSampling says why). Tokenizing and chat templates stay Spindle's (from the GGUF),
  * so llama.cpp only ever sees token ids.
  *
  * run() on a slot: keep the longest common prefix of the sequence's previous
@@ -283,6 +283,34 @@ function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T | undefi
   });
 }
 
+/**
+ * Makes node-llama-cpp sample one sequence at a time. After a batch whose
+ * outputs llama.cpp computed out of order (its per-sequence split does that
+ * when sequences of different lengths share a batch), llama.cpp puts the
+ * logits rows back in order lazily, on the first read, and not thread-safely;
+ * node-llama-cpp samples every sequence of the batch on its own libuv thread,
+ * so two reads can both apply the swaps and each sequence then samples from
+ * another's logits (seen here as concurrent greedy answers trading tokens,
+ * a few in a thousand). Serialized, the first read reorders and the rest see
+ * the result. `_ctx` is node-llama-cpp's internal native context: if a new
+ * version renames it, starting fails here rather than answers getting mixed.
+ */
+function serializeSampling(context: LlamaContext): void {
+  type SampleToken = (...args: unknown[]) => Promise<unknown>;
+  const native = (context as unknown as { _ctx?: { sampleToken?: SampleToken } })._ctx;
+  const sampleToken = native?.sampleToken;
+  if (native === undefined || typeof sampleToken !== "function")
+    throw new Error("node-llama-cpp's context has no _ctx.sampleToken: cannot serialize sampling");
+  let last: Promise<unknown> = Promise.resolve();
+  Object.defineProperty(native, "sampleToken", {
+    value: (...args: unknown[]) => {
+      const sampled = last.then(() => sampleToken.apply(native, args));
+      last = sampled.catch(() => {});
+      return sampled;
+    },
+  });
+}
+
 /** The base stops at the context length, so a full sequence is a bug: fail rather than silently drop its beginning. */
 function noContextShift(): never {
   throw new Error("the sequence's context is full");
@@ -394,6 +422,7 @@ export async function startLlamaCppBackend(init: LlamaCppBackendInit): Promise<B
       contextSize: contextLength,
       threads: choice.threads,
     });
+    serializeSampling(context);
     const info: BackendInfo = {
       kind: "llamacpp",
       contextLength,

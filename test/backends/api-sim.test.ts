@@ -7,6 +7,8 @@ import { apiSuite, MODEL } from "./api-suite.js";
 apiSuite({
   backend: "sim",
   sameAsLocal: false,
+  // Its per-token latency is simulated, so rounds are slow, and nothing in it can race.
+  concurrentRounds: 6,
   start: () =>
     startTestServer({ modelName: MODEL, backend: { kind: "sim", modelPath: testModel(STORIES_260K) } }),
 });
