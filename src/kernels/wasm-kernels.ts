@@ -194,7 +194,17 @@ interface Placed {
 const SMALL_TOKENS = 4;
 
 /**
- * A split kernel is cut into this many parts per thread, which the threads take one at a time
+ * A split kernel is cut into parts of at least this many multiply-adds (but never fewer parts than
+ * threads). A decode step's small matrices (the 135M shape's q/k/v, 960 × 576, and its o, down and
+ * gate/up) cut into PARTS_PER_THREAD parts per thread left each part too few rows for matmulPacked's
+ * four interleaved weight streams and paid each part's fixed cost: one part per thread decoded the
+ * 135M-shape Q8_0 file in 0.94–0.96× the time (medians of 12–24 alternating rounds in one process),
+ * and the 1B-shape and MoE files, whose matrices are larger, in 1.00–1.01×.
+ */
+const MIN_PART_MACS = 2_000_000;
+
+/**
+ * A split kernel is cut into this many parts per thread at most, which the threads take one at a time
  * (thread-pool.ts): a thread slowed by something else on its core takes fewer.
  */
 const PARTS_PER_THREAD = 4;
@@ -502,11 +512,11 @@ class WasmKernelSet implements WasmKernels {
    * How many parts a kernel of `macs` multiply-adds over `units` indivisible units (groups of 4
    * rows, attention items) is cut into: 1 (the calling thread alone) unless there are threads and
    * the kernel is worth them: at least PARALLEL_MIN_MACS multiply-adds, and more than SMALL_TOKENS
-   * tokens unless smallSplits is on.
+   * tokens unless smallSplits is on. Then parts of MIN_PART_MACS or more, one per thread at least.
    */
   private partsFor(macs: number, nTokens: number, units: number): number {
     if (macs < PARALLEL_MIN_MACS || (nTokens <= SMALL_TOKENS && !this.smallSplits)) return 1;
-    return this.poolParts(units);
+    return Math.min(this.poolParts(units), Math.max(this.threads, Math.floor(macs / MIN_PART_MACS)));
   }
 
   /** Parts for `units` indivisible units: PARTS_PER_THREAD per thread at most, 1 without threads. */
