@@ -24,8 +24,9 @@ import { SlotBackend, type SlotOutcome, type SlotRun } from "./slot-backend.js";
  * is a slot of the SlotBackend (which queues, times out, aborts, detokenizes
  * and applies stop strings / EOG / max_tokens exactly as the engine does).
  * Sequences evaluating at the same time are batched by node-llama-cpp into one
- * llama_decode, and sampled one after another (serializeSampling says why). Tokenizing and chat templates stay Spindle's (from the GGUF),
- * so llama.cpp only ever sees token ids.
+ * llama_decode, and sampled one after another (serializeSampling says why).
+ * Tokenizing and chat templates stay Spindle's (from the GGUF), so llama.cpp
+ * only ever sees token ids.
  *
  * run() on a slot: keep the longest common prefix of the sequence's previous
  * state and the new prompt (reported as cachedTokens), prefill the rest in

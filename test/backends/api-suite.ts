@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { BackendInit } from "../../src/backends/index.js";
@@ -189,7 +190,7 @@ export function apiSuite(o: SuiteOptions): void {
       for (let round = 0; round < (o.concurrentRounds ?? 60); round++) {
         const together = await Promise.all(
           PROMPTS.map(async (p) => {
-            await new Promise((r) => setTimeout(r, Math.random() * 5));
+            await sleep(Math.random() * 5);
             return (await greedy(p, 10)).text;
           }),
         );
