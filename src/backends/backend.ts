@@ -68,6 +68,11 @@ export interface Backend {
   submit(spec: SubmitSpec, opts?: SubmitOptions): RequestStream;
   /** Engine step stats (local, sim). Returns the unsubscribe function. */
   onStep?(cb: (s: StepInfo) => void): () => void;
+  /**
+   * Facts the engine measures after ready (local: the decode split), merged into info.details
+   * before `cb` sees them. Returns the unsubscribe function.
+   */
+  onMeasured?(cb: (facts: Record<string, unknown>) => void): () => void;
   /** The latest engine step (local, sim), for the periodic engine log line. */
   readonly lastStep?: StepInfo;
   /** Queue changes (llamacpp, openai). Returns the unsubscribe function. */

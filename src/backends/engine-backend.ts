@@ -2,6 +2,7 @@ import { EngineClient, type EngineInfo } from "../engine/engine-client.js";
 import type { StepInfo } from "../engine/engine-protocol.js";
 import { DEFAULT_SIM_COST } from "../engine/sim-runner.js";
 import { readModelCard } from "../model/model-card.js";
+import type { SplitChoice } from "../model/tune-splits.js";
 import type { RequestStream } from "../protocol/event-stream.js";
 import type { SubmitOptions, SubmitSpec } from "../protocol/request.js";
 import type { Tokenizer } from "../tokenizer/index.js";
@@ -47,15 +48,7 @@ class EngineBackend implements Backend {
         blockSize: i.blockSize,
         kvCacheBytes: i.kvCacheBytes,
         ...(i.kvCacheType !== undefined ? { kvCacheType: i.kvCacheType } : {}),
-        ...(i.decodeSplits !== undefined
-          ? {
-              decodeSplits: i.decodeSplits.smallSplits,
-              decodeStepMs: {
-                split: Number(i.decodeSplits.splitMs.toFixed(2)),
-                oneThread: Number(i.decodeSplits.singleMs.toFixed(2)),
-              },
-            }
-          : {}),
+        ...(i.decodeSplits !== undefined ? splitDetails(i.decodeSplits) : {}),
         prefixCaching: i.prefixCaching,
         policy: i.scheduler.policy,
         batching: i.scheduler.batching,
@@ -75,6 +68,14 @@ class EngineBackend implements Backend {
     return this.engine.onStep(cb);
   }
 
+  onMeasured(cb: (facts: Record<string, unknown>) => void): () => void {
+    return this.engine.onDecodeSplits((s) => {
+      const facts = { ...splitDetails(s), retunes: s.retunes };
+      Object.assign(this.info.details, splitDetails(s));
+      cb(facts);
+    });
+  }
+
   get lastStep(): StepInfo | undefined {
     return this.engine.lastStep;
   }
@@ -84,26 +85,45 @@ class EngineBackend implements Backend {
   }
 }
 
+/** The decode split as /health and the logs show it. */
+function splitDetails(s: SplitChoice): Record<string, unknown> {
+  return {
+    decodeSplits: s.smallSplits,
+    decodeStepMs: { split: Number(s.splitMs.toFixed(2)), oneThread: Number(s.singleMs.toFixed(2)) },
+  };
+}
+
 export async function startEngineBackend(
   init: LocalBackendInit | SimBackendInit,
-  opts: { onLoadProgress?: (loaded: number, total: number) => void } = {},
+  opts: { onLoadProgress?: (loaded: number, total: number) => void; signal?: AbortSignal } = {},
 ): Promise<Backend> {
-  // The main thread reads the tokenizer too (routes tokenize and render templates); weights stay in the worker.
-  const card = readModelCard(init.modelPath);
-  let engine: EngineClient;
+  // The worker starts loading first; meanwhile the main thread reads the tokenizer too (routes
+  // tokenize and render templates with it). The weights stay in the worker.
+  const { onLoadProgress, signal } = opts;
+  let started: Promise<EngineClient>;
   if (init.kind === "local") {
     const { kind: _, ...rest } = init;
-    engine = await EngineClient.start({ ...rest, kind: "model" }, { onLoadProgress: opts.onLoadProgress });
+    started = EngineClient.start({ ...rest, kind: "model" }, { onLoadProgress, signal });
   } else {
-    engine = await EngineClient.start({
-      kind: "sim",
-      tokenizerPath: init.modelPath,
-      pace: init.pace ?? true,
-      options: init.options,
-      sim: { numBlocks: DEFAULT_SIM_BLOCKS, cost: DEFAULT_SIM_COST, ...init.sim },
-    });
+    started = EngineClient.start(
+      {
+        kind: "sim",
+        tokenizerPath: init.modelPath,
+        pace: init.pace ?? true,
+        options: init.options,
+        sim: { numBlocks: DEFAULT_SIM_BLOCKS, cost: DEFAULT_SIM_COST, ...init.sim },
+      },
+      { signal },
+    );
   }
-  return new EngineBackend(engine, card.tokenizer);
+  let card: ReturnType<typeof readModelCard>;
+  try {
+    card = readModelCard(init.modelPath);
+  } catch (err) {
+    void started.then((e) => e.close()).catch(() => {});
+    throw err;
+  }
+  return new EngineBackend(await started, card.tokenizer);
 }
 
 /** The engine behind a local or sim backend (its stats: KV blocks, running, waiting); undefined for the others. */

@@ -1,6 +1,7 @@
 import type { Logger } from "pino";
 import type { ModelEngineInit, SimEngineInit } from "../engine/engine-protocol.js";
 import type { Backend, BackendKind } from "./backend.js";
+import { startEngineBackend } from "./engine-backend.js";
 import type { SlotQueueOptions } from "./slot-queue.js";
 
 export type { Backend, BackendInfo, BackendKind, QueueState } from "./backend.js";
@@ -58,16 +59,18 @@ export interface StartBackendOptions {
   log?: Logger;
   /** The local backend: called while the engine reads the weights (bytes loaded, of total), for a progress bar. */
   onLoadProgress?: (loaded: number, total: number) => void;
+  /** The local and sim backends: aborting it while the model loads stops the engine and the start rejects. */
+  signal?: AbortSignal;
 }
 
 /** Starts the backend `init` names; resolves once it can take requests. */
 export async function startBackend(init: BackendInit, opts: StartBackendOptions = {}): Promise<Backend> {
   switch (init.kind) {
     case "local":
-    case "sim": {
-      const { startEngineBackend } = await import("./engine-backend.js");
-      return startEngineBackend(init, { onLoadProgress: opts.onLoadProgress });
-    }
+    case "sim":
+      // Imported up front, not on demand: the engine worker is spawned before this returns, so
+      // `spindle serve` loads the model while the HTTP layer's modules load.
+      return startEngineBackend(init, { onLoadProgress: opts.onLoadProgress, signal: opts.signal });
     case "llamacpp": {
       const { startLlamaCppBackend } = await import("./llamacpp-backend.js");
       return startLlamaCppBackend(init);

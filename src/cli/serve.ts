@@ -5,6 +5,7 @@ import {
   type BackendInit,
   type BackendKind,
   type LocalBackendInit,
+  startBackend,
 } from "../backends/index.js";
 import { kvCacheType } from "../engine/kv-sizing.js";
 import type { BatchingMode, Policy } from "../engine/scheduler.js";
@@ -14,7 +15,7 @@ import { defaultKernelsName } from "../kernels/select.js";
 import { ensureModel } from "../model/default-model.js";
 import { ProgressBar } from "../progress.js";
 import { DEFAULT_SERVE_OPTIONS } from "../server/context.js";
-import { startServer } from "../server/server.js";
+import type { RunningServer } from "../server/server.js";
 import { createLogger } from "./log-format.js";
 
 export const SERVE_USAGE = `usage: spindle serve [--model M] [--host 127.0.0.1] [--port 8000] [options]
@@ -368,9 +369,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     speculative: speculativeOptions(values, draftModel),
   };
   const backend = backendInit(backendKind, modelPath, values, engineOptions);
-  // On a terminal, a progress bar on stderr while the weights load (the logs go to stdout).
-  const bar = process.stderr.isTTY ? new ProgressBar({ label: `loading ${basename(modelPath)}` }) : undefined;
-  const server = await startServer({
+  const serverOptions = {
     log,
     host: values.host,
     port: int("port", values.port, 0),
@@ -387,6 +386,15 @@ export async function serveCommand(args: string[]): Promise<number> {
     logPrompts: values["log-prompts"],
     shutdownTimeoutMs: int("shutdown-timeout-ms", values["shutdown-timeout-ms"], 0),
     backend,
+  };
+  // On a terminal, a progress bar on stderr while the weights load (the logs go to stdout).
+  const bar = process.stderr.isTTY ? new ProgressBar({ label: `loading ${basename(modelPath)}` }) : undefined;
+  // The backend starts first (the local one's worker loads the model) and the HTTP layer's modules
+  // load meanwhile: half a second of imports no longer comes before the load.
+  const cancel = new AbortController();
+  const starting = startBackend(backend, {
+    log,
+    signal: cancel.signal,
     // The bar ends (its line too) once all weights are read, before the "ready" log line.
     onLoadProgress:
       bar &&
@@ -395,6 +403,16 @@ export async function serveCommand(args: string[]): Promise<number> {
         if (loaded >= total) bar.done();
       }),
   });
+  starting.catch(() => {}); // reported by the server once it awaits it
+  let server: RunningServer;
+  try {
+    const { startServer } = await import("../server/server.js");
+    server = await startServer({ ...serverOptions, starting });
+  } catch (err) {
+    cancel.abort();
+    bar?.done();
+    throw err;
+  }
   const stop = (signal: string) => {
     log.info({ signal }, "shutting down: finishing in-flight requests");
     void server.close().then(

@@ -2,7 +2,7 @@ import { SpindleError } from "../errors.js";
 import { describeKernels } from "../kernels/kernels.js";
 import { loadModel, type Model } from "../model/model.js";
 import { readModelCard } from "../model/model-card.js";
-import { type SplitChoice, tuneSmallSplits } from "../model/tune-splits.js";
+import { hasSplitChoice, type SplitChoice, tuneSmallSplits } from "../model/tune-splits.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { type Clock, realClock } from "./engine.js";
 import type { EngineInfo, EngineInit, ModelEngineInit } from "./engine-protocol.js";
@@ -131,21 +131,23 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
   const built: Built = {
     runner,
     drafter: drafter?.drafter,
-    // Kernel threads up, and whether decode-sized matmuls are split over them measured (for the
-    // target: the choice is the kernel set's, which a draft model shares); then what a draft
-    // model's token costs against the target's (unless --spec-draft-cost says).
+    // Kernel threads up, then what a draft model's token costs against the target's (unless
+    // --spec-draft-cost says). Whether decode-sized matmuls split over the threads is measured
+    // later, by the engine worker while idle: serving need not wait for it.
     ready: async () => {
-      await built.retune!(async () => false);
+      await model.transformer.kernels.ready?.();
       if (drafter) {
         drafter.measure();
         if (built.info.draftModel) built.info.draftModel.tokenCost = drafter.drafter.tokenCost;
       }
     },
-    retune: async (stop) => {
-      const splits = await tuneSmallSplits(model, stop);
-      if (splits) built.info.decodeSplits = splits;
-      return splits;
-    },
+    retune: hasSplitChoice(model)
+      ? async (stop) => {
+          const splits = await tuneSmallSplits(model, stop);
+          if (splits) built.info.decodeSplits = splits;
+          return splits;
+        }
+      : undefined,
     tokenizer: tok,
     clock: realClock,
     info: {

@@ -4,6 +4,7 @@ import { abortOnSignal, EventStream, type RequestStream, type Settle } from "../
 import type { SubmitOptions, SubmitSpec } from "../protocol/request.js";
 import { workerEntry } from "../worker-entry.js";
 import {
+  type DecodeSplits,
   type EngineInfo,
   type EngineInit,
   type EngineStats,
@@ -31,6 +32,8 @@ export interface StartOptions {
   closeTimeoutMs?: number;
   /** Called while the worker reads the model's weights: bytes loaded so far, of total. */
   onLoadProgress?: (loaded: number, total: number) => void;
+  /** Aborting it before ready stops the worker (the model half loaded) and start() rejects. */
+  signal?: AbortSignal;
 }
 
 type State = "running" | "closing" | "closed" | "dead";
@@ -39,6 +42,7 @@ export class EngineClient {
   private readonly streams = new Map<string, EventStream>();
   private readonly pendingStats = new Map<number, Settle<EngineStats>>();
   private readonly stepListeners = new Set<(s: StepInfo) => void>();
+  private readonly splitListeners = new Set<(s: DecodeSplits) => void>();
   private state: State = "running";
   /** Why the client can no longer take requests (closed, or the worker died). */
   private endError: SpindleError | undefined;
@@ -83,6 +87,12 @@ export class EngineClient {
         worker.off("message", onMessage);
         worker.off("error", onError);
         worker.off("exit", onExit);
+        opts.signal?.removeEventListener("abort", onAbort);
+      };
+      const onAbort = () => {
+        cleanup();
+        void worker.terminate();
+        reject(new SpindleError("the engine's start was cancelled", "engine_start_failed"));
       };
       const onMessage = (m: FromWorker) => {
         if (m.type === "loading") {
@@ -111,6 +121,8 @@ export class EngineClient {
       worker.on("message", onMessage);
       worker.on("error", onError);
       worker.on("exit", onExit);
+      if (opts.signal?.aborted) return onAbort();
+      opts.signal?.addEventListener("abort", onAbort);
       worker.postMessage({ type: "init", init } satisfies ToWorker);
     });
     return new EngineClient(worker, info, opts.closeTimeoutMs ?? 5000);
@@ -189,6 +201,12 @@ export class EngineClient {
     return () => this.stepListeners.delete(cb);
   }
 
+  /** Each measurement of the decode split (the first comes after ready; info.decodeSplits is updated first). */
+  onDecodeSplits(cb: (s: DecodeSplits) => void): () => void {
+    this.splitListeners.add(cb);
+    return () => this.splitListeners.delete(cb);
+  }
+
   /** Aborts every request (their streams end with reason "abort"), then stops the worker. Idempotent. */
   close(): Promise<void> {
     this.closing ??= this.doClose();
@@ -232,13 +250,7 @@ export class EngineClient {
         this.stepMessages++;
         for (const e of m.events) this.streams.get(e.id)?.deliver(e);
         this.lastStep = m.stats;
-        for (const cb of this.stepListeners) {
-          try {
-            cb(m.stats);
-          } catch (err) {
-            process.emitWarning(`an onStep listener threw: ${oneLine(err)}`);
-          }
-        }
+        callEach(this.stepListeners, m.stats, "onStep");
         break;
       }
       case "rejected":
@@ -249,6 +261,12 @@ export class EngineClient {
         this.pendingStats.delete(m.reqId);
         p?.resolve(m.stats);
         this.updateRef();
+        break;
+      }
+      case "decodeSplits": {
+        const { retunes: _, ...choice } = m.decodeSplits;
+        this.info.decodeSplits = choice;
+        callEach(this.splitListeners, m.decodeSplits, "onDecodeSplits");
         break;
       }
       case "closed":
@@ -263,5 +281,16 @@ export class EngineClient {
     if (this.state !== "running") return;
     if (this.streams.size > 0 || this.pendingStats.size > 0) this.worker.ref();
     else this.worker.unref();
+  }
+}
+
+/** Calls every listener with `arg`; one that throws is reported as a warning, not let into the message loop. */
+function callEach<T>(listeners: Set<(arg: T) => void>, arg: T, what: string): void {
+  for (const cb of listeners) {
+    try {
+      cb(arg);
+    } catch (err) {
+      process.emitWarning(`an ${what} listener threw: ${oneLine(err)}`);
+    }
   }
 }

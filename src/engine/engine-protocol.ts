@@ -104,9 +104,10 @@ export interface EngineInfo {
   /** The worker's performance.timeOrigin: engine times + timeOrigin = Unix ms. */
   timeOrigin: number;
   /**
-   * Whether decode-sized matmuls are split over the kernel threads, as measured at start
-   * (tuneSmallSplits: a decode step each way); absent with one thread. Logged, because a machine
-   * busy during that measurement can make it choose the slower way.
+   * Whether decode-sized matmuls are split over the kernel threads, as last measured
+   * (tuneSmallSplits: decode steps each way, first while idle right after ready); absent with one
+   * thread and until measured. Logged, because a machine busy during that measurement can make it
+   * choose the slower way.
    */
   decodeSplits?: SplitChoice;
   /** Speculative decoding with a draft model: its file, shape, and the measured cost of a draft token. */
@@ -157,9 +158,12 @@ export interface EngineStats {
   /** Speculative decoding with a draft model: its own KV pool (blocks, free blocks) and the sequences holding some. */
   draftCache?: { numBlocks: number; freeBlocks: number; sequences: number };
   /** Several kernel threads: the decode split now in use, its timings, and how often it was re-measured since start. */
-  decodeSplits?: SplitChoice & { retunes: number };
+  decodeSplits?: DecodeSplits;
   lastStep?: StepInfo;
 }
+
+/** The decode split in use, its timings, and how often it was measured again after the first time. */
+export type DecodeSplits = SplitChoice & { retunes: number };
 
 /** An error as it crosses threads. */
 export interface WireError {
@@ -187,6 +191,8 @@ export type FromWorker =
   | { type: "step"; events: EngineEvent[]; stats: StepInfo }
   | { type: "rejected"; id: string; error: WireError }
   | { type: "stats"; reqId: number; stats: EngineStats }
+  /** The decode split was measured (the first time after ready, or again). */
+  | { type: "decodeSplits"; decodeSplits: DecodeSplits }
   | { type: "closed" };
 
 export function toWireError(err: unknown, fallbackCode = "internal_error"): WireError {

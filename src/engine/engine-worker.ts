@@ -33,10 +33,13 @@ const IDLE_RETRY_MS = 5;
 const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /**
- * Re-measuring the decode split (tuneSmallSplits): the measurement at start can be wrong when the
- * machine was busy then (another server loading beside it chose the way 1.5× slower at decode), so
- * it is taken again once the engine has served and then been idle `idleMs`, and after that at most
- * every `everyMs`. A request arriving meanwhile stops it within one decode step (the choice stays).
+ * Measuring the decode split (tuneSmallSplits) happens while the engine is idle, never before it
+ * is ready: first right after start (a few seconds of decode steps on a big model, which serving
+ * need not wait for; until then decode splits, the usual winner), then again once the engine has
+ * served and been idle `idleMs` (a measurement taken while the machine was busy, e.g. another
+ * server loading beside it, can choose the way 1.5× slower at decode), and after that at most every
+ * `everyMs`. A request arriving meanwhile stops it within one decode step (the choice stays, and
+ * an interrupted first measurement is due again after the next idle spell).
  */
 export const DEFAULT_RETUNE = { idleMs: 2000, everyMs: 600_000 };
 
@@ -52,9 +55,10 @@ class EngineHost {
   private stepFailures = 0;
   private lastStats: StepInfo | undefined;
   private retuneAt = { ...DEFAULT_RETUNE };
-  /** When a step last did something, and when the decode split was last measured (ready, re-tunes). */
+  /** When a step last did something, and when the decode split was last measured (undefined: not yet). */
   private lastBusy = 0;
-  private lastTuned = 0;
+  private lastTuned: number | undefined;
+  /** Measurements of the decode split after the first. */
   private retunes = 0;
 
   constructor(private readonly port: MessagePort) {
@@ -99,7 +103,6 @@ class EngineHost {
       this.engine = new EngineCore(this.built.runner, this.engineOptions);
       // Kernel threads start in the background; the first step should not wait for them.
       await this.built.ready?.();
-      this.lastTuned = performance.now();
       if (init.kind === "model") this.retuneAt = { ...this.retuneAt, ...init.retune };
     } catch (err) {
       this.post({ type: "error", error: toWireError(err, "engine_start_failed") });
@@ -161,13 +164,14 @@ class EngineHost {
     }
   }
 
-  /** Milliseconds until the decode split is due to be measured again (DEFAULT_RETUNE); undefined: not due. */
+  /** Milliseconds until the decode split is due to be measured (DEFAULT_RETUNE); undefined: not due. */
   private retuneDueIn(): number | undefined {
-    const nothingToChoose = !this.built.retune || this.built.info.decodeSplits === undefined;
-    if (nothingToChoose || this.lastBusy <= this.lastTuned) return undefined;
+    if (!this.built.retune) return undefined;
     const { idleMs, everyMs } = this.retuneAt;
-    const due = Math.max(this.lastBusy + idleMs, this.retunes > 0 ? this.lastTuned + everyMs : 0);
-    return due - performance.now();
+    const now = performance.now();
+    if (this.lastTuned === undefined) return this.lastBusy === 0 ? 0 : this.lastBusy + idleMs - now;
+    if (this.lastBusy <= this.lastTuned) return undefined;
+    return Math.max(this.lastBusy + idleMs, this.retunes > 0 ? this.lastTuned + everyMs : 0) - now;
   }
 
   private async retune(): Promise<void> {
@@ -177,8 +181,9 @@ class EngineHost {
     };
     const choice = await this.built.retune!(stop);
     if (choice === undefined) return; // stopped by a request: due again after the next idle spell
-    this.retunes++;
+    if (this.lastTuned !== undefined) this.retunes++;
     this.lastTuned = performance.now();
+    this.post({ type: "decodeSplits", decodeSplits: { ...choice, retunes: this.retunes } });
   }
 
   /** One engine step and its message. False if the step had nothing to do. */

@@ -184,6 +184,8 @@ export interface Kernels {
    * `work` then if no kernel call did, so `work` always runs exactly once.
    */
   overlap?(work: () => void): () => void;
+  /** Optional: resolves once the kernels' threads have started (kernels without threads have none). */
+  ready?(): Promise<void>;
   /**
    * Optional: a zeroed array of n floats in the kernels' own memory, where they work on it in place
    * (the forward pass keeps its activations there and KVCacheStorage its pools); undefined when it

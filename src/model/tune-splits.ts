@@ -46,6 +46,12 @@ function median(xs: number[]): number {
   return s[s.length >> 1]!;
 }
 
+/** Whether the model's kernels have a decode split to choose (several threads). */
+export function hasSplitChoice(model: Model): boolean {
+  const k = model.transformer.kernels as Partial<SplittableKernels>;
+  return k.smallSplits !== undefined && (k.threads ?? 1) > 1;
+}
+
 /**
  * `stop`, when given, is awaited before every step (the engine worker's: it yields to the event loop
  * and says whether requests came in); when it says so the measurement ends, the previous choice
@@ -63,7 +69,7 @@ export async function tuneSmallSplits(
 ): Promise<SplitChoice | undefined> {
   const k = model.transformer.kernels as Partial<SplittableKernels>;
   await k.ready?.();
-  if (k.smallSplits === undefined || (k.threads ?? 1) <= 1) return undefined;
+  if (!hasSplitChoice(model)) return undefined;
   const kernels = k as SplittableKernels;
   const before = kernels.smallSplits;
   const c = model.config;

@@ -3,6 +3,7 @@ import type { Socket } from "node:net";
 import Fastify, { type FastifyInstance } from "fastify";
 import pino, { type Logger } from "pino";
 import { type Backend, type BackendInit, startBackend } from "../backends/index.js";
+import { SpindleError } from "../errors.js";
 import { buildApp } from "./app.js";
 import { DEFAULT_SERVE_OPTIONS, type ServeOptions, type ServerContext } from "./context.js";
 import { GenerationService } from "./generation.js";
@@ -12,9 +13,9 @@ import { registerOpsRoutes } from "./routes/ops.js";
 import { type GrpcServer, startGrpcServer } from "./rpc/grpc-server.js";
 
 /**
- * A running Spindle server: the HTTP app listening first (so /health can say
- * 503 while the model loads), then the engine worker and the tokenizer, then
- * ready. `close()` is the graceful shutdown: stop accepting, let in-flight
+ * A running Spindle server: the backend starting first (the engine worker loads
+ * the model) while the HTTP app starts listening (so /health can say 503 while
+ * the model loads), then ready. `close()` is the graceful shutdown: stop accepting, let in-flight
  * requests finish until the deadline, abort what is left, stop the worker.
  */
 export interface RunningServer {
@@ -33,6 +34,11 @@ export interface RunningServer {
 export interface StartServerOptions extends Partial<ServeOptions> {
   /** What computes the tokens (src/backends). */
   backend: BackendInit;
+  /**
+   * That backend, already starting (`spindle serve` starts it before this module loads, so the
+   * model loads meanwhile); started here, before listening, when absent.
+   */
+  starting?: Promise<Backend>;
   /** Logger; default pino to stdout at "info". */
   log?: Logger;
   /** Called while the local backend reads the weights (bytes loaded, of total): `spindle serve`'s progress bar. */
@@ -93,7 +99,40 @@ function urlOf(host: string, app: FastifyInstance): string {
 }
 
 export async function startServer(o: StartServerOptions): Promise<RunningServer> {
-  const { backend: init, log = pino({ level: "info" }), onLoadProgress, ...rest } = o;
+  const { backend: init, starting: given, log = pino({ level: "info" }), onLoadProgress, ...rest } = o;
+  // The backend loads while the server starts listening; if the server cannot start, the backend's
+  // start is cancelled (a given one is the caller's to cancel) and a backend already up is closed.
+  const cancel = new AbortController();
+  const starting = given ?? startBackend(init, { log, onLoadProgress, signal: cancel.signal });
+  starting.catch(() => {}); // its failure is reported once awaited, below
+  try {
+    return await listenAndServe(rest, init, log, starting);
+  } catch (err) {
+    cancel.abort();
+    void starting.then((b) => b.close()).catch(() => {});
+    throw listenError(err);
+  }
+}
+
+/** A port that cannot be listened on (taken, not allowed, no such address) is the operator's to fix: one clear line. */
+function listenError(err: unknown): unknown {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+  if (e?.syscall !== "listen" && e?.syscall !== "bind") return err;
+  const why =
+    e.code === "EADDRINUSE"
+      ? "the address is already in use (is another server running there? choose another port)"
+      : e.code === "EACCES"
+        ? "permission denied"
+        : e.message;
+  return new SpindleError(`cannot listen on ${e.address ?? "?"}:${e.port ?? "?"}: ${why}`, "listen_failed");
+}
+
+async function listenAndServe(
+  rest: Omit<StartServerOptions, "backend" | "starting" | "log" | "onLoadProgress">,
+  init: BackendInit,
+  log: Logger,
+  starting: Promise<Backend>,
+): Promise<RunningServer> {
   const given = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined));
   const opts: ServeOptions = { ...DEFAULT_SERVE_OPTIONS, ...given };
   const metrics = new Metrics({ modelName: opts.modelName });
@@ -150,7 +189,7 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
   let stopEngineLog: (() => void) | undefined;
   let closing: Promise<void> | undefined;
   const ready = (async () => {
-    const backend: Backend = await startBackend(init, { log, onLoadProgress });
+    const backend: Backend = await starting;
     if (closing) {
       // close() came while the model was loading: nothing will serve with this backend.
       await backend.close();
@@ -159,6 +198,7 @@ export async function startServer(o: StartServerOptions): Promise<RunningServer>
     backend.onStep?.((s) => metrics.onStep(s));
     backend.onQueue?.((q) => metrics.onQueue(q));
     if (backend.onStep) stopEngineLog = startEngineLog(log, backend, metrics);
+    backend.onMeasured?.((facts) => log.info(facts, "measured"));
     ctx.model = {
       backend,
       info: backend.info,

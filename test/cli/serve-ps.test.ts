@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { type AddressInfo, createServer } from "node:net";
 import { resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readGGUF } from "../../src/gguf/reader.js";
@@ -117,15 +118,21 @@ describe("spindle serve --ctx-size, and spindle ps", () => {
     });
   });
 
-  it("the ready log line names the KV cache's type, blocks and bytes, and the decode split measured at start", () => {
-    const ready = stdout
-      .trim()
-      .split("\n")
-      .map((l) => JSON.parse(l) as Record<string, unknown>)
-      .find((l) => l.msg === "ready");
+  it("the ready log line names the KV cache's type, blocks and bytes; the decode split is logged once measured, after ready", async () => {
+    const logLines = () =>
+      stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const ready = logLines().find((l) => l.msg === "ready");
     expect(ready).toMatchObject({ kvCacheType: "f16", numBlocks: 19 * 64 });
-    // Two kernel threads: whether decode splits over them, chosen by the faster of two timed ways.
-    const { decodeSplits, decodeStepMs } = ready as {
+    // Two kernel threads: whether decode splits over them, chosen by the faster of two timed ways
+    // while the engine is idle after ready.
+    const deadline = Date.now() + 20_000;
+    let measured: Record<string, unknown> | undefined;
+    while (!(measured = logLines().find((l) => l.msg === "measured")) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100));
+    const { decodeSplits, decodeStepMs } = measured as {
       decodeSplits: boolean;
       decodeStepMs: Record<string, number>;
     };
@@ -133,7 +140,7 @@ describe("spindle serve --ctx-size, and spindle ps", () => {
     expect(decodeStepMs.oneThread).toBeGreaterThan(0);
     if (decodeStepMs.split !== decodeStepMs.oneThread)
       expect(decodeSplits).toBe(decodeStepMs.split < decodeStepMs.oneThread);
-  });
+  }, 30_000);
 
   it("--jump-forward-max-batch 0: a constrained request is sampled token by token, none jumped", async () => {
     const res = await fetch(`${url}/v1/completions`, {
@@ -173,4 +180,37 @@ describe("spindle serve --ctx-size, and spindle ps", () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^spindle: no Spindle server at http:\/\/127\.0\.0\.1:9 .*\n$/);
   });
+});
+
+describe("spindle serve on a port already taken", () => {
+  it("exits 1 with one clear line, and stops the model it had started loading", async () => {
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, "127.0.0.1", r));
+    const port = (taken.address() as AddressInfo).port;
+    try {
+      const child = spawn(
+        process.execPath,
+        [
+          "--import",
+          "tsx",
+          "src/cli/entry.ts",
+          "serve",
+          "-m",
+          testModel(STORIES_260K),
+          "--port",
+          String(port),
+        ],
+        { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
+      );
+      let err = "";
+      child.stderr!.on("data", (d) => (err += d));
+      const code = await new Promise<number | null>((r) => child.once("exit", r));
+      expect(code).toBe(1);
+      expect(err.trim()).toBe(
+        `spindle: cannot listen on 127.0.0.1:${port}: the address is already in use (is another server running there? choose another port)`,
+      );
+    } finally {
+      taken.close();
+    }
+  }, 30_000);
 });

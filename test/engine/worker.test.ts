@@ -3,7 +3,7 @@ import { monitorEventLoopDelay } from "node:perf_hooks";
 import type { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type EngineClient as Client, EngineClient } from "../../src/engine/engine-client.js";
-import type { EngineInit } from "../../src/engine/engine-protocol.js";
+import type { DecodeSplits, EngineInit } from "../../src/engine/engine-protocol.js";
 import { kvCachePools } from "../../src/engine/kv-sizing.js";
 import { SpindleError } from "../../src/errors.js";
 import { GGMLType } from "../../src/gguf/types.js";
@@ -54,8 +54,8 @@ function percentile(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
 }
 
-describe("the decode split, measured again once the engine has served and gone idle", () => {
-  it("is re-measured after an idle spell, not before serving; requests arriving during it get their own tokens", async () => {
+describe("the decode split, measured after ready while idle, and again once the engine has served and gone idle", () => {
+  it("is measured first after ready, re-measured after an idle spell, not before serving; requests arriving during it get their own tokens", async () => {
     // Two kernel threads in the worker (vitest runs with one): it reads the variable at start.
     const threads = process.env.SPINDLE_THREADS;
     process.env.SPINDLE_THREADS = "2";
@@ -69,7 +69,17 @@ describe("the decode split, measured again once the engine has served and gone i
     const c = await started;
     try {
       expect(c.info.kernels).toBe("wasm kernels (relaxed build), 2 threads");
-      expect((await c.stats()).decodeSplits).toMatchObject({ retunes: 0 });
+      // Ready does not wait for the measurement: it comes after, while the engine is idle.
+      expect(c.info.decodeSplits).toBeUndefined();
+      const first = await new Promise<DecodeSplits>((resolve) => c.onDecodeSplits(resolve));
+      expect(first.retunes).toBe(0);
+      expect(first.smallSplits).toBe(first.splitMs < first.singleMs);
+      expect(c.info.decodeSplits).toEqual({
+        splitMs: first.splitMs,
+        singleMs: first.singleMs,
+        smallSplits: first.smallSplits,
+      });
+      expect((await c.stats()).decodeSplits).toEqual(first);
       // Nothing served yet: an idle engine measures nothing more.
       await new Promise((r) => setTimeout(r, 300));
       expect((await c.stats()).decodeSplits!.retunes).toBe(0);
@@ -98,6 +108,40 @@ describe("the decode split, measured again once the engine has served and gone i
       await c.close();
     }
   }, 30_000);
+});
+
+describe("a cancelled engine start", () => {
+  it("rejects, stops the worker while it loads, and leaves the next start unharmed", async () => {
+    const cancel = new AbortController();
+    const started = EngineClient.start(
+      { kind: "model", modelPath, kvCacheBytes: 8 << 20 },
+      { signal: cancel.signal },
+    );
+    cancel.abort();
+    await expect(started).rejects.toMatchObject({
+      code: "engine_start_failed",
+      message: expect.stringMatching(/cancelled/),
+    });
+    const already = new AbortController();
+    already.abort();
+    await expect(
+      EngineClient.start({ kind: "model", modelPath }, { signal: already.signal }),
+    ).rejects.toMatchObject({
+      code: "engine_start_failed",
+    });
+    // A start whose signal is never aborted is unaffected by it.
+    const c = await EngineClient.start(
+      { kind: "model", modelPath, kvCacheBytes: 8 << 20 },
+      { signal: new AbortController().signal },
+    );
+    try {
+      const prompt = model.tokenizer.encode("Once upon a time", { addSpecial: true });
+      const out = await collect(c.submit({ id: "a", prompt, maxTokens: 8, sampling: greedy }));
+      expect(out.tokens).toEqual(generate(model, prompt, { maxTokens: 8, sampling: greedy }).tokens);
+    } finally {
+      await c.close();
+    }
+  });
 });
 
 describe("engine worker with stories260K", () => {
