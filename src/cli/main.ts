@@ -1,15 +1,5 @@
 import { SpindleError } from "../errors.js";
-import { benchCommand } from "./bench.js";
-import { benchGrammarCommand } from "./bench-grammar.js";
-import { benchEngineCommand, calibrateCommand } from "./engine-commands.js";
-import { generateCommand } from "./generate.js";
-import { listCommand, rmCommand, showCommand } from "./models.js";
 import { versionLine } from "./options.js";
-import { psCommand } from "./ps.js";
-import { pullCommand } from "./pull.js";
-import { runCommand } from "./run.js";
-import { serveCommand } from "./serve.js";
-import { synthModelCommand } from "./synth-model.js";
 
 const USAGE = `usage: spindle <command> [options]      (spindle <command> --help says more)
 
@@ -32,21 +22,24 @@ tools
 
   --version     print Spindle's version`;
 
-const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
-  run: runCommand,
-  pull: pullCommand,
-  list: listCommand,
-  ls: listCommand,
-  show: showCommand,
-  rm: rmCommand,
-  serve: serveCommand,
-  ps: psCommand,
-  generate: generateCommand,
-  "synth-model": synthModelCommand,
-  bench: benchCommand,
-  "bench-engine": benchEngineCommand,
-  "bench-grammar": benchGrammarCommand,
-  calibrate: calibrateCommand,
+type Command = (args: string[]) => number | Promise<number>;
+
+/** Each command's module is loaded when it runs: `spindle --version` or `ps` does not load the HTTP server. */
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  run: async () => (await import("./run.js")).runCommand,
+  pull: async () => (await import("./pull.js")).pullCommand,
+  list: async () => (await import("./models.js")).listCommand,
+  ls: async () => (await import("./models.js")).listCommand,
+  show: async () => (await import("./models.js")).showCommand,
+  rm: async () => (await import("./models.js")).rmCommand,
+  serve: async () => (await import("./serve.js")).serveCommand,
+  ps: async () => (await import("./ps.js")).psCommand,
+  generate: async () => (await import("./generate.js")).generateCommand,
+  "synth-model": async () => (await import("./synth-model.js")).synthModelCommand,
+  bench: async () => (await import("./bench.js")).benchCommand,
+  "bench-engine": async () => (await import("./engine-commands.js")).benchEngineCommand,
+  "bench-grammar": async () => (await import("./bench-grammar.js")).benchGrammarCommand,
+  calibrate: async () => (await import("./engine-commands.js")).calibrateCommand,
 };
 
 /** True when `--version` is one of the options (before a `--`). */
@@ -65,8 +58,8 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\n`);
     return cmd === undefined ? 2 : 0;
   }
-  const run = COMMANDS[cmd];
-  if (!run) {
+  const load = COMMANDS[cmd];
+  if (!load) {
     process.stderr.write(`spindle: unknown command "${cmd}"\n${USAGE}\n`);
     return 2;
   }
@@ -76,7 +69,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   try {
-    return await run(rest);
+    return await (await load())(rest);
   } catch (err) {
     // Errors a user can act on are one line; anything else is a bug and keeps its stack.
     if (err instanceof SpindleError) {
