@@ -119,7 +119,7 @@ function spindleParallel(model: Model, prompts: number[][], steps: number): numb
   // times forward passes: a fixed number of steps, as llama-batched-bench runs, with no end-of-generation,
   // stop or detokenizing (token acceptance lives in src/protocol/output.ts, which generate() uses above).
   const k = model.transformer.kernels;
-  const sampler = new Sampler({ temperature: 0 }, vocab, k.argmax?.bind(k));
+  const sampler = new Sampler({ temperature: 0 }, vocab, k);
   const none: number[] = [];
   let next = pre.map((l) => sampler.sample(l!, none).token);
   const t0 = performance.now();

@@ -70,7 +70,7 @@ function blocksFor(shape: CalibrationShape, blockSize: number): number {
 
 function itemsFor(shape: CalibrationShape, runner: ModelRunner): RunnerItem[] {
   const { blockSize, vocabSize: vocab } = runner;
-  const sampler = new Sampler({ temperature: 0 }, vocab, runner.argmax);
+  const sampler = new Sampler({ temperature: 0 }, vocab, runner.samplerOps);
   const items: RunnerItem[] = [];
   let nextBlock = 0;
   const table = (tokens: number) => Array.from({ length: Math.ceil(tokens / blockSize) }, () => nextBlock++);

@@ -211,7 +211,7 @@ export class EngineCore {
         "kv_cache_too_small",
       );
     }
-    const sampler = new Sampler(spec.sampling ?? {}, this.runner.vocabSize, this.runner.argmax);
+    const sampler = new Sampler(spec.sampling ?? {}, this.runner.vocabSize, this.runner.samplerOps);
     const matcher = spec.grammar && !embed ? this.compile(spec).matcher() : undefined;
     const now = this.clock.now();
     const seq = new Sequence(spec, now);

@@ -4,7 +4,7 @@ import type { BatchSeq, Transformer } from "../model/forward.js";
 import { KVCacheStorage, slidingWindowOf } from "../model/kv-cache.js";
 import type { Model } from "../model/model.js";
 import type { PoolingType } from "../model/pooling.js";
-import type { SampleResult, Sampler } from "../sampling/sampler.js";
+import type { SampleResult, Sampler, SamplerOps } from "../sampling/sampler.js";
 import { verifyDraft } from "../sampling/speculative.js";
 import type { WindowPool } from "./block-manager.js";
 
@@ -67,8 +67,8 @@ export interface Runner {
   readonly blockSize: number;
   /** The sliding-window layers' own KV pool, when the model has one (Gemma 2 and 3: see slidingWindowOf). */
   readonly windowPool?: WindowPool;
-  /** The kernels' argmax for plain greedy sampling (Sampler's third argument), where they have one. */
-  readonly argmax?: (x: Float32Array, n: number) => number;
+  /** The kernels' versions of sampling's whole-vocabulary loops (Sampler's third argument), where they have them. */
+  readonly samplerOps?: SamplerOps;
   /** How embeddings pool, and their length; undefined pooling: the model computes none. */
   readonly pooling: PoolingType | undefined;
   readonly embeddingLength: number;
@@ -81,7 +81,7 @@ export class ModelRunner implements Runner {
   readonly windowPool?: WindowPool;
   readonly vocabSize: number;
   readonly contextLength: number;
-  readonly argmax?: (x: Float32Array, n: number) => number;
+  readonly samplerOps?: SamplerOps;
   readonly pooling: PoolingType | undefined;
   readonly embeddingLength: number;
   private readonly transformer: Transformer;
@@ -116,7 +116,7 @@ export class ModelRunner implements Runner {
     this.pooling = model.config.pooling;
     this.embeddingLength = model.config.dim;
     const k = model.transformer.kernels;
-    this.argmax = k.argmax?.bind(k);
+    this.samplerOps = k;
     this.overlap = k.overlap?.bind(k);
   }
 

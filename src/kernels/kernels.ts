@@ -178,6 +178,19 @@ export interface Kernels {
    */
   argmax?(x: Float32Array, n: number): number;
   /**
+   * Optional, with cleanCopy and softmax (sampling's whole-vocabulary loops, src/sampling/sampler.ts's
+   * SamplerOps): a working array of n floats in the kernels' memory, the same one every call
+   * (contents unspecified; valid until the next call).
+   */
+  samplingScratch?(n: number): Float32Array;
+  /** Optional: dst[i] = src[i] with NaN → −∞ and +∞ → the largest float; false (nothing done) when src or dst is outside the kernels' memory. */
+  cleanCopy?(src: Float32Array, dst: Float32Array, n: number): boolean;
+  /**
+   * Optional: x[i] = e^((x[i] − max)·invT) in place over x[0 .. n) (x holds no NaN), so the largest
+   * is 1 and −∞ is 0; returns the sum, 0 when every x[i] is −∞, NaN when x is outside the kernels' memory.
+   */
+  softmax?(x: Float32Array, n: number, invT: number): number;
+  /**
    * Optional: runs `work` (plain JavaScript that touches no kernel memory, such as a grammar's
    * token masks) on the calling thread during the next kernel call that other threads share, while
    * they compute, instead of before it. Returns `finish`, to call after those kernel calls: it runs

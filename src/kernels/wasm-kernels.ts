@@ -88,6 +88,9 @@ export interface WasmKernels extends Kernels {
   allocUint16(n: number): Uint16Array | undefined;
   freeFloat32(a: Float32Array | Uint16Array): void;
   argmax(x: Float32Array, n: number): number;
+  samplingScratch(n: number): Float32Array;
+  cleanCopy(src: Float32Array, dst: Float32Array, n: number): boolean;
+  softmax(x: Float32Array, n: number, invT: number): number;
 }
 
 /** The parts of the WebAssembly JS API used here (the project's `lib` setting does not declare them). */
@@ -152,6 +155,8 @@ interface WasmExports {
   gluPart(gate: number, up: number, n: number, out: number, gelu: number, part: number, parts: number): void;
   addInPlace(a: number, b: number, n: number): void;
   argmaxF32(x: number, n: number): number;
+  cleanCopyF32(src: number, dst: number, n: number): void;
+  softmaxF32(x: number, n: number, invT: number): number;
   rope(
     x: number,
     nTokens: number,
@@ -719,6 +724,27 @@ class WasmKernelSet implements WasmKernels {
   argmax(x: Float32Array, n: number): number {
     if (!this.owns(x) || n > x.length || n <= 0) return -1;
     return this.main.wasm.argmaxF32(x.byteOffset, n);
+  }
+
+  private samplingView: Float32Array | undefined;
+
+  samplingScratch(n: number): Float32Array {
+    const v = this.samplingView;
+    if (v !== undefined && v.length >= n && v.buffer === this.main.f32.buffer) return v;
+    const ptr = this.scratch("sampling", n * 4);
+    this.samplingView = this.main.f32.subarray(ptr >> 2, (ptr >> 2) + n);
+    return this.samplingView;
+  }
+
+  cleanCopy(src: Float32Array, dst: Float32Array, n: number): boolean {
+    if (!(this.owns(src) && this.owns(dst)) || n > src.length || n > dst.length) return false;
+    this.main.wasm.cleanCopyF32(src.byteOffset, dst.byteOffset, n);
+    return true;
+  }
+
+  softmax(x: Float32Array, n: number, invT: number): number {
+    if (!this.owns(x) || n > x.length || n <= 0) return Number.NaN;
+    return this.main.wasm.softmaxF32(x.byteOffset, n, invT);
   }
 
   addInPlace(a: Float32Array, b: Float32Array, n: number): void {

@@ -49,11 +49,7 @@ export function generate(model: Model, prompt: string | number[], opts: Generate
   const kv = new KVCacheStorage(model.config, numBlocks, DEFAULT_BLOCK_SIZE, undefined, opts.kvCacheType);
   const blockTable = Array.from({ length: numBlocks }, (_, i) => i);
   const k = model.transformer.kernels;
-  const sampler = new Sampler(
-    validateSamplingParams(opts.sampling ?? {}),
-    model.config.vocabSize,
-    k.argmax?.bind(k),
-  );
+  const sampler = new Sampler(validateSamplingParams(opts.sampling ?? {}), model.config.vocabSize, k);
   const output = new RequestOutput(
     { prompt: promptTokens, maxTokens: opts.maxTokens, stop: opts.stop, stopAtEog: opts.stopAtEog },
     tok,

@@ -197,6 +197,28 @@ export function nucleusCut(vals: Float64Array, n: number, target: number): { q: 
   return { q: 0, above: Infinity };
 }
 
+/**
+ * Faster versions of sampling's whole-vocabulary loops, where a row of logits lies in the memory of
+ * kernels that offer them (the WebAssembly kernels: Kernels in src/kernels has these methods); the
+ * TypeScript loops here are their reference and run wherever an op is missing or declines.
+ */
+export interface SamplerOps {
+  /**
+   * Plain greedy's argmax: the first index of the largest value, NaN never winning, or −1 to leave
+   * the row to greedyOf.
+   */
+  argmax?(x: Float32Array, n: number): number;
+  /** A working array of at least n floats where cleanCopy and softmax work, reused by every call. */
+  samplingScratch?(n: number): Float32Array;
+  /** dst[i] = clean(src[i]) for i < n; false when it cannot (nothing done). */
+  cleanCopy?(src: Float32Array, dst: Float32Array, n: number): boolean;
+  /**
+   * The full-vocabulary draw's softmax in place: x[i] = e^((x[i] − max)·invT) (the largest 1, −∞ 0);
+   * returns the sum, 0 when every x[i] is −∞, NaN when it cannot (nothing done).
+   */
+  softmax?(x: Float32Array, n: number, invT: number): number;
+}
+
 export class Sampler {
   readonly params: SamplingParams;
   private readonly rng: Rng;
@@ -206,14 +228,13 @@ export class Sampler {
   /**
    * @param params sampling parameters; validated again here (defaults fill missing fields).
    * @param vocabSize number of tokens; logits passed to sample() must have at least this many entries.
-   * @param argmax plain greedy's argmax where it is faster than greedyOf's loop (the kernels' SIMD
-   *   one, Kernels.argmax, for logits in their memory): the first index of the largest value, NaN
-   *   never winning, or −1 to leave the row to greedyOf.
+   * @param ops the kernels' versions of the whole-vocabulary loops, for logits in their memory
+   *   (SamplerOps; the model's Kernels object serves as is).
    */
   constructor(
     params: Partial<SamplingParams>,
     readonly vocabSize: number,
-    private readonly argmax?: (x: Float32Array, n: number) => number,
+    private readonly ops: SamplerOps = {},
   ) {
     if (!Number.isSafeInteger(vocabSize) || vocabSize <= 0) {
       throw new SpindleError(`vocabulary size must be a positive integer, got ${vocabSize}`);
@@ -246,13 +267,15 @@ export class Sampler {
 
     if (!mask && p.temperature === 0 && p.logprobs === 0 && !p.logitBias?.size && !penalised(p, history)) {
       // Plain greedy (the common decode case): the argmax of the logits themselves, no working copy.
-      const fast = this.argmax && logits instanceof Float32Array ? this.argmax(logits, V) : -1;
+      const fast = this.ops.argmax && logits instanceof Float32Array ? this.ops.argmax(logits, V) : -1;
       return { token: fast >= 0 ? fast : greedyOf(logits, V), logprob: Number.NaN, topLogprobs: [] };
     }
 
     // Working copy: mask, then bias, then penalties.
-    const w = f32(V);
-    for (let i = 0; i < V; i++) w[i] = clean(logits[i]);
+    const w = this.ops.samplingScratch?.(V) ?? f32(V);
+    if (!(logits instanceof Float32Array && this.ops.cleanCopy?.(logits, w, V))) {
+      for (let i = 0; i < V; i++) w[i] = clean(logits[i]);
+    }
     if (mask) applyMask(w, V, mask);
     applyLogitBias(w, p.logitBias);
     applyPenalties(w, V, history, p, this.counts);
@@ -308,19 +331,18 @@ export class Sampler {
       }
     } else {
       // Softmax over the whole vocabulary, in place: w becomes unnormalised probabilities, max = 1.
-      let max = -Infinity;
-      for (let i = 0; i < V; i++) if (w[i] > max) max = w[i];
-      if (max === -Infinity) throw allBanned(mask);
-      for (let i = 0; i < V; i++) {
-        const e = Math.fround(Math.exp((w[i] - max) / T));
-        w[i] = e;
-        total += e;
-      }
+      total = this.ops.softmax?.(w, V, 1 / T) ?? Number.NaN;
+      if (Number.isNaN(total)) total = softmaxInPlace(w, V, T);
+      if (total === 0) throw allBanned(mask);
 
       if (topP >= 1) {
         // No nucleus: min-p (if any) is a threshold relative to the max (= 1 here). Walk the vocabulary.
-        let kept = 0;
-        for (let i = 0; i < V; i++) if (w[i] >= minP) kept += w[i];
+        // Without min-p every weight is kept: their sum is the total already.
+        let kept = total;
+        if (minP > 0) {
+          kept = 0;
+          for (let i = 0; i < V; i++) if (w[i] >= minP) kept += w[i];
+        }
         const r = this.rng.next() * kept;
         let cum = 0;
         let last = -1;
@@ -409,6 +431,23 @@ export class Sampler {
     if (last < 0) throw allBanned(mask);
     return last;
   }
+}
+
+/**
+ * w[i] = e^((w[i] − max)/T) in place (the largest 1, −∞ 0); returns the sum, 0 when every w[i] is
+ * −∞ (w untouched). The reference for SamplerOps.softmax.
+ */
+function softmaxInPlace(w: Float32Array, V: number, T: number): number {
+  let max = -Infinity;
+  for (let i = 0; i < V; i++) if (w[i] > max) max = w[i];
+  if (max === -Infinity) return 0;
+  let total = 0;
+  for (let i = 0; i < V; i++) {
+    const e = Math.fround(Math.exp((w[i] - max) / T));
+    w[i] = e;
+    total += e;
+  }
+  return total;
 }
 
 /** Sets every token the mask does not allow to −∞. */

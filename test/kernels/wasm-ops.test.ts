@@ -162,7 +162,7 @@ describe("elementwise kernels in WebAssembly", () => {
   it("the sampler's greedy through the kernels' argmax picks greedyOf's token", () => {
     const rng = new Rng(23);
     const V = 1003;
-    const fast = new Sampler({ temperature: 0 }, V, wasm.argmax.bind(wasm));
+    const fast = new Sampler({ temperature: 0 }, V, wasm);
     const slow = new Sampler({ temperature: 0 }, V);
     for (let r = 0; r < 20; r++) {
       const logits = inWasm(randoms(rng, V, 10));
@@ -172,6 +172,76 @@ describe("elementwise kernels in WebAssembly", () => {
     }
     const banned = inWasm(new Float32Array(V).fill(-Infinity));
     expect(() => fast.sample(banned, [])).toThrow();
+  });
+
+  it("sampling's working copy: NaN becomes −∞, +∞ the largest float, the rest copied as is", () => {
+    const rng = new Rng(29);
+    const V = 1003;
+    const src = inWasm(randoms(rng, V, 10));
+    src[5] = Number.NaN;
+    src[6] = Infinity;
+    src[7] = -Infinity;
+    src[V - 1] = Number.NaN; // the scalar tail
+    src[V - 2] = Infinity;
+    const dst = wasm.samplingScratch(V);
+    expect(wasm.owns(dst)).toBe(true);
+    expect(wasm.cleanCopy(src, dst, V)).toBe(true);
+    const want = Array.from(src, (v) =>
+      Number.isNaN(v) ? -Infinity : v === Infinity ? 3.4028234663852886e38 : v,
+    );
+    expect(Array.from(dst.subarray(0, V))).toEqual(want);
+    // Outside the kernels' memory: declined, nothing written.
+    expect(wasm.cleanCopy(new Float32Array(V), dst, V)).toBe(false);
+  });
+
+  it("sampling's softmax: the largest exactly 1, −∞ exactly 0, the rest within 4e-7 × (1 + |exponent|) of Math.exp; the f64 sum of its outputs", () => {
+    const rng = new Rng(31);
+    for (const V of [1003, 49152]) {
+      for (const T of [0.3, 1, 1.7]) {
+        const logits = randoms(rng, V, 8);
+        for (let i = 0; i < V; i += 97) logits[i] = -Infinity;
+        const x = inWasm(logits);
+        const sum = wasm.softmax(x, V, 1 / T);
+        let max = -Infinity;
+        for (const v of logits) max = Math.max(max, v);
+        let own = 0;
+        let worst = 0;
+        for (let i = 0; i < V; i++) {
+          own += x[i]!;
+          if (logits[i] === -Infinity) expect(x[i]).toBe(0);
+          else if (logits[i] === max) expect(x[i]).toBe(1);
+          else {
+            // The exponent is formed in f32: its rounding (about 6e-8 of it) is the error that grows.
+            const arg = (logits[i]! - max) / T;
+            const ref = Math.exp(arg);
+            if (ref > 1e-30) worst = Math.max(worst, Math.abs(x[i]! - ref) / ref / (1 + Math.abs(arg)));
+          }
+        }
+        expect(worst, `V ${V}, T ${T}`).toBeLessThan(4e-7);
+        expect(Math.abs(sum - own) / own).toBeLessThan(1e-12);
+      }
+    }
+    const banned = inWasm(new Float32Array(1003).fill(-Infinity));
+    expect(wasm.softmax(banned, 1003, 1)).toBe(0);
+    expect(banned.every((v) => v === -Infinity)).toBe(true);
+    expect(wasm.softmax(new Float32Array(8), 8, 1)).toBeNaN();
+  });
+
+  it("the sampler's full-vocabulary draw through the kernels draws what the TypeScript loops draw, seed for seed", () => {
+    const rng = new Rng(37);
+    const V = 32000;
+    let same = 0;
+    const rounds = 400;
+    for (let r = 0; r < rounds; r++) {
+      const params = { temperature: r % 2 ? 0.8 : 1.3, seed: r, ...(r % 3 === 0 ? { minP: 0.05 } : {}) };
+      const logits = inWasm(randoms(rng, V, 4));
+      if (r % 5 === 0) logits[11] = Number.NaN;
+      const fast = new Sampler(params, V, wasm).sample(logits, []).token;
+      const slow = new Sampler(params, V).sample(Float32Array.from(logits), []).token;
+      if (fast === slow) same++;
+    }
+    // The same uniform draw lands on another token only when it falls within rounding of a boundary.
+    expect(same).toBeGreaterThanOrEqual(rounds - 2);
   });
 
   it("rope: normal and neox styles, partial rotation, frequency factors, scaled positions", () => {

@@ -1817,6 +1817,68 @@ export function argmaxF32(x: usize, n: i32): i32 {
   return -1;
 }
 
+/**
+ * Sampling's working copy of a row of logits: dst[i] = src[i], with NaN → −∞ (never drawn) and +∞ →
+ * the largest finite float (src/sampling/sampler.ts, clean). dst may be src.
+ */
+export function cleanCopyF32(src: usize, dst: usize, n: i32): void {
+  const ninf = f32x4.splat(-Infinity);
+  const fmax = f32x4.splat(f32.MAX_VALUE);
+  const n4 = n & ~3;
+  for (let i = 0; i < n4; i += 4) {
+    const o = (<usize>i) << 2;
+    const v = v128.load(src + o);
+    // min keeps a NaN lane NaN; the select then turns it into −∞.
+    v128.store(dst + o, v128.bitselect(ninf, f32x4.min(v, fmax), f32x4.ne(v, v)));
+  }
+  for (let i = n4; i < n; i++) {
+    const o = (<usize>i) << 2;
+    const v = load<f32>(src + o);
+    store<f32>(dst + o, v != v ? -Infinity : v == Infinity ? f32.MAX_VALUE : v);
+  }
+}
+
+/**
+ * Sampling's softmax over the whole vocabulary, in place and unnormalised: x[i] = e^((x[i] − m)·invT)
+ * where m is the largest x[i], so the largest becomes exactly 1 and a banned token (−∞) exactly 0.
+ * Returns the sum in f64 (two f64 lanes per f32 pair, then the tail in order), or 0 with x untouched
+ * when every x[i] is −∞. x holds no NaN (cleanCopyF32's output).
+ */
+export function softmaxF32(x: usize, n: i32, invT: f32): f64 {
+  const n4 = n & ~3;
+  let m4 = f32x4.splat(-Infinity);
+  for (let i = 0; i < n4; i += 4) m4 = f32x4.max(m4, v128.load(x + ((<usize>i) << 2)));
+  let m = max(
+    max(f32x4.extract_lane(m4, 0), f32x4.extract_lane(m4, 1)),
+    max(f32x4.extract_lane(m4, 2), f32x4.extract_lane(m4, 3)),
+  );
+  for (let i = n4; i < n; i++) m = max(m, load<f32>(x + ((<usize>i) << 2)));
+  if (m == -Infinity) return 0;
+  const mv = f32x4.splat(m);
+  const sv = f32x4.splat(invT);
+  const ninf = f32x4.splat(-Infinity);
+  let lo = f64x2.splat(0);
+  let hi = f64x2.splat(0);
+  for (let i = 0; i < n4; i += 4) {
+    const p = x + ((<usize>i) << 2);
+    const v = v128.load(p);
+    const e = v128.and(exp4(f32x4.mul(f32x4.sub(v, mv), sv)), f32x4.ne(v, ninf));
+    v128.store(p, e);
+    lo = f64x2.add(lo, f64x2.promote_low_f32x4(e));
+    hi = f64x2.add(hi, f64x2.promote_low_f32x4(i32x4.shuffle(e, e, 2, 3, 0, 1)));
+  }
+  const t = f64x2.add(lo, hi);
+  let sum = f64x2.extract_lane(t, 0) + f64x2.extract_lane(t, 1);
+  for (let i = n4; i < n; i++) {
+    const p = x + ((<usize>i) << 2);
+    const v = load<f32>(p);
+    const e: f32 = v == -Infinity ? 0 : exp1((v - m) * invT);
+    store<f32>(p, e);
+    sum += <f64>e;
+  }
+  return sum;
+}
+
 /** a[i] += b[i] for i < n. */
 export function addInPlace(a: usize, b: usize, n: i32): void {
   const n4 = n & ~3;
