@@ -1,11 +1,10 @@
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { type AddressInfo, createServer } from "node:net";
-import { resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readGGUF } from "../../src/gguf/reader.js";
 import { configFromGGUF } from "../../src/model/config.js";
 import { KVCacheStorage } from "../../src/model/kv-cache.js";
-import { runCli } from "../helpers/cli.js";
+import { runCli, spawnCli } from "../helpers/cli.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 
 /**
@@ -13,34 +12,26 @@ import { STORIES_260K, testModel } from "../helpers/models.js";
  * `spindle ps` asking it over HTTP what it has loaded.
  */
 
-const ROOT = resolve(import.meta.dirname, "../..");
 let proc: ChildProcess;
 let url: string;
 let stdout = "";
 
 beforeAll(async () => {
-  proc = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      "src/cli/entry.ts",
-      "serve",
-      "-m",
-      testModel(STORIES_260K),
-      "--port",
-      "0",
-      "-c",
-      "300",
-      "-ctk",
-      "f16",
-      "--jump-forward-max-batch",
-      "0",
-      "--threads",
-      "2",
-    ],
-    { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
-  );
+  proc = spawnCli([
+    "serve",
+    "-m",
+    testModel(STORIES_260K),
+    "--port",
+    "0",
+    "-c",
+    "300",
+    "-ctk",
+    "f16",
+    "--jump-forward-max-batch",
+    "0",
+    "--threads",
+    "2",
+  ]);
   proc.stdout!.on("data", (d) => (stdout += d));
   let err = "";
   url = await new Promise<string>((ok, fail) => {
@@ -188,20 +179,7 @@ describe("spindle serve on a port already taken", () => {
     await new Promise<void>((r) => taken.listen(0, "127.0.0.1", r));
     const port = (taken.address() as AddressInfo).port;
     try {
-      const child = spawn(
-        process.execPath,
-        [
-          "--import",
-          "tsx",
-          "src/cli/entry.ts",
-          "serve",
-          "-m",
-          testModel(STORIES_260K),
-          "--port",
-          String(port),
-        ],
-        { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
-      );
+      const child = spawnCli(["serve", "-m", testModel(STORIES_260K), "--port", String(port)]);
       let err = "";
       child.stderr!.on("data", (d) => (err += d));
       const code = await new Promise<number | null>((r) => child.once("exit", r));

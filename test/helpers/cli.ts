@@ -1,3 +1,5 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { resolve } from "node:path";
 import { vi } from "vitest";
 import { main } from "../../src/cli/main.js";
 
@@ -20,4 +22,14 @@ export async function runCli(args: string[]): Promise<{ code: number; stdout: st
     o.mockRestore();
     e.mockRestore();
   }
+}
+
+const ROOT = resolve(import.meta.dirname, "../..");
+
+/** Starts the `spindle` CLI from source as a real process (`node --import tsx src/cli/entry.ts …`), stdout and stderr piped. */
+export function spawnCli(args: string[]): ChildProcess {
+  return spawn(process.execPath, ["--import", "tsx", "src/cli/entry.ts", ...args], {
+    cwd: ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
 }

@@ -1,5 +1,4 @@
-import { type ChildProcess, spawn } from "node:child_process";
-import { resolve } from "node:path";
+import type { ChildProcess } from "node:child_process";
 import pino from "pino";
 import { describe, expect, it } from "vitest";
 import { buildApp } from "../../src/server/app.js";
@@ -7,11 +6,11 @@ import { DEFAULT_SERVE_OPTIONS, type LoadedModel, type ServerContext } from "../
 import { GenerationService } from "../../src/server/generation.js";
 import { Metrics } from "../../src/server/metrics.js";
 import { startServer } from "../../src/server/server.js";
+import { spawnCli } from "../helpers/cli.js";
 import { STORIES_260K, testModel } from "../helpers/models.js";
 
 // biome-ignore lint/suspicious/noExplicitAny: response bodies are JSON; the assertions check their shape
 type Json = Record<string, any>;
-const ROOT = resolve(import.meta.dirname, "../..");
 
 interface Served {
   proc: ChildProcess;
@@ -22,21 +21,7 @@ interface Served {
 
 /** `spindle serve` as a real process (from source), on a free port; the URL parsed from its stderr. */
 async function serve(args: string[]): Promise<Served> {
-  const proc = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      "src/cli/entry.ts",
-      "serve",
-      "--model",
-      testModel(STORIES_260K),
-      "--port",
-      "0",
-      ...args,
-    ],
-    { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
-  );
+  const proc = spawnCli(["serve", "--model", testModel(STORIES_260K), "--port", "0", ...args]);
   let out = "";
   let err = "";
   proc.stdout!.on("data", (d) => (out += d));
