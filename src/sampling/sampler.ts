@@ -291,14 +291,7 @@ export class Sampler {
       applyMask(r, V, mask);
       src = r;
     }
-    let max = -Infinity;
-    for (let i = 0; i < V; i++) {
-      const v = clean(src[i]);
-      if (v > max) max = v;
-    }
-    let sum = 0;
-    for (let i = 0; i < V; i++) sum += Math.exp(clean(src[i]) - max);
-    const lse = max + Math.log(sum);
+    const lse = this.logSumExp(src, V);
     const n = selectTopK(src, V, p.logprobs, this.lpHeap);
     const topLogprobs: TokenLogprob[] = [];
     for (let j = 0; j < n; j++) {
@@ -306,6 +299,30 @@ export class Sampler {
       topLogprobs.push({ token: t, logprob: clean(src[t]) - lse });
     }
     return { token, logprob: clean(src[token]) - lse, topLogprobs };
+  }
+
+  /**
+   * log Σ e^clean(src[i]): through the ops where src is in their memory (a copy softmaxed in the
+   * scratch, which the draw no longer needs), else the reference loops below.
+   */
+  private logSumExp(src: ArrayLike<number>, V: number): number {
+    const o = this.ops;
+    if (src instanceof Float32Array && o.argmax && o.samplingScratch && o.cleanCopy && o.softmax) {
+      const top = o.argmax(src, V);
+      const tmp = top >= 0 ? o.samplingScratch(V) : undefined;
+      if (tmp && o.cleanCopy(src, tmp, V)) {
+        const sum = o.softmax(tmp, V, 1);
+        if (sum > 0) return src[top]! + Math.log(sum);
+      }
+    }
+    let max = -Infinity;
+    for (let i = 0; i < V; i++) {
+      const v = clean(src[i]);
+      if (v > max) max = v;
+    }
+    let sum = 0;
+    for (let i = 0; i < V; i++) sum += Math.exp(clean(src[i]) - max);
+    return max + Math.log(sum);
   }
 
   /** Top-k → temperature → softmax → top-p → min-p → draw. `w` holds the biased, penalised logits. */

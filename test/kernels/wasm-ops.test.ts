@@ -244,6 +244,24 @@ describe("elementwise kernels in WebAssembly", () => {
     expect(same).toBeGreaterThanOrEqual(rounds - 2);
   });
 
+  it("the sampler's logprobs through the kernels: the same tokens, log-probabilities within 2e-6 of the TypeScript loops'", () => {
+    const rng = new Rng(41);
+    const V = 32000;
+    for (let r = 0; r < 20; r++) {
+      const params = { temperature: r % 2 ? 0 : 0.9, seed: r, logprobs: 5 };
+      const logits = inWasm(randoms(rng, V, 6));
+      if (r % 4 === 0) logits[17] = Number.NaN;
+      if (r % 4 === 1) logits[23] = -Infinity;
+      const fast = new Sampler(params, V, wasm).sample(logits, []);
+      const slow = new Sampler(params, V).sample(Float32Array.from(logits), []);
+      expect(fast.token).toBe(slow.token);
+      expect(Math.abs(fast.logprob - slow.logprob)).toBeLessThan(2e-6);
+      expect(fast.topLogprobs.map((t) => t.token)).toEqual(slow.topLogprobs.map((t) => t.token));
+      for (const [i, t] of fast.topLogprobs.entries())
+        expect(Math.abs(t.logprob - slow.topLogprobs[i]!.logprob)).toBeLessThan(2e-6);
+    }
+  });
+
   it("rope: normal and neox styles, partial rotation, frequency factors, scaled positions", () => {
     const rng = new Rng(3);
     const cases: { headDim: number; p: RopeParams }[] = [

@@ -1822,20 +1822,21 @@ export function argmaxF32(x: usize, n: i32): i32 {
  * the largest finite float (src/sampling/sampler.ts, clean). dst may be src.
  */
 export function cleanCopyF32(src: usize, dst: usize, n: i32): void {
-  const ninf = f32x4.splat(-Infinity);
-  const fmax = f32x4.splat(f32.MAX_VALUE);
   const n4 = n & ~3;
   for (let i = 0; i < n4; i += 4) {
     const o = (<usize>i) << 2;
-    const v = v128.load(src + o);
-    // min keeps a NaN lane NaN; the select then turns it into −∞.
-    v128.store(dst + o, v128.bitselect(ninf, f32x4.min(v, fmax), f32x4.ne(v, v)));
+    v128.store(dst + o, clean4(v128.load(src + o)));
   }
   for (let i = n4; i < n; i++) {
     const o = (<usize>i) << 2;
-    const v = load<f32>(src + o);
-    store<f32>(dst + o, v != v ? -Infinity : v == Infinity ? f32.MAX_VALUE : v);
+    store<f32>(dst + o, f32x4.extract_lane(clean4(f32x4.splat(load<f32>(src + o))), 0));
   }
+}
+
+/** NaN lanes → −∞, +∞ → the largest finite float (min keeps a NaN lane NaN; the select turns it into −∞). */
+// @inline
+function clean4(v: v128): v128 {
+  return v128.bitselect(f32x4.splat(-Infinity), f32x4.min(v, f32x4.splat(f32.MAX_VALUE)), f32x4.ne(v, v));
 }
 
 /**
@@ -1853,7 +1854,7 @@ export function softmaxF32(x: usize, n: i32, invT: f32): f64 {
     max(f32x4.extract_lane(m4, 2), f32x4.extract_lane(m4, 3)),
   );
   for (let i = n4; i < n; i++) m = max(m, load<f32>(x + ((<usize>i) << 2)));
-  if (m == -Infinity) return 0;
+  if (m === -Infinity) return 0;
   const mv = f32x4.splat(m);
   const sv = f32x4.splat(invT);
   const ninf = f32x4.splat(-Infinity);
@@ -1872,7 +1873,7 @@ export function softmaxF32(x: usize, n: i32, invT: f32): f64 {
   for (let i = n4; i < n; i++) {
     const p = x + ((<usize>i) << 2);
     const v = load<f32>(p);
-    const e: f32 = v == -Infinity ? 0 : exp1((v - m) * invT);
+    const e: f32 = v === -Infinity ? 0 : exp1((v - m) * invT);
     store<f32>(p, e);
     sum += <f64>e;
   }
