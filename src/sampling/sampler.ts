@@ -104,45 +104,50 @@ export function selectTopK(
   sorted = true,
 ): number {
   let n = 0;
-  for (let i = 0; i < V; i++) {
+  let i = 0;
+  for (; i < V && n < k; i++) {
     const v = vals[i];
     if (!(v > -Infinity)) continue;
-    if (n < k) {
-      // Min-heap by (value, -id): the root is the worst kept token. Sift the newcomer up;
-      // it has the largest id so far, so on equal values it is the worse one.
-      let j = n++;
-      while (j > 0) {
-        const p = (j - 1) >> 1;
-        const hp = heap[p];
-        if (v <= vals[hp]) {
-          heap[j] = hp;
-          j = p;
-        } else break;
-      }
-      heap[j] = i;
-    } else if (v > vals[heap[0]]) {
-      // Better than the worst kept token: replace the root and sift down.
-      let j = 0;
-      for (;;) {
-        const l = 2 * j + 1;
-        if (l >= n) break;
-        let c = l;
-        const r = l + 1;
-        if (r < n) {
-          const lv = vals[heap[l]];
-          const rv = vals[heap[r]];
-          if (rv < lv || (rv === lv && heap[r] > heap[l])) c = r;
-        }
-        const hc = heap[c];
-        const cv = vals[hc];
-        if (cv < v) {
-          // (cv === v cannot be worse than the newcomer: hc < i)
-          heap[j] = hc;
-          j = c;
-        } else break;
-      }
-      heap[j] = i;
+    // Min-heap by (value, -id): the root is the worst kept token. Sift the newcomer up;
+    // it has the largest id so far, so on equal values it is the worse one.
+    let j = n++;
+    while (j > 0) {
+      const p = (j - 1) >> 1;
+      const hp = heap[p];
+      if (v <= vals[hp]) {
+        heap[j] = hp;
+        j = p;
+      } else break;
     }
+    heap[j] = i;
+  }
+  // The heap is full: a token gets in only by beating the root's value (kept in a local, since
+  // almost none does), replacing it and sifting down.
+  let worst = n > 0 ? vals[heap[0]] : Infinity;
+  for (; i < V; i++) {
+    const v = vals[i];
+    if (!(v > worst)) continue;
+    let j = 0;
+    for (;;) {
+      const l = 2 * j + 1;
+      if (l >= n) break;
+      let c = l;
+      const r = l + 1;
+      if (r < n) {
+        const lv = vals[heap[l]];
+        const rv = vals[heap[r]];
+        if (rv < lv || (rv === lv && heap[r] > heap[l])) c = r;
+      }
+      const hc = heap[c];
+      const cv = vals[hc];
+      if (cv < v) {
+        // (cv === v cannot be worse than the newcomer: hc < i)
+        heap[j] = hc;
+        j = c;
+      } else break;
+    }
+    heap[j] = i;
+    worst = vals[heap[0]];
   }
   if (sorted) heap.subarray(0, n).sort((a, b) => vals[b] - vals[a] || a - b);
   return n;
