@@ -42,10 +42,12 @@ import { type StartedServer, startServer, startSpindle } from "./servers.js";
 const USAGE = `usage: npm run bench:vs-llama-server -- [--model FILE.gguf] [--rounds 3] [--requests 64]
            [--threads 2] [--kv-tokens 16384] [--input-len 105] [--output-len 128]
            [--prefix-len 412] [--suffix-len 32] [--groups 4] [--workloads c16,c32,c1,shared]
-           [--llama-server PATH] [--llama-args="--poll 0"] [--seed 1] [--json OUT]
+           [--llama-server PATH] [--llama-args="--poll 0"] [--seed 1] [--temperature 0] [--json OUT]
 
 --requests: per run of the 16/32-stream and shared-prefix workloads; the 1-stream run sends a
-quarter of them (at least 2). Small settings for a quick look: --rounds 2 --requests 32 --output-len 32.`;
+quarter of them (at least 2). Small settings for a quick look: --rounds 2 --requests 32 --output-len 32.
+--temperature: above 0, both servers sample from the whole distribution (top_k 0, top_p 1, min_p 0
+sent too, since llama-server would otherwise cut to its default top 40).`;
 
 const run = promisify(execFile);
 
@@ -68,6 +70,7 @@ interface Options {
   /** More llama-server arguments, e.g. "--poll 0". */
   llamaArgs: string[];
   seed: number;
+  temperature: number;
   json: string | undefined;
 }
 
@@ -88,6 +91,7 @@ function parseOptions(): Options | undefined {
       "llama-server": { type: "string" },
       "llama-args": { type: "string" },
       seed: { type: "string", default: "1" },
+      temperature: { type: "string", default: "0" },
       json: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -102,6 +106,8 @@ function parseOptions(): Options | undefined {
       throw new Error(`--${name} must be an integer ≥ ${min}, got "${v}"`);
     return n;
   };
+  const temperature = Number(values.temperature);
+  if (!(temperature >= 0)) throw new Error(`--temperature must be a number ≥ 0, got "${values.temperature}"`);
   const workloads = values.workloads!.split(",").map((w) => w.trim()) as WorkloadName[];
   for (const w of workloads)
     if (!WORKLOADS.includes(w)) throw new Error(`--workloads: unknown "${w}" (${WORKLOADS.join(", ")})`);
@@ -120,6 +126,7 @@ function parseOptions(): Options | undefined {
     llamaServer: values["llama-server"],
     llamaArgs: values["llama-args"]?.split(/\s+/).filter((a) => a.length > 0) ?? [],
     seed: int("seed", values.seed!, 0),
+    temperature,
     json: values.json,
   };
 }
@@ -365,7 +372,8 @@ async function main(): Promise<number> {
           // The same prompts to both servers within a round, new ones every round (prefix caches).
           seed: o.seed * 1000 + round * 10 + wi,
           ignoreEos: true,
-          temperature: 0,
+          temperature: o.temperature,
+          ...(o.temperature > 0 ? { extraBody: { top_k: 0, top_p: 1, min_p: 0 } } : {}),
           rounds: 1,
           graceMs: 0,
           metricsIntervalMs: 0,

@@ -66,6 +66,8 @@ export interface BenchConfig {
   seed: number;
   ignoreEos: boolean;
   temperature?: number;
+  /** Extra fields merged into every request's body (e.g. sampling settings a server defaults otherwise). */
+  extraBody?: Record<string, unknown>;
   slo?: Slo;
   rounds: number;
   /** After Ctrl-C, how long in-flight requests may finish (ms). */
@@ -240,7 +242,7 @@ async function sendUnmeasured(
     stop,
     graceMs: 0,
     send: async (item, i, signal) => {
-      const r = await t.send(toRequest(cfg, t, item, i), { signal });
+      const r = await t.send(toRequest(cfg, t, item, i), { signal, extraBody: cfg.extraBody });
       out.push(r);
       return r;
     },
@@ -465,7 +467,7 @@ async function runResolved(
           send: (item, i, signal) => {
             const req = toRequest(cfg, t, item, chunkIndex[r]![i]!);
             reqs.set(i, req);
-            return t.send(req, { signal });
+            return t.send(req, { signal, extraBody: cfg.extraBody });
           },
         });
         hooks.onRunEnd?.();
