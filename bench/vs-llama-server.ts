@@ -329,6 +329,10 @@ async function main(): Promise<number> {
       String(KVCacheStorage.bytesPerToken(configFromGGUF(readGGUF(model))) * blocks * 16),
       "--max-num-seqs",
       String(Math.max(64, maxC)),
+      // Never measured in the background: an idle Spindle re-measuring its decode split would take
+      // CPU from llama-server's runs. On: what the measurement chose on every file here.
+      "--decode-split",
+      "on",
     ]);
     servers.push(spindle);
     // -kvu: one KV buffer for every slot, as Spindle's pool is; -np: a slot per concurrent stream.

@@ -70,6 +70,10 @@ and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect 
   --kernels wasm|reference    compute kernels (default: wasm once built; also $SPINDLE_KERNELS)
   --threads N                 kernel threads a large matmul is split over (default: the cores; also
                               $SPINDLE_THREADS); with --backend llamacpp: llama.cpp's threads
+  --decode-split auto|on|off  whether a decode step's small matmuls split over the kernel threads too:
+                              auto (default) measures both ways while the engine is idle, after start
+                              and again after serving; on or off never measures (no background work:
+                              for benchmarks beside another server)
 
 Backends (what computes the tokens; admission, priorities, metrics and logs apply to all):
   --backend local|llamacpp|openai|sim   (default local: Spindle's own engine)
@@ -219,7 +223,10 @@ function backendInit(
   if (kind === "sim" && values.speculative === "draft")
     throw new SpindleError("--speculative draft needs --backend local (the sim backend runs no model)");
   only(["threads", "ctx-size"], ["local", "llamacpp"]);
-  only(["kv-cache-type", "cache-type-k", "cache-type-v"], ["local"]);
+  only(["kv-cache-type", "cache-type-k", "cache-type-v", "decode-split"], ["local"]);
+  const decodeSplit = str("decode-split");
+  if (decodeSplit !== undefined && !["auto", "on", "off"].includes(decodeSplit))
+    throw new SpindleError(`--decode-split must be auto, on or off, got "${decodeSplit}"`);
   const ctxSize = int("ctx-size", str("ctx-size"), 1);
   switch (kind) {
     case "local":
@@ -229,6 +236,7 @@ function backendInit(
         kvCacheBytes: str("kv-cache-memory") ? parseSize(str("kv-cache-memory")!) : undefined,
         kvCacheType: kvCacheTypeOption(values),
         contextLength: ctxSize,
+        ...(decodeSplit === "on" || decodeSplit === "off" ? { decodeSplit } : {}),
         options: engineOptions,
       };
     case "sim":
@@ -283,6 +291,7 @@ export async function serveCommand(args: string[]): Promise<number> {
       "request-timeout-ms": { type: "string" },
       "kv-cache-memory": { type: "string" },
       "kv-cache-type": { type: "string" },
+      "decode-split": { type: "string" },
       "cache-type-k": { type: "string" },
       "cache-type-v": { type: "string" },
       "max-num-seqs": { type: "string" },

@@ -2,7 +2,7 @@ import { SpindleError } from "../errors.js";
 import { describeKernels } from "../kernels/kernels.js";
 import { loadModel, type Model } from "../model/model.js";
 import { readModelCard } from "../model/model-card.js";
-import { hasSplitChoice, type SplitChoice, tuneSmallSplits } from "../model/tune-splits.js";
+import { fixSmallSplits, hasSplitChoice, type SplitChoice, tuneSmallSplits } from "../model/tune-splits.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { type Clock, realClock } from "./engine.js";
 import type { EngineInfo, EngineInit, ModelEngineInit } from "./engine-protocol.js";
@@ -92,6 +92,7 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
   if (init.kind !== "model")
     throw new SpindleError(`unknown engine kind ${String((init as { kind: unknown }).kind)}`);
   const model: Model = loadModel(init.modelPath, { onProgress: onLoadProgress });
+  if (init.decodeSplit !== undefined) fixSmallSplits(model, init.decodeSplit === "on");
   const c = model.config;
   const { numBlocks, windowBlocks } = kvCachePools(c, init, maxNumSeqs, base.scheduler.maxNumBatchedTokens);
   const contextLength = cappedContext(c.contextLength, init.contextLength);
@@ -141,13 +142,14 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
         if (built.info.draftModel) built.info.draftModel.tokenCost = drafter.drafter.tokenCost;
       }
     },
-    retune: hasSplitChoice(model)
-      ? async (stop) => {
-          const splits = await tuneSmallSplits(model, stop);
-          if (splits) built.info.decodeSplits = splits;
-          return splits;
-        }
-      : undefined,
+    retune:
+      hasSplitChoice(model) && init.decodeSplit === undefined
+        ? async (stop) => {
+            const splits = await tuneSmallSplits(model, stop);
+            if (splits) built.info.decodeSplits = splits;
+            return splits;
+          }
+        : undefined,
     tokenizer: tok,
     clock: realClock,
     info: {

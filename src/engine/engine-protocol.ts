@@ -50,6 +50,8 @@ export interface ModelEngineInit {
   options?: WorkerEngineOptions;
   /** When the decode split is measured again (engine-worker.ts DEFAULT_RETUNE); tests shorten it. */
   retune?: { idleMs?: number; everyMs?: number };
+  /** `--decode-split on|off`: the decode split fixed, never measured; absent: measured while idle. */
+  decodeSplit?: "on" | "off";
 }
 
 export interface SimEngineInit {

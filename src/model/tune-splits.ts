@@ -46,6 +46,11 @@ function median(xs: number[]): number {
   return s[s.length >> 1]!;
 }
 
+/** Fixes the decode split (`--decode-split on|off`), where the model's kernels have one to choose. */
+export function fixSmallSplits(model: Model, on: boolean): void {
+  if (hasSplitChoice(model)) (model.transformer.kernels as Partial<SplittableKernels>).smallSplits = on;
+}
+
 /** Whether the model's kernels have a decode split to choose (several threads). */
 export function hasSplitChoice(model: Model): boolean {
   const k = model.transformer.kernels as Partial<SplittableKernels>;

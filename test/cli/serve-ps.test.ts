@@ -112,17 +112,23 @@ describe("spindle serve --ctx-size, and spindle ps", () => {
   it("the ready log line names the KV cache's type, blocks and bytes; the decode split is logged once measured, after ready", async () => {
     const logLines = () =>
       stdout
+        .slice(0, stdout.lastIndexOf("\n") + 1) // whole lines only
         .trim()
         .split("\n")
+        .filter((l) => l.length > 0)
         .map((l) => JSON.parse(l) as Record<string, unknown>);
-    const ready = logLines().find((l) => l.msg === "ready");
-    expect(ready).toMatchObject({ kvCacheType: "f16", numBlocks: 19 * 64 });
+    // Lines arrive as the server writes them: wait for each (the measurement comes after ready).
+    const logged = async (msg: string) => {
+      const deadline = Date.now() + 20_000;
+      let line: Record<string, unknown> | undefined;
+      while (!(line = logLines().find((l) => l.msg === msg)) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 100));
+      return line;
+    };
+    expect(await logged("ready")).toMatchObject({ kvCacheType: "f16", numBlocks: 19 * 64 });
     // Two kernel threads: whether decode splits over them, chosen by the faster of two timed ways
     // while the engine is idle after ready.
-    const deadline = Date.now() + 20_000;
-    let measured: Record<string, unknown> | undefined;
-    while (!(measured = logLines().find((l) => l.msg === "measured")) && Date.now() < deadline)
-      await new Promise((r) => setTimeout(r, 100));
+    const measured = await logged("measured");
     const { decodeSplits, decodeStepMs } = measured as {
       decodeSplits: boolean;
       decodeStepMs: Record<string, number>;
@@ -164,6 +170,26 @@ describe("spindle serve --ctx-size, and spindle ps", () => {
     const mixed = await runCli(["serve", "-m", model, "--port", "0", "-ctk", "f16", "-ctv", "f32"]);
     expect(mixed.code).toBe(1);
     expect(mixed.stderr).toMatch(/--cache-type-k f16, --cache-type-v f32: Spindle keeps K and V in one type/);
+  });
+
+  it("--decode-split takes auto, on or off, for the local backend, refused otherwise before loading", async () => {
+    const model = testModel(STORIES_260K);
+    const bad = await runCli(["serve", "-m", model, "--port", "0", "--decode-split", "maybe"]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/--decode-split must be auto, on or off, got "maybe"/);
+    const sim = await runCli([
+      "serve",
+      "-m",
+      model,
+      "--port",
+      "0",
+      "--backend",
+      "sim",
+      "--decode-split",
+      "on",
+    ]);
+    expect(sim.code).toBe(1);
+    expect(sim.stderr).toMatch(/--decode-split applies to --backend local, not sim/);
   });
 
   it("ps without a server is one line naming where it looked", async () => {

@@ -110,6 +110,42 @@ describe("the decode split, measured after ready while idle, and again once the 
   }, 30_000);
 });
 
+describe("a fixed decode split (--decode-split on|off)", () => {
+  it("is never measured, and the engine serves the same tokens either way", async () => {
+    const threads = process.env.SPINDLE_THREADS;
+    process.env.SPINDLE_THREADS = "2";
+    const starts = (["on", "off"] as const).map((decodeSplit) =>
+      EngineClient.start({
+        kind: "model",
+        modelPath,
+        kvCacheBytes: 8 << 20,
+        decodeSplit,
+        retune: { idleMs: 20 },
+      }),
+    );
+    process.env.SPINDLE_THREADS = threads;
+    const clients = await Promise.all(starts);
+    try {
+      const prompt = model.tokenizer.encode("Once upon a time", { addSpecial: true });
+      const alone = generate(model, prompt, { maxTokens: 16, sampling: greedy }).tokens;
+      let measured = 0;
+      for (const c of clients) {
+        expect(c.info.kernels).toBe("wasm kernels (relaxed build), 2 threads");
+        c.onDecodeSplits(() => measured++);
+        expect(
+          (await collect(c.submit({ id: "a", prompt, maxTokens: 16, sampling: greedy }))).tokens,
+        ).toEqual(alone);
+      }
+      // Idle well past the re-measurement's idle spell: nothing was measured, before or after serving.
+      await new Promise((r) => setTimeout(r, 500));
+      expect(measured).toBe(0);
+      for (const c of clients) expect((await c.stats()).decodeSplits).toBeUndefined();
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+    }
+  });
+});
+
 describe("a cancelled engine start", () => {
   it("rejects, stops the worker while it loads, and leaves the next start unharmed", async () => {
     const cancel = new AbortController();
