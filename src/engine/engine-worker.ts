@@ -1,5 +1,6 @@
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { oneLine, SpindleError } from "../errors.js";
+import type { SplitChoice } from "../model/tune-splits.js";
 import type { EngineEvent } from "../protocol/events.js";
 import { RequestOutput } from "../protocol/output.js";
 import type { RequestSpec } from "../protocol/request.js";
@@ -179,8 +180,20 @@ class EngineHost {
       await yieldToEventLoop();
       return this.stopping || this.engine.hasWork();
     };
-    const choice = await this.built.retune!(stop);
-    if (choice === undefined) return; // stopped by a request: due again after the next idle spell
+    let choice: SplitChoice | undefined;
+    try {
+      choice = await this.built.retune!(stop);
+    } catch (err) {
+      // E.g. a kernel thread lost mid-measurement: the kernels go on without it, serving goes on.
+      process.emitWarning(`measuring the decode split failed: ${oneLine(err)}`);
+      choice = undefined;
+    }
+    if (choice === undefined) {
+      // Stopped by a request: due again after the next idle spell. Anything else means there is
+      // nothing to measure (any more): never again, rather than over and over.
+      if (!this.stopping && !this.engine.hasWork()) this.built.retune = undefined;
+      return;
+    }
     if (this.lastTuned !== undefined) this.retunes++;
     this.lastTuned = performance.now();
     this.post({ type: "decodeSplits", decodeSplits: { ...choice, retunes: this.retunes } });
