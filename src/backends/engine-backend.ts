@@ -70,9 +70,9 @@ class EngineBackend implements Backend {
 
   onMeasured(cb: (facts: Record<string, unknown>) => void): () => void {
     return this.engine.onDecodeSplits((s) => {
-      const facts = { ...splitDetails(s), retunes: s.retunes };
-      Object.assign(this.info.details, splitDetails(s));
-      cb(facts);
+      const details = splitDetails(s);
+      Object.assign(this.info.details, details);
+      cb({ ...details, retunes: s.retunes });
     });
   }
 
@@ -85,7 +85,7 @@ class EngineBackend implements Backend {
   }
 }
 
-/** The decode split as /health and the logs show it. */
+/** The decode split as the logs show it (the "ready" and "measured" lines). */
 function splitDetails(s: SplitChoice): Record<string, unknown> {
   return {
     decodeSplits: s.smallSplits,

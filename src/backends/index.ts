@@ -63,6 +63,31 @@ export interface StartBackendOptions {
   signal?: AbortSignal;
 }
 
+/** A backend being started, and how to call its start off. */
+export interface StartingBackend {
+  /** Resolves once it can take requests; a failure is the awaiter's to report. */
+  backend: Promise<Backend>;
+  /** Stops a local or sim engine mid-load (the start then rejects) and closes a backend already up. Idempotent. */
+  cancel(): void;
+}
+
+/** startBackend, cancellable: for a caller that may give up before the backend is up (a server that cannot listen). */
+export function beginBackend(
+  init: BackendInit,
+  opts: Omit<StartBackendOptions, "signal"> = {},
+): StartingBackend {
+  const abort = new AbortController();
+  const backend = startBackend(init, { ...opts, signal: abort.signal });
+  backend.catch(() => {});
+  return {
+    backend,
+    cancel: () => {
+      abort.abort();
+      void backend.then((b) => b.close()).catch(() => {});
+    },
+  };
+}
+
 /** Starts the backend `init` names; resolves once it can take requests. */
 export async function startBackend(init: BackendInit, opts: StartBackendOptions = {}): Promise<Backend> {
   switch (init.kind) {

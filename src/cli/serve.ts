@@ -4,8 +4,8 @@ import {
   BACKEND_KINDS,
   type BackendInit,
   type BackendKind,
+  beginBackend,
   type LocalBackendInit,
-  startBackend,
 } from "../backends/index.js";
 import { kvCacheType } from "../engine/kv-sizing.js";
 import type { BatchingMode, Policy } from "../engine/scheduler.js";
@@ -400,10 +400,8 @@ export async function serveCommand(args: string[]): Promise<number> {
   const bar = process.stderr.isTTY ? new ProgressBar({ label: `loading ${basename(modelPath)}` }) : undefined;
   // The backend starts first (the local one's worker loads the model) and the HTTP layer's modules
   // load meanwhile: half a second of imports no longer comes before the load.
-  const cancel = new AbortController();
-  const starting = startBackend(backend, {
+  const starting = beginBackend(backend, {
     log,
-    signal: cancel.signal,
     // The bar ends (its line too) once all weights are read, before the "ready" log line.
     onLoadProgress:
       bar &&
@@ -412,13 +410,12 @@ export async function serveCommand(args: string[]): Promise<number> {
         if (loaded >= total) bar.done();
       }),
   });
-  starting.catch(() => {}); // reported by the server once it awaits it
   let server: RunningServer;
   try {
     const { startServer } = await import("../server/server.js");
     server = await startServer({ ...serverOptions, starting });
   } catch (err) {
-    cancel.abort();
+    starting.cancel();
     bar?.done();
     throw err;
   }

@@ -2,7 +2,7 @@ import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import Fastify, { type FastifyInstance } from "fastify";
 import pino, { type Logger } from "pino";
-import { type Backend, type BackendInit, startBackend } from "../backends/index.js";
+import { type Backend, type BackendInit, beginBackend, type StartingBackend } from "../backends/index.js";
 import { SpindleError } from "../errors.js";
 import { buildApp } from "./app.js";
 import { DEFAULT_SERVE_OPTIONS, type ServeOptions, type ServerContext } from "./context.js";
@@ -38,7 +38,7 @@ export interface StartServerOptions extends Partial<ServeOptions> {
    * That backend, already starting (`spindle serve` starts it before this module loads, so the
    * model loads meanwhile); started here, before listening, when absent.
    */
-  starting?: Promise<Backend>;
+  starting?: StartingBackend;
   /** Logger; default pino to stdout at "info". */
   log?: Logger;
   /** Called while the local backend reads the weights (bytes loaded, of total): `spindle serve`'s progress bar. */
@@ -101,15 +101,12 @@ function urlOf(host: string, app: FastifyInstance): string {
 export async function startServer(o: StartServerOptions): Promise<RunningServer> {
   const { backend: init, starting: given, log = pino({ level: "info" }), onLoadProgress, ...rest } = o;
   // The backend loads while the server starts listening; if the server cannot start, the backend's
-  // start is cancelled (a given one is the caller's to cancel) and a backend already up is closed.
-  const cancel = new AbortController();
-  const starting = given ?? startBackend(init, { log, onLoadProgress, signal: cancel.signal });
-  starting.catch(() => {}); // its failure is reported once awaited, below
+  // start is called off (a backend already up is closed).
+  const starting = given ?? beginBackend(init, { log, onLoadProgress });
   try {
-    return await listenAndServe(rest, init, log, starting);
+    return await listenAndServe(rest, init, log, starting.backend);
   } catch (err) {
-    cancel.abort();
-    void starting.then((b) => b.close()).catch(() => {});
+    starting.cancel();
     throw listenError(err);
   }
 }
