@@ -79,17 +79,11 @@ export interface PagedKVF32 extends PagedKVShape {
   v: Float32Array;
 }
 
-/**
- * f16 pools: k and v hold f16 bit patterns. `special` has one entry per block: 1 when the block
- * holds an infinity or a NaN, which the fast kernels' widening cannot read (they read that
- * sequence's blocks exactly then); storeKV sets it, and clears it when it writes a block's slot 0
- * (a block is filled from slot 0 on).
- */
+/** f16 pools: k and v hold f16 bit patterns (every value, infinities and NaNs included, read exactly). */
 export interface PagedKVF16 extends PagedKVShape {
   type: "f16";
   k: Uint16Array;
   v: Uint16Array;
-  special: Uint16Array;
 }
 
 /** One sequence's slice of a batch, as attention needs it. */

@@ -161,16 +161,12 @@ export const referenceKernels: Kernels = {
         const slot = pos % blockSize;
         const src = (s.row + i) * kvDim;
         if (kv.type === "f16") {
-          // Rounded to the nearest f16 (ties to even); the block's flag says whether it holds an inf or NaN.
-          if (slot === 0) kv.special[block] = 0;
+          // Rounded to the nearest f16 (ties to even).
           for (let h = 0; h < nKVHeads; h++) {
             const dst = kvOffset(kv, block, h, slot);
             for (let d = 0; d < headDim; d++) {
-              const hk = f32ToF16(k[src + h * headDim + d]!);
-              const hv = f32ToF16(v[src + h * headDim + d]!);
-              kv.k[dst + d] = hk;
-              kv.v[dst + d] = hv;
-              if ((hk & 0x7c00) === 0x7c00 || (hv & 0x7c00) === 0x7c00) kv.special[block] = 1;
+              kv.k[dst + d] = f32ToF16(k[src + h * headDim + d]!);
+              kv.v[dst + d] = f32ToF16(v[src + h * headDim + d]!);
             }
           }
           continue;

@@ -190,8 +190,7 @@ export class KVCacheStorage {
       if (this.type === "f16") {
         const k = u16(perLayer);
         const v = k && u16(perLayer);
-        const special = v && u16(blocks);
-        if (special !== undefined) pool = { ...shape, type: "f16", k: k!, v: v!, special };
+        if (v !== undefined) pool = { ...shape, type: "f16", k: k!, v };
       } else {
         const k = f32(perLayer);
         const v = k && f32(perLayer);
@@ -207,7 +206,7 @@ export class KVCacheStorage {
   }
 }
 
-/** A layer's arrays: K, V and an f16 cache's block flags. */
+/** A layer's arrays: K and V. */
 function arraysOf(p: PagedKV): (Float32Array | Uint16Array)[] {
-  return p.type === "f16" ? [p.k, p.v, p.special] : [p.k, p.v];
+  return [p.k, p.v];
 }

@@ -12,10 +12,9 @@ import { Rng } from "../../src/sampling/rng.js";
 /**
  * The f16 KV cache (`--kv-cache-type f16`) in the WebAssembly kernels against the reference kernels:
  * storeKV rounds every f32 to the f16 that src/quant's f32ToF16 gives (F16C's and ggml's rounding:
- * ties to even, overflow to infinity, exact subnormals, NaN payloads kept), bit for bit, and flags
- * the blocks holding an infinity or a NaN; attention over f16 pools gives exactly the bits of
- * attention over f32 pools holding the same (widened) values, on the fast path (finite values,
- * f16 subnormals included) and on the exact path (a flagged block).
+ * ties to even, overflow to infinity, exact subnormals, NaN payloads kept), bit for bit; attention
+ * over f16 pools gives exactly the bits of attention over f32 pools holding the same (widened)
+ * values: finite values, f16 subnormals, infinities.
  */
 
 const BUILD_SCRIPT = new URL("../../scripts/build-kernels.mjs", import.meta.url);
@@ -72,7 +71,7 @@ function f16Pools(
 ): PagedKVF16 {
   const n = numBlocks * blockSize * nKVHeads * headDim;
   const u16 = (m: number) => (mine ? wasm.allocUint16(m)! : new Uint16Array(m));
-  return { type: "f16", blockSize, nKVHeads, headDim, k: u16(n), v: u16(n), special: u16(numBlocks) };
+  return { type: "f16", blockSize, nKVHeads, headDim, k: u16(n), v: u16(n) };
 }
 
 /** The same cache as f32 pools: each stored f16 widened. */
@@ -106,30 +105,14 @@ describe("f16 KV cache: storeKV", () => {
       let wrong = 0;
       for (let i = 0; i < x.length; i++) if (kv.k[i] !== f32ToF16(x[i]!) || kv.v[i] !== kv.k[i]) wrong++;
       expect(wrong, `headDim ${hd}`).toBe(0);
-      // The reference stores the same bits and flags the same blocks.
+      // The reference stores the same bits.
       const ref = f16Pools(numBlocks, blockSize, 1, hd, false);
       referenceKernels.storeKV(ref, x, x, seq);
       let differ = 0;
       for (let i = 0; i < x.length; i++) if (ref.k[i] !== kv.k[i]) differ++;
       expect(differ).toBe(0);
-      expect(Array.from(ref.special)).toEqual(Array.from(kv.special));
     }
   }, 300_000);
-
-  it("flags a block that holds an infinity or a NaN, and clears the flag when the block's slot 0 is written again", () => {
-    for (const k of [wasm, referenceKernels]) {
-      const kv = f16Pools(3, 4, 2, 8, k === wasm);
-      const rows = inWasm(new Float32Array(12 * 16).fill(0.25));
-      rows[5 * 16 + 3] = 70000;
-      rows[10 * 16 + 9] = Number.NaN; // token 10 (block 2)
-      k.storeKV(kv, rows, rows, [{ row: 0, count: 12, pos: 0, blockTable: [0, 1, 2] }]);
-      expect(Array.from(kv.special), k.name).toEqual([0, 1, 1]);
-      // Block 1 refilled from slot 0 with finite values: no longer flagged.
-      const finite = inWasm(new Float32Array(4 * 16).fill(1));
-      k.storeKV(kv, finite, finite, [{ row: 0, count: 4, pos: 4, blockTable: [0, 1] }]);
-      expect(Array.from(kv.special), k.name).toEqual([0, 0, 1]);
-    }
-  });
 });
 
 describe("f16 KV cache: attention", () => {
@@ -137,7 +120,7 @@ describe("f16 KV cache: attention", () => {
     { nHeads: 8, nKVHeads: 2, headDim: 64, blockSize: 16 },
     { nHeads: 6, nKVHeads: 6, headDim: 48, blockSize: 16 }, // 48 = 32 + 16
     { nHeads: 4, nKVHeads: 1, headDim: 40, blockSize: 5 }, // 40 = 32 + 8; keys not in fours
-    { nHeads: 2, nKVHeads: 2, headDim: 6, blockSize: 4 }, // not a multiple of 8: the reference runs
+    { nHeads: 2, nKVHeads: 2, headDim: 6, blockSize: 4 }, // not a multiple of 4: keys one at a time, a tail
   ];
   for (const sh of shapes) {
     it(`${sh.nHeads}/${sh.nKVHeads} heads of ${sh.headDim}, blocks of ${sh.blockSize}: the f32 kernel's bits on the widened cache`, () => {
@@ -188,8 +171,7 @@ describe("f16 KV cache: attention", () => {
       wasm.attention(kv, q, nHeads, seqs, out);
       wasm.attention(widened(kv), q, nHeads, seqs, want);
       referenceKernels.attention(ref, q, nHeads, seqs, refOut);
-      // headDim not a multiple of 8: the reference runs on the f16 pools.
-      expect(bitsEqual(out, headDim % 8 === 0 ? want : refOut)).toBe(true);
+      expect(bitsEqual(out, want)).toBe(true);
       let d = 0;
       for (let i = 0; i < out.length; i++) d = Math.max(d, Math.abs(out[i]! - refOut[i]!));
       expect(d).toBeLessThan(1e-5);
@@ -200,7 +182,7 @@ describe("f16 KV cache: attention", () => {
     });
   }
 
-  it("a flagged block is read exactly: an infinity in a value row gives what the f32 cache gives", () => {
+  it("an infinity in a value row is read exactly: what the f32 cache gives", () => {
     const nHeads = 4;
     const nKVHeads = 2;
     const headDim = 32;
@@ -214,7 +196,6 @@ describe("f16 KV cache: attention", () => {
     v[9 * kvDim + 3] = 1e6; // token 9, block 1: infinity in f16
     const table = [3, 1, 0];
     wasm.storeKV(kv, k, v, [{ row: 0, count: rows, pos: 0, blockTable: table }]);
-    expect(Array.from(kv.special)).toEqual([0, 1, 0, 0]);
     const q = inWasm(Float32Array.from({ length: nHeads * headDim }, () => rng.next() - 0.5));
     const seqs = [{ row: 0, count: 1, pos: rows - 1, blockTable: table }];
     const out = wasm.allocFloat32(nHeads * headDim)!;
@@ -226,7 +207,7 @@ describe("f16 KV cache: attention", () => {
     expect(Number.isFinite(out[4])).toBe(true);
   });
 
-  it("KVCacheStorage f16: half the bytes of f32, pools in the kernels' memory, moved with their flags, given back", async () => {
+  it("KVCacheStorage f16: half the bytes of f32, pools in the kernels' memory, moved, given back", async () => {
     const k = await createWasmKernels({ threads: 1 });
     const config = { nLayers: 2, nKVHeads: 2, headDim: 8 };
     expect(KVCacheStorage.bytesPerToken(config, "f16") * 2).toBe(KVCacheStorage.bytesPerToken(config, "f32"));
@@ -238,13 +219,11 @@ describe("f16 KV cache: attention", () => {
     const l = kv.layers[1]!;
     if (l.type !== "f16") throw new Error("not f16");
     l.k[3] = 0x3c00;
-    l.special[2] = 1;
     kv.useKernels(k);
     const m = kv.layers[1]!;
     if (m.type !== "f16") throw new Error("not f16");
-    expect(k.owns(m.k) && k.owns(m.v) && k.owns(m.special)).toBe(true);
+    expect(k.owns(m.k) && k.owns(m.v)).toBe(true);
     expect(m.k[3]).toBe(0x3c00);
-    expect(m.special[2]).toBe(1);
     expect(kv.bytes).toBe(5 * 16 * KVCacheStorage.bytesPerToken(config, "f16"));
     kv.dispose();
     expect(k.memoryBytes()).toBe(before);

@@ -399,8 +399,9 @@ describe("models with the WebAssembly kernels", () => {
       // The kernels' exact model (emulate.ts) in double, against the forward pass in WebAssembly (f32
       // matmuls, attention, norms): logits have std ≈ 1; measured differences 1e-6..1e-5. Now and
       // then an activation lands within f32 rounding of a quantization boundary and its 8-bit value
-      // differs by one, which moves logits by up to a few 1e-4; a layout or attention mistake gives
-      // differences of order 1.
+      // differs by one: on Q4_K, 14 of 40 prompts of 40 tokens, moving logits by up to 0.065 (0.012
+      // on average). A layout or attention mistake moves them all by order 1: the bound is on the
+      // largest difference and on the mean.
       const path = synth(type);
       const ref = loadModel(path, { kernels: quantizingReference() });
       const fast = loadModel(path, { kernels: await createWasmKernels() });
@@ -411,8 +412,13 @@ describe("models with the WebAssembly kernels", () => {
         const a = logitsAfter(ref, prompt);
         const b = logitsAfter(fast, prompt);
         let m = 0;
-        for (let i = 0; i < V; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-        expect(m, `prompt of ${len}`).toBeLessThan(2e-3);
+        let sum = 0;
+        for (let i = 0; i < V; i++) {
+          m = Math.max(m, Math.abs(a[i]! - b[i]!));
+          sum += Math.abs(a[i]! - b[i]!);
+        }
+        expect(m, `prompt of ${len}`).toBeLessThan(0.1);
+        expect(sum / V, `prompt of ${len}`).toBeLessThan(0.02);
       }
     });
   }

@@ -177,11 +177,9 @@ function f16x4Bits(x: v128): v128 {
 
 /**
  * Stores n floats at src as f16 at dst: four at a time through f16x4Bits, a group with a NaN and the
- * last n mod 4 through f16Bits. Returns 1 when a stored value is an infinity or a NaN (which
- * f16Finite cannot read), else 0.
+ * last n mod 4 through f16Bits.
  */
-function storeRowF16(dst: usize, src: usize, n: i32): i32 {
-  let special = i32x4.splat(0);
+function storeRowF16(dst: usize, src: usize, n: i32): void {
   let i = 0;
   for (; i + 4 <= n; i += 4) {
     const x = v128.load(src + ((<usize>i) << 2));
@@ -189,34 +187,12 @@ function storeRowF16(dst: usize, src: usize, n: i32): i32 {
     if (v128.any_true(i32x4.gt_s(v128.and(x, i32x4.splat(0x7fffffff)), i32x4.splat(0x7f800000)))) {
       for (let l = 0; l < 4; l++)
         store<u16>(d + ((<usize>l) << 1), f16Bits(load<f32>(src + ((<usize>(i + l)) << 2))));
-      special = i32x4.splat(-1);
       continue;
     }
     const h = f16x4Bits(x);
-    special = v128.or(special, i32x4.ge_s(v128.and(h, i32x4.splat(0x7fff)), i32x4.splat(0x7c00)));
     v128.store64_lane(d, i16x8.narrow_i32x4_u(h, h), 0);
   }
-  let any = v128.any_true(special) ? 1 : 0;
-  for (; i < n; i++) {
-    const h = f16Bits(load<f32>(src + ((<usize>i) << 2)));
-    store<u16>(dst + ((<usize>i) << 1), h);
-    if ((h & 0x7c00) === 0x7c00) any = 1;
-  }
-  return any;
-}
-
-/**
- * Elements 0..3 (half 0) or 4..7 (half 1) of 8 f16 bit patterns as f32, exact for every finite
- * value, subnormals included (an infinity or a NaN comes out finite: an f16 KV cache flags the
- * blocks that hold one, see storeKV): sign-extended to 32 bits, sign, exponent and mantissa moved
- * into place as an f32 2^112 times too small, then · 2^112. Unlike the decoders above, an f16
- * subnormal is an f32 subnormal operand here (slow on x86, exact): rare in a KV cache.
- */
-// @inline
-function f16Finite(h: v128, half: i32): v128 {
-  const w = half === 0 ? i32x4.extend_low_i16x8_s(h) : i32x4.extend_high_i16x8_s(h);
-  const bits = v128.and(i32x4.shl(w, 13), i32x4.splat(<i32>0x8fffe000));
-  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33)); // 2^112
+  for (; i < n; i++) store<u16>(dst + ((<usize>i) << 1), f16Bits(load<f32>(src + ((<usize>i) << 2))));
 }
 
 // ------------------------------------------------------------------ block decoding helpers
@@ -1978,10 +1954,7 @@ function copyRow(dst: usize, src: usize, n: usize): void {
  * are batch rows row.. (nKVHeads × headDim floats each at k and v), and position p goes to block
  * table[p / blockSize] (table: the byte address of its block ids), slot p % blockSize; a block is
  * [kvHead][slot][headDim].
- *
- * f16 ≠ 0: the pools hold f16 (storeRowF16), and `flags` one u16 per block: 1 when the block holds
- * an infinity or a NaN (attention then decodes it exactly), cleared when the block's slot 0 is
- * written (a block is filled from slot 0 on: the engine never writes into a block it did not fill).
+ * f16 ≠ 0: the pools hold f16 (storeRowF16).
  */
 export function storeKV(
   kPool: usize,
@@ -1994,7 +1967,6 @@ export function storeKV(
   seqs: usize,
   nSeqs: i32,
   f16: i32,
-  flags: usize,
 ): void {
   const hb = (<usize>headDim) << 2;
   const eb: usize = f16 !== 0 ? 1 : 2; // log2 of a cached element's bytes
@@ -2009,15 +1981,11 @@ export function storeKV(
       const block = <usize>load<i32>(table + ((<usize>(p / blockSize)) << 2));
       const slot = <usize>(p % blockSize);
       const src = <usize>(row + i) * <usize>nKVHeads * hb;
-      const fp = flags + (block << 1);
-      if (f16 !== 0 && slot === 0) store<u16>(fp, 0);
       for (let h = 0; h < nKVHeads; h++) {
         const dst = (((block * <usize>nKVHeads + <usize>h) * <usize>blockSize + slot) * <usize>headDim) << eb;
         if (f16 !== 0) {
-          const special =
-            storeRowF16(kPool + dst, k + src + <usize>h * hb, headDim) |
-            storeRowF16(vPool + dst, v + src + <usize>h * hb, headDim);
-          if (special !== 0) store<u16>(fp, 1);
+          storeRowF16(kPool + dst, k + src + <usize>h * hb, headDim);
+          storeRowF16(vPool + dst, v + src + <usize>h * hb, headDim);
         } else {
           copyRow(kPool + dst, k + src + <usize>h * hb, hb);
           copyRow(vPool + dst, v + src + <usize>h * hb, hb);
@@ -2033,20 +2001,22 @@ export function storeKV(
  * i32, (row, count, pos, table): the sequence's `count` new queries are batch rows row.. (nHeads ×
  * headDim floats each at q, results at out likewise), query i (position pos + i) attends to
  * positions 0 .. pos + i, and `table` is the byte address of its block ids. Head h reads KV head
- * h / (nHeads / nKVHeads). scores: `parts` regions of scoresStride bytes, each room for the longest
- * context's floats; part p uses region p. window > 0: a sliding window (query at p sees keys
- * p − window + 1 .. p only, and no block of the table before that is read: a sequence may have given
- * those back). softcap ≠ 0: scores are soft-capped, cap · tanh(s / cap), before the softmax.
+ * h / (nHeads / nKVHeads). scores: `parts` regions of scoresStride bytes, each
+ * attentionScratchBytes(longest context, …); part p uses region p. window > 0: a sliding window
+ * (query at p sees keys p − window + 1 .. p only, and no block of the table before that is read: a
+ * sequence may have given those back). softcap ≠ 0: scores are soft-capped, cap · tanh(s / cap),
+ * before the softmax. f16 ≠ 0: the pools hold f16 (headDim a multiple of 8), read a block at a time
+ * into f32 exactly (f16Row), so the arithmetic is the f32 pools'.
  *
- * The work items are (sequence, query, KV head) in that order, each costing the keys it sees;
- * part p takes the items whose cost prefix starts in [p·total/parts, (p+1)·total/parts), so the
- * parts are balanced whether the batch is one long prefill or many short decodes. Which part
- * computes an item changes nothing in its arithmetic: per (query, head), whatever else is in the
- * batch, s_j = (q · k_j) · scale (dotF32's arithmetic), m = max s_j, e_j = exp(s_j − m),
- * out = (Σ_j e_j · v_j, in order of j, four lanes of headDim at a time) · (1 / Σ_j e_j).
- *
- * f16 ≠ 0: f16 pools with storeKV's per-block flags at `flags` (headDim a multiple of 8): the keys
- * and values are widened to f32 in registers and the arithmetic is the f32 pools' (attendHeadF16).
+ * The work items are (sequence, query, unit) in that order, a unit being `unit` consecutive heads
+ * of one KV head (unit divides nHeads / nKVHeads): they share its keys and values, read once for
+ * all of them, so the whole group is best unless the batch has too few items to keep every part
+ * busy (a 1-sequence decode step). Each item costs the keys it sees times its heads, and part p takes the items whose cost prefix starts in [p·total/parts,
+ * (p+1)·total/parts), so the parts are balanced whether the batch is one long prefill or many short
+ * decodes. Neither the part nor the unit changes anything in the arithmetic: per (query, head),
+ * whatever else is in the batch, s_j = (q · k_j) · scale (dotKey's arithmetic), m = max s_j,
+ * e_j = exp(s_j − m), out = (Σ_j e_j · v_j, in order of j, four lanes of headDim at a time through
+ * madd) · (1 / Σ_j e_j).
  */
 export function attentionPart(
   kPool: usize,
@@ -2063,9 +2033,9 @@ export function attentionPart(
   scoresStride: usize,
   scale: f32,
   f16: i32,
-  flags: usize,
   window: i32,
   softcap: f32,
+  unit: i32,
   part: i32,
   parts: i32,
 ): void {
@@ -2073,14 +2043,20 @@ export function attentionPart(
   const w = window > 0 ? window : i32.MAX_VALUE;
   const hb = (<usize>headDim) << 2;
   const qb = <usize>nHeads * hb;
+  const units = nHeads / unit;
   let total: i64 = 0;
   for (let s = 0; s < nSeqs; s++) {
     const r = seqs + ((<usize>s) << 4);
-    total += keysSeen(load<i32>(r, 8), load<i32>(r, 4), w) * <i64>nKVHeads;
+    total += keysSeen(load<i32>(r, 8), load<i32>(r, 4), w) * <i64>nHeads;
   }
   const lo = (total * <i64>part) / <i64>parts;
   const hi = (total * <i64>(part + 1)) / <i64>parts;
-  const sc = scores + <usize>part * scoresStride;
+  // The part's scratch: the unit's softmax sums, a widened block (f16 pools), each head's scores.
+  const sums = scores + <usize>part * scoresStride;
+  const fixed = attentionFixedBytes(group, blockSize, headDim, f16);
+  const wide = sums + sumsBytes(group);
+  const hs = (scoresStride - fixed) / <usize>group;
+  const sc = sums + fixed;
   let c: i64 = 0; // cost of the items before the current one
   for (let s = 0; s < nSeqs && c < hi; s++) {
     const r = seqs + ((<usize>s) << 4);
@@ -2088,7 +2064,7 @@ export function attentionPart(
     const count = load<i32>(r, 4);
     const pos = load<i32>(r, 8);
     const table = <usize>load<i32>(r, 12);
-    const seqCost = keysSeen(pos, count, w) * <i64>nKVHeads;
+    const seqCost = keysSeen(pos, count, w) * <i64>nHeads;
     if (c + seqCost <= lo) {
       c += seqCost;
       continue;
@@ -2096,50 +2072,258 @@ export function attentionPart(
     for (let i = 0; i < count && c < hi; i++) {
       const nCtx = pos + i + 1;
       const first = max(0, nCtx - w);
-      for (let kvh = 0; kvh < nKVHeads; kvh++, c += <i64>(nCtx - first)) {
+      for (let u = 0; u < units; u++, c += <i64>(nCtx - first) * <i64>unit) {
         if (c < lo || c >= hi) continue;
-        for (let h = kvh * group; h < (kvh + 1) * group; h++) {
-          const o = <usize>(row + i) * qb + <usize>h * hb;
-          if (f16 !== 0) {
-            attendHeadF16(
-              kPool,
-              vPool,
-              flags,
-              blockSize,
-              nKVHeads,
-              headDim,
-              <usize>kvh,
-              q + o,
-              out + o,
-              table,
-              nCtx,
-              first,
-              sc,
-              scale,
-              softcap,
-            );
-            continue;
-          }
-          attendHead(
-            kPool,
-            vPool,
-            blockSize,
-            nKVHeads,
-            headDim,
-            <usize>kvh,
-            q + o,
-            out + o,
-            table,
-            nCtx,
-            first,
-            sc,
-            scale,
-            softcap,
-          );
-        }
+        const o = <usize>(row + i) * qb + <usize>(u * unit) * hb;
+        const kvh = (u * unit) / group;
+        attendHeads(
+          kPool,
+          vPool,
+          f16,
+          blockSize,
+          nKVHeads,
+          headDim,
+          kvh,
+          table,
+          wide,
+          q + o,
+          out + o,
+          unit,
+          nCtx,
+          first,
+          sc,
+          hs,
+          sums,
+          scale,
+          softcap,
+        );
       }
     }
   }
+}
+
+/** Bytes for `group` softmax sums, rounded up to 16. */
+// @inline
+function sumsBytes(group: i32): usize {
+  return (<usize>group * 4 + 15) & ~15;
+}
+
+/** attentionPart's scratch bytes per part before the heads' scores: the sums, then (f16) one block of one KV head as f32. */
+function attentionFixedBytes(group: i32, blockSize: i32, headDim: i32, f16: i32): usize {
+  const wide = f16 !== 0 ? <usize>blockSize * <usize>headDim * 4 : 0;
+  return sumsBytes(group) + wide;
+}
+
+/** attentionPart's scoresStride: scratch bytes per part for contexts of up to maxCtx keys. */
+export function attentionScratchBytes(
+  maxCtx: i32,
+  group: i32,
+  blockSize: i32,
+  headDim: i32,
+  f16: i32,
+): usize {
+  return (
+    attentionFixedBytes(group, blockSize, headDim, f16) + <usize>group * ((<usize>maxCtx * 4 + 15) & ~15)
+  );
+}
+
+/**
+ * The address, as f32, of position j's row of KV head kvh (rows j .. end − 1, all in block b of the
+ * sequence's `table`) in `pool`: in place, or (f16 pools) widened exactly into `wide` at the row's
+ * slot. A block is [kvHead][slot][headDim].
+ */
+// @inline
+function kvRows(
+  pool: usize,
+  f16: i32,
+  table: usize,
+  b: i32,
+  j: i32,
+  end: i32,
+  blockSize: i32,
+  nKVHeads: i32,
+  headDim: i32,
+  kvh: i32,
+  wide: usize,
+): usize {
+  const block = <usize>load<i32>(table + ((<usize>b) << 2));
+  const row = <usize>(j - b * blockSize);
+  const at = ((block * <usize>nKVHeads + <usize>kvh) * <usize>blockSize + row) * <usize>headDim; // elements
+  if (f16 === 0) return pool + (at << 2);
+  const w = wide + ((row * <usize>headDim) << 2);
+  f16Row(pool + (at << 1), w, (end - j) * headDim);
+  return w;
+}
+
+/**
+ * `n` heads sharing one KV head (queries at qp, qp + hb, …, results at op likewise): the query over
+ * positions first .. nCtx − 1. Keys and values are read a block at a time, once for all n heads.
+ * Head g's scores at sc + g·hs, its softmax sum at sums + 4g.
+ */
+function attendHeads(
+  kPool: usize,
+  vPool: usize,
+  f16: i32,
+  blockSize: i32,
+  nKVHeads: i32,
+  headDim: i32,
+  kvh: i32,
+  table: usize,
+  wide: usize,
+  qp: usize,
+  op: usize,
+  n: i32,
+  nCtx: i32,
+  first: i32,
+  sc: usize,
+  hs: usize,
+  sums: usize,
+  scale: f32,
+  softcap: f32,
+): void {
+  const hb = (<usize>headDim) << 2;
+  const nBlocks = (nCtx + blockSize - 1) / blockSize;
+  const b0 = first / blockSize;
+  for (let b = b0, j = first; b < nBlocks; b++) {
+    const end = min(nCtx, (b + 1) * blockSize);
+    const kp = kvRows(kPool, f16, table, b, j, end, blockSize, nKVHeads, headDim, kvh, wide);
+    for (let g = 0; g < n; g++) scoreKeys(qp + <usize>g * hb, kp, headDim, sc + <usize>g * hs, j, end, scale);
+    j = end;
+  }
+  for (let g = 0; g < n; g++) {
+    const s = sc + <usize>g * hs;
+    let mx = maxScore(s, first, nCtx);
+    if (softcap !== 0) mx = capScores(s, first, nCtx, softcap, mx);
+    store<f32>(sums + ((<usize>g) << 2), expScores(s + ((<usize>first) << 2), nCtx - first, mx));
+  }
+  memory.fill(op, 0, <usize>n * hb);
+  for (let b = b0, j = first; b < nBlocks; b++) {
+    const end = min(nCtx, (b + 1) * blockSize);
+    const vp = kvRows(vPool, f16, table, b, j, end, blockSize, nKVHeads, headDim, kvh, wide);
+    for (let g = 0; g < n; g++) addValues(op + <usize>g * hb, sc + <usize>g * hs, vp, j, end, headDim);
+    j = end;
+  }
+  for (let g = 0; g < n; g++)
+    scaleRow(op + <usize>g * hb, <f32>1 / load<f32>(sums + ((<usize>g) << 2)), headDim);
+}
+
+/** s_j = (q · k_j) · scale for j .. end − 1, the keys' rows at kp, kp + hb, …: four keys at a time where headDim allows. */
+// @inline
+function scoreKeys(qp: usize, kp: usize, headDim: i32, s: usize, j: i32, end: i32, scale: f32): void {
+  const hb = (<usize>headDim) << 2;
+  if ((headDim & 3) === 0) {
+    const scale4 = f32x4.splat(scale);
+    for (; j + 4 <= end; j += 4, kp += hb << 2)
+      v128.store(s + ((<usize>j) << 2), f32x4.mul(dotKeys4(qp, kp, hb), scale4));
+  }
+  for (; j < end; j++, kp += hb) store<f32>(s + ((<usize>j) << 2), dotKey(qp, kp, headDim) * scale);
+}
+
+/** Σ_d q[d]·k[d] for one key: dotF32's order through madd (dotKeys4's lanes, then the tail). */
+// @inline
+function dotKey(qp: usize, kp: usize, n: i32): f32 {
+  let acc = f32x4.splat(0);
+  const n4 = n & ~3;
+  for (let i = 0; i < n4; i += 4) {
+    const o = (<usize>i) << 2;
+    acc = madd(v128.load(qp + o), v128.load(kp + o), acc);
+  }
+  let s = hsum(acc);
+  for (let i = n4; i < n; i++) s += load<f32>(qp + ((<usize>i) << 2)) * load<f32>(kp + ((<usize>i) << 2));
+  return s;
+}
+
+/** The largest of the scores first .. nCtx − 1 (max is exact: any grouping gives it). */
+function maxScore(s: usize, first: i32, nCtx: i32): f32 {
+  let mx4 = f32x4.splat(-Infinity);
+  let j = first;
+  for (; j + 4 <= nCtx; j += 4) mx4 = f32x4.max(mx4, v128.load(s + ((<usize>j) << 2)));
+  let mx = max(
+    max(f32x4.extract_lane(mx4, 0), f32x4.extract_lane(mx4, 1)),
+    max(f32x4.extract_lane(mx4, 2), f32x4.extract_lane(mx4, 3)),
+  );
+  for (; j < nCtx; j++) mx = max(mx, load<f32>(s + ((<usize>j) << 2)));
+  return mx;
+}
+
+/**
+ * op[d] += Σ_j e_j · v_j[d] for j .. end − 1 in order (e_j at s + 4j, the rows at vp, vp + hb, …),
+ * 32, 16, 4 or 1 of headDim at a time with the running sums in registers.
+ */
+function addValues(op: usize, s: usize, vp: usize, j0: i32, end: i32, headDim: i32): void {
+  const hb = (<usize>headDim) << 2;
+  let d = 0;
+  for (; d + 32 <= headDim; d += 32) {
+    const o = op + ((<usize>d) << 2);
+    let a0 = v128.load(o);
+    let a1 = v128.load(o, 16);
+    let a2 = v128.load(o, 32);
+    let a3 = v128.load(o, 48);
+    let a4 = v128.load(o, 64);
+    let a5 = v128.load(o, 80);
+    let a6 = v128.load(o, 96);
+    let a7 = v128.load(o, 112);
+    for (let j = j0, p = vp + ((<usize>d) << 2); j < end; j++, p += hb) {
+      const e = v128.load32_splat(s + ((<usize>j) << 2));
+      a0 = madd(e, v128.load(p), a0);
+      a1 = madd(e, v128.load(p, 16), a1);
+      a2 = madd(e, v128.load(p, 32), a2);
+      a3 = madd(e, v128.load(p, 48), a3);
+      a4 = madd(e, v128.load(p, 64), a4);
+      a5 = madd(e, v128.load(p, 80), a5);
+      a6 = madd(e, v128.load(p, 96), a6);
+      a7 = madd(e, v128.load(p, 112), a7);
+    }
+    v128.store(o, a0);
+    v128.store(o, a1, 16);
+    v128.store(o, a2, 32);
+    v128.store(o, a3, 48);
+    v128.store(o, a4, 64);
+    v128.store(o, a5, 80);
+    v128.store(o, a6, 96);
+    v128.store(o, a7, 112);
+  }
+  for (; d + 16 <= headDim; d += 16) {
+    const o = op + ((<usize>d) << 2);
+    let a0 = v128.load(o);
+    let a1 = v128.load(o, 16);
+    let a2 = v128.load(o, 32);
+    let a3 = v128.load(o, 48);
+    for (let j = j0, p = vp + ((<usize>d) << 2); j < end; j++, p += hb) {
+      const e = v128.load32_splat(s + ((<usize>j) << 2));
+      a0 = madd(e, v128.load(p), a0);
+      a1 = madd(e, v128.load(p, 16), a1);
+      a2 = madd(e, v128.load(p, 32), a2);
+      a3 = madd(e, v128.load(p, 48), a3);
+    }
+    v128.store(o, a0);
+    v128.store(o, a1, 16);
+    v128.store(o, a2, 32);
+    v128.store(o, a3, 48);
+  }
+  for (; d + 4 <= headDim; d += 4) {
+    const o = op + ((<usize>d) << 2);
+    let a0 = v128.load(o);
+    for (let j = j0, p = vp + ((<usize>d) << 2); j < end; j++, p += hb)
+      a0 = madd(v128.load32_splat(s + ((<usize>j) << 2)), v128.load(p), a0);
+    v128.store(o, a0);
+  }
+  for (; d < headDim; d++) {
+    const o = op + ((<usize>d) << 2);
+    let a = load<f32>(o);
+    for (let j = j0, p = vp + ((<usize>d) << 2); j < end; j++, p += hb)
+      a += load<f32>(s + ((<usize>j) << 2)) * load<f32>(p);
+    store<f32>(o, a);
+  }
+}
+
+/** x[d] *= f over n floats (four at a time, then the tail). */
+function scaleRow(x: usize, f: f32, n: i32): void {
+  const f4 = f32x4.splat(f);
+  let d = 0;
+  for (; d + 4 <= n; d += 4)
+    v128.store(x + ((<usize>d) << 2), f32x4.mul(v128.load(x + ((<usize>d) << 2)), f4));
+  for (; d < n; d++) store<f32>(x + ((<usize>d) << 2), load<f32>(x + ((<usize>d) << 2)) * f);
 }
 
 /** Keys the queries at pos .. pos + count − 1 see in all: Σ min(p + 1, window) (the split's cost). */
@@ -2167,8 +2351,8 @@ function capScores(scores: usize, first: i32, nCtx: i32, cap: f32, mx: f32): f32
 
 /**
  * Σ_d q[d]·k[d] for the four keys at kp, kp + hb, kp + 2·hb, kp + 3·hb (hb = headDim · 4 bytes,
- * headDim a multiple of 4), as f32x4: lane j sums d ≡ j mod 4 in order, then (0+1)+(2+3), exactly
- * as dotF32 does for one key.
+ * headDim a multiple of 4), as f32x4: lane j sums d ≡ j mod 4 in order (madd), then (0+1)+(2+3),
+ * exactly as dotKey does for one key.
  */
 // @inline
 function dotKeys4(qp: usize, kp: usize, hb: usize): v128 {
@@ -2179,10 +2363,10 @@ function dotKeys4(qp: usize, kp: usize, hb: usize): v128 {
   for (let d: usize = 0; d < hb; d += 16) {
     const x = v128.load(qp + d);
     const k = kp + d;
-    a0 = f32x4.add(a0, f32x4.mul(x, v128.load(k)));
-    a1 = f32x4.add(a1, f32x4.mul(x, v128.load(k + hb)));
-    a2 = f32x4.add(a2, f32x4.mul(x, v128.load(k + 2 * hb)));
-    a3 = f32x4.add(a3, f32x4.mul(x, v128.load(k + 3 * hb)));
+    a0 = madd(x, v128.load(k), a0);
+    a1 = madd(x, v128.load(k + hb), a1);
+    a2 = madd(x, v128.load(k + 2 * hb), a2);
+    a3 = madd(x, v128.load(k + 3 * hb), a3);
   }
   // [a0₀ + a0₁, a1₀ + a1₁, a0₂ + a0₃, a1₂ + a1₃] and the same for a2, a3; then the halves added.
   const t0 = f32x4.add(i32x4.shuffle(a0, a1, 0, 4, 2, 6), i32x4.shuffle(a0, a1, 1, 5, 3, 7));
@@ -2213,417 +2397,6 @@ function expScores(scores: usize, nCtx: i32, mx: f32): f32 {
     sum += e;
   }
   return sum;
-}
-
-/** One (query, head) of attentionPart: the query at qp over positions first .. nCtx − 1 of KV head kvh, into op. */
-function attendHead(
-  kPool: usize,
-  vPool: usize,
-  blockSize: i32,
-  nKVHeads: i32,
-  headDim: i32,
-  kvh: usize,
-  qp: usize,
-  op: usize,
-  table: usize,
-  nCtx: i32,
-  first: i32,
-  scores: usize,
-  scale: f32,
-  softcap: f32,
-): void {
-  const hb = (<usize>headDim) << 2;
-  const blockBytes = <usize>blockSize * hb; // one KV head's slots in one block
-  const nBlocks = (nCtx + blockSize - 1) / blockSize;
-  const b0 = first / blockSize;
-  const by4 = (headDim & 3) === 0;
-  const scale4 = f32x4.splat(scale);
-  // Scores, four keys of a block at a time where the block has them.
-  let mx4 = f32x4.splat(-Infinity);
-  let mx: f32 = -Infinity;
-  for (let b = b0, j = first; b < nBlocks; b++) {
-    const block = <usize>load<i32>(table + ((<usize>b) << 2));
-    let kp = kPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * hb;
-    const end = min(nCtx, (b + 1) * blockSize);
-    if (by4) {
-      for (; j + 4 <= end; j += 4, kp += hb << 2) {
-        const s = f32x4.mul(dotKeys4(qp, kp, hb), scale4);
-        v128.store(scores + ((<usize>j) << 2), s);
-        mx4 = f32x4.max(mx4, s);
-      }
-    }
-    for (; j < end; j++, kp += hb) {
-      const s = dotF32(qp, kp, headDim) * scale;
-      store<f32>(scores + ((<usize>j) << 2), s);
-      mx = max(mx, s);
-    }
-  }
-  mx = max(
-    mx,
-    max(
-      max(f32x4.extract_lane(mx4, 0), f32x4.extract_lane(mx4, 1)),
-      max(f32x4.extract_lane(mx4, 2), f32x4.extract_lane(mx4, 3)),
-    ),
-  );
-  if (softcap !== 0) mx = capScores(scores, first, nCtx, softcap, mx);
-  const sum = expScores(scores + ((<usize>first) << 2), nCtx - first, mx);
-  // Weighted sum of the values, a slice of headDim at a time with the slice's sums in registers:
-  // each output lane sums e_j · v_j[d] over j in order, whatever the slicing.
-  const inv = f32x4.splat(<f32>1 / sum);
-  let d = 0;
-  for (; d + 32 <= headDim; d += 32) {
-    let a0 = f32x4.splat(0);
-    let a1 = f32x4.splat(0);
-    let a2 = f32x4.splat(0);
-    let a3 = f32x4.splat(0);
-    let a4 = f32x4.splat(0);
-    let a5 = f32x4.splat(0);
-    let a6 = f32x4.splat(0);
-    let a7 = f32x4.splat(0);
-    const dd = (<usize>d) << 2;
-    for (let b = b0, j = first; b < nBlocks; b++) {
-      const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, (b + 1) * blockSize);
-      for (
-        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * hb + dd;
-        j < end;
-        j++, vp += hb
-      ) {
-        const e = v128.load32_splat(scores + ((<usize>j) << 2));
-        a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
-        a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
-        a2 = f32x4.add(a2, f32x4.mul(e, v128.load(vp, 32)));
-        a3 = f32x4.add(a3, f32x4.mul(e, v128.load(vp, 48)));
-        a4 = f32x4.add(a4, f32x4.mul(e, v128.load(vp, 64)));
-        a5 = f32x4.add(a5, f32x4.mul(e, v128.load(vp, 80)));
-        a6 = f32x4.add(a6, f32x4.mul(e, v128.load(vp, 96)));
-        a7 = f32x4.add(a7, f32x4.mul(e, v128.load(vp, 112)));
-      }
-    }
-    v128.store(op + dd, f32x4.mul(a0, inv));
-    v128.store(op + dd, f32x4.mul(a1, inv), 16);
-    v128.store(op + dd, f32x4.mul(a2, inv), 32);
-    v128.store(op + dd, f32x4.mul(a3, inv), 48);
-    v128.store(op + dd, f32x4.mul(a4, inv), 64);
-    v128.store(op + dd, f32x4.mul(a5, inv), 80);
-    v128.store(op + dd, f32x4.mul(a6, inv), 96);
-    v128.store(op + dd, f32x4.mul(a7, inv), 112);
-  }
-  for (; d + 16 <= headDim; d += 16) {
-    let a0 = f32x4.splat(0);
-    let a1 = f32x4.splat(0);
-    let a2 = f32x4.splat(0);
-    let a3 = f32x4.splat(0);
-    const dd = (<usize>d) << 2;
-    for (let b = b0, j = first; b < nBlocks; b++) {
-      const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, (b + 1) * blockSize);
-      for (
-        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * hb + dd;
-        j < end;
-        j++, vp += hb
-      ) {
-        const e = v128.load32_splat(scores + ((<usize>j) << 2));
-        a0 = f32x4.add(a0, f32x4.mul(e, v128.load(vp)));
-        a1 = f32x4.add(a1, f32x4.mul(e, v128.load(vp, 16)));
-        a2 = f32x4.add(a2, f32x4.mul(e, v128.load(vp, 32)));
-        a3 = f32x4.add(a3, f32x4.mul(e, v128.load(vp, 48)));
-      }
-    }
-    v128.store(op + dd, f32x4.mul(a0, inv));
-    v128.store(op + dd, f32x4.mul(a1, inv), 16);
-    v128.store(op + dd, f32x4.mul(a2, inv), 32);
-    v128.store(op + dd, f32x4.mul(a3, inv), 48);
-  }
-  for (; d + 4 <= headDim; d += 4) {
-    let a0 = f32x4.splat(0);
-    const dd = (<usize>d) << 2;
-    for (let b = b0, j = first; b < nBlocks; b++) {
-      const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, (b + 1) * blockSize);
-      for (
-        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * hb + dd;
-        j < end;
-        j++, vp += hb
-      ) {
-        a0 = f32x4.add(a0, f32x4.mul(v128.load32_splat(scores + ((<usize>j) << 2)), v128.load(vp)));
-      }
-    }
-    v128.store(op + dd, f32x4.mul(a0, inv));
-  }
-  for (; d < headDim; d++) {
-    let a: f32 = 0;
-    const dd = (<usize>d) << 2;
-    for (let b = b0, j = first; b < nBlocks; b++) {
-      const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, (b + 1) * blockSize);
-      for (
-        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * hb + dd;
-        j < end;
-        j++, vp += hb
-      ) {
-        a += load<f32>(scores + ((<usize>j) << 2)) * load<f32>(vp);
-      }
-    }
-    store<f32>(op + dd, a * f32x4.extract_lane(inv, 0));
-  }
-}
-
-// ------------------------------------------------------------------ attention over an f16 KV cache
-// attendHead's arithmetic on the widened values, so an f16 cache gives bit for bit what an f32 cache
-// holding the same (f16-rounded) values gives. Keys and values are widened in registers: by
-// f16Finite where the (query, head)'s blocks hold only finite values (storeKV's flags), else exactly
-// by f16x4. headDim is a multiple of 8 (the JS side uses the reference kernel otherwise).
-
-/** Lanes 0..3 (half 0) or 4..7 (half 1) of 8 f16 as f32: E = i8, f16Finite; E = u8, f16x4 (exact for every value). */
-// @inline
-function widenF16<E>(h: v128, half: i32): v128 {
-  if (isSigned<E>()) return f16Finite(h, half);
-  return f16x4(half === 0 ? i32x4.extend_low_i16x8_u(h) : i32x4.extend_high_i16x8_u(h));
-}
-
-/** dotKeys4 over f16 keys at kp, kp + rb, kp + 2·rb, kp + 3·rb (rb = headDim · 2 bytes): the same sums. */
-// @inline
-function dotKeys4F16<E>(qp: usize, kp: usize, rb: usize): v128 {
-  let a0 = f32x4.splat(0);
-  let a1 = f32x4.splat(0);
-  let a2 = f32x4.splat(0);
-  let a3 = f32x4.splat(0);
-  for (let d: usize = 0; d < rb; d += 16) {
-    const x0 = v128.load(qp + (d << 1));
-    const x1 = v128.load(qp + (d << 1), 16);
-    const k = kp + d;
-    const h0 = v128.load(k);
-    const h1 = v128.load(k + rb);
-    const h2 = v128.load(k + 2 * rb);
-    const h3 = v128.load(k + 3 * rb);
-    a0 = f32x4.add(f32x4.add(a0, f32x4.mul(x0, widenF16<E>(h0, 0))), f32x4.mul(x1, widenF16<E>(h0, 1)));
-    a1 = f32x4.add(f32x4.add(a1, f32x4.mul(x0, widenF16<E>(h1, 0))), f32x4.mul(x1, widenF16<E>(h1, 1)));
-    a2 = f32x4.add(f32x4.add(a2, f32x4.mul(x0, widenF16<E>(h2, 0))), f32x4.mul(x1, widenF16<E>(h2, 1)));
-    a3 = f32x4.add(f32x4.add(a3, f32x4.mul(x0, widenF16<E>(h3, 0))), f32x4.mul(x1, widenF16<E>(h3, 1)));
-  }
-  const t0 = f32x4.add(i32x4.shuffle(a0, a1, 0, 4, 2, 6), i32x4.shuffle(a0, a1, 1, 5, 3, 7));
-  const t1 = f32x4.add(i32x4.shuffle(a2, a3, 0, 4, 2, 6), i32x4.shuffle(a2, a3, 1, 5, 3, 7));
-  return f32x4.add(i32x4.shuffle(t0, t1, 0, 1, 4, 5), i32x4.shuffle(t0, t1, 2, 3, 6, 7));
-}
-
-/** dotF32 of the query at qp with one f16 key at kp (rb = headDim · 2 bytes): the same sum. */
-// @inline
-function dotF16<E>(qp: usize, kp: usize, rb: usize): f32 {
-  let acc = f32x4.splat(0);
-  for (let d: usize = 0; d < rb; d += 16) {
-    const h = v128.load(kp + d);
-    acc = f32x4.add(
-      f32x4.add(acc, f32x4.mul(v128.load(qp + (d << 1)), widenF16<E>(h, 0))),
-      f32x4.mul(v128.load(qp + (d << 1), 16), widenF16<E>(h, 1)),
-    );
-  }
-  return hsum(acc);
-}
-
-/** attendHead over f16 pools: exact widening when any of the context's blocks is flagged, else f16Finite. */
-function attendHeadF16(
-  kPool: usize,
-  vPool: usize,
-  flags: usize,
-  blockSize: i32,
-  nKVHeads: i32,
-  headDim: i32,
-  kvh: usize,
-  qp: usize,
-  op: usize,
-  table: usize,
-  nCtx: i32,
-  first: i32,
-  scores: usize,
-  scale: f32,
-  softcap: f32,
-): void {
-  const nBlocks = (nCtx + blockSize - 1) / blockSize;
-  const b0 = first / blockSize;
-  let special: u32 = 0;
-  for (let b = b0; b < nBlocks; b++)
-    special |= load<u16>(flags + ((<usize>load<i32>(table + ((<usize>b) << 2))) << 1));
-  if (special !== 0)
-    attendF16<u8>(
-      kPool,
-      vPool,
-      blockSize,
-      nKVHeads,
-      headDim,
-      kvh,
-      qp,
-      op,
-      table,
-      nCtx,
-      first,
-      scores,
-      scale,
-      softcap,
-    );
-  else
-    attendF16<i8>(
-      kPool,
-      vPool,
-      blockSize,
-      nKVHeads,
-      headDim,
-      kvh,
-      qp,
-      op,
-      table,
-      nCtx,
-      first,
-      scores,
-      scale,
-      softcap,
-    );
-}
-
-function attendF16<E>(
-  kPool: usize,
-  vPool: usize,
-  blockSize: i32,
-  nKVHeads: i32,
-  headDim: i32,
-  kvh: usize,
-  qp: usize,
-  op: usize,
-  table: usize,
-  nCtx: i32,
-  first: i32,
-  scores: usize,
-  scale: f32,
-  softcap: f32,
-): void {
-  const rb = (<usize>headDim) << 1;
-  const blockBytes = <usize>blockSize * rb; // one KV head's slots in one block
-  const nBlocks = (nCtx + blockSize - 1) / blockSize;
-  const b0 = first / blockSize;
-  const scale4 = f32x4.splat(scale);
-  let mx4 = f32x4.splat(-Infinity);
-  let mx: f32 = -Infinity;
-  for (let b = b0, j = first; b < nBlocks; b++) {
-    const block = <usize>load<i32>(table + ((<usize>b) << 2));
-    let kp = kPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * rb;
-    const end = min(nCtx, (b + 1) * blockSize);
-    for (; j + 4 <= end; j += 4, kp += rb << 2) {
-      const s = f32x4.mul(dotKeys4F16<E>(qp, kp, rb), scale4);
-      v128.store(scores + ((<usize>j) << 2), s);
-      mx4 = f32x4.max(mx4, s);
-    }
-    for (; j < end; j++, kp += rb) {
-      const s = dotF16<E>(qp, kp, rb) * scale;
-      store<f32>(scores + ((<usize>j) << 2), s);
-      mx = max(mx, s);
-    }
-  }
-  mx = max(
-    mx,
-    max(
-      max(f32x4.extract_lane(mx4, 0), f32x4.extract_lane(mx4, 1)),
-      max(f32x4.extract_lane(mx4, 2), f32x4.extract_lane(mx4, 3)),
-    ),
-  );
-  if (softcap !== 0) mx = capScores(scores, first, nCtx, softcap, mx);
-  const sum = expScores(scores + ((<usize>first) << 2), nCtx - first, mx);
-  // Weighted sum of the values, 32, 16 or 8 of headDim at a time (each lane sums e_j · v_j[d] over j in order).
-  const inv = f32x4.splat(<f32>1 / sum);
-  let d = 0;
-  for (; d + 32 <= headDim; d += 32) {
-    let a0 = f32x4.splat(0);
-    let a1 = f32x4.splat(0);
-    let a2 = f32x4.splat(0);
-    let a3 = f32x4.splat(0);
-    let a4 = f32x4.splat(0);
-    let a5 = f32x4.splat(0);
-    let a6 = f32x4.splat(0);
-    let a7 = f32x4.splat(0);
-    const dd = (<usize>d) << 1;
-    for (let b = b0, j = first; b < nBlocks; b++) {
-      const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, (b + 1) * blockSize);
-      for (
-        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * rb + dd;
-        j < end;
-        j++, vp += rb
-      ) {
-        const e = v128.load32_splat(scores + ((<usize>j) << 2));
-        const h0 = v128.load(vp);
-        const h1 = v128.load(vp, 16);
-        const h2 = v128.load(vp, 32);
-        const h3 = v128.load(vp, 48);
-        a0 = f32x4.add(a0, f32x4.mul(e, widenF16<E>(h0, 0)));
-        a1 = f32x4.add(a1, f32x4.mul(e, widenF16<E>(h0, 1)));
-        a2 = f32x4.add(a2, f32x4.mul(e, widenF16<E>(h1, 0)));
-        a3 = f32x4.add(a3, f32x4.mul(e, widenF16<E>(h1, 1)));
-        a4 = f32x4.add(a4, f32x4.mul(e, widenF16<E>(h2, 0)));
-        a5 = f32x4.add(a5, f32x4.mul(e, widenF16<E>(h2, 1)));
-        a6 = f32x4.add(a6, f32x4.mul(e, widenF16<E>(h3, 0)));
-        a7 = f32x4.add(a7, f32x4.mul(e, widenF16<E>(h3, 1)));
-      }
-    }
-    const o = op + ((<usize>d) << 2);
-    v128.store(o, f32x4.mul(a0, inv));
-    v128.store(o, f32x4.mul(a1, inv), 16);
-    v128.store(o, f32x4.mul(a2, inv), 32);
-    v128.store(o, f32x4.mul(a3, inv), 48);
-    v128.store(o, f32x4.mul(a4, inv), 64);
-    v128.store(o, f32x4.mul(a5, inv), 80);
-    v128.store(o, f32x4.mul(a6, inv), 96);
-    v128.store(o, f32x4.mul(a7, inv), 112);
-  }
-  for (; d + 16 <= headDim; d += 16) {
-    let a0 = f32x4.splat(0);
-    let a1 = f32x4.splat(0);
-    let a2 = f32x4.splat(0);
-    let a3 = f32x4.splat(0);
-    const dd = (<usize>d) << 1;
-    for (let b = b0, j = first; b < nBlocks; b++) {
-      const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, (b + 1) * blockSize);
-      for (
-        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * rb + dd;
-        j < end;
-        j++, vp += rb
-      ) {
-        const e = v128.load32_splat(scores + ((<usize>j) << 2));
-        const h0 = v128.load(vp);
-        const h1 = v128.load(vp, 16);
-        a0 = f32x4.add(a0, f32x4.mul(e, widenF16<E>(h0, 0)));
-        a1 = f32x4.add(a1, f32x4.mul(e, widenF16<E>(h0, 1)));
-        a2 = f32x4.add(a2, f32x4.mul(e, widenF16<E>(h1, 0)));
-        a3 = f32x4.add(a3, f32x4.mul(e, widenF16<E>(h1, 1)));
-      }
-    }
-    const o = op + ((<usize>d) << 2);
-    v128.store(o, f32x4.mul(a0, inv));
-    v128.store(o, f32x4.mul(a1, inv), 16);
-    v128.store(o, f32x4.mul(a2, inv), 32);
-    v128.store(o, f32x4.mul(a3, inv), 48);
-  }
-  for (; d + 8 <= headDim; d += 8) {
-    let a0 = f32x4.splat(0);
-    let a1 = f32x4.splat(0);
-    const dd = (<usize>d) << 1;
-    for (let b = b0, j = first; b < nBlocks; b++) {
-      const block = <usize>load<i32>(table + ((<usize>b) << 2));
-      const end = min(nCtx, (b + 1) * blockSize);
-      for (
-        let vp = vPool + (block * <usize>nKVHeads + kvh) * blockBytes + <usize>(j - b * blockSize) * rb + dd;
-        j < end;
-        j++, vp += rb
-      ) {
-        const e = v128.load32_splat(scores + ((<usize>j) << 2));
-        const h = v128.load(vp);
-        a0 = f32x4.add(a0, f32x4.mul(e, widenF16<E>(h, 0)));
-        a1 = f32x4.add(a1, f32x4.mul(e, widenF16<E>(h, 1)));
-      }
-    }
-    const o = op + ((<usize>d) << 2);
-    v128.store(o, f32x4.mul(a0, inv));
-    v128.store(o, f32x4.mul(a1, inv), 16);
-  }
 }
 
 // ------------------------------------------------------------------ float matmul
