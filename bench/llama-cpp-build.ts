@@ -18,8 +18,11 @@ import { promisify } from "node:util";
  *     -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
  *   cmake --build <cache>/build --target <tools> -j2
  *
- * A CPU build for this machine (GGML_NATIVE: its AVX-512 / VNNI). The first build takes minutes on
- * two cores (llama-server the longest); its output goes to <cache>/build.log. Used by
+ * A CPU build for this machine (GGML_NATIVE: its AVX-512 / VNNI), without AMX: where the compiler's
+ * native target has AMX tiles, ggml's AMX matmul at this commit died of SIGILL (tilezero in a worker
+ * thread) on the first prompt on the Sapphire Rapids VMs here, although a one-thread probe that asks
+ * Linux for the tile state (arch_prctl) runs AMX fine; that build adds -mno-amx-* and lives in
+ * <cache>/build-no-amx. The first build takes minutes on two cores (llama-server the longest); its output goes to <cache>/build.log. Used by
  * `bench:vs-llamacpp --native auto` and `bench:vs-llama-server`.
  */
 
@@ -40,6 +43,19 @@ export const CMAKE_FLAGS = [
   "-DLLAMA_BUILD_TESTS=OFF",
   "-DLLAMA_BUILD_EXAMPLES=OFF",
 ];
+
+/** Compiler flags that keep AMX out of a native build whose target has it (empty otherwise). */
+async function amxOff(): Promise<string[]> {
+  if (process.platform === "win32") return [];
+  try {
+    const { stdout } = await run("sh", ["-c", "cc -march=native -dM -E - < /dev/null"]);
+    if (!stdout.includes("__AMX_TILE__")) return [];
+  } catch {
+    return [];
+  }
+  const flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16";
+  return [`-DCMAKE_C_FLAGS=${flags}`, `-DCMAKE_CXX_FLAGS=${flags}`];
+}
 
 /** The commit the bundle holds (its HEAD), first 12 hex digits. */
 export async function bundleCommit(bundle = LLAMA_BUNDLE): Promise<string> {
@@ -108,7 +124,8 @@ export async function llamaCppTools<T extends LlamaTool>(
   const commit = await bundleCommit();
   const cache = llamaCacheDir(commit);
   const src = join(cache, "src");
-  const build = join(cache, "build");
+  const noAmx = await amxOff();
+  const build = join(cache, noAmx.length > 0 ? "build-no-amx" : "build");
   const bin = join(build, "bin");
   const missing = tools.filter((t) => !existsSync(join(bin, t)));
   if (missing.length === 0) return toolsIn(bin, tools);
@@ -118,7 +135,7 @@ export async function llamaCppTools<T extends LlamaTool>(
   say(`llama.cpp ${commit}: building ${missing.join(", ")} in ${build} (minutes; log: ${log})`);
   if (!existsSync(join(src, "CMakeLists.txt"))) await logged("git", ["clone", "-q", LLAMA_BUNDLE, src], log);
   if (!existsSync(join(build, "CMakeCache.txt")))
-    await logged("cmake", ["-S", src, "-B", build, ...CMAKE_FLAGS], log);
+    await logged("cmake", ["-S", src, "-B", build, ...CMAKE_FLAGS, ...noAmx], log);
   const t0 = performance.now();
   await logged("cmake", ["--build", build, "--target", ...missing, "-j", String(o.jobs ?? 2)], log);
   say(`llama.cpp ${commit}: built in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
