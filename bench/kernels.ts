@@ -5,6 +5,7 @@ import { parseArgs } from "node:util";
 import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../src/gguf/types.js";
 import type { AttentionSeq, Kernels, PagedKV, WeightMatrix } from "../src/kernels/kernels.js";
 import { referenceKernels } from "../src/kernels/reference.js";
+import { relaxedDot } from "../src/kernels/wasm-imports.js";
 import {
   createWasmKernels,
   relaxedSimdAvailable,
@@ -211,56 +212,17 @@ async function generateTable(kernelSets: Kernels[], type: GGMLType, tokens: numb
   }
 }
 
-/**
- * What this machine's `i32x4.relaxed_dot_i8x16_i7x16_add_s` does with an unsigned operand above
- * 127 (which the kernels never give it): a tiny hand-assembled module computes it on 127 · 0xFF in
- * every byte. 4 · 127 · 255 = 129,540 means the bytes are multiplied as u8 × i8 with no
- * intermediate saturation (x64 VNNI's vpdpbusd), 2 · 32,767 = 65,534 that pairs saturate to i16
- * (pmaddubsw + pmaddwd, an x64 CPU without VNNI), −508 that both are signed (arm64's sdot). Which it
- * is decides what an 8-bit × 8-bit kernel can gain from the relaxed dot (docs/benchmarks.md).
- */
+/** What this machine's relaxed 8-bit dot does with an unsigned byte above 127 (src/kernels/wasm-imports.ts). */
 function relaxedDotLowering(): string {
-  const v128Const = (byte: number) => [0xfd, 0x0c, ...new Array<number>(16).fill(byte)];
-  const body = [
-    0x00, // no locals
-    ...v128Const(127),
-    ...v128Const(0xff),
-    ...v128Const(0),
-    ...[0xfd, 0x93, 0x02], // i32x4.relaxed_dot_i8x16_i7x16_add_s
-    ...[0xfd, 0x1b, 0x00], // i32x4.extract_lane 0
-    0x0b,
-  ];
-  const section = (id: number, contents: number[]) => [id, contents.length, ...contents];
-  const bytes = new Uint8Array([
-    ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00],
-    ...section(1, [0x01, 0x60, 0x00, 0x01, 0x7f]), // type () -> i32
-    ...section(3, [0x01, 0x00]),
-    ...section(7, [0x01, 0x01, 0x70, 0x00, 0x00]), // export "p"
-    ...section(10, [0x01, body.length, ...body]),
-  ]);
-  try {
-    // The project's `lib` setting does not declare the WebAssembly JS API (see wasm-kernels.ts).
-    const WA = (
-      globalThis as unknown as {
-        WebAssembly: {
-          Module: new (b: Uint8Array) => object;
-          Instance: new (m: object) => { exports: { p(): number } };
-        };
-      }
-    ).WebAssembly;
-    const p = new WA.Instance(new WA.Module(bytes)).exports.p();
-    const kind =
-      p === 129_540
-        ? "u8 × i8, unsaturated (VNNI)"
-        : p === 65_534
-          ? "pairs saturated to i16 (pmaddubsw, no VNNI)"
-          : p === -508
-            ? "i8 × i8 (sdot)"
-            : "unknown";
-    return `relaxed i8 dot of 127 · 0xFF: ${p} per lane: ${kind}`;
-  } catch {
-    return "relaxed i8 dot: not available in this Node";
-  }
+  const { value, kind } = relaxedDot();
+  if (kind === "unavailable") return "relaxed i8 dot: not available in this Node";
+  const what = {
+    "u8×i8": "u8 × i8, unsaturated (VNNI): Q8_0 takes the 8-bit tiled path",
+    saturating: "pairs saturated to i16 (pmaddubsw, no VNNI): Q8_0 keeps the i16 tiled path",
+    "i8×i8": "i8 × i8 (sdot): Q8_0 keeps the i16 tiled path",
+    unknown: "unknown: Q8_0 keeps the i16 tiled path",
+  }[kind];
+  return `relaxed i8 dot of 127 · 0xFF: ${value} per lane: ${what}`;
 }
 
 async function main(): Promise<void> {

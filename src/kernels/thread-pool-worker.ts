@@ -1,5 +1,6 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { CONTROL, claim, type WorkerInit } from "./thread-pool.js";
+import { kernelImports } from "./wasm-imports.js";
 
 /**
  * A kernel thread of WasmThreadPool (thread-pool.ts): instantiates the kernels module on the shared
@@ -20,7 +21,7 @@ const { GEN, DONE, FN, NARGS, STOP, SLEEPERS, FAILED, MEM, CHUNKS, CONTROL_INTS,
 function main(): void {
   // One instance per memory, each on its memory; fns[memory][function].
   const fns = init.memories.map((memory) => {
-    const exports = new WA.Instance(init.module, { env: { memory } }).exports;
+    const exports = new WA.Instance(init.module, kernelImports(memory)).exports;
     return init.functions.map((n) => exports[n] as (...a: number[]) => void);
   });
   const ctl = new Int32Array(init.control, 0, CONTROL_INTS);

@@ -15,6 +15,7 @@ import type {
 import { referenceKernels } from "./reference.js";
 import { MAX_CHUNKS, WasmThreadPool } from "./thread-pool.js";
 import { align, MAX_PAGES, WasmArena, type WasmMemory } from "./wasm-arena.js";
+import { kernelImports } from "./wasm-imports.js";
 
 /**
  * WebAssembly SIMD kernels behind the `Kernels` interface.
@@ -386,7 +387,7 @@ export async function createWasmKernels(o: WasmKernelOptions = {}): Promise<Wasm
 /** A new memory with an instance of the module on it (Node instantiates synchronously at any size). */
 function newArena(module: object): Arena {
   const memory = newMemory();
-  const exports = new WA.Instance(module, { env: { memory } }).exports as unknown as WasmExports;
+  const exports = new WA.Instance(module, kernelImports(memory)).exports as unknown as WasmExports;
   return new WasmArena(memory, exports, exports.heapBase());
 }
 

@@ -2,6 +2,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CONTROL, claim, closeJob, MAX_CHUNKS, WasmThreadPool } from "../../src/kernels/thread-pool.js";
+import { kernelImports } from "../../src/kernels/wasm-imports.js";
 import { tempDir } from "../helpers/tmp.js";
 
 /**
@@ -57,9 +58,9 @@ beforeAll(async () => {
   if (error) throw new Error(`asc: ${error.message} ${stderr?.toString() ?? ""}`);
   module = new WA.Module(readFileSync(out));
   memory = new WA.Memory({ initial: 2, maximum: 16, shared: true });
-  exports = new WA.Instance(module, { env: { memory } }).exports;
+  exports = new WA.Instance(module, kernelImports(memory)).exports;
   memory2 = new WA.Memory({ initial: 2, maximum: 16, shared: true });
-  exports2 = new WA.Instance(module, { env: { memory: memory2 } }).exports;
+  exports2 = new WA.Instance(module, kernelImports(memory2)).exports;
 }, 60_000);
 
 const OUT = 65536;

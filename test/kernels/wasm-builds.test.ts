@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { GGMLType } from "../../src/gguf/types.js";
 import type { WeightMatrix } from "../../src/kernels/kernels.js";
+import { kernelImports, relaxedDot } from "../../src/kernels/wasm-imports.js";
 import {
   chooseBuild,
   createWasmKernels,
@@ -66,36 +67,74 @@ describe("WebAssembly builds", () => {
     expect(() => chooseBuild()).toThrow(/SPINDLE_WASM_BUILD="fast" must be "simd" or "relaxed"/);
   });
 
+  it.skipIf(NODE_MAJOR < 22)("float matmuls differ in the last bits (fused multiply-adds)", async () => {
+    const simd = await createWasmKernels({ build: "simd", threads: 1 });
+    const relaxed = await createWasmKernels({ build: "relaxed", threads: 1 });
+    expect([simd.build, relaxed.build]).toEqual(["simd", "relaxed"]);
+    const rng = new Rng(5);
+    const cols = 512;
+    const nTokens = 4;
+    const x = randoms(rng, nTokens * cols);
+    for (const type of [GGMLType.F32, GGMLType.F16, GGMLType.BF16]) {
+      const w = matrix(rng, type, 64, cols);
+      const a = new Float32Array(nTokens * w.rows);
+      const b = new Float32Array(nTokens * w.rows);
+      simd.matmul(w, x, nTokens, a);
+      relaxed.matmul(w, x, nTokens, b);
+      // The largest difference against the largest output (single outputs can cancel to near 0).
+      let diff = 0;
+      let scale = 0;
+      for (let i = 0; i < a.length; i++) {
+        diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+        scale = Math.max(scale, Math.abs(a[i]!));
+      }
+      // One rounding per step instead of two: most of 256 sums of 512 products move by an ulp or so.
+      expect(bitDiffs(a, b), `type ${type}`).toBeGreaterThan(a.length / 4);
+      expect(diff / scale, `type ${type}`).toBeLessThan(1e-5);
+    }
+  });
+
+  it("this Node's relaxed 8-bit dot has one of the known lowerings (it decides Q8_0's tiled path)", () => {
+    const { kind } = relaxedDot();
+    if (NODE_MAJOR < 22) expect(kind).toBe("unavailable");
+    else expect(["u8×i8", "saturating", "i8×i8"]).toContain(kind);
+    expect(kernelImports(null).kernels!.dotU8).toBe(kind === "u8×i8" ? 1 : 0);
+  });
+
   it.skipIf(NODE_MAJOR < 22)(
-    "float matmuls differ in the last bits (fused multiply-adds); quantized ones are the same code",
+    "quantized matmuls give the same bits in both builds: the relaxed build's 8-bit tiles against the i16 ones",
     async () => {
+      // From unpackMin tokens on, the relaxed build multiplies unpacked weights as bytes with the
+      // relaxed dot (every packed type; Q8_0 where the dot is u8 × i8, see relaxedDot), the simd
+      // build as i16: the integer block sums are the same, so the results must be too. Token counts
+      // cover the fused path (1, 2), the tiles of 4 and the single-token tail (3, 5, 7), rows a group
+      // of 4 and a partial one (70 = 17 · 4 + 2), over 2 threads too.
       const simd = await createWasmKernels({ build: "simd", threads: 1 });
-      const relaxed = await createWasmKernels({ build: "relaxed", threads: 1 });
-      expect([simd.build, relaxed.build]).toEqual(["simd", "relaxed"]);
-      const rng = new Rng(5);
-      const cols = 512;
-      const nTokens = 4;
-      const x = randoms(rng, nTokens * cols);
-      for (const type of [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_K]) {
-        const w = matrix(rng, type, 64, cols);
-        const a = new Float32Array(nTokens * w.rows);
-        const b = new Float32Array(nTokens * w.rows);
-        simd.matmul(w, x, nTokens, a);
-        relaxed.matmul(w, x, nTokens, b);
-        // The largest difference against the largest output (single outputs can cancel to near 0).
-        let diff = 0;
-        let scale = 0;
-        for (let i = 0; i < a.length; i++) {
-          diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-          scale = Math.max(scale, Math.abs(a[i]!));
-        }
-        if (type === GGMLType.Q8_0 || type === GGMLType.Q4_K) expect(bitDiffs(a, b), `type ${type}`).toBe(0);
-        else {
-          // One rounding per step instead of two: most of 256 sums of 512 products move by an ulp or so.
-          expect(bitDiffs(a, b), `type ${type}`).toBeGreaterThan(a.length / 4);
-          expect(diff / scale, `type ${type}`).toBeLessThan(1e-5);
+      const relaxed = await createWasmKernels({ build: "relaxed", threads: 2 });
+      await relaxed.ready();
+      const rng = new Rng(7);
+      for (const type of [
+        GGMLType.Q8_0,
+        GGMLType.Q4_0,
+        GGMLType.Q4_1,
+        GGMLType.Q5_0,
+        GGMLType.Q5_1,
+        GGMLType.Q4_K,
+        GGMLType.Q5_K,
+        GGMLType.Q6_K,
+      ]) {
+        const cols = 512;
+        const w = matrix(rng, type, 70, cols);
+        for (const nTokens of [1, 2, 3, 4, 5, 7, 12]) {
+          const x = randoms(rng, nTokens * cols);
+          const a = new Float32Array(nTokens * w.rows);
+          const b = new Float32Array(nTokens * w.rows);
+          simd.matmul(w, x, nTokens, a);
+          relaxed.matmul(w, x, nTokens, b);
+          expect(bitDiffs(a, b), `type ${type}, ${nTokens} tokens`).toBe(0);
         }
       }
+      await relaxed.close?.();
     },
   );
 

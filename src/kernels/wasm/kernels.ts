@@ -12,9 +12,11 @@
 // - Quantized types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), `matmulQuant`: the
 //   activations are quantized once per call to 8-bit blocks exactly as llama.cpp quantizes them
 //   (Q8_0/Q8_1 for the legacy types, Q8_K for the K-quants; see quantizeX), and each (row, block
-//   of 32) is an exact integer dot product (i16 lanes, i32x4.dot_i16x8_s) scaled in f32. Four rows
-//   are computed at once, one per lane. For one or two tokens the weights are unpacked in
-//   registers; from unpackMin tokens on, a group of 4 rows is unpacked once to i16 scratch.
+//   of 32) is an exact integer dot product scaled in f32. Four rows are computed at once, one per
+//   lane. For one or two tokens the weights are unpacked in registers to i16 (i32x4.dot_i16x8_s);
+//   from unpackMin tokens on, a group of 4 rows is unpacked once to scratch: as bytes for the
+//   relaxed 8-bit dot in the relaxed build (matmulPacked8; Q8_0 only where that dot is u8 × i8),
+//   as i16 otherwise. The integer sums are the same whichever computes them.
 //   Per (row r, token t) the result is, over the blocks j in order,
 //     acc = acc + f32(I[r,j,t]) · (S[r,j] · xs[t,j])          (then ± M[r,j] · xb[t,j] for the
 //   affine types), where I is the exact integer Σ q·xq over the block, S, M the block's scale and
@@ -805,6 +807,19 @@ function groupDot4<T>(
   v128.store(o0 + 3 * oo, acc3);
 }
 
+/** The 4 × 4 i32 lanes of rows a, b, c, d transposed: vector p (at o + 16·p) = lane p of a, b, c, d. */
+// @inline
+function storeTransposed(o: usize, a: v128, b: v128, c: v128, d: v128): void {
+  const ab0 = i32x4.shuffle(a, b, 0, 4, 1, 5);
+  const ab1 = i32x4.shuffle(a, b, 2, 6, 3, 7);
+  const cd0 = i32x4.shuffle(c, d, 0, 4, 1, 5);
+  const cd1 = i32x4.shuffle(c, d, 2, 6, 3, 7);
+  v128.store(o, i32x4.shuffle(ab0, cd0, 0, 1, 4, 5));
+  v128.store(o, i32x4.shuffle(ab0, cd0, 2, 3, 6, 7), 16);
+  v128.store(o, i32x4.shuffle(ab1, cd1, 0, 1, 4, 5), 32);
+  v128.store(o, i32x4.shuffle(ab1, cd1, 2, 3, 6, 7), 48);
+}
+
 /**
  * unpackGroup's work for block (s, sub) = j: the 4 rows' weight vectors (wVec, each 4 pairs of
  * i16 matching 4 of the 16 i32 pairs of x's block), transposed so that vector p (0..15) holds pair
@@ -815,19 +830,14 @@ function groupDot4<T>(
 function unpackBlock<T>(g: usize, s: i32, sub: i32, j: i32, ws: usize, ss: usize, sm: usize): void {
   const o = ws + ((<usize>j) << 8);
   for (let k = 0; k < 4; k++) {
-    const a = wVec<T>(g, s, sub, 0, k);
-    const b = wVec<T>(g, s, sub, 1, k);
-    const c = wVec<T>(g, s, sub, 2, k);
-    const d = wVec<T>(g, s, sub, 3, k);
-    const ab0 = i32x4.shuffle(a, b, 0, 4, 1, 5);
-    const ab1 = i32x4.shuffle(a, b, 2, 6, 3, 7);
-    const cd0 = i32x4.shuffle(c, d, 0, 4, 1, 5);
-    const cd1 = i32x4.shuffle(c, d, 2, 6, 3, 7);
     const ok = o + ((<usize>k) << 6);
-    v128.store(ok, i32x4.shuffle(ab0, cd0, 0, 1, 4, 5));
-    v128.store(ok, i32x4.shuffle(ab0, cd0, 2, 3, 6, 7), 16);
-    v128.store(ok, i32x4.shuffle(ab1, cd1, 0, 1, 4, 5), 32);
-    v128.store(ok, i32x4.shuffle(ab1, cd1, 2, 3, 6, 7), 48);
+    storeTransposed(
+      ok,
+      wVec<T>(g, s, sub, 0, k),
+      wVec<T>(g, s, sub, 1, k),
+      wVec<T>(g, s, sub, 2, k),
+      wVec<T>(g, s, sub, 3, k),
+    );
   }
   v128.store(ss + ((<usize>j) << 4), scaleOf<T>(g, s, sub));
   if (hasMin<T>()) v128.store(sm + ((<usize>j) << 4), minOf<T>(g, s, sub));
@@ -1073,9 +1083,380 @@ function unpackedDot4<T>(
   storeRows(o + 3 * ts, f3, valid);
 }
 
+// The 8-bit tiled path (relaxed-SIMD build). From unpackMin tokens on, where the relaxed dot is
+// exact for the type (packedRows), a group of 4 rows is unpacked to unsigned bytes: per block of 32,
+// 8 vectors, vector p holding elements 4p … 4p + 3 of rows 0, 1, 2, 3 (a row per i32 lane). One
+// i32x4.relaxed_dot_i8x16_i7x16_add_s of it against the token's elements 4p … 4p + 3 (i8, splat to
+// every lane) adds 16 products to the 4 rows' sums, each row's 4 in its own lane: on x64 with VNNI
+// a single vpdpbusd, where the i16 path spends two instructions on 8. The bytes are the weights
+// plus a fixed offset that blockSum8 takes off exactly, so every integer block sum I is the i16
+// path's, and every result bit for bit what groupDot and the i16 path compute.
+
+/** Imported from the host: 1 where its relaxed dot multiplies u8 × i8 without saturating (x64 VNNI). */
+declare const dotU8: i32;
+
+/**
+ * Elements 16·h … 16·h + 15 of row r of block (s, sub) as unsigned bytes, in order: q for Q4_0,
+ * Q4_1, Q5_0, Q5_1, Q4_K, Q5_K (0..31), q + 128 for Q8_0 (0..255), q for Q6_K (0..63, its q − 32
+ * as pack stores it, plus 32). Only Q8_0's reach 128, which some lowerings of the dot would read as
+ * negative or saturate (see packedRows).
+ */
+// @inline
+function w8<T>(g: usize, s: i32, sub: i32, r: i32, h: i32): v128 {
+  const m4 = i8x16.splat(15);
+  const ho = (<usize>h) << 4;
+  if (kind<T>() === Q8_0) {
+    return v128.xor(v128.load(g + <usize>s * 144 + 16 + ((<usize>r) << 5) + ho), i8x16.splat(-128));
+  } else if (kind<T>() === Q5_0 || kind<T>() === Q5_1) {
+    const qoff: usize = kind<T>() === Q5_0 ? 16 : 32;
+    return v128.load(g + <usize>s * groupStride(kind<T>()) + qoff + ((<usize>r) << 5) + ho);
+  } else if (kind<T>() === Q4_0 || kind<T>() === Q4_1) {
+    // 16 bytes of nibbles: element l low, l + 16 high.
+    const qoff: usize = kind<T>() === Q4_0 ? 16 : 32;
+    const b = v128.load(g + <usize>s * groupStride(kind<T>()) + qoff + ((<usize>r) << 4));
+    return h === 0 ? v128.and(b, m4) : i8x16.shr_u(b, 4);
+  } else if (kind<T>() === Q4_K || kind<T>() === Q5_K) {
+    const base = g + <usize>s * groupStride(kind<T>());
+    const q = v128.load(
+      base + (kind<T>() === Q4_K ? 96 : 224) + ((<usize>r) << 7) + ((<usize>(sub >> 1)) << 5) + ho,
+    );
+    const lane = (sub & 1) === 0 ? v128.and(q, m4) : i8x16.shr_u(q, 4);
+    if (kind<T>() === Q4_K) return lane;
+    const hb = v128.load(base + 96 + ((<usize>r) << 5) + ho);
+    return v128.or(lane, v128.and(i8x16.shl(i8x16.shr_u(hb, sub), 4), i8x16.splat(16)));
+  } else {
+    const b = v128.load(g + <usize>s * 1104 + 80 + ((<usize>r) << 8) + ((<usize>sub) << 5) + ho);
+    return i8x16.add(b, i8x16.splat(32));
+  }
+}
+
+/** Q6_K: the 4 rows' signed scales of half h (elements 16·h … 16·h + 15) of block (s, sub), as i32x4. */
+// @inline
+function q6Scales(g: usize, s: i32, sub: i32, h: i32): v128 {
+  let v = i32x4.splat(q6Scale(g, s, sub, 0, h << 1));
+  v = i32x4.replace_lane(v, 1, q6Scale(g, s, sub, 1, h << 1));
+  v = i32x4.replace_lane(v, 2, q6Scale(g, s, sub, 2, h << 1));
+  return i32x4.replace_lane(v, 3, q6Scale(g, s, sub, 3, h << 1));
+}
+
+/**
+ * unpackGroup's 8-bit work for block (s, sub) = j: 8 vectors at ws + 128·j (vector p: elements
+ * 4p … 4p + 3 of the 4 rows), S at ss + 16·j, M (or Q6_K's two halves' scales) at sm + 32·j.
+ */
+// @inline
+function unpackBlock8<T>(g: usize, s: i32, sub: i32, j: i32, ws: usize, ss: usize, sm: usize): void {
+  const o = ws + ((<usize>j) << 7);
+  storeTransposed(
+    o,
+    w8<T>(g, s, sub, 0, 0),
+    w8<T>(g, s, sub, 1, 0),
+    w8<T>(g, s, sub, 2, 0),
+    w8<T>(g, s, sub, 3, 0),
+  );
+  storeTransposed(
+    o + 64,
+    w8<T>(g, s, sub, 0, 1),
+    w8<T>(g, s, sub, 1, 1),
+    w8<T>(g, s, sub, 2, 1),
+    w8<T>(g, s, sub, 3, 1),
+  );
+  v128.store(ss + ((<usize>j) << 4), scaleOf<T>(g, s, sub));
+  const m = sm + ((<usize>j) << 5);
+  if (hasMin<T>()) v128.store(m, minOf<T>(g, s, sub));
+  if (kind<T>() === Q6_K) {
+    v128.store(m, q6Scales(g, s, sub, 0));
+    v128.store(m, q6Scales(g, s, sub, 1), 16);
+  }
+}
+
+/**
+ * unpackGroup for the 8-bit layout (unpackBlock8 per block). A loop over the K-quants' sub-blocks,
+ * not inlined: written out like unpackGroup it made a function V8 took seconds to compile.
+ */
+function unpackGroup8<T>(g: usize, nb: i32, ws: usize, ss: usize, sm: usize): void {
+  for (let j = 0; j < nb; j++) {
+    if (isK<T>()) unpackBlock8<T>(g, j >> 3, j & 7, j, ws, ss, sm);
+    else unpackBlock8<T>(g, j, 0, j, ws, ss, sm);
+  }
+}
+
+/** acc + the 4 byte products of each lane of x (i8) and w (u8, see w8) summed into that lane. */
+// @inline
+function dot8(acc: v128, x: v128, w: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return i32x4.relaxed_dot_i8x16_i7x16_add_s(x, w, acc);
+  unreachable(); // matmulPacked takes the 8-bit path in the relaxed build only
+  return acc;
+}
+
+/**
+ * Block j's exact integer sums I (a row per lane) from the 8-bit dot's: a, the first half's sums
+ * (Q6_K) or the block's (the others, with b = a); b, Q6_K's second half's. Takes off the bytes'
+ * offset (Q8_0: 128 · Σq, Q4_0: 8 · Σq, Q5_0: 16 · Σq); Q6_K's halves lose 32 · Σq of their half and
+ * take their scales, giving Σ sc · (q − 32) · xq, the i16 path's I.
+ */
+// @inline
+function blockSum8<T>(a: v128, b: v128, j: i32, sm: usize, xi: usize, xl: usize): v128 {
+  const jo = (<usize>j) << 2;
+  if (kind<T>() === Q8_0) return i32x4.sub(a, i32x4.shl(v128.load32_splat(xi + jo), 7));
+  if (kind<T>() === Q6_K) {
+    const lo = v128.load32_splat(xl + jo);
+    const hi = i32x4.sub(v128.load32_splat(xi + jo), lo);
+    const m = sm + ((<usize>j) << 5);
+    return i32x4.add(
+      i32x4.mul(i32x4.sub(a, i32x4.shl(lo, 5)), v128.load(m)),
+      i32x4.mul(i32x4.sub(b, i32x4.shl(hi, 5)), v128.load(m, 16)),
+    );
+  }
+  if (qOffset<T>() !== 0) return i32x4.sub(a, offsetSum<T>(xi + jo));
+  return a;
+}
+
+/** unpackedUpdate for the 8-bit layout (M at sm + 32·j). */
+// @inline
+function update8<T>(
+  acc: v128,
+  a: v128,
+  b: v128,
+  j: i32,
+  ss: usize,
+  sm: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+  xl: usize,
+): v128 {
+  const jo = (<usize>j) << 2;
+  const I = blockSum8<T>(a, b, j, sm, xi, xl);
+  const M = hasMin<T>() ? v128.load(sm + ((<usize>j) << 5)) : f32x4.splat(0);
+  return update<T>(acc, I, v128.load(ss + ((<usize>j) << 4)), M, xs + jo, xb + jo);
+}
+
+/** A group unpacked to 8 bits against one token: unpackedDot's result. */
+function unpackedDot8<T>(
+  ws: usize,
+  ss: usize,
+  sm: usize,
+  nb: i32,
+  x8: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+  xl: usize,
+): v128 {
+  let acc = f32x4.splat(0);
+  for (let j = 0; j < nb; j++) {
+    const x = x8 + ((<usize>j) << 5);
+    const w = ws + ((<usize>j) << 7);
+    let a = dot8(i32x4.splat(0), v128.load32_splat(x), v128.load(w));
+    a = dot8(a, v128.load32_splat(x, 4), v128.load(w, 16));
+    a = dot8(a, v128.load32_splat(x, 8), v128.load(w, 32));
+    a = dot8(a, v128.load32_splat(x, 12), v128.load(w, 48));
+    let b = dot8(kind<T>() === Q6_K ? i32x4.splat(0) : a, v128.load32_splat(x, 16), v128.load(w, 64));
+    b = dot8(b, v128.load32_splat(x, 20), v128.load(w, 80));
+    b = dot8(b, v128.load32_splat(x, 24), v128.load(w, 96));
+    b = dot8(b, v128.load32_splat(x, 28), v128.load(w, 112));
+    acc = update8<T>(acc, kind<T>() === Q6_K ? a : b, b, j, ss, sm, xs, xb, xi, xl);
+  }
+  return acc;
+}
+
+/**
+ * unpackedDot4 on the 8-bit layout: four tokens (x rows x8s bytes apart, their other values xss
+ * apart), each weight vector loaded once for the four, one running sum stored to `sink` per step
+ * (the scheduling fence of unpackedDot4). Stores the 4 rows of token i (0..3) at o + i·ts.
+ */
+function unpackedDot8x4<T>(
+  sink: usize,
+  ws: usize,
+  ss: usize,
+  sm: usize,
+  nb: i32,
+  x8: usize,
+  x8s: usize,
+  xs: usize,
+  xb: usize,
+  xi: usize,
+  xl: usize,
+  xss: usize,
+  o: usize,
+  ts: usize,
+  valid: i32,
+): void {
+  let f0 = f32x4.splat(0);
+  let f1 = f32x4.splat(0);
+  let f2 = f32x4.splat(0);
+  let f3 = f32x4.splat(0);
+  const z = i32x4.splat(0);
+  for (let j = 0; j < nb; j++) {
+    const x0 = x8 + ((<usize>j) << 5);
+    const x1 = x0 + x8s;
+    const x2 = x1 + x8s;
+    const x3 = x2 + x8s;
+    const w = ws + ((<usize>j) << 7);
+    let wv = v128.load(w);
+    let a0 = dot8(z, v128.load32_splat(x0), wv);
+    let a1 = dot8(z, v128.load32_splat(x1), wv);
+    let a2 = dot8(z, v128.load32_splat(x2), wv);
+    let a3 = dot8(z, v128.load32_splat(x3), wv);
+    v128.store(sink, a0);
+    wv = v128.load(w, 16);
+    a0 = dot8(a0, v128.load32_splat(x0, 4), wv);
+    a1 = dot8(a1, v128.load32_splat(x1, 4), wv);
+    a2 = dot8(a2, v128.load32_splat(x2, 4), wv);
+    a3 = dot8(a3, v128.load32_splat(x3, 4), wv);
+    v128.store(sink, a1, 16);
+    wv = v128.load(w, 32);
+    a0 = dot8(a0, v128.load32_splat(x0, 8), wv);
+    a1 = dot8(a1, v128.load32_splat(x1, 8), wv);
+    a2 = dot8(a2, v128.load32_splat(x2, 8), wv);
+    a3 = dot8(a3, v128.load32_splat(x3, 8), wv);
+    v128.store(sink, a2, 32);
+    wv = v128.load(w, 48);
+    a0 = dot8(a0, v128.load32_splat(x0, 12), wv);
+    a1 = dot8(a1, v128.load32_splat(x1, 12), wv);
+    a2 = dot8(a2, v128.load32_splat(x2, 12), wv);
+    a3 = dot8(a3, v128.load32_splat(x3, 12), wv);
+    v128.store(sink, a3, 48);
+    // Q6_K's second half has its own scale: its sums start again from zero.
+    const q6 = kind<T>() === Q6_K;
+    wv = v128.load(w, 64);
+    let b0 = dot8(q6 ? z : a0, v128.load32_splat(x0, 16), wv);
+    let b1 = dot8(q6 ? z : a1, v128.load32_splat(x1, 16), wv);
+    let b2 = dot8(q6 ? z : a2, v128.load32_splat(x2, 16), wv);
+    let b3 = dot8(q6 ? z : a3, v128.load32_splat(x3, 16), wv);
+    v128.store(sink, b0);
+    wv = v128.load(w, 80);
+    b0 = dot8(b0, v128.load32_splat(x0, 20), wv);
+    b1 = dot8(b1, v128.load32_splat(x1, 20), wv);
+    b2 = dot8(b2, v128.load32_splat(x2, 20), wv);
+    b3 = dot8(b3, v128.load32_splat(x3, 20), wv);
+    v128.store(sink, b1, 16);
+    wv = v128.load(w, 96);
+    b0 = dot8(b0, v128.load32_splat(x0, 24), wv);
+    b1 = dot8(b1, v128.load32_splat(x1, 24), wv);
+    b2 = dot8(b2, v128.load32_splat(x2, 24), wv);
+    b3 = dot8(b3, v128.load32_splat(x3, 24), wv);
+    v128.store(sink, b2, 32);
+    wv = v128.load(w, 112);
+    b0 = dot8(b0, v128.load32_splat(x0, 28), wv);
+    b1 = dot8(b1, v128.load32_splat(x1, 28), wv);
+    b2 = dot8(b2, v128.load32_splat(x2, 28), wv);
+    b3 = dot8(b3, v128.load32_splat(x3, 28), wv);
+    v128.store(sink, b3, 48);
+    f0 = update8<T>(f0, q6 ? a0 : b0, b0, j, ss, sm, xs, xb, xi, xl);
+    f1 = update8<T>(f1, q6 ? a1 : b1, b1, j, ss, sm, xs + xss, xb + xss, xi + xss, xl + xss);
+    f2 = update8<T>(f2, q6 ? a2 : b2, b2, j, ss, sm, xs + 2 * xss, xb + 2 * xss, xi + 2 * xss, xl + 2 * xss);
+    f3 = update8<T>(f3, q6 ? a3 : b3, b3, j, ss, sm, xs + 3 * xss, xb + 3 * xss, xi + 3 * xss, xl + 3 * xss);
+  }
+  storeRows(o, f0, valid);
+  storeRows(o + ts, f1, valid);
+  storeRows(o + 2 * ts, f2, valid);
+  storeRows(o + 3 * ts, f3, valid);
+}
+
+/** matmulPacked's tiled path on the 8-bit layout (nTokens ≥ unpackMin; the same results). */
+function matmulPacked8<T>(
+  w: usize,
+  rows: i32,
+  nb: i32,
+  nTokens: i32,
+  act: usize,
+  out: usize,
+  scratch: usize,
+  ts: usize,
+): void {
+  const n = <usize>nTokens * <usize>nb;
+  const x8 = actRegion(act, n, X8);
+  const xs = actRegion(act, n, XS);
+  const xb = actRegion(act, n, XB);
+  const xi = actRegion(act, n, XI);
+  const xl = actRegion(act, n, XL);
+  const x8s = (<usize>nb) << 5;
+  const xss = (<usize>nb) << 2;
+  const gb = groupBytes(kind<T>(), nb << 5);
+  const ws = scratch;
+  const ss = ws + ((<usize>nb) << 7);
+  const sm = ss + ((<usize>nb) << 4);
+  const sink = sm + ((<usize>nb) << 5);
+  let g = w;
+  for (let r = 0; r < rows; r += 4, g += gb) {
+    const valid = rows - r;
+    const o = out + ((<usize>r) << 2);
+    unpackGroup8<T>(g, nb, ws, ss, sm);
+    let t = 0;
+    for (; t + 3 < nTokens; t += 4) {
+      const tx = <usize>t * xss;
+      unpackedDot8x4<T>(
+        sink,
+        ws,
+        ss,
+        sm,
+        nb,
+        x8 + <usize>t * x8s,
+        x8s,
+        xs + tx,
+        xb + tx,
+        xi + tx,
+        xl + tx,
+        xss,
+        o + <usize>t * ts,
+        ts,
+        valid,
+      );
+    }
+    for (; t < nTokens; t++) {
+      const tx = <usize>t * xss;
+      storeRows(
+        o + <usize>t * ts,
+        unpackedDot8<T>(ws, ss, sm, nb, x8 + <usize>t * x8s, xs + tx, xb + tx, xi + tx, xl + tx),
+        valid,
+      );
+    }
+  }
+}
+
 /** x rounded to the nearest f16 value (ties to even), as an f32: llama.cpp stores its Q8_0 scales as f16. */
 function roundF16(x: f32): f32 {
   return f16(f16Bits(x));
+}
+
+/** The exact sum of the 4 i32 lanes of v. */
+// @inline
+function laneSum(v: v128): i32 {
+  const s = i32x4.add(v, i32x4.shuffle(v, v, 2, 3, 0, 1));
+  return i32x4.extract_lane(i32x4.add(s, i32x4.shuffle(s, s, 1, 0, 3, 2)), 0);
+}
+
+// The quantized activations (quantizeX) lie in `act` as six regions, one after another, each with
+// one entry per (token, block of 32) in token-major order: n = tokens × blocks entries of 64 B
+// (XQ: q as i16 in wVec's order), 4 B (XS: scale d), 4 B (XB: d·Σq), 4 B (XI: Σq), 32 B (X8: q as
+// i8 in order) and 4 B (XL: Σq of the first 16).
+const XQ: i32 = 0;
+const XS: i32 = 1;
+const XB: i32 = 2;
+const XI: i32 = 3;
+const X8: i32 = 4;
+const XL: i32 = 5;
+const ACT_BYTES: usize = 112;
+
+/** Where region `region` of the activations at act begins (n: tokens × blocks). */
+// @inline
+function actRegion(act: usize, n: usize, region: i32): usize {
+  return (
+    act +
+    n *
+      (region === XQ
+        ? 0
+        : region === XS
+          ? 64
+          : region === XB
+            ? 68
+            : region === XI
+              ? 72
+              : region === X8
+                ? 76
+                : 108)
+  );
 }
 
 /**
@@ -1085,20 +1466,18 @@ function roundF16(x: f32): f32 {
  *   q = round(x·id) (ties to even), d = f16(max|x| / 127); d·Σq also rounded to f16 (Q8_1's s).
  * - kQuant = 1 (Q8_K, for the K-quants; cols a multiple of 256): one scale per 256,
  *   id = 127 / max|x|, q = round(x·id), d = 1 / id (f32).
- * Stored per block of 32: q widened to i16 at xq (64 B, in wVec's order: even elements of 0..15,
- * odd ones, even of 16..31, odd ones); d at xs, d·Σq at xb (f32) and Σq at xi (i32).
+ * Stored per block of 32 in the regions of `act` (see actRegion): q widened to i16 (64 B, in wVec's
+ * order: even elements of 0..15, odd ones, even of 16..31, odd ones), d (f32), d·Σq (f32), Σq (i32),
+ * q as i8 in order (32 B, for the 8-bit dot) and Σq of the block's first 16 elements (i32).
  */
-export function quantizeX(
-  x: usize,
-  nTokens: i32,
-  cols: i32,
-  xq: usize,
-  xs: usize,
-  xb: usize,
-  xi: usize,
-  kQuant: i32,
-): void {
+function quantizeX(x: usize, nTokens: i32, cols: i32, act: usize, kQuant: i32): void {
   const n = (<usize>nTokens * <usize>cols) >> 5;
+  const xq = act;
+  const xs = actRegion(act, n, XS);
+  const xb = actRegion(act, n, XB);
+  const xi = actRegion(act, n, XI);
+  const x8 = actRegion(act, n, X8);
+  const xl = actRegion(act, n, XL);
   const per: usize = kQuant !== 0 ? 8 : 1; // blocks of 32 sharing one scale
   let id: f32 = 0;
   let d: f32 = 0;
@@ -1148,12 +1527,13 @@ export function quantizeX(
       i16x8.narrow_i32x4_s(i32x4.shuffle(q4, q5, 1, 3, 5, 7), i32x4.shuffle(q6, q7, 1, 3, 5, 7)),
       48,
     );
-    let s = i32x4.add(
-      i32x4.add(i32x4.add(q0, q1), i32x4.add(q2, q3)),
-      i32x4.add(i32x4.add(q4, q5), i32x4.add(q6, q7)),
-    );
-    s = i32x4.add(s, i32x4.shuffle(s, s, 2, 3, 0, 1));
-    const sum = i32x4.extract_lane(i32x4.add(s, i32x4.shuffle(s, s, 1, 0, 3, 2)), 0);
+    const e = x8 + (b << 5);
+    v128.store(e, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q0, q1), i16x8.narrow_i32x4_s(q2, q3)));
+    v128.store(e, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q4, q5), i16x8.narrow_i32x4_s(q6, q7)), 16);
+    const lo = i32x4.add(i32x4.add(q0, q1), i32x4.add(q2, q3));
+    const sumLo = laneSum(lo);
+    const sum = sumLo + laneSum(i32x4.add(i32x4.add(q4, q5), i32x4.add(q6, q7)));
+    store<i32>(xl + (b << 2), sumLo);
     store<f32>(xs + (b << 2), kQuant !== 0 ? d : roundF16(d));
     store<f32>(xb + (b << 2), kQuant !== 0 ? d * <f32>sum : roundF16(d * <f32>sum));
     store<i32>(xi + (b << 2), sum);
@@ -1162,24 +1542,32 @@ export function quantizeX(
 
 /**
  * out[t, r] for one packed type: groups of 4 rows, each against every token; a group is unpacked
- * to scratch first when there are at least unpackMin tokens (the same arithmetic either way).
- * ts: bytes between two tokens' rows of out (the whole matrix's rows × 4, also when `rows` is a
- * thread's share).
+ * to scratch first when there are at least unpackMin tokens (the same arithmetic either way), as
+ * 8-bit weights for the relaxed dot where `d8` (see packedRows), else as i16.
+ * act: the activations (quantizeX); ts: bytes between two tokens' rows of out (the whole matrix's
+ * rows × 4, also when `rows` is a thread's share).
  */
 function matmulPacked<T>(
   w: usize,
   rows: i32,
   cols: i32,
   nTokens: i32,
-  xq: usize,
-  xs: usize,
-  xb: usize,
-  xi: usize,
+  act: usize,
   out: usize,
   scratch: usize,
   ts: usize,
+  d8: bool,
 ): void {
   const nb = cols >> 5;
+  const n = <usize>nTokens * <usize>nb;
+  const xq = act;
+  const xs = actRegion(act, n, XS);
+  const xb = actRegion(act, n, XB);
+  const xi = actRegion(act, n, XI);
+  if (ASC_FEATURE_RELAXED_SIMD && d8 && nTokens >= unpackMin<T>()) {
+    matmulPacked8<T>(w, rows, nb, nTokens, act, out, scratch, ts);
+    return;
+  }
   const gb = groupBytes(kind<T>(), cols);
   const xqs = (<usize>nb) << 6;
   const xss = (<usize>nb) << 2;
@@ -1290,38 +1678,36 @@ export function matmulQuant(
   out: usize,
   scratch: usize,
 ): void {
-  const nb = <usize>(cols >> 5);
-  const xq = scratch;
-  const xs = xq + ((<usize>nTokens * nb) << 6);
-  const xb = xs + ((<usize>nTokens * nb) << 2);
-  const xi = xb + ((<usize>nTokens * nb) << 2);
-  const rest = xi + ((<usize>nTokens * nb) << 2);
-  quantizeX(x, nTokens, cols, xq, xs, xb, xi, type === Q4_K || type === Q5_K || type === Q6_K ? 1 : 0);
-  packedRows(type, w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, (<usize>rows) << 2);
+  const rest = scratch + <usize>nTokens * <usize>(cols >> 5) * ACT_BYTES;
+  quantizeActivations(type, x, nTokens, cols, scratch);
+  packedRows(type, w, rows, cols, nTokens, scratch, out, rest, (<usize>rows) << 2);
 }
 
+/**
+ * matmulPacked for `type`. The tiled path uses the relaxed 8-bit dot (see unpackBlock8) for every
+ * type whose unpacked weights are below 128 (exact on every lowering), and for Q8_0 (weights + 128,
+ * up to 255) only where the dot multiplies u8 × i8 without saturating (dotU8, from the host).
+ */
 function packedRows(
   type: i32,
   w: usize,
   rows: i32,
   cols: i32,
   nTokens: i32,
-  xq: usize,
-  xs: usize,
-  xb: usize,
-  xi: usize,
+  act: usize,
   out: usize,
   rest: usize,
   ts: usize,
 ): void {
-  if (type === Q8_0) matmulPacked<i8>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
-  else if (type === Q4_0) matmulPacked<u8>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
-  else if (type === Q4_1) matmulPacked<i16>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
-  else if (type === Q5_0) matmulPacked<u16>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
-  else if (type === Q5_1) matmulPacked<i32>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
-  else if (type === Q4_K) matmulPacked<u32>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
-  else if (type === Q5_K) matmulPacked<i64>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
-  else if (type === Q6_K) matmulPacked<u64>(w, rows, cols, nTokens, xq, xs, xb, xi, out, rest, ts);
+  const d8 = type !== Q8_0 || dotU8 !== 0;
+  if (type === Q8_0) matmulPacked<i8>(w, rows, cols, nTokens, act, out, rest, ts, d8);
+  else if (type === Q4_0) matmulPacked<u8>(w, rows, cols, nTokens, act, out, rest, ts, d8);
+  else if (type === Q4_1) matmulPacked<i16>(w, rows, cols, nTokens, act, out, rest, ts, d8);
+  else if (type === Q5_0) matmulPacked<u16>(w, rows, cols, nTokens, act, out, rest, ts, d8);
+  else if (type === Q5_1) matmulPacked<i32>(w, rows, cols, nTokens, act, out, rest, ts, d8);
+  else if (type === Q4_K) matmulPacked<u32>(w, rows, cols, nTokens, act, out, rest, ts, d8);
+  else if (type === Q5_K) matmulPacked<i64>(w, rows, cols, nTokens, act, out, rest, ts, d8);
+  else if (type === Q6_K) matmulPacked<u64>(w, rows, cols, nTokens, act, out, rest, ts, d8);
 }
 
 // Threads (src/kernels/thread-pool.ts): a matmul is split by groups of 4 rows, thread `part` of
@@ -1341,12 +1727,7 @@ export function quantizeActivations(type: i32, x: usize, nTokens: i32, cols: i32
     lowBitQuantize(type, x, nTokens, cols, scratch);
     return;
   }
-  const nb = <usize>(cols >> 5);
-  const xq = scratch;
-  const xs = xq + ((<usize>nTokens * nb) << 6);
-  const xb = xs + ((<usize>nTokens * nb) << 2);
-  const xi = xb + ((<usize>nTokens * nb) << 2);
-  quantizeX(x, nTokens, cols, xq, xs, xb, xi, type === Q4_K || type === Q5_K || type === Q6_K ? 1 : 0);
+  quantizeX(x, nTokens, cols, scratch, type === Q4_K || type === Q5_K || type === Q6_K ? 1 : 0);
 }
 
 /**
@@ -1374,11 +1755,6 @@ export function matmulQuantPart(
   const r0 = partStart(rows, part, parts);
   const r1 = min(rows, partStart(rows, part + 1, parts));
   if (r0 >= r1) return;
-  const nb = <usize>(cols >> 5);
-  const xq = scratch;
-  const xs = xq + ((<usize>nTokens * nb) << 6);
-  const xb = xs + ((<usize>nTokens * nb) << 2);
-  const xi = xb + ((<usize>nTokens * nb) << 2);
   const g0 = <usize>(r0 >> 2);
   packedRows(
     type,
@@ -1386,10 +1762,7 @@ export function matmulQuantPart(
     r1 - r0,
     cols,
     nTokens,
-    xq,
-    xs,
-    xb,
-    xi,
+    scratch,
     out + ((<usize>r0) << 2),
     partScratch + <usize>part * <usize>partBytes,
     (<usize>rows) << 2,
@@ -1435,7 +1808,7 @@ export function quantPartBytes(cols: i32): usize {
 /** Scratch bytes matmulQuant needs. */
 export function quantScratchBytes(cols: i32, nTokens: i32): usize {
   const nb = <usize>(cols >> 5);
-  return max(<usize>nTokens * nb * 76 + nb * 288 + 64, lowBitScratchBytes(cols, nTokens));
+  return max(<usize>nTokens * nb * ACT_BYTES + nb * 288 + 64, lowBitScratchBytes(cols, nTokens));
 }
 
 /** Decodes a packed group (4 rows) into 4 rows of cols f32 at dst, exactly as ggml dequantizes. */
