@@ -32,6 +32,8 @@ import { type StartedServer, startServer, startSpindle } from "./servers.js";
  *   c1        1 stream: median TTFT (≤ 1×), decode tok/s = 1000 / median TPOT (≥ 1×)
  *   shared    16 streams over `--groups` shared prefixes of `--prefix-len` tokens (primed once per
  *             server and round): p99 TTFT ≤ 2 s, p99 TPOT ≤ 100 ms, output tok/s ≥ 1×
+ *   copy      1 stream, each prompt a passage written 3 times (`spindle bench --workload copy`), for
+ *             speculative decoding (`--spindle-args="--speculative ngram"`): output tok/s ≥ 2×
  *
  * llama-server is `--llama-server PATH`, or built once from the llama.cpp sources node-llama-cpp
  * carries and cached in ~/.cache/spindle/llama.cpp (llama-cpp-build.ts). The default model is a
@@ -42,7 +44,8 @@ import { type StartedServer, startServer, startSpindle } from "./servers.js";
 const USAGE = `usage: npm run bench:vs-llama-server -- [--model FILE.gguf] [--rounds 3] [--requests 64]
            [--threads 2] [--kv-tokens 16384] [--input-len 105] [--output-len 128]
            [--prefix-len 412] [--suffix-len 32] [--groups 4] [--workloads c16,c32,c1,shared]
-           [--llama-server PATH] [--llama-args="--poll 0"] [--seed 1] [--temperature 0] [--json OUT]
+           [--llama-server PATH] [--llama-args="--poll 0"] [--spindle-args="--speculative ngram"]
+           [--seed 1] [--temperature 0] [--json OUT]
 
 --requests: per run of the 16/32-stream and shared-prefix workloads; the 1-stream run sends a
 quarter of them (at least 2). Small settings for a quick look: --rounds 2 --requests 32 --output-len 32.
@@ -51,8 +54,8 @@ sent too, since llama-server would otherwise cut to its default top 40).`;
 
 const run = promisify(execFile);
 
-type WorkloadName = "c16" | "c32" | "c1" | "shared";
-const WORKLOADS: readonly WorkloadName[] = ["c16", "c32", "c1", "shared"];
+type WorkloadName = "c16" | "c32" | "c1" | "shared" | "copy";
+const WORKLOADS: readonly WorkloadName[] = ["c16", "c32", "c1", "shared", "copy"];
 
 interface Options {
   model: string | undefined;
@@ -69,6 +72,8 @@ interface Options {
   llamaServer: string | undefined;
   /** More llama-server arguments, e.g. "--poll 0". */
   llamaArgs: string[];
+  /** More Spindle arguments, e.g. "--speculative ngram". */
+  spindleArgs: string[];
   seed: number;
   temperature: number;
   json: string | undefined;
@@ -90,6 +95,7 @@ function parseOptions(): Options | undefined {
       workloads: { type: "string", default: WORKLOADS.join(",") },
       "llama-server": { type: "string" },
       "llama-args": { type: "string" },
+      "spindle-args": { type: "string" },
       seed: { type: "string", default: "1" },
       temperature: { type: "string", default: "0" },
       json: { type: "string" },
@@ -125,6 +131,7 @@ function parseOptions(): Options | undefined {
     workloads,
     llamaServer: values["llama-server"],
     llamaArgs: values["llama-args"]?.split(/\s+/).filter((a) => a.length > 0) ?? [],
+    spindleArgs: values["spindle-args"]?.split(/\s+/).filter((a) => a.length > 0) ?? [],
     seed: int("seed", values.seed!, 0),
     temperature,
     json: values.json,
@@ -158,6 +165,12 @@ function workloadOf(o: Options, w: WorkloadName): { concurrency: number; spec: W
   if (w === "c16") return random(16, o.requests);
   if (w === "c32") return random(32, o.requests);
   if (w === "c1") return random(1, Math.max(2, Math.round(o.requests / 4)));
+  if (w === "copy")
+    return {
+      concurrency: 1,
+      n: Math.max(2, Math.round(o.requests / 4)),
+      spec: { kind: "copy", inputLen: o.inputLen, outputLen: o.outputLen, rangeRatio: 0, copies: 3 },
+    };
   return {
     concurrency: 16,
     n: o.requests,
@@ -245,6 +258,13 @@ const ROWS: Row[] = [
     target: { kind: "ratio", value: 1 },
   },
   {
+    workload: "copy",
+    metric: "output tok/s",
+    pick: (f) => f.outTokS,
+    higherIsBetter: true,
+    target: { kind: "ratio", value: 2 },
+  },
+  {
     workload: "shared",
     metric: "p99 TTFT ms",
     pick: (f) => f.ttftP99Ms,
@@ -296,9 +316,11 @@ function table(o: Options, results: Map<WorkloadName, Record<Side, Figures[]>>):
     const label =
       r.workload === "c1"
         ? "1 stream"
-        : r.workload === "shared"
-          ? `shared prefix ${o.prefixLen}, 16 streams`
-          : `${r.workload.slice(1)} streams`;
+        : r.workload === "copy"
+          ? `copy, 1 stream${o.spindleArgs.length > 0 ? ` (${o.spindleArgs.join(" ")})` : ""}`
+          : r.workload === "shared"
+            ? `shared prefix ${o.prefixLen}, 16 streams`
+            : `${r.workload.slice(1)} streams`;
     rows.push([label, r.metric, spread(l), spread(s), spread(ratios), target, met ? "yes" : "no"]);
   }
   return alignTable(rows);
@@ -333,6 +355,7 @@ async function main(): Promise<number> {
       // CPU from llama-server's runs. On: what the measurement chose on every file here.
       "--decode-split",
       "on",
+      ...o.spindleArgs,
     ]);
     servers.push(spindle);
     // -kvu: one KV buffer for every slot, as Spindle's pool is; -np: a slot per concurrent stream.

@@ -52,6 +52,7 @@ class EngineBackend implements Backend {
         prefixCaching: i.prefixCaching,
         policy: i.scheduler.policy,
         batching: i.scheduler.batching,
+        ...(i.specVerifyCost !== undefined ? { specVerifyCost: Number(i.specVerifyCost.toFixed(3)) } : {}),
         ...(i.draftModel !== undefined
           ? { draftModel: i.draftModel.path, draftTokenCost: Number(i.draftModel.tokenCost.toFixed(3)) }
           : {}),

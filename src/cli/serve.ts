@@ -61,7 +61,8 @@ and spindle.v1.InferenceService (proto/spindle/v1/inference.proto) over Connect 
   --spec-tokens K             the most draft tokens per sequence and step (default 4; adapts per sequence)
   --spec-max-batch N          speculate only while at most N sequences run (default 4)
   --spec-token-cost C         what one more token in a step costs relative to a one-token decode step
-                              (default 0.6); draft lengths are chosen for the most tokens per cost
+                              (default: measured after start, a step of 1 + K tokens against one of 1);
+                              draft lengths are chosen for the most tokens per cost
   --draft-model PATH          speculative decoding with drafts from a small model with the same vocabulary
                               (llama-server's -md/--model-draft, accepted too; vLLM's draft model): implies
                               --speculative draft; it runs greedily in the engine worker with its own KV cache

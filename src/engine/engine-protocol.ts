@@ -112,6 +112,11 @@ export interface EngineInfo {
    * choose the slower way.
    */
   decodeSplits?: SplitChoice;
+  /**
+   * Speculative decoding: what verifying one draft token costs relative to a one-token decode step,
+   * as given (`--spec-token-cost`) or measured after start.
+   */
+  specVerifyCost?: number;
   /** Speculative decoding with a draft model: its file, shape, and the measured cost of a draft token. */
   draftModel?: { path: string; model: ModelSummary; tokenCost: number; kvCacheBytes: number };
   /** Things an operator should know (logged at start), e.g. a KV cache that did not fit kernel memory. */

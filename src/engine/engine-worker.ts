@@ -104,6 +104,8 @@ class EngineHost {
       this.engine = new EngineCore(this.built.runner, this.engineOptions);
       // Kernel threads start in the background; the first step should not wait for them.
       await this.built.ready?.();
+      const verifyCost = this.built.info.specVerifyCost;
+      if (this.engine.speculator && verifyCost !== undefined) this.engine.speculator.verifyCost = verifyCost;
       if (init.kind === "model") this.retuneAt = { ...this.retuneAt, ...init.retune };
     } catch (err) {
       this.post({ type: "error", error: toWireError(err, "engine_start_failed") });

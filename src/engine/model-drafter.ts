@@ -187,19 +187,27 @@ export function checkSameVocabulary(target: Model, draft: Model): void {
 }
 
 /**
- * The median time (ms) of a one-token decode step of the model at a short context, on a scratch
- * KV cache of one block: what the draft model's token cost is measured with at load (its step over
- * the target's).
+ * The median time (ms) of a step of one sequence that adds `tokens` tokens (each with its logits, as
+ * a verified draft has) at a short context, on a scratch KV cache of one block: a one-token decode
+ * step by default. What a draft model's token cost (its decode step over the target's) and the
+ * cost of verifying a draft token (engine-build.ts) are measured with after start.
  */
-export function measureDecodeMs(model: Model, steps = 8): number {
-  const kv = new KVCacheStorage(model.config, 1, Math.max(16, steps + 2), model.transformer.kernels);
+export function measureDecodeMs(model: Model, steps = 8, tokens = 1): number {
+  const n = (steps + 2) * tokens;
+  const kv = new KVCacheStorage(model.config, 1, Math.max(16, n), model.transformer.kernels);
   try {
     const times: number[] = [];
     for (let p = 0; p < steps + 2; p++) {
+      const pos = p * tokens;
+      const ids = Array.from({ length: tokens }, (_, i) => (pos + i) % model.config.vocabSize);
       const t0 = performance.now();
-      model.transformer.forward(kv, [{ tokens: [p % model.config.vocabSize], pos: p, blockTable: [0] }], {
-        transientLogits: true,
-      });
+      model.transformer.forward(
+        kv,
+        [{ tokens: ids, pos, blockTable: [0], logits: tokens > 1 ? "all" : "last" }],
+        {
+          transientLogits: true,
+        },
+      );
       if (p >= 2) times.push(performance.now() - t0);
     }
     times.sort((x, y) => x - y);

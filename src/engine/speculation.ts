@@ -44,8 +44,10 @@ export interface SpeculativeOptions {
   /** Speculate only while at most this many sequences run (default DEFAULT_MAX_BATCH, 4). */
   maxBatch?: number;
   /**
-   * What one more token in a step costs, relative to a one-token decode step (default 0.6: measured
-   * on a 2-core x86 with a 135M-shape Q8_0 model, where prefill runs about 1.6× decode's tok/s).
+   * What one more token in a step costs, relative to a one-token decode step (`--spec-token-cost`).
+   * When absent, the engine worker measures it after start (a step of 1 + numTokens tokens against
+   * one of 1: 0.24 on a 2-core VNNI Xeon with a 135M-shape Q8_0 model), and 0.6 (the figure of a
+   * 2-core AMD EPYC without VNNI) stands until then.
    */
   tokenCost?: number;
 }
@@ -109,7 +111,11 @@ export class Speculator {
   readonly drafter: Drafter;
   private readonly state = new WeakMap<Sequence, SeqSpec>();
   private readonly maxBatch: number;
-  private readonly verifyCost: number;
+  /**
+   * What verifying one draft token costs, relative to a one-token decode step: `tokenCost` when
+   * given, else 0.6 until the engine worker measures it after start (engine-build.ts).
+   */
+  verifyCost: number;
 
   /** `drafter`: required for method "draft" (the worker builds it from `draftModel`); prompt lookup otherwise. */
   constructor(

@@ -78,6 +78,17 @@ const metric = (text: string, name: string) => {
 };
 
 describe("speculative decoding through the server", () => {
+  it("measures what verifying a draft token costs after start, unless --spec-token-cost gives it", () => {
+    const costOf = (srv: TestServer) => srv.server.ctx.model!.info.details?.specVerifyCost;
+    // A step of 1 + 4 tokens against one of 1 on this machine, per extra token, within 0.05…1.
+    const measured = costOf(spec);
+    expect(typeof measured).toBe("number");
+    expect(measured).toBeGreaterThanOrEqual(0.05);
+    expect(measured).toBeLessThanOrEqual(1);
+    expect(costOf(selfDraft)).toBe(0);
+    expect(costOf(plain)).toBeUndefined();
+  });
+
   it("answers exactly as without it (greedy, n > 1 seeded, stop strings, logprobs) and counts drafts", async () => {
     const bodies = [
       { prompt: COPY, max_tokens: 60, temperature: 0 },
