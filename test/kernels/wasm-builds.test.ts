@@ -13,6 +13,7 @@ import {
 } from "../../src/kernels/wasm-kernels.js";
 import { quantize, rowBytes } from "../../src/quant/index.js";
 import { Rng } from "../../src/sampling/rng.js";
+import { PACKED_TYPES } from "./emulate.js";
 
 /**
  * The two builds of the WebAssembly kernels and the choice between them at start-up. Node 22 and
@@ -113,16 +114,8 @@ describe("WebAssembly builds", () => {
       const relaxed = await createWasmKernels({ build: "relaxed", threads: 2 });
       await relaxed.ready();
       const rng = new Rng(7);
-      for (const type of [
-        GGMLType.Q8_0,
-        GGMLType.Q4_0,
-        GGMLType.Q4_1,
-        GGMLType.Q5_0,
-        GGMLType.Q5_1,
-        GGMLType.Q4_K,
-        GGMLType.Q5_K,
-        GGMLType.Q6_K,
-      ]) {
+      // PACKED_TYPES: the eight types of the 8-bit tiles, and the low-bit ones (their own path, the same in both).
+      for (const type of PACKED_TYPES) {
         const cols = 512;
         const w = matrix(rng, type, 70, cols);
         for (const nTokens of [1, 2, 3, 4, 5, 7, 12]) {
