@@ -7,7 +7,7 @@ import type { Tokenizer } from "../tokenizer/index.js";
 import { type Clock, realClock } from "./engine.js";
 import type { EngineInfo, EngineInit, ModelEngineInit } from "./engine-protocol.js";
 import { cappedContext, kvCachePools, kvCacheType } from "./kv-sizing.js";
-import { checkSameVocabulary, ModelDrafter, measureDecodeMs } from "./model-drafter.js";
+import { checkSameVocabulary, ModelDrafter, measureDecodeMs, measureStepsMs } from "./model-drafter.js";
 import { ModelRunner, type Runner } from "./runner.js";
 import { DEFAULT_SCHEDULER_OPTIONS } from "./scheduler.js";
 import { SimRunner } from "./sim-runner.js";
@@ -192,13 +192,10 @@ export function build(init: EngineInit, onLoadProgress?: (loaded: number, total:
  * fast (0.24 on a 2-core VNNI Xeon, 135M-shape Q8_0), dearer without (about 0.6 on an AMD EPYC).
  */
 function measureVerifyCost(model: Model, k: number): number {
-  // Up to 8 timed steps each way, fewer for a large model (the server is not ready until done):
-  // about 0.35 s for the 135M shape, 3 s for an 8B one (one timed step each after two warm-ups).
-  const first = measureDecodeMs(model, 1);
-  const steps = Math.max(1, Math.min(8, Math.floor(100 / first)));
-  const one = steps > 1 ? measureDecodeMs(model, steps) : first;
-  const many = measureDecodeMs(model, steps, 1 + k);
-  return Math.min(1, Math.max(0.05, (many / one - 1) / k));
+  // The two shapes in turn, so both see the same machine; the server is not ready until done
+  // (about 0.35 s for the 135M shape, 5 s for an 8B one: 2 untimed and 3 timed rounds).
+  const [one, many] = measureStepsMs(model, [1, 1 + k]);
+  return Math.min(1, Math.max(0.05, (many! / one! - 1) / k));
 }
 
 /**

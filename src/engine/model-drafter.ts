@@ -187,32 +187,46 @@ export function checkSameVocabulary(target: Model, draft: Model): void {
 }
 
 /**
- * The median time (ms) of a step of one sequence that adds `tokens` tokens (each with its logits, as
- * a verified draft has) at a short context, on a scratch KV cache of one block: a one-token decode
- * step by default. What a draft model's token cost (its decode step over the target's) and the
- * cost of verifying a draft token (engine-build.ts) are measured with after start.
+ * Median times (ms) of steps of one sequence adding `shapes[i]` tokens (each with its logits, as a
+ * verified draft has) at a short context, on a scratch KV cache of one block: the shapes timed in
+ * turn, round after round, after two untimed rounds (the WebAssembly tiers up meanwhile), for at
+ * least 3 and at most `rounds` rounds, stopping after `budgetMs` of timed work. What a draft model's
+ * token cost (its decode step over the target's) and the cost of verifying a draft token
+ * (engine-build.ts) are measured with after start.
  */
-export function measureDecodeMs(model: Model, steps = 8, tokens = 1): number {
-  const n = (steps + 2) * tokens;
-  const kv = new KVCacheStorage(model.config, 1, Math.max(16, n), model.transformer.kernels);
+export function measureStepsMs(
+  model: Model,
+  shapes: readonly number[],
+  rounds = 8,
+  budgetMs = 1000,
+): number[] {
+  const per = shapes.reduce((a, b) => a + b, 0);
+  const kv = new KVCacheStorage(model.config, 1, Math.max(16, (rounds + 2) * per), model.transformer.kernels);
   try {
-    const times: number[] = [];
-    for (let p = 0; p < steps + 2; p++) {
-      const pos = p * tokens;
-      const ids = Array.from({ length: tokens }, (_, i) => (pos + i) % model.config.vocabSize);
-      const t0 = performance.now();
-      model.transformer.forward(
-        kv,
-        [{ tokens: ids, pos, blockTable: [0], logits: tokens > 1 ? "all" : "last" }],
-        {
-          transientLogits: true,
-        },
-      );
-      if (p >= 2) times.push(performance.now() - t0);
+    const times: number[][] = shapes.map(() => []);
+    let pos = 0;
+    let spent = 0;
+    for (let r = 0; r < rounds + 2 && !(r >= 5 && spent > budgetMs); r++) {
+      for (const [i, tokens] of shapes.entries()) {
+        const ids = Array.from({ length: tokens }, (_, j) => (pos + j) % model.config.vocabSize);
+        const seq: BatchSeq = { tokens: ids, pos, blockTable: [0], logits: tokens > 1 ? "all" : "last" };
+        const t0 = performance.now();
+        model.transformer.forward(kv, [seq], { transientLogits: true });
+        const ms = performance.now() - t0;
+        pos += tokens;
+        if (r >= 2) {
+          times[i]!.push(ms);
+          spent += ms;
+        }
+      }
     }
-    times.sort((x, y) => x - y);
-    return times[times.length >> 1]!;
+    return times.map((t) => t.sort((x, y) => x - y)[t.length >> 1]!);
   } finally {
     kv.dispose();
   }
+}
+
+/** The median time (ms) of a one-token decode step of the model (measureStepsMs). */
+export function measureDecodeMs(model: Model): number {
+  return measureStepsMs(model, [1])[0]!;
 }
