@@ -13,10 +13,11 @@
 //   activations are quantized once per call to 8-bit blocks exactly as llama.cpp quantizes them
 //   (Q8_0/Q8_1 for the legacy types, Q8_K for the K-quants; see quantizeX), and each (row, block
 //   of 32) is an exact integer dot product scaled in f32. Four rows are computed at once, one per
-//   lane. For one or two tokens the weights are unpacked in registers to i16 (i32x4.dot_i16x8_s);
-//   from unpackMin tokens on, a group of 4 rows is unpacked once to scratch: as bytes for the
-//   relaxed 8-bit dot in the relaxed build (matmulPacked8; Q8_0 only where that dot is u8 × i8),
-//   as i16 otherwise. The integer sums are the same whichever computes them.
+//   lane. For one token (two in the simd build) the weights are unpacked in registers to i16
+//   (i32x4.dot_i16x8_s); from 2 tokens on in the relaxed build a group of 4 rows is unpacked once
+//   to scratch as bytes for the relaxed 8-bit dot (matmulPacked8; Q8_0 only where that dot is
+//   u8 × i8), elsewhere to i16 from unpackMin tokens on. The integer sums are the same whichever
+//   computes them.
 //   Per (row r, token t) the result is, over the blocks j in order,
 //     acc = acc + f32(I[r,j,t]) · (S[r,j] · xs[t,j])          (then ± M[r,j] · xb[t,j] for the
 //   affine types), where I is the exact integer Σ q·xq over the block, S, M the block's scale and
@@ -1083,7 +1084,7 @@ function unpackedDot4<T>(
   storeRows(o + 3 * ts, f3, valid);
 }
 
-// The 8-bit tiled path (relaxed-SIMD build). From unpackMin tokens on, where the relaxed dot is
+// The 8-bit tiled path (relaxed-SIMD build). From 2 tokens on, where the relaxed dot is
 // exact for the type (packedRows), a group of 4 rows is unpacked to unsigned bytes: per block of 32,
 // 8 vectors, vector p holding elements 4p … 4p + 3 of rows 0, 1, 2, 3 (a row per i32 lane). One
 // i32x4.relaxed_dot_i8x16_i7x16_add_s of it against the token's elements 4p … 4p + 3 (i8, splat to
@@ -1542,8 +1543,8 @@ function quantizeX(x: usize, nTokens: i32, cols: i32, act: usize, kQuant: i32): 
 
 /**
  * out[t, r] for one packed type: groups of 4 rows, each against every token; a group is unpacked
- * to scratch first when there are at least unpackMin tokens (the same arithmetic either way), as
- * 8-bit weights for the relaxed dot where `d8` (see packedRows), else as i16.
+ * to scratch first, as 8-bit weights for the relaxed dot from 2 tokens where `d8` (see packedRows),
+ * else as i16 from unpackMin tokens (the same arithmetic either way).
  * act: the activations (quantizeX); ts: bytes between two tokens' rows of out (the whole matrix's
  * rows × 4, also when `rows` is a thread's share).
  */
@@ -1564,7 +1565,9 @@ function matmulPacked<T>(
   const xs = actRegion(act, n, XS);
   const xb = actRegion(act, n, XB);
   const xi = actRegion(act, n, XI);
-  if (ASC_FEATURE_RELAXED_SIMD && d8 && nTokens >= unpackMin<T>()) {
+  // The 8-bit tiles pay from 2 tokens for every type (2048 × 2048, 2 threads, 2 tokens: Q8_0 67 → 81
+  // GFLOP/s, Q4_K 55 → 69, Q4_0 54 → 83 against the fused 2-token path); the i16 ones from unpackMin.
+  if (ASC_FEATURE_RELAXED_SIMD && d8 && nTokens >= 2) {
     matmulPacked8<T>(w, rows, nb, nTokens, act, out, scratch, ts);
     return;
   }
