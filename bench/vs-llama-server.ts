@@ -33,7 +33,9 @@ import { type StartedServer, startServer, startSpindle } from "./servers.js";
  *   shared    16 streams over `--groups` shared prefixes of `--prefix-len` tokens (primed once per
  *             server and round): p99 TTFT ≤ 2 s, p99 TPOT ≤ 100 ms, output tok/s ≥ 1×
  *   copy      1 stream, each prompt a passage written 3 times (`spindle bench --workload copy`), for
- *             speculative decoding (`--spindle-args="--speculative ngram"`): output tok/s ≥ 2×
+ *             speculative decoding (`--spindle-args="--speculative ngram"`): output tok/s ≥ 2×;
+ *             with `--copier`, on the same shape written as a model that copies its prompt
+ *             (synth-model --copier), since random weights never do and so never draft
  *
  * llama-server is `--llama-server PATH`, or built once from the llama.cpp sources node-llama-cpp
  * carries and cached in ~/.cache/spindle/llama.cpp (llama-cpp-build.ts). The default model is a
@@ -41,7 +43,7 @@ import { type StartedServer, startServer, startSpindle } from "./servers.js";
  * written once into the model cache. Only measures; nothing here is part of the product.
  */
 
-const USAGE = `usage: npm run bench:vs-llama-server -- [--model FILE.gguf] [--rounds 3] [--requests 64]
+const USAGE = `usage: npm run bench:vs-llama-server -- [--model FILE.gguf | --copier] [--rounds 3] [--requests 64]
            [--threads 2] [--kv-tokens 16384] [--input-len 105] [--output-len 128]
            [--prefix-len 412] [--suffix-len 32] [--groups 4] [--workloads c16,c32,c1,shared]
            [--llama-server PATH] [--llama-args="--poll 0"] [--spindle-args="--speculative ngram"]
@@ -59,6 +61,8 @@ const WORKLOADS: readonly WorkloadName[] = ["c16", "c32", "c1", "shared", "copy"
 
 interface Options {
   model: string | undefined;
+  /** The default model written as a copier (synth-model --copier). */
+  copier: boolean;
   rounds: number;
   requests: number;
   threads: number;
@@ -83,6 +87,7 @@ function parseOptions(): Options | undefined {
   const { values } = parseArgs({
     options: {
       model: { type: "string" },
+      copier: { type: "boolean" },
       rounds: { type: "string", default: "3" },
       requests: { type: "string", default: "64" },
       threads: { type: "string", default: "2" },
@@ -119,6 +124,7 @@ function parseOptions(): Options | undefined {
     if (!WORKLOADS.includes(w)) throw new Error(`--workloads: unknown "${w}" (${WORKLOADS.join(", ")})`);
   return {
     model: values.model === undefined ? undefined : resolve(values.model),
+    copier: values.copier === true,
     rounds: int("rounds", values.rounds!),
     requests: int("requests", values.requests!),
     threads: int("threads", values.threads!),
@@ -138,9 +144,12 @@ function parseOptions(): Options | undefined {
   };
 }
 
-/** The default model: SmolLM2-135M's shape, Q8_0, the 32,000-token Llama vocabulary; written once. */
-function defaultModel(): string {
-  const path = join(cacheDir(), "synth-smollm2-135m-q8_0-llama-spm.gguf");
+/**
+ * The default model: SmolLM2-135M's shape, Q8_0, the 32,000-token Llama vocabulary, random weights or
+ * (`copier`) the induction circuit that copies its prompt; written once.
+ */
+function defaultModel(copier: boolean): string {
+  const path = join(cacheDir(), `synth-smollm2-135m-q8_0-llama-spm${copier ? "-copier" : ""}.gguf`);
   if (existsSync(path)) return path;
   mkdirSync(dirname(path), { recursive: true });
   process.stderr.write(`synthesizing the default model into ${path} (once)\n`);
@@ -151,6 +160,7 @@ function defaultModel(): string {
     vocabPath: resolveModel("vocab/ggml-vocab-llama-spm.gguf"),
     out: path,
     seed: 1,
+    copier,
   });
   return path;
 }
@@ -329,7 +339,9 @@ function table(o: Options, results: Map<WorkloadName, Record<Side, Figures[]>>):
 async function main(): Promise<number> {
   const o = parseOptions();
   if (!o) return 0;
-  const model = o.model ?? defaultModel();
+  if (o.model !== undefined && o.copier)
+    throw new Error("--copier writes the default model; not with --model");
+  const model = o.model ?? defaultModel(o.copier);
   const llamaServer = o.llamaServer ?? (await llamaCppTools(["llama-server"]))["llama-server"];
   const llamaVersion = await run(llamaServer, ["--version"])
     .then((r) => `${r.stdout}${r.stderr}`.match(/version: [^\n]+/)?.[0] ?? "unknown version")

@@ -22,7 +22,7 @@ const TYPE_MIXTURES = SYNTH_MIXTURES.filter((m) => !(m in GGMLType));
 export const SYNTH = command({
   name: "synth-model",
   usage: `spindle synth-model --out FILE [--shape ${Object.keys(SHAPES).join("|")}] [--arch ${SYNTH_ARCHS.join("|")}]
-                           [--type T | --ftype F] [--vocab VOCAB.gguf] [--seed N] [--tied] [--pooling P] [--chat-template NAME] [--dim N --layers N ...]
+                           [--type T | --ftype F] [--vocab VOCAB.gguf] [--seed N] [--tied] [--copier] [--pooling P] [--chat-template NAME] [--dim N --layers N ...]
                            [--experts N --experts-used K --expert-ffn N]`,
   summary:
     "Writes a model with deterministic random weights (scaled so logits have a real spread) and the tokenizer of a vocab GGUF: the realistic sizes for tests and benchmarks, without downloading a model. A named shape brings its architecture (phi3-*, gemma2-*, gemma3-*: fused projections, sliding windows, soft-caps, LongRoPE as the real models have them; qwen3-30b-a3b, qwen1.5-moe-a2.7b, mixtral-8x7b, tiny-moe: mixtures of experts); Gemma models are written with tied embeddings, as the real ones are. Prints the file's path on stdout and its parameter count on stderr.",
@@ -58,6 +58,11 @@ export const SYNTH = command({
     },
     seed: { type: "string", arg: "N", default: "1", description: "seed of the random weights" },
     tied: { type: "boolean", description: "no output.weight: the LM head reuses the token embeddings" },
+    copier: {
+      type: "boolean",
+      description:
+        "a model that copies its prompt: the first two layers hand-set to an induction circuit (it continues a passage it has seen), the rest computing but writing nothing; llama, head size 64 (e.g. --shape smollm2-135m): for timing speculation on copied output",
+    },
     pooling: {
       type: "string",
       arg: "P",
@@ -185,6 +190,7 @@ export function synthModelCommand(args: string[]): number {
     tied: values.tied || arch === "gemma2" || arch === "gemma3",
     pooling: values.pooling as PoolingType | undefined,
     chatTemplate,
+    copier: values.copier,
   });
   process.stdout.write(`${r.path}\n`);
   process.stderr.write(`${(r.parameters / 1e6).toFixed(2)}M parameters\n`);

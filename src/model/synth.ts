@@ -7,6 +7,7 @@ import { quantize } from "../quant/index.js";
 import { Rng } from "../sampling/rng.js";
 import { type Architecture, SUPPORTED_ARCHITECTURES } from "./config.js";
 import { LLAMA_POOLING, type PoolingType } from "./pooling.js";
+import { copierPlan } from "./synth-copier.js";
 
 /**
  * `spindle synth-model`: writes a Llama-, Qwen-, Phi-3- or Gemma-shaped GGUF (or a mixture of
@@ -241,6 +242,8 @@ export interface SynthOptions {
   chatTemplate?: string;
   /** Write `<arch>.pooling_type` (how embeddings pool; left out: llama.cpp's none, Spindle's mean). */
   pooling?: PoolingType;
+  /** Hand-set the first two layers to an induction circuit, so the model copies its prompt (synth-copier.ts). */
+  copier?: boolean;
 }
 
 export interface SynthReport {
@@ -382,6 +385,9 @@ export function synthModel(o: SynthOptions): SynthReport {
   const tokens = vocab.getArray("tokenizer.ggml.tokens");
   if (!tokens) throw new SpindleError(`${o.vocabPath} has no tokenizer.ggml.tokens`);
   const nVocab = tokens.length;
+  if (o.copier && (o.arch !== "llama" || x || tied))
+    throw new SpindleError("--copier writes an untied llama model without experts");
+  const copier = o.copier ? copierPlan({ ...s, headDim }, nVocab, o.seed ?? 1) : undefined;
   const rng = new Rng(o.seed ?? 1);
   const uniform = (n: number, std: number, mean = 0) => {
     const a = std * Math.sqrt(3);
@@ -399,7 +405,8 @@ export function synthModel(o: SynthOptions): SynthReport {
     const wanted = mixture ? mixtureType(mixture, name, recipe) : (o.type as GGMLType);
     const type = mixture ? kQuantFor(wanted, cols) : typeFor(wanted, cols);
     if (type !== wanted) fallbacks.push({ tensor: name, type: typeName(type) });
-    tensors.push({ name, dims: [cols, rows], type, data: quantize(type, uniform(rows * cols, std), cols) });
+    const values = copier?.weight(name, rows * cols) ?? uniform(rows * cols, std);
+    tensors.push({ name, dims: [cols, rows], type, data: quantize(type, values, cols) });
     parameters += rows * cols;
   };
   /** n matrices stacked in one 3-D tensor (dims [cols, rows, n]), as llama.cpp stores experts. */
@@ -422,7 +429,7 @@ export function synthModel(o: SynthOptions): SynthReport {
     parameters += rows * cols;
   };
   const vec = (name: string, n: number, std: number, mean: number) => {
-    const v = uniform(n, std, mean);
+    const v = copier?.weight(name, n) ?? uniform(n, std, mean);
     tensors.push({ name, dims: [n], type: GGMLType.F32, data: new Uint8Array(v.buffer) });
     parameters += n;
   };
@@ -501,7 +508,7 @@ export function synthModel(o: SynthOptions): SynthReport {
     [`${a}.attention.head_count_kv`, meta.u32(s.nKVHeads)],
     [`${a}.attention.layer_norm_rms_epsilon`, meta.f32(s.rmsEps ?? 1e-5)],
     [`${a}.rope.dimension_count`, meta.u32(ropeDim)],
-    [`${a}.rope.freq_base`, meta.f32(s.ropeFreqBase ?? 10000)],
+    [`${a}.rope.freq_base`, meta.f32(copier?.ropeFreqBase ?? s.ropeFreqBase ?? 10000)],
   ];
   if (x) {
     md.push([`${a}.expert_count`, meta.u32(x.count)], [`${a}.expert_used_count`, meta.u32(x.used)]);
