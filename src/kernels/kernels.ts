@@ -111,6 +111,14 @@ export interface AttentionOptions {
   softcap?: number;
 }
 
+/** One matmul of a list: out (nTokens × w.rows) = x (nTokens × w.cols) · Wᵀ. */
+export interface MatmulItem {
+  w: WeightMatrix;
+  x: Float32Array;
+  nTokens: number;
+  out: Float32Array;
+}
+
 export interface Kernels {
   readonly name: string;
   /** out[t, r] = Σ_c W[r, c] · x[t, c] for t < nTokens. out is nTokens × w.rows. */
@@ -214,6 +222,12 @@ export interface Kernels {
     nTokens: number,
     outs: readonly Float32Array[],
   ): void;
+  /**
+   * Optional: several independent matmuls (a layer's chosen experts, each over its own tokens) as
+   * one call — the same results as a matmul per item, bit for bit, with one hand-off to the kernel
+   * threads for all of them. Items with the same x (the same view) quantize it once.
+   */
+  matmulList?(items: readonly MatmulItem[]): void;
   /**
    * Optional: takes a matrix that will only ever be multiplied into the kernels' own memory now and
    * drops the caller's copy of its bytes (`w.data` becomes empty), so a model's weights are held

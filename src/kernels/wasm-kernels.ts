@@ -7,6 +7,7 @@ import type {
   AttentionOptions,
   AttentionSeq,
   Kernels,
+  MatmulItem,
   MatrixSource,
   PagedKV,
   RopeParams,
@@ -150,6 +151,7 @@ interface WasmExports {
   quantizeActivations(type: number, x: number, nTokens: number, cols: number, scratch: number): void;
   quantPartBytes(cols: number): number;
   matmulQuantMulti(...args: number[]): void;
+  matmulQuantList(...args: number[]): void;
   matmulQuantPart(...args: number[]): void;
   matmulPart(...args: number[]): void;
   rmsnorm(x: number, w: number, nRows: number, dim: number, eps: number, out: number): void;
@@ -214,6 +216,9 @@ const SMALL_TOKENS = 4;
  * and the 1B-shape and MoE files, whose matrices are larger, in 1.00–1.01×.
  */
 const MIN_PART_MACS = 2_000_000;
+
+/** u32 fields of a matmulQuantList record (kernels.ts' LIST_RECORD_BYTES / 4). */
+const LIST_RECORD_WORDS = 7;
 
 /**
  * A split kernel is cut into this many parts per thread at most, which the threads take one at a time
@@ -404,6 +409,7 @@ const POOL_FUNCTIONS = [
   "matmulQuantPart",
   "matmulPart",
   "matmulQuantMulti",
+  "matmulQuantList",
   "attentionPart",
   "gluPart",
   "packPart",
@@ -631,6 +637,60 @@ class WasmKernelSet implements WasmKernels {
         outs[i]!.set(arena.f32.subarray(o, o + nTokens * w.rows));
       });
     }
+  }
+
+  matmulList(items: readonly MatmulItem[]): void {
+    const listed = items.filter((it) => it.nTokens > 0 && it.w.rows > 0);
+    for (const it of listed) {
+      if (it.x.length < it.nTokens * it.w.cols || it.out.length < it.nTokens * it.w.rows)
+        throw new RangeError(`matmulList: an item's x or out is shorter than ${it.nTokens} rows`);
+    }
+    // One pool call needs every matrix packed in the main memory, with x and out there too.
+    const inMain = listed.every(
+      (it) =>
+        this.supported[it.w.type] === 2 &&
+        this.place(it.w).arena === this.main &&
+        this.place(it.w).packed &&
+        this.owns(it.x) &&
+        this.owns(it.out),
+    );
+    if (!inMain || listed.length < 2) {
+      for (const it of listed) this.matmul(it.w, it.x, it.nTokens, it.out);
+      return;
+    }
+    const wasm = this.main.wasm;
+    // Pointers first: allocating scratch may grow the memory. Items with the same x (view, type)
+    // share one quantization.
+    const quants = new Map<string, { x: number; n: number; cols: number; type: number; at: number }>();
+    const records = listed.map((it) => {
+      const key = `${it.x.byteOffset}:${it.nTokens}:${it.w.cols}:${it.w.type}`;
+      let q = quants.get(key);
+      if (!q) {
+        q = { x: it.x.byteOffset, n: it.nTokens, cols: it.w.cols, type: it.w.type, at: 0 };
+        quants.set(key, q);
+      }
+      return { it, q, w: this.place(it.w).ptr, out: it.out.byteOffset };
+    });
+    let bytes = 0;
+    for (const q of quants.values()) {
+      q.at = bytes;
+      bytes += align(wasm.quantScratchBytes(q.cols, q.n));
+    }
+    const base = this.scratchIn(this.main, "quantList", bytes);
+    for (const q of quants.values()) wasm.quantizeActivations(q.type, q.x, q.n, q.cols, base + q.at);
+    const macs = listed.reduce((a, it) => a + it.w.rows * it.w.cols * it.nTokens, 0);
+    const nTokens = Math.max(...listed.map((it) => it.nTokens));
+    const parts = this.partsFor(macs, nTokens, Math.min(...listed.map((it) => Math.ceil(it.w.rows / 4))));
+    const partBytes = align(Math.max(...listed.map((it) => wasm.quantPartBytes(it.w.cols))));
+    const partScratch = this.scratchIn(this.main, "quantParts", parts * partBytes);
+    // matmulQuantList's records: type, w, rows, cols, nTokens, scratch, out.
+    const list = this.scratchIn(this.main, "list", records.length * LIST_RECORD_WORDS * 4);
+    const i32 = this.main.i32;
+    records.forEach((r, i) => {
+      const o = (list >>> 2) + i * LIST_RECORD_WORDS;
+      i32.set([r.it.w.type, r.w, r.it.w.rows, r.it.w.cols, r.it.nTokens, base + r.q.at, r.out], o);
+    });
+    this.run(this.main, "matmulQuantList", [list, records.length, partScratch, partBytes], parts);
   }
 
   matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {

@@ -1,4 +1,4 @@
-import type { Kernels, WeightMatrix } from "../kernels/kernels.js";
+import type { Kernels, MatmulItem, WeightMatrix } from "../kernels/kernels.js";
 import type { MoEConfig } from "./config.js";
 import type { ExpertWeights } from "./weights.js";
 
@@ -9,8 +9,8 @@ import type { ExpertWeights } from "./weights.js";
  * probabilities (divided first by their sum when the config normalizes).
  *
  * The batch is grouped by expert: the rows routed to expert e are gathered into one block, its
- * gate/up/down matmuls run once over that block, and the results are added back to their rows with
- * their weights. So each expert's weights are read once per step, however many tokens chose it,
+ * gate/up/down matmuls run once over that block (all chosen experts' in one kernel call, matmulList),
+ * and the results are added back to their rows with their weights. So each expert's weights are read once per step, however many tokens chose it,
  * and experts no token chose are not read at all. A token's output depends only on its own row
  * (the matmuls are batch-invariant and its experts are added in expert order), so a sequence's
  * logits never depend on its batch mates.
@@ -102,25 +102,52 @@ export function moeFFN(
   const r = route(logits, n, m);
   out.fill(0, 0, n * dim);
   const ff = m.expertFfnDim;
-  const xg = scratch("moe.x", n * dim);
-  const gate = scratch("moe.gate", n * ff);
-  const up = scratch("moe.up", n * ff);
-  const y = scratch("moe.y", n * dim);
+  // Every entry's row, grouped by expert: each expert's tokens are one block of rows.
+  const entries = r.start[m.nExperts]!;
+  const xg = scratch("moe.x", entries * dim);
+  const gate = scratch("moe.gate", entries * ff);
+  const up = scratch("moe.up", entries * ff);
+  const y = scratch("moe.y", entries * dim);
+  for (let i = 0; i < entries; i++) {
+    const row = r.rows[i]!;
+    xg.set(xn.subarray(row * dim, (row + 1) * dim), i * dim);
+  }
+  const chosen: { e: number; from: number; count: number }[] = [];
   for (let e = 0; e < m.nExperts; e++) {
     const from = r.start[e]!;
     const count = r.start[e + 1]! - from;
-    if (count === 0) continue;
-    for (let i = 0; i < count; i++) {
-      const row = r.rows[from + i]!;
-      xg.set(xn.subarray(row * dim, (row + 1) * dim), i * dim);
-    }
-    swigluFFN(k, w.gate[e]!, w.up[e]!, w.down[e]!, xg, count, gate, up, y);
-    for (let i = 0; i < count; i++) {
-      const o = r.rows[from + i]! * dim;
-      const wt = r.weights[from + i]!;
-      const yo = i * dim;
-      for (let d = 0; d < dim; d++) out[o + d] = out[o + d]! + wt * y[yo + d]!;
-    }
+    if (count > 0) chosen.push({ e, from, count });
+  }
+  const rowsOf = (a: Float32Array, width: number, from: number, count: number) =>
+    a.subarray(from * width, (from + count) * width);
+  // All chosen experts' gate and up projections in one call, the SwiGLU over all of them, then
+  // all their down projections in one call.
+  matmulAll(
+    k,
+    chosen.flatMap(({ e, from, count }) => {
+      const x = rowsOf(xg, dim, from, count);
+      return [
+        { w: w.gate[e]!, x, nTokens: count, out: rowsOf(gate, ff, from, count) },
+        { w: w.up[e]!, x, nTokens: count, out: rowsOf(up, ff, from, count) },
+      ];
+    }),
+  );
+  k.swiglu(gate, up, entries * ff, gate);
+  matmulAll(
+    k,
+    chosen.map(({ e, from, count }) => ({
+      w: w.down[e]!,
+      x: rowsOf(gate, ff, from, count),
+      nTokens: count,
+      out: rowsOf(y, dim, from, count),
+    })),
+  );
+  // Each token's experts added in expert order (the entries' order).
+  for (let i = 0; i < entries; i++) {
+    const o = r.rows[i]! * dim;
+    const wt = r.weights[i]!;
+    const yo = i * dim;
+    for (let d = 0; d < dim; d++) out[o + d] = out[o + d]! + wt * y[yo + d]!;
   }
   if (w.shared) {
     const sf = w.shared.gate.rows;
@@ -135,6 +162,12 @@ export function moeFFN(
       for (let d = 0; d < dim; d++) out[o + d] = out[o + d]! + s * y[o + d]!;
     }
   }
+}
+
+/** The matmuls of a list, in one call where the kernels take lists. */
+function matmulAll(k: Kernels, items: readonly MatmulItem[]): void {
+  if (k.matmulList) k.matmulList(items);
+  else for (const it of items) k.matmul(it.w, it.x, it.nTokens, it.out);
 }
 
 /** y = down · (silu(gate · x) ⊙ (up · x)) over n rows of x. */

@@ -70,3 +70,68 @@ describe("matmulShared (q, k, v and gate, up in one call)", () => {
     }
   });
 });
+
+describe("matmulList (a layer's experts in one call)", () => {
+  it.each([
+    ["Q8_0", 8],
+    ["Q4_K", 12],
+    ["Q3_K", 11],
+    ["F16", 1],
+  ] as const)("%s: the same bits as a matmul per item, on 1 and 2 threads", (_name, type) => {
+    const rng = new Rng(7 + type);
+    const dim = 256;
+    const ff = 512; // a K-quant block multiple: the down projections read rows of ff
+    // Experts with 1, 2, 3 and 6 tokens (the 1–2-token fused path and the tiles), gate and up
+    // sharing their x, then down reading the gate outputs; and an empty item.
+    const counts = [1, 2, 3, 6, 0];
+    const experts = counts.map(() => ({
+      gate: matrix(rng, type, ff, dim),
+      up: matrix(rng, type, ff, dim),
+      down: matrix(rng, type, dim, ff),
+    }));
+    const total = counts.reduce((a, b) => a + b, 0);
+    for (const k of [one, two]) {
+      const x = k.allocFloat32(total * dim)!;
+      for (let i = 0; i < x.length; i++) x[i] = rng.next() * 2 - 1;
+      const gate = k.allocFloat32(total * ff)!;
+      const up = k.allocFloat32(total * ff)!;
+      const y = k.allocFloat32(total * dim)!;
+      const rows = (a: Float32Array, width: number, from: number, n: number) =>
+        a.subarray(from * width, (from + n) * width);
+      let from = 0;
+      const firsts: { ex: (typeof experts)[number]; from: number; n: number }[] = [];
+      for (const [i, n] of counts.entries()) {
+        firsts.push({ ex: experts[i]!, from, n });
+        from += n;
+      }
+      k.matmulList!(
+        firsts.flatMap(({ ex, from, n }) => [
+          { w: ex.gate, x: rows(x, dim, from, n), nTokens: n, out: rows(gate, ff, from, n) },
+          { w: ex.up, x: rows(x, dim, from, n), nTokens: n, out: rows(up, ff, from, n) },
+        ]),
+      );
+      k.matmulList!(
+        firsts.map(({ ex, from, n }) => ({
+          w: ex.down,
+          x: rows(gate, ff, from, n),
+          nTokens: n,
+          out: rows(y, dim, from, n),
+        })),
+      );
+      for (const { ex, from, n } of firsts) {
+        if (n === 0) continue;
+        const at = `${n} tokens, ${k.threads} threads`;
+        for (const [w, xs, out, width] of [
+          [ex.gate, rows(x, dim, from, n), rows(gate, ff, from, n), ff],
+          [ex.up, rows(x, dim, from, n), rows(up, ff, from, n), ff],
+          [ex.down, rows(gate, ff, from, n), rows(y, dim, from, n), dim],
+        ] as const) {
+          const ref = new Float32Array(n * width);
+          one.matmul(w, xs, n, ref);
+          expect(out, at).toEqual(ref);
+        }
+      }
+      for (const a of [x, gate, up, y]) k.freeFloat32(a);
+    }
+  });
+});

@@ -1802,6 +1802,41 @@ export function matmulQuantMulti(
   }
 }
 
+/** Bytes of one record of matmulQuantList: type, w, rows, cols, nTokens, scratch, out (u32 each; wasm-kernels.ts writes them). */
+const LIST_RECORD_BYTES: i32 = 28;
+
+/**
+ * matmulQuantPart over a list of matrices, each with its own activations (quantized by
+ * quantizeActivations at its record's scratch): `count` records at `list`, this part's share of
+ * each. A layer's chosen experts in one pool call instead of one call (and thread hand-off) per
+ * expert; each matrix's result is exactly matmulQuantPart's.
+ */
+export function matmulQuantList(
+  list: usize,
+  count: i32,
+  partScratch: usize,
+  partBytes: i32,
+  part: i32,
+  parts: i32,
+): void {
+  for (let i = 0; i < count; i++) {
+    const r = list + <usize>(i * LIST_RECORD_BYTES);
+    matmulQuantPart(
+      load<i32>(r),
+      <usize>load<u32>(r, 4),
+      load<i32>(r, 8),
+      load<i32>(r, 12),
+      load<i32>(r, 16),
+      <usize>load<u32>(r, 20),
+      <usize>load<u32>(r, 24),
+      partScratch,
+      partBytes,
+      part,
+      parts,
+    );
+  }
+}
+
 /** Scratch bytes of one thread's share of matmulQuant (unpacked weights, scales, sink). */
 export function quantPartBytes(cols: i32): usize {
   const nb = <usize>(cols >> 5);
