@@ -640,57 +640,102 @@ class WasmKernelSet implements WasmKernels {
   }
 
   matmulList(items: readonly MatmulItem[]): void {
-    const listed = items.filter((it) => it.nTokens > 0 && it.w.rows > 0);
-    for (const it of listed) {
+    // Packed matrices by the memory they are in (a large model's later layers may be in a
+    // weights-only one); anything else as a plain matmul.
+    const byArena = new Map<Arena, MatmulItem[]>();
+    for (const it of items) {
       if (it.x.length < it.nTokens * it.w.cols || it.out.length < it.nTokens * it.w.rows)
         throw new RangeError(`matmulList: an item's x or out is shorter than ${it.nTokens} rows`);
+      if (it.nTokens === 0 || it.w.rows === 0) continue;
+      const p = this.supported[it.w.type] === 2 ? this.place(it.w) : undefined;
+      if (!p?.packed) this.matmul(it.w, it.x, it.nTokens, it.out);
+      else byArena.set(p.arena, [...(byArena.get(p.arena) ?? []), it]);
     }
-    // One pool call needs every matrix packed in the main memory, with x and out there too.
-    const inMain = listed.every(
-      (it) =>
-        this.supported[it.w.type] === 2 &&
-        this.place(it.w).arena === this.main &&
-        this.place(it.w).packed &&
-        this.owns(it.x) &&
-        this.owns(it.out),
-    );
-    if (!inMain || listed.length < 2) {
-      for (const it of listed) this.matmul(it.w, it.x, it.nTokens, it.out);
-      return;
+    for (const [arena, list] of byArena) {
+      if (list.length === 1) this.matmul(list[0]!.w, list[0]!.x, list[0]!.nTokens, list[0]!.out);
+      else this.listIn(arena, list);
     }
-    const wasm = this.main.wasm;
-    // Pointers first: allocating scratch may grow the memory. Items with the same x (view, type)
-    // share one quantization.
-    const quants = new Map<string, { x: number; n: number; cols: number; type: number; at: number }>();
-    const records = listed.map((it) => {
-      const key = `${it.x.byteOffset}:${it.nTokens}:${it.w.cols}:${it.w.type}`;
-      let q = quants.get(key);
-      if (!q) {
-        q = { x: it.x.byteOffset, n: it.nTokens, cols: it.w.cols, type: it.w.type, at: 0 };
-        quants.set(key, q);
+  }
+
+  /** matmulList's items whose matrices are all packed in `arena`: one matmulQuantList call. */
+  private listIn(arena: Arena, items: readonly MatmulItem[]): void {
+    const wasm = arena.wasm;
+    const inPlace = (a: Float32Array) => arena === this.main && this.main.owns(a);
+    // Each distinct x (the same view, type and width: gate and up of an expert) is quantized once.
+    interface Act {
+      x: Float32Array;
+      n: number;
+      cols: number;
+      type: number;
+      ptr: number;
+      quant: number;
+    }
+    const acts = new Map<Float32Array, Act[]>();
+    const actOf = (it: MatmulItem): Act => {
+      const same = acts.get(it.x) ?? [];
+      let a = same.find((s) => s.n === it.nTokens && s.cols === it.w.cols && s.type === it.w.type);
+      if (!a) {
+        a = { x: it.x, n: it.nTokens, cols: it.w.cols, type: it.w.type, ptr: -1, quant: 0 };
+        acts.set(it.x, [...same, a]);
       }
-      return { it, q, w: this.place(it.w).ptr, out: it.out.byteOffset };
+      return a;
+    };
+    // Pointers in place are read before anything is allocated (allocating may grow the memory).
+    const records = items.map((it) => {
+      const a = actOf(it);
+      if (inPlace(it.x)) a.ptr = it.x.byteOffset;
+      const outInPlace = inPlace(it.out);
+      return { it, a, w: this.place(it.w).ptr, outInPlace, out: outInPlace ? it.out.byteOffset : -1 };
     });
-    let bytes = 0;
-    for (const q of quants.values()) {
-      q.at = bytes;
-      bytes += align(wasm.quantScratchBytes(q.cols, q.n));
+    const all = [...acts.values()].flat();
+    // What is not in place goes through scratch regions of the arena: x copied in, out copied back.
+    let staged = 0;
+    for (const a of all) if (a.ptr < 0) staged += a.n * a.cols;
+    let outs = 0;
+    for (const r of records) if (r.out < 0) outs += r.it.nTokens * r.it.w.rows;
+    const xBase = staged > 0 ? this.scratchIn(arena, "listX", staged * 4) : 0;
+    const outBase = outs > 0 ? this.scratchIn(arena, "listOut", outs * 4) : 0;
+    let quantBytes = 0;
+    for (const a of all) {
+      a.quant = quantBytes;
+      quantBytes += align(wasm.quantScratchBytes(a.cols, a.n));
     }
-    const base = this.scratchIn(this.main, "quantList", bytes);
-    for (const q of quants.values()) wasm.quantizeActivations(q.type, q.x, q.n, q.cols, base + q.at);
-    const macs = listed.reduce((a, it) => a + it.w.rows * it.w.cols * it.nTokens, 0);
-    const nTokens = Math.max(...listed.map((it) => it.nTokens));
-    const parts = this.partsFor(macs, nTokens, Math.min(...listed.map((it) => Math.ceil(it.w.rows / 4))));
-    const partBytes = align(Math.max(...listed.map((it) => wasm.quantPartBytes(it.w.cols))));
-    const partScratch = this.scratchIn(this.main, "quantParts", parts * partBytes);
+    const quantBase = this.scratchIn(arena, "quantList", quantBytes);
+    const macs = items.reduce((s, it) => s + it.w.rows * it.w.cols * it.nTokens, 0);
+    const nTokens = Math.max(...items.map((it) => it.nTokens));
+    const parts = this.partsFor(macs, nTokens, Math.min(...items.map((it) => Math.ceil(it.w.rows / 4))));
+    const partBytes = align(Math.max(...items.map((it) => wasm.quantPartBytes(it.w.cols))));
+    const partScratch = this.scratchIn(arena, "quantParts", parts * partBytes);
+    const list = this.scratchIn(arena, "list", records.length * LIST_RECORD_WORDS * 4);
+    // The views are taken after the last allocation.
+    let at = xBase >>> 2;
+    for (const a of all) {
+      if (a.ptr >= 0) continue;
+      arena.f32.set(a.x.subarray(0, a.n * a.cols), at);
+      a.ptr = at << 2;
+      at += a.n * a.cols;
+    }
+    for (const a of all) wasm.quantizeActivations(a.type, a.ptr, a.n, a.cols, quantBase + a.quant);
+    let outAt = outBase;
+    for (const r of records) {
+      if (r.out >= 0) continue;
+      r.out = outAt;
+      outAt += r.it.nTokens * r.it.w.rows * 4;
+    }
     // matmulQuantList's records: type, w, rows, cols, nTokens, scratch, out.
-    const list = this.scratchIn(this.main, "list", records.length * LIST_RECORD_WORDS * 4);
-    const i32 = this.main.i32;
     records.forEach((r, i) => {
-      const o = (list >>> 2) + i * LIST_RECORD_WORDS;
-      i32.set([r.it.w.type, r.w, r.it.w.rows, r.it.w.cols, r.it.nTokens, base + r.q.at, r.out], o);
+      const { w, nTokens: n } = r.it;
+      arena.i32.set(
+        [w.type, r.w, w.rows, w.cols, n, quantBase + r.a.quant, r.out],
+        (list >>> 2) + i * LIST_RECORD_WORDS,
+      );
     });
-    this.run(this.main, "matmulQuantList", [list, records.length, partScratch, partBytes], parts);
+    this.run(arena, "matmulQuantList", [list, records.length, partScratch, partBytes], parts);
+    for (const r of records) {
+      if (r.outInPlace) continue;
+      const o = r.out >>> 2;
+      r.it.out.set(arena.f32.subarray(o, o + r.it.nTokens * r.it.w.rows));
+    }
   }
 
   matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {

@@ -113,6 +113,33 @@ describe("weights over several WebAssembly memories", () => {
     }
   });
 
+  it("a mixture of experts: each memory's experts as one list call (staged in and out), the same logits", async () => {
+    const path = join(dir, "mem-moe.gguf");
+    synthModel({
+      arch: "llama",
+      shape: { ...SHAPES.k256!, experts: { count: 8, used: 3, ffnDim: 256 } },
+      type: GGMLType.Q8_0,
+      vocabPath: testModel(STORIES_260K),
+      out: path,
+    });
+    const expected = await run(path, kernels({ threads: 1 }));
+    for (const threads of [1, 2]) {
+      // About 7 of the 68 KiB expert matrices in each memory: lists span memories and stay lists in each.
+      const spread = kernels({ threads, mainWeightBytes: 0, memoryWeightBytes: 512 * 1024 });
+      const lists: number[] = [];
+      const listIn = (spread as unknown as Record<string, (...a: unknown[]) => void>).listIn!.bind(spread);
+      Object.assign(spread, {
+        listIn: (arena: unknown, items: unknown[]) => {
+          lists.push(items.length);
+          listIn(arena, items);
+        },
+      });
+      expect(await run(path, spread)).toEqual(expected);
+      expect(memories(spread)).toBeGreaterThanOrEqual(3);
+      expect(Math.max(...lists)).toBeGreaterThanOrEqual(2);
+    }
+  });
+
   it("a matrix larger than a memory's budget gets a memory of its own; the main memory keeps its budget", async () => {
     const k = kernels({ threads: 1, mainWeightBytes: 200 * 1024, memoryWeightBytes: 1 });
     const base = await run(testModel(STORIES_260K), kernels({ threads: 1 }));

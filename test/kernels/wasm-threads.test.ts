@@ -105,10 +105,13 @@ describe("matmulList (a layer's experts in one call)", () => {
         from += n;
       }
       k.matmulList!(
-        firsts.flatMap(({ ex, from, n }) => [
-          { w: ex.gate, x: rows(x, dim, from, n), nTokens: n, out: rows(gate, ff, from, n) },
-          { w: ex.up, x: rows(x, dim, from, n), nTokens: n, out: rows(up, ff, from, n) },
-        ]),
+        firsts.flatMap(({ ex, from, n }) => {
+          const xs = rows(x, dim, from, n); // one view: quantized once for both
+          return [
+            { w: ex.gate, x: xs, nTokens: n, out: rows(gate, ff, from, n) },
+            { w: ex.up, x: xs, nTokens: n, out: rows(up, ff, from, n) },
+          ];
+        }),
       );
       k.matmulList!(
         firsts.map(({ ex, from, n }) => ({
