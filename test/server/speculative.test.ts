@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { WordStream } from "../../src/bench/prompts.js";
 import { diffServer, ServerMetricsClient } from "../../src/bench/server-metrics.js";
 import { GGMLType } from "../../src/gguf/types.js";
 import { SHAPES, synthModel } from "../../src/model/synth.js";
@@ -255,5 +256,46 @@ describe("speculative decoding with a draft model through the server", () => {
       expect(s.freeBlocks).toBe(s.numBlocks);
       expect(s.draftCache!.freeBlocks).toBe(s.draftCache!.numBlocks);
     }
+  });
+});
+
+describe("prompt lookup on a model that copies (synth-model --copier)", () => {
+  let copier: TestServer | undefined;
+  afterAll(async () => {
+    await copier?.close();
+  });
+
+  // A fixed verification cost (the measured one varies with the machine), well below a step.
+  it("drafts the passage again and nearly every draft token is accepted", async () => {
+    const modelPath = join(dir, "copier.gguf");
+    const shape = { ...SHAPES["smollm2-135m"]!, nLayers: 3 };
+    synthModel({
+      arch: "llama",
+      shape,
+      type: GGMLType.Q8_0,
+      vocabPath: testModel(VOCAB_SPM),
+      out: modelPath,
+      copier: true,
+    });
+    copier = await startTestServer({
+      backend: {
+        kind: "local",
+        modelPath,
+        options: { speculative: { method: "ngram", numTokens: 4, tokenCost: 0.5 } },
+      },
+    });
+    const passage = new WordStream(5).text(30);
+    const r = await complete(copier, {
+      prompt: `${passage}\n${passage}\n${passage}\n`,
+      max_tokens: 64,
+      temperature: 0,
+    });
+    expect(r.choices[0]!.text.startsWith(`${passage}\n`)).toBe(true);
+    const text = await (await fetch(`${copier.url}/metrics`)).text();
+    const draftTokens = metric(text, "spec_decode_num_draft_tokens_total")!;
+    const accepted = metric(text, "spec_decode_num_accepted_tokens_total")!;
+    expect(accepted / draftTokens).toBeGreaterThan(0.9);
+    // Most of the output came from accepted drafts: several tokens per step.
+    expect(accepted).toBeGreaterThan(0.6 * r.usage.completion_tokens);
   });
 });
