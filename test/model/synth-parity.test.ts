@@ -1,13 +1,13 @@
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { WordStream } from "../../src/bench/prompts.js";
 import { readGGUF } from "../../src/gguf/reader.js";
 import { GGMLType, SUPPORTED_WEIGHT_TYPES, typeName } from "../../src/gguf/types.js";
 import { generate } from "../../src/model/generate.js";
 import { loadModel, type Model } from "../../src/model/model.js";
 import { SHAPES, type SynthArch, synthModel } from "../../src/model/synth.js";
+import { copierModel, copyPrompt } from "../helpers/copier.js";
 import { llamaGreedy } from "../helpers/llamacpp.js";
-import { STORIES_260K, testModel, VOCAB_GPT2, VOCAB_SPM } from "../helpers/models.js";
+import { STORIES_260K, testModel, VOCAB_GPT2 } from "../helpers/models.js";
 import { compareWithLlamaCpp, KV_F16_TOLERANCE, tolerance } from "../helpers/parity.js";
 import { tempDir } from "../helpers/tmp.js";
 
@@ -46,24 +46,14 @@ describe("synthesized llama in every weight type vs llama.cpp", () => {
 
 describe("the copier (synth-model --copier) vs llama.cpp", () => {
   it("continues a passage written out three times with the passage again, greedy on both sides", async () => {
-    const out = join(dir, "copier.gguf");
-    // Three layers: the two of the induction circuit and one that computes but writes nothing.
-    const shape = { ...SHAPES["smollm2-135m"]!, nLayers: 3 };
-    synthModel({
-      arch: "llama",
-      shape,
-      type: GGMLType.Q8_0,
-      vocabPath: testModel(VOCAB_SPM),
-      out,
-      copier: true,
-    });
+    const out = copierModel();
     const model = loadModel(out);
     const tok = model.tokenizer;
     // The benchmark's copy workload: random common words, so some repeat (the circuit matches the
     // last two tokens, not one).
-    const p = new WordStream(5).text(30);
+    const { passage: p, prompt: text } = copyPrompt();
     expect(new Set(p.split(" ")).size).toBeLessThan(30);
-    const prompt = [tok.bos!, ...tok.encode(`${p}\n${p}\n${p}\n`)];
+    const prompt = [tok.bos!, ...tok.encode(text)];
     const n = 48; // past the end of the passage, through the newline into the next copy
     const copied = [tok.bos!, ...tok.encode(`${p}\n${p}\n${p}\n${p}\n${p}`)].slice(
       prompt.length,

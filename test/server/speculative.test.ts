@@ -1,10 +1,10 @@
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { WordStream } from "../../src/bench/prompts.js";
 import { diffServer, ServerMetricsClient } from "../../src/bench/server-metrics.js";
 import { GGMLType } from "../../src/gguf/types.js";
 import { SHAPES, synthModel } from "../../src/model/synth.js";
 import { runCli } from "../helpers/cli.js";
+import { copierModel, copyPrompt } from "../helpers/copier.js";
 import { STORIES_260K, testModel, VOCAB_SPM } from "../helpers/models.js";
 import { engineStats, startTestServer, type TestServer } from "../helpers/server.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -267,16 +267,7 @@ describe("prompt lookup on a model that copies (synth-model --copier)", () => {
 
   // A fixed verification cost (the measured one varies with the machine), well below a step.
   it("drafts the passage again and nearly every draft token is accepted", async () => {
-    const modelPath = join(dir, "copier.gguf");
-    const shape = { ...SHAPES["smollm2-135m"]!, nLayers: 3 };
-    synthModel({
-      arch: "llama",
-      shape,
-      type: GGMLType.Q8_0,
-      vocabPath: testModel(VOCAB_SPM),
-      out: modelPath,
-      copier: true,
-    });
+    const modelPath = copierModel();
     copier = await startTestServer({
       backend: {
         kind: "local",
@@ -284,9 +275,9 @@ describe("prompt lookup on a model that copies (synth-model --copier)", () => {
         options: { speculative: { method: "ngram", numTokens: 4, tokenCost: 0.5 } },
       },
     });
-    const passage = new WordStream(5).text(30);
+    const { passage, prompt } = copyPrompt();
     const r = await complete(copier, {
-      prompt: `${passage}\n${passage}\n${passage}\n`,
+      prompt,
       max_tokens: 64,
       temperature: 0,
     });
