@@ -649,7 +649,8 @@ class WasmKernelSet implements WasmKernels {
       if (it.nTokens === 0 || it.w.rows === 0) continue;
       const p = this.supported[it.w.type] === 2 ? this.place(it.w) : undefined;
       if (!p?.packed) this.matmul(it.w, it.x, it.nTokens, it.out);
-      else byArena.set(p.arena, [...(byArena.get(p.arena) ?? []), it]);
+      else if (byArena.has(p.arena)) byArena.get(p.arena)!.push(it);
+      else byArena.set(p.arena, [it]);
     }
     for (const [arena, list] of byArena) {
       if (list.length === 1) this.matmul(list[0]!.w, list[0]!.x, list[0]!.nTokens, list[0]!.out);
@@ -670,13 +671,14 @@ class WasmKernelSet implements WasmKernels {
       ptr: number;
       quant: number;
     }
-    const acts = new Map<Float32Array, Act[]>();
+    const all: Act[] = [];
     const actOf = (it: MatmulItem): Act => {
-      const same = acts.get(it.x) ?? [];
-      let a = same.find((s) => s.n === it.nTokens && s.cols === it.w.cols && s.type === it.w.type);
+      let a = all.find(
+        (s) => s.x === it.x && s.n === it.nTokens && s.cols === it.w.cols && s.type === it.w.type,
+      );
       if (!a) {
         a = { x: it.x, n: it.nTokens, cols: it.w.cols, type: it.w.type, ptr: -1, quant: 0 };
-        acts.set(it.x, [...same, a]);
+        all.push(a);
       }
       return a;
     };
@@ -687,12 +689,11 @@ class WasmKernelSet implements WasmKernels {
       const outInPlace = inPlace(it.out);
       return { it, a, w: this.place(it.w).ptr, outInPlace, out: outInPlace ? it.out.byteOffset : -1 };
     });
-    const all = [...acts.values()].flat();
     // What is not in place goes through scratch regions of the arena: x copied in, out copied back.
     let staged = 0;
     for (const a of all) if (a.ptr < 0) staged += a.n * a.cols;
     let outs = 0;
-    for (const r of records) if (r.out < 0) outs += r.it.nTokens * r.it.w.rows;
+    for (const r of records) if (!r.outInPlace) outs += r.it.nTokens * r.it.w.rows;
     const xBase = staged > 0 ? this.scratchIn(arena, "listX", staged * 4) : 0;
     const outBase = outs > 0 ? this.scratchIn(arena, "listOut", outs * 4) : 0;
     let quantBytes = 0;
@@ -718,7 +719,7 @@ class WasmKernelSet implements WasmKernels {
     for (const a of all) wasm.quantizeActivations(a.type, a.ptr, a.n, a.cols, quantBase + a.quant);
     let outAt = outBase;
     for (const r of records) {
-      if (r.out >= 0) continue;
+      if (r.outInPlace) continue;
       r.out = outAt;
       outAt += r.it.nTokens * r.it.w.rows * 4;
     }

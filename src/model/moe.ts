@@ -9,9 +9,10 @@ import type { ExpertWeights } from "./weights.js";
  * probabilities (divided first by their sum when the config normalizes).
  *
  * The batch is grouped by expert: the rows routed to expert e are gathered into one block, its
- * gate/up/down matmuls run once over that block (all chosen experts' in one kernel call, matmulList),
- * and the results are added back to their rows with their weights. So each expert's weights are read once per step, however many tokens chose it,
- * and experts no token chose are not read at all. A token's output depends only on its own row
+ * gate/up/down matmuls run once over that block (all chosen experts' in one kernel call,
+ * matmulList), and the results are added back to their rows with their weights. So each expert's
+ * weights are read once per step, however many tokens chose it, and experts no token chose are not
+ * read at all. A token's output depends only on its own row
  * (the matmuls are batch-invariant and its experts are added in expert order), so a sequence's
  * logits never depend on its batch mates.
  */
